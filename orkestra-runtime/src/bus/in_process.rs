@@ -1,0 +1,327 @@
+//! The in-process bus: handlers run in the dispatching task, typed values are handed over
+//! behind an `Arc` (never serialized), retries are immediate.
+//!
+//! Subscriptions live in an immutable [`Registry`] snapshot that `subscribe` replaces
+//! (copy on write), so dispatch takes a read lock only long enough to clone an `Arc`.
+//! Each snapshot memoises which event subscriptions match a topic.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{Bus, BusError, DeadLetters};
+use crate::any_message::{Message, MessageKind};
+use crate::envelope::{CommandEnvelope, EventEnvelope};
+use crate::handler::{DeadLetter, HandlerContext, HandlerError, Subscription, Target};
+
+/// Most distinct topics whose routes one registry snapshot memoises.
+const ROUTE_CACHE_LIMIT: usize = 4096;
+
+type Route = Arc<[Arc<Subscription>]>;
+
+#[derive(Default)]
+struct Registry {
+    commands: HashMap<&'static str, Arc<Subscription>>,
+    events: Vec<Arc<Subscription>>,
+    routes: RwLock<HashMap<String, Route>>,
+}
+
+impl Registry {
+    fn contains_handler(&self, name: &str) -> bool {
+        self.commands
+            .values()
+            .chain(&self.events)
+            .any(|s| &*s.handler == name)
+    }
+
+    fn route(&self, topic: &str) -> Route {
+        if let Some(route) = read(&self.routes).get(topic) {
+            return route.clone();
+        }
+        let route: Route = self
+            .events
+            .iter()
+            .filter(|s| s.accepts(topic))
+            .cloned()
+            .collect();
+        let mut routes = write(&self.routes);
+        if routes.len() < ROUTE_CACHE_LIMIT {
+            routes.insert(topic.to_owned(), route.clone());
+        }
+        route
+    }
+}
+
+pub(crate) struct InProcess {
+    registry: RwLock<Arc<Registry>>,
+    dead_letters: Mutex<Vec<mpsc::UnboundedSender<DeadLetter>>>,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let registry = self.snapshot();
+        f.debug_struct("InProcess")
+            .field("command_handlers", &registry.commands.len())
+            .field("event_handlers", &registry.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one handler run (or all of them, with retries) came to.
+enum Outcome {
+    Succeeded(Value),
+    Rejected(String),
+    Failed(String),
+}
+
+impl InProcess {
+    pub(crate) fn new() -> Self {
+        Self {
+            registry: RwLock::new(Arc::new(Registry::default())),
+            dead_letters: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn snapshot(&self) -> Arc<Registry> {
+        read(&self.registry).clone()
+    }
+
+    pub(crate) fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
+        let mut current = write(&self.registry);
+        if current.contains_handler(&subscription.handler) {
+            return Err(BusError::DuplicateHandler {
+                handler: subscription.handler.to_string(),
+            });
+        }
+        let mut next = Registry {
+            commands: current.commands.clone(),
+            events: current.events.clone(),
+            routes: RwLock::default(),
+        };
+        let subscription = Arc::new(subscription);
+        match &subscription.target {
+            Target::Command { topic, .. } => {
+                if let Some(existing) = next.commands.get(topic) {
+                    return Err(BusError::CommandAlreadyHandled {
+                        topic: (*topic).to_owned(),
+                        existing: existing.handler.to_string(),
+                        handler: subscription.handler.to_string(),
+                    });
+                }
+                tracing::info!(
+                    handler = %subscription.handler,
+                    topic = *topic,
+                    orkestra = "command_handler",
+                    "handler subscribed"
+                );
+                next.commands.insert(topic, subscription);
+            }
+            Target::Events { patterns } => {
+                tracing::info!(
+                    handler = %subscription.handler,
+                    topic = ?patterns,
+                    orkestra = "event_handler",
+                    "handler subscribed"
+                );
+                next.events.push(subscription);
+            }
+        }
+        *current = Arc::new(next);
+        Ok(())
+    }
+
+    pub(crate) async fn dispatch(
+        &self,
+        bus: &Bus,
+        mut envelope: CommandEnvelope,
+    ) -> Result<CommandEnvelope, BusError> {
+        if envelope.message().kind() != MessageKind::Command {
+            return Err(BusError::WrongKind(format!(
+                "dispatch takes a command; {} is an event",
+                envelope.message().type_name()
+            )));
+        }
+        let Some(subscription) = self.snapshot().commands.get(envelope.topic()).cloned() else {
+            return Err(BusError::NoHandler {
+                topic: envelope.topic().to_owned(),
+            });
+        };
+        if envelope.max_retries_override().is_none() {
+            envelope = envelope.max_retries(subscription.max_retries);
+        }
+        let message = envelope.message().clone();
+        loop {
+            envelope.try_mark_dispatched()?;
+            let attempt = envelope.attempts();
+            let transition = match run_once(bus, &subscription, &message, attempt).await {
+                Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
+                Outcome::Rejected(reason) => {
+                    self.dead_letter(&subscription, &message, &reason, attempt);
+                    envelope.try_mark_rejected(reason)
+                }
+                Outcome::Failed(reason) => {
+                    let result = envelope.try_mark_failed(reason.clone());
+                    if result.is_ok() && envelope.retryable() {
+                        log_retry(
+                            &subscription,
+                            attempt,
+                            envelope.effective_max_retries(),
+                            &reason,
+                        );
+                        continue;
+                    }
+                    self.dead_letter(&subscription, &message, &reason, attempt);
+                    result
+                }
+            };
+            transition?;
+            return Ok(envelope);
+        }
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        bus: &Bus,
+        envelope: EventEnvelope,
+    ) -> Result<EventEnvelope, BusError> {
+        if envelope.message().kind() != MessageKind::Event {
+            return Err(BusError::WrongKind(format!(
+                "publish takes an event; {} is a command",
+                envelope.message().type_name()
+            )));
+        }
+        let route = self.snapshot().route(envelope.topic());
+        let mut envelope = envelope.mark_published();
+        let message = envelope.message().clone();
+        for subscription in route.iter() {
+            envelope.register(subscription.handler.to_string());
+            let outcome = self.run_with_retries(bus, subscription, &message).await;
+            let recorded = if outcome {
+                envelope.try_mark_handler_succeeded(&subscription.handler)
+            } else {
+                envelope.try_mark_handler_failed(&subscription.handler)
+            };
+            if let Err(error) = recorded {
+                // Only possible when an envelope is published again after a handler had
+                // succeeded on it: the earlier success stands.
+                tracing::warn!(%error, "handler outcome not recorded");
+            }
+        }
+        Ok(envelope)
+    }
+
+    /// Runs an event handler until it succeeds, rejects or runs out of retries.
+    /// Returns whether it succeeded.
+    async fn run_with_retries(
+        &self,
+        bus: &Bus,
+        subscription: &Subscription,
+        message: &Message,
+    ) -> bool {
+        let max_retries = subscription.max_retries;
+        let mut attempt = 1;
+        loop {
+            match run_once(bus, subscription, message, attempt).await {
+                Outcome::Succeeded(_) => return true,
+                Outcome::Failed(reason) if attempt <= max_retries => {
+                    log_retry(subscription, attempt, max_retries, &reason);
+                    attempt += 1;
+                }
+                Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+                    self.dead_letter(subscription, message, &reason, attempt);
+                    return false;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn dead_letters(&self) -> DeadLetters {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.dead_letters).push(tx);
+        DeadLetters::new(rx)
+    }
+
+    fn dead_letter(
+        &self,
+        subscription: &Subscription,
+        message: &Message,
+        reason: &str,
+        attempts: u32,
+    ) {
+        tracing::error!(
+            handler = %subscription.handler,
+            topic = message.topic(),
+            message_id = message.id(),
+            reason,
+            attempts,
+            "dead letter recorded"
+        );
+        let letter = DeadLetter {
+            message: message.clone(),
+            topic: message.topic().to_owned(),
+            handler: subscription.handler.to_string(),
+            reason: reason.to_owned(),
+            attempts,
+            dead_at: chrono::Utc::now(),
+        };
+        lock(&self.dead_letters).retain(|tx| tx.send(letter.clone()).is_ok());
+    }
+}
+
+/// One run of a handler; a panic counts as a failure.
+async fn run_once(
+    bus: &Bus,
+    subscription: &Subscription,
+    message: &Message,
+    attempt: u32,
+) -> Outcome {
+    let ctx = HandlerContext::new(
+        bus.clone(),
+        message.clone(),
+        subscription.handler.clone(),
+        attempt,
+    );
+    let run = AssertUnwindSafe(async { subscription.call.call(message, ctx).await });
+    match run.catch_unwind().await {
+        Ok(Ok(reply)) => Outcome::Succeeded(reply),
+        Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
+        Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
+        Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
+    }
+}
+
+fn log_retry(subscription: &Subscription, attempt: u32, max_retries: u32, reason: &str) {
+    tracing::warn!(
+        handler = %subscription.handler,
+        attempt,
+        max_retries,
+        reason,
+        "handler failed; retrying"
+    );
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+// Handlers run outside these locks, so a poisoned lock only means a panic elsewhere
+// while the data was consistent; keep going rather than spread the panic.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(PoisonError::into_inner)
+}

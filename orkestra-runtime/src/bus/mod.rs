@@ -1,0 +1,181 @@
+//! The [`Bus`] handle and its adapters.
+//!
+//! User code talks to [`Bus`] only; which adapter runs behind it is a configuration
+//! choice ([`Bus::from_config`]), so handlers never change when the adapter does.
+
+mod in_process;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use crate::config::{BusAdapter, Config, ConfigError};
+use crate::envelope::{CommandEnvelope, EventEnvelope};
+use crate::handler::{DeadLetter, Subscription};
+
+/// Why a bus operation failed. Handler failures are not bus errors: they are recorded in
+/// the envelope and, once retries are exhausted, in a [`DeadLetter`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// A command was dispatched on a topic no handler is subscribed to.
+    #[error("no handler is subscribed to command topic {topic:?}")]
+    NoHandler {
+        /// The command topic.
+        topic: String,
+    },
+    /// A second handler for one command type.
+    #[error(
+        "command topic {topic:?} already has handler {existing:?}; {handler:?} cannot subscribe too"
+    )]
+    CommandAlreadyHandled {
+        /// The command topic.
+        topic: String,
+        /// The handler already subscribed.
+        existing: String,
+        /// The handler refused.
+        handler: String,
+    },
+    /// A handler name subscribed twice (names identify handlers, and their queues).
+    #[error("a handler named {handler:?} is already subscribed")]
+    DuplicateHandler {
+        /// The handler name.
+        handler: String,
+    },
+    /// A message other than what the operation takes (an event given to dispatch).
+    #[error("{0}")]
+    WrongKind(String),
+    /// The envelope is not in a state that can be dispatched (already finished).
+    #[error(transparent)]
+    Envelope(#[from] crate::envelope::TransitionError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configured adapter is not part of this build.
+    #[error("{setting} = {adapter:?}: {reason}")]
+    AdapterUnavailable {
+        /// The setting that chose it.
+        setting: &'static str,
+        /// The adapter name.
+        adapter: &'static str,
+        /// Why it is unavailable.
+        reason: &'static str,
+    },
+    /// The bus is shut down.
+    #[error("the bus is closed")]
+    Closed,
+}
+
+#[derive(Debug)]
+enum Backend {
+    InProcess(in_process::InProcess),
+}
+
+/// A handle to a message bus. Cheap to clone; clones share the bus.
+#[derive(Clone)]
+pub struct Bus {
+    backend: Arc<Backend>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match &*self.backend {
+            Backend::InProcess(_) => "in_process",
+        };
+        f.debug_struct("Bus")
+            .field("adapter", &name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// An in-process bus: handlers run in the dispatching task, nothing is serialized.
+    pub fn in_process() -> Self {
+        Self {
+            backend: Arc::new(Backend::InProcess(in_process::InProcess::new())),
+        }
+    }
+
+    /// The bus chosen by `config.bus`.
+    pub async fn from_config(config: &Config) -> Result<Self, BusError> {
+        match config.bus.adapter {
+            BusAdapter::InProcess => Ok(Self::in_process()),
+            BusAdapter::RabbitMq => Err(BusError::AdapterUnavailable {
+                setting: "bus.adapter",
+                adapter: "rabbitmq",
+                reason: "this build of orkestra-runtime has no RabbitMQ adapter",
+            }),
+        }
+    }
+
+    /// Adds a handler. A second handler for one command type, or a second handler with
+    /// the same name, is an error.
+    pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
+        match &*self.backend {
+            Backend::InProcess(b) => b.subscribe(subscription),
+        }
+    }
+
+    /// Dispatches a command to its handler.
+    ///
+    /// In-process, the handler (with its retries) and every event it publishes have been
+    /// handled when this returns; the returned envelope holds the final status, attempts
+    /// and the handler's reply. A handler's failure is in that status, not an `Err`.
+    /// With no handler subscribed it is [`BusError::NoHandler`].
+    pub async fn dispatch(&self, envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
+        match &*self.backend {
+            Backend::InProcess(b) => b.dispatch(self, envelope).await,
+        }
+    }
+
+    /// Publishes an event to every subscriber whose pattern matches its topic.
+    ///
+    /// `Ok` once delivered; each subscriber's failures are retried and dead-lettered on
+    /// their own. In-process, the returned envelope holds each handler's outcome.
+    pub async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
+        match &*self.backend {
+            Backend::InProcess(b) => b.publish(self, envelope).await,
+        }
+    }
+
+    /// A stream of the dead letters recorded from now on.
+    pub async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
+        match &*self.backend {
+            Backend::InProcess(b) => Ok(b.dead_letters()),
+        }
+    }
+}
+
+/// Dead letters as they are recorded: call [`DeadLetters::recv`], or use it as a
+/// [`Stream`](futures_util::Stream).
+#[derive(Debug)]
+pub struct DeadLetters {
+    rx: mpsc::UnboundedReceiver<DeadLetter>,
+}
+
+impl DeadLetters {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<DeadLetter>) -> Self {
+        Self { rx }
+    }
+
+    /// The next dead letter; [`BusError::Closed`] once the bus is gone.
+    pub async fn recv(&mut self) -> Result<DeadLetter, BusError> {
+        self.rx.recv().await.ok_or(BusError::Closed)
+    }
+
+    /// A dead letter if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<DeadLetter> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl futures_util::Stream for DeadLetters {
+    type Item = DeadLetter;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<DeadLetter>> {
+        self.rx.poll_recv(cx)
+    }
+}

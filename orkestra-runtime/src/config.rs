@@ -1,0 +1,579 @@
+//! Configuration: which bus and which store, from `orkestra.toml` and `ORKESTRA_*`
+//! environment variables.
+//!
+//! ```toml
+//! [bus]
+//! adapter = "rabbitmq"          # "in_process" (default) | "rabbitmq"
+//! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! [store]
+//! adapter = "postgres"          # "sqlite" (default) | "memory" | "postgres" | "eventstoredb"
+//! url = "postgres://postgres@127.0.0.1:5432/test"
+//! ```
+//!
+//! Every error names the setting (`bus.adapter`) and where its value came from (a file
+//! line and column, or an environment variable). URLs are held as [`SecretUrl`], whose
+//! `Debug` and `Display` hide the password.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file [`Config::load`] reads when it exists.
+pub const DEFAULT_FILE: &str = "orkestra.toml";
+/// The embedded store's file when no `store.url` is given.
+pub const DEFAULT_SQLITE_PATH: &str = "./orkestra.db";
+
+/// Which bus to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BusAdapter {
+    /// Handlers in this process (the default).
+    #[default]
+    InProcess,
+    /// RabbitMQ.
+    RabbitMq,
+}
+
+impl BusAdapter {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("in_process", Self::InProcess),
+        ("rabbitmq", Self::RabbitMq),
+    ];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
+/// Which event store to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreAdapter {
+    /// The embedded single-file store (the default).
+    #[default]
+    Sqlite,
+    /// In memory, gone with the process.
+    Memory,
+    /// PostgreSQL.
+    Postgres,
+    /// EventStoreDB / KurrentDB.
+    EventStoreDb,
+}
+
+impl StoreAdapter {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("sqlite", Self::Sqlite),
+        ("memory", Self::Memory),
+        ("postgres", Self::Postgres),
+        ("eventstoredb", Self::EventStoreDb),
+    ];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
+fn name_of<T: PartialEq + Copy>(names: &[(&'static str, T)], value: T) -> &'static str {
+    names
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("?", |(n, _)| n)
+}
+
+/// The `[bus]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// The adapter.
+    pub adapter: BusAdapter,
+    /// The broker URL (RabbitMQ).
+    pub url: Option<SecretUrl>,
+}
+
+/// The `[store]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// The adapter.
+    pub adapter: StoreAdapter,
+    /// The database URL, or for `sqlite` the file path.
+    pub url: Option<SecretUrl>,
+}
+
+/// The whole configuration. `Config::default()` is the in-process bus and the embedded store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The bus.
+    pub bus: BusConfig,
+    /// The event store.
+    pub store: StoreConfig,
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file is not valid TOML or has a key or type the configuration does not know.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// The file.
+        origin: String,
+        /// The parser's located message.
+        message: String,
+    },
+    /// A setting has a value it cannot take.
+    #[error("{setting} ({origin}): {message}")]
+    Invalid {
+        /// The setting, such as `bus.adapter`.
+        setting: &'static str,
+        /// Where its value came from: `orkestra.toml:3:11` or `env ORKESTRA_BUS_ADAPTER`.
+        origin: String,
+        /// What is wrong, with secrets hidden.
+        message: String,
+    },
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `./orkestra.toml` when it exists, then applies the `ORKESTRA_BUS_ADAPTER`,
+    /// `ORKESTRA_BUS_URL`, `ORKESTRA_STORE_ADAPTER` and `ORKESTRA_STORE_URL` overrides.
+    pub fn load() -> Result<Self, ConfigError> {
+        let path = Path::new(DEFAULT_FILE);
+        let config = if path.exists() {
+            Self::from_file(path)?
+        } else {
+            Self::default()
+        };
+        config.with_env_overrides(|name| std::env::var(name).ok())
+    }
+
+    /// Reads a TOML file (no environment overrides).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, DEFAULT_FILE)
+    }
+
+    /// Applies environment overrides read through `var` (for tests, a closure over a map).
+    pub fn with_env_overrides(
+        mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        if let Some(value) = var("ORKESTRA_BUS_ADAPTER") {
+            let origin = "env ORKESTRA_BUS_ADAPTER".to_owned();
+            self.bus.adapter = adapter("bus.adapter", BusAdapter::NAMES, &value, origin)?;
+        }
+        if let Some(value) = var("ORKESTRA_BUS_URL") {
+            self.bus.url = Some(SecretUrl::new(value));
+        }
+        if let Some(value) = var("ORKESTRA_STORE_ADAPTER") {
+            let origin = "env ORKESTRA_STORE_ADAPTER".to_owned();
+            self.store.adapter = adapter("store.adapter", StoreAdapter::NAMES, &value, origin)?;
+        }
+        if let Some(value) = var("ORKESTRA_STORE_URL") {
+            self.store.url = Some(SecretUrl::new(value));
+        }
+        self.check_urls(&|setting| match setting {
+            "bus.url" if var("ORKESTRA_BUS_URL").is_some() => Some("env ORKESTRA_BUS_URL".into()),
+            "store.url" if var("ORKESTRA_STORE_URL").is_some() => {
+                Some("env ORKESTRA_STORE_URL".into())
+            }
+            _ => None,
+        })?;
+        Ok(self)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let at = |span: Range<usize>| {
+            let (line, col) = line_col(text, span.start);
+            format!("{origin}:{line}:{col}")
+        };
+        let mut config = Self::default();
+        let mut url_origins: Vec<(&'static str, String)> = Vec::new();
+        if let Some(bus) = raw.bus {
+            if let Some(a) = bus.adapter {
+                config.bus.adapter =
+                    adapter("bus.adapter", BusAdapter::NAMES, a.get_ref(), at(a.span()))?;
+            }
+            if let Some(u) = bus.url {
+                url_origins.push(("bus.url", at(u.span())));
+                config.bus.url = Some(SecretUrl::new(u.into_inner()));
+            }
+        }
+        if let Some(store) = raw.store {
+            if let Some(a) = store.adapter {
+                config.store.adapter = adapter(
+                    "store.adapter",
+                    StoreAdapter::NAMES,
+                    a.get_ref(),
+                    at(a.span()),
+                )?;
+            }
+            if let Some(u) = store.url {
+                url_origins.push(("store.url", at(u.span())));
+                config.store.url = Some(SecretUrl::new(u.into_inner()));
+            }
+        }
+        config.check_urls(&|setting| {
+            url_origins
+                .iter()
+                .find(|(s, _)| *s == setting)
+                .map(|(_, o)| o.clone())
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that each URL fits its adapter; `origin_of` says where a setting came from.
+    fn check_urls(&self, origin_of: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let invalid = |setting: &'static str, message: String| ConfigError::Invalid {
+            setting,
+            origin: origin_of(setting).unwrap_or_else(|| "configuration".into()),
+            message,
+        };
+        if let Some(url) = &self.bus.url {
+            let schemes: &[&str] = match self.bus.adapter {
+                BusAdapter::InProcess => &[],
+                BusAdapter::RabbitMq => &["amqp", "amqps"],
+            };
+            check_url(url, schemes).map_err(|m| invalid("bus.url", m))?;
+        }
+        if let Some(url) = &self.store.url {
+            let schemes: &[&str] = match self.store.adapter {
+                StoreAdapter::Sqlite | StoreAdapter::Memory => &[],
+                StoreAdapter::Postgres => &["postgres", "postgresql"],
+                StoreAdapter::EventStoreDb => &[
+                    "esdb",
+                    "esdb+discover",
+                    "kurrentdb",
+                    "kurrentdb+discover",
+                    "kurrent",
+                    "kurrent+discover",
+                ],
+            };
+            check_url(url, schemes).map_err(|m| invalid("store.url", m))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    bus: Option<RawSection>,
+    store: Option<RawSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSection {
+    adapter: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+}
+
+fn adapter<T: Copy>(
+    setting: &'static str,
+    names: &[(&'static str, T)],
+    value: &str,
+    origin: String,
+) -> Result<T, ConfigError> {
+    names
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, adapter)| *adapter)
+        .ok_or_else(|| ConfigError::Invalid {
+            setting,
+            origin,
+            message: format!(
+                "unknown adapter {value:?}; expected one of: {}",
+                names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+/// An empty `schemes` accepts anything non-empty (a file path, say).
+fn check_url(url: &SecretUrl, schemes: &[&str]) -> Result<(), String> {
+    let raw = url.expose();
+    if raw.trim().is_empty() {
+        return Err("the URL is empty".into());
+    }
+    if schemes.is_empty() {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return Err(format!("{url} is not a URL; expected {}://…", schemes[0]));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "{url} has scheme {scheme:?}; expected one of: {}",
+            schemes.join(", ")
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err(format!("{url} has no host"));
+    }
+    if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']'))
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{url} has an invalid port {port:?}"));
+    }
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// A URL or connection string that may hold a password. `Debug` and `Display` show it with
+/// the password replaced by `***`; [`SecretUrl::expose`] gives the real text to a driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for handing to a driver. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({:?})", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Hides passwords in `scheme://user:password@host` URLs, in `password=` query or
+/// key-value parameters, and in anything after an `@` we cannot parse.
+pub fn redact(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            out.push_str(scheme);
+            out.push_str("://");
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    match userinfo.split_once(':') {
+                        Some((user, _)) => {
+                            out.push_str(user);
+                            out.push_str(":***");
+                        }
+                        None => out.push_str(userinfo),
+                    }
+                    out.push('@');
+                    out.push_str(host);
+                }
+                None => out.push_str(authority),
+            }
+            tail
+        }
+        None => url,
+    };
+    // key=value parameters: `?password=x&…` or libpq's `password=x host=…`.
+    for part in rest.split_inclusive(['&', ' ', ';', '?']) {
+        let (body, sep) = match part.char_indices().last() {
+            Some((i, c)) if "& ;?".contains(c) => (&part[..i], &part[i..]),
+            _ => (part, ""),
+        };
+        match body.split_once('=') {
+            Some((key, _))
+                if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("pass") =>
+            {
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(body),
+        }
+        out.push_str(sep);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_in_process_and_sqlite() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.bus.adapter, BusAdapter::InProcess);
+        assert_eq!(c.store.adapter, StoreAdapter::Sqlite);
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn reads_the_documented_file() {
+        let c = Config::from_toml_str(
+            "[bus]\nadapter = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+             [store]\nadapter = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.bus.adapter, BusAdapter::RabbitMq);
+        assert_eq!(c.store.adapter, StoreAdapter::Postgres);
+        assert_eq!(
+            c.bus.url.unwrap().expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn unknown_adapter_names_the_setting_and_place() {
+        let e = Config::from_toml_str("[bus]\nadapter = \"rabbit\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bus.adapter (orkestra.toml:2:11): unknown adapter \"rabbit\"; expected one of: in_process, rabbitmq"
+        );
+        let e = Config::from_toml_str("[store]\nadapter = \"mongo\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("store.adapter (orkestra.toml:2:11): unknown adapter \"mongo\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_located() {
+        let e = Config::from_toml_str("[bus]\nadaptor = \"rabbitmq\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("adaptor"), "{text}");
+        let e = Config::from_toml_str("[bus]\nadapter = 3\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = Config::from_toml_str("[bus\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        let e = Config::from_toml_str("[queue]\n").unwrap_err();
+        assert!(e.to_string().contains("queue"), "{e}");
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_without_the_password() {
+        let e = Config::from_toml_str(
+            "[bus]\nadapter = \"rabbitmq\"\nurl = \"http://guest:s3cret@host\"\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("bus.url (orkestra.toml:3:7): "), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let e = Config::from_toml_str(
+            "[store]\nadapter = \"postgres\"\nurl = \"postgres://u:s3cret@db:54x2/x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("invalid port"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = Config::from_toml_str("[store]\nadapter = \"postgres\"\nurl = \"not a url\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("store.url"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = Config::from_toml_str("[bus]\nadapter = \"rabbitmq\"\n").unwrap();
+        let env = |name: &str| match name {
+            "ORKESTRA_BUS_ADAPTER" => Some("in_process".to_owned()),
+            "ORKESTRA_STORE_ADAPTER" => Some("memory".to_owned()),
+            _ => None,
+        };
+        let c = file.with_env_overrides(env).unwrap();
+        assert_eq!(c.bus.adapter, BusAdapter::InProcess);
+        assert_eq!(c.store.adapter, StoreAdapter::Memory);
+
+        let e = Config::default()
+            .with_env_overrides(|n| (n == "ORKESTRA_STORE_ADAPTER").then(|| "oracle".to_owned()))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("store.adapter (env ORKESTRA_STORE_ADAPTER): unknown adapter"),
+            "{e}"
+        );
+
+        let e = Config::default()
+            .with_env_overrides(|n| match n {
+                "ORKESTRA_BUS_ADAPTER" => Some("rabbitmq".into()),
+                "ORKESTRA_BUS_URL" => Some("amqp://guest:hunter2@".into()),
+                _ => None,
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bus.url (env ORKESTRA_BUS_URL): "),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn redaction() {
+        let cases = [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            ("amqp://guest@127.0.0.1", "amqp://guest@127.0.0.1"),
+            ("amqp://127.0.0.1", "amqp://127.0.0.1"),
+            (
+                "postgres://u:p%40ss@db/x?sslmode=require",
+                "postgres://u:***@db/x?sslmode=require",
+            ),
+            ("postgres://u:p@ss@db/x", "postgres://u:***@db/x"),
+            (
+                "postgres://db/x?user=u&password=pw&x=1",
+                "postgres://db/x?user=u&password=***&x=1",
+            ),
+            (
+                "host=db user=u password=pw dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            ("./orkestra.db", "./orkestra.db"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact(input), expected, "{input}");
+            let secret = SecretUrl::new(input);
+            assert_eq!(format!("{secret}"), expected);
+            assert!(!format!("{secret:?}").contains("pw"));
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Handler plumbing: what a handler receives ([`HandlerContext`]), what it returns
+//! ([`HandlerError`]), and the type-erased [`Subscription`] that generated code builds for
+//! a binding and hands to [`Bus::subscribe`](crate::Bus::subscribe).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::any_message::Message;
+use crate::bus::{Bus, BusError};
+use crate::envelope::{DEFAULT_MAX_RETRIES, EventEnvelope};
+use crate::message::{Command, Event, Metadata};
+use crate::payload::{CommandPayload, EventPayload, PayloadError};
+
+/// Why a handler did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// The message can never succeed (bad data, a broken business rule): no retry; the
+    /// message is dead-lettered at once.
+    #[error("rejected: {0}")]
+    Reject(String),
+    /// A failure that may pass (a timeout, a busy resource): retried up to the limit, then
+    /// dead-lettered.
+    #[error("failed: {0}")]
+    Fail(String),
+}
+
+impl HandlerError {
+    /// A rejection with a reason.
+    #[cold]
+    pub fn reject(reason: impl fmt::Display) -> Self {
+        Self::Reject(reason.to_string())
+    }
+
+    /// A retryable failure with a reason.
+    #[cold]
+    pub fn fail(reason: impl fmt::Display) -> Self {
+        Self::Fail(reason.to_string())
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Reject(r) | Self::Fail(r) => r,
+        }
+    }
+
+    /// Whether the bus may retry it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Fail(_))
+    }
+}
+
+/// Invalid data will not become valid on a retry: a payload error rejects.
+impl From<PayloadError> for HandlerError {
+    fn from(e: PayloadError) -> Self {
+        Self::Reject(e.to_string())
+    }
+}
+
+/// A bus error (a broker gone, no handler yet) may pass: it fails, and is retried.
+impl From<BusError> for HandlerError {
+    fn from(e: BusError) -> Self {
+        Self::Fail(e.to_string())
+    }
+}
+
+/// What a handler gets besides its message: the message's metadata and the bus.
+#[derive(Clone, Debug)]
+pub struct HandlerContext {
+    bus: Bus,
+    message: Message,
+    handler: Arc<str>,
+    attempt: u32,
+}
+
+impl HandlerContext {
+    pub(crate) fn new(bus: Bus, message: Message, handler: Arc<str>, attempt: u32) -> Self {
+        Self {
+            bus,
+            message,
+            handler,
+            attempt,
+        }
+    }
+
+    /// The metadata of the message being handled.
+    pub fn metadata(&self) -> &Metadata {
+        self.message.metadata()
+    }
+
+    /// The message being handled.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The handler's name (its binding name in the schema).
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    /// Which run of the handler this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The bus the message came from.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Metadata for a message caused by the one being handled.
+    pub fn derived_metadata(&self) -> Metadata {
+        Metadata::derive(self.message.metadata(), self.message.id())
+    }
+
+    /// Publishes an event caused by the message being handled: its correlation id and
+    /// causation id are set from that message (actor, source and time are kept).
+    pub async fn publish<D: EventPayload>(
+        &self,
+        mut event: Event<D>,
+    ) -> Result<EventEnvelope, BusError> {
+        let parent = self.message.metadata();
+        event
+            .metadata
+            .correlation_id
+            .clone_from(&parent.correlation_id);
+        event.metadata.causation_id = Some(self.message.id().to_owned());
+        self.bus.publish(EventEnvelope::wrap(event)).await
+    }
+}
+
+/// The events a binding can receive: one event type (`Event<D>`), or a generated enum
+/// with a variant per event (and `Other(RawEvent)` for wildcard bindings).
+pub trait EventSet: Sized + Send + 'static {
+    /// The topic patterns to bind (exact topics or AMQP wildcards).
+    const PATTERNS: &'static [&'static str];
+
+    /// Reads the typed value out of a message. An unknown type is
+    /// [`PayloadError::WrongType`]; the bus dead-letters it.
+    fn from_message(message: &Message) -> Result<Self, PayloadError>;
+}
+
+impl<D: EventPayload> EventSet for Event<D> {
+    const PATTERNS: &'static [&'static str] = &[D::TOPIC];
+
+    fn from_message(message: &Message) -> Result<Self, PayloadError> {
+        message.event()
+    }
+}
+
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send>>;
+
+pub(crate) trait ErasedHandler: Send + Sync + 'static {
+    fn call(&self, message: &Message, ctx: HandlerContext) -> HandlerFuture;
+}
+
+struct CommandHandlerFn<P, F> {
+    f: F,
+    _payload: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<P, F, Fut> ErasedHandler for CommandHandlerFn<P, F>
+where
+    P: CommandPayload,
+    F: Fn(Command<P>, HandlerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
+{
+    fn call(&self, message: &Message, ctx: HandlerContext) -> HandlerFuture {
+        match message.command::<P>() {
+            Ok(command) => Box::pin((self.f)(command, ctx)),
+            Err(e) => Box::pin(std::future::ready(Err(undecodable(e)))),
+        }
+    }
+}
+
+struct EventHandlerFn<E, F> {
+    f: F,
+    _events: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E, F, Fut> ErasedHandler for EventHandlerFn<E, F>
+where
+    E: EventSet,
+    F: Fn(E, HandlerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(&self, message: &Message, ctx: HandlerContext) -> HandlerFuture {
+        match E::from_message(message) {
+            Ok(events) => {
+                let fut = (self.f)(events, ctx);
+                Box::pin(async move { fut.await.map(|()| Value::Null) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(undecodable(e)))),
+        }
+    }
+}
+
+#[cold]
+fn undecodable(e: PayloadError) -> HandlerError {
+    HandlerError::Reject(format!("undecodable message: {e}"))
+}
+
+/// What a binding handles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One command type, on its topic.
+    Command {
+        /// The command topic.
+        topic: &'static str,
+        /// The command type name.
+        type_name: &'static str,
+    },
+    /// Events whose topic matches any of the patterns.
+    Events {
+        /// Exact topics or AMQP wildcard patterns.
+        patterns: &'static [&'static str],
+    },
+}
+
+/// A handler bound to its messages, type-erased so any bus can run it.
+///
+/// Generated code builds one per binding (`handlers::place_order_handler(MyHandler)`);
+/// hand-written code can use [`Subscription::command`] and [`Subscription::events`].
+#[derive(Clone)]
+pub struct Subscription {
+    pub(crate) handler: Arc<str>,
+    pub(crate) target: Target,
+    pub(crate) max_retries: u32,
+    pub(crate) call: Arc<dyn ErasedHandler>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("handler", &self.handler)
+            .field("target", &self.target)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Binds a command handler; its reply (JSON) is returned in the dispatch receipt.
+    pub fn command<P, F, Fut>(handler: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        P: CommandPayload,
+        F: Fn(Command<P>, HandlerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
+    {
+        Self {
+            handler: Arc::from(handler.into().as_ref()),
+            target: Target::Command {
+                topic: P::TOPIC,
+                type_name: P::TYPE_NAME,
+            },
+            max_retries: DEFAULT_MAX_RETRIES,
+            call: Arc::new(CommandHandlerFn {
+                f,
+                _payload: std::marker::PhantomData,
+            }),
+        }
+    }
+
+    /// Binds an event handler to the events of `E` (`Event<D>` or a generated enum).
+    pub fn events<E, F, Fut>(handler: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        E: EventSet,
+        F: Fn(E, HandlerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        Self {
+            handler: Arc::from(handler.into().as_ref()),
+            target: Target::Events {
+                patterns: E::PATTERNS,
+            },
+            max_retries: DEFAULT_MAX_RETRIES,
+            call: Arc::new(EventHandlerFn {
+                f,
+                _events: std::marker::PhantomData,
+            }),
+        }
+    }
+
+    /// Sets how many times a failed run is retried (the binding's `max_retries`).
+    #[must_use]
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// The handler's name.
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    /// What it handles.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The retry limit of the binding.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Whether this subscription receives messages on `topic`.
+    pub fn accepts(&self, topic: &str) -> bool {
+        match &self.target {
+            Target::Command { topic: t, .. } => *t == topic,
+            Target::Events { patterns } => patterns.iter().any(|p| crate::topic::matches(p, topic)),
+        }
+    }
+}
+
+/// A message that a handler could not process: rejected, undecodable, or failed on
+/// every allowed attempt.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub(crate) message: Message,
+    pub(crate) topic: String,
+    pub(crate) handler: String,
+    pub(crate) reason: String,
+    pub(crate) attempts: u32,
+    pub(crate) dead_at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// The original message's topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The handler that gave up.
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    /// The last failure or the rejection reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// How many times the handler ran.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The original message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The original message's id.
+    pub fn message_id(&self) -> &str {
+        self.message.id()
+    }
+
+    /// When it was dead-lettered.
+    pub fn dead_at(&self) -> DateTime<Utc> {
+        self.dead_at
+    }
+}
