@@ -256,7 +256,7 @@ impl Message {
     }
 
     /// The event with its data as JSON (serializes a typed event).
-    pub fn raw_event(&self) -> Result<RawEvent, serde_json::Error> {
+    pub fn raw_event(&self) -> Result<RawEvent, PayloadError> {
         match &self.repr {
             Repr::RawEvent(e) => Ok(RawEvent::clone(e)),
             _ => Ok(RawEvent {

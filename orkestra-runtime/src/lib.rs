@@ -44,7 +44,7 @@ pub use handler::{DeadLetter, EventSet, HandlerContext, HandlerError, Subscripti
 pub use message::{ActorType, Command, Event, Metadata, RawEvent, new_id};
 pub use payload::{
     CommandError, CommandPayload, EventError, EventPayload, ObjectReader, ParamError, Payload,
-    PayloadError, Validate, ValidationError, finish, rules,
+    PayloadError, Validate, ValidationError, finish, required, rules,
 };
 
 /// Crates the generated code refers to through `::orkestra_runtime::__private`, so a

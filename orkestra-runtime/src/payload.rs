@@ -180,6 +180,9 @@ pub enum PayloadError {
     /// The custom validation refused the value.
     #[error("validation failed: {0}")]
     Invalid(ValidationError),
+    /// A typed value could not be encoded as JSON (a map with non-string keys, say).
+    #[error("cannot encode as JSON: {0}")]
+    Encoding(String),
     /// A message of another type was decoded as this one.
     #[error("expected a message of type {expected}, found {found}")]
     WrongType {
@@ -205,7 +208,7 @@ impl PayloadError {
     }
 
     /// A short machine-readable code: `not_an_object`, `unknown_params`, `missing_params`,
-    /// `invalid_params`, `wrong_type`, or the custom validation's own code.
+    /// `invalid_params`, `wrong_type`, `encoding`, or the custom validation's own code.
     pub fn code(&self) -> &str {
         match self {
             Self::NotAnObject { .. } => "not_an_object",
@@ -214,7 +217,14 @@ impl PayloadError {
             Self::InvalidParams(_) => "invalid_params",
             Self::Invalid(e) => e.code(),
             Self::WrongType { .. } => "wrong_type",
+            Self::Encoding(_) => "encoding",
         }
+    }
+}
+
+impl From<serde_json::Error> for PayloadError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Encoding(e.to_string())
     }
 }
 
@@ -315,6 +325,12 @@ impl ObjectReader {
     pub fn finish(self) -> Result<(), PayloadError> {
         finish(self.errors)
     }
+}
+
+/// The value of a required key once [`ObjectReader::finish`] passed. Absent only if a
+/// hand-written payload skipped a check; reported as missing rather than a panic.
+pub fn required<T>(value: Option<T>, key: &'static str) -> Result<T, PayloadError> {
+    value.ok_or_else(|| PayloadError::MissingParams(vec![key]))
 }
 
 /// `Ok` when `errors` is empty, else [`PayloadError::InvalidParams`].

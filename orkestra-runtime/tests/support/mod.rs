@@ -1,0 +1,5 @@
+//! Shared test support: hand-written payloads and the bus conformance suite.
+#![allow(dead_code, unused_imports, unused_macros)]
+
+pub mod bus_suite;
+pub mod payloads;
