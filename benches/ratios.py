@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Prints the benchmark ratios (numerator ÷ baseline, mean times) from criterion's output.
+
+Run after `cargo bench`; reads target/criterion/<group>/<bench>/new/estimates.json.
+A ratio below 1.0 means Orkestra took less time than the baseline.
+"""
+import json
+import os
+import sys
+
+TARGET = os.environ.get("CARGO_TARGET_DIR", "target")
+RATIOS = [
+    # (label, numerator, denominator, target or None)
+    ("in-process dispatch ÷ mpsc+oneshot", "dispatch/orkestra", "dispatch/raw_mpsc_oneshot", 1.0),
+    ("in-process dispatch ÷ direct call", "dispatch/orkestra", "dispatch/direct_call", None),
+    ("publish to 3 ÷ broadcast to 3", "publish3/orkestra", "publish3/raw_broadcast", 1.5),
+]
+
+
+def mean_ns(bench):
+    path = os.path.join(TARGET, "criterion", *bench.split("/"), "new", "estimates.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["mean"]["point_estimate"]
+    except FileNotFoundError:
+        return None
+
+
+def main():
+    failed = False
+    for label, num, den, target in RATIOS:
+        a, b = mean_ns(num), mean_ns(den)
+        if a is None or b is None:
+            print(f"{label}: not measured (run cargo bench first)")
+            continue
+        ratio = a / b
+        verdict = ""
+        if target is not None:
+            ok = ratio <= target
+            failed |= not ok
+            verdict = f"  target <= {target:.2f}x: {'ok' if ok else 'MISSED'}"
+        print(f"{label}: {a:,.0f} ns / {b:,.0f} ns = {ratio:.2f}x{verdict}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

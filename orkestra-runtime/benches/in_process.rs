@@ -1,0 +1,208 @@
+//! In-process bus overhead, measured against raw baselines in the same run.
+//!
+//! - `dispatch/orkestra` ÷ `dispatch/raw_mpsc_oneshot` (target ≤ 1.0×): a command to a
+//!   no-op handler, against a tokio mpsc send to a handler task plus a oneshot reply.
+//! - `dispatch/orkestra` ÷ `dispatch/direct_call`: our overhead over calling the handler.
+//! - `publish3/orkestra` ÷ `publish3/raw_broadcast` (target ≤ 1.5×): an event to three
+//!   subscribers, against a tokio broadcast to three receiver tasks that each run the
+//!   handler and acknowledge, so both sides finish when all three handled it.
+//! - `topic/15_hashes_31_words`: the pathological wildcard case.
+//!
+//! Each sample runs its iterations inside one `block_on`, so no side pays for entering the
+//! runtime per iteration.
+//!
+//! `python3 benches/ratios.py` prints the ratios after `cargo bench`.
+
+#[path = "../tests/support/payloads.rs"]
+#[allow(dead_code)]
+mod payloads;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use orkestra_runtime::{
+    Bus, Command, CommandEnvelope, Event, EventEnvelope, HandlerError, Metadata, Subscription,
+};
+use payloads::{OrderPlaced, PlaceOrder};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+/// The multi-thread runtime `#[tokio::main]` gives. Every sample runs inside a task
+/// spawned on it (`timed!`), where tokio's LIFO slot lets a woken handler task run on
+/// the same worker: the cheapest setting for the channel baselines, and neither side
+/// pays for `block_on`'s cross-thread wake-ups.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+}
+
+/// `timed!(rt, iters, (captures..), body)`: clones the captures into a spawned task,
+/// runs `body` `iters` times there and returns the elapsed time.
+macro_rules! timed {
+    ($rt:expr, $iters:expr, ($($cap:ident),*), $body:expr) => {{
+        $(let $cap = $cap.clone();)*
+        let iters = $iters;
+        $rt.block_on($rt.spawn(async move {
+            let start = Instant::now();
+            for _ in 0..iters {
+                $body;
+            }
+            start.elapsed()
+        }))
+        .unwrap()
+    }};
+}
+
+async fn noop_command(cmd: Command<PlaceOrder>) -> Result<Value, HandlerError> {
+    black_box(&cmd);
+    Ok(Value::Null)
+}
+
+async fn noop_event(ev: Event<OrderPlaced>) -> Result<(), HandlerError> {
+    black_box(&ev);
+    Ok(())
+}
+
+fn command() -> Command<PlaceOrder> {
+    Command::from_json(
+        json!({"product_id": "sku_42", "quantity": 3}),
+        Metadata::new(),
+    )
+    .unwrap()
+}
+
+fn event() -> Event<OrderPlaced> {
+    Event::new(
+        OrderPlaced {
+            order_id: "o1".into(),
+            quantity: 3,
+        },
+        Metadata::new(),
+    )
+    .unwrap()
+}
+
+type Request = (
+    Command<PlaceOrder>,
+    oneshot::Sender<Result<Value, HandlerError>>,
+);
+
+fn dispatch(c: &mut Criterion) {
+    let rt = runtime();
+    let cmd = command();
+    let mut group = c.benchmark_group("dispatch");
+
+    let bus = Bus::in_process();
+    rt.block_on(bus.subscribe(Subscription::command("Noop", |cmd, _| noop_command(cmd))))
+        .unwrap();
+    group.bench_function("orkestra", |b| {
+        b.iter_custom(|iters| {
+            timed!(rt, iters, (bus, cmd), {
+                black_box(
+                    bus.dispatch(CommandEnvelope::wrap(cmd.clone()))
+                        .await
+                        .unwrap(),
+                );
+            })
+        })
+    });
+
+    let (tx, mut rx) = mpsc::channel::<Request>(1024);
+    rt.spawn(async move {
+        while let Some((cmd, reply)) = rx.recv().await {
+            let _ = reply.send(noop_command(cmd).await);
+        }
+    });
+    group.bench_function("raw_mpsc_oneshot", |b| {
+        b.iter_custom(|iters| {
+            timed!(rt, iters, (tx, cmd), {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                tx.send((cmd.clone(), reply_tx)).await.unwrap();
+                black_box(reply_rx.await.unwrap().unwrap());
+            })
+        })
+    });
+
+    group.bench_function("direct_call", |b| {
+        b.iter_custom(|iters| {
+            timed!(rt, iters, (cmd), {
+                black_box(noop_command(cmd.clone()).await.unwrap());
+            })
+        })
+    });
+    group.finish();
+}
+
+fn publish(c: &mut Criterion) {
+    let rt = runtime();
+    let ev = event();
+    let mut group = c.benchmark_group("publish3");
+
+    let bus = Bus::in_process();
+    for name in ["A", "B", "C"] {
+        rt.block_on(bus.subscribe(Subscription::events(name, |ev, _| noop_event(ev))))
+            .unwrap();
+    }
+    group.bench_function("orkestra", |b| {
+        b.iter_custom(|iters| {
+            timed!(rt, iters, (bus, ev), {
+                black_box(bus.publish(EventEnvelope::wrap(ev.clone())).await.unwrap());
+            })
+        })
+    });
+
+    let (tx, _) = broadcast::channel::<Event<OrderPlaced>>(1024);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
+    for _ in 0..3 {
+        let mut rx = tx.subscribe();
+        let ack = ack_tx.clone();
+        rt.spawn(async move {
+            while let Ok(ev) = rx.recv().await {
+                noop_event(ev).await.unwrap();
+                ack.send(()).unwrap();
+            }
+        });
+    }
+    // The receiver moves into each sample's task and back out through this slot.
+    let acks = Arc::new(std::sync::Mutex::new(Some(ack_rx)));
+    group.bench_function("raw_broadcast", |b| {
+        b.iter_custom(|iters| {
+            let mut ack_rx = acks.lock().unwrap().take().unwrap();
+            let (tx, ev) = (tx.clone(), ev.clone());
+            let (elapsed, ack_rx) = rt
+                .block_on(rt.spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        tx.send(ev.clone()).unwrap();
+                        for _ in 0..3 {
+                            ack_rx.recv().await.unwrap();
+                        }
+                    }
+                    (start.elapsed(), ack_rx)
+                }))
+                .unwrap();
+            *acks.lock().unwrap() = Some(ack_rx);
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+fn topic(c: &mut Criterion) {
+    let pattern = vec!["#"; 15].join(".") + ".z";
+    let key = vec!["a"; 31].join(".");
+    c.bench_function("topic/15_hashes_31_words", |b| {
+        b.iter(|| {
+            black_box(orkestra_runtime::topic::matches(
+                black_box(&pattern),
+                black_box(&key),
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, dispatch, publish, topic);
+criterion_main!(benches);
