@@ -43,8 +43,8 @@ pub use envelope::{
 pub use handler::{DeadLetter, EventSet, HandlerContext, HandlerError, Subscription, Target};
 pub use message::{ActorType, Command, Event, Metadata, RawEvent, new_id};
 pub use payload::{
-    CommandError, CommandPayload, EventError, EventPayload, ObjectReader, ParamError, Payload,
-    PayloadError, Validate, ValidationError, finish, required, rules,
+    CommandError, CommandPayload, Decimal, EventError, EventPayload, ObjectReader, ParamError,
+    Payload, PayloadError, Validate, ValidationError, finish, required, rules,
 };
 
 /// Crates the generated code refers to through `::orkestra_runtime::__private`, so a
@@ -54,6 +54,7 @@ pub mod __private {
     pub use chrono;
     pub use serde;
     pub use serde_json;
+    pub use uuid;
 }
 
 /// Includes the code `orkestra-gen` wrote to `$OUT_DIR/orkestra_generated.rs` from build.rs.

@@ -254,6 +254,64 @@ pub(crate) fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// A `decimal` value, kept as its exact text (`"12.50"`), never rounded through a float.
+///
+/// It accepts a JSON string or number holding an optional sign, digits and an optional
+/// fraction (and exponent); convert it with the decimal crate of your choice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Decimal(String);
+
+impl Decimal {
+    /// Parses decimal text.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        let unsigned = t.strip_prefix(['-', '+']).unwrap_or(t);
+        let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+            Some((m, e)) => (m, Some(e)),
+            None => (unsigned, None),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+        let exponent_ok = exponent.is_none_or(|e| {
+            let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+            !e.is_empty() && digits(e)
+        });
+        (!int.is_empty() || !frac.is_empty())
+            .then_some(())
+            .filter(|()| digits(int) && digits(frac) && exponent_ok)
+            .map(|()| Self(t.to_owned()))
+    }
+
+    /// The exact text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = match Value::deserialize(d)? {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "invalid type: {}, expected a decimal string or number",
+                    json_kind(&other)
+                )));
+            }
+        };
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid decimal {text:?}")))
+    }
+}
+
 /// Reads a JSON object key by key in the documented check order. Generated code uses it;
 /// it is public so hand-written payloads can keep the same behaviour.
 #[derive(Debug)]
@@ -436,6 +494,44 @@ pub mod rules {
     pub fn url(errors: &mut Vec<ParamError>, param: &str, value: &str) {
         if !is_url(value) {
             errors.push(ParamError::new(param, "format", "must be an absolute URL"));
+        }
+    }
+
+    /// A regular expression compiled on first use. The generator compiled it already, so
+    /// it cannot fail here; if it somehow does, every check reports it instead of panicking.
+    #[derive(Debug)]
+    pub struct Pattern {
+        source: &'static str,
+        compiled: std::sync::OnceLock<Option<regex::Regex>>,
+    }
+
+    impl Pattern {
+        /// A pattern, compiled lazily.
+        pub const fn new(source: &'static str) -> Self {
+            Self {
+                source,
+                compiled: std::sync::OnceLock::new(),
+            }
+        }
+    }
+
+    /// `pattern:` the string contains a match (anchor the regex to match it whole).
+    pub fn pattern(errors: &mut Vec<ParamError>, param: &str, value: &str, pattern: &Pattern) {
+        match pattern
+            .compiled
+            .get_or_init(|| regex::Regex::new(pattern.source).ok())
+        {
+            Some(re) if re.is_match(value) => {}
+            Some(_) => errors.push(ParamError::new(
+                param,
+                "pattern",
+                format!("must match the pattern {}", pattern.source),
+            )),
+            None => errors.push(ParamError::new(
+                param,
+                "pattern",
+                "the pattern does not compile",
+            )),
         }
     }
 

@@ -1,17 +1,128 @@
-//! Orders on the in-process bus: a command, the event its handler publishes, the
-//! handlers that react, one that keeps failing until it is dead-lettered, and the
-//! correlation and causation ids that tie it all together.
+//! Orders and accounts on the in-process bus, with code generated from `schemas/`:
+//! commands, the events their handlers publish, the handlers that react (single-event,
+//! multi-event and wildcard bindings), one that keeps failing until it is dead-lettered,
+//! and the correlation and causation ids that tie it all together.
 
-mod domain;
+orkestra_runtime::include_generated!();
 
-use domain::{OrderPlaced, PlaceOrder};
+use accounts::commands::CreateAccount;
+use orders::commands::PlaceOrder;
+use orders::events::OrderPlaced;
+use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
 use orkestra_runtime::{
-    ActorType, Bus, Command, CommandEnvelope, Config, Event, HandlerError, Metadata, Subscription,
+    ActorType, Bus, Command, CommandEnvelope, Config, Event, HandlerContext, HandlerError,
+    Metadata, Validate, ValidationError,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn short(id: &str) -> &str {
     &id[..8.min(id.len())]
+}
+
+impl Validate for CreateAccount {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.email.contains('@') {
+            Ok(())
+        } else {
+            Err(ValidationError::new("invalid_email").with_field("email"))
+        }
+    }
+}
+
+struct Orders;
+
+impl orders::handlers::PlaceOrderHandler for Orders {
+    async fn execute(
+        &self,
+        cmd: Command<PlaceOrder>,
+        ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        println!(
+            "  PlaceOrderHandler      command {} ({} x {}, {} priority)",
+            short(&cmd.id),
+            cmd.quantity,
+            cmd.product_id,
+            cmd.priority
+        );
+        let placed = OrderPlaced::from_command(
+            &cmd,
+            json!({"order_id": "ord_1", "product_id": cmd.product_id, "quantity": cmd.quantity, "placed_at": "2026-11-27T10:00:00Z"}),
+        )?;
+        ctx.publish(placed).await?;
+        Ok(json!({"order_id": "ord_1"}))
+    }
+}
+
+struct Mailer;
+
+impl orders::handlers::SendOrderConfirmation for Mailer {
+    async fn handle_event(
+        &self,
+        ev: Event<OrderPlaced>,
+        _ctx: HandlerContext,
+    ) -> Result<(), HandlerError> {
+        println!(
+            "  SendOrderConfirmation  event {}: correlation {}, caused by {}",
+            short(&ev.id),
+            short(&ev.metadata.correlation_id),
+            short(ev.metadata.causation_id.as_deref().unwrap_or("-"))
+        );
+        Ok(())
+    }
+}
+
+struct Projector;
+
+impl orders::handlers::OrderProjector for Projector {
+    async fn handle_event(
+        &self,
+        ev: OrderProjectorEvent,
+        _ctx: HandlerContext,
+    ) -> Result<(), HandlerError> {
+        match ev {
+            OrderProjectorEvent::OrderPlaced(e) => {
+                println!("  OrderProjector         order {} placed", e.order_id)
+            }
+            OrderProjectorEvent::OrderCancelled(e) => {
+                println!("  OrderProjector         order {} cancelled", e.order_id)
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Audit;
+
+impl orders::handlers::OrderAudit for Audit {
+    async fn handle_event(
+        &self,
+        ev: OrderAuditEvent,
+        _ctx: HandlerContext,
+    ) -> Result<(), HandlerError> {
+        let what = match &ev {
+            OrderAuditEvent::OrderPlaced(_) => "OrderPlaced",
+            OrderAuditEvent::OrderCancelled(_) => "OrderCancelled",
+            OrderAuditEvent::Other(raw) => raw.event_type.as_str(),
+        };
+        println!("  OrderAudit (orders.events.#) saw {what}");
+        Ok(())
+    }
+}
+
+struct SearchIndex;
+
+impl orders::handlers::UpdateSearchIndex for SearchIndex {
+    async fn handle_event(
+        &self,
+        _ev: Event<OrderPlaced>,
+        ctx: HandlerContext,
+    ) -> Result<(), HandlerError> {
+        println!(
+            "  UpdateSearchIndex      attempt {}: index unreachable",
+            ctx.attempt()
+        );
+        Err(HandlerError::fail("search index unreachable"))
+    }
 }
 
 #[tokio::main]
@@ -20,56 +131,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::from_config(&config).await?;
     let mut dead_letters = bus.dead_letters().await?;
 
-    bus.subscribe(Subscription::command(
-        "PlaceOrderHandler",
-        |cmd: Command<PlaceOrder>, ctx| async move {
-            println!(
-                "  PlaceOrderHandler   ran for command {} ({} x {})",
-                short(&cmd.id),
-                cmd.quantity,
-                cmd.product_id
-            );
-            let placed = Event::from_command(
-                &cmd,
-                OrderPlaced {
-                    order_id: "ord_1".into(),
-                    quantity: cmd.quantity,
-                },
-            )?;
-            ctx.publish(placed).await?;
-            Ok(json!({"order_id": "ord_1"}))
-        },
-    ))
-    .await?;
-
-    bus.subscribe(Subscription::events(
-        "SendOrderConfirmation",
-        |ev: Event<OrderPlaced>, _| async move {
-            println!(
-                "  SendOrderConfirmation ran for event {}: correlation {}, caused by {}",
-                short(&ev.id),
-                short(&ev.metadata.correlation_id),
-                short(ev.metadata.causation_id.as_deref().unwrap_or("-")),
-            );
-            Ok(())
-        },
-    ))
-    .await?;
-
-    bus.subscribe(
-        Subscription::events(
-            "UpdateSearchIndex",
-            |_: Event<OrderPlaced>, ctx| async move {
-                println!(
-                    "  UpdateSearchIndex   attempt {}: index unreachable",
-                    ctx.attempt()
-                );
-                Err(HandlerError::fail("search index unreachable"))
-            },
-        )
-        .with_max_retries(2),
-    )
-    .await?;
+    bus.subscribe(orders::handlers::place_order_handler(Orders))
+        .await?;
+    bus.subscribe(orders::handlers::send_order_confirmation(Mailer))
+        .await?;
+    bus.subscribe(orders::handlers::order_projector(Projector))
+        .await?;
+    bus.subscribe(orders::handlers::order_audit(Audit)).await?;
+    bus.subscribe(orders::handlers::update_search_index(SearchIndex))
+        .await?;
 
     let metadata = Metadata::new()
         .with_actor("user_123", ActorType::User)
@@ -78,8 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "dispatching PlaceOrder (correlation {})",
         short(&metadata.correlation_id)
     );
-    let command =
-        Command::<PlaceOrder>::from_json(json!({"product_id": "sku_42", "quantity": 3}), metadata)?;
+    let command = PlaceOrder::new(json!({"product_id": "sku_42", "quantity": 3}), metadata)?;
     let receipt = bus.dispatch(CommandEnvelope::wrap(command)).await?;
     println!(
         "command {}: {:?} after {} attempt(s), reply {}",
@@ -99,10 +168,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     println!("rejected input:");
-    let bad = Command::<PlaceOrder>::from_json(json!({"quantity": 0}), Metadata::new());
-    println!("  {}", bad.unwrap_err());
-    let bad =
-        Command::<PlaceOrder>::from_json(json!({"product_id": "", "quantity": 0}), Metadata::new());
-    println!("  {}", bad.unwrap_err());
+    for (what, result) in [
+        (
+            "PlaceOrder {quantity: 0}",
+            PlaceOrder::new(json!({"quantity": 0}), Metadata::new()).map(|_| ()),
+        ),
+        (
+            "PlaceOrder {product_id: \"\", quantity: 0}",
+            PlaceOrder::new(json!({"product_id": "", "quantity": 0}), Metadata::new()).map(|_| ()),
+        ),
+        (
+            "CreateAccount {email: \"nope\"}",
+            CreateAccount::new(json!({"email": "nope", "name": "Eve"}), Metadata::new())
+                .map(|_| ()),
+        ),
+    ] {
+        println!("  {what}: {}", result.unwrap_err());
+    }
     Ok(())
 }

@@ -1,0 +1,243 @@
+//! The resolved model: what validation produces and rendering consumes. Every name is
+//! checked, every reference resolved, every default checked against its type and rules.
+
+use std::path::PathBuf;
+
+/// Everything one generation covers.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// The app prefix stripped from namespaces.
+    pub app_prefix: String,
+    /// The schema files, in the order read.
+    pub files: Vec<PathBuf>,
+    /// One module per namespace, sorted by module name.
+    pub modules: Vec<Module>,
+}
+
+/// One namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Module {
+    /// The full namespace (`MyApp.Orders`).
+    pub namespace: String,
+    /// The namespace without the app prefix (`Orders`): how other namespaces refer to it.
+    pub qualifier: String,
+    /// The Rust module name (`orders`).
+    pub ident: String,
+    /// Module docs.
+    pub description: Option<String>,
+    /// Named value types.
+    pub types: Vec<TypeDef>,
+    /// Commands.
+    pub commands: Vec<Payload>,
+    /// Events.
+    pub events: Vec<Payload>,
+    /// Handler bindings.
+    pub handlers: Vec<Handler>,
+}
+
+/// A named value type.
+#[derive(Clone, Debug)]
+pub struct TypeDef {
+    /// Its name in the schema.
+    pub name: String,
+    /// Docs.
+    pub description: Option<String>,
+    /// Struct or enum.
+    pub kind: TypeKind,
+}
+
+/// The shape of a named type.
+#[derive(Clone, Debug)]
+pub enum TypeKind {
+    /// A struct with fields.
+    Struct(Vec<Field>),
+    /// An enum of string values.
+    Enum(Vec<String>),
+}
+
+/// Command or event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// A command.
+    Command,
+    /// An event.
+    Event,
+}
+
+/// A command or event.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    /// Command or event.
+    pub kind: PayloadKind,
+    /// Its name.
+    pub name: String,
+    /// Docs.
+    pub description: Option<String>,
+    /// Params or data fields, in declaration order.
+    pub fields: Vec<Field>,
+    /// The topic (derived or overridden).
+    pub topic: String,
+    /// `Namespace.Name`.
+    pub type_name: String,
+    /// Schema version (events; commands are 1).
+    pub version: u32,
+    /// Whether the user implements `Validate`.
+    pub custom_validate: bool,
+    /// Where it is declared.
+    pub span: crate::diagnostic::Span,
+}
+
+/// A param or field.
+#[derive(Clone, Debug)]
+pub struct Field {
+    /// The wire name (as in the schema).
+    pub name: String,
+    /// Docs.
+    pub description: Option<String>,
+    /// Its type.
+    pub ty: Ty,
+    /// Must be present.
+    pub required: bool,
+    /// The value used when absent.
+    pub default: Option<Literal>,
+    /// Rules.
+    pub rules: Rules,
+}
+
+/// A schema type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ty {
+    /// `string`
+    String,
+    /// `integer` (i64)
+    Integer,
+    /// `float` (f64)
+    Float,
+    /// `boolean`
+    Boolean,
+    /// `datetime` (UTC, RFC 3339)
+    DateTime,
+    /// `date`
+    Date,
+    /// `uuid`
+    Uuid,
+    /// `decimal` (kept as exact text)
+    Decimal,
+    /// `json` (any JSON value)
+    Json,
+    /// `list<T>`
+    List(Box<Ty>),
+    /// `map<T>` (string keys)
+    Map(Box<Ty>),
+    /// A named type.
+    Named(TypeRef),
+}
+
+/// A resolved reference to a named type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeRef {
+    /// The Rust module it lives in.
+    pub module: String,
+    /// Its name.
+    pub name: String,
+    /// Whether it is an enum (its values are strings on the wire).
+    pub is_enum: bool,
+    /// Enum values, for checking defaults.
+    pub variants: Vec<String>,
+}
+
+/// A default or `one_of` value, checked against the field type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Literal {
+    /// A string (also an enum value).
+    Str(String),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A list.
+    List(Vec<Literal>),
+    /// A map with string keys, in document order.
+    Map(Vec<(String, Literal)>),
+}
+
+/// `format:` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// An email address.
+    Email,
+    /// A UUID.
+    Uuid,
+    /// An absolute URL.
+    Url,
+}
+
+/// The rules on a field.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rules {
+    /// Lower bound (numbers).
+    pub min: Option<Literal>,
+    /// Upper bound (numbers).
+    pub max: Option<Literal>,
+    /// Lower bound of the length (strings in chars, lists and maps in items).
+    pub min_length: Option<u64>,
+    /// Upper bound of the length.
+    pub max_length: Option<u64>,
+    /// A regex the whole string must match somewhere (unanchored unless it anchors).
+    pub pattern: Option<String>,
+    /// A format.
+    pub format: Option<Format>,
+    /// Allowed values.
+    pub one_of: Option<Vec<Literal>>,
+}
+
+impl Rules {
+    /// Whether there is no rule at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Rules::default()
+    }
+}
+
+/// A reference to a command or event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadRef {
+    /// The Rust module.
+    pub module: String,
+    /// The name.
+    pub name: String,
+}
+
+/// What a handler binding receives.
+#[derive(Clone, Debug)]
+pub enum HandlerTarget {
+    /// One command.
+    Command(PayloadRef),
+    /// One event.
+    Event(PayloadRef),
+    /// Several events: a generated enum.
+    Events(Vec<PayloadRef>),
+    /// Every event whose topic matches: a generated enum with `Other(RawEvent)`.
+    Topic {
+        /// The AMQP pattern.
+        pattern: String,
+        /// The known events it matches.
+        matched: Vec<PayloadRef>,
+    },
+}
+
+/// A handler binding.
+#[derive(Clone, Debug)]
+pub struct Handler {
+    /// The binding name (the trait name).
+    pub name: String,
+    /// Docs.
+    pub description: Option<String>,
+    /// What it handles.
+    pub target: HandlerTarget,
+    /// Retry limit, when set.
+    pub max_retries: Option<u32>,
+    /// Events it declares it emits.
+    pub emits: Vec<PayloadRef>,
+}
