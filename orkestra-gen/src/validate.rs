@@ -981,23 +981,23 @@ impl Validator {
                 }
             }
         }
-        if let (Some(Literal::Int(a)), Some(Literal::Int(b))) = (&rules.min, &rules.max) {
-            if a > b {
-                self.error(
-                    &map["max"].span,
-                    format!("`max` ({b}) of `{field}` is below its `min` ({a})"),
-                );
-                ok = false;
-            }
+        if let (Some(Literal::Int(a)), Some(Literal::Int(b))) = (&rules.min, &rules.max)
+            && a > b
+        {
+            self.error(
+                &map["max"].span,
+                format!("`max` ({b}) of `{field}` is below its `min` ({a})"),
+            );
+            ok = false;
         }
-        if let (Some(a), Some(b)) = (rules.min_length, rules.max_length) {
-            if a > b {
-                self.error(
-                    &map["max_length"].span,
-                    format!("`max_length` ({b}) of `{field}` is below its `min_length` ({a})"),
-                );
-                ok = false;
-            }
+        if let (Some(a), Some(b)) = (rules.min_length, rules.max_length)
+            && a > b
+        {
+            self.error(
+                &map["max_length"].span,
+                format!("`max_length` ({b}) of `{field}` is below its `min_length` ({a})"),
+            );
+            ok = false;
         }
         if let Some(n) = map.get("pattern") {
             if !textual {
@@ -1007,7 +1007,13 @@ impl Validator {
                 match regex::Regex::new(&p) {
                     Ok(_) => rules.pattern = Some(p),
                     Err(e) => {
-                        let reason = e.to_string().lines().last().unwrap_or("").trim().to_owned();
+                        let text = e.to_string();
+                        let last = text.lines().last().unwrap_or("").trim();
+                        let reason = last
+                            .strip_prefix("error:")
+                            .unwrap_or(last)
+                            .trim()
+                            .to_owned();
                         self.error(
                             &n.span,
                             format!(
@@ -1085,6 +1091,9 @@ impl Validator {
         for m in modules {
             for p in m.commands.iter().chain(&m.events) {
                 if let Some(first) = seen.get(p.topic.as_str()) {
+                    if first.to_snake_case() == p.type_name.to_snake_case() {
+                        continue; // already reported as a name collision
+                    }
                     let message = format!(
                         "`{}` and `{first}` share the topic `{}`; every command and event needs its own",
                         p.type_name, p.topic
@@ -1400,15 +1409,15 @@ fn breaks_rules(lit: &Literal, rules: &Rules) -> Option<String> {
         Literal::Float(f) => Some(*f),
         _ => None,
     };
-    if let (Some(v), Some(min)) = (num(lit), rules.min.as_ref().and_then(num)) {
-        if v < min {
-            return Some(format!("it is below min {min}"));
-        }
+    if let (Some(v), Some(min)) = (num(lit), rules.min.as_ref().and_then(num))
+        && v < min
+    {
+        return Some(format!("it is below min {min}"));
     }
-    if let (Some(v), Some(max)) = (num(lit), rules.max.as_ref().and_then(num)) {
-        if v > max {
-            return Some(format!("it is above max {max}"));
-        }
+    if let (Some(v), Some(max)) = (num(lit), rules.max.as_ref().and_then(num))
+        && v > max
+    {
+        return Some(format!("it is above max {max}"));
     }
     let len = match lit {
         Literal::Str(s) => Some(s.chars().count() as u64),
@@ -1416,25 +1425,25 @@ fn breaks_rules(lit: &Literal, rules: &Rules) -> Option<String> {
         Literal::Map(m) => Some(m.len() as u64),
         _ => None,
     };
-    if let (Some(len), Some(min)) = (len, rules.min_length) {
-        if len < min {
-            return Some(format!("its length {len} is below min_length {min}"));
-        }
+    if let (Some(len), Some(min)) = (len, rules.min_length)
+        && len < min
+    {
+        return Some(format!("its length {len} is below min_length {min}"));
     }
-    if let (Some(len), Some(max)) = (len, rules.max_length) {
-        if len > max {
-            return Some(format!("its length {len} is above max_length {max}"));
-        }
+    if let (Some(len), Some(max)) = (len, rules.max_length)
+        && len > max
+    {
+        return Some(format!("its length {len} is above max_length {max}"));
     }
-    if let (Literal::Str(s), Some(p)) = (lit, &rules.pattern) {
-        if regex::Regex::new(p).is_ok_and(|re| !re.is_match(s)) {
-            return Some(format!("\"{s}\" does not match pattern `{p}`"));
-        }
+    if let (Literal::Str(s), Some(p)) = (lit, &rules.pattern)
+        && regex::Regex::new(p).is_ok_and(|re| !re.is_match(s))
+    {
+        return Some(format!("\"{s}\" does not match pattern `{p}`"));
     }
-    if let Some(allowed) = &rules.one_of {
-        if !allowed.contains(lit) {
-            return Some("it is not one of the `one_of` values".into());
-        }
+    if let Some(allowed) = &rules.one_of
+        && !allowed.contains(lit)
+    {
+        return Some("it is not one of the `one_of` values".into());
     }
     None
 }

@@ -236,20 +236,32 @@ pub fn parse(text: &str, file: &Path) -> Result<Node, Diagnostic> {
                 ..Span::default()
             });
             span.file = file.to_owned();
-            Err(Diagnostic::error(
-                &span,
-                format!("invalid YAML: {}", first_line(&e.to_string())),
-            ))
+            Err(Diagnostic::error(&span, {
+                let sentence = first_line(&e.to_string());
+                if sentence.starts_with("duplicate key") {
+                    sentence
+                } else {
+                    format!("invalid YAML: {sentence}")
+                }
+            }))
         }
     }
 }
 
+/// The parser's sentence without its own `error: line N column M:` prefix (the
+/// diagnostic carries the position) and without advice about parser options.
 fn first_line(message: &str) -> String {
-    message
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .trim_end_matches('.')
-        .to_owned()
+    let mut line = message.lines().next().unwrap_or("").trim();
+    line = line.strip_prefix("error:").unwrap_or(line).trim_start();
+    if let Some((_, after)) = line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        line = after;
+    }
+    if let Some(rest) = line.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("duplicate key `{key}`");
+    }
+    line.trim_end_matches('.').to_owned()
 }

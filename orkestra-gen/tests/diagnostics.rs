@@ -1,0 +1,37 @@
+//! One snapshot of the diagnostics for each broken schema in `tests/broken/`.
+
+use orkestra_gen::Source;
+
+#[test]
+fn broken_schemas() {
+    insta::glob!("broken/*.yaml", |path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let diags = orkestra_gen::check_sources(
+            &[Source {
+                path: name.into(),
+                text,
+            }],
+            "Shop",
+        );
+        assert!(
+            !diags.0.is_empty(),
+            "a broken schema must produce a diagnostic"
+        );
+        insta::assert_snapshot!(diags.to_string());
+    });
+}
+
+#[test]
+fn errors_across_files_are_reported_together() {
+    let a = Source {
+        path: "a.yaml".into(),
+        text: "namespace: Shop.A\ncommands:\n  Go: {}\n".into(),
+    };
+    let b = Source {
+        path: "b.yaml".into(),
+        text: "namespace: Shop.A\ncommands:\n  Go: {}\nhandlers:\n  H: { command: Stop }\n".into(),
+    };
+    let diags = orkestra_gen::check_sources(&[a, b], "Shop");
+    insta::assert_snapshot!(diags.to_string());
+}
