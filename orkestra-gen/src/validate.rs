@@ -246,7 +246,7 @@ impl Validator {
             );
             return None;
         }
-        let qualifier = strip_prefix(&namespace, &self.app_prefix).to_owned();
+        let qualifier = topic::strip_prefix(&namespace, &self.app_prefix).to_owned();
         if qualifier.is_empty() {
             self.error(
                 &ns_node.span,
@@ -1309,17 +1309,6 @@ impl Validator {
             .did_you_mean(&text, candidates.iter().map(String::as_str));
         self.diags.push(d);
         None
-    }
-}
-
-fn strip_prefix<'a>(namespace: &'a str, prefix: &str) -> &'a str {
-    if prefix.is_empty() {
-        return namespace;
-    }
-    match namespace.strip_prefix(prefix) {
-        Some("") => "",
-        Some(rest) if rest.starts_with('.') => &rest[1..],
-        _ => namespace,
     }
 }
 

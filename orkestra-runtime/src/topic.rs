@@ -29,7 +29,9 @@ pub fn derive(name: &str, app_prefix: &str) -> String {
         .join(".")
 }
 
-fn strip_prefix<'a>(name: &'a str, app_prefix: &str) -> &'a str {
+/// `name` without its leading `app_prefix` segments (whole segments only); unchanged
+/// when it does not start with them.
+pub fn strip_prefix<'a>(name: &'a str, app_prefix: &str) -> &'a str {
     if app_prefix.is_empty() {
         return name;
     }
