@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use orkestra_gen::{Error, Generator, Source, model::HandlerTarget};
+use clap::{Parser, Subcommand, ValueEnum};
+use orkestra_gen::{Diagnostic, Error, Generator, Severity, Source, model::HandlerTarget};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,8 +16,68 @@ use orkestra_gen::{Error, Generator, Source, model::HandlerTarget};
     about = "Generate typed Rust from Orkestra YAML schemas"
 )]
 struct Args {
+    /// How diagnostics are printed.
+    #[arg(long, value_enum, global = true, default_value_t = Format::Human)]
+    format: Format,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Diagnostic output styles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// `file:line:col: error: ...` followed by the source snippet.
+    Human,
+    /// One `file:line:col: error: ...` line per diagnostic.
+    Short,
+}
+
+/// Prints one diagnostic: the located line, then (human format) a miette snippet.
+fn print_diagnostic(d: &Diagnostic, format: Format) {
+    eprintln!("{d}");
+    if format == Format::Short {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(&d.span.file) else {
+        return;
+    };
+    let offset = d
+        .span
+        .offset
+        .unwrap_or_else(|| offset_of(&text, d.span.line, d.span.column))
+        .min(text.len());
+    let len = text[offset..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ':' | ',' | '}' | ']'))
+        .map(char::len_utf8)
+        .sum::<usize>()
+        .max(1);
+    let mut md = miette::MietteDiagnostic::new(d.message.clone())
+        .with_severity(match d.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+        .with_label(miette::LabeledSpan::at(offset..offset + len, "here"));
+    if let Some(help) = &d.help {
+        md = md.with_help(help.clone());
+    }
+    let source = miette::NamedSource::new(d.span.file.display().to_string(), text);
+    let report = miette::Report::new(md).with_source_code(source);
+    let mut out = String::new();
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+    if handler.render_report(&mut out, report.as_ref()).is_ok() {
+        eprintln!("{out}");
+    }
+}
+
+/// Byte offset of a 1-based line and column.
+fn offset_of(text: &str, line: u64, column: u64) -> usize {
+    let lines = usize::try_from(line.saturating_sub(1)).unwrap_or(usize::MAX);
+    let start: usize = text.split_inclusive('\n').take(lines).map(str::len).sum();
+    let cols = usize::try_from(column.saturating_sub(1)).unwrap_or(usize::MAX);
+    let col: usize = text[start..].chars().take(cols).map(char::len_utf8).sum();
+    (start + col).min(text.len())
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,13 +124,14 @@ fn generator(common: &Common) -> Generator {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let format = args.format;
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match &e {
                 Error::Schema(d) => {
                     for diag in &d.0 {
-                        eprintln!("{diag}");
+                        print_diagnostic(diag, format);
                     }
                     let errors = d.errors().count();
                     eprintln!("{errors} error{} found", if errors == 1 { "" } else { "s" });
@@ -91,11 +152,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    let format = args.format;
     match args.command {
         Cmd::Generate { common, out } => {
             let output = generator(&common).render()?;
             for w in output.warnings.warnings() {
-                eprintln!("{w}");
+                print_diagnostic(w, format);
             }
             match out {
                 Some(path) => {
@@ -125,7 +187,7 @@ fn run(args: Args) -> Result<(), Error> {
                 return Err(Error::Schema(diags));
             }
             for w in diags.warnings() {
-                eprintln!("{w}");
+                print_diagnostic(w, format);
             }
             println!("{} schema file(s) OK", sources.len());
             Ok(())
