@@ -116,23 +116,38 @@ impl Generator {
         self
     }
 
-    /// The schema files, sorted, after printing the rerun directives.
+    /// The schema files, sorted (printing the rerun directives when enabled).
     pub fn files(&self) -> Result<Vec<PathBuf>, Error> {
-        let mut files = Vec::new();
-        for root in &self.schemas {
-            if self.cargo {
-                println!("cargo:rerun-if-changed={}", root.display());
+        let (files, directives) = self.scan()?;
+        if self.cargo {
+            for d in directives {
+                println!("{d}");
             }
+        }
+        Ok(files)
+    }
+
+    /// The `cargo:rerun-if-changed` lines build.rs prints: every schema directory (so an
+    /// added or deleted file reruns the build script) and every schema file.
+    pub fn rerun_directives(&self) -> Result<Vec<String>, Error> {
+        Ok(self.scan()?.1)
+    }
+
+    fn scan(&self) -> Result<(Vec<PathBuf>, Vec<String>), Error> {
+        let mut files = Vec::new();
+        let mut directives = Vec::new();
+        for root in &self.schemas {
+            directives.push(format!("cargo:rerun-if-changed={}", root.display()));
             collect(root, &mut files)?;
         }
         files.sort();
         files.dedup();
-        if self.cargo {
-            for f in &files {
-                println!("cargo:rerun-if-changed={}", f.display());
-            }
-        }
-        Ok(files)
+        directives.extend(
+            files
+                .iter()
+                .map(|f| format!("cargo:rerun-if-changed={}", f.display())),
+        );
+        Ok((files, directives))
     }
 
     /// Validates and renders, without writing.

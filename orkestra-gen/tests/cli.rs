@@ -25,15 +25,33 @@ fn check_passes_on_the_reference_schemas() {
 
 #[test]
 fn check_reports_located_errors_with_a_snippet() {
-    let out = run(&["check", "--schemas", "tests/broken/03_unknown_param_key.yaml", "--app-prefix", "Shop"]);
+    let out = run(&[
+        "check",
+        "--schemas",
+        "tests/broken/03_unknown_param_key.yaml",
+        "--app-prefix",
+        "Shop",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stdout), "", "check writes nothing to stdout on errors");
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "check writes nothing to stdout on errors"
+    );
     insta::assert_snapshot!(text(&out.stderr));
 }
 
 #[test]
 fn check_reports_every_error_of_a_directory_in_short_form() {
-    let out = run(&["--format", "short", "check", "--schemas", "tests/broken", "--app-prefix", "Shop"]);
+    let out = run(&[
+        "--format",
+        "short",
+        "check",
+        "--schemas",
+        "tests/broken",
+        "--app-prefix",
+        "Shop",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!(text(&out.stderr));
 }
@@ -49,12 +67,34 @@ fn topics_lists_commands_and_events_with_their_handlers() {
 fn generate_writes_the_golden_output() {
     let dir = std::env::temp_dir().join(format!("orkestra-gen-cli-{}", std::process::id()));
     let out_file = dir.join("generated.rs");
-    let out = run(&["generate", "--schemas", "../schemas", "--app-prefix", "Shop", "--out", out_file.to_str().unwrap()]);
+    let out = run(&[
+        "generate",
+        "--schemas",
+        "../schemas",
+        "--app-prefix",
+        "Shop",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let golden = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/shop.rs")).unwrap();
+    let golden =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/shop.rs"))
+            .unwrap();
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), golden);
-    let again = run(&["generate", "--schemas", "../schemas", "--app-prefix", "Shop", "--out", out_file.to_str().unwrap()]);
-    assert!(text(&again.stderr).starts_with("unchanged "), "{}", text(&again.stderr));
+    let again = run(&[
+        "generate",
+        "--schemas",
+        "../schemas",
+        "--app-prefix",
+        "Shop",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&again.stderr).starts_with("unchanged "),
+        "{}",
+        text(&again.stderr)
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -62,7 +102,15 @@ fn generate_writes_the_golden_output() {
 fn a_missing_directory_is_a_usage_error() {
     let out = run(&["check", "--schemas", "no/such/dir"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).starts_with("error: no/such/dir: "), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: no/such/dir: "),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["frobnicate"]);
-    assert_eq!(out.status.code(), Some(2), "clap's own usage errors exit 2 too");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap's own usage errors exit 2 too"
+    );
 }
