@@ -213,3 +213,32 @@ async fn seed_flow_through_the_in_process_bus() {
         ]
     );
 }
+
+#[test]
+fn hostile_schema_strings_round_trip_unchanged() {
+    use orkestra_tests::hostile::nasty::commands::Tricky;
+    use orkestra_tests::hostile::nasty::types::Status;
+    let cmd = Tricky::new(json!({"type": "t"}), Metadata::new()).unwrap();
+    assert_eq!(cmd.r#async, "quote \" backslash \\ and \u{202e} bidi");
+    assert_eq!(cmd.r#match, 3);
+    assert!(!cmd.self_);
+    assert_eq!(cmd.status, Status::OutOfStock);
+    assert_eq!(cmd.nested.get("b\"").map(Vec::len), Some(0));
+    let wire = serde_json::to_value(&cmd.params).unwrap();
+    assert_eq!(
+        wire["self"], false,
+        "sanitised identifiers keep their wire names"
+    );
+    assert_eq!(wire["status"], "out of stock");
+    let e = Tricky::new(
+        json!({"type": "t", "pattern_field": "ABC", "price": "1.2.3"}),
+        Metadata::new(),
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("pattern_field: must match the pattern"),
+        "{text}"
+    );
+    assert!(text.contains("price: invalid decimal"), "{text}");
+}

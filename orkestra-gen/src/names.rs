@@ -76,9 +76,26 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// `#[doc = "..."]` attributes for a description, one per line.
+///
+/// prettyplease prints doc attributes as `///` comments with the literal's value, so
+/// control and invisible characters are written out as visible `\u{..}` text first: a
+/// raw bidi control in a comment would be denied by rustc (and could hide code).
 pub fn doc_attrs(text: &str) -> String {
     text.lines()
-        .map(|line| format!("#[doc = {}]", str_lit(&format!(" {}", line.trim_end()))))
+        .map(|line| {
+            let visible: String = line
+                .trim_end()
+                .chars()
+                .map(|c| {
+                    if c.is_control() || is_invisible(c) {
+                        format!("\\u{{{:x}}}", c as u32)
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            format!("#[doc = {}]", str_lit(&format!(" {visible}")))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -74,3 +74,34 @@ fn output_is_written_only_when_it_changes() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn hostile_strings_and_keyword_names_stay_inert() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/nasty");
+    let code = orkestra_gen::Generator::new()
+        .cargo_directives(false)
+        .schemas(&dir)
+        .app_prefix("Shop")
+        .render()
+        .unwrap()
+        .code;
+    let path = dir.join("nasty.rs");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &code).unwrap();
+    }
+    let golden =
+        std::fs::read_to_string(&path).expect("golden file missing: run with UPDATE_GOLDEN=1");
+    assert!(
+        golden == code,
+        "generated code differs from {}",
+        path.display()
+    );
+    assert!(
+        !code.contains('\u{202e}'),
+        "no raw bidi control reaches the source"
+    );
+    assert!(
+        !code.contains("panic!(\"injected\")\n"),
+        "the description stays inside a literal"
+    );
+}

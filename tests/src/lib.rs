@@ -13,3 +13,9 @@ impl orkestra_runtime::Validate for accounts::commands::CreateAccount {
         }
     }
 }
+
+/// Generated from `orkestra-gen/tests/golden/nasty/nasty.yaml`: hostile descriptions,
+/// defaults and patterns, and keyword field names, which must all compile.
+pub mod hostile {
+    include!("../../orkestra-gen/tests/golden/nasty/nasty.rs");
+}

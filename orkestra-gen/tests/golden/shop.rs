@@ -89,7 +89,7 @@ pub mod accounts {
             pub fn __default_type() -> ::std::string::String {
                 ::std::string::String::from("personal")
             }
-            #[allow(unused_variables, clippy::ptr_arg)]
+            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
             fn check_rules(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
                 email: ::core::option::Option<&::std::string::String>,
@@ -229,7 +229,7 @@ pub mod accounts {
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg)]
+            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
             fn check_rules(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
                 account_id: ::core::option::Option<&::std::string::String>,
@@ -572,7 +572,7 @@ pub mod orders {
             pub fn __default_tags() -> ::std::vec::Vec<::std::string::String> {
                 ::std::vec![]
             }
-            #[allow(unused_variables, clippy::ptr_arg)]
+            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
             fn check_rules(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
                 product_id: ::core::option::Option<&::std::string::String>,
@@ -689,7 +689,7 @@ pub mod orders {
             > {
                 ::orkestra_runtime::Command::from_json(params, metadata)
             }
-            #[allow(unused_variables, clippy::ptr_arg)]
+            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
             fn check_rules(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
                 order_id: ::core::option::Option<&::std::string::String>,
@@ -803,7 +803,7 @@ pub mod orders {
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg)]
+            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
             fn check_rules(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
                 order_id: ::core::option::Option<&::std::string::String>,
@@ -923,7 +923,7 @@ pub mod orders {
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg)]
+            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
             fn check_rules(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
                 order_id: ::core::option::Option<&::std::string::String>,
