@@ -214,12 +214,38 @@ pub fn check_sources(sources: &[Source], app_prefix: &str) -> Diagnostics {
     validate::build(sources, app_prefix).1
 }
 
+/// Renders, checks and formats each module; modules are independent, so they are
+/// spread over the available cores and joined in model order (deterministic output).
 fn emit(model: &model::Model) -> Result<String, Error> {
-    let raw = render::render(model).map_err(Error::Internal)?;
-    let file = syn::parse_file(&raw).map_err(|e| {
-        Error::Internal(format!("template module.rs.j2 produced invalid Rust: {e}"))
-    })?;
-    let body = prettyplease::unparse(&file);
+    let renderer = render::Renderer::new().map_err(Error::Internal)?;
+    let one = |module: &model::Module| -> Result<String, Error> {
+        let raw = renderer.module(model, module).map_err(Error::Internal)?;
+        let file = syn::parse_file(&raw).map_err(|e| {
+            Error::Internal(format!(
+                "template module.rs.j2 produced invalid Rust for module `{}`: {e}",
+                module.ident
+            ))
+        })?;
+        Ok(prettyplease::unparse(&file))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = model.modules.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<String, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = model
+            .modules
+            .chunks(chunk)
+            .map(|modules| scope.spawn(move || modules.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(Error::Internal("a rendering thread panicked".into()))]
+                })
+            })
+            .collect()
+    });
+    let body = parts.into_iter().collect::<Result<Vec<_>, _>>()?.concat();
     let files = model
         .files
         .iter()

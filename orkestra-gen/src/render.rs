@@ -11,27 +11,33 @@ use crate::names::{doc_attrs, pascal, shouty, snake, str_lit};
 const RT: &str = "::orkestra_runtime";
 const TEMPLATE: &str = include_str!("../../templates/module.rs.j2");
 
-/// Renders the whole model (without the header) as unformatted Rust.
-pub fn render(model: &Model) -> Result<String, String> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.add_template("module.rs.j2", TEMPLATE)
-        .map_err(|e| format!("template module.rs.j2: {e:#}"))?;
-    let template = env
-        .get_template("module.rs.j2")
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    for module in &model.modules {
-        let ctx = module_context(model, module);
-        let text = template
-            .render(ctx)
+/// The template environment: strict about undefined values, loaded once.
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+impl Renderer {
+    /// Loads the embedded templates.
+    pub fn new() -> Result<Self, String> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_template("module.rs.j2", TEMPLATE)
             .map_err(|e| format!("template module.rs.j2: {e:#}"))?;
-        out.push_str(&text);
-        out.push('\n');
+        Ok(Self { env })
     }
-    Ok(out)
+
+    /// Renders one module as unformatted Rust.
+    pub fn module(&self, model: &Model, module: &Module) -> Result<String, String> {
+        let template = self
+            .env
+            .get_template("module.rs.j2")
+            .map_err(|e| e.to_string())?;
+        template
+            .render(module_context(model, module))
+            .map_err(|e| format!("template module.rs.j2: {e:#}"))
+    }
 }
 
 fn docs(description: Option<&str>, fallback: &str) -> String {
