@@ -204,5 +204,60 @@ fn topic(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, dispatch, publish, topic);
+/// The same dispatch with no subscriber, with an OpenTelemetry layer whose sampler drops
+/// everything, and with one that samples every span (recorded, then dropped: no exporter).
+fn tracing_overhead(c: &mut Criterion) {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let rt = runtime();
+    let cmd = command();
+    let bus = Bus::in_process();
+    rt.block_on(bus.subscribe(Subscription::command("Noop", |cmd, _| noop_command(cmd))))
+        .unwrap();
+    let mut group = c.benchmark_group("tracing");
+    let otel = |sampler: Sampler| {
+        let provider = SdkTracerProvider::builder().with_sampler(sampler).build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
+        tracing::Dispatch::new(tracing_subscriber::registry().with(layer))
+    };
+    // Sampling off is configured on both sides, as `telemetry::init` does: the
+    // OpenTelemetry sampler and Orkestra's ratio for new flows.
+    let subscribers = [
+        ("no_subscriber", tracing::Dispatch::none(), 1.0),
+        ("otel_sampling_off", otel(Sampler::AlwaysOff), 0.0),
+        ("otel_sampled", otel(Sampler::AlwaysOn), 1.0),
+    ];
+    for (name, dispatch, ratio) in subscribers {
+        orkestra_runtime::trace::set_sampling_ratio(ratio);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let (bus, cmd, dispatch) = (bus.clone(), cmd.clone(), dispatch.clone());
+                rt.block_on(
+                    rt.spawn(
+                        async move {
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                black_box(
+                                    bus.dispatch(CommandEnvelope::wrap(cmd.clone()))
+                                        .await
+                                        .unwrap(),
+                                );
+                            }
+                            start.elapsed()
+                        }
+                        .with_subscriber(dispatch),
+                    ),
+                )
+                .unwrap()
+            })
+        });
+    }
+    orkestra_runtime::trace::set_sampling_ratio(1.0);
+    group.finish();
+}
+
+criterion_group!(benches, dispatch, publish, topic, tracing_overhead);
 criterion_main!(benches);

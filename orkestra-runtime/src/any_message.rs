@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::message::{Command, Event, Metadata, RawEvent};
 use crate::payload::{CommandPayload, EventPayload, PayloadError};
+use crate::trace::TraceContext;
 
 /// Whether a message is a command or an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ trait Typed: Send + Sync + 'static {
     fn version(&self) -> u32;
     fn kind(&self) -> MessageKind;
     fn payload_json(&self) -> Result<Value, serde_json::Error>;
+    fn metadata_mut(&mut self) -> &mut Metadata;
+    fn clone_arc(&self) -> Arc<dyn Typed>;
 }
 
 impl<P: CommandPayload> Typed for Command<P> {
@@ -75,6 +78,12 @@ impl<P: CommandPayload> Typed for Command<P> {
     fn payload_json(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(&self.params)
     }
+    fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+    fn clone_arc(&self) -> Arc<dyn Typed> {
+        Arc::new(self.clone())
+    }
 }
 
 impl<D: EventPayload> Typed for Event<D> {
@@ -101,6 +110,12 @@ impl<D: EventPayload> Typed for Event<D> {
     }
     fn payload_json(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(&self.data)
+    }
+    fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+    fn clone_arc(&self) -> Arc<dyn Typed> {
+        Arc::new(self.clone())
     }
 }
 
@@ -166,6 +181,28 @@ impl Message {
             Repr::Typed(t) => t.id(),
             Repr::RawCommand(c) => &c.id,
             Repr::RawEvent(e) => &e.id,
+        }
+    }
+
+    /// Records the trace context the message was produced in, unless it has one.
+    /// Copies the value only when the message is shared.
+    pub fn set_trace_context_if_absent(&mut self, context: impl FnOnce() -> Option<TraceContext>) {
+        if self.metadata().trace_context.is_some() {
+            return;
+        }
+        let Some(context) = context() else { return };
+        let metadata = match &mut self.repr {
+            Repr::Typed(t) => {
+                if Arc::get_mut(t).is_none() {
+                    *t = t.clone_arc();
+                }
+                Arc::get_mut(t).map(|t| t.metadata_mut())
+            }
+            Repr::RawCommand(c) => Some(&mut Arc::make_mut(c).metadata),
+            Repr::RawEvent(e) => Some(&mut Arc::make_mut(e).metadata),
+        };
+        if let Some(metadata) = metadata {
+            metadata.trace_context = Some(context);
         }
     }
 

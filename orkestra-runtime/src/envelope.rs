@@ -148,6 +148,10 @@ impl CommandEnvelope {
         &self.message
     }
 
+    pub(crate) fn message_mut(&mut self) -> &mut Message {
+        &mut self.message
+    }
+
     /// The command id.
     pub fn id(&self) -> &str {
         self.message.id()
@@ -290,6 +294,10 @@ impl EventEnvelope {
     /// The event.
     pub fn message(&self) -> &Message {
         &self.message
+    }
+
+    pub(crate) fn message_mut(&mut self) -> &mut Message {
+        &mut self.message
     }
 
     /// The event id.

@@ -20,7 +20,12 @@
 //!
 //! ## Cargo features
 //!
-//! No feature is on by default; the in-process bus and the configuration need none.
+//! No feature is on by default; the in-process bus, the configuration and the spans
+//! (through `tracing`) need none.
+//!
+//! - `telemetry`: [`telemetry::Telemetry`], a one-call setup of OpenTelemetry export
+//!   (stdout), log formatting and a printable trace tree.
+//! - `otlp`: OTLP export for `telemetry`.
 
 #![deny(missing_docs)]
 
@@ -31,7 +36,10 @@ mod envelope;
 mod handler;
 mod message;
 mod payload;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod topic;
+pub mod trace;
 
 pub use any_message::{Message, MessageKind, RawCommand};
 pub use bus::{Bus, BusError, DeadLetters};

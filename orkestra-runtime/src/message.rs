@@ -63,6 +63,10 @@ pub struct Metadata {
     pub source: Option<String>,
     /// When the message was issued (UTC).
     pub issued_at: DateTime<Utc>,
+    /// The W3C trace context it was produced in, when tracing is on: lets work done later
+    /// (a stored event replayed, a message from a broker) link back to its origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<crate::trace::TraceContext>,
 }
 
 impl Metadata {
@@ -75,6 +79,7 @@ impl Metadata {
             actor_type: ActorType::System,
             source: None,
             issued_at: Utc::now(),
+            trace_context: None,
         }
     }
 
@@ -110,6 +115,7 @@ impl Metadata {
             actor_type: parent.actor_type,
             source: parent.source.clone(),
             issued_at: Utc::now(),
+            trace_context: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use accounts::commands::CreateAccount;
 use orders::commands::PlaceOrder;
 use orders::events::OrderPlaced;
 use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
+use orkestra_runtime::telemetry::{Logs, Telemetry, TraceTree};
 use orkestra_runtime::{
     ActorType, Bus, Command, CommandEnvelope, Config, Event, HandlerContext, HandlerError,
     Metadata, Validate, ValidationError,
@@ -127,6 +128,18 @@ impl orders::handlers::UpdateSearchIndex for SearchIndex {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Spans are collected in memory and printed as a tree at the end; set RUST_LOG=info
+    // to see the structured log lines too.
+    let tree = TraceTree::new();
+    let telemetry = Telemetry::new("orders-example")
+        .logs(if std::env::var_os("RUST_LOG").is_some() {
+            Logs::Pretty
+        } else {
+            Logs::Off
+        })
+        .trace_tree(tree.clone())
+        .init()?;
+
     let config = Config::load()?;
     let bus = Bus::from_config(&config).await?;
     let mut dead_letters = bus.dead_letters().await?;
@@ -185,5 +198,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         println!("  {what}: {}", result.unwrap_err());
     }
+
+    telemetry.flush();
+    println!("\ntrace of the flow:");
+    print!("{}", tree.render());
     Ok(())
 }

@@ -12,11 +12,16 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tracing::{Instrument, Span};
 
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
 use crate::handler::{DeadLetter, HandlerContext, HandlerError, Subscription, Target};
+use crate::trace::{self, TraceContext};
+
+/// `messaging.system` of the in-process bus's spans.
+const SYSTEM: &str = "orkestra";
 
 /// Most distinct topics whose routes one registry snapshot memoises.
 const ROUTE_CACHE_LIMIT: usize = 4096;
@@ -153,34 +158,47 @@ impl InProcess {
         if envelope.max_retries_override().is_none() {
             envelope = envelope.max_retries(subscription.max_retries);
         }
+        let traced = trace::should_trace(envelope.message());
+        let span = if traced {
+            trace::dispatch_span(envelope.message(), SYSTEM)
+        } else {
+            Span::none()
+        };
+        envelope
+            .message_mut()
+            .set_trace_context_if_absent(|| TraceContext::of(&span));
         let message = envelope.message().clone();
-        loop {
-            envelope.try_mark_dispatched()?;
-            let attempt = envelope.attempts();
-            let transition = match run_once(bus, &subscription, &message, attempt).await {
-                Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
-                Outcome::Rejected(reason) => {
-                    self.dead_letter(&subscription, &message, &reason, attempt);
-                    envelope.try_mark_rejected(reason)
-                }
-                Outcome::Failed(reason) => {
-                    let result = envelope.try_mark_failed(reason.clone());
-                    if result.is_ok() && envelope.retryable() {
-                        log_retry(
-                            &subscription,
-                            attempt,
-                            envelope.effective_max_retries(),
-                            &reason,
-                        );
-                        continue;
+        let dispatch = async {
+            loop {
+                envelope.try_mark_dispatched()?;
+                let attempt = envelope.attempts();
+                let max_retries = envelope.effective_max_retries();
+                let outcome =
+                    run_attempt(bus, &subscription, &message, attempt, max_retries, traced).await;
+                let transition = match outcome {
+                    Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
+                    Outcome::Rejected(reason) => {
+                        trace::record_error(&Span::current(), "rejected", &reason);
+                        self.dead_letter(&subscription, &message, &reason, attempt);
+                        envelope.try_mark_rejected(reason)
                     }
-                    self.dead_letter(&subscription, &message, &reason, attempt);
-                    result
-                }
-            };
-            transition?;
-            return Ok(envelope);
-        }
+                    Outcome::Failed(reason) => {
+                        let result = envelope.try_mark_failed(reason.clone());
+                        if result.is_ok() && envelope.retryable() {
+                            log_retry(&subscription, attempt, max_retries, &reason);
+                            continue;
+                        }
+                        trace::record_error(&Span::current(), "failed", &reason);
+                        self.dead_letter(&subscription, &message, &reason, attempt);
+                        result
+                    }
+                };
+                transition?;
+                return Ok::<(), BusError>(());
+            }
+        };
+        dispatch.instrument(span).await?;
+        Ok(envelope)
     }
 
     pub(crate) async fn publish(
@@ -195,14 +213,28 @@ impl InProcess {
             )));
         }
         let route = self.snapshot().route(envelope.topic());
+        let traced = trace::should_trace(envelope.message());
+        let span = if traced {
+            trace::publish_span(envelope.message(), SYSTEM)
+        } else {
+            Span::none()
+        };
         let mut envelope = envelope.mark_published();
+        envelope
+            .message_mut()
+            .set_trace_context_if_absent(|| TraceContext::of(&span));
         let message = envelope.message().clone();
         for subscription in route.iter() {
             envelope.register(subscription.handler.to_string());
-            let outcome = self.run_with_retries(bus, subscription, &message).await;
+            let outcome = self
+                .run_with_retries(bus, subscription, &message, traced)
+                .instrument(span.clone())
+                .await;
             let recorded = if outcome {
                 envelope.try_mark_handler_succeeded(&subscription.handler)
             } else {
+                let reason = format!("handler {} dead-lettered the event", subscription.handler);
+                trace::record_error(&span, "dead_letter", &reason);
                 envelope.try_mark_handler_failed(&subscription.handler)
             };
             if let Err(error) = recorded {
@@ -221,11 +253,12 @@ impl InProcess {
         bus: &Bus,
         subscription: &Subscription,
         message: &Message,
+        traced: bool,
     ) -> bool {
         let max_retries = subscription.max_retries;
         let mut attempt = 1;
         loop {
-            match run_once(bus, subscription, message, attempt).await {
+            match run_attempt(bus, subscription, message, attempt, max_retries, traced).await {
                 Outcome::Succeeded(_) => return true,
                 Outcome::Failed(reason) if attempt <= max_retries => {
                     log_retry(subscription, attempt, max_retries, &reason);
@@ -272,13 +305,38 @@ impl InProcess {
     }
 }
 
-/// One run of a handler; a panic counts as a failure.
+/// One run of a handler, inside its handle span (and, from the second attempt on, an
+/// `orkestra.retry` span); a panic counts as a failure.
+async fn run_attempt(
+    bus: &Bus,
+    subscription: &Subscription,
+    message: &Message,
+    attempt: u32,
+    max_retries: u32,
+    traced: bool,
+) -> Outcome {
+    if attempt > 1 && traced {
+        let retry = trace::retry_span(&subscription.handler, attempt, max_retries);
+        run_once(bus, subscription, message, attempt, traced)
+            .instrument(retry)
+            .await
+    } else {
+        run_once(bus, subscription, message, attempt, traced).await
+    }
+}
+
 async fn run_once(
     bus: &Bus,
     subscription: &Subscription,
     message: &Message,
     attempt: u32,
+    traced: bool,
 ) -> Outcome {
+    let span = if traced {
+        trace::handle_span(message, &subscription.handler, attempt, SYSTEM)
+    } else {
+        Span::none()
+    };
     let ctx = HandlerContext::new(
         bus.clone(),
         message.clone(),
@@ -286,12 +344,19 @@ async fn run_once(
         attempt,
     );
     let run = AssertUnwindSafe(async { subscription.call.call(message, ctx).await });
-    match run.catch_unwind().await {
-        Ok(Ok(reply)) => Outcome::Succeeded(reply),
+    let outcome = match run.catch_unwind().instrument(span.clone()).await {
+        Ok(Ok(reply)) => return Outcome::Succeeded(reply),
         Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
         Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
         Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
-    }
+    };
+    let (error_type, reason) = match &outcome {
+        Outcome::Rejected(reason) => ("rejected", reason),
+        Outcome::Failed(reason) => ("failed", reason),
+        Outcome::Succeeded(_) => return outcome,
+    };
+    trace::record_error(&span, error_type, reason);
+    outcome
 }
 
 fn log_retry(subscription: &Subscription, attempt: u32, max_retries: u32, reason: &str) {

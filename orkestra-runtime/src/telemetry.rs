@@ -1,0 +1,350 @@
+//! One-call telemetry setup (feature `telemetry`; OTLP export with feature `otlp`).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use orkestra_runtime::telemetry::{Logs, Telemetry};
+//! let _guard = Telemetry::new("orders").stdout().logs(Logs::Json).init()?;
+//! // ... run the app; dropping the guard flushes and shuts the exporters down.
+//! # Ok(()) }
+//! ```
+//!
+//! It installs, process-wide: an OpenTelemetry tracer provider (service name, a
+//! parent-based ratio sampler, the chosen exporters) as the global provider, the W3C
+//! trace-context propagator, and a `tracing` subscriber with the OpenTelemetry layer and
+//! a log formatter filtered by `RUST_LOG` (default `info`). It also sets
+//! [`crate::trace::set_sampling_ratio`] to the same ratio, so unsampled flows cost nothing.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use opentelemetry::trace::{Status, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Where spans go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exporter {
+    /// Nowhere (spans still feed the trace tree, if one is attached).
+    #[default]
+    None,
+    /// Standard output, as OpenTelemetry's stdout exporter prints them.
+    Stdout,
+    /// OTLP over HTTP/protobuf to this endpoint (feature `otlp`), for example
+    /// `http://127.0.0.1:4318/v1/traces`.
+    Otlp(String),
+}
+
+/// How log lines are printed (to standard error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Logs {
+    /// Not at all.
+    Off,
+    /// Human-readable, one line each, with span fields.
+    #[default]
+    Pretty,
+    /// One JSON object per line, with the current span's fields.
+    Json,
+}
+
+/// Why telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// A global `tracing` subscriber was installed already.
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+    /// The exporter could not be built.
+    #[error("cannot build the {exporter} exporter: {reason}")]
+    Exporter {
+        /// Which exporter.
+        exporter: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `RUST_LOG` or the configured filter does not parse.
+    #[error("invalid log filter {filter:?}: {reason}")]
+    Filter {
+        /// The filter text.
+        filter: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The telemetry setup, as a builder.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    service_name: String,
+    exporter: Exporter,
+    sampling_ratio: f64,
+    logs: Logs,
+    filter: Option<String>,
+    tree: Option<TraceTree>,
+}
+
+impl Telemetry {
+    /// Telemetry for a service: no exporter, every flow sampled, pretty logs.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            service_name: service_name.into(),
+            exporter: Exporter::None,
+            sampling_ratio: 1.0,
+            logs: Logs::Pretty,
+            filter: None,
+            tree: None,
+        }
+    }
+
+    /// Exports spans to standard output.
+    #[must_use]
+    pub fn stdout(mut self) -> Self {
+        self.exporter = Exporter::Stdout;
+        self
+    }
+
+    /// Exports spans with OTLP over HTTP (feature `otlp`).
+    #[must_use]
+    pub fn otlp(mut self, endpoint: impl Into<String>) -> Self {
+        self.exporter = Exporter::Otlp(endpoint.into());
+        self
+    }
+
+    /// Sets the exporter.
+    #[must_use]
+    pub fn exporter(mut self, exporter: Exporter) -> Self {
+        self.exporter = exporter;
+        self
+    }
+
+    /// The share of new flows traced, 0.0 to 1.0 (parent-based below a root).
+    #[must_use]
+    pub fn sampling_ratio(mut self, ratio: f64) -> Self {
+        self.sampling_ratio = ratio;
+        self
+    }
+
+    /// How log lines are printed.
+    #[must_use]
+    pub fn logs(mut self, logs: Logs) -> Self {
+        self.logs = logs;
+        self
+    }
+
+    /// The log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
+    #[must_use]
+    pub fn filter(mut self, filter: impl Into<String>) -> Self {
+        self.filter = Some(filter.into());
+        self
+    }
+
+    /// Also collects every span into `tree`, to print as an indented tree.
+    #[must_use]
+    pub fn trace_tree(mut self, tree: TraceTree) -> Self {
+        self.tree = Some(tree);
+        self
+    }
+
+    /// Installs everything; keep the guard alive for as long as spans should be exported.
+    pub fn init(self) -> Result<TelemetryGuard, TelemetryError> {
+        let filter_text = std::env::var("RUST_LOG")
+            .ok()
+            .or(self.filter.clone())
+            .unwrap_or_else(|| "info".to_owned());
+        let filter = EnvFilter::try_new(&filter_text).map_err(|e| TelemetryError::Filter {
+            filter: filter_text.clone(),
+            reason: e.to_string(),
+        })?;
+        let ratio = self.sampling_ratio.clamp(0.0, 1.0);
+        let mut builder = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                ratio,
+            ))))
+            .with_resource(
+                Resource::builder_empty()
+                    .with_service_name(self.service_name.clone())
+                    .build(),
+            );
+        match &self.exporter {
+            Exporter::None => {}
+            Exporter::Stdout => {
+                builder =
+                    builder.with_simple_exporter(opentelemetry_stdout::SpanExporter::default())
+            }
+            Exporter::Otlp(endpoint) => {
+                builder = builder.with_batch_exporter(otlp_exporter(endpoint)?)
+            }
+        }
+        if let Some(tree) = &self.tree {
+            builder = builder.with_simple_exporter(tree.clone());
+        }
+        let provider = builder.build();
+        let tracer = provider.tracer("orkestra");
+        let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+        let fmt_pretty = (self.logs == Logs::Pretty)
+            .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let fmt_json = (self.logs == Logs::Json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_writer(std::io::stderr)
+        });
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(otel)
+            .with(fmt_pretty)
+            .with(fmt_json)
+            .try_init()
+            .map_err(|_| TelemetryError::AlreadyInstalled)?;
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        crate::trace::set_sampling_ratio(ratio);
+        Ok(TelemetryGuard { provider })
+    }
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            exporter: "otlp",
+            reason: crate::config::redact(&e.to_string()),
+        })
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_exporter(_endpoint: &str) -> Result<opentelemetry_stdout::SpanExporter, TelemetryError> {
+    Err(TelemetryError::Exporter {
+        exporter: "otlp",
+        reason: "this build of orkestra-runtime has no OTLP exporter (enable the `otlp` feature)"
+            .into(),
+    })
+}
+
+/// Flushes and shuts the tracer provider down when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Collects finished spans to print them as an indented tree with durations: for
+/// examples and demos, where reading a trace beats installing a trace viewer.
+#[derive(Clone, Debug, Default)]
+pub struct TraceTree {
+    spans: Arc<Mutex<Vec<SpanData>>>,
+}
+
+impl TraceTree {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The spans collected so far.
+    pub fn spans(&self) -> Vec<SpanData> {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every trace collected so far, one indented line per span, children in start order:
+    /// `name [duration] handler=… type=… ERROR(reason)`.
+    pub fn render(&self) -> String {
+        let spans = self.spans();
+        let ids: std::collections::HashSet<_> =
+            spans.iter().map(|s| s.span_context.span_id()).collect();
+        let mut children: HashMap<_, Vec<&SpanData>> = HashMap::new();
+        let mut roots = Vec::new();
+        for span in &spans {
+            if ids.contains(&span.parent_span_id) {
+                children.entry(span.parent_span_id).or_default().push(span);
+            } else {
+                roots.push(span);
+            }
+        }
+        let by_start = |a: &&SpanData, b: &&SpanData| a.start_time.cmp(&b.start_time);
+        roots.sort_by(by_start);
+        for list in children.values_mut() {
+            list.sort_by(by_start);
+        }
+        let mut out = String::new();
+        for root in roots {
+            let _ = writeln!(out, "trace {}", root.span_context.trace_id());
+            render_span(&mut out, root, &children, 1);
+        }
+        out
+    }
+}
+
+fn render_span(
+    out: &mut String,
+    span: &SpanData,
+    children: &HashMap<opentelemetry::trace::SpanId, Vec<&SpanData>>,
+    depth: usize,
+) {
+    let micros = span
+        .end_time
+        .duration_since(span.start_time)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e6;
+    let mut line = format!("{}{} [{micros:.0} µs]", "  ".repeat(depth), span.name);
+    for key in [
+        "orkestra.handler",
+        "orkestra.command.type",
+        "orkestra.event.type",
+        "orkestra.retry.attempt",
+    ] {
+        if let Some(kv) = span.attributes.iter().find(|kv| kv.key.as_str() == key) {
+            let short = key.rsplit('.').next().unwrap_or(key);
+            let _ = write!(line, " {short}={}", kv.value);
+        }
+    }
+    if let Status::Error { description } = &span.status {
+        let _ = write!(line, " ERROR({description})");
+    }
+    let _ = writeln!(out, "{line}");
+    for child in children
+        .get(&span.span_context.span_id())
+        .into_iter()
+        .flatten()
+    {
+        render_span(out, child, children, depth + 1);
+    }
+}
+
+impl SpanExporter for TraceTree {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(batch);
+        Ok(())
+    }
+}
