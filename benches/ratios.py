@@ -10,10 +10,15 @@ import sys
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", "target")
 RATIOS = [
-    # (label, numerator, denominator, target or None)
+    # (label, numerator, denominator, target or None): time ratios, lower is better
     ("in-process dispatch ÷ mpsc+oneshot", "dispatch/orkestra", "dispatch/raw_mpsc_oneshot", 1.0),
     ("in-process dispatch ÷ direct call", "dispatch/orkestra", "dispatch/direct_call", None),
     ("publish to 3 ÷ broadcast to 3", "publish3/orkestra", "publish3/raw_broadcast", 1.5),
+]
+THROUGHPUT = [
+    # (label, variant, baseline, minimum or None): throughput ratios, higher is better
+    ("dispatch throughput, OTel layer sampling off ÷ no subscriber", "tracing/otel_sampling_off", "tracing/no_subscriber", 0.85),
+    ("dispatch throughput, every span sampled ÷ no subscriber", "tracing/otel_sampled", "tracing/no_subscriber", None),
 ]
 
 
@@ -40,6 +45,18 @@ def main():
             failed |= not ok
             verdict = f"  target <= {target:.2f}x: {'ok' if ok else 'MISSED'}"
         print(f"{label}: {a:,.0f} ns / {b:,.0f} ns = {ratio:.2f}x{verdict}")
+    for label, variant, base, minimum in THROUGHPUT:
+        a, b = mean_ns(variant), mean_ns(base)
+        if a is None or b is None:
+            print(f"{label}: not measured (run cargo bench first)")
+            continue
+        ratio = b / a
+        verdict = ""
+        if minimum is not None:
+            ok = ratio >= minimum
+            failed |= not ok
+            verdict = f"  target >= {minimum:.2f}x: {'ok' if ok else 'MISSED'}"
+        print(f"{label}: {ratio:.2f}x ({a:,.0f} ns vs {b:,.0f} ns per dispatch){verdict}")
     return 1 if failed else 0
 
 
