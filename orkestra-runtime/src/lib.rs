@@ -36,6 +36,7 @@ mod envelope;
 mod handler;
 mod message;
 mod payload;
+pub mod store;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod topic;
@@ -49,6 +50,9 @@ pub use envelope::{
     HandlerOutcome, TransitionError,
 };
 pub use handler::{DeadLetter, EventSet, HandlerContext, HandlerError, Subscription, Target};
+pub use store::{
+    AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Store, StoreError,
+};
 pub use message::{ActorType, Command, Event, Metadata, RawEvent, new_id};
 pub use payload::{
     CommandError, CommandPayload, Decimal, EventError, EventPayload, ObjectReader, ParamError,

@@ -3,3 +3,4 @@
 
 pub mod bus_suite;
 pub mod payloads;
+pub mod store_suite;

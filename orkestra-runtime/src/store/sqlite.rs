@@ -1,0 +1,328 @@
+//! The embedded store: one SQLite file (WAL, `synchronous=FULL`).
+//!
+//! One writer thread owns the write connection and commits whatever appends are waiting
+//! in a single transaction (group commit), each append inside its own savepoint so one
+//! refused append does not undo its neighbours. An append is acknowledged only after its
+//! transaction is durable. Readers use their own connections on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Mutex, PoisonError};
+
+use futures_util::future::BoxFuture;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+
+use super::{AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError, check_append};
+
+const ADAPTER: &str = "sqlite";
+/// Most appends one group commit takes.
+const MAX_GROUP: usize = 256;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS orkestra_events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream         TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    id             TEXT    NOT NULL UNIQUE,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    recorded_at    TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra_events
+BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS orkestra_events_no_delete BEFORE DELETE ON orkestra_events
+BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
+";
+
+struct AppendRequest {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+pub(crate) struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<std_mpsc::Sender<AppendRequest>>,
+    readers: Mutex<Vec<Connection>>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn backend_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend { adapter: ADAPTER, message: e.to_string() }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
+        adapter: ADAPTER,
+        setting: "store.url",
+        message: format!("cannot open {}: {e}", path.display()),
+    })?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;")
+        .map_err(|e| StoreError::Unavailable {
+            adapter: ADAPTER,
+            setting: "store.url",
+            message: format!("{} is not a usable SQLite database: {e}", path.display()),
+        })?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    pub(crate) async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        let (conn, path) = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
+                    adapter: ADAPTER,
+                    setting: "store.url",
+                    message: format!("cannot create {}: {e}", dir.display()),
+                })?;
+            }
+            let conn = open_connection(&path)?;
+            conn.execute_batch(SCHEMA).map_err(|e| StoreError::Unavailable {
+                adapter: ADAPTER,
+                setting: "store.url",
+                message: format!("cannot create the schema in {}: {e}", path.display()),
+            })?;
+            Ok::<_, StoreError>((conn, path))
+        })
+        .await
+        .map_err(backend_error)??;
+        let changes = watch::Sender::new(0);
+        let (tx, rx) = std_mpsc::channel();
+        let notify = changes.clone();
+        std::thread::Builder::new()
+            .name("orkestra-sqlite-writer".into())
+            .spawn(move || writer(conn, rx, notify))
+            .map_err(backend_error)?;
+        Ok(Self { path, writer: Mutex::new(tx), readers: Mutex::new(Vec::new()), changes })
+    }
+
+    /// Runs `f` with a reader connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let path = self.path.clone();
+        let (result, conn) = tokio::task::spawn_blocking(move || {
+            let conn = match conn {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let result = f(&conn);
+            Ok::<_, StoreError>((result, conn))
+        })
+        .await
+        .map_err(backend_error)??;
+        self.readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        result
+    }
+}
+
+fn writer(mut conn: Connection, requests: std_mpsc::Receiver<AppendRequest>, changes: watch::Sender<u64>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &group);
+        let any_written = results.iter().any(|r| matches!(r, Ok(a) if a.written));
+        for (request, result) in group.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+        if any_written {
+            changes.send_modify(|c| *c += 1);
+        }
+    }
+}
+
+/// One transaction for the whole group; each append in a savepoint.
+fn commit_group(conn: &mut Connection, group: &[AppendRequest]) -> Vec<Result<AppendResult, StoreError>> {
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return group.iter().map(|_| Err(backend_error(&e))).collect(),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        let result = match tx.savepoint() {
+            Ok(sp) => append_one(&sp, &request.stream, request.expected, &request.events)
+                .and_then(|result| sp.commit().map(|()| result).map_err(backend_error)),
+            Err(e) => Err(backend_error(e)),
+        };
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => group.iter().map(|_| Err(backend_error(&e))).collect(),
+    }
+}
+
+fn append_one(
+    conn: &Connection,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[EventData],
+) -> Result<AppendResult, StoreError> {
+    let current: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM orkestra_events WHERE stream = ?1", [stream], |r| r.get(0))
+        .map_err(backend_error)?;
+    let current = current.map(|v| v as u64);
+    let mut stored = Vec::new();
+    {
+        let mut find = conn
+            .prepare_cached("SELECT id, stream, version, position FROM orkestra_events WHERE id = ?1")
+            .map_err(backend_error)?;
+        for e in events {
+            let row = find
+                .query_row([&e.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                .optional()
+                .map_err(backend_error)?;
+            if let Some((id, s, v, p)) = row {
+                stored.push((id, s, v as u64, p as u64));
+            }
+        }
+    }
+    if let Some(done) = check_append(stream, expected, current, events, &stored)? {
+        return Ok(done);
+    }
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(backend_error)?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut version = current.map_or(0, |v| v + 1);
+    let mut last = AppendResult { last_version: 0, last_position: 0, written: true };
+    for e in events {
+        let data = serde_json::to_string(&e.data).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let metadata = serde_json::to_string(&e.metadata).map_err(|e| StoreError::Encode(e.to_string()))?;
+        insert
+            .execute(params![stream, version as i64, e.id, e.event_type, e.schema_version, data, metadata, now])
+            .map_err(backend_error)?;
+        last = AppendResult { last_version: version, last_position: conn.last_insert_rowid() as u64, written: true };
+        version += 1;
+    }
+    Ok(last)
+}
+
+const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
+
+fn row_to_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.get(0).map_err(backend_error)?;
+    let corrupt = |message: String| StoreError::Corrupt { location: format!("position {position}"), message };
+    let get_text = |i: usize| row.get::<_, String>(i).map_err(|e| corrupt(e.to_string()));
+    let data = get_text(6)?;
+    let metadata = get_text(7)?;
+    let recorded_at = get_text(8)?;
+    Ok(RecordedEvent {
+        position: position as u64,
+        stream: get_text(1)?,
+        version: row.get::<_, i64>(2).map_err(|e| corrupt(e.to_string()))? as u64,
+        id: get_text(3)?,
+        event_type: get_text(4)?,
+        schema_version: row.get::<_, u32>(5).map_err(|e| corrupt(e.to_string()))?,
+        data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data is not JSON: {e}")))?,
+        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
+        recorded_at: chrono::DateTime::parse_from_rfc3339(&recorded_at)
+            .map_err(|e| corrupt(format!("recorded_at: {e}")))?
+            .with_timezone(&chrono::Utc),
+    })
+}
+
+fn query(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend_error)?;
+    let mut rows = stmt.query(params).map_err(backend_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend_error)? {
+        out.push(row_to_event(row)?);
+    }
+    Ok(out)
+}
+
+fn limit(max: usize) -> i64 {
+    i64::try_from(max).unwrap_or(i64::MAX)
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Backend for SqliteStore {
+    fn name(&self) -> &'static str {
+        ADAPTER
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            let request = AppendRequest { stream: stream.to_owned(), expected, events, reply };
+            self.writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(request)
+                .map_err(|_| backend_error("the writer thread has stopped"))?;
+            rx.await.map_err(|_| backend_error("the writer thread has stopped"))?
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a str,
+        from_version: u64,
+        max: usize,
+        direction: Direction,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        let stream = stream.to_owned();
+        Box::pin(self.read(move |conn| match direction {
+            Direction::Forwards => query(
+                conn,
+                &format!("SELECT {COLUMNS} FROM orkestra_events WHERE stream = ?1 AND version >= ?2 ORDER BY version ASC LIMIT ?3"),
+                &[&stream, &clamp(from_version), &limit(max)],
+            ),
+            Direction::Backwards => query(
+                conn,
+                &format!("SELECT {COLUMNS} FROM orkestra_events WHERE stream = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"),
+                &[&stream, &clamp(from_version), &limit(max)],
+            ),
+        }))
+    }
+
+    fn read_all(&self, from_position: u64, max: usize) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(self.read(move |conn| {
+            query(
+                conn,
+                &format!("SELECT {COLUMNS} FROM orkestra_events WHERE position >= ?1 ORDER BY position ASC LIMIT ?2"),
+                &[&clamp(from_position), &limit(max)],
+            )
+        }))
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        // Another process may write the same file; its commits send no notice here.
+        Some(std::time::Duration::from_millis(500))
+    }
+}

@@ -1,0 +1,198 @@
+//! The event-store conformance suite on the adapters that need no server (memory and the
+//! embedded SQLite file), plus what only the embedded store promises: it survives a
+//! reopen and a `kill -9` mid-write, and reports foreign rows instead of failing blindly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orkestra_runtime::{EventData, ExpectedVersion, Store, StoreError};
+use support::store_suite::{placed, unique};
+
+fn temp_db() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("orkestra-test-{}", uuid::Uuid::new_v4().simple()))
+        .join("events.db")
+}
+
+mod memory {
+    use super::*;
+    store_suite!(async { Some(Store::memory()) });
+}
+
+mod sqlite {
+    use super::*;
+    store_suite!(async { Some(Store::sqlite(temp_db()).await.unwrap()) });
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_everything_across_a_reopen() {
+    let path = temp_db();
+    let stream = unique("reopen");
+    {
+        let store = Store::sqlite(&path).await.unwrap();
+        store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![placed("a", 1), placed("b", 2)],
+            )
+            .await
+            .unwrap();
+    }
+    let store = Store::sqlite(&path).await.unwrap();
+    let events = store.read_stream(&stream, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    let next = store
+        .append(&stream, ExpectedVersion::Exact(1), vec![placed("c", 3)])
+        .await
+        .unwrap();
+    assert_eq!(next.last_version, 2);
+}
+
+#[tokio::test]
+async fn foreign_rows_are_reported_and_updates_refused() {
+    let path = temp_db();
+    let store = Store::sqlite(&path).await.unwrap();
+    let stream = unique("foreign");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![placed("a", 1)])
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at) \
+         VALUES (?1, 1, 'x', 'T', 1, 'not json', '{}', 'yesterday')",
+        [&stream],
+    )
+    .unwrap();
+    let err = store.read_stream(&stream, 0, 10).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("data is not JSON"), "{err}");
+    let refused = conn.execute(
+        "UPDATE orkestra_events SET data = '{}' WHERE stream = ?1",
+        [&stream],
+    );
+    assert!(refused.unwrap_err().to_string().contains("append-only"));
+    let refused = conn.execute("DELETE FROM orkestra_events WHERE stream = ?1", [&stream]);
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn an_unusable_file_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("orkestra-bad-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("not-a-db");
+    std::fs::write(&path, vec![0x42u8; 4096]).unwrap();
+    let err = Store::sqlite(&path).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Unavailable {
+                adapter: "sqlite",
+                setting: "store.url",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+const BATCH: usize = 10;
+
+/// The child side of the crash test: appends batches of `BATCH` events from 4 tasks,
+/// printing `acked <stream>` once each append returns, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_writer_child() {
+    let Ok(path) = std::env::var("ORKESTRA_CRASH_DB") else {
+        return;
+    };
+    let store = Store::sqlite(&path).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let stream = format!("crash-{w}-{i}");
+                let events: Vec<EventData> = (0..BATCH)
+                    .map(|n| placed(&format!("{w}-{i}-{n}"), n as i64))
+                    .collect();
+                store
+                    .append(&stream, ExpectedVersion::NoStream, events)
+                    .await
+                    .unwrap();
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "acked {stream}").unwrap();
+                out.flush().unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn kill_dash_nine_mid_write_loses_no_acknowledged_batch_and_splits_none() {
+    let path = temp_db();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_writer_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ORKESTRA_CRASH_DB", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(stream) = line.strip_prefix("acked ") {
+                acked.push(stream.to_owned());
+            }
+        }
+        acked
+    });
+    // Let it write for a while, then kill it without warning in the middle of batches.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let acked = reader.join().unwrap();
+    assert!(
+        acked.len() > 20,
+        "the child acknowledged only {} batches",
+        acked.len()
+    );
+
+    let store = Store::sqlite(&path).await.unwrap();
+    for stream in &acked {
+        assert_eq!(
+            store.read_stream(stream, 0, 100).await.unwrap().len(),
+            BATCH,
+            "acknowledged {stream} is complete"
+        );
+    }
+    let all = store.read_all(0, 1_000_000).await.unwrap();
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for e in &all {
+        *counts.entry(e.stream()).or_default() += 1;
+    }
+    assert!(
+        counts.values().all(|&n| n == BATCH),
+        "every batch all-or-nothing: {counts:?}"
+    );
+    assert!(counts.len() >= acked.len());
+}

@@ -1,0 +1,491 @@
+//! The event-store conformance suite: one body per behaviour, run against every adapter
+//! by `store_suite!(async_expr_making_an_optional_store)`. Stream names are unique per run,
+//! so the suite also runs against a database that keeps data between runs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use orkestra_runtime::{
+    Event, EventData, ExpectedVersion, Metadata, PayloadError, RecordedEvent, Store, StoreError,
+};
+use serde_json::json;
+
+use super::payloads::*;
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn placed(order: &str, quantity: i64) -> EventData {
+    let ev = Event::new(
+        OrderPlaced {
+            order_id: order.into(),
+            quantity,
+        },
+        Metadata::new().with_source("suite"),
+    )
+    .unwrap();
+    EventData::from_event(&ev).unwrap()
+}
+
+/// The position right after everything stored so far (appends a marker event).
+async fn head(store: &Store) -> u64 {
+    let marker = store
+        .append(
+            &unique("marker"),
+            ExpectedVersion::NoStream,
+            vec![placed("marker", 1)],
+        )
+        .await
+        .unwrap();
+    marker.last_position + 1
+}
+
+async fn next_event(sub: &mut orkestra_runtime::AllSubscription) -> RecordedEvent {
+    tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("subscription stalled")
+        .expect("subscription ended")
+        .expect("subscription failed")
+}
+
+pub async fn append_then_read_back(store: Store) {
+    let stream = unique("account");
+    let events = vec![placed("o1", 1), placed("o2", 2), placed("o3", 3)];
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let result = store
+        .append(&stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    assert_eq!(result.last_version, 2);
+    assert!(result.written);
+
+    let read = store.read_stream(&stream, 0, 100).await.unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.version()).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        read.iter().map(|e| e.id().to_owned()).collect::<Vec<_>>(),
+        ids
+    );
+    assert!(
+        read.windows(2).all(|w| w[0].position() < w[1].position()),
+        "positions increase"
+    );
+    assert_eq!(read[2].position(), result.last_position);
+    assert!(
+        read.iter()
+            .all(|e| e.stream() == stream && e.event_type() == "Test.Orders.OrderPlaced")
+    );
+
+    let typed: Event<OrderPlaced> = read[1].decode().unwrap();
+    assert_eq!(
+        typed.data,
+        OrderPlaced {
+            order_id: "o2".into(),
+            quantity: 2
+        }
+    );
+    assert_eq!(typed.id, ids[1]);
+    assert_eq!(typed.metadata, events[1].metadata, "metadata preserved");
+
+    let partial = store.read_stream(&stream, 1, 1).await.unwrap();
+    assert_eq!(partial.len(), 1);
+    assert_eq!(partial[0].version(), 1);
+    assert!(
+        store
+            .read_stream(&unique("missing"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let all = store.read_all(read[0].position(), 10_000).await.unwrap();
+    let mine: Vec<_> = all
+        .iter()
+        .filter(|e| e.stream() == stream)
+        .map(|e| e.id().to_owned())
+        .collect();
+    assert_eq!(
+        mine, ids,
+        "read_all returns them in order, from a position inclusive"
+    );
+
+    let more = store
+        .append(&stream, ExpectedVersion::Exact(2), vec![placed("o4", 4)])
+        .await
+        .unwrap();
+    assert_eq!(more.last_version, 3);
+    let any = store
+        .append(&stream, ExpectedVersion::Any, vec![placed("o5", 5)])
+        .await
+        .unwrap();
+    assert_eq!(any.last_version, 4);
+    let exists = store
+        .append(
+            &stream,
+            ExpectedVersion::StreamExists,
+            vec![placed("o6", 6)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(exists.last_version, 5);
+}
+
+pub async fn stale_expectations_write_nothing(store: Store) {
+    let stream = unique("stale");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![placed("a", 1), placed("b", 1)],
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (ExpectedVersion::NoStream, Some(1)),
+        (ExpectedVersion::Exact(0), Some(1)),
+        (ExpectedVersion::Exact(7), Some(1)),
+    ];
+    for (expected, actual) in cases {
+        let err = store
+            .append(&stream, expected, vec![placed("c", 1)])
+            .await
+            .unwrap_err();
+        match err {
+            StoreError::WrongExpectedVersion {
+                stream: s,
+                expected: e,
+                actual: a,
+            } => {
+                assert_eq!((s.as_str(), e, a), (stream.as_str(), expected, actual));
+            }
+            other => panic!("{expected:?}: {other:?}"),
+        }
+    }
+    let missing = unique("missing");
+    let err = store
+        .append(
+            &missing,
+            ExpectedVersion::StreamExists,
+            vec![placed("d", 1)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: None, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .append(&missing, ExpectedVersion::Exact(0), vec![placed("e", 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: None, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.read_stream(&stream, 0, 10).await.unwrap().len(),
+        2,
+        "nothing written"
+    );
+    assert!(store.read_stream(&missing, 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn reappending_the_same_ids_is_idempotent(store: Store) {
+    let stream = unique("idem");
+    let batch = vec![placed("a", 1), placed("b", 2)];
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    assert!(!again.written);
+    assert_eq!(
+        (again.last_version, again.last_position),
+        (first.last_version, first.last_position)
+    );
+    let any = store
+        .append(&stream, ExpectedVersion::Any, batch.clone())
+        .await
+        .unwrap();
+    assert!(!any.written);
+    assert_eq!(
+        store.read_stream(&stream, 0, 10).await.unwrap().len(),
+        2,
+        "no duplicates"
+    );
+
+    // The same id elsewhere is not a repeat: it is refused.
+    let err = store
+        .append(
+            &unique("other"),
+            ExpectedVersion::Any,
+            vec![batch[0].clone()],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateEvent { .. }), "{err:?}");
+}
+
+pub async fn racing_writers_one_wins(store: Store) {
+    let stream = unique("race");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![placed("seed", 1)])
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let stream = stream.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(0),
+                    vec![placed(&format!("w{i}"), i)],
+                )
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.last_version, 1);
+                wins += 1;
+            }
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(1), ..
+            }) => {}
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one writer wins");
+    assert_eq!(store.read_stream(&stream, 0, 10).await.unwrap().len(), 2);
+}
+
+pub async fn live_subscriber_sees_concurrent_writes_once_in_order(store: Store) {
+    let from = head(&store).await;
+    let mut sub = store.subscribe_all(from).await.unwrap();
+    let prefix = unique("writer");
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        let stream = format!("{prefix}-{w}");
+        writers.push(tokio::spawn(async move {
+            for i in 0..50u64 {
+                let expected = if i == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(i - 1)
+                };
+                store
+                    .append(
+                        &stream,
+                        expected,
+                        vec![placed(&format!("{w}-{i}"), i as i64)],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut last_position = None;
+    let mut per_stream = std::collections::HashMap::<String, u64>::new();
+    while seen.len() < 200 {
+        let e = next_event(&mut sub).await;
+        if let Some(last) = last_position {
+            assert!(
+                e.position() > last,
+                "positions strictly increase: {} after {last}",
+                e.position()
+            );
+        }
+        last_position = Some(e.position());
+        if !e.stream().starts_with(&prefix) {
+            continue; // another test's events
+        }
+        assert!(
+            seen.insert(e.id().to_owned()),
+            "event {} delivered twice",
+            e.id()
+        );
+        let expected_version = per_stream.entry(e.stream().to_owned()).or_insert(0);
+        assert_eq!(e.version(), *expected_version, "stream order kept");
+        *expected_version += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(seen.len(), 200);
+}
+
+pub async fn resume_from_a_saved_position(store: Store) {
+    let from = head(&store).await;
+    let stream = unique("resume");
+    let events: Vec<EventData> = (0..20).map(|i| placed(&format!("r{i}"), i)).collect();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+
+    let mut sub = store.subscribe_all(from).await.unwrap();
+    let mut first_half = Vec::new();
+    while first_half.len() < 10 {
+        let e = next_event(&mut sub).await;
+        if e.stream() == stream {
+            first_half.push(e);
+        }
+    }
+    let saved = first_half.last().unwrap().position();
+    drop(sub);
+
+    store
+        .append(&stream, ExpectedVersion::Exact(19), vec![placed("late", 1)])
+        .await
+        .unwrap();
+    let mut resumed = store.subscribe_all(saved + 1).await.unwrap();
+    let mut second_half = Vec::new();
+    while second_half.len() < 11 {
+        let e = next_event(&mut resumed).await;
+        if e.stream() == stream {
+            second_half.push(e);
+        }
+    }
+    let versions: Vec<u64> = first_half
+        .iter()
+        .chain(&second_half)
+        .map(|e| e.version())
+        .collect();
+    assert_eq!(
+        versions,
+        (0..21).collect::<Vec<_>>(),
+        "no gap, no repeat across the resume"
+    );
+}
+
+pub async fn read_backwards(store: Store) {
+    let stream = unique("back");
+    let events: Vec<EventData> = (0..5).map(|i| placed(&format!("b{i}"), i)).collect();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let newest = store
+        .read_stream_backwards(&stream, u64::MAX, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.version()).collect::<Vec<_>>(),
+        vec![4, 3]
+    );
+    let from_two = store.read_stream_backwards(&stream, 2, 10).await.unwrap();
+    assert_eq!(
+        from_two.iter().map(|e| e.version()).collect::<Vec<_>>(),
+        vec![2, 1, 0]
+    );
+}
+
+pub async fn decoding_checks_the_type(store: Store) {
+    let stream = unique("decode");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![placed("x", 1)])
+        .await
+        .unwrap();
+    let rec = &store.read_stream(&stream, 0, 1).await.unwrap()[0];
+    match rec.decode::<OrderCancelled>() {
+        Err(StoreError::Decode {
+            source: PayloadError::WrongType { expected, found },
+            ..
+        }) => {
+            assert_eq!(expected, "Test.Orders.OrderCancelled");
+            assert_eq!(found, "Test.Orders.OrderPlaced");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Data that no longer fits the schema is a decode error, not a panic.
+    let raw = EventData {
+        id: uuid::Uuid::new_v4().to_string(),
+        event_type: "Test.Orders.OrderPlaced".into(),
+        schema_version: 1,
+        data: json!({"order_id": 5}),
+        metadata: Metadata::new(),
+    };
+    store
+        .append(&stream, ExpectedVersion::Exact(0), vec![raw])
+        .await
+        .unwrap();
+    let rec = &store.read_stream(&stream, 1, 1).await.unwrap()[0];
+    assert!(matches!(
+        rec.decode::<OrderPlaced>(),
+        Err(StoreError::Decode { .. })
+    ));
+}
+
+pub async fn bad_appends_are_refused(store: Store) {
+    let stream = unique("bad");
+    let mut big = placed("big", 1);
+    big.data = json!({"order_id": "x".repeat(64 * 1024), "quantity": 1});
+    let small_store = store.clone().with_max_event_bytes(16 * 1024);
+    let err = small_store
+        .append(&stream, ExpectedVersion::Any, vec![placed("ok", 1), big])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { limit: 16384, .. }),
+        "{err:?}"
+    );
+    assert!(
+        store.read_stream(&stream, 0, 10).await.unwrap().is_empty(),
+        "nothing half-written"
+    );
+    assert!(matches!(
+        store
+            .append("", ExpectedVersion::Any, vec![placed("a", 1)])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.append(&stream, ExpectedVersion::Any, vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[macro_export]
+macro_rules! store_suite {
+    ($make_store:expr) => {
+        mod store_suite_cases {
+            use super::*;
+            use $crate::support::store_suite as suite;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let Some(store) = ($make_store).await else {
+                            return;
+                        };
+                        suite::$name(store).await;
+                    }
+                };
+            }
+
+            case!(append_then_read_back);
+            case!(stale_expectations_write_nothing);
+            case!(reappending_the_same_ids_is_idempotent);
+            case!(racing_writers_one_wins);
+            case!(live_subscriber_sees_concurrent_writes_once_in_order);
+            case!(resume_from_a_saved_position);
+            case!(read_backwards);
+            case!(decoding_checks_the_type);
+            case!(bad_appends_are_refused);
+        }
+    };
+}
