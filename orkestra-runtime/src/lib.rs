@@ -50,13 +50,13 @@ pub use envelope::{
     HandlerOutcome, TransitionError,
 };
 pub use handler::{DeadLetter, EventSet, HandlerContext, HandlerError, Subscription, Target};
-pub use store::{
-    AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Store, StoreError,
-};
 pub use message::{ActorType, Command, Event, Metadata, RawEvent, new_id};
 pub use payload::{
     CommandError, CommandPayload, Decimal, EventError, EventPayload, ObjectReader, ParamError,
     Payload, PayloadError, Validate, ValidationError, finish, required, rules,
+};
+pub use store::{
+    AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Store, StoreError,
 };
 
 /// Crates the generated code refers to through `::orkestra_runtime::__private`, so a

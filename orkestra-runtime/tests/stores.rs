@@ -196,3 +196,160 @@ async fn kill_dash_nine_mid_write_loses_no_acknowledged_batch_and_splits_none() 
     );
     assert!(counts.len() >= acked.len());
 }
+
+mod postgres {
+    use super::*;
+    store_suite!(support::services::postgres_store());
+}
+
+#[tokio::test]
+async fn postgres_errors_hide_the_password() {
+    let url = orkestra_runtime::SecretUrl::new("postgres://postgres:hunter2@127.0.0.1:1/test");
+    let err = Store::postgres(&url).await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("store.url"), "{text}");
+    let bad = orkestra_runtime::SecretUrl::new("postgres://u:hunter2@host:notaport/db");
+    let err = Store::postgres(&bad).await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+}
+
+/// The known failure of sequence-ordered stores: a transaction that took an earlier
+/// position commits after a later one. Here A holds its insert open while B appends and
+/// commits; a subscriber must not pass B until A has committed, and then sees A first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_subscribers_never_skip_a_late_commit() {
+    use futures_util::StreamExt;
+    let Some(store) = support::services::postgres_store().await else {
+        return;
+    };
+    let marker = store
+        .append(
+            &unique("marker"),
+            ExpectedVersion::NoStream,
+            vec![placed("m", 1)],
+        )
+        .await
+        .unwrap();
+    let mut sub = store.subscribe_all(marker.last_position + 1).await.unwrap();
+
+    let (mut client, connection) = tokio_postgres::connect(
+        support::services::postgres_url().expose(),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let tx = client.transaction().await.unwrap();
+    let stream_a = unique("late-a");
+    let id_a = uuid::Uuid::new_v4().to_string();
+    tx.execute(
+        "INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata) \
+         VALUES ((pg_current_xact_id()::text::bigint << 20), $1, 0, $2, 'Test.Orders.OrderPlaced', 1, \
+                 '{\"order_id\": \"a\", \"quantity\": 1}', $3)",
+        &[&stream_a, &id_a, &serde_json::to_value(orkestra_runtime::Metadata::new()).unwrap()],
+    )
+    .await
+    .unwrap();
+
+    let stream_b = unique("late-b");
+    let b = store
+        .append(&stream_b, ExpectedVersion::NoStream, vec![placed("b", 1)])
+        .await
+        .unwrap();
+    // B is committed, but A (older, still open) could still land before it: B must wait.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(800), async {
+        loop {
+            let e = sub.next().await.unwrap().unwrap();
+            if e.stream() == stream_a || e.stream() == stream_b {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "a subscriber passed B while an older transaction was open: {early:?}"
+    );
+    assert!(
+        store.read_stream(&stream_b, 0, 1).await.unwrap().len() == 1,
+        "B itself is readable by stream"
+    );
+
+    tx.commit().await.unwrap();
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if e.stream() == stream_a || e.stream() == stream_b {
+            order.push((e.stream().to_owned(), e.position()));
+        }
+    }
+    assert_eq!(
+        order[0].0, stream_a,
+        "the late commit comes first: its transaction is older"
+    );
+    assert_eq!(order[1].0, stream_b);
+    assert!(order[0].1 < order[1].1);
+    assert_eq!(order[1].1, b.last_position);
+}
+
+#[tokio::test]
+async fn postgres_events_are_append_only() {
+    let Some(store) = support::services::postgres_store().await else {
+        return;
+    };
+    let stream = unique("append-only");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![placed("a", 1)])
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(
+        support::services::postgres_url().expose(),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for sql in [
+        "UPDATE orkestra_events SET event_type = 'x' WHERE stream = $1",
+        "DELETE FROM orkestra_events WHERE stream = $1",
+    ] {
+        let err = client.execute(sql, &[&stream]).await.unwrap_err();
+        assert!(format!("{err:?}").contains("append-only"), "{err:?}");
+    }
+    assert!(
+        client
+            .execute("TRUNCATE orkestra_events", &[])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.read_stream(&stream, 0, 10).await.unwrap().len(), 1);
+}
+
+/// EventStoreDB: no server can run on our machines, so these run only when
+/// `ORKESTRA_ESDB_URL` is set (and the `eventstoredb` feature is on), for example
+/// `ORKESTRA_ESDB_URL=esdb://127.0.0.1:2113?tls=false cargo test -p orkestra-runtime --features eventstoredb`.
+#[cfg(feature = "eventstoredb")]
+mod eventstoredb {
+    use super::*;
+
+    async fn esdb_store() -> Option<Store> {
+        let Ok(url) = std::env::var("ORKESTRA_ESDB_URL") else {
+            eprintln!(
+                "SKIPPED: ORKESTRA_ESDB_URL is not set; the EventStoreDB suite needs a server"
+            );
+            return None;
+        };
+        Some(
+            Store::eventstoredb(&orkestra_runtime::SecretUrl::new(url))
+                .await
+                .unwrap(),
+        )
+    }
+
+    store_suite!(esdb_store());
+}

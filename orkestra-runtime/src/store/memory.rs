@@ -6,7 +6,10 @@ use std::sync::{Mutex, PoisonError};
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError, check_append};
+use super::{
+    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
+    check_append,
+};
 
 #[derive(Debug, Default)]
 struct State {
@@ -23,12 +26,24 @@ pub(crate) struct MemoryStore {
 
 impl MemoryStore {
     pub(crate) fn new() -> Self {
-        Self { state: Mutex::default(), changes: watch::Sender::new(0) }
+        Self {
+            state: Mutex::default(),
+            changes: watch::Sender::new(0),
+        }
     }
 
-    fn append_now(&self, stream: &str, expected: ExpectedVersion, events: Vec<EventData>) -> Result<AppendResult, StoreError> {
+    fn append_now(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = state.streams.get(stream).and_then(|v| v.len().checked_sub(1)).map(|v| v as u64);
+        let current = state
+            .streams
+            .get(stream)
+            .and_then(|v| v.len().checked_sub(1))
+            .map(|v| v as u64);
         let stored: Vec<(String, String, u64, u64)> = events
             .iter()
             .filter_map(|e| state.ids.get(&e.id).map(|&i| &state.log[i]))
@@ -37,14 +52,21 @@ impl MemoryStore {
         if let Some(done) = check_append(stream, expected, current, &events, &stored)? {
             return Ok(done);
         }
-        let mut version = current.map_or(0, |v| v + 1);
         let now = chrono::Utc::now();
-        let mut last = AppendResult { last_version: 0, last_position: 0, written: true };
-        for e in events {
+        let mut last = AppendResult {
+            last_version: 0,
+            last_position: 0,
+            written: true,
+        };
+        for (version, e) in (current.map_or(0, |v| v + 1)..).zip(events) {
             let position = state.log.len() as u64;
             let index = state.log.len();
             state.ids.insert(e.id.clone(), index);
-            state.streams.entry(stream.to_owned()).or_default().push(index);
+            state
+                .streams
+                .entry(stream.to_owned())
+                .or_default()
+                .push(index);
             state.log.push(RecordedEvent {
                 stream: stream.to_owned(),
                 version,
@@ -56,8 +78,11 @@ impl MemoryStore {
                 metadata: e.metadata,
                 recorded_at: now,
             });
-            last = AppendResult { last_version: version, last_position: position, written: true };
-            version += 1;
+            last = AppendResult {
+                last_version: version,
+                last_position: position,
+                written: true,
+            };
         }
         drop(state);
         self.changes.send_modify(|c| *c += 1);
@@ -76,7 +101,9 @@ impl Backend for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
-        Box::pin(std::future::ready(self.append_now(stream, expected, events)))
+        Box::pin(std::future::ready(
+            self.append_now(stream, expected, events),
+        ))
     }
 
     fn read_stream<'a>(
@@ -87,7 +114,11 @@ impl Backend for MemoryStore {
         direction: Direction,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let indices = state.streams.get(stream).map(Vec::as_slice).unwrap_or_default();
+        let indices = state
+            .streams
+            .get(stream)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let events = match direction {
             Direction::Forwards => indices
                 .iter()
@@ -96,16 +127,28 @@ impl Backend for MemoryStore {
                 .map(|&i| state.log[i].clone())
                 .collect(),
             Direction::Backwards => {
-                let end = usize::try_from(from_version).map_or(indices.len(), |v| v.saturating_add(1).min(indices.len()));
-                indices[..end].iter().rev().take(max).map(|&i| state.log[i].clone()).collect()
+                let end = usize::try_from(from_version)
+                    .map_or(indices.len(), |v| v.saturating_add(1).min(indices.len()));
+                indices[..end]
+                    .iter()
+                    .rev()
+                    .take(max)
+                    .map(|&i| state.log[i].clone())
+                    .collect()
             }
         };
         Box::pin(std::future::ready(Ok(events)))
     }
 
-    fn read_all(&self, from_position: u64, max: usize) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+    fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let start = usize::try_from(from_position).unwrap_or(usize::MAX).min(state.log.len());
+        let start = usize::try_from(from_position)
+            .unwrap_or(usize::MAX)
+            .min(state.log.len());
         let events = state.log[start..].iter().take(max).cloned().collect();
         Box::pin(std::future::ready(Ok(events)))
     }

@@ -13,13 +13,13 @@
 //! | postgres | `postgres` | commit-ordered positions without a global lock; LISTEN/NOTIFY |
 //! | eventstoredb | `eventstoredb` | the `kurrentdb` client |
 
+#[cfg(feature = "eventstoredb")]
+mod eventstoredb;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-#[cfg(feature = "eventstoredb")]
-mod eventstoredb;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -101,7 +101,8 @@ impl EventData {
             id: event.id.clone(),
             event_type: D::TYPE_NAME.to_owned(),
             schema_version: D::VERSION,
-            data: serde_json::to_value(&event.data).map_err(|e| StoreError::Encode(e.to_string()))?,
+            data: serde_json::to_value(&event.data)
+                .map_err(|e| StoreError::Encode(e.to_string()))?,
             metadata: event.metadata.clone(),
         })
     }
@@ -119,7 +120,9 @@ impl EventData {
 
     /// From an erased event.
     pub fn from_message(message: &Message) -> Result<Self, StoreError> {
-        let raw = message.raw_event().map_err(|e| StoreError::Encode(e.to_string()))?;
+        let raw = message
+            .raw_event()
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
         Ok(Self::from_raw(raw))
     }
 
@@ -190,12 +193,21 @@ impl RecordedEvent {
         if self.event_type != D::TYPE_NAME {
             return Err(StoreError::Decode {
                 position: self.position,
-                source: PayloadError::WrongType { expected: D::TYPE_NAME, found: self.event_type.clone() },
+                source: PayloadError::WrongType {
+                    expected: D::TYPE_NAME,
+                    found: self.event_type.clone(),
+                },
             });
         }
-        let data = D::from_json(self.data.clone())
-            .map_err(|source| StoreError::Decode { position: self.position, source })?;
-        Ok(Event { id: self.id.clone(), data, metadata: self.metadata.clone() })
+        let data = D::from_json(self.data.clone()).map_err(|source| StoreError::Decode {
+            position: self.position,
+            source,
+        })?;
+        Ok(Event {
+            id: self.id.clone(),
+            data,
+            metadata: self.metadata.clone(),
+        })
     }
 
     /// The event as JSON, with the topic it would be published on.
@@ -297,7 +309,9 @@ pub enum StoreError {
         message: String,
     },
     /// The configured adapter is not part of this build.
-    #[error("store.adapter = {adapter:?}: this build of orkestra-runtime lacks the `{feature}` feature")]
+    #[error(
+        "store.adapter = {adapter:?}: this build of orkestra-runtime lacks the `{feature}` feature"
+    )]
     AdapterUnavailable {
         /// The adapter.
         adapter: &'static str,
@@ -337,7 +351,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         max: usize,
         direction: Direction,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
-    fn read_all(&self, from_position: u64, max: usize) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
+    fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
     /// A counter bumped after every commit, for live subscriptions.
     fn changes(&self) -> watch::Receiver<u64>;
     /// How often a live subscription re-reads even without a change notice (adapters
@@ -356,7 +374,9 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("adapter", &self.backend.name()).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("adapter", &self.backend.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -375,7 +395,10 @@ impl fmt::Debug for AllSubscription {
 impl Stream for AllSubscription {
     type Item = Result<RecordedEvent, StoreError>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
     }
 }
@@ -385,7 +408,10 @@ const SUBSCRIPTION_BATCH: usize = 512;
 
 impl Store {
     fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend, max_event_bytes: DEFAULT_MAX_EVENT_BYTES }
+        Self {
+            backend,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
     }
 
     /// An in-memory store.
@@ -396,19 +422,25 @@ impl Store {
     /// The embedded single-file store at `path` (created if missing).
     #[cfg(feature = "sqlite")]
     pub async fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?)))
+        Ok(Self::new(Arc::new(
+            sqlite::SqliteStore::open(path.as_ref()).await?,
+        )))
     }
 
     /// A PostgreSQL store (the schema is created on first use).
     #[cfg(feature = "postgres")]
     pub async fn postgres(url: &crate::config::SecretUrl) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(postgres::PostgresStore::connect(url).await?)))
+        Ok(Self::new(Arc::new(
+            postgres::PostgresStore::connect(url).await?,
+        )))
     }
 
     /// An EventStoreDB / KurrentDB store.
     #[cfg(feature = "eventstoredb")]
     pub async fn eventstoredb(url: &crate::config::SecretUrl) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(eventstoredb::EsdbStore::connect(url).await?)))
+        Ok(Self::new(Arc::new(
+            eventstoredb::EsdbStore::connect(url).await?,
+        )))
     }
 
     /// The store chosen by `config.store`.
@@ -432,7 +464,10 @@ impl Store {
                 None => Err(missing_url("eventstoredb")),
             },
             #[allow(unreachable_patterns)]
-            other => Err(StoreError::AdapterUnavailable { adapter: other.name(), feature: other.name() }),
+            other => Err(StoreError::AdapterUnavailable {
+                adapter: other.name(),
+                feature: other.name(),
+            }),
         }
     }
 
@@ -459,23 +494,38 @@ impl Store {
             return Err(StoreError::Invalid("the stream name is empty".into()));
         }
         if events.is_empty() {
-            return Err(StoreError::Invalid("an append needs at least one event".into()));
+            return Err(StoreError::Invalid(
+                "an append needs at least one event".into(),
+            ));
         }
         for e in &events {
             let size = e.encoded_len();
             if size > self.max_event_bytes {
-                return Err(StoreError::TooLarge { id: e.id.clone(), size, limit: self.max_event_bytes });
+                return Err(StoreError::TooLarge {
+                    id: e.id.clone(),
+                    size,
+                    limit: self.max_event_bytes,
+                });
             }
             if e.id.is_empty() || e.event_type.is_empty() {
-                return Err(StoreError::Invalid("an event needs an id and a type".into()));
+                return Err(StoreError::Invalid(
+                    "an event needs an id and a type".into(),
+                ));
             }
         }
         self.backend.append(stream, expected, events).await
     }
 
     /// Up to `max` events of a stream from `from_version` on, oldest first.
-    pub async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.backend.read_stream(stream, from_version, max, Direction::Forwards).await
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.backend
+            .read_stream(stream, from_version, max, Direction::Forwards)
+            .await
     }
 
     /// Up to `max` events of a stream from `from_version` down, newest first
@@ -486,11 +536,17 @@ impl Store {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.backend.read_stream(stream, from_version, max, Direction::Backwards).await
+        self.backend
+            .read_stream(stream, from_version, max, Direction::Backwards)
+            .await
     }
 
     /// Up to `max` events in global order, from position `from_position` (inclusive).
-    pub async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.backend.read_all(from_position, max).await
     }
 
@@ -500,41 +556,55 @@ impl Store {
         let backend = self.backend.clone();
         let changes = backend.changes();
         let poll = backend.poll_interval();
-        let state = (backend, changes, poll, from_position, VecDeque::new(), false);
-        let stream = futures_util::stream::unfold(state, |(backend, mut changes, poll, mut next, mut buffer, failed)| async move {
-            if failed {
-                return None;
-            }
-            loop {
-                if let Some(event) = buffer.pop_front() {
-                    return Some((Ok(event), (backend, changes, poll, next, buffer, false)));
+        let state = (
+            backend,
+            changes,
+            poll,
+            from_position,
+            VecDeque::new(),
+            false,
+        );
+        let stream = futures_util::stream::unfold(
+            state,
+            |(backend, mut changes, poll, mut next, mut buffer, failed)| async move {
+                if failed {
+                    return None;
                 }
-                // Mark the current change as seen before reading, so a commit that lands
-                // after the read still wakes us.
-                changes.borrow_and_update();
-                match backend.read_all(next, SUBSCRIPTION_BATCH).await {
-                    Ok(batch) if !batch.is_empty() => {
-                        next = batch.last().map_or(next, |e| e.position + 1);
-                        buffer.extend(batch);
+                loop {
+                    if let Some(event) = buffer.pop_front() {
+                        return Some((Ok(event), (backend, changes, poll, next, buffer, false)));
                     }
-                    Ok(_) => {
-                        let changed = changes.changed();
-                        match poll {
-                            Some(interval) => {
-                                let _ = tokio::time::timeout(interval, changed).await;
-                            }
-                            None => {
-                                if changed.await.is_err() {
-                                    return None;
+                    // Mark the current change as seen before reading, so a commit that lands
+                    // after the read still wakes us.
+                    changes.borrow_and_update();
+                    match backend.read_all(next, SUBSCRIPTION_BATCH).await {
+                        Ok(batch) if !batch.is_empty() => {
+                            next = batch.last().map_or(next, |e| e.position + 1);
+                            buffer.extend(batch);
+                        }
+                        Ok(_) => {
+                            let changed = changes.changed();
+                            match poll {
+                                Some(interval) => {
+                                    let _ = tokio::time::timeout(interval, changed).await;
+                                }
+                                None => {
+                                    if changed.await.is_err() {
+                                        return None;
+                                    }
                                 }
                             }
                         }
+                        Err(e) => {
+                            return Some((Err(e), (backend, changes, poll, next, buffer, true)));
+                        }
                     }
-                    Err(e) => return Some((Err(e), (backend, changes, poll, next, buffer, true))),
                 }
-            }
-        });
-        Ok(AllSubscription { inner: Box::pin(stream) })
+            },
+        );
+        Ok(AllSubscription {
+            inner: Box::pin(stream),
+        })
     }
 
     /// Appends `events` to `stream`, then publishes them on `bus`, in that order: an event
@@ -548,7 +618,10 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<EventEnvelope>,
     ) -> Result<AppendResult, StoreError> {
-        let data = events.iter().map(|e| EventData::from_message(e.message())).collect::<Result<Vec<_>, _>>()?;
+        let data = events
+            .iter()
+            .map(|e| EventData::from_message(e.message()))
+            .collect::<Result<Vec<_>, _>>()?;
         let result = self.append(stream, expected, data).await?;
         for envelope in events {
             bus.publish(envelope).await?;
@@ -557,9 +630,16 @@ impl Store {
     }
 }
 
-#[cfg_attr(not(any(feature = "postgres", feature = "eventstoredb")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "eventstoredb")),
+    allow(dead_code)
+)]
 fn missing_url(adapter: &'static str) -> StoreError {
-    StoreError::Unavailable { adapter, setting: "store.url", message: "no URL configured".into() }
+    StoreError::Unavailable {
+        adapter,
+        setting: "store.url",
+        message: "no URL configured".into(),
+    }
 }
 
 /// Checks an append against the stream's current last version and the ids already
@@ -585,21 +665,36 @@ pub(crate) fn check_append(
                 s == stream
                     && match first_version {
                         Some(first) => *version == first + i as u64,
-                        None => find(&events[0].id).is_some_and(|(_, _, v0, _)| *version == v0 + i as u64),
+                        None => find(&events[0].id)
+                            .is_some_and(|(_, _, v0, _)| *version == v0 + i as u64),
                     }
             }
             None => false,
         });
         if all_here {
-            let (_, _, version, position) = find(&events[events.len() - 1].id).cloned().unwrap_or_default();
-            return Ok(Some(AppendResult { last_version: version, last_position: position, written: false }));
+            let (_, _, version, position) = find(&events[events.len() - 1].id)
+                .cloned()
+                .unwrap_or_default();
+            return Ok(Some(AppendResult {
+                last_version: version,
+                last_position: position,
+                written: false,
+            }));
         }
         if let Some((id, s, version, _)) = stored.first() {
-            return Err(StoreError::DuplicateEvent { id: id.clone(), stream: s.clone(), version: *version });
+            return Err(StoreError::DuplicateEvent {
+                id: id.clone(),
+                stream: s.clone(),
+                version: *version,
+            });
         }
     }
     if !expected.accepts(current) {
-        return Err(StoreError::WrongExpectedVersion { stream: stream.to_owned(), expected, actual: current });
+        return Err(StoreError::WrongExpectedVersion {
+            stream: stream.to_owned(),
+            expected,
+            actual: current,
+        });
     }
     Ok(None)
 }

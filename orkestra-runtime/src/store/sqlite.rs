@@ -13,7 +13,10 @@ use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
-use super::{AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError, check_append};
+use super::{
+    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
+    check_append,
+};
 
 const ADAPTER: &str = "sqlite";
 /// Most appends one group commit takes.
@@ -54,12 +57,17 @@ pub(crate) struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend { adapter: ADAPTER, message: e.to_string() }
+    StoreError::Backend {
+        adapter: ADAPTER,
+        message: e.to_string(),
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -68,12 +76,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         setting: "store.url",
         message: format!("cannot open {}: {e}", path.display()),
     })?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;")
-        .map_err(|e| StoreError::Unavailable {
-            adapter: ADAPTER,
-            setting: "store.url",
-            message: format!("{} is not a usable SQLite database: {e}", path.display()),
-        })?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;",
+    )
+    .map_err(|e| StoreError::Unavailable {
+        adapter: ADAPTER,
+        setting: "store.url",
+        message: format!("{} is not a usable SQLite database: {e}", path.display()),
+    })?;
     Ok(conn)
 }
 
@@ -89,11 +99,12 @@ impl SqliteStore {
                 })?;
             }
             let conn = open_connection(&path)?;
-            conn.execute_batch(SCHEMA).map_err(|e| StoreError::Unavailable {
-                adapter: ADAPTER,
-                setting: "store.url",
-                message: format!("cannot create the schema in {}: {e}", path.display()),
-            })?;
+            conn.execute_batch(SCHEMA)
+                .map_err(|e| StoreError::Unavailable {
+                    adapter: ADAPTER,
+                    setting: "store.url",
+                    message: format!("cannot create the schema in {}: {e}", path.display()),
+                })?;
             Ok::<_, StoreError>((conn, path))
         })
         .await
@@ -105,7 +116,12 @@ impl SqliteStore {
             .name("orkestra-sqlite-writer".into())
             .spawn(move || writer(conn, rx, notify))
             .map_err(backend_error)?;
-        Ok(Self { path, writer: Mutex::new(tx), readers: Mutex::new(Vec::new()), changes })
+        Ok(Self {
+            path,
+            writer: Mutex::new(tx),
+            readers: Mutex::new(Vec::new()),
+            changes,
+        })
     }
 
     /// Runs `f` with a reader connection on the blocking pool.
@@ -113,7 +129,11 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let path = self.path.clone();
         let (result, conn) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
@@ -125,12 +145,19 @@ impl SqliteStore {
         })
         .await
         .map_err(backend_error)??;
-        self.readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
         result
     }
 }
 
-fn writer(mut conn: Connection, requests: std_mpsc::Receiver<AppendRequest>, changes: watch::Sender<u64>) {
+fn writer(
+    mut conn: Connection,
+    requests: std_mpsc::Receiver<AppendRequest>,
+    changes: watch::Sender<u64>,
+) {
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -151,7 +178,10 @@ fn writer(mut conn: Connection, requests: std_mpsc::Receiver<AppendRequest>, cha
 }
 
 /// One transaction for the whole group; each append in a savepoint.
-fn commit_group(conn: &mut Connection, group: &[AppendRequest]) -> Vec<Result<AppendResult, StoreError>> {
+fn commit_group(
+    conn: &mut Connection,
+    group: &[AppendRequest],
+) -> Vec<Result<AppendResult, StoreError>> {
     let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return group.iter().map(|_| Err(backend_error(&e))).collect(),
@@ -178,17 +208,30 @@ fn append_one(
     events: &[EventData],
 ) -> Result<AppendResult, StoreError> {
     let current: Option<i64> = conn
-        .query_row("SELECT MAX(version) FROM orkestra_events WHERE stream = ?1", [stream], |r| r.get(0))
+        .query_row(
+            "SELECT MAX(version) FROM orkestra_events WHERE stream = ?1",
+            [stream],
+            |r| r.get(0),
+        )
         .map_err(backend_error)?;
     let current = current.map(|v| v as u64);
     let mut stored = Vec::new();
     {
         let mut find = conn
-            .prepare_cached("SELECT id, stream, version, position FROM orkestra_events WHERE id = ?1")
+            .prepare_cached(
+                "SELECT id, stream, version, position FROM orkestra_events WHERE id = ?1",
+            )
             .map_err(backend_error)?;
         for e in events {
             let row = find
-                .query_row([&e.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                .query_row([&e.id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
                 .optional()
                 .map_err(backend_error)?;
             if let Some((id, s, v, p)) = row {
@@ -206,25 +249,45 @@ fn append_one(
         )
         .map_err(backend_error)?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let mut version = current.map_or(0, |v| v + 1);
-    let mut last = AppendResult { last_version: 0, last_position: 0, written: true };
-    for e in events {
+    let mut last = AppendResult {
+        last_version: 0,
+        last_position: 0,
+        written: true,
+    };
+    for (version, e) in (current.map_or(0, |v| v + 1)..).zip(events) {
         let data = serde_json::to_string(&e.data).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let metadata = serde_json::to_string(&e.metadata).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let metadata =
+            serde_json::to_string(&e.metadata).map_err(|e| StoreError::Encode(e.to_string()))?;
         insert
-            .execute(params![stream, version as i64, e.id, e.event_type, e.schema_version, data, metadata, now])
+            .execute(params![
+                stream,
+                version as i64,
+                e.id,
+                e.event_type,
+                e.schema_version,
+                data,
+                metadata,
+                now
+            ])
             .map_err(backend_error)?;
-        last = AppendResult { last_version: version, last_position: conn.last_insert_rowid() as u64, written: true };
-        version += 1;
+        last = AppendResult {
+            last_version: version,
+            last_position: conn.last_insert_rowid() as u64,
+            written: true,
+        };
     }
     Ok(last)
 }
 
-const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
+const COLUMNS: &str =
+    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
 
 fn row_to_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.get(0).map_err(backend_error)?;
-    let corrupt = |message: String| StoreError::Corrupt { location: format!("position {position}"), message };
+    let corrupt = |message: String| StoreError::Corrupt {
+        location: format!("position {position}"),
+        message,
+    };
     let get_text = |i: usize| row.get::<_, String>(i).map_err(|e| corrupt(e.to_string()));
     let data = get_text(6)?;
     let metadata = get_text(7)?;
@@ -237,14 +300,19 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
         event_type: get_text(4)?,
         schema_version: row.get::<_, u32>(5).map_err(|e| corrupt(e.to_string()))?,
         data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data is not JSON: {e}")))?,
-        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
         recorded_at: chrono::DateTime::parse_from_rfc3339(&recorded_at)
             .map_err(|e| corrupt(format!("recorded_at: {e}")))?
             .with_timezone(&chrono::Utc),
     })
 }
 
-fn query(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<RecordedEvent>, StoreError> {
+fn query(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend_error)?;
     let mut rows = stmt.query(params).map_err(backend_error)?;
     let mut out = Vec::new();
@@ -275,13 +343,19 @@ impl Backend for SqliteStore {
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
-            let request = AppendRequest { stream: stream.to_owned(), expected, events, reply };
+            let request = AppendRequest {
+                stream: stream.to_owned(),
+                expected,
+                events,
+                reply,
+            };
             self.writer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .send(request)
                 .map_err(|_| backend_error("the writer thread has stopped"))?;
-            rx.await.map_err(|_| backend_error("the writer thread has stopped"))?
+            rx.await
+                .map_err(|_| backend_error("the writer thread has stopped"))?
         })
     }
 
@@ -307,7 +381,11 @@ impl Backend for SqliteStore {
         }))
     }
 
-    fn read_all(&self, from_position: u64, max: usize) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+    fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
         Box::pin(self.read(move |conn| {
             query(
                 conn,

@@ -3,4 +3,5 @@
 
 pub mod bus_suite;
 pub mod payloads;
+pub mod services;
 pub mod store_suite;

@@ -1,0 +1,283 @@
+//! The EventStoreDB / KurrentDB store, through the maintained `kurrentdb` client.
+//!
+//! Streams map one to one; the global position is the server's commit position in
+//! `$all` (system events, whose type or stream starts with `$`, are left out). Data is
+//! stored as JSON; Orkestra's metadata and the schema version travel as the event's
+//! custom metadata. The server enforces expected versions and deduplicates event ids
+//! itself (an idempotent repeat reports `written: true`, the server does not say).
+//!
+//! No server runs on our build machines: this adapter is compiled in CI and its
+//! conformance tests run when `ORKESTRA_ESDB_URL` is set.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, Position, ReadAllOptions,
+    ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
+};
+use crate::config::{SecretUrl, redact};
+use crate::message::Metadata;
+
+const ADAPTER: &str = "eventstoredb";
+
+/// What travels as the event's custom metadata.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    schema_version: u32,
+    metadata: Metadata,
+}
+
+pub(crate) struct EsdbStore {
+    client: Client,
+    url: SecretUrl,
+    changes: watch::Sender<u64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EsdbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsdbStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EsdbStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+fn backend_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        adapter: ADAPTER,
+        message: redact(&e.to_string()),
+    }
+}
+
+impl EsdbStore {
+    pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
+        let unavailable = |message: String| StoreError::Unavailable {
+            adapter: ADAPTER,
+            setting: "store.url",
+            message,
+        };
+        let settings: ClientSettings =
+            url.expose()
+                .parse()
+                .map_err(|e: kurrentdb::ClientSettingsParseError| {
+                    unavailable(format!("{url}: {}", redact(&e.to_string())))
+                })?;
+        let client = Client::new(settings)
+            .map_err(|e| unavailable(format!("{url}: {}", redact(&e.to_string()))))?;
+        // The client connects lazily: probe once so a wrong address fails here.
+        let probe_options = ReadAllOptions::default().max_count(1);
+        let probe = client.read_all(&probe_options);
+        match tokio::time::timeout(Duration::from_secs(10), probe).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unavailable(format!("{url}: {}", redact(&e.to_string())))),
+            Err(_) => return Err(unavailable(format!("{url}: no answer within 10 s"))),
+        }
+        let changes = watch::Sender::new(0);
+        let watcher = tokio::spawn(watch_all(client.clone(), changes.clone()));
+        Ok(Self {
+            client,
+            url: url.clone(),
+            changes,
+            watcher,
+        })
+    }
+}
+
+/// Bumps `changes` for every new event, so live subscriptions wake without polling.
+async fn watch_all(client: Client, changes: watch::Sender<u64>) {
+    loop {
+        let mut sub = client
+            .subscribe_to_all(&SubscribeToAllOptions::default().position(StreamPosition::End))
+            .await;
+        while sub.next().await.is_ok() {
+            changes.send_modify(|c| *c += 1);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn to_esdb(e: &EventData) -> Result<kurrentdb::EventData, StoreError> {
+    let id = uuid::Uuid::parse_str(&e.id).map_err(|_| {
+        StoreError::Invalid(format!(
+            "EventStoreDB needs UUID event ids; {:?} is not one",
+            e.id
+        ))
+    })?;
+    kurrentdb::EventData::json(e.event_type.clone(), &e.data)
+        .and_then(|d| {
+            d.metadata_as_json(&Envelope {
+                schema_version: e.schema_version,
+                metadata: e.metadata.clone(),
+            })
+        })
+        .map(|d| d.id(id))
+        .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn from_esdb(event: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        location: format!("position {}", event.position.commit),
+        message,
+    };
+    let envelope: Envelope = serde_json::from_slice(&event.custom_metadata)
+        .map_err(|e| corrupt(format!("custom metadata is not Orkestra metadata: {e}")))?;
+    Ok(RecordedEvent {
+        stream: event.stream_id().to_owned(),
+        version: event.revision,
+        position: event.position.commit,
+        id: event.id.to_string(),
+        event_type: event.event_type.clone(),
+        schema_version: envelope.schema_version,
+        data: serde_json::from_slice(&event.data)
+            .map_err(|e| corrupt(format!("data is not JSON: {e}")))?,
+        metadata: envelope.metadata,
+        recorded_at: event.created,
+    })
+}
+
+async fn collect(
+    mut read: kurrentdb::ReadStream,
+    from_position: u64,
+    max: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        match read.next().await {
+            Ok(Some(resolved)) => {
+                let event = resolved.get_original_event();
+                if event.event_type.starts_with('$')
+                    || event.stream_id().starts_with('$')
+                    || event.position.commit < from_position
+                {
+                    continue;
+                }
+                out.push(from_esdb(event)?);
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
+            Ok(None) => return Ok(out),
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(out),
+            Err(e) => return Err(backend_error(e)),
+        }
+    }
+}
+
+impl Backend for EsdbStore {
+    fn name(&self) -> &'static str {
+        ADAPTER
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(async move {
+            let state = match expected {
+                ExpectedVersion::Any => StreamState::Any,
+                ExpectedVersion::NoStream => StreamState::NoStream,
+                ExpectedVersion::StreamExists => StreamState::StreamExists,
+                ExpectedVersion::Exact(v) => StreamState::StreamRevision(v),
+            };
+            let data = events.iter().map(to_esdb).collect::<Result<Vec<_>, _>>()?;
+            let options = AppendToStreamOptions::default().stream_state(state);
+            match self.client.append_to_stream(stream, &options, data).await {
+                Ok(result) => Ok(AppendResult {
+                    last_version: result.next_expected_version,
+                    last_position: result.position.commit,
+                    written: true,
+                }),
+                Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
+                    Err(StoreError::WrongExpectedVersion {
+                        stream: stream.to_owned(),
+                        expected,
+                        actual: match current {
+                            CurrentRevision::Current(v) => Some(v),
+                            CurrentRevision::NoStream => None,
+                        },
+                    })
+                }
+                Err(e) => Err(backend_error(e)),
+            }
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a str,
+        from_version: u64,
+        max: usize,
+        direction: Direction,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(async move {
+            let options = ReadStreamOptions::default().max_count(max);
+            let options = match direction {
+                Direction::Forwards => options
+                    .forwards()
+                    .position(StreamPosition::Position(from_version)),
+                Direction::Backwards if from_version == u64::MAX => {
+                    options.backwards().position(StreamPosition::End)
+                }
+                Direction::Backwards => options
+                    .backwards()
+                    .position(StreamPosition::Position(from_version)),
+            };
+            match self.client.read_stream(stream, &options).await {
+                Ok(read) => collect(read, 0, max).await,
+                Err(kurrentdb::Error::ResourceNotFound) => Ok(Vec::new()),
+                Err(e) => Err(backend_error(e)),
+            }
+        })
+    }
+
+    fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(async move {
+            let start = if from_position == 0 {
+                StreamPosition::Start
+            } else {
+                StreamPosition::Position(Position {
+                    commit: from_position,
+                    prepare: from_position,
+                })
+            };
+            // System events are skipped, so ask for a little more than needed.
+            let options = ReadAllOptions::default()
+                .forwards()
+                .position(start)
+                .max_count(max.saturating_mul(2).max(16));
+            let read = self
+                .client
+                .read_all(&options)
+                .await
+                .map_err(backend_error)?;
+            collect(read, from_position, max).await
+        })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+}
