@@ -353,3 +353,97 @@ mod eventstoredb {
 
     store_suite!(esdb_store());
 }
+
+#[tokio::test]
+async fn append_and_publish_stores_before_it_publishes() {
+    use orkestra_runtime::{Bus, Event, EventEnvelope, Metadata, Subscription};
+    use support::payloads::OrderPlaced;
+    let store = Store::memory();
+    let bus = Bus::in_process();
+    let stream = unique("order");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (s, st) = (store.clone(), stream.clone());
+    bus.subscribe(Subscription::events(
+        "Check",
+        move |ev: Event<OrderPlaced>, _| {
+            let (s, st, tx) = (s.clone(), st.clone(), tx.clone());
+            async move {
+                // By the time a subscriber runs, the event is stored.
+                let stored = s.read_stream(&st, 0, 10).await.unwrap();
+                tx.send(stored.iter().any(|r| r.id() == ev.id)).unwrap();
+                Ok(())
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    let events: Vec<EventEnvelope> = (0..2)
+        .map(|i| {
+            EventEnvelope::wrap(
+                Event::new(
+                    OrderPlaced {
+                        order_id: format!("o{i}"),
+                        quantity: 1,
+                    },
+                    Metadata::new(),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    let result = store
+        .append_and_publish(&bus, &stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    assert_eq!(result.last_version, 1);
+    assert!(rx.recv().await.unwrap() && rx.recv().await.unwrap());
+
+    // A refused append publishes nothing.
+    let again = vec![EventEnvelope::wrap(
+        Event::new(
+            OrderPlaced {
+                order_id: "x".into(),
+                quantity: 1,
+            },
+            Metadata::new(),
+        )
+        .unwrap(),
+    )];
+    let err = store
+        .append_and_publish(&bus, &stream, ExpectedVersion::NoStream, again)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::WrongExpectedVersion { .. }));
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing published after a refused append"
+    );
+}
+
+#[tokio::test]
+async fn the_default_configuration_is_the_embedded_store() {
+    let dir = std::env::temp_dir().join(format!("orkestra-cfg-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.join("events.db");
+    let config = orkestra_runtime::Config::from_toml_str(&format!(
+        "[store]\nurl = {:?}\n",
+        path.display().to_string()
+    ))
+    .unwrap();
+    let store = Store::from_config(&config).await.unwrap();
+    assert_eq!(store.adapter(), "sqlite");
+    assert!(path.exists());
+    let memory =
+        orkestra_runtime::Config::from_toml_str("[store]\nadapter = \"memory\"\n").unwrap();
+    assert_eq!(
+        Store::from_config(&memory).await.unwrap().adapter(),
+        "memory"
+    );
+    let esdb = orkestra_runtime::Config::from_toml_str(
+        "[store]\nadapter = \"eventstoredb\"\nurl = \"esdb://127.0.0.1:2113\"\n",
+    )
+    .unwrap();
+    if !cfg!(feature = "eventstoredb") {
+        let err = Store::from_config(&esdb).await.unwrap_err();
+        assert!(err.to_string().contains("eventstoredb"), "{err}");
+    }
+}

@@ -11,8 +11,8 @@ use orders::events::OrderPlaced;
 use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
 use orkestra_runtime::telemetry::{Logs, Telemetry, TraceTree};
 use orkestra_runtime::{
-    ActorType, Bus, Command, CommandEnvelope, Config, Event, HandlerContext, HandlerError,
-    Metadata, Validate, ValidationError,
+    ActorType, Bus, Command, CommandEnvelope, Config, Event, EventEnvelope, ExpectedVersion,
+    HandlerContext, HandlerError, Metadata, Store, Validate, ValidationError,
 };
 use serde_json::{Value, json};
 
@@ -30,7 +30,10 @@ impl Validate for CreateAccount {
     }
 }
 
-struct Orders;
+/// Places orders: records `OrderPlaced` in the event store, then publishes it.
+struct Orders {
+    store: Store,
+}
 
 impl orders::handlers::PlaceOrderHandler for Orders {
     async fn execute(
@@ -45,12 +48,36 @@ impl orders::handlers::PlaceOrderHandler for Orders {
             cmd.product_id,
             cmd.priority
         );
+        let order_id = format!("ord_{}", short(&cmd.id));
         let placed = OrderPlaced::from_command(
             &cmd,
-            json!({"order_id": "ord_1", "product_id": cmd.product_id, "quantity": cmd.quantity, "placed_at": "2026-11-27T10:00:00Z"}),
+            json!({
+                "order_id": order_id,
+                "product_id": cmd.product_id,
+                "quantity": cmd.quantity,
+                "placed_at": chrono::Utc::now().to_rfc3339(),
+            }),
         )?;
-        ctx.publish(placed).await?;
-        Ok(json!({"order_id": "ord_1"}))
+        // Append first, then publish: subscribers only ever see stored events.
+        let stream = format!("order-{order_id}");
+        let envelope = EventEnvelope::wrap(placed);
+        let stored = self
+            .store
+            .append_and_publish(
+                ctx.bus(),
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![envelope],
+            )
+            .await
+            .map_err(HandlerError::fail)?;
+        println!(
+            "  (stored {stream} version {} at position {} in the {} store)",
+            stored.last_version,
+            stored.last_position,
+            self.store.adapter()
+        );
+        Ok(json!({ "order_id": order_id }))
     }
 }
 
@@ -144,8 +171,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::from_config(&config).await?;
     let mut dead_letters = bus.dead_letters().await?;
 
-    bus.subscribe(orders::handlers::place_order_handler(Orders))
-        .await?;
+    let store = Store::from_config(&config).await?;
+    bus.subscribe(orders::handlers::place_order_handler(Orders {
+        store: store.clone(),
+    }))
+    .await?;
     bus.subscribe(orders::handlers::send_order_confirmation(Mailer))
         .await?;
     bus.subscribe(orders::handlers::order_projector(Projector))
