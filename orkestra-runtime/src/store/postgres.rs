@@ -65,6 +65,35 @@ DO $$ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION orkestra_events_append_only();
     END IF;
 END $$;
+-- The fast path of an append, in one round trip: when no id is already stored and the
+-- expectation holds, insert and notify; otherwise report the stream's version and let
+-- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
+-- p_expected: -1 any, -2 no stream, -3 stream exists, n >= 0 exactly n.
+CREATE OR REPLACE FUNCTION orkestra_append(
+    p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
+    p_data jsonb[], p_metadata jsonb[]
+) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur bigint;
+    n int := coalesce(array_length(p_ids, 1), 0);
+BEGIN
+    SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
+    IF EXISTS (SELECT 1 FROM orkestra_events e WHERE e.id = ANY(p_ids))
+       OR (p_expected = -2 AND cur IS NOT NULL)
+       OR (p_expected = -3 AND cur IS NULL)
+       OR (p_expected >= 0 AND cur IS DISTINCT FROM p_expected) THEN
+        RETURN QUERY SELECT false, cur, NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata)
+    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+           t.id, t.event_type, t.schema_version, t.data, t.metadata
+    FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata)
+         WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord);
+    PERFORM pg_notify('orkestra_events', '');
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+END $$;
 "#;
 
 const COLUMNS: &str =
@@ -147,23 +176,60 @@ impl PostgresStore {
         self.pool.get().await.map_err(|e| unavailable(&self.url, e))
     }
 
-    /// One attempt: the outer error is the driver's, the inner one a refusal.
+    /// One attempt: the outer error is the driver's, the inner one a refusal. The fast
+    /// path is one call of `orkestra_append` (one round trip, its own transaction); only
+    /// when it declines does the client look at the stored ids to explain why.
     async fn try_append(
-        client: &mut deadpool_postgres::Object,
+        client: &deadpool_postgres::Object,
         stream: &str,
         expected: ExpectedVersion,
         events: &[EventData],
     ) -> Result<Result<AppendResult, StoreError>, tokio_postgres::Error> {
-        let tx = client.transaction().await?;
-        let current: Option<i64> = tx
-            .query_one(
-                "SELECT max(version) FROM orkestra_events WHERE stream = $1",
-                &[&stream],
-            )
-            .await?
-            .get(0);
+        let code: i64 = match expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => -2,
+            ExpectedVersion::StreamExists => -3,
+            ExpectedVersion::Exact(v) => clamp(v),
+        };
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let stored: Vec<(String, String, u64, u64)> = tx
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let schema_versions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect();
+        let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
+        let metadata: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(&e.metadata).unwrap_or(serde_json::Value::Null))
+            .collect();
+        let statement = client
+            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7)")
+            .await?;
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &stream,
+                    &code,
+                    &ids,
+                    &types,
+                    &schema_versions,
+                    &data,
+                    &metadata,
+                ],
+            )
+            .await?;
+        let written: bool = row.get(0);
+        let current: Option<i64> = row.get(1);
+        if written {
+            let last_position: Option<i64> = row.get(2);
+            return Ok(Ok(AppendResult {
+                last_version: current.unwrap_or(0) as u64,
+                last_position: last_position.unwrap_or(0) as u64,
+                written: true,
+            }));
+        }
+        let stored: Vec<(String, String, u64, u64)> = client
             .query(
                 "SELECT id, stream, version, position FROM orkestra_events WHERE id = ANY($1)",
                 &[&ids],
@@ -179,45 +245,19 @@ impl PostgresStore {
                 )
             })
             .collect();
-        match check_append(stream, expected, current.map(|v| v as u64), events, &stored) {
-            Ok(Some(done)) => return Ok(Ok(done)),
-            Ok(None) => {}
-            Err(refused) => return Ok(Err(refused)),
-        }
-        let first_version = current.map_or(0, |v| v + 1);
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let schema_versions: Vec<i32> = events
-            .iter()
-            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-            .collect();
-        let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
-        let metadata: Vec<serde_json::Value> = events
-            .iter()
-            .map(|e| serde_json::to_value(&e.metadata).unwrap_or(serde_json::Value::Null))
-            .collect();
-        let rows = tx
-            .query(
-                "INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata) \
-                 SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, $1, $2 + t.ord - 1, \
-                        t.id, t.event_type, t.schema_version, t.data, t.metadata \
-                 FROM unnest($3::text[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[]) \
-                      WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord) \
-                 RETURNING position, version",
-                &[&stream, &first_version, &ids, &types, &schema_versions, &data, &metadata],
-            )
-            .await?;
-        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
-        tx.commit().await?;
-        let (position, version) = rows
-            .iter()
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
-            .max()
-            .unwrap_or((0, first_version));
-        Ok(Ok(AppendResult {
-            last_version: version as u64,
-            last_position: position as u64,
-            written: true,
-        }))
+        Ok(
+            match check_append(stream, expected, current.map(|v| v as u64), events, &stored) {
+                Ok(Some(done)) => Ok(done),
+                Err(refused) => Err(refused),
+                // The ids vanished or the version moved between the two reads: say so plainly
+                // rather than guess; the caller may retry.
+                Ok(None) => Err(StoreError::WrongExpectedVersion {
+                    stream: stream.to_owned(),
+                    expected,
+                    actual: current.map(|v| v as u64),
+                }),
+            },
+        )
     }
 }
 
@@ -309,8 +349,8 @@ impl Backend for PostgresStore {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let mut client = self.client().await?;
-                match Self::try_append(&mut client, stream, expected, &events).await {
+                let client = self.client().await?;
+                match Self::try_append(&client, stream, expected, &events).await {
                     Ok(outcome) => return outcome,
                     // A concurrent writer took the version (or an id) first: look again;
                     // the next round reports a stale expectation, a repeat or a duplicate,

@@ -10,7 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Mutex, PoisonError};
 
 use futures_util::future::BoxFuture;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{oneshot, watch};
 
 use super::{
@@ -215,30 +215,27 @@ fn append_one(
         )
         .map_err(backend_error)?;
     let current = current.map(|v| v as u64);
-    let mut stored = Vec::new();
-    {
-        let mut find = conn
-            .prepare_cached(
-                "SELECT id, stream, version, position FROM orkestra_events WHERE id = ?1",
-            )
-            .map_err(backend_error)?;
-        for e in events {
-            let row = find
-                .query_row([&e.id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .optional()
-                .map_err(backend_error)?;
-            if let Some((id, s, v, p)) = row {
-                stored.push((id, s, v as u64, p as u64));
-            }
-        }
-    }
+    // One statement for every id of the append (an index probe each, inside SQLite).
+    let ids = serde_json::to_string(&events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let mut find = conn
+        .prepare_cached(
+            "SELECT id, stream, version, position FROM orkestra_events \
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .map_err(backend_error)?;
+    let stored = find
+        .query_map([&ids], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })
+        .map_err(backend_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend_error)?;
     if let Some(done) = check_append(stream, expected, current, events, &stored)? {
         return Ok(done);
     }
