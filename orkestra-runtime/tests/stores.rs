@@ -63,15 +63,32 @@ async fn foreign_rows_are_reported_and_updates_refused() {
         .await
         .unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
+    let metadata = serde_json::to_string(&orkestra_runtime::Metadata::new()).unwrap();
     conn.execute(
         "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at) \
-         VALUES (?1, 1, 'x', 'T', 1, 'not json', '{}', 'yesterday')",
+         VALUES (?1, 1, 'x', 'Test.Orders.OrderPlaced', 1, 'not json', ?2, 0)",
+        [&stream, &metadata],
+    )
+    .unwrap();
+    // A row whose data is not JSON: readable as a row, reported when its data is used.
+    let events = store.read_stream(&stream, 0, 10).await.unwrap();
+    let err = events[1].data().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("data is not JSON"), "{err}");
+    assert!(matches!(
+        events[1].decode::<support::payloads::OrderPlaced>(),
+        Err(StoreError::Decode { .. })
+    ));
+    // A row whose metadata is foreign cannot be an Orkestra event at all.
+    conn.execute(
+        "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at) \
+         VALUES (?1, 2, 'y', 'T', 1, '{}', '{\"who\": 1}', 0)",
         [&stream],
     )
     .unwrap();
     let err = store.read_stream(&stream, 0, 10).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("data is not JSON"), "{err}");
+    assert!(err.to_string().contains("metadata"), "{err}");
     let refused = conn.execute(
         "UPDATE orkestra_events SET data = '{}' WHERE stream = ?1",
         [&stream],

@@ -19,9 +19,8 @@ use kurrentdb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{
-    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
-};
+use super::Encoded;
+use super::{AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError};
 use crate::config::{SecretUrl, redact};
 use crate::message::Metadata;
 
@@ -109,7 +108,8 @@ async fn watch_all(client: Client, changes: watch::Sender<u64>) {
     }
 }
 
-fn to_esdb(e: &EventData) -> Result<kurrentdb::EventData, StoreError> {
+fn to_esdb(encoded: &Encoded) -> Result<kurrentdb::EventData, StoreError> {
+    let e = &encoded.event;
     let id = uuid::Uuid::parse_str(&e.id).map_err(|_| {
         StoreError::Invalid(format!(
             "EventStoreDB needs UUID event ids; {:?} is not one",
@@ -135,14 +135,16 @@ fn from_esdb(event: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreErr
     let envelope: Envelope = serde_json::from_slice(&event.custom_metadata)
         .map_err(|e| corrupt(format!("custom metadata is not Orkestra metadata: {e}")))?;
     Ok(RecordedEvent {
-        stream: event.stream_id().to_owned(),
+        stream: event.stream_id().into(),
         version: event.revision,
         position: event.position.commit,
         id: event.id.to_string(),
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.as_str().into(),
         schema_version: envelope.schema_version,
-        data: serde_json::from_slice(&event.data)
-            .map_err(|e| corrupt(format!("data is not JSON: {e}")))?,
+        data: String::from_utf8(event.data.to_vec())
+            .ok()
+            .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+            .ok_or_else(|| corrupt("data is not JSON".to_owned()))?,
         metadata: envelope.metadata,
         recorded_at: event.created,
     })
@@ -185,7 +187,7 @@ impl Backend for EsdbStore {
         &'a self,
         stream: &'a str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(async move {
             let state = match expected {

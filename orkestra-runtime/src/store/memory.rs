@@ -6,9 +6,9 @@ use std::sync::{Mutex, PoisonError};
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
+use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
-    check_append,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, check_append,
 };
 
 #[derive(Debug, Default)]
@@ -36,7 +36,7 @@ impl MemoryStore {
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        events: Vec<Encoded>,
     ) -> Result<AppendResult, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let current = state
@@ -46,8 +46,8 @@ impl MemoryStore {
             .map(|v| v as u64);
         let stored: Vec<(String, String, u64, u64)> = events
             .iter()
-            .filter_map(|e| state.ids.get(&e.id).map(|&i| &state.log[i]))
-            .map(|r| (r.id.clone(), r.stream.clone(), r.version, r.position))
+            .filter_map(|e| state.ids.get(&e.event.id).map(|&i| &state.log[i]))
+            .map(|r| (r.id.clone(), r.stream.to_string(), r.version, r.position))
             .collect();
         if let Some(done) = check_append(stream, expected, current, &events, &stored)? {
             return Ok(done);
@@ -61,21 +61,21 @@ impl MemoryStore {
         for (version, e) in (current.map_or(0, |v| v + 1)..).zip(events) {
             let position = state.log.len() as u64;
             let index = state.log.len();
-            state.ids.insert(e.id.clone(), index);
+            state.ids.insert(e.event.id.clone(), index);
             state
                 .streams
                 .entry(stream.to_owned())
                 .or_default()
                 .push(index);
             state.log.push(RecordedEvent {
-                stream: stream.to_owned(),
+                stream: stream.into(),
                 version,
                 position,
-                id: e.id,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
+                id: e.event.id,
+                event_type: e.event.event_type.into(),
+                schema_version: e.event.schema_version,
                 data: e.data,
-                metadata: e.metadata,
+                metadata: e.event.metadata,
                 recorded_at: now,
             });
             last = AppendResult {
@@ -99,7 +99,7 @@ impl Backend for MemoryStore {
         &'a self,
         stream: &'a str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(std::future::ready(
             self.append_now(stream, expected, events),

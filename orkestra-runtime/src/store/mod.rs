@@ -126,24 +126,46 @@ impl EventData {
         Ok(Self::from_raw(raw))
     }
 
-    /// The encoded size (data plus metadata) that counts against the size limit.
-    pub fn encoded_len(&self) -> usize {
-        let data = serde_json::to_vec(&self.data).map_or(0, |v| v.len());
-        let meta = serde_json::to_vec(&self.metadata).map_or(0, |v| v.len());
-        data + meta + self.event_type.len() + self.id.len()
+    /// Serializes data and metadata once, for the size check and the adapter.
+    fn encode(self) -> Result<Encoded, StoreError> {
+        let data =
+            serde_json::to_string(&self.data).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let metadata =
+            serde_json::to_string(&self.metadata).map_err(|e| StoreError::Encode(e.to_string()))?;
+        Ok(Encoded {
+            event: self,
+            data,
+            metadata,
+        })
+    }
+}
+
+/// An event about to be appended, with its data and metadata as JSON text.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) event: EventData,
+    pub(crate) data: String,
+    pub(crate) metadata: String,
+}
+
+impl Encoded {
+    /// The size that counts against the limit.
+    fn size(&self) -> usize {
+        self.data.len() + self.metadata.len() + self.event.event_type.len() + self.event.id.len()
     }
 }
 
 /// An event as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordedEvent {
-    pub(crate) stream: String,
+    pub(crate) stream: Arc<str>,
     pub(crate) version: u64,
     pub(crate) position: u64,
     pub(crate) id: String,
-    pub(crate) event_type: String,
+    pub(crate) event_type: Arc<str>,
     pub(crate) schema_version: u32,
-    pub(crate) data: Value,
+    /// The data as JSON text (checked to be JSON when read).
+    pub(crate) data: String,
     pub(crate) metadata: Metadata,
     pub(crate) recorded_at: DateTime<Utc>,
 }
@@ -173,9 +195,16 @@ impl RecordedEvent {
     pub fn schema_version(&self) -> u32 {
         self.schema_version
     }
-    /// The data as JSON.
-    pub fn data(&self) -> &Value {
+    /// The data as JSON text.
+    pub fn data_json(&self) -> &str {
         &self.data
+    }
+    /// The data as a JSON value.
+    pub fn data(&self) -> Result<Value, StoreError> {
+        serde_json::from_str(&self.data).map_err(|e| StoreError::Corrupt {
+            location: format!("position {}", self.position),
+            message: format!("data is not JSON: {e}"),
+        })
     }
     /// The metadata.
     pub fn metadata(&self) -> &Metadata {
@@ -186,22 +215,31 @@ impl RecordedEvent {
         self.recorded_at
     }
 
-    /// The typed event, its data checked against the schema and its metadata kept.
-    /// A recorded event of another type is [`StoreError::Decode`] with
-    /// [`PayloadError::WrongType`].
+    /// The typed event, with its metadata. A recorded event of another type is
+    /// [`StoreError::Decode`] with [`PayloadError::WrongType`]; data that does not fit the
+    /// type's shape (a missing field, a wrong type, an unknown field) is
+    /// [`StoreError::Decode`] too.
+    ///
+    /// Decoding checks the shape, not the rules (`min`, `pattern`, custom validation):
+    /// a stored event is a fact, checked when it was appended, and a rule tightened since
+    /// must not make history unreadable.
     pub fn decode<D: EventPayload>(&self) -> Result<Event<D>, StoreError> {
-        if self.event_type != D::TYPE_NAME {
+        if &*self.event_type != D::TYPE_NAME {
             return Err(StoreError::Decode {
                 position: self.position,
                 source: PayloadError::WrongType {
                     expected: D::TYPE_NAME,
-                    found: self.event_type.clone(),
+                    found: self.event_type.to_string(),
                 },
             });
         }
-        let data = D::from_json(self.data.clone()).map_err(|source| StoreError::Decode {
+        let data = serde_json::from_str(&self.data).map_err(|e| StoreError::Decode {
             position: self.position,
-            source,
+            source: PayloadError::InvalidParams(vec![crate::payload::ParamError::new(
+                "data",
+                "invalid_type",
+                e.to_string(),
+            )]),
         })?;
         Ok(Event {
             id: self.id.clone(),
@@ -211,15 +249,15 @@ impl RecordedEvent {
     }
 
     /// The event as JSON, with the topic it would be published on.
-    pub fn to_raw(&self, topic: impl Into<String>) -> RawEvent {
-        RawEvent {
+    pub fn to_raw(&self, topic: impl Into<String>) -> Result<RawEvent, StoreError> {
+        Ok(RawEvent {
             id: self.id.clone(),
-            event_type: self.event_type.clone(),
+            event_type: self.event_type.to_string(),
             version: self.schema_version,
             topic: topic.into(),
-            data: self.data.clone(),
+            data: self.data()?,
             metadata: self.metadata.clone(),
-        }
+        })
     }
 }
 
@@ -342,7 +380,7 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         &'a self,
         stream: &'a str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>>;
     fn read_stream<'a>(
         &'a self,
@@ -498,22 +536,25 @@ impl Store {
                 "an append needs at least one event".into(),
             ));
         }
-        for e in &events {
-            let size = e.encoded_len();
-            if size > self.max_event_bytes {
-                return Err(StoreError::TooLarge {
-                    id: e.id.clone(),
-                    size,
-                    limit: self.max_event_bytes,
-                });
-            }
+        let mut encoded = Vec::with_capacity(events.len());
+        for e in events {
             if e.id.is_empty() || e.event_type.is_empty() {
                 return Err(StoreError::Invalid(
                     "an event needs an id and a type".into(),
                 ));
             }
+            let e = e.encode()?;
+            let size = e.size();
+            if size > self.max_event_bytes {
+                return Err(StoreError::TooLarge {
+                    id: e.event.id,
+                    size,
+                    limit: self.max_event_bytes,
+                });
+            }
+            encoded.push(e);
         }
-        self.backend.append(stream, expected, events).await
+        self.backend.append(stream, expected, encoded).await
     }
 
     /// Up to `max` events of a stream from `from_version` on, oldest first.
@@ -650,7 +691,7 @@ pub(crate) fn check_append(
     stream: &str,
     expected: ExpectedVersion,
     current: Option<u64>,
-    events: &[EventData],
+    events: &[Encoded],
     stored: &[(String, String, u64, u64)], // (id, stream, version, position) of ids already stored
 ) -> Result<Option<AppendResult>, StoreError> {
     if !stored.is_empty() {
@@ -660,19 +701,22 @@ pub(crate) fn check_append(
             _ => None,
         };
         let find = |id: &str| stored.iter().find(|(i, ..)| i == id);
-        let all_here = events.iter().enumerate().all(|(i, e)| match find(&e.id) {
-            Some((_, s, version, _)) => {
-                s == stream
-                    && match first_version {
-                        Some(first) => *version == first + i as u64,
-                        None => find(&events[0].id)
-                            .is_some_and(|(_, _, v0, _)| *version == v0 + i as u64),
-                    }
-            }
-            None => false,
-        });
+        let all_here = events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| match find(&e.event.id) {
+                Some((_, s, version, _)) => {
+                    s == stream
+                        && match first_version {
+                            Some(first) => *version == first + i as u64,
+                            None => find(&events[0].event.id)
+                                .is_some_and(|(_, _, v0, _)| *version == v0 + i as u64),
+                        }
+                }
+                None => false,
+            });
         if all_here {
-            let (_, _, version, position) = find(&events[events.len() - 1].id)
+            let (_, _, version, position) = find(&events[events.len() - 1].event.id)
                 .cloned()
                 .unwrap_or_default();
             return Ok(Some(AppendResult {

@@ -21,13 +21,15 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::future::BoxFuture;
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
-    check_append,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, check_append,
 };
 use crate::config::{SecretUrl, redact};
 
@@ -69,9 +71,10 @@ END $$;
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
 -- p_expected: -1 any, -2 no stream, -3 stream exists, n >= 0 exactly n.
+DROP FUNCTION IF EXISTS orkestra_append(text, bigint, text[], text[], int4[], jsonb[], jsonb[]);
 CREATE OR REPLACE FUNCTION orkestra_append(
     p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
-    p_data jsonb[], p_metadata jsonb[]
+    p_data text[], p_metadata text[]
 ) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -88,22 +91,26 @@ BEGIN
     END IF;
     INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata)
     SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
-           t.id, t.event_type, t.schema_version, t.data, t.metadata
+           t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb
     FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata)
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord);
-    PERFORM pg_notify('orkestra_events', '');
     RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
 END $$;
 "#;
 
-const COLUMNS: &str =
-    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
+const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, \
+                       data::text, metadata::text, recorded_at";
 
 pub(crate) struct PostgresStore {
     pool: Pool,
     url: SecretUrl,
     changes: watch::Sender<u64>,
     listener: tokio::task::JoinHandle<()>,
+    /// Wakes the notifier after a commit; it sends one NOTIFY for however many commits
+    /// happened meanwhile. NOTIFY is kept out of the append's own transaction because
+    /// PostgreSQL serializes the commits of notifying transactions.
+    wake: Arc<Notify>,
+    notifier: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -117,6 +124,18 @@ impl std::fmt::Debug for PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.notifier.abort();
+    }
+}
+
+async fn notifier(pool: Pool, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        if let Ok(client) = pool.get().await {
+            let _ = client
+                .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+                .await;
+        }
     }
 }
 
@@ -164,11 +183,15 @@ impl PostgresStore {
         drop(client);
         let changes = watch::Sender::new(0);
         let listener = tokio::spawn(listen(config, changes.clone()));
+        let wake = Arc::new(Notify::new());
+        let notifier = tokio::spawn(notifier(pool.clone(), wake.clone()));
         Ok(Self {
             pool,
             url: url.clone(),
             changes,
             listener,
+            wake,
+            notifier,
         })
     }
 
@@ -183,7 +206,7 @@ impl PostgresStore {
         client: &deadpool_postgres::Object,
         stream: &str,
         expected: ExpectedVersion,
-        events: &[EventData],
+        events: &[Encoded],
     ) -> Result<Result<AppendResult, StoreError>, tokio_postgres::Error> {
         let code: i64 = match expected {
             ExpectedVersion::Any => -1,
@@ -191,17 +214,14 @@ impl PostgresStore {
             ExpectedVersion::StreamExists => -3,
             ExpectedVersion::Exact(v) => clamp(v),
         };
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
         let schema_versions: Vec<i32> = events
             .iter()
-            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .map(|e| i32::try_from(e.event.schema_version).unwrap_or(i32::MAX))
             .collect();
-        let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
-        let metadata: Vec<serde_json::Value> = events
-            .iter()
-            .map(|e| serde_json::to_value(&e.metadata).unwrap_or(serde_json::Value::Null))
-            .collect();
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
         let statement = client
             .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7)")
             .await?;
@@ -303,20 +323,28 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
         location: format!("position {position}"),
         message,
     };
-    let metadata: serde_json::Value = row.try_get(7).map_err(|e| corrupt(e.to_string()))?;
+    let metadata: &str = row.try_get(7).map_err(|e| corrupt(e.to_string()))?;
     Ok(RecordedEvent {
         position: position as u64,
-        stream: row.try_get(1).map_err(|e| corrupt(e.to_string()))?,
+        stream: row
+            .try_get::<_, &str>(1)
+            .map_err(|e| corrupt(e.to_string()))?
+            .into(),
         version: row
             .try_get::<_, i64>(2)
             .map_err(|e| corrupt(e.to_string()))? as u64,
         id: row.try_get(3).map_err(|e| corrupt(e.to_string()))?,
-        event_type: row.try_get(4).map_err(|e| corrupt(e.to_string()))?,
+        event_type: row
+            .try_get::<_, &str>(4)
+            .map_err(|e| corrupt(e.to_string()))?
+            .into(),
         schema_version: row
             .try_get::<_, i32>(5)
             .map_err(|e| corrupt(e.to_string()))? as u32,
-        data: row.try_get(6).map_err(|e| corrupt(e.to_string()))?,
-        metadata: serde_json::from_value(metadata)
+        data: row
+            .try_get::<_, String>(6)
+            .map_err(|e| corrupt(e.to_string()))?,
+        metadata: serde_json::from_str(metadata)
             .map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
         recorded_at: row
             .try_get::<_, std::time::SystemTime>(8)
@@ -338,7 +366,7 @@ impl Backend for PostgresStore {
         &'a self,
         stream: &'a str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(async move {
             if events.len() > MAX_APPEND {
@@ -351,7 +379,14 @@ impl Backend for PostgresStore {
                 attempts += 1;
                 let client = self.client().await?;
                 match Self::try_append(&client, stream, expected, &events).await {
-                    Ok(outcome) => return outcome,
+                    Ok(Ok(result)) => {
+                        if result.written {
+                            self.changes.send_modify(|c| *c += 1);
+                            self.wake.notify_one();
+                        }
+                        return Ok(result);
+                    }
+                    Ok(Err(refused)) => return Err(refused),
                     // A concurrent writer took the version (or an id) first: look again;
                     // the next round reports a stale expectation, a repeat or a duplicate,
                     // or (for `Any`) writes after it.

@@ -7,15 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, params};
 use tokio::sync::{oneshot, watch};
 
+use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, EventData, ExpectedVersion, RecordedEvent, StoreError,
-    check_append,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, check_append,
 };
 
 const ADAPTER: &str = "sqlite";
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS orkestra_events (
     schema_version INTEGER NOT NULL,
     data           TEXT    NOT NULL,
     metadata       TEXT    NOT NULL,
-    recorded_at    TEXT    NOT NULL,
+    recorded_at    INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
     UNIQUE (stream, version)
 );
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra_events
@@ -44,7 +44,7 @@ BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
 struct AppendRequest {
     stream: String,
     expected: ExpectedVersion,
-    events: Vec<EventData>,
+    events: Vec<Encoded>,
     reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
@@ -77,7 +77,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         message: format!("cannot open {}: {e}", path.display()),
     })?;
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;",
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA temp_store=MEMORY;",
     )
     .map_err(|e| StoreError::Unavailable {
         adapter: ADAPTER,
@@ -186,6 +186,17 @@ fn commit_group(
         Ok(tx) => tx,
         Err(e) => return group.iter().map(|_| Err(backend_error(&e))).collect(),
     };
+    if let [request] = group {
+        // Alone in its transaction: no savepoint needed (a refusal rolls back everything,
+        // which is only this append), and SQLite skips the sub-journal it would keep.
+        let result = append_one(&tx, &request.stream, request.expected, &request.events);
+        let committed = if result.is_ok() {
+            tx.commit()
+        } else {
+            tx.rollback()
+        };
+        return vec![committed.map_err(backend_error).and(result)];
+    }
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         let result = match tx.savepoint() {
@@ -205,7 +216,7 @@ fn append_one(
     conn: &Connection,
     stream: &str,
     expected: ExpectedVersion,
-    events: &[EventData],
+    events: &[Encoded],
 ) -> Result<AppendResult, StoreError> {
     let current: Option<i64> = conn
         .query_row(
@@ -216,8 +227,13 @@ fn append_one(
         .map_err(backend_error)?;
     let current = current.map(|v| v as u64);
     // One statement for every id of the append (an index probe each, inside SQLite).
-    let ids = serde_json::to_string(&events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let ids = serde_json::to_string(
+        &events
+            .iter()
+            .map(|e| e.event.id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| StoreError::Encode(e.to_string()))?;
     let mut find = conn
         .prepare_cached(
             "SELECT id, stream, version, position FROM orkestra_events \
@@ -245,25 +261,22 @@ fn append_one(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(backend_error)?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = chrono::Utc::now().timestamp_micros();
     let mut last = AppendResult {
         last_version: 0,
         last_position: 0,
         written: true,
     };
     for (version, e) in (current.map_or(0, |v| v + 1)..).zip(events) {
-        let data = serde_json::to_string(&e.data).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let metadata =
-            serde_json::to_string(&e.metadata).map_err(|e| StoreError::Encode(e.to_string()))?;
         insert
             .execute(params![
                 stream,
                 version as i64,
-                e.id,
-                e.event_type,
-                e.schema_version,
-                data,
-                metadata,
+                e.event.id,
+                e.event.event_type,
+                e.event.schema_version,
+                e.data,
+                e.metadata,
                 now
             ])
             .map_err(backend_error)?;
@@ -279,7 +292,29 @@ fn append_one(
 const COLUMNS: &str =
     "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
 
-fn row_to_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
+/// The previous row's stream and type, shared with the next row when equal (rows of one
+/// query mostly repeat them): one allocation per distinct value, not per row.
+#[derive(Default)]
+struct Interned {
+    stream: Option<Arc<str>>,
+    event_type: Option<Arc<str>>,
+}
+
+fn intern(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+    match slot {
+        Some(s) if &**s == text => s.clone(),
+        _ => {
+            let s: Arc<str> = text.into();
+            *slot = Some(s.clone());
+            s
+        }
+    }
+}
+
+fn row_to_event(
+    row: &rusqlite::Row<'_>,
+    interned: &mut Interned,
+) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.get(0).map_err(backend_error)?;
     let corrupt = |message: String| StoreError::Corrupt {
         location: format!("position {position}"),
@@ -288,33 +323,49 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
     let get_text = |i: usize| row.get::<_, String>(i).map_err(|e| corrupt(e.to_string()));
     let data = get_text(6)?;
     let metadata = get_text(7)?;
-    let recorded_at = get_text(8)?;
+    let recorded_at: i64 = row
+        .get(8)
+        .map_err(|e| corrupt(format!("recorded_at: {e}")))?;
     Ok(RecordedEvent {
         position: position as u64,
-        stream: get_text(1)?,
+        stream: intern(
+            &mut interned.stream,
+            row.get_ref(1)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(|e| corrupt(e.to_string()))?,
+        ),
         version: row.get::<_, i64>(2).map_err(|e| corrupt(e.to_string()))? as u64,
         id: get_text(3)?,
-        event_type: get_text(4)?,
+        event_type: intern(
+            &mut interned.event_type,
+            row.get_ref(4)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(|e| corrupt(e.to_string()))?,
+        ),
         schema_version: row.get::<_, u32>(5).map_err(|e| corrupt(e.to_string()))?,
-        data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data is not JSON: {e}")))?,
+        // Checked lazily: `data()` reports text that is not JSON as corrupt, `decode`
+        // as a decode error; one bad row does not make a whole stream unreadable.
+        data,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
-        recorded_at: chrono::DateTime::parse_from_rfc3339(&recorded_at)
-            .map_err(|e| corrupt(format!("recorded_at: {e}")))?
-            .with_timezone(&chrono::Utc),
+        recorded_at: chrono::DateTime::from_timestamp_micros(recorded_at)
+            .ok_or_else(|| corrupt(format!("recorded_at {recorded_at} is out of range")))?,
     })
 }
 
+/// Runs a read; `max` (the LIMIT) sizes the result up front, up to a bound.
 fn query(
     conn: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
+    max: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend_error)?;
     let mut rows = stmt.query(params).map_err(backend_error)?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(max.min(16_384));
+    let mut interned = Interned::default();
     while let Some(row) = rows.next().map_err(backend_error)? {
-        out.push(row_to_event(row)?);
+        out.push(row_to_event(row, &mut interned)?);
     }
     Ok(out)
 }
@@ -336,7 +387,7 @@ impl Backend for SqliteStore {
         &'a self,
         stream: &'a str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
@@ -369,11 +420,13 @@ impl Backend for SqliteStore {
                 conn,
                 &format!("SELECT {COLUMNS} FROM orkestra_events WHERE stream = ?1 AND version >= ?2 ORDER BY version ASC LIMIT ?3"),
                 &[&stream, &clamp(from_version), &limit(max)],
+                max,
             ),
             Direction::Backwards => query(
                 conn,
                 &format!("SELECT {COLUMNS} FROM orkestra_events WHERE stream = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"),
                 &[&stream, &clamp(from_version), &limit(max)],
+                max,
             ),
         }))
     }
@@ -388,6 +441,7 @@ impl Backend for SqliteStore {
                 conn,
                 &format!("SELECT {COLUMNS} FROM orkestra_events WHERE position >= ?1 ORDER BY position ASC LIMIT ?2"),
                 &[&clamp(from_position), &limit(max)],
+                max,
             )
         }))
     }
