@@ -6,18 +6,16 @@
 //! Each snapshot memoises which event subscriptions match a topic.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use futures_util::FutureExt;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
-use crate::handler::{DeadLetter, HandlerContext, HandlerError, Subscription, Target};
+use super::run::{Outcome, log_retry, run_attempt};
+use crate::handler::{DeadLetter, Subscription, Target};
 use crate::trace::{self, TraceContext};
 
 /// `messaging.system` of the in-process bus's spans.
@@ -74,13 +72,6 @@ impl std::fmt::Debug for InProcess {
             .field("event_handlers", &registry.events.len())
             .finish_non_exhaustive()
     }
-}
-
-/// What one handler run (or all of them, with retries) came to.
-enum Outcome {
-    Succeeded(Value),
-    Rejected(String),
-    Failed(String),
 }
 
 impl InProcess {
@@ -174,7 +165,7 @@ impl InProcess {
                 let attempt = envelope.attempts();
                 let max_retries = envelope.effective_max_retries();
                 let outcome =
-                    run_attempt(bus, &subscription, &message, attempt, max_retries, traced).await;
+                    run_attempt(bus, &subscription, &message, attempt, max_retries, traced, SYSTEM).await;
                 let transition = match outcome {
                     Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
                     Outcome::Rejected(reason) => {
@@ -258,7 +249,7 @@ impl InProcess {
         let max_retries = subscription.max_retries;
         let mut attempt = 1;
         loop {
-            match run_attempt(bus, subscription, message, attempt, max_retries, traced).await {
+            match run_attempt(bus, subscription, message, attempt, max_retries, traced, SYSTEM).await {
                 Outcome::Succeeded(_) => return true,
                 Outcome::Failed(reason) if attempt <= max_retries => {
                     log_retry(subscription, attempt, max_retries, &reason);
@@ -303,78 +294,6 @@ impl InProcess {
         };
         lock(&self.dead_letters).retain(|tx| tx.send(letter.clone()).is_ok());
     }
-}
-
-/// One run of a handler, inside its handle span (and, from the second attempt on, an
-/// `orkestra.retry` span); a panic counts as a failure.
-async fn run_attempt(
-    bus: &Bus,
-    subscription: &Subscription,
-    message: &Message,
-    attempt: u32,
-    max_retries: u32,
-    traced: bool,
-) -> Outcome {
-    if attempt > 1 && traced {
-        let retry = trace::retry_span(&subscription.handler, attempt, max_retries);
-        run_once(bus, subscription, message, attempt, traced)
-            .instrument(retry)
-            .await
-    } else {
-        run_once(bus, subscription, message, attempt, traced).await
-    }
-}
-
-async fn run_once(
-    bus: &Bus,
-    subscription: &Subscription,
-    message: &Message,
-    attempt: u32,
-    traced: bool,
-) -> Outcome {
-    let span = if traced {
-        trace::handle_span(message, &subscription.handler, attempt, SYSTEM)
-    } else {
-        Span::none()
-    };
-    let ctx = HandlerContext::new(
-        bus.clone(),
-        message.clone(),
-        subscription.handler.clone(),
-        attempt,
-    );
-    let run = AssertUnwindSafe(async { subscription.call.call(message, ctx).await });
-    let outcome = match run.catch_unwind().instrument(span.clone()).await {
-        Ok(Ok(reply)) => return Outcome::Succeeded(reply),
-        Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
-        Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
-        Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
-    };
-    let (error_type, reason) = match &outcome {
-        Outcome::Rejected(reason) => ("rejected", reason),
-        Outcome::Failed(reason) => ("failed", reason),
-        Outcome::Succeeded(_) => return outcome,
-    };
-    trace::record_error(&span, error_type, reason);
-    outcome
-}
-
-fn log_retry(subscription: &Subscription, attempt: u32, max_retries: u32, reason: &str) {
-    tracing::warn!(
-        handler = %subscription.handler,
-        attempt,
-        max_retries,
-        reason,
-        "handler failed; retrying"
-    );
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic payload")
 }
 
 // Handlers run outside these locks, so a poisoned lock only means a panic elsewhere

@@ -4,6 +4,7 @@
 //! choice ([`Bus::from_config`]), so handlers never change when the adapter does.
 
 mod in_process;
+mod run;
 
 use std::fmt;
 use std::pin::Pin;

@@ -1,0 +1,95 @@
+//! Running a handler once: its span, panic capture and the outcome. Shared by every bus
+//! adapter, so handlers behave the same on all of them.
+
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tracing::{Instrument, Span};
+
+use super::Bus;
+use crate::any_message::Message;
+use crate::handler::{HandlerContext, HandlerError, Subscription};
+use crate::trace;
+
+/// What one handler run (or all of them, with retries) came to.
+pub(crate) enum Outcome {
+    Succeeded(Value),
+    Rejected(String),
+    Failed(String),
+}
+
+/// One run of a handler, inside its handle span (and, from the second attempt on, an
+/// `orkestra.retry` span); a panic counts as a failure.
+pub(crate) async fn run_attempt(
+    bus: &Bus,
+    subscription: &Subscription,
+    message: &Message,
+    attempt: u32,
+    max_retries: u32,
+    traced: bool,
+    system: &'static str,
+) -> Outcome {
+    if attempt > 1 && traced {
+        let retry = trace::retry_span(&subscription.handler, attempt, max_retries);
+        run_once(bus, subscription, message, attempt, traced, system)
+            .instrument(retry)
+            .await
+    } else {
+        run_once(bus, subscription, message, attempt, traced, system).await
+    }
+}
+
+async fn run_once(
+    bus: &Bus,
+    subscription: &Subscription,
+    message: &Message,
+    attempt: u32,
+    traced: bool,
+    system: &'static str,
+) -> Outcome {
+    let span = if traced {
+        trace::handle_span(message, &subscription.handler, attempt, system)
+    } else {
+        Span::none()
+    };
+    let ctx = HandlerContext::new(
+        bus.clone(),
+        message.clone(),
+        subscription.handler.clone(),
+        attempt,
+    );
+    let run = AssertUnwindSafe(async { subscription.call.call(message, ctx).await });
+    let outcome = match run.catch_unwind().instrument(span.clone()).await {
+        Ok(Ok(reply)) => return Outcome::Succeeded(reply),
+        Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
+        Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
+        Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
+    };
+    let (error_type, reason) = match &outcome {
+        Outcome::Rejected(reason) => ("rejected", reason),
+        Outcome::Failed(reason) => ("failed", reason),
+        Outcome::Succeeded(_) => return outcome,
+    };
+    trace::record_error(&span, error_type, reason);
+    outcome
+}
+
+pub(crate) fn log_retry(subscription: &Subscription, attempt: u32, max_retries: u32, reason: &str) {
+    tracing::warn!(
+        handler = %subscription.handler,
+        attempt,
+        max_retries,
+        reason,
+        "handler failed; retrying"
+    );
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
