@@ -84,13 +84,39 @@ fn name_of<T: PartialEq + Copy>(names: &[(&'static str, T)], value: T) -> &'stat
 }
 
 /// The `[bus]` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BusConfig {
     /// The adapter.
     pub adapter: BusAdapter,
     /// The broker URL (RabbitMQ).
     pub url: Option<SecretUrl>,
+    /// Unacknowledged deliveries a consumer may hold (RabbitMQ `prefetch`), default 64.
+    pub prefetch: u16,
+    /// How long a failed message waits before its retry (RabbitMQ), default 1000 ms.
+    pub retry_delay_ms: u32,
+    /// The largest message body published or consumed, default 4 MiB.
+    pub max_message_bytes: usize,
+    /// The first word of every exchange and queue name (RabbitMQ), default `orkestra`:
+    /// separate apps or test runs on one broker by giving each its own.
+    pub prefix: String,
+    /// Delete work and wait queues unused for this long (RabbitMQ `x-expires`); off by
+    /// default. For tests and short-lived environments.
+    pub queue_expiry_ms: Option<u32>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            adapter: BusAdapter::default(),
+            url: None,
+            prefetch: 64,
+            retry_delay_ms: 1000,
+            max_message_bytes: 4 * 1024 * 1024,
+            prefix: "orkestra".to_owned(),
+            queue_expiry_ms: None,
+        }
+    }
 }
 
 /// The `[store]` section.
@@ -222,6 +248,39 @@ impl Config {
                 url_origins.push(("bus.url", at(u.span())));
                 config.bus.url = Some(SecretUrl::new(u.into_inner()));
             }
+            let range = |setting: &'static str, v: Option<Spanned<i64>>, min: i64, max: i64| match v {
+                None => Ok(None),
+                Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
+                Some(v) => Err(ConfigError::Invalid {
+                    setting,
+                    origin: at(v.span()),
+                    message: format!("{} is out of range; expected {min} to {max}", v.get_ref()),
+                }),
+            };
+            if let Some(v) = range("bus.prefetch", bus.prefetch, 1, i64::from(u16::MAX))? {
+                config.bus.prefetch = v as u16;
+            }
+            if let Some(v) = range("bus.retry_delay_ms", bus.retry_delay_ms, 1, i64::from(u32::MAX))? {
+                config.bus.retry_delay_ms = v as u32;
+            }
+            if let Some(v) = range("bus.max_message_bytes", bus.max_message_bytes, 1, 512 * 1024 * 1024)? {
+                config.bus.max_message_bytes = v as usize;
+            }
+            if let Some(v) = range("bus.queue_expiry_ms", bus.queue_expiry_ms, 1, i64::from(u32::MAX))? {
+                config.bus.queue_expiry_ms = Some(v as u32);
+            }
+            if let Some(p) = bus.prefix {
+                let ok = !p.get_ref().is_empty()
+                    && p.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return Err(ConfigError::Invalid {
+                        setting: "bus.prefix",
+                        origin: at(p.span()),
+                        message: format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", p.get_ref()),
+                    });
+                }
+                config.bus.prefix = p.into_inner();
+            }
         }
         if let Some(store) = raw.store {
             if let Some(a) = store.adapter {
@@ -283,7 +342,14 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     bus: Option<RawSection>,
-    store: Option<RawSection>,
+    store: Option<RawStoreSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreSection {
+    adapter: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +357,11 @@ struct RawConfig {
 struct RawSection {
     adapter: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
+    prefetch: Option<Spanned<i64>>,
+    retry_delay_ms: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    prefix: Option<Spanned<String>>,
+    queue_expiry_ms: Option<Spanned<i64>>,
 }
 
 fn adapter<T: Copy>(
@@ -507,6 +578,16 @@ mod tests {
         let e = Config::from_toml_str("[store]\nadapter = \"postgres\"\nurl = \"not a url\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("store.url"), "{e}");
+    }
+
+    #[test]
+    fn bus_tuning_settings_are_checked() {
+        let c = Config::from_toml_str("[bus]\nprefetch = 500\nretry_delay_ms = 250\n").unwrap();
+        assert_eq!((c.bus.prefetch, c.bus.retry_delay_ms), (500, 250));
+        let e = Config::from_toml_str("[bus]\nprefetch = 0\n").unwrap_err();
+        assert_eq!(e.to_string(), "bus.prefetch (orkestra.toml:2:12): 0 is out of range; expected 1 to 65535");
+        let e = Config::from_toml_str("[store]\nprefetch = 5\n").unwrap_err();
+        assert!(e.to_string().contains("prefetch"), "{e}");
     }
 
     #[test]

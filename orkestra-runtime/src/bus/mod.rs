@@ -4,6 +4,8 @@
 //! choice ([`Bus::from_config`]), so handlers never change when the adapter does.
 
 mod in_process;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 mod run;
 
 use std::fmt;
@@ -68,11 +70,38 @@ pub enum BusError {
     /// The bus is shut down.
     #[error("the bus is closed")]
     Closed,
+    /// The broker cannot be reached (the URL is shown without its password).
+    #[error("{setting}: the broker is unavailable: {message}")]
+    Unavailable {
+        /// The setting that pointed at it.
+        setting: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The broker failed or refused an operation.
+    #[error("broker: {0}")]
+    Broker(String),
+    /// The broker did not answer in time (the operation may or may not have happened).
+    #[error("timed out waiting for the {0}")]
+    Timeout(&'static str),
+    /// A message over the configured size limit (`bus.max_message_bytes`).
+    #[error("message of {size} bytes exceeds bus.max_message_bytes ({limit})")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A message could not be encoded for the wire.
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
 }
 
 #[derive(Debug)]
 enum Backend {
     InProcess(in_process::InProcess),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(Arc<rabbitmq::RabbitMq>),
 }
 
 /// A handle to a message bus. Cheap to clone; clones share the bus.
@@ -85,6 +114,8 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match &*self.backend {
             Backend::InProcess(_) => "in_process",
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(_) => "rabbitmq",
         };
         f.debug_struct("Bus")
             .field("adapter", &name)
@@ -104,10 +135,15 @@ impl Bus {
     pub async fn from_config(config: &Config) -> Result<Self, BusError> {
         match config.bus.adapter {
             BusAdapter::InProcess => Ok(Self::in_process()),
+            #[cfg(feature = "rabbitmq")]
+            BusAdapter::RabbitMq => Ok(Self {
+                backend: Arc::new(Backend::RabbitMq(Arc::new(rabbitmq::RabbitMq::connect(&config.bus).await?))),
+            }),
+            #[cfg(not(feature = "rabbitmq"))]
             BusAdapter::RabbitMq => Err(BusError::AdapterUnavailable {
                 setting: "bus.adapter",
                 adapter: "rabbitmq",
-                reason: "this build of orkestra-runtime has no RabbitMQ adapter",
+                reason: "this build of orkestra-runtime lacks the `rabbitmq` feature",
             }),
         }
     }
@@ -117,6 +153,8 @@ impl Bus {
     pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
         match &*self.backend {
             Backend::InProcess(b) => b.subscribe(subscription),
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.subscribe(self, subscription).await,
         }
     }
 
@@ -129,6 +167,8 @@ impl Bus {
     pub async fn dispatch(&self, envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
         match &*self.backend {
             Backend::InProcess(b) => b.dispatch(self, envelope).await,
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.dispatch(envelope).await,
         }
     }
 
@@ -139,6 +179,8 @@ impl Bus {
     pub async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         match &*self.backend {
             Backend::InProcess(b) => b.publish(self, envelope).await,
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.publish(envelope).await,
         }
     }
 
@@ -146,6 +188,8 @@ impl Bus {
     pub async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
         match &*self.backend {
             Backend::InProcess(b) => Ok(b.dead_letters()),
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.dead_letters().await,
         }
     }
 }

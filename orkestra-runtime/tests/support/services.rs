@@ -35,3 +35,34 @@ pub async fn postgres_store() -> Option<Store> {
         }
     }
 }
+
+/// `amqp://guest:guest@127.0.0.1:5672/%2f`, or `ORKESTRA_AMQP_URL`.
+pub fn amqp_url() -> SecretUrl {
+    SecretUrl::new(std::env::var("ORKESTRA_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()))
+}
+
+/// A RabbitMQ bus configuration with its own topology (a unique prefix, queues that
+/// expire after the test) and short retry delays.
+pub fn rabbit_config() -> orkestra_runtime::Config {
+    let mut config = orkestra_runtime::Config::default();
+    config.bus.adapter = orkestra_runtime::config::BusAdapter::RabbitMq;
+    config.bus.url = Some(amqp_url());
+    config.bus.prefix = format!("orkestra-test-{}", uuid::Uuid::new_v4().simple());
+    config.bus.queue_expiry_ms = Some(120_000);
+    config.bus.retry_delay_ms = 100;
+    config
+}
+
+pub async fn rabbit_bus_with(config: &orkestra_runtime::Config) -> Option<orkestra_runtime::Bus> {
+    match orkestra_runtime::Bus::from_config(config).await {
+        Ok(bus) => Some(bus),
+        Err(e) => {
+            unavailable("RabbitMQ", &e);
+            None
+        }
+    }
+}
+
+pub async fn rabbit_bus() -> Option<orkestra_runtime::Bus> {
+    rabbit_bus_with(&rabbit_config()).await
+}

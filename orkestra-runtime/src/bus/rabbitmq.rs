@@ -1,0 +1,706 @@
+//! The RabbitMQ bus (lapin, feature `rabbitmq`).
+//!
+//! Topology, declared idempotently by every bus instance:
+//!
+//! Names below use the default prefix `orkestra` (setting `bus.prefix`).
+//!
+//! - exchange `orkestra.commands` (direct): one durable queue per command type,
+//!   `orkestra.cmd.<topic>`, bound by its topic; consumers on it compete;
+//! - exchange `orkestra.events` (topic): one durable queue per handler,
+//!   `orkestra.evt.<handler>`, bound by each of its topics or patterns (fan-out);
+//! - every work queue dead-letters to exchange `orkestra.retry` (direct), which routes to
+//!   its wait queue `<queue>.wait.<ms>ms`, whose queue-level TTL dead-letters the message
+//!   back to the work queue (no per-message TTL, so no head-of-line blocking);
+//! - exchange `orkestra.deadletter` (topic) with the durable catch-all queue
+//!   `orkestra.deadletter.all` bound by `#`.
+//!
+//! A failed run is rejected without requeue; the attempt number is one more than the
+//! `count` of the `x-death` entry for the work queue with reason `rejected` (a received
+//! `x-death` is never republished). The retry limit travels in `x-max-retries`. An
+//! exhausted, rejected or undecodable message is published with confirm to
+//! `orkestra.deadletter` (routing key: its original one) with the original exchange,
+//! routing key, handler, attempts, error and `traceparent` in headers, then acked.
+//!
+//! Publishing uses confirms and `mandatory`: a nack, a timeout or a closed channel is an
+//! error, and a command that no queue takes is [`BusError::NoHandler`]. An event that no
+//! queue takes has no subscriber yet; that is not an error (as on the in-process bus).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{Instrument, Span};
+
+use super::run::{Outcome, log_retry, run_attempt};
+use super::{Bus, BusError, DeadLetters};
+use crate::any_message::{Message, MessageKind, RawCommand};
+use crate::config::{BusConfig, SecretUrl, redact};
+use crate::envelope::{CommandEnvelope, EventEnvelope};
+use crate::handler::{DeadLetter, Subscription, Target};
+use crate::message::{Metadata, RawEvent};
+use crate::trace::{self, TraceContext};
+
+const SYSTEM: &str = "rabbitmq";
+
+/// Exchange and queue names under a prefix (`orkestra` by default).
+#[derive(Debug)]
+struct Names {
+    commands: String,
+    events: String,
+    retry: String,
+    dead_letters: String,
+    dead_letter_queue: String,
+    prefix: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        Self {
+            commands: format!("{prefix}.commands"),
+            events: format!("{prefix}.events"),
+            retry: format!("{prefix}.retry"),
+            dead_letters: format!("{prefix}.deadletter"),
+            dead_letter_queue: format!("{prefix}.deadletter.all"),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+/// How long a publish may wait for its confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body of every message: the payload and everything needed to rebuild it.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    kind: MessageKind,
+    id: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    topic: String,
+    #[serde(default = "one")]
+    version: u32,
+    payload: Value,
+    metadata: Metadata,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Wire {
+    fn from_message(message: &Message) -> Result<Self, BusError> {
+        Ok(Self {
+            kind: message.kind(),
+            id: message.id().to_owned(),
+            type_name: message.type_name().to_owned(),
+            topic: message.topic().to_owned(),
+            version: message.version(),
+            payload: message.payload_json().map_err(|e| BusError::Encode(e.to_string()))?,
+            metadata: message.metadata().clone(),
+        })
+    }
+
+    fn into_message(self) -> Message {
+        match self.kind {
+            MessageKind::Command => Message::from_raw_command(RawCommand {
+                id: self.id,
+                command_type: self.type_name,
+                topic: self.topic,
+                params: self.payload,
+                metadata: self.metadata,
+            }),
+            MessageKind::Event => Message::from_raw_event(RawEvent {
+                id: self.id,
+                event_type: self.type_name,
+                version: self.version,
+                topic: self.topic,
+                data: self.payload,
+                metadata: self.metadata,
+            }),
+        }
+    }
+}
+
+/// Trace-context headers in and out of an AMQP field table (long strings).
+struct Headers<'a>(&'a mut FieldTable);
+
+impl opentelemetry::propagation::Injector for Headers<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+    }
+}
+
+struct ReadHeaders<'a>(&'a FieldTable);
+
+impl opentelemetry::propagation::Extractor for ReadHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.inner().keys().map(ShortString::as_str).collect()
+    }
+}
+
+fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    match headers?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// An integer header of any AMQP integer type.
+fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+    as_int(headers?.inner().get(key)?)
+}
+
+fn as_int(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::ShortShortInt(i) => i64::from(*i),
+        AMQPValue::ShortShortUInt(i) => i64::from(*i),
+        AMQPValue::ShortInt(i) => i64::from(*i),
+        AMQPValue::ShortUInt(i) => i64::from(*i),
+        AMQPValue::LongInt(i) => i64::from(*i),
+        AMQPValue::LongUInt(i) => i64::from(*i),
+        AMQPValue::LongLongInt(i) => *i,
+        AMQPValue::Timestamp(i) => i64::try_from(*i).ok()?,
+        _ => return None,
+    })
+}
+
+/// How many times this message was rejected from `queue` (the `x-death` entry with
+/// reason `rejected` for that queue). Malformed headers count as none.
+fn rejections(headers: Option<&FieldTable>, queue: &str) -> u32 {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.and_then(|h| h.inner().get("x-death")) else {
+        return 0;
+    };
+    deaths
+        .as_slice()
+        .iter()
+        .filter_map(|d| match d {
+            AMQPValue::FieldTable(t) => Some(t),
+            _ => None,
+        })
+        .filter(|t| {
+            header_str(Some(t), "queue").as_deref() == Some(queue)
+                && header_str(Some(t), "reason").as_deref() == Some("rejected")
+        })
+        .filter_map(|t| t.inner().get("count").and_then(as_int))
+        .map(|c| u32::try_from(c).unwrap_or(u32::MAX))
+        .max()
+        .unwrap_or(0)
+}
+
+fn broker_error(e: impl std::fmt::Display) -> BusError {
+    BusError::Broker(redact(&e.to_string()))
+}
+
+#[derive(Debug)]
+pub(crate) struct RabbitMq {
+    connection: Connection,
+    publisher: Channel,
+    names: Names,
+    settings: BusConfig,
+    url: SecretUrl,
+    handlers: Mutex<HashSet<String>>,
+    command_topics: Mutex<HashSet<String>>,
+    consumers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        for task in self.consumers.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl RabbitMq {
+    pub(crate) async fn connect(settings: &BusConfig) -> Result<Self, BusError> {
+        let url = settings.url.clone().unwrap_or_else(|| SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable {
+            setting: "bus.url",
+            message: format!("{url}: {}", redact(&e.to_string())),
+        };
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from("orkestra"))
+            .enable_auto_recover();
+        let connection = tokio::time::timeout(Duration::from_secs(15), Connection::connect(url.expose(), properties))
+            .await
+            .map_err(|_| unavailable(&"no answer within 15 s"))?
+            .map_err(|e| unavailable(&e))?;
+        let publisher = connection.create_channel().await.map_err(broker_error)?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(broker_error)?;
+        let bus = Self {
+            connection,
+            publisher,
+            names: Names::new(&settings.prefix),
+            settings: settings.clone(),
+            url,
+            handlers: Mutex::default(),
+            command_topics: Mutex::default(),
+            consumers: Mutex::default(),
+        };
+        bus.declare_exchanges().await?;
+        Ok(bus)
+    }
+
+    async fn declare_exchanges(&self) -> Result<(), BusError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let n = &self.names;
+        for (name, kind) in [
+            (&n.commands, ExchangeKind::Direct),
+            (&n.events, ExchangeKind::Topic),
+            (&n.retry, ExchangeKind::Direct),
+            (&n.dead_letters, ExchangeKind::Topic),
+        ] {
+            self.publisher
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await
+                .map_err(broker_error)?;
+        }
+        self.publisher
+            .queue_declare(n.dead_letter_queue.as_str().into(), QueueDeclareOptions::durable(), self.expiry_args())
+            .await
+            .map_err(broker_error)?;
+        self.publisher
+            .queue_bind(
+                n.dead_letter_queue.as_str().into(),
+                n.dead_letters.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        Ok(())
+    }
+
+    fn expiry_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if let Some(ms) = self.settings.queue_expiry_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(i64::from(ms)));
+        }
+        args
+    }
+
+    /// Declares a work queue with its wait queue and bindings.
+    async fn declare_work_queue(&self, channel: &Channel, queue: &str, bindings: &[(&str, &str)]) -> Result<(), BusError> {
+        let wait = format!("{queue}.wait.{}ms", self.settings.retry_delay_ms);
+        let retry = self.names.retry.as_str();
+        let mut work_args = self.expiry_args();
+        work_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(retry.into()));
+        work_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::durable(), work_args)
+            .await
+            .map_err(broker_error)?;
+        let mut wait_args = self.expiry_args();
+        wait_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.settings.retry_delay_ms)));
+        wait_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        wait_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        channel
+            .queue_declare(wait.as_str().into(), QueueDeclareOptions::durable(), wait_args)
+            .await
+            .map_err(broker_error)?;
+        channel
+            .queue_bind(wait.as_str().into(), retry.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(broker_error)?;
+        for (exchange, key) in bindings {
+            channel
+                .queue_bind(queue.into(), (*exchange).into(), (*key).into(), QueueBindOptions::default(), FieldTable::default())
+                .await
+                .map_err(broker_error)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn subscribe(self: &Arc<Self>, bus: &Bus, subscription: Subscription) -> Result<(), BusError> {
+        {
+            let mut handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
+            if !handlers.insert(subscription.handler.to_string()) {
+                return Err(BusError::DuplicateHandler { handler: subscription.handler.to_string() });
+            }
+        }
+        let channel = self.connection.create_channel().await.map_err(broker_error)?;
+        channel.basic_qos(self.settings.prefetch, BasicQosOptions::default()).await.map_err(broker_error)?;
+        let queue = match &subscription.target {
+            Target::Command { topic, .. } => {
+                if !self.command_topics.lock().unwrap_or_else(PoisonError::into_inner).insert((*topic).to_owned()) {
+                    self.handlers.lock().unwrap_or_else(PoisonError::into_inner).remove(&*subscription.handler);
+                    return Err(BusError::CommandAlreadyHandled {
+                        topic: (*topic).to_owned(),
+                        existing: "another handler of this bus".into(),
+                        handler: subscription.handler.to_string(),
+                    });
+                }
+                let queue = format!("{}.cmd.{topic}", self.names.prefix);
+                self.declare_work_queue(&channel, &queue, &[(self.names.commands.as_str(), topic)]).await?;
+                tracing::info!(handler = %subscription.handler, topic = *topic, orkestra = "command_handler", queue, "handler subscribed");
+                queue
+            }
+            Target::Events { patterns } => {
+                let queue = format!("{}.evt.{}", self.names.prefix, subscription.handler);
+                let bindings: Vec<(&str, &str)> = patterns.iter().map(|p| (self.names.events.as_str(), *p)).collect();
+                self.declare_work_queue(&channel, &queue, &bindings).await?;
+                tracing::info!(handler = %subscription.handler, topic = ?patterns, orkestra = "event_handler", queue, "handler subscribed");
+                queue
+            }
+        };
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("orkestra-{}-{}", subscription.handler, crate::message::new_id()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        let task = tokio::spawn(consume(self.clone(), bus.clone(), Arc::new(subscription), queue, channel, consumer));
+        self.consumers.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        Ok(())
+    }
+
+    /// Publishes with confirm; `Ok(false)` when the broker returned it (no queue bound).
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<bool, BusError> {
+        if body.len() > self.settings.max_message_bytes {
+            return Err(BusError::TooLarge { size: body.len(), limit: self.settings.max_message_bytes });
+        }
+        let span = tracing::info_span!(
+            "orkestra.rabbitmq.publish",
+            otel.kind = "producer",
+            messaging.system = SYSTEM,
+            "messaging.operation.type" = "publish",
+            messaging.destination.name = exchange,
+            messaging.rabbitmq.destination.routing_key = routing_key,
+        );
+        let mut properties = properties;
+        if !span.is_disabled() {
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            trace::inject(&tracing_opentelemetry::OpenTelemetrySpanExt::context(&span), &mut Headers(&mut headers));
+            properties = properties.with_headers(headers);
+        }
+        async {
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(broker_error)?;
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                Err(_) => Err(BusError::Timeout("publisher confirm")),
+                Ok(Err(e)) => Err(broker_error(e)),
+                Ok(Ok(Confirmation::Ack(None))) => Ok(true),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(false),
+                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker("the broker refused the message (nack)".into())),
+                Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Broker("publisher confirms are off".into())),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn properties(message: &Message) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(message.id().into())
+            .with_type(message.type_name().into())
+    }
+
+    pub(crate) async fn dispatch(&self, mut envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
+        if envelope.message().kind() != MessageKind::Command {
+            return Err(BusError::WrongKind(format!("dispatch takes a command; {} is an event", envelope.message().type_name())));
+        }
+        let traced = trace::should_trace(envelope.message());
+        let span = if traced { trace::dispatch_span(envelope.message(), SYSTEM) } else { Span::none() };
+        envelope.message_mut().set_trace_context_if_absent(|| TraceContext::of(&span));
+        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?).map_err(|e| BusError::Encode(e.to_string()))?;
+        let mut headers = FieldTable::default();
+        if let Some(max) = envelope.max_retries_override() {
+            headers.insert("x-max-retries".into(), AMQPValue::LongLongInt(i64::from(max)));
+        }
+        let properties = Self::properties(envelope.message()).with_headers(headers);
+        let topic = envelope.topic().to_owned();
+        let routed = self
+            .publish_raw(&self.names.commands, &topic, &body, properties)
+            .instrument(span.clone())
+            .await?;
+        if !routed {
+            trace::record_error(&span, "no_handler", "no queue is bound to this command topic");
+            return Err(BusError::NoHandler { topic });
+        }
+        envelope.try_mark_dispatched()?;
+        Ok(envelope)
+    }
+
+    pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
+        if envelope.message().kind() != MessageKind::Event {
+            return Err(BusError::WrongKind(format!("publish takes an event; {} is a command", envelope.message().type_name())));
+        }
+        let traced = trace::should_trace(envelope.message());
+        let span = if traced { trace::publish_span(envelope.message(), SYSTEM) } else { Span::none() };
+        let mut envelope = envelope.mark_published();
+        envelope.message_mut().set_trace_context_if_absent(|| TraceContext::of(&span));
+        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?).map_err(|e| BusError::Encode(e.to_string()))?;
+        let topic = envelope.topic().to_owned();
+        let routed = self
+            .publish_raw(&self.names.events, &topic, &body, Self::properties(envelope.message()))
+            .instrument(span)
+            .await?;
+        if !routed {
+            tracing::debug!(topic, "event published with no subscriber bound yet");
+        }
+        Ok(envelope)
+    }
+
+    pub(crate) async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
+        let channel = self.connection.create_channel().await.map_err(broker_error)?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        let name = queue.name().clone();
+        channel
+            .queue_bind(
+                name.clone(),
+                self.names.dead_letters.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        let mut consumer = channel
+            .basic_consume(name, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(broker_error)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let headers = delivery.properties.headers().as_ref();
+                let letter = DeadLetter {
+                    message: decode_or_placeholder(&delivery.data, delivery.routing_key.as_str(), headers),
+                    topic: header_str(headers, "x-orkestra-original-routing-key")
+                        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+                    handler: header_str(headers, "x-orkestra-handler").unwrap_or_default(),
+                    reason: header_str(headers, "x-orkestra-error").unwrap_or_default(),
+                    attempts: header_int(headers, "x-orkestra-attempts").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+                    dead_at: chrono::Utc::now(),
+                };
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                if tx.send(letter).is_err() {
+                    break;
+                }
+            }
+        });
+        self.consumers.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        Ok(DeadLetters::new(rx))
+    }
+
+    fn describe(&self) -> String {
+        self.url.to_string()
+    }
+}
+
+/// The message in a body, or a placeholder event holding the raw text when the body is
+/// not an Orkestra message (dead letters must still be delivered and read).
+fn decode_or_placeholder(body: &[u8], routing_key: &str, headers: Option<&FieldTable>) -> Message {
+    match serde_json::from_slice::<Wire>(body) {
+        Ok(wire) => wire.into_message(),
+        Err(_) => Message::from_raw_event(RawEvent {
+            id: header_str(headers, "message_id").unwrap_or_default(),
+            event_type: "orkestra.undecodable".into(),
+            version: 1,
+            topic: routing_key.to_owned(),
+            data: Value::String(String::from_utf8_lossy(body).into_owned()),
+            metadata: Metadata::new(),
+        }),
+    }
+}
+
+async fn consume(
+    broker: Arc<RabbitMq>,
+    bus: Bus,
+    subscription: Arc<Subscription>,
+    queue: String,
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+) {
+    while let Some(delivery) = consumer.next().await {
+        let Ok(delivery) = delivery else {
+            // The channel failed; with auto-recovery lapin re-opens it and resumes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        handle_delivery(&broker, &bus, &subscription, &queue, &channel, delivery).await;
+    }
+}
+
+async fn handle_delivery(
+    broker: &RabbitMq,
+    bus: &Bus,
+    subscription: &Subscription,
+    queue: &str,
+    channel: &Channel,
+    delivery: lapin::message::Delivery,
+) {
+    let headers = delivery.properties.headers().clone();
+    let headers = headers.as_ref();
+    let attempt = rejections(headers, queue).saturating_add(1);
+    let max_retries = header_int(headers, "x-max-retries")
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(subscription.max_retries);
+    let parent = headers.map(|h| trace::extract(&ReadHeaders(h)));
+    let span = tracing::info_span!(
+        "orkestra.rabbitmq.consume",
+        otel.kind = "consumer",
+        messaging.system = SYSTEM,
+        "messaging.operation.type" = "receive",
+        messaging.destination.name = queue,
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag as i64,
+        messaging.message.id = Empty,
+        orkestra.handler = &*subscription.handler,
+    );
+    if let Some(parent) = parent {
+        use opentelemetry::trace::TraceContextExt;
+        let link = parent.span().span_context().clone();
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+        tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, link);
+    }
+    // The topic it was published with: after a retry the delivery's own routing key is
+    // the work queue's name (the wait queue sends it back through the default exchange).
+    let mut topic = delivery.routing_key.as_str().to_owned();
+    let outcome = async {
+        if delivery.data.len() > broker.settings.max_message_bytes {
+            return Err(format!("message of {} bytes exceeds the limit of {}", delivery.data.len(), broker.settings.max_message_bytes));
+        }
+        let wire: Wire = serde_json::from_slice(&delivery.data).map_err(|e| format!("undecodable message: {e}"))?;
+        Span::current().record("messaging.message.id", wire.id.as_str());
+        topic.clone_from(&wire.topic);
+        let message = wire.into_message();
+        let traced = !Span::current().is_disabled() || trace::should_trace(&message);
+        Ok(run_attempt(bus, subscription, &message, attempt, max_retries, traced, SYSTEM).await)
+    }
+    .instrument(span.clone())
+    .await;
+    let result = match outcome {
+        Ok(Outcome::Succeeded(_)) => delivery.ack(BasicAckOptions::default()).await.map(drop).map_err(broker_error),
+        Ok(Outcome::Failed(reason)) if attempt <= max_retries => {
+            log_retry(subscription, attempt, max_retries, &reason);
+            delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop).map_err(broker_error)
+        }
+        Ok(Outcome::Failed(reason) | Outcome::Rejected(reason)) | Err(reason) => {
+            dead_letter(broker, subscription, &delivery, &topic, &reason, attempt).instrument(span).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::error!(handler = %subscription.handler, %error, "could not settle a delivery; the broker will redeliver it");
+    }
+    let _ = channel;
+}
+
+use tracing::field::Empty;
+
+/// Publishes the message to the dead-letter exchange (with confirm), then acks it. If the
+/// dead letter cannot be confirmed the delivery is rejected with requeue: never lost.
+async fn dead_letter(
+    broker: &RabbitMq,
+    subscription: &Subscription,
+    delivery: &lapin::message::Delivery,
+    topic: &str,
+    reason: &str,
+    attempts: u32,
+) -> Result<(), BusError> {
+    tracing::error!(
+        handler = %subscription.handler,
+        topic,
+        reason,
+        attempts,
+        "dead letter recorded"
+    );
+    let original = delivery.properties.headers().clone();
+    let mut headers = FieldTable::default();
+    let exchange = header_str(original.as_ref(), "x-first-death-exchange")
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
+    headers.insert("x-orkestra-original-exchange".into(), AMQPValue::LongString(exchange.into()));
+    headers.insert("x-orkestra-original-routing-key".into(), AMQPValue::LongString(topic.into()));
+    headers.insert("x-orkestra-handler".into(), AMQPValue::LongString(subscription.handler.as_ref().into()));
+    headers.insert("x-orkestra-attempts".into(), AMQPValue::LongLongInt(i64::from(attempts)));
+    headers.insert("x-orkestra-error".into(), AMQPValue::LongString(reason.into()));
+    for key in [trace::TRACEPARENT, trace::TRACESTATE] {
+        if let Some(v) = header_str(original.as_ref(), key) {
+            headers.insert(key.into(), AMQPValue::LongString(v.into()));
+        }
+    }
+    let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    if let Some(id) = delivery.properties.message_id() {
+        properties = properties.with_message_id(id.clone());
+    }
+    // The body may be over the size limit (that can be why it is here): send it as is.
+    let sent = async {
+        let confirm = broker
+            .publisher
+            .basic_publish(
+                broker.names.dead_letters.as_str().into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await
+            .map_err(broker_error)?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(_)) => Err(BusError::Broker("the broker refused the dead letter".into())),
+            Ok(Err(e)) => Err(broker_error(e)),
+            Err(_) => Err(BusError::Timeout("dead-letter confirm")),
+        }
+    }
+    .await;
+    match sent {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop).map_err(broker_error),
+        Err(e) => {
+            let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+            Err(e)
+        }
+    }
+}
+
+impl std::fmt::Display for RabbitMq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rabbitmq at {}", self.describe())
+    }
+}
