@@ -248,7 +248,8 @@ impl Config {
                 url_origins.push(("bus.url", at(u.span())));
                 config.bus.url = Some(SecretUrl::new(u.into_inner()));
             }
-            let range = |setting: &'static str, v: Option<Spanned<i64>>, min: i64, max: i64| match v {
+            let range = |setting: &'static str, v: Option<Spanned<i64>>, min: i64, max: i64| match v
+            {
                 None => Ok(None),
                 Some(v) if (min..=max).contains(v.get_ref()) => Ok(Some(*v.get_ref())),
                 Some(v) => Err(ConfigError::Invalid {
@@ -260,23 +261,43 @@ impl Config {
             if let Some(v) = range("bus.prefetch", bus.prefetch, 1, i64::from(u16::MAX))? {
                 config.bus.prefetch = v as u16;
             }
-            if let Some(v) = range("bus.retry_delay_ms", bus.retry_delay_ms, 1, i64::from(u32::MAX))? {
+            if let Some(v) = range(
+                "bus.retry_delay_ms",
+                bus.retry_delay_ms,
+                1,
+                i64::from(u32::MAX),
+            )? {
                 config.bus.retry_delay_ms = v as u32;
             }
-            if let Some(v) = range("bus.max_message_bytes", bus.max_message_bytes, 1, 512 * 1024 * 1024)? {
+            if let Some(v) = range(
+                "bus.max_message_bytes",
+                bus.max_message_bytes,
+                1,
+                512 * 1024 * 1024,
+            )? {
                 config.bus.max_message_bytes = v as usize;
             }
-            if let Some(v) = range("bus.queue_expiry_ms", bus.queue_expiry_ms, 1, i64::from(u32::MAX))? {
+            if let Some(v) = range(
+                "bus.queue_expiry_ms",
+                bus.queue_expiry_ms,
+                1,
+                i64::from(u32::MAX),
+            )? {
                 config.bus.queue_expiry_ms = Some(v as u32);
             }
             if let Some(p) = bus.prefix {
                 let ok = !p.get_ref().is_empty()
-                    && p.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                    && p.get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
                 if !ok {
                     return Err(ConfigError::Invalid {
                         setting: "bus.prefix",
                         origin: at(p.span()),
-                        message: format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", p.get_ref()),
+                        message: format!(
+                            "{:?} must be non-empty letters, digits, '-', '_' or '.'",
+                            p.get_ref()
+                        ),
                     });
                 }
                 config.bus.prefix = p.into_inner();
@@ -585,7 +606,10 @@ mod tests {
         let c = Config::from_toml_str("[bus]\nprefetch = 500\nretry_delay_ms = 250\n").unwrap();
         assert_eq!((c.bus.prefetch, c.bus.retry_delay_ms), (500, 250));
         let e = Config::from_toml_str("[bus]\nprefetch = 0\n").unwrap_err();
-        assert_eq!(e.to_string(), "bus.prefetch (orkestra.toml:2:12): 0 is out of range; expected 1 to 65535");
+        assert_eq!(
+            e.to_string(),
+            "bus.prefetch (orkestra.toml:2:12): 0 is out of range; expected 1 to 65535"
+        );
         let e = Config::from_toml_str("[store]\nprefetch = 5\n").unwrap_err();
         assert!(e.to_string().contains("prefetch"), "{e}");
     }

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
+use super::run::{Outcome, log_retry, run_attempt};
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
-use super::run::{Outcome, log_retry, run_attempt};
 use crate::handler::{DeadLetter, Subscription, Target};
 use crate::trace::{self, TraceContext};
 
@@ -164,8 +164,16 @@ impl InProcess {
                 envelope.try_mark_dispatched()?;
                 let attempt = envelope.attempts();
                 let max_retries = envelope.effective_max_retries();
-                let outcome =
-                    run_attempt(bus, &subscription, &message, attempt, max_retries, traced, SYSTEM).await;
+                let outcome = run_attempt(
+                    bus,
+                    &subscription,
+                    &message,
+                    attempt,
+                    max_retries,
+                    traced,
+                    SYSTEM,
+                )
+                .await;
                 let transition = match outcome {
                     Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
                     Outcome::Rejected(reason) => {
@@ -249,7 +257,17 @@ impl InProcess {
         let max_retries = subscription.max_retries;
         let mut attempt = 1;
         loop {
-            match run_attempt(bus, subscription, message, attempt, max_retries, traced, SYSTEM).await {
+            match run_attempt(
+                bus,
+                subscription,
+                message,
+                attempt,
+                max_retries,
+                traced,
+                SYSTEM,
+            )
+            .await
+            {
                 Outcome::Succeeded(_) => return true,
                 Outcome::Failed(reason) if attempt <= max_retries => {
                     log_retry(subscription, attempt, max_retries, &reason);

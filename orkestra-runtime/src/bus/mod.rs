@@ -137,7 +137,9 @@ impl Bus {
             BusAdapter::InProcess => Ok(Self::in_process()),
             #[cfg(feature = "rabbitmq")]
             BusAdapter::RabbitMq => Ok(Self {
-                backend: Arc::new(Backend::RabbitMq(Arc::new(rabbitmq::RabbitMq::connect(&config.bus).await?))),
+                backend: Arc::new(Backend::RabbitMq(Arc::new(
+                    rabbitmq::RabbitMq::connect(&config.bus).await?,
+                ))),
             }),
             #[cfg(not(feature = "rabbitmq"))]
             BusAdapter::RabbitMq => Err(BusError::AdapterUnavailable {

@@ -35,7 +35,9 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -104,7 +106,9 @@ impl Wire {
             type_name: message.type_name().to_owned(),
             topic: message.topic().to_owned(),
             version: message.version(),
-            payload: message.payload_json().map_err(|e| BusError::Encode(e.to_string()))?,
+            payload: message
+                .payload_json()
+                .map_err(|e| BusError::Encode(e.to_string()))?,
             metadata: message.metadata().clone(),
         })
     }
@@ -135,7 +139,10 @@ struct Headers<'a>(&'a mut FieldTable);
 
 impl opentelemetry::propagation::Injector for Headers<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+        self.0.insert(
+            ShortString::from(key),
+            AMQPValue::LongString(LongString::from(value)),
+        );
     }
 }
 
@@ -222,7 +229,12 @@ pub(crate) struct RabbitMq {
 
 impl Drop for RabbitMq {
     fn drop(&mut self) {
-        for task in self.consumers.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+        for task in self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
             task.abort();
         }
     }
@@ -230,20 +242,41 @@ impl Drop for RabbitMq {
 
 impl RabbitMq {
     pub(crate) async fn connect(settings: &BusConfig) -> Result<Self, BusError> {
-        let url = settings.url.clone().unwrap_or_else(|| SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        let url = settings
+            .url
+            .clone()
+            .unwrap_or_else(|| SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"));
         let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable {
             setting: "bus.url",
             message: format!("{url}: {}", redact(&e.to_string())),
         };
+        // A first connection without recovery fails fast on a wrong address or password;
+        // the working one recovers by itself (re-declaring topology and consumers).
+        let probe = ConnectionProperties::default()
+            .with_connection_name(LongString::from("orkestra-probe"));
+        let probe = tokio::time::timeout(
+            Duration::from_secs(15),
+            Connection::connect(url.expose(), probe),
+        )
+        .await
+        .map_err(|_| unavailable(&"no answer within 15 s"))?
+        .map_err(|e| unavailable(&e))?;
+        let _ = probe.close(200, "probe".into()).await;
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from("orkestra"))
             .enable_auto_recover();
-        let connection = tokio::time::timeout(Duration::from_secs(15), Connection::connect(url.expose(), properties))
-            .await
-            .map_err(|_| unavailable(&"no answer within 15 s"))?
-            .map_err(|e| unavailable(&e))?;
+        let connection = tokio::time::timeout(
+            Duration::from_secs(15),
+            Connection::connect(url.expose(), properties),
+        )
+        .await
+        .map_err(|_| unavailable(&"no answer within 15 s"))?
+        .map_err(|e| unavailable(&e))?;
         let publisher = connection.create_channel().await.map_err(broker_error)?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(broker_error)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker_error)?;
         let bus = Self {
             connection,
             publisher,
@@ -259,7 +292,10 @@ impl RabbitMq {
     }
 
     async fn declare_exchanges(&self) -> Result<(), BusError> {
-        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
         let n = &self.names;
         for (name, kind) in [
             (&n.commands, ExchangeKind::Direct),
@@ -273,7 +309,11 @@ impl RabbitMq {
                 .map_err(broker_error)?;
         }
         self.publisher
-            .queue_declare(n.dead_letter_queue.as_str().into(), QueueDeclareOptions::durable(), self.expiry_args())
+            .queue_declare(
+                n.dead_letter_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                self.expiry_args(),
+            )
             .await
             .map_err(broker_error)?;
         self.publisher
@@ -298,50 +338,107 @@ impl RabbitMq {
     }
 
     /// Declares a work queue with its wait queue and bindings.
-    async fn declare_work_queue(&self, channel: &Channel, queue: &str, bindings: &[(&str, &str)]) -> Result<(), BusError> {
+    async fn declare_work_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        bindings: &[(&str, &str)],
+    ) -> Result<(), BusError> {
         let wait = format!("{queue}.wait.{}ms", self.settings.retry_delay_ms);
         let retry = self.names.retry.as_str();
         let mut work_args = self.expiry_args();
-        work_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(retry.into()));
-        work_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        work_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(retry.into()),
+        );
+        work_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
         channel
             .queue_declare(queue.into(), QueueDeclareOptions::durable(), work_args)
             .await
             .map_err(broker_error)?;
         let mut wait_args = self.expiry_args();
-        wait_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.settings.retry_delay_ms)));
-        wait_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        wait_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        wait_args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::from(self.settings.retry_delay_ms)),
+        );
+        wait_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        wait_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
         channel
-            .queue_declare(wait.as_str().into(), QueueDeclareOptions::durable(), wait_args)
+            .queue_declare(
+                wait.as_str().into(),
+                QueueDeclareOptions::durable(),
+                wait_args,
+            )
             .await
             .map_err(broker_error)?;
         channel
-            .queue_bind(wait.as_str().into(), retry.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                wait.as_str().into(),
+                retry.into(),
+                queue.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(broker_error)?;
         for (exchange, key) in bindings {
             channel
-                .queue_bind(queue.into(), (*exchange).into(), (*key).into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    queue.into(),
+                    (*exchange).into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(broker_error)?;
         }
         Ok(())
     }
 
-    pub(crate) async fn subscribe(self: &Arc<Self>, bus: &Bus, subscription: Subscription) -> Result<(), BusError> {
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        bus: &Bus,
+        subscription: Subscription,
+    ) -> Result<(), BusError> {
         {
             let mut handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
             if !handlers.insert(subscription.handler.to_string()) {
-                return Err(BusError::DuplicateHandler { handler: subscription.handler.to_string() });
+                return Err(BusError::DuplicateHandler {
+                    handler: subscription.handler.to_string(),
+                });
             }
         }
-        let channel = self.connection.create_channel().await.map_err(broker_error)?;
-        channel.basic_qos(self.settings.prefetch, BasicQosOptions::default()).await.map_err(broker_error)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker_error)?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker_error)?;
         let queue = match &subscription.target {
             Target::Command { topic, .. } => {
-                if !self.command_topics.lock().unwrap_or_else(PoisonError::into_inner).insert((*topic).to_owned()) {
-                    self.handlers.lock().unwrap_or_else(PoisonError::into_inner).remove(&*subscription.handler);
+                if !self
+                    .command_topics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((*topic).to_owned())
+                {
+                    self.handlers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&*subscription.handler);
                     return Err(BusError::CommandAlreadyHandled {
                         topic: (*topic).to_owned(),
                         existing: "another handler of this bus".into(),
@@ -349,13 +446,17 @@ impl RabbitMq {
                     });
                 }
                 let queue = format!("{}.cmd.{topic}", self.names.prefix);
-                self.declare_work_queue(&channel, &queue, &[(self.names.commands.as_str(), topic)]).await?;
+                self.declare_work_queue(&channel, &queue, &[(self.names.commands.as_str(), topic)])
+                    .await?;
                 tracing::info!(handler = %subscription.handler, topic = *topic, orkestra = "command_handler", queue, "handler subscribed");
                 queue
             }
             Target::Events { patterns } => {
                 let queue = format!("{}.evt.{}", self.names.prefix, subscription.handler);
-                let bindings: Vec<(&str, &str)> = patterns.iter().map(|p| (self.names.events.as_str(), *p)).collect();
+                let bindings: Vec<(&str, &str)> = patterns
+                    .iter()
+                    .map(|p| (self.names.events.as_str(), *p))
+                    .collect();
                 self.declare_work_queue(&channel, &queue, &bindings).await?;
                 tracing::info!(handler = %subscription.handler, topic = ?patterns, orkestra = "event_handler", queue, "handler subscribed");
                 queue
@@ -364,14 +465,29 @@ impl RabbitMq {
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
-                format!("orkestra-{}-{}", subscription.handler, crate::message::new_id()).into(),
+                format!(
+                    "orkestra-{}-{}",
+                    subscription.handler,
+                    crate::message::new_id()
+                )
+                .into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(broker_error)?;
-        let task = tokio::spawn(consume(self.clone(), bus.clone(), Arc::new(subscription), queue, channel, consumer));
-        self.consumers.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        let task = tokio::spawn(consume(
+            self.clone(),
+            bus.clone(),
+            Arc::new(subscription),
+            queue,
+            channel,
+            consumer,
+        ));
+        self.consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
         Ok(())
     }
 
@@ -384,7 +500,10 @@ impl RabbitMq {
         properties: BasicProperties,
     ) -> Result<bool, BusError> {
         if body.len() > self.settings.max_message_bytes {
-            return Err(BusError::TooLarge { size: body.len(), limit: self.settings.max_message_bytes });
+            return Err(BusError::TooLarge {
+                size: body.len(),
+                limit: self.settings.max_message_bytes,
+            });
         }
         let span = tracing::info_span!(
             "orkestra.rabbitmq.publish",
@@ -397,7 +516,10 @@ impl RabbitMq {
         let mut properties = properties;
         if !span.is_disabled() {
             let mut headers = properties.headers().clone().unwrap_or_default();
-            trace::inject(&tracing_opentelemetry::OpenTelemetrySpanExt::context(&span), &mut Headers(&mut headers));
+            trace::inject(
+                &tracing_opentelemetry::OpenTelemetrySpanExt::context(&span),
+                &mut Headers(&mut headers),
+            );
             properties = properties.with_headers(headers);
         }
         async {
@@ -406,7 +528,10 @@ impl RabbitMq {
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     body,
                     properties,
                 )
@@ -417,8 +542,12 @@ impl RabbitMq {
                 Ok(Err(e)) => Err(broker_error(e)),
                 Ok(Ok(Confirmation::Ack(None))) => Ok(true),
                 Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(false),
-                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker("the broker refused the message (nack)".into())),
-                Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Broker("publisher confirms are off".into())),
+                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker(
+                    "the broker refused the message (nack)".into(),
+                )),
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    Err(BusError::Broker("publisher confirms are off".into()))
+                }
             }
         }
         .instrument(span)
@@ -433,17 +562,33 @@ impl RabbitMq {
             .with_type(message.type_name().into())
     }
 
-    pub(crate) async fn dispatch(&self, mut envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
+    pub(crate) async fn dispatch(
+        &self,
+        mut envelope: CommandEnvelope,
+    ) -> Result<CommandEnvelope, BusError> {
         if envelope.message().kind() != MessageKind::Command {
-            return Err(BusError::WrongKind(format!("dispatch takes a command; {} is an event", envelope.message().type_name())));
+            return Err(BusError::WrongKind(format!(
+                "dispatch takes a command; {} is an event",
+                envelope.message().type_name()
+            )));
         }
         let traced = trace::should_trace(envelope.message());
-        let span = if traced { trace::dispatch_span(envelope.message(), SYSTEM) } else { Span::none() };
-        envelope.message_mut().set_trace_context_if_absent(|| TraceContext::of(&span));
-        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?).map_err(|e| BusError::Encode(e.to_string()))?;
+        let span = if traced {
+            trace::dispatch_span(envelope.message(), SYSTEM)
+        } else {
+            Span::none()
+        };
+        envelope
+            .message_mut()
+            .set_trace_context_if_absent(|| TraceContext::of(&span));
+        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?)
+            .map_err(|e| BusError::Encode(e.to_string()))?;
         let mut headers = FieldTable::default();
         if let Some(max) = envelope.max_retries_override() {
-            headers.insert("x-max-retries".into(), AMQPValue::LongLongInt(i64::from(max)));
+            headers.insert(
+                "x-max-retries".into(),
+                AMQPValue::LongLongInt(i64::from(max)),
+            );
         }
         let properties = Self::properties(envelope.message()).with_headers(headers);
         let topic = envelope.topic().to_owned();
@@ -452,7 +597,11 @@ impl RabbitMq {
             .instrument(span.clone())
             .await?;
         if !routed {
-            trace::record_error(&span, "no_handler", "no queue is bound to this command topic");
+            trace::record_error(
+                &span,
+                "no_handler",
+                "no queue is bound to this command topic",
+            );
             return Err(BusError::NoHandler { topic });
         }
         envelope.try_mark_dispatched()?;
@@ -461,16 +610,31 @@ impl RabbitMq {
 
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         if envelope.message().kind() != MessageKind::Event {
-            return Err(BusError::WrongKind(format!("publish takes an event; {} is a command", envelope.message().type_name())));
+            return Err(BusError::WrongKind(format!(
+                "publish takes an event; {} is a command",
+                envelope.message().type_name()
+            )));
         }
         let traced = trace::should_trace(envelope.message());
-        let span = if traced { trace::publish_span(envelope.message(), SYSTEM) } else { Span::none() };
+        let span = if traced {
+            trace::publish_span(envelope.message(), SYSTEM)
+        } else {
+            Span::none()
+        };
         let mut envelope = envelope.mark_published();
-        envelope.message_mut().set_trace_context_if_absent(|| TraceContext::of(&span));
-        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?).map_err(|e| BusError::Encode(e.to_string()))?;
+        envelope
+            .message_mut()
+            .set_trace_context_if_absent(|| TraceContext::of(&span));
+        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?)
+            .map_err(|e| BusError::Encode(e.to_string()))?;
         let topic = envelope.topic().to_owned();
         let routed = self
-            .publish_raw(&self.names.events, &topic, &body, Self::properties(envelope.message()))
+            .publish_raw(
+                &self.names.events,
+                &topic,
+                &body,
+                Self::properties(envelope.message()),
+            )
             .instrument(span)
             .await?;
         if !routed {
@@ -480,11 +644,19 @@ impl RabbitMq {
     }
 
     pub(crate) async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
-        let channel = self.connection.create_channel().await.map_err(broker_error)?;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker_error)?;
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -501,7 +673,12 @@ impl RabbitMq {
             .await
             .map_err(broker_error)?;
         let mut consumer = channel
-            .basic_consume(name, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                name,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(broker_error)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -510,12 +687,18 @@ impl RabbitMq {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let headers = delivery.properties.headers().as_ref();
                 let letter = DeadLetter {
-                    message: decode_or_placeholder(&delivery.data, delivery.routing_key.as_str(), headers),
+                    message: decode_or_placeholder(
+                        &delivery.data,
+                        delivery.routing_key.as_str(),
+                        headers,
+                    ),
                     topic: header_str(headers, "x-orkestra-original-routing-key")
                         .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
                     handler: header_str(headers, "x-orkestra-handler").unwrap_or_default(),
                     reason: header_str(headers, "x-orkestra-error").unwrap_or_default(),
-                    attempts: header_int(headers, "x-orkestra-attempts").and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+                    attempts: header_int(headers, "x-orkestra-attempts")
+                        .and_then(|a| u32::try_from(a).ok())
+                        .unwrap_or(0),
                     dead_at: chrono::Utc::now(),
                 };
                 let _ = delivery.ack(BasicAckOptions::default()).await;
@@ -524,7 +707,10 @@ impl RabbitMq {
                 }
             }
         });
-        self.consumers.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        self.consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
         Ok(DeadLetters::new(rx))
     }
 
@@ -604,25 +790,49 @@ async fn handle_delivery(
     let mut topic = delivery.routing_key.as_str().to_owned();
     let outcome = async {
         if delivery.data.len() > broker.settings.max_message_bytes {
-            return Err(format!("message of {} bytes exceeds the limit of {}", delivery.data.len(), broker.settings.max_message_bytes));
+            return Err(format!(
+                "message of {} bytes exceeds the limit of {}",
+                delivery.data.len(),
+                broker.settings.max_message_bytes
+            ));
         }
-        let wire: Wire = serde_json::from_slice(&delivery.data).map_err(|e| format!("undecodable message: {e}"))?;
+        let wire: Wire = serde_json::from_slice(&delivery.data)
+            .map_err(|e| format!("undecodable message: {e}"))?;
         Span::current().record("messaging.message.id", wire.id.as_str());
         topic.clone_from(&wire.topic);
         let message = wire.into_message();
         let traced = !Span::current().is_disabled() || trace::should_trace(&message);
-        Ok(run_attempt(bus, subscription, &message, attempt, max_retries, traced, SYSTEM).await)
+        Ok(run_attempt(
+            bus,
+            subscription,
+            &message,
+            attempt,
+            max_retries,
+            traced,
+            SYSTEM,
+        )
+        .await)
     }
     .instrument(span.clone())
     .await;
     let result = match outcome {
-        Ok(Outcome::Succeeded(_)) => delivery.ack(BasicAckOptions::default()).await.map(drop).map_err(broker_error),
+        Ok(Outcome::Succeeded(_)) => delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(broker_error),
         Ok(Outcome::Failed(reason)) if attempt <= max_retries => {
             log_retry(subscription, attempt, max_retries, &reason);
-            delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop).map_err(broker_error)
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(drop)
+                .map_err(broker_error)
         }
         Ok(Outcome::Failed(reason) | Outcome::Rejected(reason)) | Err(reason) => {
-            dead_letter(broker, subscription, &delivery, &topic, &reason, attempt).instrument(span).await
+            dead_letter(broker, subscription, &delivery, &topic, &reason, attempt)
+                .instrument(span)
+                .await
         }
     };
     if let Err(error) = result {
@@ -655,17 +865,34 @@ async fn dead_letter(
     let exchange = header_str(original.as_ref(), "x-first-death-exchange")
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
-    headers.insert("x-orkestra-original-exchange".into(), AMQPValue::LongString(exchange.into()));
-    headers.insert("x-orkestra-original-routing-key".into(), AMQPValue::LongString(topic.into()));
-    headers.insert("x-orkestra-handler".into(), AMQPValue::LongString(subscription.handler.as_ref().into()));
-    headers.insert("x-orkestra-attempts".into(), AMQPValue::LongLongInt(i64::from(attempts)));
-    headers.insert("x-orkestra-error".into(), AMQPValue::LongString(reason.into()));
+    headers.insert(
+        "x-orkestra-original-exchange".into(),
+        AMQPValue::LongString(exchange.into()),
+    );
+    headers.insert(
+        "x-orkestra-original-routing-key".into(),
+        AMQPValue::LongString(topic.into()),
+    );
+    headers.insert(
+        "x-orkestra-handler".into(),
+        AMQPValue::LongString(subscription.handler.as_ref().into()),
+    );
+    headers.insert(
+        "x-orkestra-attempts".into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    headers.insert(
+        "x-orkestra-error".into(),
+        AMQPValue::LongString(reason.into()),
+    );
     for key in [trace::TRACEPARENT, trace::TRACESTATE] {
         if let Some(v) = header_str(original.as_ref(), key) {
             headers.insert(key.into(), AMQPValue::LongString(v.into()));
         }
     }
-    let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
     if let Some(id) = delivery.properties.message_id() {
         properties = properties.with_message_id(id.clone());
     }
@@ -684,14 +911,20 @@ async fn dead_letter(
             .map_err(broker_error)?;
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-            Ok(Ok(_)) => Err(BusError::Broker("the broker refused the dead letter".into())),
+            Ok(Ok(_)) => Err(BusError::Broker(
+                "the broker refused the dead letter".into(),
+            )),
             Ok(Err(e)) => Err(broker_error(e)),
             Err(_) => Err(BusError::Timeout("dead-letter confirm")),
         }
     }
     .await;
     match sent {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop).map_err(broker_error),
+        Ok(()) => delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(broker_error),
         Err(e) => {
             let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
             Err(e)

@@ -38,7 +38,10 @@ pub async fn postgres_store() -> Option<Store> {
 
 /// `amqp://guest:guest@127.0.0.1:5672/%2f`, or `ORKESTRA_AMQP_URL`.
 pub fn amqp_url() -> SecretUrl {
-    SecretUrl::new(std::env::var("ORKESTRA_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()))
+    SecretUrl::new(
+        std::env::var("ORKESTRA_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+    )
 }
 
 /// A RabbitMQ bus configuration with its own topology (a unique prefix, queues that
