@@ -735,6 +735,10 @@ fn decode_or_placeholder(body: &[u8], routing_key: &str, headers: Option<&FieldT
     }
 }
 
+/// Successful deliveries are acknowledged in batches (`multiple`), after at most
+/// [`ACK_BATCH`] of them or when no delivery is waiting for [`ACK_IDLE`]. Deliveries are
+/// handled one after another per consumer, so every earlier delivery is settled (acked,
+/// rejected or dead-lettered) before a batch ack covers it.
 async fn consume(
     broker: Arc<RabbitMq>,
     bus: Bus,
@@ -743,24 +747,63 @@ async fn consume(
     channel: Channel,
     mut consumer: lapin::Consumer,
 ) {
-    while let Some(delivery) = consumer.next().await {
+    let mut pending: Option<u64> = None;
+    let mut unacked = 0usize;
+    loop {
+        let next = if pending.is_some() {
+            match tokio::time::timeout(ACK_IDLE, consumer.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    flush_acks(&channel, &mut pending, &mut unacked).await;
+                    continue;
+                }
+            }
+        } else {
+            consumer.next().await
+        };
+        let Some(delivery) = next else { break };
         let Ok(delivery) = delivery else {
-            // The channel failed; with auto-recovery lapin re-opens it and resumes.
+            // The channel failed; with auto-recovery lapin re-opens it and the broker
+            // redelivers whatever was not acknowledged (at-least-once). Old tags are void.
+            pending = None;
+            unacked = 0;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        handle_delivery(&broker, &bus, &subscription, &queue, &channel, delivery).await;
+        if let Some(tag) = handle_delivery(&broker, &bus, &subscription, &queue, delivery).await {
+            pending = Some(tag);
+            unacked += 1;
+            if unacked >= ACK_BATCH {
+                flush_acks(&channel, &mut pending, &mut unacked).await;
+            }
+        }
     }
+    flush_acks(&channel, &mut pending, &mut unacked).await;
 }
 
+/// Most successful deliveries acknowledged by one batch ack.
+const ACK_BATCH: usize = 100;
+/// How long a batch ack waits for more deliveries.
+const ACK_IDLE: Duration = Duration::from_millis(10);
+
+async fn flush_acks(channel: &Channel, pending: &mut Option<u64>, unacked: &mut usize) {
+    if let Some(tag) = pending.take() {
+        if let Err(error) = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await {
+            tracing::error!(%error, "batch ack failed; the broker will redeliver those messages");
+        }
+    }
+    *unacked = 0;
+}
+
+/// Handles one delivery and settles it, except a success: its tag is returned for the
+/// next batch ack.
 async fn handle_delivery(
     broker: &RabbitMq,
     bus: &Bus,
     subscription: &Subscription,
     queue: &str,
-    channel: &Channel,
     delivery: lapin::message::Delivery,
-) {
+) -> Option<u64> {
     let headers = delivery.properties.headers().clone();
     let headers = headers.as_ref();
     let attempt = rejections(headers, queue).saturating_add(1);
@@ -816,11 +859,7 @@ async fn handle_delivery(
     .instrument(span.clone())
     .await;
     let result = match outcome {
-        Ok(Outcome::Succeeded(_)) => delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(broker_error),
+        Ok(Outcome::Succeeded(_)) => return Some(delivery.delivery_tag),
         Ok(Outcome::Failed(reason)) if attempt <= max_retries => {
             log_retry(subscription, attempt, max_retries, &reason);
             delivery
@@ -838,7 +877,7 @@ async fn handle_delivery(
     if let Err(error) = result {
         tracing::error!(handler = %subscription.handler, %error, "could not settle a delivery; the broker will redeliver it");
     }
-    let _ = channel;
+    None
 }
 
 use tracing::field::Empty;

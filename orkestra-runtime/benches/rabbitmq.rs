@@ -1,0 +1,253 @@
+//! RabbitMQ throughput and confirm latency, Orkestra against raw lapin with identical
+//! settings: a classic durable queue, persistent ~1 KB messages, publisher confirms with
+//! up to 1,000 in flight, prefetch 1,000, acknowledgements batched (multiple, every 100
+//! or after 10 ms idle — what the Orkestra consumer does).
+//!
+//! - `rabbit_roundtrip/*`: publish + consume + ack of a batch, all confirmed and all
+//!   consumed — target: Orkestra's throughput ≥ 0.90× raw lapin's;
+//! - p99 confirm latency of 5,000 publishes with 1,000 in flight, printed and written to
+//!   `target/criterion/rabbit_confirm_p99.json` — target ≤ 1.2× raw lapin's.
+//!
+//! Needs the local broker (`ORKESTRA_AMQP_URL` or `amqp://guest:guest@127.0.0.1:5672/%2f`).
+
+#[path = "../tests/support/payloads.rs"]
+#[allow(dead_code)]
+mod payloads;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use orkestra_runtime::{Bus, Command, CommandEnvelope, Config, Metadata, SecretUrl, Subscription};
+use payloads::PlaceOrder;
+use serde_json::json;
+use tokio::sync::Notify;
+
+const IN_FLIGHT: usize = 1000;
+
+fn url() -> String {
+    std::env::var("ORKESTRA_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn command() -> Command<PlaceOrder> {
+    // About 1 KB on the wire.
+    Command::from_json(json!({"product_id": "sku", "quantity": 1, "notes": "n".repeat(700)}), Metadata::new()).unwrap()
+}
+
+struct Counter {
+    seen: AtomicU64,
+    notify: Notify,
+}
+
+impl Counter {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { seen: AtomicU64::new(0), notify: Notify::new() })
+    }
+    fn hit(&self) {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+    async fn wait_for(&self, target: u64) {
+        loop {
+            let notified = self.notify.notified();
+            if self.seen.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+}
+
+struct Raw {
+    publisher: lapin::Channel,
+    counter: Arc<Counter>,
+    exchange: String,
+    _conn: Connection,
+}
+
+async fn raw_setup() -> Raw {
+    let conn = Connection::connect(&url(), ConnectionProperties::default()).await.unwrap();
+    let publisher = conn.create_channel().await.unwrap();
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let exchange = format!("bench-raw-{}", uuid::Uuid::new_v4().simple());
+    let queue = format!("{exchange}.q");
+    publisher
+        .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Direct, ExchangeDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), lapin::types::AMQPValue::LongLongInt(120_000));
+    publisher.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await.unwrap();
+    publisher
+        .queue_bind(queue.as_str().into(), exchange.as_str().into(), "k".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let consumer_channel = conn.create_channel().await.unwrap();
+    consumer_channel.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consumer_channel
+        .basic_consume(queue.as_str().into(), "raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let counter = Counter::new();
+    let c = counter.clone();
+    tokio::spawn(async move {
+        let mut pending = None;
+        let mut n = 0;
+        loop {
+            let next = if pending.is_some() {
+                match tokio::time::timeout(Duration::from_millis(10), consumer.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Some(tag) = pending.take() {
+                            consumer_channel.basic_ack(tag, BasicAckOptions { multiple: true }).await.unwrap();
+                        }
+                        n = 0;
+                        continue;
+                    }
+                }
+            } else {
+                consumer.next().await
+            };
+            let Some(Ok(delivery)) = next else { break };
+            std::hint::black_box(&delivery.data);
+            c.hit();
+            pending = Some(delivery.delivery_tag);
+            n += 1;
+            if n >= 100 {
+                consumer_channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
+                pending = None;
+                n = 0;
+            }
+        }
+    });
+    Raw { publisher, counter, exchange, _conn: conn }
+}
+
+async fn raw_publish(raw: &Raw, body: &[u8]) -> Duration {
+    let start = Instant::now();
+    raw.publisher
+        .basic_publish(
+            raw.exchange.as_str().into(),
+            "k".into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            body,
+            BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    start.elapsed()
+}
+
+async fn orkestra_setup() -> (Bus, Arc<Counter>) {
+    let mut config = Config::default();
+    config.bus.adapter = orkestra_runtime::config::BusAdapter::RabbitMq;
+    config.bus.url = Some(SecretUrl::new(url()));
+    config.bus.prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    config.bus.prefetch = 1000;
+    config.bus.queue_expiry_ms = Some(120_000);
+    let bus = Bus::from_config(&config).await.unwrap();
+    let counter = Counter::new();
+    let c = counter.clone();
+    bus.subscribe(Subscription::command("Bench", move |cmd: Command<PlaceOrder>, _| {
+        std::hint::black_box(&cmd);
+        c.hit();
+        async { Ok(serde_json::Value::Null) }
+    }))
+    .await
+    .unwrap();
+    (bus, counter)
+}
+
+async fn orkestra_publish(bus: &Bus, cmd: Command<PlaceOrder>) -> Duration {
+    let start = Instant::now();
+    bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
+    start.elapsed()
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+fn rabbit(c: &mut Criterion) {
+    let rt = runtime();
+    if rt.block_on(Connection::connect(&url(), ConnectionProperties::default())).is_err() {
+        eprintln!("SKIPPED rabbitmq benches: no broker at the configured URL");
+        return;
+    }
+    let raw = Arc::new(rt.block_on(raw_setup()));
+    let (bus, counter) = rt.block_on(orkestra_setup());
+    let body = serde_json::to_vec(&json!({"payload": "x".repeat(1000)})).unwrap();
+
+    // p99 confirm latency with 1,000 in flight.
+    let raw_lat = rt.block_on(async {
+        futures_util::stream::iter(0..5000)
+            .map(|_| raw_publish(&raw, &body))
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let ork_lat = rt.block_on(async {
+        futures_util::stream::iter(0..5000)
+            .map(|_| orkestra_publish(&bus, command()))
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let (raw_p99, ork_p99) = (p99(raw_lat), p99(ork_lat));
+    eprintln!("p99 confirm latency: orkestra {ork_p99:?}, raw lapin {raw_p99:?}, ratio {:.2}", ork_p99.as_secs_f64() / raw_p99.as_secs_f64());
+    let dir = std::path::Path::new(&std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into())).join("criterion");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("rabbit_confirm_p99.json"),
+        format!("{{\"orkestra_ns\": {}, \"raw_ns\": {}}}", ork_p99.as_nanos(), raw_p99.as_nanos()),
+    );
+
+    let mut group = c.benchmark_group("rabbit_roundtrip");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group.bench_function("orkestra", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let target = counter.seen.load(Ordering::SeqCst) + iters;
+                let start = Instant::now();
+                futures_util::stream::iter(0..iters)
+                    .map(|_| orkestra_publish(&bus, command()))
+                    .buffer_unordered(IN_FLIGHT)
+                    .for_each(|_| async {})
+                    .await;
+                counter.wait_for(target).await;
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("raw_lapin", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let target = raw.counter.seen.load(Ordering::SeqCst) + iters;
+                let start = Instant::now();
+                futures_util::stream::iter(0..iters)
+                    .map(|_| raw_publish(&raw, &body))
+                    .buffer_unordered(IN_FLIGHT)
+                    .for_each(|_| async {})
+                    .await;
+                raw.counter.wait_for(target).await;
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rabbit);
+criterion_main!(benches);
