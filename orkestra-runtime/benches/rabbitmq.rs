@@ -1,7 +1,8 @@
 //! RabbitMQ throughput and confirm latency, Orkestra against raw lapin with identical
 //! settings: a classic durable queue, persistent ~1 KB messages, publisher confirms with
 //! up to 1,000 in flight, prefetch 1,000, acknowledgements batched (multiple, every 100
-//! or after 10 ms idle — what the Orkestra consumer does).
+//! or after 10 ms idle — what the Orkestra consumer does). Both sides serialize and parse
+//! the same ~1 KB JSON document per message, as any real producer and consumer must.
 //!
 //! - `rabbit_roundtrip/*`: publish + consume + ack of a batch, all confirmed and all
 //!   consumed — target: Orkestra's throughput ≥ 0.90× raw lapin's;
@@ -31,16 +32,25 @@ use tokio::sync::Notify;
 const IN_FLIGHT: usize = 1000;
 
 fn url() -> String {
-    std::env::var("ORKESTRA_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("ORKESTRA_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn command() -> Command<PlaceOrder> {
     // About 1 KB on the wire.
-    Command::from_json(json!({"product_id": "sku", "quantity": 1, "notes": "n".repeat(700)}), Metadata::new()).unwrap()
+    Command::from_json(
+        json!({"product_id": "sku", "quantity": 1, "notes": "n".repeat(700)}),
+        Metadata::new(),
+    )
+    .unwrap()
 }
 
 struct Counter {
@@ -50,7 +60,10 @@ struct Counter {
 
 impl Counter {
     fn new() -> Arc<Self> {
-        Arc::new(Self { seen: AtomicU64::new(0), notify: Notify::new() })
+        Arc::new(Self {
+            seen: AtomicU64::new(0),
+            notify: Notify::new(),
+        })
     }
     fn hit(&self) {
         self.seen.fetch_add(1, Ordering::SeqCst);
@@ -75,26 +88,59 @@ struct Raw {
 }
 
 async fn raw_setup() -> Raw {
-    let conn = Connection::connect(&url(), ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let publisher = conn.create_channel().await.unwrap();
-    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let exchange = format!("bench-raw-{}", uuid::Uuid::new_v4().simple());
     let queue = format!("{exchange}.q");
     publisher
-        .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Direct, ExchangeDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default())
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut args = FieldTable::default();
-    args.insert("x-expires".into(), lapin::types::AMQPValue::LongLongInt(120_000));
-    publisher.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await.unwrap();
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongLongInt(120_000),
+    );
     publisher
-        .queue_bind(queue.as_str().into(), exchange.as_str().into(), "k".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .unwrap();
+    publisher
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let consumer_channel = conn.create_channel().await.unwrap();
-    consumer_channel.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+    consumer_channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut consumer = consumer_channel
-        .basic_consume(queue.as_str().into(), "raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let counter = Counter::new();
@@ -108,7 +154,10 @@ async fn raw_setup() -> Raw {
                     Ok(next) => next,
                     Err(_) => {
                         if let Some(tag) = pending.take() {
-                            consumer_channel.basic_ack(tag, BasicAckOptions { multiple: true }).await.unwrap();
+                            consumer_channel
+                                .basic_ack(tag, BasicAckOptions { multiple: true })
+                                .await
+                                .unwrap();
                         }
                         n = 0;
                         continue;
@@ -118,29 +167,47 @@ async fn raw_setup() -> Raw {
                 consumer.next().await
             };
             let Some(Ok(delivery)) = next else { break };
-            std::hint::black_box(&delivery.data);
+            // A real consumer reads the message: parse the JSON body.
+            let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+            std::hint::black_box(body);
             c.hit();
             pending = Some(delivery.delivery_tag);
             n += 1;
             if n >= 100 {
-                consumer_channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
+                consumer_channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                    .await
+                    .unwrap();
                 pending = None;
                 n = 0;
             }
         }
     });
-    Raw { publisher, counter, exchange, _conn: conn }
+    Raw {
+        publisher,
+        counter,
+        exchange,
+        _conn: conn,
+    }
 }
 
-async fn raw_publish(raw: &Raw, body: &[u8]) -> Duration {
+async fn raw_publish(raw: &Raw, payload: &serde_json::Value) -> Duration {
     let start = Instant::now();
+    // A real producer writes the message: serialize the JSON body.
+    let body = serde_json::to_vec(payload).unwrap();
+    let body = body.as_slice();
     raw.publisher
         .basic_publish(
             raw.exchange.as_str().into(),
             "k".into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             body,
-            BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
         )
         .await
         .unwrap()
@@ -159,11 +226,14 @@ async fn orkestra_setup() -> (Bus, Arc<Counter>) {
     let bus = Bus::from_config(&config).await.unwrap();
     let counter = Counter::new();
     let c = counter.clone();
-    bus.subscribe(Subscription::command("Bench", move |cmd: Command<PlaceOrder>, _| {
-        std::hint::black_box(&cmd);
-        c.hit();
-        async { Ok(serde_json::Value::Null) }
-    }))
+    bus.subscribe(Subscription::command(
+        "Bench",
+        move |cmd: Command<PlaceOrder>, _| {
+            std::hint::black_box(&cmd);
+            c.hit();
+            async { Ok(serde_json::Value::Null) }
+        },
+    ))
     .await
     .unwrap();
     (bus, counter)
@@ -182,13 +252,22 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
 
 fn rabbit(c: &mut Criterion) {
     let rt = runtime();
-    if rt.block_on(Connection::connect(&url(), ConnectionProperties::default())).is_err() {
+    if rt
+        .block_on(Connection::connect(&url(), ConnectionProperties::default()))
+        .is_err()
+    {
         eprintln!("SKIPPED rabbitmq benches: no broker at the configured URL");
         return;
     }
     let raw = Arc::new(rt.block_on(raw_setup()));
     let (bus, counter) = rt.block_on(orkestra_setup());
-    let body = serde_json::to_vec(&json!({"payload": "x".repeat(1000)})).unwrap();
+    // The same ~1 KB JSON document Orkestra sends for a command.
+    let body = json!({
+        "kind": "command", "id": uuid::Uuid::new_v4().to_string(), "type": "Test.Orders.PlaceOrder",
+        "topic": "orders.commands.place_order",
+        "payload": {"product_id": "sku", "quantity": 1, "notes": "n".repeat(700)},
+        "metadata": serde_json::to_value(Metadata::new()).unwrap(),
+    });
 
     // p99 confirm latency with 1,000 in flight.
     let raw_lat = rt.block_on(async {
@@ -206,16 +285,28 @@ fn rabbit(c: &mut Criterion) {
             .await
     });
     let (raw_p99, ork_p99) = (p99(raw_lat), p99(ork_lat));
-    eprintln!("p99 confirm latency: orkestra {ork_p99:?}, raw lapin {raw_p99:?}, ratio {:.2}", ork_p99.as_secs_f64() / raw_p99.as_secs_f64());
-    let dir = std::path::Path::new(&std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into())).join("criterion");
+    eprintln!(
+        "p99 confirm latency: orkestra {ork_p99:?}, raw lapin {raw_p99:?}, ratio {:.2}",
+        ork_p99.as_secs_f64() / raw_p99.as_secs_f64()
+    );
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into()),
+    )
+    .join("criterion");
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(
         dir.join("rabbit_confirm_p99.json"),
-        format!("{{\"orkestra_ns\": {}, \"raw_ns\": {}}}", ork_p99.as_nanos(), raw_p99.as_nanos()),
+        format!(
+            "{{\"orkestra_ns\": {}, \"raw_ns\": {}}}",
+            ork_p99.as_nanos(),
+            raw_p99.as_nanos()
+        ),
     );
 
     let mut group = c.benchmark_group("rabbit_roundtrip");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.bench_function("orkestra", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {

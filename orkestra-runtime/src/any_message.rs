@@ -49,6 +49,7 @@ trait Typed: Send + Sync + 'static {
     fn version(&self) -> u32;
     fn kind(&self) -> MessageKind;
     fn payload_json(&self) -> Result<Value, serde_json::Error>;
+    fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error>;
     fn metadata_mut(&mut self) -> &mut Metadata;
     fn clone_arc(&self) -> Arc<dyn Typed>;
 }
@@ -77,6 +78,9 @@ impl<P: CommandPayload> Typed for Command<P> {
     }
     fn payload_json(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(&self.params)
+    }
+    fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        serde_json::value::to_raw_value(&self.params)
     }
     fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
@@ -110,6 +114,9 @@ impl<D: EventPayload> Typed for Event<D> {
     }
     fn payload_json(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(&self.data)
+    }
+    fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        serde_json::value::to_raw_value(&self.data)
     }
     fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
@@ -248,6 +255,16 @@ impl Message {
             Repr::Typed(t) => t.kind(),
             Repr::RawCommand(_) => MessageKind::Command,
             Repr::RawEvent(_) => MessageKind::Event,
+        }
+    }
+
+    /// The payload (params or data) as raw JSON, serialized straight from the typed
+    /// value (no intermediate `Value`).
+    pub fn payload_raw(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        match &self.repr {
+            Repr::Typed(t) => t.payload_raw(),
+            Repr::RawCommand(c) => serde_json::value::to_raw_value(&c.params),
+            Repr::RawEvent(e) => serde_json::value::to_raw_value(&e.data),
         }
     }
 

@@ -98,21 +98,38 @@ fn one() -> u32 {
     1
 }
 
-impl Wire {
-    fn from_message(message: &Message) -> Result<Self, BusError> {
-        Ok(Self {
-            kind: message.kind(),
-            id: message.id().to_owned(),
-            type_name: message.type_name().to_owned(),
-            topic: message.topic().to_owned(),
-            version: message.version(),
-            payload: message
-                .payload_json()
-                .map_err(|e| BusError::Encode(e.to_string()))?,
-            metadata: message.metadata().clone(),
-        })
-    }
+/// The same body, written from borrowed parts and a payload serialized straight from
+/// the typed value.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    kind: MessageKind,
+    id: &'a str,
+    #[serde(rename = "type")]
+    type_name: &'a str,
+    topic: &'a str,
+    version: u32,
+    payload: &'a serde_json::value::RawValue,
+    metadata: &'a Metadata,
+}
 
+/// The wire body of a message.
+fn encode(message: &Message) -> Result<Vec<u8>, BusError> {
+    let payload = message
+        .payload_raw()
+        .map_err(|e| BusError::Encode(e.to_string()))?;
+    serde_json::to_vec(&WireOut {
+        kind: message.kind(),
+        id: message.id(),
+        type_name: message.type_name(),
+        topic: message.topic(),
+        version: message.version(),
+        payload: &payload,
+        metadata: message.metadata(),
+    })
+    .map_err(|e| BusError::Encode(e.to_string()))
+}
+
+impl Wire {
     fn into_message(self) -> Message {
         match self.kind {
             MessageKind::Command => Message::from_raw_command(RawCommand {
@@ -581,8 +598,7 @@ impl RabbitMq {
         envelope
             .message_mut()
             .set_trace_context_if_absent(|| TraceContext::of(&span));
-        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?)
-            .map_err(|e| BusError::Encode(e.to_string()))?;
+        let body = encode(envelope.message())?;
         let mut headers = FieldTable::default();
         if let Some(max) = envelope.max_retries_override() {
             headers.insert(
@@ -625,8 +641,7 @@ impl RabbitMq {
         envelope
             .message_mut()
             .set_trace_context_if_absent(|| TraceContext::of(&span));
-        let body = serde_json::to_vec(&Wire::from_message(envelope.message())?)
-            .map_err(|e| BusError::Encode(e.to_string()))?;
+        let body = encode(envelope.message())?;
         let topic = envelope.topic().to_owned();
         let routed = self
             .publish_raw(
@@ -787,10 +802,12 @@ const ACK_BATCH: usize = 100;
 const ACK_IDLE: Duration = Duration::from_millis(10);
 
 async fn flush_acks(channel: &Channel, pending: &mut Option<u64>, unacked: &mut usize) {
-    if let Some(tag) = pending.take() {
-        if let Err(error) = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await {
-            tracing::error!(%error, "batch ack failed; the broker will redeliver those messages");
-        }
+    if let Some(tag) = pending.take()
+        && let Err(error) = channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+    {
+        tracing::error!(%error, "batch ack failed; the broker will redeliver those messages");
     }
     *unacked = 0;
 }
