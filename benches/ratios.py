@@ -23,6 +23,7 @@ THROUGHPUT = [
     ("PostgreSQL append, 8 writers ÷ raw, 8 connections", "pg_append_8w/orkestra", "pg_append_8w/raw_insert_commit", 0.80),
     ("embedded store, 1,000-event batch ÷ raw rusqlite transaction", "sqlite_batch_1000/orkestra", "sqlite_batch_1000/raw_rusqlite", 0.80),
     ("read + decode a 10,000-event stream ÷ raw SELECT + serde", "read_decode_10k/orkestra", "read_decode_10k/raw_select_serde", 0.70),
+    ("RabbitMQ publish + consume + ack ÷ raw lapin", "rabbit_roundtrip/orkestra", "rabbit_roundtrip/raw_lapin", 0.90),
 ]
 
 
@@ -61,6 +62,16 @@ def main():
             failed |= not ok
             verdict = f"  target >= {minimum:.2f}x: {'ok' if ok else 'MISSED'}"
         print(f"{label}: {ratio:.2f}x ({a:,.0f} ns vs {b:,.0f} ns){verdict}")
+    try:
+        with open(os.path.join(TARGET, "criterion", "rabbit_confirm_p99.json")) as f:
+            p99 = json.load(f)
+        ratio = p99["orkestra_ns"] / p99["raw_ns"]
+        ok = ratio <= 1.2
+        failed |= not ok
+        print(f"RabbitMQ p99 confirm latency ÷ raw lapin: {p99['orkestra_ns'] / 1e6:.1f} ms / "
+              f"{p99['raw_ns'] / 1e6:.1f} ms = {ratio:.2f}x  target <= 1.20x: {'ok' if ok else 'MISSED'}")
+    except FileNotFoundError:
+        print("RabbitMQ p99 confirm latency: not measured (run the rabbitmq bench)")
     return 1 if failed else 0
 
 
