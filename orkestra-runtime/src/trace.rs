@@ -147,6 +147,24 @@ pub fn inject_current(headers: &mut dyn Injector) {
     inject(&Span::current().context(), headers);
 }
 
+/// Starts a flow's outer span (`make` is [`dispatch_span`] or [`publish_span`]) when the
+/// flow is sampled, a disabled span otherwise, and records the trace context in the
+/// message's metadata. Returns the span and whether the flow is traced.
+pub(crate) fn begin(
+    message: &mut Message,
+    system: &'static str,
+    make: fn(&Message, &'static str) -> Span,
+) -> (Span, bool) {
+    let traced = should_trace(message);
+    let span = if traced {
+        make(message, system)
+    } else {
+        Span::none()
+    };
+    message.set_trace_context_if_absent(|| TraceContext::of(&span));
+    (span, traced)
+}
+
 /// `orkestra.command.dispatch`.
 pub(crate) fn dispatch_span(message: &Message, system: &'static str) -> Span {
     let m = message.metadata();
@@ -200,6 +218,36 @@ pub(crate) fn retry_span(handler: &str, attempt: u32, max_retries: u32) -> Span 
     )
 }
 
+/// The fields of a handle span; the name and the type/id keys differ by message kind,
+/// and `tracing` needs them all at the call site.
+macro_rules! handle_span {
+    ($name:literal, $type_key:literal, $id_key:literal, $message:ident, $handler:ident, $attempt:ident, $system:ident, $m:ident) => {
+        tracing::info_span!(
+            $name,
+            otel.kind = "internal",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            "error.type" = Empty,
+            messaging.system = $system,
+            "messaging.operation.type" = "process",
+            messaging.destination.name = $message.topic(),
+            messaging.message.id = $message.id(),
+            $type_key = $message.type_name(),
+            $id_key = $message.id(),
+            orkestra.handler = $handler,
+            orkestra.attempt = i64::from($attempt),
+            orkestra.correlation_id = $m.correlation_id.as_str(),
+            orkestra.causation_id = $m.causation_id.as_deref(),
+            orkestra.actor_id = $m.actor_id.as_deref(),
+            correlation_id = $m.correlation_id.as_str(),
+            causation_id = $m.causation_id.as_deref(),
+            actor_id = $m.actor_id.as_deref(),
+            trace_id = Empty,
+            span_id = Empty,
+        )
+    };
+}
+
 /// `orkestra.command.handle` or `orkestra.event.handle`, for one run of a handler.
 pub(crate) fn handle_span(
     message: &Message,
@@ -209,51 +257,25 @@ pub(crate) fn handle_span(
 ) -> Span {
     let m = message.metadata();
     let span = match message.kind() {
-        MessageKind::Command => tracing::info_span!(
+        MessageKind::Command => handle_span!(
             "orkestra.command.handle",
-            otel.kind = "internal",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            "error.type" = Empty,
-            messaging.system = system,
-            "messaging.operation.type" = "process",
-            messaging.destination.name = message.topic(),
-            messaging.message.id = message.id(),
-            "orkestra.command.type" = message.type_name(),
-            orkestra.command.id = message.id(),
-            orkestra.handler = handler,
-            orkestra.attempt = i64::from(attempt),
-            orkestra.correlation_id = m.correlation_id.as_str(),
-            orkestra.causation_id = m.causation_id.as_deref(),
-            orkestra.actor_id = m.actor_id.as_deref(),
-            correlation_id = m.correlation_id.as_str(),
-            causation_id = m.causation_id.as_deref(),
-            actor_id = m.actor_id.as_deref(),
-            trace_id = Empty,
-            span_id = Empty,
+            "orkestra.command.type",
+            "orkestra.command.id",
+            message,
+            handler,
+            attempt,
+            system,
+            m
         ),
-        MessageKind::Event => tracing::info_span!(
+        MessageKind::Event => handle_span!(
             "orkestra.event.handle",
-            otel.kind = "internal",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            "error.type" = Empty,
-            messaging.system = system,
-            "messaging.operation.type" = "process",
-            messaging.destination.name = message.topic(),
-            messaging.message.id = message.id(),
-            "orkestra.event.type" = message.type_name(),
-            orkestra.event.id = message.id(),
-            orkestra.handler = handler,
-            orkestra.attempt = i64::from(attempt),
-            orkestra.correlation_id = m.correlation_id.as_str(),
-            orkestra.causation_id = m.causation_id.as_deref(),
-            orkestra.actor_id = m.actor_id.as_deref(),
-            correlation_id = m.correlation_id.as_str(),
-            causation_id = m.causation_id.as_deref(),
-            actor_id = m.actor_id.as_deref(),
-            trace_id = Empty,
-            span_id = Empty,
+            "orkestra.event.type",
+            "orkestra.event.id",
+            message,
+            handler,
+            attempt,
+            system,
+            m
         ),
     };
     if !span.is_disabled() {

@@ -16,7 +16,7 @@ use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
 use crate::handler::{DeadLetter, Subscription, Target};
-use crate::trace::{self, TraceContext};
+use crate::trace;
 
 /// `messaging.system` of the in-process bus's spans.
 const SYSTEM: &str = "orkestra";
@@ -135,12 +135,7 @@ impl InProcess {
         bus: &Bus,
         mut envelope: CommandEnvelope,
     ) -> Result<CommandEnvelope, BusError> {
-        if envelope.message().kind() != MessageKind::Command {
-            return Err(BusError::WrongKind(format!(
-                "dispatch takes a command; {} is an event",
-                envelope.message().type_name()
-            )));
-        }
+        super::expect_kind(envelope.message(), MessageKind::Command)?;
         let Some(subscription) = self.snapshot().commands.get(envelope.topic()).cloned() else {
             return Err(BusError::NoHandler {
                 topic: envelope.topic().to_owned(),
@@ -149,15 +144,7 @@ impl InProcess {
         if envelope.max_retries_override().is_none() {
             envelope = envelope.max_retries(subscription.max_retries);
         }
-        let traced = trace::should_trace(envelope.message());
-        let span = if traced {
-            trace::dispatch_span(envelope.message(), SYSTEM)
-        } else {
-            Span::none()
-        };
-        envelope
-            .message_mut()
-            .set_trace_context_if_absent(|| TraceContext::of(&span));
+        let (span, traced) = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
         let message = envelope.message().clone();
         let dispatch = async {
             loop {
@@ -205,23 +192,10 @@ impl InProcess {
         bus: &Bus,
         envelope: EventEnvelope,
     ) -> Result<EventEnvelope, BusError> {
-        if envelope.message().kind() != MessageKind::Event {
-            return Err(BusError::WrongKind(format!(
-                "publish takes an event; {} is a command",
-                envelope.message().type_name()
-            )));
-        }
+        super::expect_kind(envelope.message(), MessageKind::Event)?;
         let route = self.snapshot().route(envelope.topic());
-        let traced = trace::should_trace(envelope.message());
-        let span = if traced {
-            trace::publish_span(envelope.message(), SYSTEM)
-        } else {
-            Span::none()
-        };
         let mut envelope = envelope.mark_published();
-        envelope
-            .message_mut()
-            .set_trace_context_if_absent(|| TraceContext::of(&span));
+        let (span, traced) = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
         let message = envelope.message().clone();
         for subscription in route.iter() {
             envelope.register(subscription.handler.to_string());

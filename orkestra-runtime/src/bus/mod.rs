@@ -196,6 +196,24 @@ impl Bus {
     }
 }
 
+/// Refuses an event given to `dispatch` or a command given to `publish`.
+pub(crate) fn expect_kind(
+    message: &crate::Message,
+    kind: crate::MessageKind,
+) -> Result<(), BusError> {
+    if message.kind() == kind {
+        return Ok(());
+    }
+    let (op, wanted, found) = match kind {
+        crate::MessageKind::Command => ("dispatch", "a command", "an event"),
+        crate::MessageKind::Event => ("publish", "an event", "a command"),
+    };
+    Err(BusError::WrongKind(format!(
+        "{op} takes {wanted}; {} is {found}",
+        message.type_name()
+    )))
+}
+
 /// Dead letters as they are recorded: call [`DeadLetters::recv`], or use it as a
 /// [`Stream`](futures_util::Stream).
 #[derive(Debug)]

@@ -50,7 +50,7 @@ use crate::config::{BusConfig, SecretUrl, redact};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
 use crate::handler::{DeadLetter, Subscription, Target};
 use crate::message::{Metadata, RawEvent};
-use crate::trace::{self, TraceContext};
+use crate::trace;
 
 const SYSTEM: &str = "rabbitmq";
 
@@ -583,21 +583,8 @@ impl RabbitMq {
         &self,
         mut envelope: CommandEnvelope,
     ) -> Result<CommandEnvelope, BusError> {
-        if envelope.message().kind() != MessageKind::Command {
-            return Err(BusError::WrongKind(format!(
-                "dispatch takes a command; {} is an event",
-                envelope.message().type_name()
-            )));
-        }
-        let traced = trace::should_trace(envelope.message());
-        let span = if traced {
-            trace::dispatch_span(envelope.message(), SYSTEM)
-        } else {
-            Span::none()
-        };
-        envelope
-            .message_mut()
-            .set_trace_context_if_absent(|| TraceContext::of(&span));
+        super::expect_kind(envelope.message(), MessageKind::Command)?;
+        let (span, _) = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
         let body = encode(envelope.message())?;
         let mut headers = FieldTable::default();
         if let Some(max) = envelope.max_retries_override() {
@@ -625,22 +612,9 @@ impl RabbitMq {
     }
 
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
-        if envelope.message().kind() != MessageKind::Event {
-            return Err(BusError::WrongKind(format!(
-                "publish takes an event; {} is a command",
-                envelope.message().type_name()
-            )));
-        }
-        let traced = trace::should_trace(envelope.message());
-        let span = if traced {
-            trace::publish_span(envelope.message(), SYSTEM)
-        } else {
-            Span::none()
-        };
+        super::expect_kind(envelope.message(), MessageKind::Event)?;
         let mut envelope = envelope.mark_published();
-        envelope
-            .message_mut()
-            .set_trace_context_if_absent(|| TraceContext::of(&span));
+        let (span, _) = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
         let body = encode(envelope.message())?;
         let topic = envelope.topic().to_owned();
         let routed = self
