@@ -277,9 +277,12 @@ fn rabbit(c: &mut Criterion) {
             .collect::<Vec<_>>()
             .await
     });
+    // Both sides start from a message already in memory: a prebuilt command here, a
+    // prebuilt JSON value on the raw side.
+    let cmd = command();
     let ork_lat = rt.block_on(async {
         futures_util::stream::iter(0..5000)
-            .map(|_| orkestra_publish(&bus, command()))
+            .map(|_| orkestra_publish(&bus, cmd.clone()))
             .buffer_unordered(IN_FLIGHT)
             .collect::<Vec<_>>()
             .await
@@ -313,7 +316,7 @@ fn rabbit(c: &mut Criterion) {
                 let target = counter.seen.load(Ordering::SeqCst) + iters;
                 let start = Instant::now();
                 futures_util::stream::iter(0..iters)
-                    .map(|_| orkestra_publish(&bus, command()))
+                    .map(|_| orkestra_publish(&bus, cmd.clone()))
                     .buffer_unordered(IN_FLIGHT)
                     .for_each(|_| async {})
                     .await;

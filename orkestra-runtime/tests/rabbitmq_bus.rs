@@ -266,6 +266,25 @@ async fn oversized_messages_are_refused_before_publishing() {
 
 #[tokio::test]
 async fn the_password_never_appears_in_errors() {
+    // Capture every log line written on this thread while connecting.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Buffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let mut config = rabbit_config();
     config.bus.url = Some(orkestra_runtime::SecretUrl::new(
         "amqp://guest:s3cr3t-pw@127.0.0.1:5672/%2f",
@@ -281,4 +300,9 @@ async fn the_password_never_appears_in_errors() {
     assert!(!text.contains("s3cr3t-pw"), "{text}");
     assert!(text.contains("bus.url"), "{text}");
     assert!(!format!("{config:?}").contains("s3cr3t-pw"));
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !logs.contains("s3cr3t-pw"),
+        "a log line leaked the password: {logs}"
+    );
 }

@@ -1,5 +1,5 @@
-//! The broker restarted twice (`rabbitmqctl stop_app` / `start_app`) while 10,000
-//! commands flow: every command the broker confirmed is handled, none is lost, and the
+//! The broker restarted twice (`rabbitmqctl stop_app` / `start_app`) and every client
+//! connection killed once (`close_all_connections`) while 10,000 commands flow: every command the broker confirmed is handled, none is lost, and the
 //! consumer resumes by itself. Its own test binary, so no other test sees the outage.
 
 mod support;
@@ -56,9 +56,18 @@ async fn confirmed_commands_survive_two_broker_restarts() {
     let mut confirmed = Vec::with_capacity(TOTAL);
     let mut failed = 0usize;
     let mut restarts = 0;
+    let mut killed = false;
     let started = Instant::now();
     let mut i = 0;
     while confirmed.len() < TOTAL && started.elapsed() < Duration::from_secs(240) {
+        if confirmed.len() == 4_000 && !killed {
+            // A killed connection (not a broker restart): clients must reconnect too.
+            killed = true;
+            assert!(
+                rabbitmqctl(&["close_all_connections", "orkestra test: killed connection"]),
+                "close_all_connections"
+            );
+        }
         if (confirmed.len() == 2_000 && restarts == 0)
             || (confirmed.len() == 6_000 && restarts == 1)
         {
@@ -85,6 +94,7 @@ async fn confirmed_commands_survive_two_broker_restarts() {
         }
     }
     assert_eq!(restarts, 2, "both restarts happened");
+    assert!(killed, "the connections were killed once");
     assert_eq!(
         confirmed.len(),
         TOTAL,

@@ -593,7 +593,10 @@ impl RabbitMq {
                 AMQPValue::LongLongInt(i64::from(max)),
             );
         }
-        let properties = Self::properties(envelope.message()).with_headers(headers);
+        let mut properties = Self::properties(envelope.message());
+        if !headers.inner().is_empty() {
+            properties = properties.with_headers(headers);
+        }
         let topic = envelope.topic().to_owned();
         let routed = self
             .publish_raw(&self.names.commands, &topic, &body, properties)
@@ -801,7 +804,6 @@ async fn handle_delivery(
     let max_retries = header_int(headers, "x-max-retries")
         .and_then(|m| u32::try_from(m).ok())
         .unwrap_or(subscription.max_retries);
-    let parent = headers.map(|h| trace::extract(&ReadHeaders(h)));
     let span = tracing::info_span!(
         "orkestra.rabbitmq.consume",
         otel.kind = "consumer",
@@ -813,7 +815,11 @@ async fn handle_delivery(
         messaging.message.id = Empty,
         orkestra.handler = &*subscription.handler,
     );
-    if let Some(parent) = parent {
+    // Only a span that records anything needs the producer's context.
+    if let Some(parent) = headers
+        .filter(|_| !span.is_disabled())
+        .map(|h| trace::extract(&ReadHeaders(h)))
+    {
         use opentelemetry::trace::TraceContextExt;
         let link = parent.span().span_context().clone();
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
