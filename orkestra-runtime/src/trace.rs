@@ -165,45 +165,51 @@ pub(crate) fn begin(
     (span, traced)
 }
 
+/// The fields of a flow's outer span; name, operation and the type/id keys differ
+/// between dispatch and publish, and `tracing` needs them at the call site.
+macro_rules! outer_span {
+    ($name:literal, $operation:literal, $type_key:literal, $id_key:literal, $message:ident, $system:ident) => {{
+        let m = $message.metadata();
+        tracing::info_span!(
+            $name,
+            otel.kind = "internal",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            "error.type" = Empty,
+            messaging.system = $system,
+            "messaging.operation.type" = $operation,
+            messaging.destination.name = $message.topic(),
+            messaging.message.id = $message.id(),
+            $type_key = $message.type_name(),
+            $id_key = $message.id(),
+            orkestra.correlation_id = m.correlation_id.as_str(),
+            orkestra.causation_id = m.causation_id.as_deref(),
+            orkestra.actor_id = m.actor_id.as_deref(),
+        )
+    }};
+}
+
 /// `orkestra.command.dispatch`.
 pub(crate) fn dispatch_span(message: &Message, system: &'static str) -> Span {
-    let m = message.metadata();
-    tracing::info_span!(
+    outer_span!(
         "orkestra.command.dispatch",
-        otel.kind = "internal",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        "error.type" = Empty,
-        messaging.system = system,
-        "messaging.operation.type" = "send",
-        messaging.destination.name = message.topic(),
-        messaging.message.id = message.id(),
-        "orkestra.command.type" = message.type_name(),
-        orkestra.command.id = message.id(),
-        orkestra.correlation_id = m.correlation_id.as_str(),
-        orkestra.causation_id = m.causation_id.as_deref(),
-        orkestra.actor_id = m.actor_id.as_deref(),
+        "send",
+        "orkestra.command.type",
+        "orkestra.command.id",
+        message,
+        system
     )
 }
 
 /// `orkestra.event.publish`.
 pub(crate) fn publish_span(message: &Message, system: &'static str) -> Span {
-    let m = message.metadata();
-    tracing::info_span!(
+    outer_span!(
         "orkestra.event.publish",
-        otel.kind = "internal",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        "error.type" = Empty,
-        messaging.system = system,
-        "messaging.operation.type" = "publish",
-        messaging.destination.name = message.topic(),
-        messaging.message.id = message.id(),
-        "orkestra.event.type" = message.type_name(),
-        orkestra.event.id = message.id(),
-        orkestra.correlation_id = m.correlation_id.as_str(),
-        orkestra.causation_id = m.causation_id.as_deref(),
-        orkestra.actor_id = m.actor_id.as_deref(),
+        "publish",
+        "orkestra.event.type",
+        "orkestra.event.id",
+        message,
+        system
     )
 }
 
