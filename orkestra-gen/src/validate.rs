@@ -488,12 +488,8 @@ impl Validator {
                 (&decl.events, "Events", &mut events),
             ] {
                 for (key, node) in list {
-                    let topic = override_topic(node).unwrap_or_else(|| {
-                        topic::derive(
-                            &format!("{}.{section}.{}", decl.namespace, key.name),
-                            &self.app_prefix,
-                        )
-                    });
+                    let topic = override_topic(node)
+                        .unwrap_or_else(|| self.derived_topic(decl, section, &key.name));
                     out.push(Declared {
                         module: decl.ident.clone(),
                         qualifier: decl.qualifier.clone(),
@@ -504,6 +500,14 @@ impl Validator {
             }
         }
         (commands, events)
+    }
+
+    /// The topic of a command or event without a `topic` override.
+    fn derived_topic(&self, decl: &Decl, section: &str, name: &str) -> String {
+        topic::derive(
+            &format!("{}.{section}.{name}", decl.namespace),
+            &self.app_prefix,
+        )
     }
 
     fn type_def(
@@ -670,10 +674,7 @@ impl Validator {
                 }
                 t
             }
-            None => topic::derive(
-                &format!("{}.{section}.{}", decl.namespace, key.name),
-                &self.app_prefix,
-            ),
+            None => self.derived_topic(decl, section, &key.name),
         };
         Some(Payload {
             kind,

@@ -238,7 +238,6 @@ pub(crate) struct RabbitMq {
     publisher: Channel,
     names: Names,
     settings: BusConfig,
-    url: SecretUrl,
     handlers: Mutex<HashSet<String>>,
     command_topics: Mutex<HashSet<String>>,
     consumers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -299,7 +298,6 @@ impl RabbitMq {
             publisher,
             names: Names::new(&settings.prefix),
             settings: settings.clone(),
-            url,
             handlers: Mutex::default(),
             command_topics: Mutex::default(),
             consumers: Mutex::default(),
@@ -705,10 +703,6 @@ impl RabbitMq {
             .push(task);
         Ok(DeadLetters::new(rx))
     }
-
-    fn describe(&self) -> String {
-        self.url.to_string()
-    }
 }
 
 /// The message in a body, or a placeholder event holding the raw text when the body is
@@ -798,8 +792,7 @@ async fn handle_delivery(
     queue: &str,
     delivery: lapin::message::Delivery,
 ) -> Option<u64> {
-    let headers = delivery.properties.headers().clone();
-    let headers = headers.as_ref();
+    let headers = delivery.properties.headers().as_ref();
     let attempt = rejections(headers, queue).saturating_add(1);
     let max_retries = header_int(headers, "x-max-retries")
         .and_then(|m| u32::try_from(m).ok())
@@ -896,9 +889,9 @@ async fn dead_letter(
         attempts,
         "dead letter recorded"
     );
-    let original = delivery.properties.headers().clone();
+    let original = delivery.properties.headers().as_ref();
     let mut headers = FieldTable::default();
-    let exchange = header_str(original.as_ref(), "x-first-death-exchange")
+    let exchange = header_str(original, "x-first-death-exchange")
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
     headers.insert(
@@ -922,7 +915,7 @@ async fn dead_letter(
         AMQPValue::LongString(reason.into()),
     );
     for key in [trace::TRACEPARENT, trace::TRACESTATE] {
-        if let Some(v) = header_str(original.as_ref(), key) {
+        if let Some(v) = header_str(original, key) {
             headers.insert(key.into(), AMQPValue::LongString(v.into()));
         }
     }
@@ -965,11 +958,5 @@ async fn dead_letter(
             let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
             Err(e)
         }
-    }
-}
-
-impl std::fmt::Display for RabbitMq {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rabbitmq at {}", self.describe())
     }
 }
