@@ -156,8 +156,25 @@ impl<D: EventPayload> EventSet for Event<D> {
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send>>;
 
+/// What a bus hands a subscription: a message, or (to a dead-letter binding) a letter.
+#[derive(Clone, Copy)]
+pub(crate) enum Input<'a> {
+    Message(&'a Message),
+    DeadLetter(&'a DeadLetter),
+}
+
+impl<'a> Input<'a> {
+    /// The message the input is about (a dead letter's original message).
+    pub(crate) fn message(self) -> &'a Message {
+        match self {
+            Input::Message(m) => m,
+            Input::DeadLetter(d) => &d.message,
+        }
+    }
+}
+
 pub(crate) trait ErasedHandler: Send + Sync + 'static {
-    fn call(&self, message: &Message, ctx: HandlerContext) -> HandlerFuture;
+    fn call(&self, input: Input<'_>, ctx: HandlerContext) -> HandlerFuture;
 }
 
 struct CommandHandlerFn<P, F> {
@@ -171,7 +188,10 @@ where
     F: Fn(Command<P>, HandlerContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
 {
-    fn call(&self, message: &Message, ctx: HandlerContext) -> HandlerFuture {
+    fn call(&self, input: Input<'_>, ctx: HandlerContext) -> HandlerFuture {
+        let Input::Message(message) = input else {
+            return Box::pin(std::future::ready(Err(not_a_message())));
+        };
         match message.command::<P>() {
             Ok(command) => Box::pin((self.f)(command, ctx)),
             Err(e) => Box::pin(std::future::ready(Err(undecodable(e)))),
@@ -190,7 +210,10 @@ where
     F: Fn(E, HandlerContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn call(&self, message: &Message, ctx: HandlerContext) -> HandlerFuture {
+    fn call(&self, input: Input<'_>, ctx: HandlerContext) -> HandlerFuture {
+        let Input::Message(message) = input else {
+            return Box::pin(std::future::ready(Err(not_a_message())));
+        };
         match E::from_message(message) {
             Ok(events) => {
                 let fut = (self.f)(events, ctx);
@@ -199,6 +222,31 @@ where
             Err(e) => Box::pin(std::future::ready(Err(undecodable(e)))),
         }
     }
+}
+
+struct DeadLetterHandlerFn<F> {
+    f: F,
+}
+
+impl<F, Fut> ErasedHandler for DeadLetterHandlerFn<F>
+where
+    F: Fn(DeadLetter, HandlerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(&self, input: Input<'_>, ctx: HandlerContext) -> HandlerFuture {
+        let Input::DeadLetter(letter) = input else {
+            return Box::pin(std::future::ready(Err(HandlerError::Reject(
+                "a dead-letter handler only receives dead letters".into(),
+            ))));
+        };
+        let fut = (self.f)(letter.clone(), ctx);
+        Box::pin(async move { fut.await.map(|()| Value::Null) })
+    }
+}
+
+#[cold]
+fn not_a_message() -> HandlerError {
+    HandlerError::Reject("a message handler was given a dead letter".into())
 }
 
 #[cold]
@@ -221,6 +269,8 @@ pub enum Target {
         /// Exact topics or AMQP wildcard patterns.
         patterns: &'static [&'static str],
     },
+    /// Every dead letter of the bus (a `{ dead_letters: true }` binding).
+    DeadLetters,
 }
 
 /// A handler bound to its messages, type-erased so any bus can run it.
@@ -287,6 +337,24 @@ impl Subscription {
         }
     }
 
+    /// Binds a dead-letter handler: it receives every dead letter the bus records
+    /// (in-process: those published on [`topic::DEAD_LETTER`](crate::topic::DEAD_LETTER);
+    /// RabbitMQ: a queue bound to the dead-letter exchange). A dead-letter handler that
+    /// fails is retried up to its limit, then logged; it never produces another dead
+    /// letter.
+    pub fn dead_letters<F, Fut>(handler: impl Into<Cow<'static, str>>, f: F) -> Self
+    where
+        F: Fn(DeadLetter, HandlerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        Self {
+            handler: Arc::from(handler.into().as_ref()),
+            target: Target::DeadLetters,
+            max_retries: DEFAULT_MAX_RETRIES,
+            call: Arc::new(DeadLetterHandlerFn { f }),
+        }
+    }
+
     /// Sets how many times a failed run is retried (the binding's `max_retries`).
     #[must_use]
     pub fn with_max_retries(mut self, max_retries: u32) -> Self {
@@ -314,6 +382,7 @@ impl Subscription {
         match &self.target {
             Target::Command { topic: t, .. } => *t == topic,
             Target::Events { patterns } => patterns.iter().any(|p| crate::topic::matches(p, topic)),
+            Target::DeadLetters => topic == crate::topic::DEAD_LETTER,
         }
     }
 }

@@ -11,15 +11,20 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
-use super::run::{Outcome, log_retry, run_attempt};
+use super::run::{Outcome, log_retry, run_attempt, run_dead_letter_handler};
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
-use crate::handler::{DeadLetter, Subscription, Target};
+use crate::handler::{DeadLetter, Input, Subscription, Target};
 use crate::trace;
 
 /// `messaging.system` of the in-process bus's spans.
 const SYSTEM: &str = "orkestra";
+
+/// How many dead letters wait for a [`DeadLetters`] receiver before newer ones are
+/// dropped for it (with a warning): the in-process bus never blocks a dispatch on a
+/// receiver that stopped reading.
+pub(crate) const DEAD_LETTER_BUFFER: usize = 1024;
 
 /// Most distinct topics whose routes one registry snapshot memoises.
 const ROUTE_CACHE_LIMIT: usize = 4096;
@@ -30,6 +35,7 @@ type Route = Arc<[Arc<Subscription>]>;
 struct Registry {
     commands: HashMap<&'static str, Arc<Subscription>>,
     events: Vec<Arc<Subscription>>,
+    dead_letters: Vec<Arc<Subscription>>,
     routes: RwLock<HashMap<String, Route>>,
 }
 
@@ -38,6 +44,7 @@ impl Registry {
         self.commands
             .values()
             .chain(&self.events)
+            .chain(&self.dead_letters)
             .any(|s| &*s.handler == name)
     }
 
@@ -61,7 +68,7 @@ impl Registry {
 
 pub(crate) struct InProcess {
     registry: RwLock<Arc<Registry>>,
-    dead_letters: Mutex<Vec<mpsc::UnboundedSender<DeadLetter>>>,
+    dead_letters: Mutex<Vec<mpsc::Sender<DeadLetter>>>,
 }
 
 impl std::fmt::Debug for InProcess {
@@ -96,6 +103,7 @@ impl InProcess {
         let mut next = Registry {
             commands: current.commands.clone(),
             events: current.events.clone(),
+            dead_letters: current.dead_letters.clone(),
             routes: RwLock::default(),
         };
         let subscription = Arc::new(subscription);
@@ -124,6 +132,15 @@ impl InProcess {
                     "handler subscribed"
                 );
                 next.events.push(subscription);
+            }
+            Target::DeadLetters => {
+                tracing::info!(
+                    handler = %subscription.handler,
+                    topic = crate::topic::DEAD_LETTER,
+                    orkestra = "event_handler",
+                    "handler subscribed"
+                );
+                next.dead_letters.push(subscription);
             }
         }
         *current = Arc::new(next);
@@ -154,7 +171,7 @@ impl InProcess {
                 let outcome = run_attempt(
                     bus,
                     &subscription,
-                    &message,
+                    Input::Message(&message),
                     attempt,
                     max_retries,
                     traced,
@@ -165,7 +182,8 @@ impl InProcess {
                     Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
                     Outcome::Rejected(reason) => {
                         trace::record_error(&Span::current(), "rejected", &reason);
-                        self.dead_letter(&subscription, &message, &reason, attempt);
+                        self.dead_letter(bus, &subscription, &message, &reason, attempt)
+                            .await;
                         envelope.try_mark_rejected(reason)
                     }
                     Outcome::Failed(reason) => {
@@ -175,7 +193,8 @@ impl InProcess {
                             continue;
                         }
                         trace::record_error(&Span::current(), "failed", &reason);
-                        self.dead_letter(&subscription, &message, &reason, attempt);
+                        self.dead_letter(bus, &subscription, &message, &reason, attempt)
+                            .await;
                         result
                     }
                 };
@@ -234,7 +253,7 @@ impl InProcess {
             match run_attempt(
                 bus,
                 subscription,
-                message,
+                Input::Message(message),
                 attempt,
                 max_retries,
                 traced,
@@ -248,7 +267,8 @@ impl InProcess {
                     attempt += 1;
                 }
                 Outcome::Failed(reason) | Outcome::Rejected(reason) => {
-                    self.dead_letter(subscription, message, &reason, attempt);
+                    self.dead_letter(bus, subscription, message, &reason, attempt)
+                        .await;
                     return false;
                 }
             }
@@ -256,13 +276,14 @@ impl InProcess {
     }
 
     pub(crate) fn dead_letters(&self) -> DeadLetters {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(DEAD_LETTER_BUFFER);
         lock(&self.dead_letters).push(tx);
         DeadLetters::new(rx)
     }
 
-    fn dead_letter(
+    async fn dead_letter(
         &self,
+        bus: &Bus,
         subscription: &Subscription,
         message: &Message,
         reason: &str,
@@ -284,7 +305,22 @@ impl InProcess {
             attempts,
             dead_at: chrono::Utc::now(),
         };
-        lock(&self.dead_letters).retain(|tx| tx.send(letter.clone()).is_ok());
+        lock(&self.dead_letters).retain(|tx| match tx.try_send(letter.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    message_id = letter.message_id(),
+                    buffer = DEAD_LETTER_BUFFER,
+                    orkestra = "pubsub",
+                    "Dead letter not queued for a receiver that is not reading"
+                );
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        for handler in self.snapshot().dead_letters.iter() {
+            run_dead_letter_handler(bus, handler, &letter, SYSTEM).await;
+        }
     }
 }
 

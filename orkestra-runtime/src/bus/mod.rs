@@ -160,6 +160,18 @@ impl Bus {
         }
     }
 
+    /// Adds every subscription, in order (for a generated `handlers::Handlers { .. }`
+    /// value's `.subscriptions()`). Stops at the first refused one; those before it stay.
+    pub async fn subscribe_all(
+        &self,
+        subscriptions: impl IntoIterator<Item = Subscription>,
+    ) -> Result<(), BusError> {
+        for subscription in subscriptions {
+            self.subscribe(subscription).await?;
+        }
+        Ok(())
+    }
+
     /// Dispatches a command to its handler.
     ///
     /// In-process, the handler (with its retries) and every event it publishes have been
@@ -216,13 +228,18 @@ pub(crate) fn expect_kind(
 
 /// Dead letters as they are recorded: call [`DeadLetters::recv`], or use it as a
 /// [`Stream`](futures_util::Stream).
+///
+/// Each receiver buffers up to 1,024 letters. In-process, a letter recorded while that
+/// buffer is full is not queued for this receiver (a warning is logged; dispatch never
+/// waits on a reader). On RabbitMQ the broker keeps the rest in the receiver's queue
+/// until it reads again.
 #[derive(Debug)]
 pub struct DeadLetters {
-    rx: mpsc::UnboundedReceiver<DeadLetter>,
+    rx: mpsc::Receiver<DeadLetter>,
 }
 
 impl DeadLetters {
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<DeadLetter>) -> Self {
+    pub(crate) fn new(rx: mpsc::Receiver<DeadLetter>) -> Self {
         Self { rx }
     }
 

@@ -43,12 +43,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
-use super::run::{Outcome, log_retry, run_attempt};
+use super::in_process;
+use super::run::{Outcome, log_retry, run_attempt, run_dead_letter_handler};
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind, RawCommand};
 use crate::config::{BusConfig, SecretUrl, redact};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
-use crate::handler::{DeadLetter, Subscription, Target};
+use crate::handler::{DeadLetter, Input, Subscription, Target};
 use crate::message::{Metadata, RawEvent};
 use crate::trace;
 
@@ -476,6 +477,57 @@ impl RabbitMq {
                 tracing::info!(handler = %subscription.handler, topic = ?patterns, orkestra = "event_handler", queue, "handler subscribed");
                 queue
             }
+            Target::DeadLetters => {
+                // No dead-letter arguments on this queue: a letter is never dead-lettered again.
+                let queue = format!("{}.deadletter.{}", self.names.prefix, subscription.handler);
+                channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker_error)?;
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        self.names.dead_letters.as_str().into(),
+                        "#".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker_error)?;
+                tracing::info!(handler = %subscription.handler, topic = self.names.dead_letters.as_str(), orkestra = "event_handler", queue, "handler subscribed");
+                let consumer = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        format!(
+                            "orkestra-{}-{}",
+                            subscription.handler,
+                            crate::message::new_id()
+                        )
+                        .into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker_error)?;
+                let task = tokio::spawn(consume_dead_letters(
+                    bus.clone(),
+                    Arc::new(subscription),
+                    channel,
+                    consumer,
+                ));
+                self.consumers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(task);
+                return Ok(());
+            }
         };
         let consumer = channel
             .basic_consume(
@@ -671,30 +723,16 @@ impl RabbitMq {
             )
             .await
             .map_err(broker_error)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(in_process::DEAD_LETTER_BUFFER);
         let task = tokio::spawn(async move {
             let _channel = channel;
             while let Some(Ok(delivery)) = consumer.next().await {
-                let headers = delivery.properties.headers().as_ref();
-                let letter = DeadLetter {
-                    message: decode_or_placeholder(
-                        &delivery.data,
-                        delivery.routing_key.as_str(),
-                        headers,
-                    ),
-                    topic: header_str(headers, "x-orkestra-original-routing-key")
-                        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
-                    handler: header_str(headers, "x-orkestra-handler").unwrap_or_default(),
-                    reason: header_str(headers, "x-orkestra-error").unwrap_or_default(),
-                    attempts: header_int(headers, "x-orkestra-attempts")
-                        .and_then(|a| u32::try_from(a).ok())
-                        .unwrap_or(0),
-                    dead_at: chrono::Utc::now(),
-                };
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-                if tx.send(letter).is_err() {
+                let letter = letter_from_delivery(&delivery);
+                // Wait for room before acking: a slow reader leaves the rest in the queue.
+                if tx.send(letter).await.is_err() {
                     break;
                 }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
             }
         });
         self.consumers
@@ -702,6 +740,40 @@ impl RabbitMq {
             .unwrap_or_else(PoisonError::into_inner)
             .push(task);
         Ok(DeadLetters::new(rx))
+    }
+}
+
+/// A dead letter as the dead-letter exchange delivers it (headers set by [`dead_letter`]).
+fn letter_from_delivery(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let headers = delivery.properties.headers().as_ref();
+    DeadLetter {
+        message: decode_or_placeholder(&delivery.data, delivery.routing_key.as_str(), headers),
+        topic: header_str(headers, "x-orkestra-original-routing-key")
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+        handler: header_str(headers, "x-orkestra-handler").unwrap_or_default(),
+        reason: header_str(headers, "x-orkestra-error").unwrap_or_default(),
+        attempts: header_int(headers, "x-orkestra-attempts")
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0),
+        dead_at: chrono::Utc::now(),
+    }
+}
+
+/// Feeds a dead-letter binding: each letter runs the handler (with its retries), then is
+/// acked whatever the outcome, so a failing dead-letter handler never loops.
+async fn consume_dead_letters(
+    bus: Bus,
+    subscription: Arc<Subscription>,
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+) {
+    let _channel = channel;
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let letter = letter_from_delivery(&delivery);
+        run_dead_letter_handler(&bus, &subscription, &letter, SYSTEM).await;
+        if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, handler = %subscription.handler, orkestra = "rabbitmq", "dead letter not acked");
+        }
     }
 }
 
@@ -838,7 +910,7 @@ async fn handle_delivery(
         Ok(run_attempt(
             bus,
             subscription,
-            &message,
+            Input::Message(&message),
             attempt,
             max_retries,
             traced,

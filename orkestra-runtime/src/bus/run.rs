@@ -8,8 +8,7 @@ use serde_json::Value;
 use tracing::{Instrument, Span};
 
 use super::Bus;
-use crate::any_message::Message;
-use crate::handler::{HandlerContext, HandlerError, Subscription};
+use crate::handler::{DeadLetter, HandlerContext, HandlerError, Input, Subscription};
 use crate::trace;
 
 /// What one handler run (or all of them, with retries) came to.
@@ -24,7 +23,7 @@ pub(crate) enum Outcome {
 pub(crate) async fn run_attempt(
     bus: &Bus,
     subscription: &Subscription,
-    message: &Message,
+    input: Input<'_>,
     attempt: u32,
     max_retries: u32,
     traced: bool,
@@ -32,22 +31,23 @@ pub(crate) async fn run_attempt(
 ) -> Outcome {
     if attempt > 1 && traced {
         let retry = trace::retry_span(&subscription.handler, attempt, max_retries);
-        run_once(bus, subscription, message, attempt, traced, system)
+        run_once(bus, subscription, input, attempt, traced, system)
             .instrument(retry)
             .await
     } else {
-        run_once(bus, subscription, message, attempt, traced, system).await
+        run_once(bus, subscription, input, attempt, traced, system).await
     }
 }
 
 async fn run_once(
     bus: &Bus,
     subscription: &Subscription,
-    message: &Message,
+    input: Input<'_>,
     attempt: u32,
     traced: bool,
     system: &'static str,
 ) -> Outcome {
+    let message = input.message();
     let span = if traced {
         trace::handle_span(message, &subscription.handler, attempt, system)
     } else {
@@ -59,7 +59,7 @@ async fn run_once(
         subscription.handler.clone(),
         attempt,
     );
-    let run = AssertUnwindSafe(async { subscription.call.call(message, ctx).await });
+    let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
     let outcome = match run.catch_unwind().instrument(span.clone()).await {
         Ok(Ok(reply)) => return Outcome::Succeeded(reply),
         Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
@@ -91,4 +91,45 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic payload")
+}
+
+/// Runs a dead-letter handler with its retries. Its failure is logged and goes no
+/// further: a dead letter never produces another one.
+pub(crate) async fn run_dead_letter_handler(
+    bus: &Bus,
+    handler: &Subscription,
+    letter: &DeadLetter,
+    system: &'static str,
+) {
+    let mut attempt = 1;
+    loop {
+        let input = Input::DeadLetter(letter);
+        match run_attempt(
+            bus,
+            handler,
+            input,
+            attempt,
+            handler.max_retries,
+            false,
+            system,
+        )
+        .await
+        {
+            Outcome::Succeeded(_) => return,
+            Outcome::Failed(reason) if attempt <= handler.max_retries => {
+                log_retry(handler, attempt, handler.max_retries, &reason);
+                attempt += 1;
+            }
+            Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+                tracing::error!(
+                    handler = %handler.handler,
+                    message_id = letter.message_id(),
+                    reason,
+                    attempts = attempt,
+                    "Dead-letter handler failed; the letter is dropped"
+                );
+                return;
+            }
+        }
+    }
 }
