@@ -33,6 +33,7 @@ mod any_message;
 pub mod bus;
 pub mod config;
 mod envelope;
+mod error;
 mod handler;
 mod message;
 mod payload;
@@ -49,6 +50,7 @@ pub use envelope::{
     CommandEnvelope, CommandStatus, DEFAULT_MAX_RETRIES, EventEnvelope, EventStatus,
     HandlerOutcome, TransitionError,
 };
+pub use error::DriverError;
 pub use handler::{DeadLetter, EventSet, HandlerContext, HandlerError, Subscription, Target};
 pub use message::{ActorType, Command, Event, Metadata, RawEvent, new_id};
 pub use payload::{

@@ -321,23 +321,27 @@ async fn logs_inside_a_handler_carry_ids_and_trace() {
     // The seed's structured lines: subscribed, retry (warn), dead letter (error).
     let subscribed = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "handler subscribed")
+        .find(|l| l["fields"]["message"] == "Command handler subscribed")
         .unwrap();
+    assert_eq!(subscribed["level"], "INFO");
+    assert_eq!(subscribed["fields"]["handler"], "PlaceOrderHandler");
     assert_eq!(subscribed["fields"]["orkestra"], "command_handler");
     assert_eq!(subscribed["fields"]["topic"], "orders.commands.place_order");
     let retry = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "handler failed; retrying")
+        .find(|l| l["fields"]["message"] == "Handler nack, requeuing")
         .unwrap();
     assert_eq!(retry["level"], "WARN");
+    assert_eq!(retry["fields"]["orkestra"], "pubsub");
     assert_eq!(retry["fields"]["handler"], "Index");
     assert_eq!(retry["fields"]["attempt"], 1);
     assert_eq!(retry["fields"]["max_retries"], 1);
     let dead = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "dead letter recorded")
+        .find(|l| l["fields"]["message"] == "Dead letter recorded")
         .unwrap();
     assert_eq!(dead["level"], "ERROR");
+    assert_eq!(dead["fields"]["orkestra"], "pubsub");
     assert_eq!(dead["fields"]["handler"], "Index");
     assert_eq!(dead["fields"]["reason"], "index down");
     // The dead letter is logged inside the publish span of the event the command caused.

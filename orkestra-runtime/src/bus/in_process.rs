@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
-use super::run::{Outcome, log_retry, run_attempt, run_dead_letter_handler};
+use super::run::{
+    Outcome, log_dead_letter, log_retry, log_subscribed, run_attempt, run_dead_letter_handler,
+};
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind};
 use crate::envelope::{CommandEnvelope, EventEnvelope};
@@ -20,6 +22,8 @@ use crate::trace;
 
 /// `messaging.system` of the in-process bus's spans.
 const SYSTEM: &str = "orkestra";
+/// The `orkestra` field of the in-process bus's log lines.
+const COMPONENT: &str = "pubsub";
 
 /// How many dead letters wait for a [`DeadLetters`] receiver before newer ones are
 /// dropped for it (with a warning): the in-process bus never blocks a dispatch on a
@@ -116,30 +120,15 @@ impl InProcess {
                         handler: subscription.handler.to_string(),
                     });
                 }
-                tracing::info!(
-                    handler = %subscription.handler,
-                    topic = *topic,
-                    orkestra = "command_handler",
-                    "handler subscribed"
-                );
+                log_subscribed(&subscription, None);
                 next.commands.insert(topic, subscription);
             }
-            Target::Events { patterns } => {
-                tracing::info!(
-                    handler = %subscription.handler,
-                    topic = ?patterns,
-                    orkestra = "event_handler",
-                    "handler subscribed"
-                );
+            Target::Events { .. } => {
+                log_subscribed(&subscription, None);
                 next.events.push(subscription);
             }
             Target::DeadLetters => {
-                tracing::info!(
-                    handler = %subscription.handler,
-                    topic = crate::topic::DEAD_LETTER,
-                    orkestra = "event_handler",
-                    "handler subscribed"
-                );
+                log_subscribed(&subscription, None);
                 next.dead_letters.push(subscription);
             }
         }
@@ -189,7 +178,7 @@ impl InProcess {
                     Outcome::Failed(reason) => {
                         let result = envelope.try_mark_failed(reason.clone());
                         if result.is_ok() && envelope.retryable() {
-                            log_retry(&subscription, attempt, max_retries, &reason);
+                            log_retry(&subscription, attempt, max_retries, &reason, COMPONENT);
                             continue;
                         }
                         trace::record_error(&Span::current(), "failed", &reason);
@@ -263,7 +252,7 @@ impl InProcess {
             {
                 Outcome::Succeeded(_) => return true,
                 Outcome::Failed(reason) if attempt <= max_retries => {
-                    log_retry(subscription, attempt, max_retries, &reason);
+                    log_retry(subscription, attempt, max_retries, &reason, COMPONENT);
                     attempt += 1;
                 }
                 Outcome::Failed(reason) | Outcome::Rejected(reason) => {
@@ -289,13 +278,12 @@ impl InProcess {
         reason: &str,
         attempts: u32,
     ) {
-        tracing::error!(
-            handler = %subscription.handler,
-            topic = message.topic(),
-            message_id = message.id(),
+        log_dead_letter(
+            &subscription.handler,
+            message.topic(),
             reason,
             attempts,
-            "dead letter recorded"
+            COMPONENT,
         );
         let letter = DeadLetter {
             message: message.clone(),
@@ -319,7 +307,7 @@ impl InProcess {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         for handler in self.snapshot().dead_letters.iter() {
-            run_dead_letter_handler(bus, handler, &letter, SYSTEM).await;
+            run_dead_letter_handler(bus, handler, &letter, SYSTEM, COMPONENT).await;
         }
     }
 }

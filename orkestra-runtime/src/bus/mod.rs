@@ -80,7 +80,7 @@ pub enum BusError {
     },
     /// The broker failed or refused an operation.
     #[error("broker: {0}")]
-    Broker(String),
+    Broker(#[source] crate::DriverError),
     /// The broker did not answer in time (the operation may or may not have happened).
     #[error("timed out waiting for the {0}")]
     Timeout(&'static str),

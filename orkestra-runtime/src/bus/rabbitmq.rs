@@ -44,7 +44,9 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
 use super::in_process;
-use super::run::{Outcome, log_retry, run_attempt, run_dead_letter_handler};
+use super::run::{
+    Outcome, log_dead_letter, log_retry, log_subscribed, run_attempt, run_dead_letter_handler,
+};
 use super::{Bus, BusError, DeadLetters};
 use crate::any_message::{Message, MessageKind, RawCommand};
 use crate::config::{BusConfig, SecretUrl, redact};
@@ -229,8 +231,9 @@ fn rejections(headers: Option<&FieldTable>, queue: &str) -> u32 {
         .unwrap_or(0)
 }
 
-fn broker_error(e: impl std::fmt::Display) -> BusError {
-    BusError::Broker(redact(&e.to_string()))
+#[cold]
+fn broker_error(e: lapin::Error) -> BusError {
+    BusError::Broker(crate::DriverError::new(e))
 }
 
 #[derive(Debug)]
@@ -464,7 +467,7 @@ impl RabbitMq {
                 let queue = format!("{}.cmd.{topic}", self.names.prefix);
                 self.declare_work_queue(&channel, &queue, &[(self.names.commands.as_str(), topic)])
                     .await?;
-                tracing::info!(handler = %subscription.handler, topic = *topic, orkestra = "command_handler", queue, "handler subscribed");
+                log_subscribed(&subscription, Some(&queue));
                 queue
             }
             Target::Events { patterns } => {
@@ -474,7 +477,7 @@ impl RabbitMq {
                     .map(|p| (self.names.events.as_str(), *p))
                     .collect();
                 self.declare_work_queue(&channel, &queue, &bindings).await?;
-                tracing::info!(handler = %subscription.handler, topic = ?patterns, orkestra = "event_handler", queue, "handler subscribed");
+                log_subscribed(&subscription, Some(&queue));
                 queue
             }
             Target::DeadLetters => {
@@ -501,7 +504,7 @@ impl RabbitMq {
                     )
                     .await
                     .map_err(broker_error)?;
-                tracing::info!(handler = %subscription.handler, topic = self.names.dead_letters.as_str(), orkestra = "event_handler", queue, "handler subscribed");
+                log_subscribed(&subscription, Some(&queue));
                 let consumer = channel
                     .basic_consume(
                         queue.as_str().into(),
@@ -609,12 +612,12 @@ impl RabbitMq {
                 Ok(Err(e)) => Err(broker_error(e)),
                 Ok(Ok(Confirmation::Ack(None))) => Ok(true),
                 Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(false),
-                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker(
-                    "the broker refused the message (nack)".into(),
+                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker(crate::DriverError::msg(
+                    "the broker refused the message (nack)",
+                ))),
+                Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Broker(
+                    crate::DriverError::msg("publisher confirms are off"),
                 )),
-                Ok(Ok(Confirmation::NotRequested)) => {
-                    Err(BusError::Broker("publisher confirms are off".into()))
-                }
             }
         }
         .instrument(span)
@@ -770,7 +773,7 @@ async fn consume_dead_letters(
     let _channel = channel;
     while let Some(Ok(delivery)) = consumer.next().await {
         let letter = letter_from_delivery(&delivery);
-        run_dead_letter_handler(&bus, &subscription, &letter, SYSTEM).await;
+        run_dead_letter_handler(&bus, &subscription, &letter, SYSTEM, SYSTEM).await;
         if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, handler = %subscription.handler, orkestra = "rabbitmq", "dead letter not acked");
         }
@@ -923,7 +926,7 @@ async fn handle_delivery(
     let result = match outcome {
         Ok(Outcome::Succeeded(_)) => return Some(delivery.delivery_tag),
         Ok(Outcome::Failed(reason)) if attempt <= max_retries => {
-            log_retry(subscription, attempt, max_retries, &reason);
+            log_retry(subscription, attempt, max_retries, &reason, SYSTEM);
             delivery
                 .reject(BasicRejectOptions { requeue: false })
                 .await
@@ -954,13 +957,7 @@ async fn dead_letter(
     reason: &str,
     attempts: u32,
 ) -> Result<(), BusError> {
-    tracing::error!(
-        handler = %subscription.handler,
-        topic,
-        reason,
-        attempts,
-        "dead letter recorded"
-    );
+    log_dead_letter(&subscription.handler, topic, reason, attempts, SYSTEM);
     let original = delivery.properties.headers().as_ref();
     let mut headers = FieldTable::default();
     let exchange = header_str(original, "x-first-death-exchange")
@@ -1012,9 +1009,9 @@ async fn dead_letter(
             .map_err(broker_error)?;
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-            Ok(Ok(_)) => Err(BusError::Broker(
-                "the broker refused the dead letter".into(),
-            )),
+            Ok(Ok(_)) => Err(BusError::Broker(crate::DriverError::msg(
+                "the broker refused the dead letter",
+            ))),
             Ok(Err(e)) => Err(broker_error(e)),
             Err(_) => Err(BusError::Timeout("dead-letter confirm")),
         }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tracing::{Instrument, Span};
 
 use super::Bus;
-use crate::handler::{DeadLetter, HandlerContext, HandlerError, Input, Subscription};
+use crate::handler::{DeadLetter, HandlerContext, HandlerError, Input, Subscription, Target};
 use crate::trace;
 
 /// What one handler run (or all of them, with retries) came to.
@@ -75,13 +75,68 @@ async fn run_once(
     outcome
 }
 
-pub(crate) fn log_retry(subscription: &Subscription, attempt: u32, max_retries: u32, reason: &str) {
+/// `WARN Handler nack, requeuing`: a failed run that will be retried. `component` is the
+/// bus's `orkestra` field (`pubsub` in-process, `rabbitmq`).
+pub(crate) fn log_retry(
+    subscription: &Subscription,
+    attempt: u32,
+    max_retries: u32,
+    reason: &str,
+    component: &'static str,
+) {
     tracing::warn!(
         handler = %subscription.handler,
         attempt,
         max_retries,
         reason,
-        "handler failed; retrying"
+        orkestra = component,
+        "Handler nack, requeuing"
+    );
+}
+
+/// `INFO Command handler subscribed` / `INFO Event handler subscribed`, with the topic
+/// (patterns joined by `, `) and, on a broker, the queue.
+pub(crate) fn log_subscribed(subscription: &Subscription, queue: Option<&str>) {
+    match &subscription.target {
+        Target::Command { topic, .. } => tracing::info!(
+            handler = %subscription.handler,
+            topic = *topic,
+            queue,
+            orkestra = "command_handler",
+            "Command handler subscribed"
+        ),
+        Target::Events { patterns } => tracing::info!(
+            handler = %subscription.handler,
+            topic = %patterns.join(", "),
+            queue,
+            orkestra = "event_handler",
+            "Event handler subscribed"
+        ),
+        Target::DeadLetters => tracing::info!(
+            handler = %subscription.handler,
+            topic = crate::topic::DEAD_LETTER,
+            queue,
+            orkestra = "event_handler",
+            "Event handler subscribed"
+        ),
+    }
+}
+
+/// `ERROR Dead letter recorded`.
+pub(crate) fn log_dead_letter(
+    handler: &str,
+    topic: &str,
+    reason: &str,
+    attempts: u32,
+    component: &'static str,
+) {
+    tracing::error!(
+        handler,
+        topic,
+        reason,
+        attempts,
+        orkestra = component,
+        "Dead letter recorded"
     );
 }
 
@@ -100,6 +155,7 @@ pub(crate) async fn run_dead_letter_handler(
     handler: &Subscription,
     letter: &DeadLetter,
     system: &'static str,
+    component: &'static str,
 ) {
     let mut attempt = 1;
     loop {
@@ -117,7 +173,7 @@ pub(crate) async fn run_dead_letter_handler(
         {
             Outcome::Succeeded(_) => return,
             Outcome::Failed(reason) if attempt <= handler.max_retries => {
-                log_retry(handler, attempt, handler.max_retries, &reason);
+                log_retry(handler, attempt, handler.max_retries, &reason, component);
                 attempt += 1;
             }
             Outcome::Failed(reason) | Outcome::Rejected(reason) => {
@@ -126,6 +182,7 @@ pub(crate) async fn run_dead_letter_handler(
                     message_id = letter.message_id(),
                     reason,
                     attempts = attempt,
+                    orkestra = component,
                     "Dead-letter handler failed; the letter is dropped"
                 );
                 return;
