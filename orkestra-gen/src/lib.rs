@@ -21,7 +21,7 @@ pub mod diagnostic;
 pub mod model;
 mod names;
 mod render;
-#[path = "../../orkestra-runtime/src/topic.rs"]
+#[path = "../../orkestra-runtime/src/message/topic.rs"]
 #[allow(dead_code, missing_docs)]
 mod topic;
 mod validate;

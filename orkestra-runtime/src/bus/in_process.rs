@@ -15,9 +15,10 @@ use super::run::{
     Outcome, log_dead_letter, log_retry, log_subscribed, run_attempt, run_dead_letter_handler,
 };
 use super::{Bus, BusError, DeadLetters};
-use crate::any_message::{Message, MessageKind};
-use crate::envelope::{CommandEnvelope, EventEnvelope};
-use crate::handler::{DeadLetter, Input, Subscription, Target};
+use super::{Input, Subscription, Target};
+use crate::handler::DeadLetter;
+use crate::message::{CommandEnvelope, EventEnvelope};
+use crate::message::{Message, MessageKind};
 use crate::trace;
 
 /// `messaging.system` of the in-process bus's spans.

@@ -3,10 +3,13 @@
 //! User code talks to [`Bus`] only; which adapter runs behind it is a configuration
 //! choice ([`Bus::from_config`]), so handlers never change when the adapter does.
 
+mod context;
 mod in_process;
 #[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq;
 mod run;
+mod subscription;
 
 use std::fmt;
 use std::pin::Pin;
@@ -15,9 +18,13 @@ use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
+pub use context::HandlerContext;
+pub(crate) use subscription::Input;
+pub use subscription::{Subscription, Target};
+
 use crate::config::{BusAdapter, Config, ConfigError};
-use crate::envelope::{CommandEnvelope, EventEnvelope};
-use crate::handler::{DeadLetter, Subscription};
+use crate::handler::{DeadLetter, HandlerError};
+use crate::message::{CommandEnvelope, EventEnvelope, Message, MessageKind, TransitionError};
 
 /// Why a bus operation failed. Handler failures are not bus errors: they are recorded in
 /// the envelope and, once retries are exhausted, in a [`DeadLetter`].
@@ -53,7 +60,7 @@ pub enum BusError {
     WrongKind(String),
     /// The envelope is not in a state that can be dispatched (already finished).
     #[error(transparent)]
-    Envelope(#[from] crate::envelope::TransitionError),
+    Envelope(#[from] TransitionError),
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -208,17 +215,21 @@ impl Bus {
     }
 }
 
+/// A bus error (a broker gone, no handler yet) may pass: it fails, and is retried.
+impl From<BusError> for HandlerError {
+    fn from(e: BusError) -> Self {
+        Self::Fail(e.to_string())
+    }
+}
+
 /// Refuses an event given to `dispatch` or a command given to `publish`.
-pub(crate) fn expect_kind(
-    message: &crate::Message,
-    kind: crate::MessageKind,
-) -> Result<(), BusError> {
+pub(crate) fn expect_kind(message: &Message, kind: MessageKind) -> Result<(), BusError> {
     if message.kind() == kind {
         return Ok(());
     }
     let (op, wanted, found) = match kind {
-        crate::MessageKind::Command => ("dispatch", "a command", "an event"),
-        crate::MessageKind::Event => ("publish", "an event", "a command"),
+        MessageKind::Command => ("dispatch", "a command", "an event"),
+        MessageKind::Event => ("publish", "an event", "a command"),
     };
     Err(BusError::WrongKind(format!(
         "{op} takes {wanted}; {} is {found}",

@@ -48,10 +48,11 @@ use super::run::{
     Outcome, log_dead_letter, log_retry, log_subscribed, run_attempt, run_dead_letter_handler,
 };
 use super::{Bus, BusError, DeadLetters};
-use crate::any_message::{Message, MessageKind, RawCommand};
+use super::{Input, Subscription, Target};
 use crate::config::{BusConfig, SecretUrl, redact};
-use crate::envelope::{CommandEnvelope, EventEnvelope};
-use crate::handler::{DeadLetter, Input, Subscription, Target};
+use crate::handler::DeadLetter;
+use crate::message::{CommandEnvelope, EventEnvelope};
+use crate::message::{Message, MessageKind, RawCommand};
 use crate::message::{Metadata, RawEvent};
 use crate::trace;
 

@@ -8,7 +8,8 @@ use serde_json::Value;
 use tracing::{Instrument, Span};
 
 use super::Bus;
-use crate::handler::{DeadLetter, HandlerContext, HandlerError, Input, Subscription, Target};
+use super::{HandlerContext, Input, Subscription, Target};
+use crate::handler::{DeadLetter, HandlerError};
 use crate::trace;
 
 /// What one handler run (or all of them, with retries) came to.

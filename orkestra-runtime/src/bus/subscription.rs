@@ -1,6 +1,5 @@
-//! Handler plumbing: what a handler receives ([`HandlerContext`]), what it returns
-//! ([`HandlerError`]), and the type-erased [`Subscription`] that generated code builds for
-//! a binding and hands to [`Bus::subscribe`](crate::Bus::subscribe).
+//! [`Subscription`]: a handler bound to what it receives, type-erased so any bus can run
+//! it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -8,151 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::any_message::Message;
-use crate::bus::{Bus, BusError};
-use crate::envelope::{DEFAULT_MAX_RETRIES, EventEnvelope};
-use crate::message::{Command, Event, Metadata};
-use crate::payload::{CommandPayload, EventPayload, PayloadError};
-
-/// Why a handler did not succeed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// The message can never succeed (bad data, a broken business rule): no retry; the
-    /// message is dead-lettered at once.
-    #[error("rejected: {0}")]
-    Reject(String),
-    /// A failure that may pass (a timeout, a busy resource): retried up to the limit, then
-    /// dead-lettered.
-    #[error("failed: {0}")]
-    Fail(String),
-}
-
-impl HandlerError {
-    /// A rejection with a reason.
-    #[cold]
-    pub fn reject(reason: impl fmt::Display) -> Self {
-        Self::Reject(reason.to_string())
-    }
-
-    /// A retryable failure with a reason.
-    #[cold]
-    pub fn fail(reason: impl fmt::Display) -> Self {
-        Self::Fail(reason.to_string())
-    }
-
-    /// The reason.
-    pub fn reason(&self) -> &str {
-        match self {
-            Self::Reject(r) | Self::Fail(r) => r,
-        }
-    }
-
-    /// Whether the bus may retry it.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Fail(_))
-    }
-}
-
-/// Invalid data will not become valid on a retry: a payload error rejects.
-impl From<PayloadError> for HandlerError {
-    fn from(e: PayloadError) -> Self {
-        Self::Reject(e.to_string())
-    }
-}
-
-/// A bus error (a broker gone, no handler yet) may pass: it fails, and is retried.
-impl From<BusError> for HandlerError {
-    fn from(e: BusError) -> Self {
-        Self::Fail(e.to_string())
-    }
-}
-
-/// What a handler gets besides its message: the message's metadata and the bus.
-#[derive(Clone, Debug)]
-pub struct HandlerContext {
-    bus: Bus,
-    message: Message,
-    handler: Arc<str>,
-    attempt: u32,
-}
-
-impl HandlerContext {
-    pub(crate) fn new(bus: Bus, message: Message, handler: Arc<str>, attempt: u32) -> Self {
-        Self {
-            bus,
-            message,
-            handler,
-            attempt,
-        }
-    }
-
-    /// The metadata of the message being handled.
-    pub fn metadata(&self) -> &Metadata {
-        self.message.metadata()
-    }
-
-    /// The message being handled.
-    pub fn message(&self) -> &Message {
-        &self.message
-    }
-
-    /// The handler's name (its binding name in the schema).
-    pub fn handler(&self) -> &str {
-        &self.handler
-    }
-
-    /// Which run of the handler this is, from 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The bus the message came from.
-    pub fn bus(&self) -> &Bus {
-        &self.bus
-    }
-
-    /// Metadata for a message caused by the one being handled.
-    pub fn derived_metadata(&self) -> Metadata {
-        Metadata::derive(self.message.metadata(), self.message.id())
-    }
-
-    /// Publishes an event caused by the message being handled: its correlation id and
-    /// causation id are set from that message (actor, source and time are kept).
-    pub async fn publish<D: EventPayload>(
-        &self,
-        mut event: Event<D>,
-    ) -> Result<EventEnvelope, BusError> {
-        let parent = self.message.metadata();
-        event
-            .metadata
-            .correlation_id
-            .clone_from(&parent.correlation_id);
-        event.metadata.causation_id = Some(self.message.id().to_owned());
-        self.bus.publish(EventEnvelope::wrap(event)).await
-    }
-}
-
-/// The events a binding can receive: one event type (`Event<D>`), or a generated enum
-/// with a variant per event (and `Other(RawEvent)` for wildcard bindings).
-pub trait EventSet: Sized + Send + 'static {
-    /// The topic patterns to bind (exact topics or AMQP wildcards).
-    const PATTERNS: &'static [&'static str];
-
-    /// Reads the typed value out of a message. An unknown type is
-    /// [`PayloadError::WrongType`]; the bus dead-letters it.
-    fn from_message(message: &Message) -> Result<Self, PayloadError>;
-}
-
-impl<D: EventPayload> EventSet for Event<D> {
-    const PATTERNS: &'static [&'static str] = &[D::TOPIC];
-
-    fn from_message(message: &Message) -> Result<Self, PayloadError> {
-        message.event()
-    }
-}
+use super::HandlerContext;
+use crate::handler::{DeadLetter, EventSet, HandlerError};
+use crate::message::{Command, CommandPayload, DEFAULT_MAX_RETRIES, Message, PayloadError};
 
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send>>;
 
@@ -384,54 +243,5 @@ impl Subscription {
             Target::Events { patterns } => patterns.iter().any(|p| crate::topic::matches(p, topic)),
             Target::DeadLetters => topic == crate::topic::DEAD_LETTER,
         }
-    }
-}
-
-/// A message that a handler could not process: rejected, undecodable, or failed on
-/// every allowed attempt.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    pub(crate) message: Message,
-    pub(crate) topic: String,
-    pub(crate) handler: String,
-    pub(crate) reason: String,
-    pub(crate) attempts: u32,
-    pub(crate) dead_at: DateTime<Utc>,
-}
-
-impl DeadLetter {
-    /// The original message's topic.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// The handler that gave up.
-    pub fn handler(&self) -> &str {
-        &self.handler
-    }
-
-    /// The last failure or the rejection reason.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-
-    /// How many times the handler ran.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// The original message.
-    pub fn message(&self) -> &Message {
-        &self.message
-    }
-
-    /// The original message's id.
-    pub fn message_id(&self) -> &str {
-        self.message.id()
-    }
-
-    /// When it was dead-lettered.
-    pub fn dead_at(&self) -> DateTime<Utc> {
-        self.dead_at
     }
 }

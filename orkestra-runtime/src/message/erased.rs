@@ -1,4 +1,5 @@
-//! [`Message`]: a command or event with its payload type erased, as buses carry it.
+//! [`Message`]: a command or event with its payload type erased, as buses carry it;
+//! [`RawCommand`] and [`RawEvent`], the JSON forms a broker or store delivers.
 //!
 //! On the in-process path the typed value is kept behind an `Arc` and handed back by
 //! downcast, so nothing is serialized. A message that arrived as JSON (from a broker or a
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::message::{Command, Event, Metadata, RawEvent};
-use crate::payload::{CommandPayload, EventPayload, PayloadError};
-use crate::trace::TraceContext;
+use super::command::Command;
+use super::event::Event;
+use super::metadata::{Metadata, TraceContext};
+use super::payload::{CommandPayload, EventPayload, PayloadError};
 
 /// Whether a message is a command or an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -23,6 +25,48 @@ pub enum MessageKind {
     Command,
     /// An event.
     Event,
+}
+
+/// An event whose data is kept as JSON: what a wildcard handler receives for an event
+/// type it does not know, and what buses and stores carry on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawEvent {
+    /// The event id.
+    pub id: String,
+    /// The event type name (for generated events `Namespace.EventName`).
+    pub event_type: String,
+    /// The schema version of the data.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// The topic it was published on.
+    pub topic: String,
+    /// The data as JSON.
+    pub data: Value,
+    /// Context of the event.
+    pub metadata: Metadata,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+impl RawEvent {
+    /// Decodes the data into a typed event, checking it against the schema.
+    ///
+    /// Fails with [`PayloadError::WrongType`] when the event type differs from `D`'s.
+    pub fn decode<D: EventPayload>(&self) -> Result<Event<D>, PayloadError> {
+        if self.event_type != D::TYPE_NAME {
+            return Err(PayloadError::WrongType {
+                expected: D::TYPE_NAME,
+                found: self.event_type.clone(),
+            });
+        }
+        Ok(Event {
+            id: self.id.clone(),
+            data: D::from_json(self.data.clone())?,
+            metadata: self.metadata.clone(),
+        })
+    }
 }
 
 /// A command whose params are kept as JSON (what a broker delivers).
@@ -193,7 +237,10 @@ impl Message {
 
     /// Records the trace context the message was produced in, unless it has one.
     /// Copies the value only when the message is shared.
-    pub fn set_trace_context_if_absent(&mut self, context: impl FnOnce() -> Option<TraceContext>) {
+    pub(crate) fn set_trace_context_if_absent(
+        &mut self,
+        context: impl FnOnce() -> Option<TraceContext>,
+    ) {
         if self.metadata().trace_context.is_some() {
             return;
         }

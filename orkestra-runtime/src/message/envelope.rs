@@ -10,9 +10,10 @@
 
 use serde_json::Value;
 
-use crate::any_message::Message;
-use crate::message::{Command, Event};
-use crate::payload::{CommandPayload, EventPayload};
+use super::command::Command;
+use super::erased::Message;
+use super::event::Event;
+use super::payload::{CommandPayload, EventPayload};
 
 /// The retry limit used when neither the envelope nor the handler binding sets one.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;

@@ -1,0 +1,99 @@
+//! [`StoreError`].
+
+use super::ExpectedVersion;
+use crate::bus::BusError;
+use crate::config::ConfigError;
+use crate::message::PayloadError;
+
+/// Why a store operation failed. URLs and passwords never appear in these messages.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was written.
+    #[error("stream {stream:?}: expected {expected}, but {}", match .actual { Some(v) => format!("its last version is {v}"), None => "it does not exist".to_owned() })]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's last version (None: no stream).
+        actual: Option<u64>,
+    },
+    /// An event id already stored elsewhere (another stream or place).
+    #[error("event {id} is already stored in stream {stream:?} at version {version}")]
+    DuplicateEvent {
+        /// The event id.
+        id: String,
+        /// Where it is.
+        stream: String,
+        /// Its version there.
+        version: u64,
+    },
+    /// An event larger than the store accepts; nothing was written.
+    #[error("event {id} is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// The event id.
+        id: String,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request itself is invalid (an empty stream name, an empty append).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A stored event could not be decoded into the requested type.
+    #[error("event at position {position}: {source}")]
+    Decode {
+        /// Its position.
+        position: u64,
+        /// Why.
+        source: PayloadError,
+    },
+    /// A stored row is not an Orkestra event (foreign or corrupted data).
+    #[error("corrupt or foreign record at {location}: {message}")]
+    Corrupt {
+        /// Where (a position or row id).
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+    /// The database cannot be reached or opened.
+    #[error("{adapter} store unavailable ({setting}): {message}")]
+    Unavailable {
+        /// The adapter.
+        adapter: &'static str,
+        /// The setting that pointed at it (`store.url`).
+        setting: &'static str,
+        /// Why, with secrets hidden.
+        message: String,
+    },
+    /// The database failed.
+    #[error("{adapter} store: {message}")]
+    Backend {
+        /// The adapter.
+        adapter: &'static str,
+        /// What failed, with secrets hidden.
+        message: String,
+    },
+    /// The configured adapter is not part of this build.
+    #[error(
+        "store.adapter = {adapter:?}: this build of orkestra-runtime lacks the `{feature}` feature"
+    )]
+    AdapterUnavailable {
+        /// The adapter.
+        adapter: &'static str,
+        /// The cargo feature that builds it.
+        feature: &'static str,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Publishing after an append failed; the events are stored (at-least-once: retry
+    /// the publish, handlers must tolerate a repeat).
+    #[error("events stored, but publishing failed: {0}")]
+    Publish(#[from] BusError),
+}

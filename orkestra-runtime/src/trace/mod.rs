@@ -1,0 +1,28 @@
+//! Tracing: the spans every bus emits, and W3C trace-context propagation.
+//!
+//! Spans go through the `tracing` crate with OpenTelemetry field names, so an
+//! application that installs `tracing-opentelemetry` receives them as OpenTelemetry spans
+//! (`otel.kind`, `otel.status_code`, messaging semantic conventions). With no subscriber
+//! installed a span costs one relaxed atomic load.
+//!
+//! | span | parent | when |
+//! | --- | --- | --- |
+//! | `orkestra.command.dispatch` | the caller's span | `Bus::dispatch` |
+//! | `orkestra.command.handle` | dispatch (or retry) | each run of the command handler |
+//! | `orkestra.event.publish` | the caller's span (a handler's span inside a handler) | `Bus::publish` |
+//! | `orkestra.event.handle` | publish (or retry) | each run of each event handler |
+//! | `orkestra.retry` | dispatch or publish | each retry, with `orkestra.retry.attempt` |
+//!
+//! Handle spans also carry `correlation_id`, `causation_id`, `actor_id`, `trace_id` and
+//! `span_id` as plain fields, so every log line written inside a handler has them (for
+//! example as span fields in tracing-subscriber's JSON output).
+
+mod context;
+mod sampling;
+mod spans;
+
+pub use crate::message::TraceContext;
+pub use context::{TRACEPARENT, TRACESTATE, extract, inject};
+pub(crate) use sampling::should_trace;
+pub use sampling::{sampling_ratio, set_sampling_ratio};
+pub(crate) use spans::{begin, dispatch_span, handle_span, publish_span, record_error, retry_span};
