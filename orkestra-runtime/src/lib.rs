@@ -50,6 +50,7 @@
 // Layer 0: settings and error causes.
 pub mod config;
 mod error;
+mod sync;
 // Layer 1: what travels.
 mod message;
 // Layer 2: trace context, sampling, spans.

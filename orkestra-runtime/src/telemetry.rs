@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::{Status, TracerProvider as _};
 use opentelemetry_sdk::Resource;
@@ -267,10 +267,7 @@ impl TraceTree {
 
     /// The spans collected so far.
     pub fn spans(&self) -> Vec<SpanData> {
-        self.spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.spans).clone()
     }
 
     /// Every trace collected so far, one indented line per span, children in start order:
@@ -341,10 +338,7 @@ fn render_span(
 
 impl SpanExporter for TraceTree {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(batch);
+        crate::sync::lock(&self.spans).extend(batch);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! Each snapshot memoises which event subscriptions match a topic.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
@@ -19,6 +19,7 @@ use super::{Input, Subscription, Target};
 use crate::handler::DeadLetter;
 use crate::message::{CommandEnvelope, EventEnvelope};
 use crate::message::{Message, MessageKind};
+use crate::sync::{lock, read, write};
 use crate::trace;
 
 /// `messaging.system` of the in-process bus's spans.
@@ -311,18 +312,4 @@ impl InProcess {
             run_dead_letter_handler(bus, handler, &letter, SYSTEM, COMPONENT).await;
         }
     }
-}
-
-// Handlers run outside these locks, so a poisoned lock only means a panic elsewhere
-// while the data was consistent; keep going rather than spread the panic.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    lock.lock().unwrap_or_else(PoisonError::into_inner)
 }

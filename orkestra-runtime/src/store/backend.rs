@@ -47,6 +47,33 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// An event id of an append that is already stored, and where.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredId {
+    pub(crate) id: String,
+    pub(crate) stream: String,
+    pub(crate) version: u64,
+    pub(crate) position: u64,
+}
+
+/// The version the next event of a stream whose last version is `current` gets, or an
+/// error when `u64` has no room left (no adapter can store 2^64 events in one stream;
+/// this guards a corrupt or hostile version number).
+pub(crate) fn next_version(stream: &str, current: Option<u64>) -> Result<u64, StoreError> {
+    match current {
+        None => Ok(0),
+        Some(v) => v.checked_add(1).ok_or_else(|| {
+            StoreError::Invalid(format!("stream {stream:?} is at the largest version {v}"))
+        }),
+    }
+}
+
+/// A count or position for a SQL parameter: SQLite and PostgreSQL integers are `i64`, so
+/// anything above `i64::MAX` saturates (no stored value can be that large).
+pub(crate) fn sql_int(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
 /// Checks an append against the stream's current last version and the ids already
 /// stored, for adapters that hold both in hand. Returns `Some(result)` when the append
 /// is an idempotent repeat (every id already stored, in order, right after the expected
@@ -56,44 +83,47 @@ pub(crate) fn check_append(
     expected: ExpectedVersion,
     current: Option<u64>,
     events: &[Encoded],
-    stored: &[(String, String, u64, u64)], // (id, stream, version, position) of ids already stored
+    stored: &[StoredId],
 ) -> Result<Option<AppendResult>, StoreError> {
     if !stored.is_empty() {
         let first_version = match expected {
             ExpectedVersion::NoStream => Some(0),
-            ExpectedVersion::Exact(v) => Some(v + 1),
+            // `Exact(u64::MAX)`: no version can follow it, so nothing can match.
+            ExpectedVersion::Exact(v) => Some(v.checked_add(1).ok_or_else(|| {
+                StoreError::Invalid(format!("expected version {v} leaves no room for an event"))
+            })?),
             _ => None,
         };
-        let find = |id: &str| stored.iter().find(|(i, ..)| i == id);
+        let find = |id: &str| stored.iter().find(|s| s.id == id);
+        let at = |first: u64, i: usize| first.checked_add(i as u64);
         let all_here = events
             .iter()
             .enumerate()
             .all(|(i, e)| match find(&e.event.id) {
-                Some((_, s, version, _)) => {
-                    s == stream
+                Some(s) => {
+                    s.stream == stream
                         && match first_version {
-                            Some(first) => *version == first + i as u64,
+                            Some(first) => Some(s.version) == at(first, i),
                             None => find(&events[0].event.id)
-                                .is_some_and(|(_, _, v0, _)| *version == v0 + i as u64),
+                                .is_some_and(|s0| Some(s.version) == at(s0.version, i)),
                         }
                 }
                 None => false,
             });
         if all_here {
-            let (_, _, version, position) = find(&events[events.len() - 1].event.id)
-                .cloned()
-                .unwrap_or_default();
-            return Ok(Some(AppendResult {
-                last_version: version,
-                last_position: position,
-                written: false,
-            }));
+            if let Some(last) = events.last().and_then(|e| find(&e.event.id)) {
+                return Ok(Some(AppendResult {
+                    last_version: last.version,
+                    last_position: last.position,
+                    written: false,
+                }));
+            }
         }
-        if let Some((id, s, version, _)) = stored.first() {
+        if let Some(s) = stored.first() {
             return Err(StoreError::DuplicateEvent {
-                id: id.clone(),
-                stream: s.clone(),
-                version: *version,
+                id: s.id.clone(),
+                stream: s.stream.clone(),
+                version: s.version,
             });
         }
     }

@@ -1,6 +1,9 @@
 //! [`StoreError`].
 
+use std::fmt;
+
 use super::ExpectedVersion;
+use crate::DriverError;
 use crate::bus::BusError;
 use crate::config::ConfigError;
 use crate::message::PayloadError;
@@ -70,14 +73,17 @@ pub enum StoreError {
         setting: &'static str,
         /// Why, with secrets hidden.
         message: String,
+        /// The driver's error, when there was one.
+        #[source]
+        source: Option<DriverError>,
     },
     /// The database failed.
-    #[error("{adapter} store: {message}")]
+    #[error("{adapter} store: {source}")]
     Backend {
         /// The adapter.
         adapter: &'static str,
-        /// What failed, with secrets hidden.
-        message: String,
+        /// The driver's error (its text with secrets hidden).
+        source: DriverError,
     },
     /// The configured adapter is not part of this build.
     #[error(
@@ -96,4 +102,38 @@ pub enum StoreError {
     /// the publish, handlers must tolerate a repeat).
     #[error("events stored, but publishing failed: {0}")]
     Publish(#[from] BusError),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// A driver error during an operation.
+    #[cold]
+    pub(crate) fn backend(adapter: &'static str, error: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            adapter,
+            source: DriverError::new(error),
+        }
+    }
+
+    /// The store at `store.url` cannot be opened or reached: `context` says what was
+    /// tried (never a password: pass a [`SecretUrl`](crate::SecretUrl) or a path).
+    #[cold]
+    pub(crate) fn unavailable(
+        adapter: &'static str,
+        context: impl fmt::Display,
+        error: Option<BoxError>,
+    ) -> Self {
+        let source = error.map(DriverError::new);
+        let message = match &source {
+            Some(source) => format!("{context}: {source}"),
+            None => context.to_string(),
+        };
+        Self::Unavailable {
+            adapter,
+            setting: "store.url",
+            message,
+            source,
+        }
+    }
 }

@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 use futures_util::future::BoxFuture;
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, CurrentRevision, Position, ReadAllOptions,
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 
 use super::Encoded;
 use super::{AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError};
-use crate::config::{SecretUrl, redact};
+use crate::config::SecretUrl;
 use crate::message::Metadata;
 
 const ADAPTER: &str = "eventstoredb";
@@ -54,35 +56,32 @@ impl Drop for EsdbStore {
     }
 }
 
-fn backend_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        adapter: ADAPTER,
-        message: redact(&e.to_string()),
-    }
+#[cold]
+fn backend_error(e: kurrentdb::Error) -> StoreError {
+    StoreError::backend(ADAPTER, e)
 }
 
 impl EsdbStore {
     pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
-        let unavailable = |message: String| StoreError::Unavailable {
-            adapter: ADAPTER,
-            setting: "store.url",
-            message,
-        };
-        let settings: ClientSettings =
-            url.expose()
-                .parse()
-                .map_err(|e: kurrentdb::ClientSettingsParseError| {
-                    unavailable(format!("{url}: {}", redact(&e.to_string())))
-                })?;
-        let client = Client::new(settings)
-            .map_err(|e| unavailable(format!("{url}: {}", redact(&e.to_string()))))?;
+        let unavailable = |e: Option<BoxError>| StoreError::unavailable(ADAPTER, url, e);
+        let settings: ClientSettings = url
+            .expose()
+            .parse()
+            .map_err(|e: kurrentdb::ClientSettingsParseError| unavailable(Some(e.into())))?;
+        let client = Client::new(settings).map_err(|e| unavailable(Some(e.into())))?;
         // The client connects lazily: probe once so a wrong address fails here.
         let probe_options = ReadAllOptions::default().max_count(1);
         let probe = client.read_all(&probe_options);
         match tokio::time::timeout(Duration::from_secs(10), probe).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(unavailable(format!("{url}: {}", redact(&e.to_string())))),
-            Err(_) => return Err(unavailable(format!("{url}: no answer within 10 s"))),
+            Ok(Err(e)) => return Err(unavailable(Some(e.into()))),
+            Err(_) => {
+                return Err(StoreError::unavailable(
+                    ADAPTER,
+                    format_args!("{url}: no answer within 10 s"),
+                    None,
+                ));
+            }
         }
         let changes = watch::Sender::new(0);
         let watcher = tokio::spawn(watch_all(client.clone(), changes.clone()));
@@ -156,7 +155,8 @@ async fn collect(
     max: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut out = Vec::new();
-    loop {
+    // Checked before reading, so `max = 0` returns nothing even when called directly.
+    while out.len() < max {
         match read.next().await {
             Ok(Some(resolved)) => {
                 let event = resolved.get_original_event();
@@ -167,15 +167,12 @@ async fn collect(
                     continue;
                 }
                 out.push(from_esdb(event)?);
-                if out.len() >= max {
-                    return Ok(out);
-                }
             }
-            Ok(None) => return Ok(out),
-            Err(kurrentdb::Error::ResourceNotFound) => return Ok(out),
+            Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => break,
             Err(e) => return Err(backend_error(e)),
         }
     }
+    Ok(out)
 }
 
 impl Backend for EsdbStore {

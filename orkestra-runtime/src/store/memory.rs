@@ -1,14 +1,15 @@
 //! The in-memory store: a log and a per-stream index behind one mutex.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, check_append,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, StoredId,
+    check_append, next_version,
 };
 
 #[derive(Debug, Default)]
@@ -38,16 +39,21 @@ impl MemoryStore {
         expected: ExpectedVersion,
         events: Vec<Encoded>,
     ) -> Result<AppendResult, StoreError> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = crate::sync::lock(&self.state);
         let current = state
             .streams
             .get(stream)
             .and_then(|v| v.len().checked_sub(1))
             .map(|v| v as u64);
-        let stored: Vec<(String, String, u64, u64)> = events
+        let stored: Vec<StoredId> = events
             .iter()
             .filter_map(|e| state.ids.get(&e.event.id).map(|&i| &state.log[i]))
-            .map(|r| (r.id.clone(), r.stream.to_string(), r.version, r.position))
+            .map(|r| StoredId {
+                id: r.id.clone(),
+                stream: r.stream.to_string(),
+                version: r.version,
+                position: r.position,
+            })
             .collect();
         if let Some(done) = check_append(stream, expected, current, &events, &stored)? {
             return Ok(done);
@@ -58,7 +64,7 @@ impl MemoryStore {
             last_position: 0,
             written: true,
         };
-        for (version, e) in (current.map_or(0, |v| v + 1)..).zip(events) {
+        for (version, e) in (next_version(stream, current)?..).zip(events) {
             let position = state.log.len() as u64;
             let index = state.log.len();
             state.ids.insert(e.event.id.clone(), index);
@@ -113,7 +119,7 @@ impl Backend for MemoryStore {
         max: usize,
         direction: Direction,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = crate::sync::lock(&self.state);
         let indices = state
             .streams
             .get(stream)
@@ -145,7 +151,7 @@ impl Backend for MemoryStore {
         from_position: u64,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = crate::sync::lock(&self.state);
         let start = usize::try_from(from_position)
             .unwrap_or(usize::MAX)
             .min(state.log.len());

@@ -28,7 +28,7 @@ mod subscription;
 use std::fmt;
 use std::sync::Arc;
 
-pub(crate) use backend::{Backend, Direction, check_append};
+pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_version, sql_int};
 pub use error::StoreError;
 pub(crate) use event::Encoded;
 pub use event::{AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersion, RecordedEvent};
@@ -171,6 +171,9 @@ impl Store {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         self.backend
             .read_stream(stream, from_version, max, Direction::Forwards)
             .await
@@ -184,6 +187,9 @@ impl Store {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         self.backend
             .read_stream(stream, from_version, max, Direction::Backwards)
             .await
@@ -195,6 +201,9 @@ impl Store {
         from_position: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         self.backend.read_all(from_position, max).await
     }
 }
@@ -204,9 +213,5 @@ impl Store {
     allow(dead_code)
 )]
 fn missing_url(adapter: &'static str) -> StoreError {
-    StoreError::Unavailable {
-        adapter,
-        setting: "store.url",
-        message: "no URL configured".into(),
-    }
+    StoreError::unavailable(adapter, "no URL configured", None)
 }

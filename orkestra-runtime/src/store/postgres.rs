@@ -29,9 +29,10 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, check_append,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, StoredId,
+    check_append, sql_int,
 };
-use crate::config::{SecretUrl, redact};
+use crate::config::SecretUrl;
 
 const ADAPTER: &str = "postgres";
 const CHANNEL: &str = "orkestra_events";
@@ -139,31 +140,29 @@ async fn notifier(pool: Pool, wake: Arc<Notify>) {
     }
 }
 
-fn backend_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        adapter: ADAPTER,
-        message: redact(&e.to_string()),
-    }
+#[cold]
+fn backend_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::backend(ADAPTER, e)
 }
 
-fn unavailable(url: &SecretUrl, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        adapter: ADAPTER,
-        setting: "store.url",
-        message: format!("{url}: {}", redact(&e.to_string())),
-    }
+#[cold]
+fn unavailable(
+    url: &SecretUrl,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> StoreError {
+    StoreError::unavailable(ADAPTER, url, Some(e.into()))
 }
 
 impl PostgresStore {
     pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config =
-            url.expose()
-                .parse()
-                .map_err(|e: tokio_postgres::Error| StoreError::Unavailable {
-                    adapter: ADAPTER,
-                    setting: "store.url",
-                    message: format!("{url} is not a PostgreSQL URL: {}", redact(&e.to_string())),
-                })?;
+            url.expose().parse().map_err(|e: tokio_postgres::Error| {
+                StoreError::unavailable(
+                    ADAPTER,
+                    format_args!("{url} is not a PostgreSQL URL"),
+                    Some(e.into()),
+                )
+            })?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -212,7 +211,7 @@ impl PostgresStore {
             ExpectedVersion::Any => -1,
             ExpectedVersion::NoStream => -2,
             ExpectedVersion::StreamExists => -3,
-            ExpectedVersion::Exact(v) => clamp(v),
+            ExpectedVersion::Exact(v) => sql_int(v),
         };
         let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
@@ -249,20 +248,18 @@ impl PostgresStore {
                 written: true,
             }));
         }
-        let stored: Vec<(String, String, u64, u64)> = client
+        let stored: Vec<StoredId> = client
             .query(
                 "SELECT id, stream, version, position FROM orkestra_events WHERE id = ANY($1)",
                 &[&ids],
             )
             .await?
             .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, i64>(2) as u64,
-                    r.get::<_, i64>(3) as u64,
-                )
+            .map(|r| StoredId {
+                id: r.get(0),
+                stream: r.get(1),
+                version: r.get::<_, i64>(2) as u64,
+                position: r.get::<_, i64>(3) as u64,
             })
             .collect();
         Ok(
@@ -353,10 +350,6 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 impl Backend for PostgresStore {
     fn name(&self) -> &'static str {
         ADAPTER
@@ -416,9 +409,9 @@ impl Backend for PostgresStore {
                     "SELECT {COLUMNS} FROM orkestra_events WHERE stream = $1 AND version <= $2 ORDER BY version DESC LIMIT $3"
                 ),
             };
-            let limit = clamp(max as u64);
+            let limit = sql_int(max as u64);
             let rows = client
-                .query(&sql, &[&stream, &clamp(from_version), &limit])
+                .query(&sql, &[&stream, &sql_int(from_version), &limit])
                 .await
                 .map_err(backend_error)?;
             rows.iter().map(row_to_event).collect()
@@ -439,7 +432,7 @@ impl Backend for PostgresStore {
                          WHERE position >= $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
                          ORDER BY position ASC LIMIT $2"
                     ),
-                    &[&clamp(from_position), &clamp(max as u64)],
+                    &[&sql_int(from_position), &sql_int(max as u64)],
                 )
                 .await
                 .map_err(backend_error)?;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, params};
@@ -15,7 +15,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, check_append,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, StoredId,
+    check_append, next_version, sql_int,
 };
 
 const ADAPTER: &str = "sqlite";
@@ -63,26 +64,24 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn backend_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend {
-        adapter: ADAPTER,
-        message: e.to_string(),
-    }
+#[cold]
+fn backend_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::backend(ADAPTER, e)
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
-        adapter: ADAPTER,
-        setting: "store.url",
-        message: format!("cannot open {}: {e}", path.display()),
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::unavailable(
+            ADAPTER,
+            format_args!("cannot open {}", path.display()),
+            Some(e.into()),
+        )
     })?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA temp_store=MEMORY;",
     )
-    .map_err(|e| StoreError::Unavailable {
-        adapter: ADAPTER,
-        setting: "store.url",
-        message: format!("{} is not a usable SQLite database: {e}", path.display()),
+    .map_err(|e| {
+        StoreError::unavailable(ADAPTER, format_args!("{} is not a usable SQLite database", path.display()), Some(e.into()))
     })?;
     Ok(conn)
 }
@@ -92,19 +91,22 @@ impl SqliteStore {
         let path = path.to_owned();
         let (conn, path) = tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
-                    adapter: ADAPTER,
-                    setting: "store.url",
-                    message: format!("cannot create {}: {e}", dir.display()),
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::unavailable(
+                        ADAPTER,
+                        format_args!("cannot create {}", dir.display()),
+                        Some(e.into()),
+                    )
                 })?;
             }
             let conn = open_connection(&path)?;
-            conn.execute_batch(SCHEMA)
-                .map_err(|e| StoreError::Unavailable {
-                    adapter: ADAPTER,
-                    setting: "store.url",
-                    message: format!("cannot create the schema in {}: {e}", path.display()),
-                })?;
+            conn.execute_batch(SCHEMA).map_err(|e| {
+                StoreError::unavailable(
+                    ADAPTER,
+                    format_args!("cannot create the schema in {}", path.display()),
+                    Some(e.into()),
+                )
+            })?;
             Ok::<_, StoreError>((conn, path))
         })
         .await
@@ -129,11 +131,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let conn = crate::sync::lock(&self.readers).pop();
         let path = self.path.clone();
         let (result, conn) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
@@ -145,10 +143,7 @@ impl SqliteStore {
         })
         .await
         .map_err(backend_error)??;
-        self.readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
+        crate::sync::lock(&self.readers).push(conn);
         result
     }
 }
@@ -184,7 +179,12 @@ fn commit_group(
 ) -> Vec<Result<AppendResult, StoreError>> {
     let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return group.iter().map(|_| Err(backend_error(&e))).collect(),
+        Err(e) => {
+            return group
+                .iter()
+                .map(|_| Err(backend_error(e.to_string())))
+                .collect();
+        }
     };
     if let [request] = group {
         // Alone in its transaction: no savepoint needed (a refusal rolls back everything,
@@ -208,7 +208,10 @@ fn commit_group(
     }
     match tx.commit() {
         Ok(()) => results,
-        Err(e) => group.iter().map(|_| Err(backend_error(&e))).collect(),
+        Err(e) => group
+            .iter()
+            .map(|_| Err(backend_error(e.to_string())))
+            .collect(),
     }
 }
 
@@ -242,12 +245,12 @@ fn append_one(
         .map_err(backend_error)?;
     let stored = find
         .query_map([&ids], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, i64>(3)? as u64,
-            ))
+            Ok(StoredId {
+                id: r.get(0)?,
+                stream: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+                position: r.get::<_, i64>(3)? as u64,
+            })
         })
         .map_err(backend_error)?
         .collect::<Result<Vec<_>, _>>()
@@ -267,7 +270,7 @@ fn append_one(
         last_position: 0,
         written: true,
     };
-    for (version, e) in (current.map_or(0, |v| v + 1)..).zip(events) {
+    for (version, e) in (next_version(stream, current)?..).zip(events) {
         insert
             .execute(params![
                 stream,
@@ -370,14 +373,6 @@ fn query(
     Ok(out)
 }
 
-fn limit(max: usize) -> i64 {
-    i64::try_from(max).unwrap_or(i64::MAX)
-}
-
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 impl Backend for SqliteStore {
     fn name(&self) -> &'static str {
         ADAPTER
@@ -397,9 +392,7 @@ impl Backend for SqliteStore {
                 events,
                 reply,
             };
-            self.writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            crate::sync::lock(&self.writer)
                 .send(request)
                 .map_err(|_| backend_error("the writer thread has stopped"))?;
             rx.await
@@ -419,13 +412,13 @@ impl Backend for SqliteStore {
             Direction::Forwards => query(
                 conn,
                 &format!("SELECT {COLUMNS} FROM orkestra_events WHERE stream = ?1 AND version >= ?2 ORDER BY version ASC LIMIT ?3"),
-                &[&stream, &clamp(from_version), &limit(max)],
+                &[&stream, &sql_int(from_version), &sql_int(max)],
                 max,
             ),
             Direction::Backwards => query(
                 conn,
                 &format!("SELECT {COLUMNS} FROM orkestra_events WHERE stream = ?1 AND version <= ?2 ORDER BY version DESC LIMIT ?3"),
-                &[&stream, &clamp(from_version), &limit(max)],
+                &[&stream, &sql_int(from_version), &sql_int(max)],
                 max,
             ),
         }))
@@ -440,7 +433,7 @@ impl Backend for SqliteStore {
             query(
                 conn,
                 &format!("SELECT {COLUMNS} FROM orkestra_events WHERE position >= ?1 ORDER BY position ASC LIMIT ?2"),
-                &[&clamp(from_position), &limit(max)],
+                &[&sql_int(from_position), &sql_int(max)],
                 max,
             )
         }))

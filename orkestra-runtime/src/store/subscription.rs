@@ -3,10 +3,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
+use tokio::sync::watch;
 
-use super::{RecordedEvent, Store, StoreError};
+use super::{Backend, RecordedEvent, Store, StoreError};
 
 /// A live subscription to every event: catch-up from a position, then new events as
 /// they commit, in position order, with no gap and no repeat.
@@ -39,56 +42,65 @@ impl Store {
     /// Resume after a restart from the last position handled plus one.
     pub async fn subscribe_all(&self, from_position: u64) -> Result<AllSubscription, StoreError> {
         let backend = self.backend.clone();
-        let changes = backend.changes();
-        let poll = backend.poll_interval();
-        let state = (
+        let cursor = Cursor {
+            changes: backend.changes(),
+            poll: backend.poll_interval(),
             backend,
-            changes,
-            poll,
-            from_position,
-            VecDeque::new(),
-            false,
-        );
-        let stream = futures_util::stream::unfold(
-            state,
-            |(backend, mut changes, poll, mut next, mut buffer, failed)| async move {
-                if failed {
-                    return None;
-                }
-                loop {
-                    if let Some(event) = buffer.pop_front() {
-                        return Some((Ok(event), (backend, changes, poll, next, buffer, false)));
-                    }
-                    // Mark the current change as seen before reading, so a commit that lands
-                    // after the read still wakes us.
-                    changes.borrow_and_update();
-                    match backend.read_all(next, SUBSCRIPTION_BATCH).await {
-                        Ok(batch) if !batch.is_empty() => {
-                            next = batch.last().map_or(next, |e| e.position + 1);
-                            buffer.extend(batch);
-                        }
-                        Ok(_) => {
-                            let changed = changes.changed();
-                            match poll {
-                                Some(interval) => {
-                                    let _ = tokio::time::timeout(interval, changed).await;
-                                }
-                                None => {
-                                    if changed.await.is_err() {
-                                        return None;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            return Some((Err(e), (backend, changes, poll, next, buffer, true)));
-                        }
-                    }
-                }
-            },
-        );
+            next: from_position,
+            buffer: VecDeque::new(),
+        };
+        let stream = futures_util::stream::unfold(Some(cursor), |cursor| async move {
+            let mut cursor = cursor?;
+            match cursor.next_event().await {
+                Some(Ok(event)) => Some((Ok(event), Some(cursor))),
+                // An error ends the subscription after it is delivered.
+                Some(Err(e)) => Some((Err(e), None)),
+                None => None,
+            }
+        });
         Ok(AllSubscription {
             inner: Box::pin(stream),
         })
+    }
+}
+
+/// Where a subscription is: the next position to read, what it read ahead, and how it
+/// learns of new commits.
+struct Cursor {
+    backend: Arc<dyn Backend>,
+    changes: watch::Receiver<u64>,
+    poll: Option<Duration>,
+    next: u64,
+    buffer: VecDeque<RecordedEvent>,
+}
+
+impl Cursor {
+    /// The next event in position order, waiting for one to commit if need be; `None`
+    /// once the store is gone.
+    async fn next_event(&mut self) -> Option<Result<RecordedEvent, StoreError>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(event));
+            }
+            // Mark the current change as seen before reading, so a commit that lands
+            // after the read still wakes us.
+            self.changes.borrow_and_update();
+            match self.backend.read_all(self.next, SUBSCRIPTION_BATCH).await {
+                Ok(batch) if !batch.is_empty() => {
+                    self.next = batch.last().map_or(self.next, |e| e.position + 1);
+                    self.buffer.extend(batch);
+                }
+                Ok(_) => {
+                    let changed = self.changes.changed();
+                    match self.poll {
+                        Some(interval) => {
+                            let _ = tokio::time::timeout(interval, changed).await;
+                        }
+                        None => changed.await.ok()?,
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }

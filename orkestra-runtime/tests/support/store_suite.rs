@@ -458,6 +458,67 @@ pub async fn bad_appends_are_refused(store: Store) {
     ));
 }
 
+/// Versions and counts at the edge of `u64` are errors or empty answers, never a panic
+/// or a wrapped number.
+pub async fn extreme_versions_and_counts_are_values(store: Store) {
+    let stream = unique("edge");
+    let first = placed("o1", 1);
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![first.clone()])
+        .await
+        .unwrap();
+    // A stale Exact far beyond the stream: refused, nothing written.
+    let err = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(u64::MAX),
+            vec![placed("o2", 2)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::WrongExpectedVersion { .. } | StoreError::Invalid(_)
+        ),
+        "{err:?}"
+    );
+    // The same id again with an Exact that leaves no room for a next version.
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(u64::MAX), vec![first])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::WrongExpectedVersion { .. }
+                | StoreError::Invalid(_)
+                | StoreError::DuplicateEvent { .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.read_stream(&stream, 0, 10).await.unwrap().len(), 1);
+    // max = 0 reads nothing, whatever is stored.
+    assert!(store.read_stream(&stream, 0, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_stream_backwards(&stream, u64::MAX, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.read_all(0, 0).await.unwrap().is_empty());
+    // Reads from beyond any stored version or position are empty.
+    assert!(
+        store
+            .read_stream(&stream, u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.read_all(u64::MAX, 10).await.unwrap().is_empty());
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($make_store:expr) => {
@@ -486,6 +547,7 @@ macro_rules! store_suite {
             case!(read_backwards);
             case!(decoding_checks_the_type);
             case!(bad_appends_are_refused);
+            case!(extreme_versions_and_counts_are_values);
         }
     };
 }
