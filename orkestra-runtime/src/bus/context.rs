@@ -54,18 +54,20 @@ impl HandlerContext {
         Metadata::derive(self.message.metadata(), self.message.id())
     }
 
-    /// Publishes an event caused by the message being handled: its correlation id and
-    /// causation id are set from that message (actor, source and time are kept).
+    /// Publishes an event caused by the message being handled, with that message's
+    /// derived metadata: its correlation id, actor (id and type) and source, and
+    /// causation id = its id. The event keeps its own id and issue time.
     pub async fn publish<D: EventPayload>(
         &self,
         mut event: Event<D>,
     ) -> Result<EventEnvelope, BusError> {
         let parent = self.message.metadata();
-        event
-            .metadata
-            .correlation_id
-            .clone_from(&parent.correlation_id);
-        event.metadata.causation_id = Some(self.message.id().to_owned());
+        let metadata = &mut event.metadata;
+        metadata.correlation_id.clone_from(&parent.correlation_id);
+        metadata.causation_id = Some(self.message.id().to_owned());
+        metadata.actor_id.clone_from(&parent.actor_id);
+        metadata.actor_type = parent.actor_type;
+        metadata.source.clone_from(&parent.source);
         self.bus.publish(EventEnvelope::wrap(event)).await
     }
 }

@@ -436,6 +436,129 @@ pub async fn a_panicking_handler_is_a_failure_and_the_bus_survives(bus: Bus) {
     assert_eq!(recv(&mut rx).await, 4);
 }
 
+pub async fn ctx_publish_derives_metadata_from_the_handled_message(bus: Bus) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    bus.subscribe(Subscription::command(
+        "PlaceOrderHandler",
+        |cmd: Command<PlaceOrder>, ctx| async move {
+            // Fresh metadata on purpose: a system actor, no source, a new correlation.
+            let ev = Event::new(
+                OrderPlaced {
+                    order_id: "o1".into(),
+                    quantity: cmd.quantity,
+                },
+                Metadata::new(),
+            )?;
+            ctx.publish(ev).await?;
+            Ok(json!(null))
+        },
+    ))
+    .await
+    .unwrap();
+    bus.subscribe(Subscription::events(
+        "Record",
+        move |ev: Event<OrderPlaced>, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send(ev.metadata).unwrap();
+                Ok(())
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    let cmd = Command::<PlaceOrder>::from_json(
+        json!({"product_id": "sku_42", "quantity": 1}),
+        Metadata::new()
+            .with_actor("expert_7", ActorType::Expert)
+            .with_source("back-office"),
+    )
+    .unwrap();
+    let (cmd_id, correlation) = (cmd.id.clone(), cmd.metadata.correlation_id.clone());
+    bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
+    let meta = recv(&mut rx).await;
+    assert_eq!(meta.correlation_id, correlation);
+    assert_eq!(meta.causation_id.as_deref(), Some(cmd_id.as_str()));
+    assert_eq!(meta.actor_id.as_deref(), Some("expert_7"));
+    assert_eq!(meta.actor_type, ActorType::Expert);
+    assert_eq!(meta.source.as_deref(), Some("back-office"));
+}
+
+pub async fn dead_letter_handlers_receive_every_dead_letter_once(bus: Bus) {
+    let mut dead = bus.dead_letters().await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    bus.subscribe(Subscription::dead_letters("Alarm", move |letter, ctx| {
+        let tx = tx.clone();
+        async move {
+            tx.send((
+                letter.topic().to_owned(),
+                letter.handler().to_owned(),
+                letter.reason().to_owned(),
+                letter.attempts(),
+                letter.message_id().to_owned(),
+                ctx.metadata().correlation_id.clone(),
+            ))
+            .unwrap();
+            Ok(())
+        }
+    }))
+    .await
+    .unwrap();
+    // A dead-letter handler that always fails: logged, never dead-lettered again.
+    let broken_runs = Arc::new(AtomicU32::new(0));
+    let b = broken_runs.clone();
+    bus.subscribe(
+        Subscription::dead_letters("BrokenAlarm", move |_, _| {
+            b.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::fail("pager down")) }
+        })
+        .with_max_retries(1),
+    )
+    .await
+    .unwrap();
+    bus.subscribe(Subscription::command(
+        "No",
+        |_: Command<PlaceOrder>, _| async { Err(HandlerError::reject("sold out")) },
+    ))
+    .await
+    .unwrap();
+    // A dead-letter binding is a handler name like any other.
+    assert!(matches!(
+        bus.subscribe(Subscription::dead_letters("Alarm", |_, _| async { Ok(()) }))
+            .await,
+        Err(BusError::DuplicateHandler { .. })
+    ));
+
+    let cmd = place_order(1);
+    let (cmd_id, correlation) = (cmd.id.clone(), cmd.metadata.correlation_id.clone());
+    bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
+    let (topic, handler, reason, attempts, message_id, seen_correlation) = recv(&mut rx).await;
+    assert_eq!(topic, "orders.commands.place_order");
+    assert_eq!(handler, "No");
+    assert_eq!(reason, "sold out");
+    assert_eq!(attempts, 1);
+    assert_eq!(message_id, cmd_id);
+    assert_eq!(
+        seen_correlation, correlation,
+        "the context is the original message's"
+    );
+    let letter = tokio::time::timeout(WAIT, dead.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.handler(), "No");
+    // BrokenAlarm ran its two attempts, and its failure produced no second letter.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broken_runs.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(broken_runs.load(Ordering::SeqCst), 2);
+    assert_quiet(&mut rx).await;
+    if let Ok(Ok(extra)) = tokio::time::timeout(Duration::from_millis(300), dead.recv()).await {
+        panic!("a failing dead-letter handler produced another dead letter: {extra:?}");
+    }
+}
+
 #[macro_export]
 macro_rules! bus_suite {
     ($make_bus:expr) => {
@@ -462,6 +585,8 @@ macro_rules! bus_suite {
             case!(rejection_is_dead_lettered_without_retry);
             case!(a_failing_subscriber_does_not_affect_the_others);
             case!(a_panicking_handler_is_a_failure_and_the_bus_survives);
+            case!(ctx_publish_derives_metadata_from_the_handled_message);
+            case!(dead_letter_handlers_receive_every_dead_letter_once);
         }
     };
 }
