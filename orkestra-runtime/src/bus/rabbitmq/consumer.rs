@@ -12,13 +12,13 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::mpsc;
-use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use super::headers::{self, TraceExtractor};
 use super::publisher::Outgoing;
-use super::wire;
 use super::{RabbitMq, SYSTEM, broker_error};
+use super::{spans, wire};
+use crate::any_message::Message;
 use crate::bus::run::{Outcome, log_dead_letter, log_retry, run_attempt, run_dead_letter_handler};
 use crate::bus::{Bus, BusError};
 use crate::handler::{DeadLetter, Input, Subscription};
@@ -121,17 +121,7 @@ async fn handle_delivery(
     let attempt = headers::rejections(headers, queue).saturating_add(1);
     let max_retries =
         headers::uint(headers, headers::MAX_RETRIES).unwrap_or(subscription.max_retries);
-    let span = tracing::info_span!(
-        "orkestra.rabbitmq.consume",
-        otel.kind = "consumer",
-        messaging.system = SYSTEM,
-        "messaging.operation.type" = "receive",
-        messaging.destination.name = queue,
-        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag as i64,
-        messaging.message.id = Empty,
-        orkestra.handler = &*subscription.handler,
-    );
+    let span = spans::consume(queue, &delivery, &subscription.handler);
     // Only a span that records anything needs the producer's context.
     if let Some(parent) = headers
         .filter(|_| !span.is_disabled())
@@ -142,38 +132,34 @@ async fn handle_delivery(
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
         tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, link);
     }
-    // The topic it was published with: after a retry the delivery's own routing key is
-    // the work queue's name (the wait queue sends it back through the default exchange).
-    let mut topic = delivery.routing_key.as_str().to_owned();
-    let outcome = async {
-        let limit = broker.settings.max_message_bytes;
-        if delivery.data.len() > limit {
-            return Err(format!(
-                "message of {} bytes exceeds the limit of {limit}",
-                delivery.data.len(),
-            ));
-        }
-        let wire = wire::decode(&delivery.data).map_err(|e| format!("undecodable message: {e}"))?;
-        Span::current().record("messaging.message.id", wire.id.as_str());
-        topic.clone_from(&wire.topic);
-        let message = wire.into_message();
-        let traced = !Span::current().is_disabled() || trace::should_trace(&message);
-        Ok(run_attempt(
-            bus,
-            subscription,
-            Input::Message(&message),
-            attempt,
-            max_retries,
-            traced,
-            SYSTEM,
-        )
-        .await)
+    let decoded = decode(&delivery.data, broker.settings.max_message_bytes);
+    match &decoded {
+        Ok(message) => spans::record_message(&span, message),
+        Err(_) => spans::record_undecodable(&span, &delivery.properties),
     }
-    .instrument(span.clone())
-    .await;
+    let outcome = match &decoded {
+        Ok(message) => {
+            async {
+                let traced = !Span::current().is_disabled() || trace::should_trace(message);
+                run_attempt(
+                    bus,
+                    subscription,
+                    Input::Message(message),
+                    attempt,
+                    max_retries,
+                    traced,
+                    SYSTEM,
+                )
+                .await
+            }
+            .instrument(span.clone())
+            .await
+        }
+        Err(reason) => Outcome::Rejected(reason.clone()),
+    };
     let settled = match outcome {
-        Ok(Outcome::Succeeded(_)) => return Some(delivery.delivery_tag),
-        Ok(Outcome::Failed(reason)) if attempt <= max_retries => {
+        Outcome::Succeeded(_) => return Some(delivery.delivery_tag),
+        Outcome::Failed(reason) if attempt <= max_retries => {
             log_retry(subscription, attempt, max_retries, &reason, SYSTEM);
             delivery
                 .reject(BasicRejectOptions { requeue: false })
@@ -181,8 +167,14 @@ async fn handle_delivery(
                 .map(drop)
                 .map_err(broker_error)
         }
-        Ok(Outcome::Failed(reason) | Outcome::Rejected(reason)) | Err(reason) => {
-            dead_letter(broker, subscription, &delivery, &topic, &reason, attempt)
+        Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+            let letter = Letter {
+                message: decoded.as_ref().ok(),
+                handler: &subscription.handler,
+                reason: &reason,
+                attempts: attempt,
+            };
+            dead_letter(broker, &delivery, letter)
                 .instrument(span)
                 .await
         }
@@ -193,46 +185,81 @@ async fn handle_delivery(
     None
 }
 
-/// Publishes the message to the dead-letter exchange (with confirm), then acks it. If the
-/// dead letter cannot be confirmed the delivery is rejected with requeue: never lost.
+/// The message in a delivery's body, or why there is none (too large, undecodable:
+/// neither is retried).
+fn decode(body: &[u8], limit: usize) -> Result<Message, String> {
+    if body.len() > limit {
+        return Err(format!(
+            "message of {} bytes exceeds the limit of {limit}",
+            body.len(),
+        ));
+    }
+    wire::decode(body)
+        .map(wire::Wire::into_message)
+        .map_err(|e| format!("undecodable message: {e}"))
+}
+
+/// Why a delivery is dead-lettered, and what is known of it.
+struct Letter<'a> {
+    /// The decoded message; `None` for a body that is not an Orkestra message.
+    message: Option<&'a Message>,
+    handler: &'a str,
+    reason: &'a str,
+    attempts: u32,
+}
+
+/// Publishes the delivery to the dead-letter exchange (with confirm), then acks it. If
+/// the dead letter cannot be confirmed the delivery is rejected with requeue: never lost.
+/// Its routing key is the topic it was published with: after a retry the delivery's own
+/// routing key is the work queue's name (the wait queue sends it back through the
+/// default exchange).
 async fn dead_letter(
     broker: &RabbitMq,
-    subscription: &Subscription,
     delivery: &Delivery,
-    topic: &str,
-    reason: &str,
-    attempts: u32,
+    letter: Letter<'_>,
 ) -> Result<(), BusError> {
-    log_dead_letter(&subscription.handler, topic, reason, attempts, SYSTEM);
+    let topic = letter
+        .message
+        .map_or(delivery.routing_key.as_str(), Message::topic);
+    log_dead_letter(
+        letter.handler,
+        topic,
+        letter.reason,
+        letter.attempts,
+        SYSTEM,
+    );
     let original = delivery.properties.headers().as_ref();
     let exchange = headers::string(original, headers::X_FIRST_DEATH_EXCHANGE)
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
-    let mut letter = FieldTable::default();
-    headers::put_str(&mut letter, headers::ORIGINAL_EXCHANGE, &exchange);
-    headers::put_str(&mut letter, headers::ORIGINAL_ROUTING_KEY, topic);
-    headers::put_str(&mut letter, headers::HANDLER, &subscription.handler);
-    headers::put_int(&mut letter, headers::ATTEMPTS, i64::from(attempts));
-    headers::put_str(&mut letter, headers::ERROR, reason);
+    let mut table = FieldTable::default();
+    headers::put_str(&mut table, headers::ORIGINAL_EXCHANGE, &exchange);
+    headers::put_str(&mut table, headers::ORIGINAL_ROUTING_KEY, topic);
+    headers::put_str(&mut table, headers::HANDLER, letter.handler);
+    headers::put_int(&mut table, headers::ATTEMPTS, i64::from(letter.attempts));
+    headers::put_str(&mut table, headers::ERROR, letter.reason);
     for key in [headers::TRACEPARENT, headers::TRACESTATE] {
         if let Some(value) = headers::string(original, key) {
-            headers::put_str(&mut letter, key, &value);
+            headers::put_str(&mut table, key, &value);
         }
     }
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
-        .with_headers(letter);
+        .with_headers(table);
     if let Some(id) = delivery.properties.message_id() {
         properties = properties.with_message_id(id.clone());
     }
     let sent = broker
         .publisher
-        .publish_dead_letter(Outgoing {
-            exchange: &broker.topology.names.dead_letters,
-            routing_key: topic,
-            body: &delivery.data,
-            properties,
-        })
+        .publish_dead_letter(
+            Outgoing {
+                exchange: &broker.topology.names.dead_letters,
+                routing_key: topic,
+                body: &delivery.data,
+                properties,
+            },
+            letter.message,
+        )
         .await;
     match sent {
         Ok(()) => delivery

@@ -34,11 +34,13 @@
 //! | `publisher.rs` | publishing with confirms; where a confirmation becomes a result |
 //! | `consumer.rs` | consume loops, acks, retries, dead-lettering, dead-letter consumers |
 //! | `wire.rs` | the JSON body of a message, and the placeholder for an undecodable one |
+//! | `spans.rs` | the `orkestra.rabbitmq.publish` and `orkestra.rabbitmq.consume` spans |
 //! | `headers.rs` | every header and argument name, header read/write, trace-context carriers |
 
 mod consumer;
 mod headers;
 mod publisher;
+mod spans;
 mod topology;
 mod wire;
 
@@ -253,12 +255,15 @@ impl RabbitMq {
         let topic = envelope.topic().to_owned();
         let routing = self
             .publisher
-            .publish(Outgoing {
-                exchange: &self.topology.names.commands,
-                routing_key: &topic,
-                body: &body,
-                properties: publisher::message_properties(envelope.message(), headers),
-            })
+            .publish(
+                Outgoing {
+                    exchange: &self.topology.names.commands,
+                    routing_key: &topic,
+                    body: &body,
+                    properties: publisher::message_properties(envelope.message(), headers),
+                },
+                envelope.message(),
+            )
             .instrument(span.clone())
             .await?;
         if routing == Routing::Unroutable {
@@ -281,15 +286,18 @@ impl RabbitMq {
         let topic = envelope.topic();
         let routing = self
             .publisher
-            .publish(Outgoing {
-                exchange: &self.topology.names.events,
-                routing_key: topic,
-                body: &body,
-                properties: publisher::message_properties(
-                    envelope.message(),
-                    FieldTable::default(),
-                ),
-            })
+            .publish(
+                Outgoing {
+                    exchange: &self.topology.names.events,
+                    routing_key: topic,
+                    body: &body,
+                    properties: publisher::message_properties(
+                        envelope.message(),
+                        FieldTable::default(),
+                    ),
+                },
+                envelope.message(),
+            )
             .instrument(span)
             .await?;
         if routing == Routing::Unroutable {

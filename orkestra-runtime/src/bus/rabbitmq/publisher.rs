@@ -9,7 +9,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use tracing::Instrument;
 
 use super::headers::TraceInjector;
-use super::{SYSTEM, broker_error};
+use super::{broker_error, spans};
 use crate::DriverError;
 use crate::any_message::Message;
 use crate::bus::BusError;
@@ -72,21 +72,19 @@ impl Publisher {
     /// Publishes a message with confirm and `mandatory`, in an `orkestra.rabbitmq.publish`
     /// span whose trace context travels in the headers. A body over the size limit is
     /// refused before it is sent.
-    pub(super) async fn publish(&self, out: Outgoing<'_>) -> Result<Routing, BusError> {
+    pub(super) async fn publish(
+        &self,
+        out: Outgoing<'_>,
+        message: &Message,
+    ) -> Result<Routing, BusError> {
         if out.body.len() > self.max_message_bytes {
             return Err(BusError::TooLarge {
                 size: out.body.len(),
                 limit: self.max_message_bytes,
             });
         }
-        let span = tracing::info_span!(
-            "orkestra.rabbitmq.publish",
-            otel.kind = "producer",
-            messaging.system = SYSTEM,
-            "messaging.operation.type" = "publish",
-            messaging.destination.name = out.exchange,
-            messaging.rabbitmq.destination.routing_key = out.routing_key,
-        );
+        let span = spans::publish(out.exchange, out.routing_key);
+        spans::record_message(&span, message);
         let mut properties = out.properties;
         if !span.is_disabled() {
             let mut headers = properties.headers().clone().unwrap_or_default();
@@ -118,21 +116,36 @@ impl Publisher {
         .await
     }
 
-    /// Publishes a dead letter with confirm. The body may be over the size limit (that
-    /// can be why it is a dead letter): it is sent as it is.
-    pub(super) async fn publish_dead_letter(&self, out: Outgoing<'_>) -> Result<(), BusError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                out.exchange.into(),
-                out.routing_key.into(),
-                BasicPublishOptions::default(),
-                out.body,
-                out.properties,
-            )
-            .await
-            .map_err(broker_error)?;
-        confirmed(confirm, Purpose::DeadLetter).await.map(drop)
+    /// Publishes a dead letter with confirm, in an `orkestra.rabbitmq.publish` span with
+    /// what is known of the message (`None`: its body is not an Orkestra message). Its
+    /// headers keep the original trace context. The body may be over the size limit
+    /// (that can be why it is a dead letter): it is sent as it is.
+    pub(super) async fn publish_dead_letter(
+        &self,
+        out: Outgoing<'_>,
+        message: Option<&Message>,
+    ) -> Result<(), BusError> {
+        let span = spans::publish(out.exchange, out.routing_key);
+        match message {
+            Some(message) => spans::record_message(&span, message),
+            None => spans::record_undecodable(&span, &out.properties),
+        }
+        async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    out.exchange.into(),
+                    out.routing_key.into(),
+                    BasicPublishOptions::default(),
+                    out.body,
+                    out.properties,
+                )
+                .await
+                .map_err(broker_error)?;
+            confirmed(confirm, Purpose::DeadLetter).await.map(drop)
+        }
+        .instrument(span)
+        .await
     }
 }
 
