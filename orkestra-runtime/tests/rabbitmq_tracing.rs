@@ -319,6 +319,11 @@ async fn an_undecodable_body_is_traced_with_what_is_known() {
         .unwrap()
         .unwrap();
     assert!(letter.reason().starts_with("undecodable message"));
+    assert_eq!(
+        letter.message_id(),
+        raw_id,
+        "the placeholder keeps the message id of the properties"
+    );
     let names = ["orkestra.rabbitmq.consume", "orkestra.rabbitmq.publish"];
     let spans = spans_for(&raw_id, &names).await;
     let [consume, republish] = names.map(|n| find(&spans, n, &raw_id).unwrap());

@@ -281,7 +281,11 @@ fn letter_from_delivery(delivery: &Delivery) -> DeadLetter {
         message: wire::decode_or_placeholder(
             &delivery.data,
             delivery.routing_key.as_str(),
-            headers,
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str()),
         ),
         topic: headers::string(headers, headers::ORIGINAL_ROUTING_KEY)
             .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),

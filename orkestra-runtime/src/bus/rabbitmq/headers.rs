@@ -24,8 +24,6 @@ pub(super) const ORIGINAL_ROUTING_KEY: &str = "x-orkestra-original-routing-key";
 pub(super) const HANDLER: &str = "x-orkestra-handler";
 pub(super) const ATTEMPTS: &str = "x-orkestra-attempts";
 pub(super) const ERROR: &str = "x-orkestra-error";
-/// A header some publishers set to the message id (read for undecodable bodies).
-pub(super) const MESSAGE_ID: &str = "message_id";
 
 /// W3C trace context.
 pub(super) const TRACEPARENT: &str = trace::TRACEPARENT;

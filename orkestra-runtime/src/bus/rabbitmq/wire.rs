@@ -2,11 +2,9 @@
 //! everything needed to rebuild the message. A body that is not one still yields a
 //! placeholder message, so its dead letter can be delivered and read.
 
-use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::headers;
 use crate::any_message::{Message, MessageKind, RawCommand};
 use crate::bus::BusError;
 use crate::message::{Metadata, RawEvent};
@@ -92,16 +90,16 @@ impl Wire {
 
 /// The message in a body, or a placeholder event of type [`UNDECODABLE`] holding the
 /// raw text when the body is not an Orkestra message (dead letters must still be
-/// delivered and read).
+/// delivered and read); its id is the message id of the properties, if any.
 pub(super) fn decode_or_placeholder(
     body: &[u8],
     routing_key: &str,
-    headers: Option<&FieldTable>,
+    message_id: Option<&str>,
 ) -> Message {
     match decode(body) {
         Ok(wire) => wire.into_message(),
         Err(_) => Message::from_raw_event(RawEvent {
-            id: headers::string(headers, headers::MESSAGE_ID).unwrap_or_default(),
+            id: message_id.unwrap_or_default().to_owned(),
             event_type: UNDECODABLE.into(),
             version: 1,
             topic: routing_key.to_owned(),
