@@ -170,7 +170,8 @@ impl Topology {
     }
 
     /// Declares a dead-letter handler's durable queue, bound to every dead letter. It
-    /// has no dead-letter arguments: a letter is never dead-lettered again.
+    /// has no dead-letter arguments (a letter is never dead-lettered again) and expires
+    /// like the work queues.
     pub(super) async fn declare_dead_letter_handler_queue(
         &self,
         channel: &Channel,
@@ -180,7 +181,7 @@ impl Topology {
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions::durable(),
-                FieldTable::default(),
+                self.expiry_args(),
             )
             .await
             .map_err(broker_error)?;
