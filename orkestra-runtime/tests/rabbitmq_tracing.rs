@@ -170,6 +170,42 @@ fn assert_one_trace(outer: &SpanData, publish: &SpanData, consume: &SpanData, ha
     );
 }
 
+/// Waits for the handler to see message `id` of `kind` (`command` or `event`), then
+/// checks its flow: outer span > RabbitMQ publish > consume > handle in one trace, both
+/// RabbitMQ spans with the message's attributes. Returns the publish and consume spans.
+async fn assert_flow(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    kind: &str,
+    type_name: &str,
+    id: &str,
+    metadata: &Metadata,
+) -> (SpanData, SpanData) {
+    let handled = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the handler ran")
+        .unwrap();
+    assert_eq!(handled, id);
+    let outer = if kind == "command" {
+        "orkestra.command.dispatch"
+    } else {
+        "orkestra.event.publish"
+    };
+    let handle = format!("orkestra.{kind}.handle");
+    let names = [
+        outer,
+        "orkestra.rabbitmq.publish",
+        "orkestra.rabbitmq.consume",
+        handle.as_str(),
+    ];
+    let spans = spans_for(id, &names).await;
+    let [outer, publish, consume, handle] = names.map(|n| find(&spans, n, id).unwrap());
+    assert_one_trace(outer, publish, consume, handle);
+    for span in [publish, consume] {
+        assert_message_attributes(span, kind, type_name, id, metadata);
+    }
+    (publish.clone(), consume.clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_crosses_the_broker_in_one_trace() {
     telemetry();
@@ -195,29 +231,14 @@ async fn a_command_crosses_the_broker_in_one_trace() {
         .unwrap();
     let (id, metadata) = (cmd.id.clone(), cmd.metadata.clone());
     bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
-    let seen = tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(seen, id);
-    let names = [
-        "orkestra.command.dispatch",
-        "orkestra.rabbitmq.publish",
-        "orkestra.rabbitmq.consume",
-        "orkestra.command.handle",
-    ];
-    let spans = spans_for(&id, &names).await;
-    let [dispatch, publish, consume, handle] = names.map(|n| find(&spans, n, &id).unwrap());
-    assert_one_trace(dispatch, publish, consume, handle);
-    for span in [publish, consume] {
-        assert_message_attributes(span, "command", PlaceOrder::TYPE_NAME, &id, &metadata);
-    }
+    let (publish, consume) =
+        assert_flow(&mut rx, "command", PlaceOrder::TYPE_NAME, &id, &metadata).await;
     assert_eq!(
-        attr(publish, "messaging.rabbitmq.destination.routing_key").as_deref(),
+        attr(&publish, "messaging.rabbitmq.destination.routing_key").as_deref(),
         Some("orders.commands.place_order")
     );
     assert!(
-        attr(consume, "messaging.destination.name")
+        attr(&consume, "messaging.destination.name")
             .is_some_and(|q| q.ends_with(".cmd.orders.commands.place_order"))
     );
 }
@@ -252,33 +273,18 @@ async fn an_event_crosses_the_broker_in_one_trace() {
     .unwrap();
     let (id, metadata) = (event.id.clone(), event.metadata.clone());
     bus.publish(EventEnvelope::wrap(event)).await.unwrap();
-    let seen = tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(seen, id);
-    let names = [
-        "orkestra.event.publish",
-        "orkestra.rabbitmq.publish",
-        "orkestra.rabbitmq.consume",
-        "orkestra.event.handle",
-    ];
-    let spans = spans_for(&id, &names).await;
-    let [outer, publish, consume, handle] = names.map(|n| find(&spans, n, &id).unwrap());
-    assert_one_trace(outer, publish, consume, handle);
-    for span in [publish, consume] {
-        assert_message_attributes(span, "event", OrderPlaced::TYPE_NAME, &id, &metadata);
-    }
+    let (publish, consume) =
+        assert_flow(&mut rx, "event", OrderPlaced::TYPE_NAME, &id, &metadata).await;
     assert_eq!(
-        attr(publish, "messaging.rabbitmq.destination.routing_key").as_deref(),
+        attr(&publish, "messaging.rabbitmq.destination.routing_key").as_deref(),
         Some(OrderPlaced::TOPIC)
     );
     assert!(
-        attr(consume, "messaging.destination.name")
+        attr(&consume, "messaging.destination.name")
             .is_some_and(|q| q.ends_with(".evt.TracedAudit"))
     );
     assert_eq!(
-        attr(consume, "orkestra.handler").as_deref(),
+        attr(&consume, "orkestra.handler").as_deref(),
         Some("TracedAudit")
     );
 }

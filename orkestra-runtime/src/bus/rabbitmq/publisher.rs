@@ -85,35 +85,16 @@ impl Publisher {
         }
         let span = spans::publish(out.exchange, out.routing_key);
         spans::record_message(&span, message);
-        let mut properties = out.properties;
+        let mut out = out;
         if !span.is_disabled() {
-            let mut headers = properties.headers().clone().unwrap_or_default();
+            let mut headers = out.properties.headers().clone().unwrap_or_default();
             trace::inject(
                 &tracing_opentelemetry::OpenTelemetrySpanExt::context(&span),
                 &mut TraceInjector(&mut headers),
             );
-            properties = properties.with_headers(headers);
+            out.properties = out.properties.with_headers(headers);
         }
-        let mandatory = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    out.exchange.into(),
-                    out.routing_key.into(),
-                    mandatory,
-                    out.body,
-                    properties,
-                )
-                .await
-                .map_err(broker_error)?;
-            confirmed(confirm, Purpose::Message).await
-        }
-        .instrument(span)
-        .await
+        self.send(out, Purpose::Message).instrument(span).await
     }
 
     /// Publishes a dead letter with confirm, in an `orkestra.rabbitmq.publish` span with
@@ -130,22 +111,30 @@ impl Publisher {
             Some(message) => spans::record_message(&span, message),
             None => spans::record_undecodable(&span, &out.properties),
         }
-        async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    out.exchange.into(),
-                    out.routing_key.into(),
-                    BasicPublishOptions::default(),
-                    out.body,
-                    out.properties,
-                )
-                .await
-                .map_err(broker_error)?;
-            confirmed(confirm, Purpose::DeadLetter).await.map(drop)
-        }
-        .instrument(span)
-        .await
+        self.send(out, Purpose::DeadLetter)
+            .instrument(span)
+            .await
+            .map(drop)
+    }
+
+    /// Publishes and waits for the confirm; only a message is `mandatory`.
+    async fn send(&self, out: Outgoing<'_>, purpose: Purpose) -> Result<Routing, BusError> {
+        let options = BasicPublishOptions {
+            mandatory: matches!(purpose, Purpose::Message),
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish(
+                out.exchange.into(),
+                out.routing_key.into(),
+                options,
+                out.body,
+                out.properties,
+            )
+            .await
+            .map_err(broker_error)?;
+        confirmed(confirm, purpose).await
     }
 }
 

@@ -11,45 +11,47 @@ use tracing::field::Empty;
 use super::SYSTEM;
 use crate::any_message::{Message, MessageKind};
 
+/// A span of this module: its own fields first, then the message fields every such
+/// span has, empty until [`record_message`] or [`record_undecodable`] fills them.
+macro_rules! rabbitmq_span {
+    ($name:literal, $($fields:tt)*) => {
+        tracing::info_span!(
+            $name,
+            messaging.system = SYSTEM,
+            $($fields)*
+            messaging.message.id = Empty,
+            orkestra.command.type = Empty,
+            orkestra.command.id = Empty,
+            orkestra.event.type = Empty,
+            orkestra.event.id = Empty,
+            orkestra.correlation_id = Empty,
+            orkestra.causation_id = Empty,
+            orkestra.actor_id = Empty,
+        )
+    };
+}
+
 /// `orkestra.rabbitmq.publish`, for one publish to `exchange` with `routing_key`.
 pub(super) fn publish(exchange: &str, routing_key: &str) -> Span {
-    tracing::info_span!(
+    rabbitmq_span!(
         "orkestra.rabbitmq.publish",
         otel.kind = "producer",
-        messaging.system = SYSTEM,
         "messaging.operation.type" = "publish",
         messaging.destination.name = exchange,
         messaging.rabbitmq.destination.routing_key = routing_key,
-        messaging.message.id = Empty,
-        orkestra.command.type = Empty,
-        orkestra.command.id = Empty,
-        orkestra.event.type = Empty,
-        orkestra.event.id = Empty,
-        orkestra.correlation_id = Empty,
-        orkestra.causation_id = Empty,
-        orkestra.actor_id = Empty,
     )
 }
 
 /// `orkestra.rabbitmq.consume`, for one delivery from `queue` to `handler`.
 pub(super) fn consume(queue: &str, delivery: &Delivery, handler: &str) -> Span {
-    tracing::info_span!(
+    rabbitmq_span!(
         "orkestra.rabbitmq.consume",
         otel.kind = "consumer",
-        messaging.system = SYSTEM,
         "messaging.operation.type" = "receive",
         messaging.destination.name = queue,
         messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
         messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag as i64,
-        messaging.message.id = Empty,
         orkestra.handler = handler,
-        orkestra.command.type = Empty,
-        orkestra.command.id = Empty,
-        orkestra.event.type = Empty,
-        orkestra.event.id = Empty,
-        orkestra.correlation_id = Empty,
-        orkestra.causation_id = Empty,
-        orkestra.actor_id = Empty,
     )
 }
 
