@@ -11,13 +11,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
+use opentelemetry::trace::TraceContextExt;
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
 use super::headers::{self, TraceExtractor};
 use super::publisher::Outgoing;
-use super::{RabbitMq, SYSTEM, broker_error};
-use super::{spans, wire};
+use super::{RabbitMq, SYSTEM, broker_error, spans, wire};
 use crate::any_message::Message;
 use crate::bus::run::{Outcome, log_dead_letter, log_retry, run_attempt, run_dead_letter_handler};
 use crate::bus::{Bus, BusError};
@@ -127,7 +127,6 @@ async fn handle_delivery(
         .filter(|_| !span.is_disabled())
         .map(|h| trace::extract(&TraceExtractor(h)))
     {
-        use opentelemetry::trace::TraceContextExt;
         let link = parent.span().span_context().clone();
         let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
         tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, link);
