@@ -267,18 +267,7 @@ async fn oversized_messages_are_refused_before_publishing() {
 #[tokio::test]
 async fn the_password_never_appears_in_errors() {
     // Capture every log line written on this thread while connecting.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Buffer::default();
+    let logs = support::logs::LogBuffer::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -300,9 +289,54 @@ async fn the_password_never_appears_in_errors() {
     assert!(!text.contains("s3cr3t-pw"), "{text}");
     assert!(text.contains("bus.url"), "{text}");
     assert!(!format!("{config:?}").contains("s3cr3t-pw"));
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         !logs.contains("s3cr3t-pw"),
         "a log line leaked the password: {logs}"
     );
+}
+
+/// The error's Display and Debug, and those of every error in its `source()` chain.
+fn whole_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        texts.push(format!("{e} | {e:?}"));
+        next = e.source();
+    }
+    texts
+}
+
+#[tokio::test]
+async fn a_failed_connection_error_hides_the_password_down_its_whole_source_chain() {
+    let mut config = rabbit_config();
+    for (url, case) in [
+        (
+            "amqp://guest:s3cr3t-pw@127.0.0.1:5672/%2f",
+            "wrong password",
+        ),
+        (
+            "amqp://guest:s3cr3t-pw@127.0.0.1:1/%2f",
+            "nothing listening",
+        ),
+    ] {
+        config.bus.url = Some(orkestra_runtime::SecretUrl::new(url));
+        let err = Bus::from_config(&config).await.unwrap_err();
+        let chain = whole_chain(&err);
+        assert!(
+            matches!(
+                err,
+                orkestra_runtime::BusError::Unavailable { .. }
+                    | orkestra_runtime::BusError::Broker(_)
+            ),
+            "{case}: {err:?}"
+        );
+        for text in &chain {
+            assert!(!text.contains("s3cr3t-pw"), "{case}: {text}");
+        }
+        assert!(
+            chain[0].contains("guest:***@127.0.0.1"),
+            "{case}: the URL is named, redacted: {chain:?}"
+        );
+    }
 }

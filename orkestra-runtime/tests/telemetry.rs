@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use support::logs::LogBuffer;
 
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
@@ -21,20 +20,7 @@ struct Capture {
     exporter: InMemorySpanExporter,
     provider: SdkTracerProvider,
     _guard: tracing::subscriber::DefaultGuard,
-    logs: Arc<Mutex<Vec<u8>>>,
-}
-
-#[derive(Clone)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    logs: LogBuffer,
 }
 
 /// An OpenTelemetry layer over an in-memory exporter plus a JSON log layer, installed
@@ -44,8 +30,8 @@ fn capture() -> Capture {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let writer = Buffer(logs.clone());
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("orkestra-test")))
         .with(
@@ -71,12 +57,7 @@ impl Capture {
     }
 
     fn log_lines(&self) -> Vec<serde_json::Value> {
-        let bytes = self.logs.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        self.logs.json_lines()
     }
 }
 

@@ -82,8 +82,11 @@ pub enum BusError {
     Unavailable {
         /// The setting that pointed at it.
         setting: &'static str,
-        /// Why.
+        /// Why, with secrets hidden.
         message: String,
+        /// The client's error, when there was one.
+        #[source]
+        source: Option<crate::DriverError>,
     },
     /// The broker failed or refused an operation.
     #[error("broker: {0}")]

@@ -110,14 +110,12 @@ pub(crate) fn check_append(
                 }
                 None => false,
             });
-        if all_here {
-            if let Some(last) = events.last().and_then(|e| find(&e.event.id)) {
-                return Ok(Some(AppendResult {
-                    last_version: last.version,
-                    last_position: last.position,
-                    written: false,
-                }));
-            }
+        if all_here && let Some(last) = events.last().and_then(|e| find(&e.event.id)) {
+            return Ok(Some(AppendResult {
+                last_version: last.version,
+                last_position: last.position,
+                written: false,
+            }));
         }
         if let Some(s) = stored.first() {
             return Err(StoreError::DuplicateEvent {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod bus_suite;
+pub mod logs;
 pub mod payloads;
 pub mod services;
 pub mod store_suite;

@@ -1,0 +1,173 @@
+//! Publishing with publisher confirms: a message with `mandatory` (so an unroutable
+//! one comes back), a dead letter without. The one place a confirmation becomes a result.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use tracing::Instrument;
+
+use super::headers::TraceInjector;
+use super::{broker_error, spans};
+use crate::DriverError;
+use crate::bus::BusError;
+use crate::message::Message;
+use crate::trace;
+
+/// How long a publish may wait for its confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One message to publish.
+pub(super) struct Outgoing<'a> {
+    pub(super) exchange: &'a str,
+    pub(super) routing_key: &'a str,
+    pub(super) body: &'a [u8],
+    pub(super) properties: BasicProperties,
+}
+
+/// Where a confirmed message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Routing {
+    /// At least one queue took it.
+    Queued,
+    /// No queue is bound to its routing key; the broker returned it (`mandatory`).
+    Unroutable,
+}
+
+/// What is published, as confirm errors name it.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Message,
+    DeadLetter,
+}
+
+/// The channel every publish of one bus goes through, in confirm mode.
+#[derive(Debug)]
+pub(super) struct Publisher {
+    channel: Channel,
+    max_message_bytes: usize,
+}
+
+impl Publisher {
+    pub(super) async fn open(
+        connection: &Connection,
+        max_message_bytes: usize,
+    ) -> Result<Self, BusError> {
+        let channel = connection.create_channel().await.map_err(broker_error)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker_error)?;
+        Ok(Self {
+            channel,
+            max_message_bytes,
+        })
+    }
+
+    pub(super) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes a message with confirm and `mandatory`, in an `orkestra.rabbitmq.publish`
+    /// span whose trace context travels in the headers. A body over the size limit is
+    /// refused before it is sent.
+    pub(super) async fn publish(
+        &self,
+        out: Outgoing<'_>,
+        message: &Message,
+    ) -> Result<Routing, BusError> {
+        if out.body.len() > self.max_message_bytes {
+            return Err(BusError::TooLarge {
+                size: out.body.len(),
+                limit: self.max_message_bytes,
+            });
+        }
+        let span = spans::publish(out.exchange, out.routing_key);
+        spans::record_message(&span, message);
+        let mut out = out;
+        if !span.is_disabled() {
+            let mut headers = out.properties.headers().clone().unwrap_or_default();
+            trace::inject(
+                &tracing_opentelemetry::OpenTelemetrySpanExt::context(&span),
+                &mut TraceInjector(&mut headers),
+            );
+            out.properties = out.properties.with_headers(headers);
+        }
+        self.send(out, Purpose::Message).instrument(span).await
+    }
+
+    /// Publishes a dead letter with confirm, in an `orkestra.rabbitmq.publish` span with
+    /// what is known of the message (`None`: its body is not an Orkestra message). Its
+    /// headers keep the original trace context. The body may be over the size limit
+    /// (that can be why it is a dead letter): it is sent as it is.
+    pub(super) async fn publish_dead_letter(
+        &self,
+        out: Outgoing<'_>,
+        message: Option<&Message>,
+    ) -> Result<(), BusError> {
+        let span = spans::publish(out.exchange, out.routing_key);
+        match message {
+            Some(message) => spans::record_message(&span, message),
+            None => spans::record_undecodable(&span, &out.properties),
+        }
+        self.send(out, Purpose::DeadLetter)
+            .instrument(span)
+            .await
+            .map(drop)
+    }
+
+    /// Publishes and waits for the confirm; only a message is `mandatory`.
+    async fn send(&self, out: Outgoing<'_>, purpose: Purpose) -> Result<Routing, BusError> {
+        let options = BasicPublishOptions {
+            mandatory: matches!(purpose, Purpose::Message),
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish(
+                out.exchange.into(),
+                out.routing_key.into(),
+                options,
+                out.body,
+                out.properties,
+            )
+            .await
+            .map_err(broker_error)?;
+        confirmed(confirm, purpose).await
+    }
+}
+
+/// The properties every message is published with.
+pub(super) fn message_properties(message: &Message, headers: FieldTable) -> BasicProperties {
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(message.id().into())
+        .with_type(message.type_name().into());
+    if headers.inner().is_empty() {
+        properties
+    } else {
+        properties.with_headers(headers)
+    }
+}
+
+/// Waits for the broker's confirm: an ack is success (with the message back when it
+/// was unroutable); a nack, confirms being off, a closed channel or no answer within
+/// [`CONFIRM_TIMEOUT`] is an error.
+async fn confirmed(confirm: PublisherConfirm, purpose: Purpose) -> Result<Routing, BusError> {
+    let (refused, waiting_for) = match purpose {
+        Purpose::Message => ("the broker refused the message (nack)", "publisher confirm"),
+        Purpose::DeadLetter => ("the broker refused the dead letter", "dead-letter confirm"),
+    };
+    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        Err(_) => Err(BusError::Timeout(waiting_for)),
+        Ok(Err(e)) => Err(broker_error(e)),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(Routing::Queued),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Routing::Unroutable),
+        Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker(DriverError::msg(refused))),
+        Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Broker(DriverError::msg(
+            "publisher confirms are off",
+        ))),
+    }
+}
