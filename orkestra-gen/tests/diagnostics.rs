@@ -15,7 +15,7 @@ fn broken_schemas() {
             "Shop",
         );
         assert!(
-            !diags.0.is_empty(),
+            !diags.is_empty(),
             "a broken schema must produce a diagnostic"
         );
         insta::assert_snapshot!(diags.to_string());

@@ -92,7 +92,7 @@ fn check(texts: Vec<String>) -> Result<(), TestCaseError> {
         })
         .collect();
     let diags = orkestra_gen::check_sources(&sources, "Shop");
-    for d in &diags.0 {
+    for d in &diags {
         prop_assert!(
             d.span.line >= 1 || d.span.file.as_os_str().is_empty(),
             "unlocated: {d}"
