@@ -201,7 +201,7 @@ impl Rules {
 }
 
 /// A reference to a command or event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PayloadRef {
     /// The Rust module.
     pub module: String,
