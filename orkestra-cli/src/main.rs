@@ -180,5 +180,6 @@ fn receives(target: &HandlerTarget, module: &str, p: &Payload) -> bool {
         HandlerTarget::Events(rs) | HandlerTarget::Topic { matched: rs, .. } => {
             rs.iter().any(|r| r.module == module && r.name == p.name)
         }
+        HandlerTarget::DeadLetters => false,
     }
 }

@@ -40,6 +40,8 @@ pub struct Module {
 pub struct TypeDef {
     /// Its name in the schema.
     pub name: String,
+    /// Where it is declared.
+    pub span: crate::diagnostic::Span,
     /// Docs.
     pub description: Option<String>,
     /// Struct or enum.
@@ -225,6 +227,8 @@ pub enum HandlerTarget {
         /// The known events it matches.
         matched: Vec<PayloadRef>,
     },
+    /// Every dead letter of the bus (`{ dead_letters: true }`).
+    DeadLetters,
 }
 
 /// A handler binding.

@@ -257,12 +257,19 @@ impl Validator {
                 rules.max = Some(lit);
             }
         }
-        if let (Some(Literal::Int(a)), Some(Literal::Int(b))) = (&rules.min, &rules.max)
-            && a > b
-        {
+        let below = match (&rules.min, &rules.max) {
+            (Some(Literal::Int(a)), Some(Literal::Int(b))) => a > b,
+            (Some(Literal::Float(a)), Some(Literal::Float(b))) => a > b,
+            _ => false,
+        };
+        if below && let (Some(a), Some(b)) = (&rules.min, &rules.max) {
             self.error(
                 &map["max"].span,
-                format!("`max` ({b}) of `{field}` is below its `min` ({a})"),
+                format!(
+                    "`max` ({}) of `{field}` is below its `min` ({})",
+                    number(b),
+                    number(a)
+                ),
             );
             ok = false;
         }
@@ -497,4 +504,13 @@ pub(super) fn breaks_rules(lit: &Literal, rules: &Rules) -> Option<String> {
         return Some("it is not one of the `one_of` values".into());
     }
     None
+}
+
+/// A numeric bound as the schema would write it (`5`, `2.5`).
+fn number(l: &Literal) -> String {
+    match l {
+        Literal::Int(i) => i.to_string(),
+        Literal::Float(f) => f.to_string(),
+        other => format!("{other:?}"),
+    }
 }

@@ -17,7 +17,12 @@ const HANDLER_KEYS: &[&str] = &[
     "max_retries",
     "emits",
     "description",
+    "dead_letters",
 ];
+
+/// What a `dead_letters: true` binding cannot also have: it receives every dead letter
+/// of the bus and nothing else, and emits nothing.
+const NOT_WITH_DEAD_LETTERS: [&str; 5] = ["command", "event", "events", "topic", "emits"];
 
 /// The keys that name what a binding receives; a binding has exactly one.
 const TARGET_KEYS: [&str; 4] = ["command", "event", "events", "topic"];
@@ -47,6 +52,9 @@ impl Validator {
         };
         let map = self.keys(entries, HANDLER_KEYS, &format!("in handler `{}`", key.name));
         let description = self.description(&map);
+        if let Some(flag) = map.get("dead_letters") {
+            return self.dead_letter_binding(key, flag, &map, description);
+        }
         let target_key = self.target_key(key, &map)?;
         let target_node = map[target_key];
         let target = match target_key {
@@ -71,6 +79,63 @@ impl Validator {
             target,
             max_retries,
             emits,
+        })
+    }
+
+    /// `{ dead_letters: true }`, optionally with `max_retries` and `description`.
+    fn dead_letter_binding(
+        &mut self,
+        key: &Key,
+        flag: &Node,
+        map: &HashMap<&str, &Node>,
+        description: Option<String>,
+    ) -> Option<Handler> {
+        let mut ok = match flag.value {
+            Value::Bool(true) => true,
+            Value::Bool(false) => {
+                self.error(
+                    &flag.span,
+                    format!(
+                        "`dead_letters: false` binds nothing; give handler `{}` a target, or set `dead_letters: true` to receive every dead letter",
+                        key.name
+                    ),
+                );
+                false
+            }
+            _ => {
+                self.error(
+                    &flag.span,
+                    format!(
+                        "`dead_letters` of handler `{}` must be `true`, found {}",
+                        key.name,
+                        describe(flag)
+                    ),
+                );
+                false
+            }
+        };
+        for other in NOT_WITH_DEAD_LETTERS {
+            if let Some(n) = map.get(other) {
+                self.error(
+                    &n.span,
+                    format!(
+                        "handler `{}` receives dead letters, so it cannot also have `{other}`; a dead-letter binding receives every dead letter of the bus and emits nothing",
+                        key.name
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let max_retries = match map.get("max_retries") {
+            None => None,
+            Some(n) => Some(self.max_retries(key, n)?),
+        };
+        ok.then(|| Handler {
+            name: key.name.clone(),
+            description,
+            target: HandlerTarget::DeadLetters,
+            max_retries,
+            emits: Vec::new(),
         })
     }
 

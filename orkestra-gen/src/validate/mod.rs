@@ -26,6 +26,8 @@ pub struct Source {
 
 /// A file's declarations, before resolution.
 struct Decl {
+    /// Where its `namespace` value is.
+    span: Span,
     namespace: String,
     qualifier: String,
     ident: String,
@@ -99,6 +101,7 @@ impl Validator {
         let tables = self.payload_tables(&decls);
         let mut modules: Vec<Module> = decls.iter().map(|decl| self.module(decl, &types)).collect();
         self.check_topics(&modules);
+        self.check_recursive_types(&modules);
         let mut handled_commands = HashMap::new();
         for (decl, module) in decls.iter().zip(&mut modules) {
             for (key, node) in &decl.handlers {

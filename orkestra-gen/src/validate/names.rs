@@ -33,13 +33,8 @@ impl Validator {
                 }
                 Some(existing) => {
                     let ns = existing.namespace.clone();
-                    let span = decl
-                        .types
-                        .first()
-                        .map(|(k, _)| k.span.clone())
-                        .unwrap_or_default();
                     self.error(
-                        &span,
+                        &decl.span,
                         format!(
                             "namespace `{}` maps to Rust module `{}`, like `{ns}`; rename one",
                             decl.namespace, decl.ident
@@ -117,6 +112,15 @@ impl Validator {
                 }
             }
             for (key, _) in &decl.handlers {
+                if names::pascal(&key.name) == "Handlers" {
+                    self.error(
+                        &key.span,
+                        format!(
+                            "`{}` is reserved for the generated struct that wires every binding; choose another name",
+                            key.name
+                        ),
+                    );
+                }
                 let folded = key.name.to_snake_case();
                 if let Some(FirstSeen {
                     name: first_ns,

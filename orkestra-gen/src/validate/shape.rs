@@ -121,6 +121,7 @@ impl Validator {
         let events = section("events");
         let handlers = section("handlers");
         Some(Decl {
+            span: ns_node.span.clone(),
             namespace,
             qualifier,
             ident,

@@ -1,6 +1,6 @@
 //! Named types and type expressions: structs, enums, `list<T>`, `map<T>`, references.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::{Decl, QualifiedName, TypeTable, Validator};
 use crate::diagnostic::{Diagnostic, Span};
@@ -13,7 +13,69 @@ const BASE_TYPES: &[&str] = &[
     "string", "integer", "float", "boolean", "datetime", "date", "uuid", "decimal", "json",
 ];
 
+/// A struct type, identified across namespaces.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct StructKey<'a> {
+    module: &'a str,
+    name: &'a str,
+}
+
+/// A field that holds a struct by value: `Type.field` and the struct it holds.
+struct ByValue<'a> {
+    field: &'a str,
+    holds: StructKey<'a>,
+}
+
 impl Validator {
+    /// A struct that contains itself by value (directly or through an optional field,
+    /// across any number of types) has no finite size, so its generated code would not
+    /// compile. `list<>` and `map<>` keep their items on the heap and break the cycle.
+    /// Each type on a cycle gets a diagnostic at its declaration, with the shortest path.
+    pub(super) fn check_recursive_types(&mut self, modules: &[Module]) {
+        let mut edges: HashMap<StructKey<'_>, Vec<ByValue<'_>>> = HashMap::new();
+        for m in modules {
+            for t in &m.types {
+                let TypeKind::Struct(fields) = &t.kind else {
+                    continue;
+                };
+                let by_value = fields.iter().filter_map(|f| match &f.ty {
+                    Ty::Named(r) if !r.is_enum => Some(ByValue {
+                        field: &f.name,
+                        holds: StructKey {
+                            module: &r.module,
+                            name: &r.name,
+                        },
+                    }),
+                    _ => None,
+                });
+                edges
+                    .entry(StructKey {
+                        module: &m.ident,
+                        name: &t.name,
+                    })
+                    .or_default()
+                    .extend(by_value);
+            }
+        }
+        for m in modules {
+            for t in &m.types {
+                let start = StructKey {
+                    module: &m.ident,
+                    name: &t.name,
+                };
+                if let Some(path) = cycle_through(&edges, start) {
+                    self.error(
+                        &t.span,
+                        format!(
+                            "type `{}` contains itself by value ({path}), so it has no finite size; hold it in a `list<>` or `map<>` field instead",
+                            t.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     pub(super) fn type_table(&mut self, decls: &[Decl]) -> TypeTable {
         let mut table = HashMap::new();
         for decl in decls {
@@ -75,6 +137,7 @@ impl Validator {
                 let fields = self.fields(decl, fields, types, &format!("type `{}`", key.name))?;
                 Some(TypeDef {
                     name: key.name.clone(),
+                    span: key.span.clone(),
                     description,
                     kind: TypeKind::Struct(fields),
                 })
@@ -118,6 +181,7 @@ impl Validator {
                 }
                 Some(TypeDef {
                     name: key.name.clone(),
+                    span: key.span.clone(),
                     description,
                     kind: TypeKind::Enum(variants),
                 })
@@ -220,4 +284,28 @@ pub(super) fn ty_name(ty: &Ty) -> String {
         Ty::Map(_) => "a map".into(),
         Ty::Named(t) => format!("`{}`", t.name),
     }
+}
+
+/// The shortest chain of by-value fields from `start` back to itself, as
+/// `A.b → B.a → A`, if there is one (breadth-first, fields in declaration order).
+fn cycle_through(
+    edges: &HashMap<StructKey<'_>, Vec<ByValue<'_>>>,
+    start: StructKey<'_>,
+) -> Option<String> {
+    let mut seen = HashSet::new();
+    let mut queue = VecDeque::from([(start, Vec::<String>::new())]);
+    while let Some((at, path)) = queue.pop_front() {
+        for edge in edges.get(&at).into_iter().flatten() {
+            let mut path = path.clone();
+            path.push(format!("{}.{}", at.name, edge.field));
+            if edge.holds == start {
+                path.push(start.name.to_owned());
+                return Some(path.join(" → "));
+            }
+            if seen.insert(edge.holds) {
+                queue.push_back((edge.holds, path));
+            }
+        }
+    }
+    None
 }

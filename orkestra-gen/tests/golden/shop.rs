@@ -12,10 +12,10 @@ pub mod accounts {
             ::core::cmp::PartialEq,
             ::core::cmp::Eq,
             ::core::hash::Hash,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde")]
+        #[serde(crate = "::orkestra_runtime::codegen::serde")]
         pub enum Plan {
             /// `free`
             #[serde(rename = "free")]
@@ -50,10 +50,10 @@ pub mod accounts {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct CreateAccount {
             /// `email`
             pub email: ::std::string::String,
@@ -61,7 +61,7 @@ pub mod accounts {
             pub name: ::std::string::String,
             /// `plan`
             #[serde(default = "CreateAccount::__default_plan")]
-            pub plan: super::super::accounts::types::Plan,
+            pub plan: super::types::Plan,
             /// `type`
             #[serde(default = "CreateAccount::__default_type")]
             pub r#type: ::std::string::String,
@@ -73,7 +73,7 @@ pub mod accounts {
             pub const TYPE_NAME: &'static str = "Shop.Accounts.CreateAccount";
             /// Builds the command from JSON params, checked in the documented order.
             pub fn new(
-                params: ::orkestra_runtime::__private::serde_json::Value,
+                params: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Command<Self>,
@@ -82,43 +82,42 @@ pub mod accounts {
                 ::orkestra_runtime::Command::from_json(params, metadata)
             }
             #[doc(hidden)]
-            pub fn __default_plan() -> super::super::accounts::types::Plan {
-                super::super::accounts::types::Plan::Free
+            pub fn __default_plan() -> super::types::Plan {
+                super::types::Plan::Free
             }
             #[doc(hidden)]
             pub fn __default_type() -> ::std::string::String {
                 ::std::string::String::from("personal")
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
+            /// Records every rule `name` breaks.
+            fn check_name(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                email: ::core::option::Option<&::std::string::String>,
-                name: ::core::option::Option<&::std::string::String>,
-                plan: ::core::option::Option<&super::super::accounts::types::Plan>,
-                r#type: ::core::option::Option<&::std::string::String>,
+                v: &str,
             ) {
-                if let ::core::option::Option::Some(v) = name {
-                    ::orkestra_runtime::rules::min_length(
-                        errors,
-                        "name",
-                        v.chars().count(),
-                        1usize,
-                    );
-                    ::orkestra_runtime::rules::max_length(
-                        errors,
-                        "name",
-                        v.chars().count(),
-                        100usize,
-                    );
-                }
-                if let ::core::option::Option::Some(v) = r#type {
-                    ::orkestra_runtime::rules::one_of(
-                        errors,
-                        "type",
-                        &v.as_str(),
-                        &["personal", "business"],
-                    );
-                }
+                ::orkestra_runtime::codegen::rules::min_length(
+                    errors,
+                    "name",
+                    v.chars().count(),
+                    1usize,
+                );
+                ::orkestra_runtime::codegen::rules::max_length(
+                    errors,
+                    "name",
+                    v.chars().count(),
+                    100usize,
+                );
+            }
+            /// Records every rule `type` breaks.
+            fn check_type(
+                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
+                v: &str,
+            ) {
+                ::orkestra_runtime::codegen::rules::one_of(
+                    errors,
+                    "type",
+                    &v,
+                    &["personal", "business"],
+                );
             }
         }
         impl ::orkestra_runtime::Payload for CreateAccount {
@@ -126,29 +125,27 @@ pub mod accounts {
             const TOPIC: &'static str = "accounts.commands.create_account";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["email", "name", "plan", "type"],
                     &["email", "name"],
                 )?;
                 let email = reader.take::<::std::string::String>("email");
                 let name = reader.take::<::std::string::String>("name");
-                let plan = reader.take::<super::super::accounts::types::Plan>("plan");
+                if let ::core::option::Option::Some(v) = &name {
+                    Self::check_name(reader.errors(), v);
+                }
+                let plan = reader.take::<super::types::Plan>("plan");
                 let r#type = reader.take::<::std::string::String>("type");
-                Self::check_rules(
-                    reader.errors(),
-                    email.as_ref(),
-                    name.as_ref(),
-                    plan.as_ref(),
-                    r#type.as_ref(),
-                );
+                if let ::core::option::Option::Some(v) = &r#type {
+                    Self::check_type(reader.errors(), v);
+                }
                 reader.finish()?;
                 let this = Self {
-                    email: ::orkestra_runtime::required(email, "email")?,
-                    name: ::orkestra_runtime::required(name, "name")?,
+                    email: ::orkestra_runtime::codegen::required(email, "email")?,
+                    name: ::orkestra_runtime::codegen::required(name, "name")?,
                     plan: plan.unwrap_or_else(Self::__default_plan),
                     r#type: r#type.unwrap_or_else(Self::__default_type),
                 };
@@ -159,14 +156,9 @@ pub mod accounts {
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
                 let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.email),
-                    ::core::option::Option::Some(&self.name),
-                    ::core::option::Option::Some(&self.plan),
-                    ::core::option::Option::Some(&self.r#type),
-                );
-                ::orkestra_runtime::finish(errors)?;
+                Self::check_name(&mut errors, &self.name);
+                Self::check_type(&mut errors, &self.r#type);
+                ::orkestra_runtime::codegen::finish(errors)?;
                 ::orkestra_runtime::Validate::validate(self)?;
                 ::core::result::Result::Ok(())
             }
@@ -180,17 +172,17 @@ pub mod accounts {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct AccountCreated {
             /// `account_id`
             pub account_id: ::std::string::String,
             /// `email`
             pub email: ::std::string::String,
             /// `plan`
-            pub plan: super::super::accounts::types::Plan,
+            pub plan: super::types::Plan,
         }
         impl AccountCreated {
             /// The topic it travels on.
@@ -201,7 +193,7 @@ pub mod accounts {
             pub const VERSION: u32 = 1;
             /// Builds the event from JSON data, checked like command params.
             pub fn new(
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
@@ -212,7 +204,7 @@ pub mod accounts {
             /// The event caused by `command`: same correlation id, causation = the command id.
             pub fn from_command<P: ::orkestra_runtime::Payload>(
                 command: &::orkestra_runtime::Command<P>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
@@ -222,23 +214,19 @@ pub mod accounts {
             /// The event caused by `event`: same correlation id, causation = that event's id.
             pub fn from_event<E>(
                 event: &::orkestra_runtime::Event<E>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
+            /// Records every rule `email` breaks.
+            fn check_email(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                account_id: ::core::option::Option<&::std::string::String>,
-                email: ::core::option::Option<&::std::string::String>,
-                plan: ::core::option::Option<&super::super::accounts::types::Plan>,
+                v: &str,
             ) {
-                if let ::core::option::Option::Some(v) = email {
-                    ::orkestra_runtime::rules::email(errors, "email", v);
-                }
+                ::orkestra_runtime::codegen::rules::email(errors, "email", v);
             }
         }
         impl ::orkestra_runtime::Payload for AccountCreated {
@@ -246,28 +234,27 @@ pub mod accounts {
             const TOPIC: &'static str = "accounts.events.account_created";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["account_id", "email", "plan"],
                     &["account_id", "email", "plan"],
                 )?;
                 let account_id = reader.take::<::std::string::String>("account_id");
                 let email = reader.take::<::std::string::String>("email");
-                let plan = reader.take::<super::super::accounts::types::Plan>("plan");
-                Self::check_rules(
-                    reader.errors(),
-                    account_id.as_ref(),
-                    email.as_ref(),
-                    plan.as_ref(),
-                );
+                if let ::core::option::Option::Some(v) = &email {
+                    Self::check_email(reader.errors(), v);
+                }
+                let plan = reader.take::<super::types::Plan>("plan");
                 reader.finish()?;
                 let this = Self {
-                    account_id: ::orkestra_runtime::required(account_id, "account_id")?,
-                    email: ::orkestra_runtime::required(email, "email")?,
-                    plan: ::orkestra_runtime::required(plan, "plan")?,
+                    account_id: ::orkestra_runtime::codegen::required(
+                        account_id,
+                        "account_id",
+                    )?,
+                    email: ::orkestra_runtime::codegen::required(email, "email")?,
+                    plan: ::orkestra_runtime::codegen::required(plan, "plan")?,
                 };
                 ::core::result::Result::Ok(this)
             }
@@ -275,13 +262,8 @@ pub mod accounts {
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
                 let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.account_id),
-                    ::core::option::Option::Some(&self.email),
-                    ::core::option::Option::Some(&self.plan),
-                );
-                ::orkestra_runtime::finish(errors)?;
+                Self::check_email(&mut errors, &self.email);
+                ::orkestra_runtime::codegen::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -303,13 +285,11 @@ pub mod accounts {
             /// Handles the command; the reply is returned to the dispatcher.
             fn execute(
                 &self,
-                command: ::orkestra_runtime::Command<
-                    super::super::accounts::commands::CreateAccount,
-                >,
+                command: ::orkestra_runtime::Command<super::commands::CreateAccount>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<
-                    ::orkestra_runtime::__private::serde_json::Value,
+                    ::orkestra_runtime::codegen::serde_json::Value,
                     ::orkestra_runtime::HandlerError,
                 >,
             > + ::core::marker::Send;
@@ -320,7 +300,7 @@ pub mod accounts {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::command::<
-                super::super::accounts::commands::CreateAccount,
+                super::commands::CreateAccount,
                 _,
                 _,
             >(
@@ -336,9 +316,7 @@ pub mod accounts {
             /// Handles the event.
             fn handle_event(
                 &self,
-                event: ::orkestra_runtime::Event<
-                    super::super::accounts::events::AccountCreated,
-                >,
+                event: ::orkestra_runtime::Event<super::events::AccountCreated>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<(), ::orkestra_runtime::HandlerError>,
@@ -350,9 +328,7 @@ pub mod accounts {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::events::<
-                ::orkestra_runtime::Event<
-                    super::super::accounts::events::AccountCreated,
-                >,
+                ::orkestra_runtime::Event<super::events::AccountCreated>,
                 _,
                 _,
             >(
@@ -367,9 +343,7 @@ pub mod accounts {
         #[derive(::core::fmt::Debug)]
         pub enum CustomerTimelineEvent {
             /// `Shop.Accounts.AccountCreated`
-            AccountCreated(
-                ::orkestra_runtime::Event<super::super::accounts::events::AccountCreated>,
-            ),
+            AccountCreated(::orkestra_runtime::Event<super::events::AccountCreated>),
             /// `Shop.Orders.OrderPlaced`
             OrderPlaced(
                 ::orkestra_runtime::Event<super::super::orders::events::OrderPlaced>,
@@ -377,15 +351,13 @@ pub mod accounts {
         }
         impl ::orkestra_runtime::EventSet for CustomerTimelineEvent {
             const PATTERNS: &'static [&'static str] = &[
-                super::super::accounts::events::AccountCreated::TOPIC,
+                super::events::AccountCreated::TOPIC,
                 super::super::orders::events::OrderPlaced::TOPIC,
             ];
             fn from_message(
                 message: &::orkestra_runtime::Message,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                if message.type_name()
-                    == super::super::accounts::events::AccountCreated::TYPE_NAME
-                {
+                if message.type_name() == super::events::AccountCreated::TYPE_NAME {
                     return message.event().map(Self::AccountCreated);
                 }
                 if message.type_name()
@@ -394,7 +366,7 @@ pub mod accounts {
                     return message.event().map(Self::OrderPlaced);
                 }
                 ::core::result::Result::Err(::orkestra_runtime::PayloadError::WrongType {
-                    expected: "CustomerTimeline",
+                    expected: "Shop.Accounts.AccountCreated | Shop.Orders.OrderPlaced",
                     found: ::std::string::String::from(message.type_name()),
                 })
             }
@@ -427,6 +399,38 @@ pub mod accounts {
                 },
             )
         }
+        /// Every binding of `Shop.Accounts`, one field each (`CreateAccountHandler`, `WelcomeMailer`, `CustomerTimeline`): a missing field is a compile error.
+        ///
+        /// `bus.subscribe_all(Handlers { .. }.subscriptions()).await?` subscribes them all.
+        #[derive(::core::fmt::Debug)]
+        pub struct Handlers<
+            CreateAccountHandlerImpl,
+            WelcomeMailerImpl,
+            CustomerTimelineImpl,
+        > {
+            /// The implementation of [`CreateAccountHandler`].
+            pub create_account_handler: CreateAccountHandlerImpl,
+            /// The implementation of [`WelcomeMailer`].
+            pub welcome_mailer: WelcomeMailerImpl,
+            /// The implementation of [`CustomerTimeline`].
+            pub customer_timeline: CustomerTimelineImpl,
+        }
+        impl<
+            CreateAccountHandlerImpl: self::CreateAccountHandler,
+            WelcomeMailerImpl: self::WelcomeMailer,
+            CustomerTimelineImpl: self::CustomerTimeline,
+        > Handlers<CreateAccountHandlerImpl, WelcomeMailerImpl, CustomerTimelineImpl> {
+            /// One subscription per binding, in declaration order, for `bus.subscribe_all(..)`.
+            pub fn subscriptions(
+                self,
+            ) -> ::std::vec::Vec<::orkestra_runtime::Subscription> {
+                ::std::vec![
+                    create_account_handler(self.create_account_handler),
+                    welcome_mailer(self.welcome_mailer), customer_timeline(self
+                    .customer_timeline),
+                ]
+            }
+        }
     }
 }
 /// Order taking.
@@ -438,10 +442,10 @@ pub mod orders {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct Address {
             /// `street`
             pub street: ::std::string::String,
@@ -451,7 +455,6 @@ pub mod orders {
         }
         impl Address {
             /// Records every rule this value breaks, with paths under `path`.
-            #[allow(unused_variables, clippy::ptr_arg)]
             pub fn check_into(
                 &self,
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
@@ -459,7 +462,7 @@ pub mod orders {
             ) {
                 {
                     let v = &self.street;
-                    ::orkestra_runtime::rules::min_length(
+                    ::orkestra_runtime::codegen::rules::min_length(
                         errors,
                         &::std::format!("{}.{}", path, "street"),
                         v.chars().count(),
@@ -468,10 +471,10 @@ pub mod orders {
                 }
                 if let ::core::option::Option::Some(v) = &self.zip {
                     {
-                        static PATTERN: ::orkestra_runtime::rules::Pattern = ::orkestra_runtime::rules::Pattern::new(
+                        static PATTERN: ::orkestra_runtime::codegen::rules::Pattern = ::orkestra_runtime::codegen::rules::Pattern::new(
                             "^[0-9]{5}$",
                         );
-                        ::orkestra_runtime::rules::pattern(
+                        ::orkestra_runtime::codegen::rules::pattern(
                             errors,
                             &::std::format!("{}.{}", path, "zip"),
                             v,
@@ -489,10 +492,10 @@ pub mod orders {
             ::core::cmp::PartialEq,
             ::core::cmp::Eq,
             ::core::hash::Hash,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde")]
+        #[serde(crate = "::orkestra_runtime::codegen::serde")]
         pub enum Priority {
             /// `standard`
             #[serde(rename = "standard")]
@@ -523,10 +526,10 @@ pub mod orders {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct PlaceOrder {
             /// `product_id`
             pub product_id: ::std::string::String,
@@ -537,10 +540,10 @@ pub mod orders {
             pub notes: ::std::string::String,
             /// `priority`
             #[serde(default = "PlaceOrder::__default_priority")]
-            pub priority: super::super::orders::types::Priority,
+            pub priority: super::types::Priority,
             /// `ship_to`
             #[serde(default, skip_serializing_if = "::core::option::Option::is_none")]
-            pub ship_to: ::core::option::Option<super::super::orders::types::Address>,
+            pub ship_to: ::core::option::Option<super::types::Address>,
             /// `tags`
             #[serde(default = "PlaceOrder::__default_tags")]
             pub tags: ::std::vec::Vec<::std::string::String>,
@@ -552,7 +555,7 @@ pub mod orders {
             pub const TYPE_NAME: &'static str = "Shop.Orders.PlaceOrder";
             /// Builds the command from JSON params, checked in the documented order.
             pub fn new(
-                params: ::orkestra_runtime::__private::serde_json::Value,
+                params: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Command<Self>,
@@ -565,38 +568,39 @@ pub mod orders {
                 ::std::string::String::from("")
             }
             #[doc(hidden)]
-            pub fn __default_priority() -> super::super::orders::types::Priority {
-                super::super::orders::types::Priority::Standard
+            pub fn __default_priority() -> super::types::Priority {
+                super::types::Priority::Standard
             }
             #[doc(hidden)]
             pub fn __default_tags() -> ::std::vec::Vec<::std::string::String> {
                 ::std::vec![]
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
+            /// Records every rule `product_id` breaks.
+            fn check_product_id(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                product_id: ::core::option::Option<&::std::string::String>,
-                quantity: ::core::option::Option<&i64>,
-                notes: ::core::option::Option<&::std::string::String>,
-                priority: ::core::option::Option<&super::super::orders::types::Priority>,
-                ship_to: ::core::option::Option<&super::super::orders::types::Address>,
-                tags: ::core::option::Option<&::std::vec::Vec<::std::string::String>>,
+                v: &str,
             ) {
-                if let ::core::option::Option::Some(v) = product_id {
-                    ::orkestra_runtime::rules::min_length(
-                        errors,
-                        "product_id",
-                        v.chars().count(),
-                        1usize,
-                    );
-                }
-                if let ::core::option::Option::Some(v) = quantity {
-                    ::orkestra_runtime::rules::min(errors, "quantity", *v, 1i64);
-                    ::orkestra_runtime::rules::max(errors, "quantity", *v, 1000i64);
-                }
-                if let ::core::option::Option::Some(v) = ship_to {
-                    v.check_into(errors, "ship_to");
-                }
+                ::orkestra_runtime::codegen::rules::min_length(
+                    errors,
+                    "product_id",
+                    v.chars().count(),
+                    1usize,
+                );
+            }
+            /// Records every rule `quantity` breaks.
+            fn check_quantity(
+                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
+                v: &i64,
+            ) {
+                ::orkestra_runtime::codegen::rules::min(errors, "quantity", *v, 1i64);
+                ::orkestra_runtime::codegen::rules::max(errors, "quantity", *v, 1000i64);
+            }
+            /// Records every rule `ship_to` breaks.
+            fn check_ship_to(
+                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
+                v: &super::types::Address,
+            ) {
+                v.check_into(errors, "ship_to");
             }
         }
         impl ::orkestra_runtime::Payload for PlaceOrder {
@@ -604,35 +608,38 @@ pub mod orders {
             const TOPIC: &'static str = "orders.commands.place_order";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["product_id", "quantity", "notes", "priority", "ship_to", "tags"],
                     &["product_id", "quantity"],
                 )?;
                 let product_id = reader.take::<::std::string::String>("product_id");
+                if let ::core::option::Option::Some(v) = &product_id {
+                    Self::check_product_id(reader.errors(), v);
+                }
                 let quantity = reader.take::<i64>("quantity");
+                if let ::core::option::Option::Some(v) = &quantity {
+                    Self::check_quantity(reader.errors(), v);
+                }
                 let notes = reader.take::<::std::string::String>("notes");
-                let priority = reader
-                    .take::<super::super::orders::types::Priority>("priority");
-                let ship_to = reader
-                    .take::<super::super::orders::types::Address>("ship_to");
+                let priority = reader.take::<super::types::Priority>("priority");
+                let ship_to = reader.take::<super::types::Address>("ship_to");
+                if let ::core::option::Option::Some(v) = &ship_to {
+                    Self::check_ship_to(reader.errors(), v);
+                }
                 let tags = reader.take::<::std::vec::Vec<::std::string::String>>("tags");
-                Self::check_rules(
-                    reader.errors(),
-                    product_id.as_ref(),
-                    quantity.as_ref(),
-                    notes.as_ref(),
-                    priority.as_ref(),
-                    ship_to.as_ref(),
-                    tags.as_ref(),
-                );
                 reader.finish()?;
                 let this = Self {
-                    product_id: ::orkestra_runtime::required(product_id, "product_id")?,
-                    quantity: ::orkestra_runtime::required(quantity, "quantity")?,
+                    product_id: ::orkestra_runtime::codegen::required(
+                        product_id,
+                        "product_id",
+                    )?,
+                    quantity: ::orkestra_runtime::codegen::required(
+                        quantity,
+                        "quantity",
+                    )?,
                     notes: notes.unwrap_or_else(Self::__default_notes),
                     priority: priority.unwrap_or_else(Self::__default_priority),
                     ship_to,
@@ -644,16 +651,12 @@ pub mod orders {
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
                 let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.product_id),
-                    ::core::option::Option::Some(&self.quantity),
-                    ::core::option::Option::Some(&self.notes),
-                    ::core::option::Option::Some(&self.priority),
-                    self.ship_to.as_ref(),
-                    ::core::option::Option::Some(&self.tags),
-                );
-                ::orkestra_runtime::finish(errors)?;
+                Self::check_product_id(&mut errors, &self.product_id);
+                Self::check_quantity(&mut errors, &self.quantity);
+                if let ::core::option::Option::Some(v) = &self.ship_to {
+                    Self::check_ship_to(&mut errors, v);
+                }
+                ::orkestra_runtime::codegen::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -663,10 +666,10 @@ pub mod orders {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct CancelOrder {
             /// `order_id`
             pub order_id: ::std::string::String,
@@ -681,7 +684,7 @@ pub mod orders {
             pub const TYPE_NAME: &'static str = "Shop.Orders.CancelOrder";
             /// Builds the command from JSON params, checked in the documented order.
             pub fn new(
-                params: ::orkestra_runtime::__private::serde_json::Value,
+                params: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Command<Self>,
@@ -689,20 +692,17 @@ pub mod orders {
             > {
                 ::orkestra_runtime::Command::from_json(params, metadata)
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
+            /// Records every rule `reason` breaks.
+            fn check_reason(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                order_id: ::core::option::Option<&::std::string::String>,
-                reason: ::core::option::Option<&::std::string::String>,
+                v: &str,
             ) {
-                if let ::core::option::Option::Some(v) = reason {
-                    ::orkestra_runtime::rules::one_of(
-                        errors,
-                        "reason",
-                        &v.as_str(),
-                        &["customer", "fraud", "stock"],
-                    );
-                }
+                ::orkestra_runtime::codegen::rules::one_of(
+                    errors,
+                    "reason",
+                    &v,
+                    &["customer", "fraud", "stock"],
+                );
             }
         }
         impl ::orkestra_runtime::Payload for CancelOrder {
@@ -710,20 +710,24 @@ pub mod orders {
             const TOPIC: &'static str = "orders.commands.cancel_order";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["order_id", "reason"],
                     &["order_id"],
                 )?;
                 let order_id = reader.take::<::std::string::String>("order_id");
                 let reason = reader.take::<::std::string::String>("reason");
-                Self::check_rules(reader.errors(), order_id.as_ref(), reason.as_ref());
+                if let ::core::option::Option::Some(v) = &reason {
+                    Self::check_reason(reader.errors(), v);
+                }
                 reader.finish()?;
                 let this = Self {
-                    order_id: ::orkestra_runtime::required(order_id, "order_id")?,
+                    order_id: ::orkestra_runtime::codegen::required(
+                        order_id,
+                        "order_id",
+                    )?,
                     reason,
                 };
                 ::core::result::Result::Ok(this)
@@ -732,12 +736,10 @@ pub mod orders {
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
                 let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.order_id),
-                    self.reason.as_ref(),
-                );
-                ::orkestra_runtime::finish(errors)?;
+                if let ::core::option::Option::Some(v) = &self.reason {
+                    Self::check_reason(&mut errors, v);
+                }
+                ::orkestra_runtime::codegen::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -750,10 +752,10 @@ pub mod orders {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct OrderPlaced {
             /// `order_id`
             pub order_id: ::std::string::String,
@@ -762,8 +764,8 @@ pub mod orders {
             /// `quantity`
             pub quantity: i64,
             /// `placed_at`
-            pub placed_at: ::orkestra_runtime::__private::chrono::DateTime<
-                ::orkestra_runtime::__private::chrono::Utc,
+            pub placed_at: ::orkestra_runtime::codegen::chrono::DateTime<
+                ::orkestra_runtime::codegen::chrono::Utc,
             >,
         }
         impl OrderPlaced {
@@ -775,7 +777,7 @@ pub mod orders {
             pub const VERSION: u32 = 1;
             /// Builds the event from JSON data, checked like command params.
             pub fn new(
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
@@ -786,7 +788,7 @@ pub mod orders {
             /// The event caused by `command`: same correlation id, causation = the command id.
             pub fn from_command<P: ::orkestra_runtime::Payload>(
                 command: &::orkestra_runtime::Command<P>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
@@ -796,35 +798,22 @@ pub mod orders {
             /// The event caused by `event`: same correlation id, causation = that event's id.
             pub fn from_event<E>(
                 event: &::orkestra_runtime::Event<E>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
-                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                order_id: ::core::option::Option<&::std::string::String>,
-                product_id: ::core::option::Option<&::std::string::String>,
-                quantity: ::core::option::Option<&i64>,
-                placed_at: ::core::option::Option<
-                    &::orkestra_runtime::__private::chrono::DateTime<
-                        ::orkestra_runtime::__private::chrono::Utc,
-                    >,
-                >,
-            ) {}
         }
         impl ::orkestra_runtime::Payload for OrderPlaced {
             const TYPE_NAME: &'static str = "Shop.Orders.OrderPlaced";
             const TOPIC: &'static str = "orders.events.order_placed";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["order_id", "product_id", "quantity", "placed_at"],
                     &["order_id", "product_id", "quantity", "placed_at"],
@@ -834,38 +823,34 @@ pub mod orders {
                 let quantity = reader.take::<i64>("quantity");
                 let placed_at = reader
                     .take::<
-                        ::orkestra_runtime::__private::chrono::DateTime<
-                            ::orkestra_runtime::__private::chrono::Utc,
+                        ::orkestra_runtime::codegen::chrono::DateTime<
+                            ::orkestra_runtime::codegen::chrono::Utc,
                         >,
                     >("placed_at");
-                Self::check_rules(
-                    reader.errors(),
-                    order_id.as_ref(),
-                    product_id.as_ref(),
-                    quantity.as_ref(),
-                    placed_at.as_ref(),
-                );
                 reader.finish()?;
                 let this = Self {
-                    order_id: ::orkestra_runtime::required(order_id, "order_id")?,
-                    product_id: ::orkestra_runtime::required(product_id, "product_id")?,
-                    quantity: ::orkestra_runtime::required(quantity, "quantity")?,
-                    placed_at: ::orkestra_runtime::required(placed_at, "placed_at")?,
+                    order_id: ::orkestra_runtime::codegen::required(
+                        order_id,
+                        "order_id",
+                    )?,
+                    product_id: ::orkestra_runtime::codegen::required(
+                        product_id,
+                        "product_id",
+                    )?,
+                    quantity: ::orkestra_runtime::codegen::required(
+                        quantity,
+                        "quantity",
+                    )?,
+                    placed_at: ::orkestra_runtime::codegen::required(
+                        placed_at,
+                        "placed_at",
+                    )?,
                 };
                 ::core::result::Result::Ok(this)
             }
             fn check(
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
-                let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.order_id),
-                    ::core::option::Option::Some(&self.product_id),
-                    ::core::option::Option::Some(&self.quantity),
-                    ::core::option::Option::Some(&self.placed_at),
-                );
-                ::orkestra_runtime::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -875,10 +860,10 @@ pub mod orders {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct OrderCancelled {
             /// `order_id`
             pub order_id: ::std::string::String,
@@ -895,7 +880,7 @@ pub mod orders {
             pub const VERSION: u32 = 1;
             /// Builds the event from JSON data, checked like command params.
             pub fn new(
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
@@ -906,7 +891,7 @@ pub mod orders {
             /// The event caused by `command`: same correlation id, causation = the command id.
             pub fn from_command<P: ::orkestra_runtime::Payload>(
                 command: &::orkestra_runtime::Command<P>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
@@ -916,39 +901,34 @@ pub mod orders {
             /// The event caused by `event`: same correlation id, causation = that event's id.
             pub fn from_event<E>(
                 event: &::orkestra_runtime::Event<E>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
-                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                order_id: ::core::option::Option<&::std::string::String>,
-                reason: ::core::option::Option<&::std::string::String>,
-            ) {}
         }
         impl ::orkestra_runtime::Payload for OrderCancelled {
             const TYPE_NAME: &'static str = "Shop.Orders.OrderCancelled";
             const TOPIC: &'static str = "orders.events.order_cancelled";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["order_id", "reason"],
                     &["order_id"],
                 )?;
                 let order_id = reader.take::<::std::string::String>("order_id");
                 let reason = reader.take::<::std::string::String>("reason");
-                Self::check_rules(reader.errors(), order_id.as_ref(), reason.as_ref());
                 reader.finish()?;
                 let this = Self {
-                    order_id: ::orkestra_runtime::required(order_id, "order_id")?,
+                    order_id: ::orkestra_runtime::codegen::required(
+                        order_id,
+                        "order_id",
+                    )?,
                     reason,
                 };
                 ::core::result::Result::Ok(this)
@@ -956,13 +936,6 @@ pub mod orders {
             fn check(
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
-                let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.order_id),
-                    self.reason.as_ref(),
-                );
-                ::orkestra_runtime::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -988,13 +961,11 @@ pub mod orders {
             /// Handles the command; the reply is returned to the dispatcher.
             fn execute(
                 &self,
-                command: ::orkestra_runtime::Command<
-                    super::super::orders::commands::PlaceOrder,
-                >,
+                command: ::orkestra_runtime::Command<super::commands::PlaceOrder>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<
-                    ::orkestra_runtime::__private::serde_json::Value,
+                    ::orkestra_runtime::codegen::serde_json::Value,
                     ::orkestra_runtime::HandlerError,
                 >,
             > + ::core::marker::Send;
@@ -1005,7 +976,7 @@ pub mod orders {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::command::<
-                super::super::orders::commands::PlaceOrder,
+                super::commands::PlaceOrder,
                 _,
                 _,
             >(
@@ -1023,13 +994,11 @@ pub mod orders {
             /// Handles the command; the reply is returned to the dispatcher.
             fn execute(
                 &self,
-                command: ::orkestra_runtime::Command<
-                    super::super::orders::commands::CancelOrder,
-                >,
+                command: ::orkestra_runtime::Command<super::commands::CancelOrder>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<
-                    ::orkestra_runtime::__private::serde_json::Value,
+                    ::orkestra_runtime::codegen::serde_json::Value,
                     ::orkestra_runtime::HandlerError,
                 >,
             > + ::core::marker::Send;
@@ -1040,7 +1009,7 @@ pub mod orders {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::command::<
-                super::super::orders::commands::CancelOrder,
+                super::commands::CancelOrder,
                 _,
                 _,
             >(
@@ -1056,9 +1025,7 @@ pub mod orders {
             /// Handles the event.
             fn handle_event(
                 &self,
-                event: ::orkestra_runtime::Event<
-                    super::super::orders::events::OrderPlaced,
-                >,
+                event: ::orkestra_runtime::Event<super::events::OrderPlaced>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<(), ::orkestra_runtime::HandlerError>,
@@ -1070,7 +1037,7 @@ pub mod orders {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::events::<
-                ::orkestra_runtime::Event<super::super::orders::events::OrderPlaced>,
+                ::orkestra_runtime::Event<super::events::OrderPlaced>,
                 _,
                 _,
             >(
@@ -1085,34 +1052,26 @@ pub mod orders {
         #[derive(::core::fmt::Debug)]
         pub enum OrderProjectorEvent {
             /// `Shop.Orders.OrderPlaced`
-            OrderPlaced(
-                ::orkestra_runtime::Event<super::super::orders::events::OrderPlaced>,
-            ),
+            OrderPlaced(::orkestra_runtime::Event<super::events::OrderPlaced>),
             /// `Shop.Orders.OrderCancelled`
-            OrderCancelled(
-                ::orkestra_runtime::Event<super::super::orders::events::OrderCancelled>,
-            ),
+            OrderCancelled(::orkestra_runtime::Event<super::events::OrderCancelled>),
         }
         impl ::orkestra_runtime::EventSet for OrderProjectorEvent {
             const PATTERNS: &'static [&'static str] = &[
-                super::super::orders::events::OrderPlaced::TOPIC,
-                super::super::orders::events::OrderCancelled::TOPIC,
+                super::events::OrderPlaced::TOPIC,
+                super::events::OrderCancelled::TOPIC,
             ];
             fn from_message(
                 message: &::orkestra_runtime::Message,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                if message.type_name()
-                    == super::super::orders::events::OrderPlaced::TYPE_NAME
-                {
+                if message.type_name() == super::events::OrderPlaced::TYPE_NAME {
                     return message.event().map(Self::OrderPlaced);
                 }
-                if message.type_name()
-                    == super::super::orders::events::OrderCancelled::TYPE_NAME
-                {
+                if message.type_name() == super::events::OrderCancelled::TYPE_NAME {
                     return message.event().map(Self::OrderCancelled);
                 }
                 ::core::result::Result::Err(::orkestra_runtime::PayloadError::WrongType {
-                    expected: "OrderProjector",
+                    expected: "Shop.Orders.OrderPlaced | Shop.Orders.OrderCancelled",
                     found: ::std::string::String::from(message.type_name()),
                 })
             }
@@ -1150,13 +1109,9 @@ pub mod orders {
         #[derive(::core::fmt::Debug)]
         pub enum OrderAuditEvent {
             /// `Shop.Orders.OrderPlaced`
-            OrderPlaced(
-                ::orkestra_runtime::Event<super::super::orders::events::OrderPlaced>,
-            ),
+            OrderPlaced(::orkestra_runtime::Event<super::events::OrderPlaced>),
             /// `Shop.Orders.OrderCancelled`
-            OrderCancelled(
-                ::orkestra_runtime::Event<super::super::orders::events::OrderCancelled>,
-            ),
+            OrderCancelled(::orkestra_runtime::Event<super::events::OrderCancelled>),
             /// An event this schema set does not know.
             Other(::orkestra_runtime::RawEvent),
         }
@@ -1165,14 +1120,10 @@ pub mod orders {
             fn from_message(
                 message: &::orkestra_runtime::Message,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                if message.type_name()
-                    == super::super::orders::events::OrderPlaced::TYPE_NAME
-                {
+                if message.type_name() == super::events::OrderPlaced::TYPE_NAME {
                     return message.event().map(Self::OrderPlaced);
                 }
-                if message.type_name()
-                    == super::super::orders::events::OrderCancelled::TYPE_NAME
-                {
+                if message.type_name() == super::events::OrderCancelled::TYPE_NAME {
                     return message.event().map(Self::OrderCancelled);
                 }
                 message.raw_event().map(Self::Other)
@@ -1211,9 +1162,7 @@ pub mod orders {
             /// Handles the event.
             fn handle_event(
                 &self,
-                event: ::orkestra_runtime::Event<
-                    super::super::orders::events::OrderPlaced,
-                >,
+                event: ::orkestra_runtime::Event<super::events::OrderPlaced>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<(), ::orkestra_runtime::HandlerError>,
@@ -1225,7 +1174,7 @@ pub mod orders {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::events::<
-                ::orkestra_runtime::Event<super::super::orders::events::OrderPlaced>,
+                ::orkestra_runtime::Event<super::events::OrderPlaced>,
                 _,
                 _,
             >(
@@ -1236,6 +1185,59 @@ pub mod orders {
                     },
                 )
                 .with_max_retries(2)
+        }
+        /// Every binding of `Shop.Orders`, one field each (`PlaceOrderHandler`, `CancelOrderHandler`, `SendOrderConfirmation`, `OrderProjector`, `OrderAudit`, `UpdateSearchIndex`): a missing field is a compile error.
+        ///
+        /// `bus.subscribe_all(Handlers { .. }.subscriptions()).await?` subscribes them all.
+        #[derive(::core::fmt::Debug)]
+        pub struct Handlers<
+            PlaceOrderHandlerImpl,
+            CancelOrderHandlerImpl,
+            SendOrderConfirmationImpl,
+            OrderProjectorImpl,
+            OrderAuditImpl,
+            UpdateSearchIndexImpl,
+        > {
+            /// The implementation of [`PlaceOrderHandler`].
+            pub place_order_handler: PlaceOrderHandlerImpl,
+            /// The implementation of [`CancelOrderHandler`].
+            pub cancel_order_handler: CancelOrderHandlerImpl,
+            /// The implementation of [`SendOrderConfirmation`].
+            pub send_order_confirmation: SendOrderConfirmationImpl,
+            /// The implementation of [`OrderProjector`].
+            pub order_projector: OrderProjectorImpl,
+            /// The implementation of [`OrderAudit`].
+            pub order_audit: OrderAuditImpl,
+            /// The implementation of [`UpdateSearchIndex`].
+            pub update_search_index: UpdateSearchIndexImpl,
+        }
+        impl<
+            PlaceOrderHandlerImpl: self::PlaceOrderHandler,
+            CancelOrderHandlerImpl: self::CancelOrderHandler,
+            SendOrderConfirmationImpl: self::SendOrderConfirmation,
+            OrderProjectorImpl: self::OrderProjector,
+            OrderAuditImpl: self::OrderAudit,
+            UpdateSearchIndexImpl: self::UpdateSearchIndex,
+        > Handlers<
+            PlaceOrderHandlerImpl,
+            CancelOrderHandlerImpl,
+            SendOrderConfirmationImpl,
+            OrderProjectorImpl,
+            OrderAuditImpl,
+            UpdateSearchIndexImpl,
+        > {
+            /// One subscription per binding, in declaration order, for `bus.subscribe_all(..)`.
+            pub fn subscriptions(
+                self,
+            ) -> ::std::vec::Vec<::orkestra_runtime::Subscription> {
+                ::std::vec![
+                    place_order_handler(self.place_order_handler),
+                    cancel_order_handler(self.cancel_order_handler),
+                    send_order_confirmation(self.send_order_confirmation),
+                    order_projector(self.order_projector), order_audit(self.order_audit),
+                    update_search_index(self.update_search_index),
+                ]
+            }
         }
     }
 }

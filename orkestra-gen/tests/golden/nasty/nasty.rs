@@ -13,10 +13,10 @@ pub mod nasty {
             ::core::cmp::PartialEq,
             ::core::cmp::Eq,
             ::core::hash::Hash,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde")]
+        #[serde(crate = "::orkestra_runtime::codegen::serde")]
         pub enum Status {
             /// `in-stock`
             #[serde(rename = "in-stock")]
@@ -51,10 +51,10 @@ pub mod nasty {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct Tricky {
             /// a keyword field */
             pub r#type: ::std::string::String,
@@ -72,7 +72,7 @@ pub mod nasty {
             pub pattern_field: ::core::option::Option<::std::string::String>,
             /// `status`
             #[serde(default = "Tricky::__default_status")]
-            pub status: super::super::nasty::types::Status,
+            pub status: super::types::Status,
             /// `nested`
             #[serde(default = "Tricky::__default_nested")]
             pub nested: ::std::collections::BTreeMap<
@@ -82,18 +82,18 @@ pub mod nasty {
             /// `when`
             #[serde(default, skip_serializing_if = "::core::option::Option::is_none")]
             pub when: ::core::option::Option<
-                ::orkestra_runtime::__private::chrono::NaiveDate,
+                ::orkestra_runtime::codegen::chrono::NaiveDate,
             >,
             /// `id`
             #[serde(default, skip_serializing_if = "::core::option::Option::is_none")]
-            pub id: ::core::option::Option<::orkestra_runtime::__private::uuid::Uuid>,
+            pub id: ::core::option::Option<::orkestra_runtime::codegen::uuid::Uuid>,
             /// `price`
             #[serde(default, skip_serializing_if = "::core::option::Option::is_none")]
             pub price: ::core::option::Option<::orkestra_runtime::Decimal>,
             /// `extra`
             #[serde(default, skip_serializing_if = "::core::option::Option::is_none")]
             pub extra: ::core::option::Option<
-                ::orkestra_runtime::__private::serde_json::Value,
+                ::orkestra_runtime::codegen::serde_json::Value,
             >,
         }
         impl Tricky {
@@ -103,7 +103,7 @@ pub mod nasty {
             pub const TYPE_NAME: &'static str = "Shop.Nasty.Tricky";
             /// Builds the command from JSON params, checked in the documented order.
             pub fn new(
-                params: ::orkestra_runtime::__private::serde_json::Value,
+                params: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Command<Self>,
@@ -124,8 +124,8 @@ pub mod nasty {
                 ::std::string::String::from("quote \" backslash \\ and \u{202e} bidi")
             }
             #[doc(hidden)]
-            pub fn __default_status() -> super::super::nasty::types::Status {
-                super::super::nasty::types::Status::OutOfStock
+            pub fn __default_status() -> super::types::Status {
+                super::types::Status::OutOfStock
             }
             #[doc(hidden)]
             pub fn __default_nested() -> ::std::collections::BTreeMap<
@@ -137,53 +137,40 @@ pub mod nasty {
                     (::std::string::String::from("b\""), ::std::vec![]),
                 ])
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
+            /// Records every rule `match` breaks.
+            fn check_match(
                 errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                r#type: ::core::option::Option<&::std::string::String>,
-                r#match: ::core::option::Option<&i64>,
-                self_: ::core::option::Option<&bool>,
-                r#async: ::core::option::Option<&::std::string::String>,
-                pattern_field: ::core::option::Option<&::std::string::String>,
-                status: ::core::option::Option<&super::super::nasty::types::Status>,
-                nested: ::core::option::Option<
-                    &::std::collections::BTreeMap<
-                        ::std::string::String,
-                        ::std::vec::Vec<i64>,
-                    >,
-                >,
-                when: ::core::option::Option<
-                    &::orkestra_runtime::__private::chrono::NaiveDate,
-                >,
-                id: ::core::option::Option<&::orkestra_runtime::__private::uuid::Uuid>,
-                price: ::core::option::Option<&::orkestra_runtime::Decimal>,
-                extra: ::core::option::Option<
-                    &::orkestra_runtime::__private::serde_json::Value,
-                >,
+                v: &i64,
             ) {
-                if let ::core::option::Option::Some(v) = r#match {
-                    ::orkestra_runtime::rules::min(errors, "match", *v, 1i64);
-                }
-                if let ::core::option::Option::Some(v) = r#async {
-                    ::orkestra_runtime::rules::max_length(
-                        errors,
-                        "async",
-                        v.chars().count(),
-                        100usize,
+                ::orkestra_runtime::codegen::rules::min(errors, "match", *v, 1i64);
+            }
+            /// Records every rule `async` breaks.
+            fn check_async(
+                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
+                v: &str,
+            ) {
+                ::orkestra_runtime::codegen::rules::max_length(
+                    errors,
+                    "async",
+                    v.chars().count(),
+                    100usize,
+                );
+            }
+            /// Records every rule `pattern_field` breaks.
+            fn check_pattern_field(
+                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
+                v: &str,
+            ) {
+                {
+                    static PATTERN: ::orkestra_runtime::codegen::rules::Pattern = ::orkestra_runtime::codegen::rules::Pattern::new(
+                        "^[a-z\"']+$",
                     );
-                }
-                if let ::core::option::Option::Some(v) = pattern_field {
-                    {
-                        static PATTERN: ::orkestra_runtime::rules::Pattern = ::orkestra_runtime::rules::Pattern::new(
-                            "^[a-z\"']+$",
-                        );
-                        ::orkestra_runtime::rules::pattern(
-                            errors,
-                            "pattern_field",
-                            v,
-                            &PATTERN,
-                        );
-                    }
+                    ::orkestra_runtime::codegen::rules::pattern(
+                        errors,
+                        "pattern_field",
+                        v,
+                        &PATTERN,
+                    );
                 }
             }
         }
@@ -192,10 +179,9 @@ pub mod nasty {
             const TOPIC: &'static str = "nasty.commands.tricky";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &[
                         "type",
@@ -214,11 +200,20 @@ pub mod nasty {
                 )?;
                 let r#type = reader.take::<::std::string::String>("type");
                 let r#match = reader.take::<i64>("match");
+                if let ::core::option::Option::Some(v) = &r#match {
+                    Self::check_match(reader.errors(), v);
+                }
                 let self_ = reader.take::<bool>("self");
                 let r#async = reader.take::<::std::string::String>("async");
+                if let ::core::option::Option::Some(v) = &r#async {
+                    Self::check_async(reader.errors(), v);
+                }
                 let pattern_field = reader
                     .take::<::std::string::String>("pattern_field");
-                let status = reader.take::<super::super::nasty::types::Status>("status");
+                if let ::core::option::Option::Some(v) = &pattern_field {
+                    Self::check_pattern_field(reader.errors(), v);
+                }
+                let status = reader.take::<super::types::Status>("status");
                 let nested = reader
                     .take::<
                         ::std::collections::BTreeMap<
@@ -227,28 +222,14 @@ pub mod nasty {
                         >,
                     >("nested");
                 let when = reader
-                    .take::<::orkestra_runtime::__private::chrono::NaiveDate>("when");
-                let id = reader.take::<::orkestra_runtime::__private::uuid::Uuid>("id");
+                    .take::<::orkestra_runtime::codegen::chrono::NaiveDate>("when");
+                let id = reader.take::<::orkestra_runtime::codegen::uuid::Uuid>("id");
                 let price = reader.take::<::orkestra_runtime::Decimal>("price");
                 let extra = reader
-                    .take::<::orkestra_runtime::__private::serde_json::Value>("extra");
-                Self::check_rules(
-                    reader.errors(),
-                    r#type.as_ref(),
-                    r#match.as_ref(),
-                    self_.as_ref(),
-                    r#async.as_ref(),
-                    pattern_field.as_ref(),
-                    status.as_ref(),
-                    nested.as_ref(),
-                    when.as_ref(),
-                    id.as_ref(),
-                    price.as_ref(),
-                    extra.as_ref(),
-                );
+                    .take::<::orkestra_runtime::codegen::serde_json::Value>("extra");
                 reader.finish()?;
                 let this = Self {
-                    r#type: ::orkestra_runtime::required(r#type, "type")?,
+                    r#type: ::orkestra_runtime::codegen::required(r#type, "type")?,
                     r#match: r#match.unwrap_or_else(Self::__default_match),
                     self_: self_.unwrap_or_else(Self::__default_self_),
                     r#async: r#async.unwrap_or_else(Self::__default_async),
@@ -266,21 +247,12 @@ pub mod nasty {
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
                 let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(
-                    &mut errors,
-                    ::core::option::Option::Some(&self.r#type),
-                    ::core::option::Option::Some(&self.r#match),
-                    ::core::option::Option::Some(&self.self_),
-                    ::core::option::Option::Some(&self.r#async),
-                    self.pattern_field.as_ref(),
-                    ::core::option::Option::Some(&self.status),
-                    ::core::option::Option::Some(&self.nested),
-                    self.when.as_ref(),
-                    self.id.as_ref(),
-                    self.price.as_ref(),
-                    self.extra.as_ref(),
-                );
-                ::orkestra_runtime::finish(errors)?;
+                Self::check_match(&mut errors, &self.r#match);
+                Self::check_async(&mut errors, &self.r#async);
+                if let ::core::option::Option::Some(v) = &self.pattern_field {
+                    Self::check_pattern_field(&mut errors, v);
+                }
+                ::orkestra_runtime::codegen::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -293,10 +265,10 @@ pub mod nasty {
             ::core::clone::Clone,
             ::core::fmt::Debug,
             ::core::cmp::PartialEq,
-            ::orkestra_runtime::__private::serde::Serialize,
-            ::orkestra_runtime::__private::serde::Deserialize
+            ::orkestra_runtime::codegen::serde::Serialize,
+            ::orkestra_runtime::codegen::serde::Deserialize
         )]
-        #[serde(crate = "::orkestra_runtime::__private::serde", deny_unknown_fields)]
+        #[serde(crate = "::orkestra_runtime::codegen::serde", deny_unknown_fields)]
         pub struct Happened {
             /// `fn`
             pub r#fn: ::std::string::String,
@@ -310,7 +282,7 @@ pub mod nasty {
             pub const VERSION: u32 = 1;
             /// Builds the event from JSON data, checked like command params.
             pub fn new(
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
                 metadata: ::orkestra_runtime::Metadata,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
@@ -321,7 +293,7 @@ pub mod nasty {
             /// The event caused by `command`: same correlation id, causation = the command id.
             pub fn from_command<P: ::orkestra_runtime::Payload>(
                 command: &::orkestra_runtime::Command<P>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
@@ -331,46 +303,36 @@ pub mod nasty {
             /// The event caused by `event`: same correlation id, causation = that event's id.
             pub fn from_event<E>(
                 event: &::orkestra_runtime::Event<E>,
-                data: ::orkestra_runtime::__private::serde_json::Value,
+                data: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<
                 ::orkestra_runtime::Event<Self>,
                 ::orkestra_runtime::EventError,
             > {
                 ::orkestra_runtime::Event::from_event_json(event, data)
             }
-            #[allow(unused_variables, clippy::ptr_arg, clippy::too_many_arguments)]
-            fn check_rules(
-                errors: &mut ::std::vec::Vec<::orkestra_runtime::ParamError>,
-                r#fn: ::core::option::Option<&::std::string::String>,
-            ) {}
         }
         impl ::orkestra_runtime::Payload for Happened {
             const TYPE_NAME: &'static str = "Shop.Nasty.Happened";
             const TOPIC: &'static str = "nasty.events.happened";
             const VERSION: u32 = 1;
             fn from_json(
-                value: ::orkestra_runtime::__private::serde_json::Value,
+                value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                #[allow(unused_mut)]
-                let mut reader = ::orkestra_runtime::ObjectReader::new(
+                let mut reader = ::orkestra_runtime::codegen::ObjectReader::new(
                     value,
                     &["fn"],
                     &["fn"],
                 )?;
                 let r#fn = reader.take::<::std::string::String>("fn");
-                Self::check_rules(reader.errors(), r#fn.as_ref());
                 reader.finish()?;
                 let this = Self {
-                    r#fn: ::orkestra_runtime::required(r#fn, "fn")?,
+                    r#fn: ::orkestra_runtime::codegen::required(r#fn, "fn")?,
                 };
                 ::core::result::Result::Ok(this)
             }
             fn check(
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
-                let mut errors = ::std::vec::Vec::new();
-                Self::check_rules(&mut errors, ::core::option::Option::Some(&self.r#fn));
-                ::orkestra_runtime::finish(errors)?;
                 ::core::result::Result::Ok(())
             }
         }
@@ -390,13 +352,11 @@ pub mod nasty {
             /// Handles the command; the reply is returned to the dispatcher.
             fn execute(
                 &self,
-                command: ::orkestra_runtime::Command<
-                    super::super::nasty::commands::Tricky,
-                >,
+                command: ::orkestra_runtime::Command<super::commands::Tricky>,
                 ctx: ::orkestra_runtime::HandlerContext,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<
-                    ::orkestra_runtime::__private::serde_json::Value,
+                    ::orkestra_runtime::codegen::serde_json::Value,
                     ::orkestra_runtime::HandlerError,
                 >,
             > + ::core::marker::Send;
@@ -407,7 +367,7 @@ pub mod nasty {
         ) -> ::orkestra_runtime::Subscription {
             let handler = ::std::sync::Arc::new(handler);
             ::orkestra_runtime::Subscription::command::<
-                super::super::nasty::commands::Tricky,
+                super::commands::Tricky,
                 _,
                 _,
             >(
@@ -422,7 +382,7 @@ pub mod nasty {
         #[derive(::core::fmt::Debug)]
         pub enum EverythingEvent {
             /// `Shop.Nasty.Happened`
-            Happened(::orkestra_runtime::Event<super::super::nasty::events::Happened>),
+            Happened(::orkestra_runtime::Event<super::events::Happened>),
             /// An event this schema set does not know.
             Other(::orkestra_runtime::RawEvent),
         }
@@ -431,9 +391,7 @@ pub mod nasty {
             fn from_message(
                 message: &::orkestra_runtime::Message,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                if message.type_name()
-                    == super::super::nasty::events::Happened::TYPE_NAME
-                {
+                if message.type_name() == super::events::Happened::TYPE_NAME {
                     return message.event().map(Self::Happened);
                 }
                 message.raw_event().map(Self::Other)
@@ -466,6 +424,29 @@ pub mod nasty {
                     async move { handler.handle_event(event, ctx).await }
                 },
             )
+        }
+        /// Every binding of `Shop.Nasty`, one field each (`TrickyHandler`, `Everything`): a missing field is a compile error.
+        ///
+        /// `bus.subscribe_all(Handlers { .. }.subscriptions()).await?` subscribes them all.
+        #[derive(::core::fmt::Debug)]
+        pub struct Handlers<TrickyHandlerImpl, EverythingImpl> {
+            /// The implementation of [`TrickyHandler`].
+            pub tricky_handler: TrickyHandlerImpl,
+            /// The implementation of [`Everything`].
+            pub everything: EverythingImpl,
+        }
+        impl<
+            TrickyHandlerImpl: self::TrickyHandler,
+            EverythingImpl: self::Everything,
+        > Handlers<TrickyHandlerImpl, EverythingImpl> {
+            /// One subscription per binding, in declaration order, for `bus.subscribe_all(..)`.
+            pub fn subscriptions(
+                self,
+            ) -> ::std::vec::Vec<::orkestra_runtime::Subscription> {
+                ::std::vec![
+                    tricky_handler(self.tricky_handler), everything(self.everything),
+                ]
+            }
         }
     }
 }
