@@ -88,7 +88,10 @@ fn generate_writes_the_golden_output() {
         out_file.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let golden = std::fs::read_to_string(generator_dir().join("tests/golden/shop.rs")).unwrap();
+    // The golden is the generator's insta snapshot: its content follows the header.
+    let snapshot =
+        std::fs::read_to_string(generator_dir().join("tests/snapshots/golden__shop.snap")).unwrap();
+    let golden = snapshot.splitn(3, "---\n").nth(2).unwrap();
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), golden);
     let again = run(&[
         "generate",
