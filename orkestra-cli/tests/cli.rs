@@ -78,7 +78,7 @@ fn topics_lists_commands_and_events_with_their_handlers() {
 fn generate_writes_the_golden_output() {
     let dir = std::env::temp_dir().join(format!("orkestra-gen-cli-{}", std::process::id()));
     let out_file = dir.join("generated.rs");
-    let out = run(&[
+    let args = [
         "generate",
         "--schemas",
         "../schemas",
@@ -86,22 +86,15 @@ fn generate_writes_the_golden_output() {
         "Shop",
         "--out",
         out_file.to_str().unwrap(),
-    ]);
+    ];
+    let out = run(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The golden is the generator's insta snapshot: its content follows the header.
     let snapshot =
         std::fs::read_to_string(generator_dir().join("tests/snapshots/golden__shop.snap")).unwrap();
     let golden = snapshot.splitn(3, "---\n").nth(2).unwrap();
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), golden);
-    let again = run(&[
-        "generate",
-        "--schemas",
-        "../schemas",
-        "--app-prefix",
-        "Shop",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let again = run(&args);
     assert!(
         text(&again.stderr).starts_with("unchanged "),
         "{}",

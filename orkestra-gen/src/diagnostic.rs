@@ -25,6 +25,18 @@ pub struct Span {
     pub offset: Option<usize>,
 }
 
+impl Span {
+    /// The first character of `file`, for what concerns a file as a whole.
+    pub(crate) fn start_of(file: &std::path::Path) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            offset: Some(0),
+        }
+    }
+}
+
 /// One finding about the schemas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {

@@ -195,13 +195,6 @@ pub struct Rules {
     pub one_of: Option<Vec<Literal>>,
 }
 
-impl Rules {
-    /// Whether there is no rule at all.
-    pub fn is_empty(&self) -> bool {
-        *self == Rules::default()
-    }
-}
-
 /// A reference to a command or event.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PayloadRef {

@@ -25,14 +25,8 @@ impl Validator {
         let entries = match &root.value {
             Value::Map(entries) => entries,
             Value::Null => {
-                let span = Span {
-                    file: source.path.clone(),
-                    line: 1,
-                    column: 1,
-                    offset: Some(0),
-                };
                 self.error(
-                    &span,
+                    &Span::start_of(&source.path),
                     "the schema file is empty; it needs at least a `namespace`",
                 );
                 return None;
@@ -47,14 +41,8 @@ impl Validator {
         };
         let map = self.keys(entries, TOP_KEYS, "at the top level");
         let Some(ns_node) = map.get("namespace") else {
-            let span = Span {
-                file: source.path.clone(),
-                line: 1,
-                column: 1,
-                offset: Some(0),
-            };
             self.error(
-                &span,
+                &Span::start_of(&source.path),
                 "missing `namespace` (for example `namespace: MyApp.Orders`)",
             );
             return None;
