@@ -25,6 +25,18 @@ pub struct Span {
     pub offset: Option<usize>,
 }
 
+impl Span {
+    /// The first character of `file`, for what concerns a file as a whole.
+    pub(crate) fn start_of(file: &std::path::Path) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            offset: Some(0),
+        }
+    }
+}
+
 /// One finding about the schemas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -40,7 +52,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error at `span`.
-    pub fn error(span: &Span, message: impl Into<String>) -> Self {
+    pub(crate) fn error(span: &Span, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
             span: span.clone(),
@@ -50,7 +62,7 @@ impl Diagnostic {
     }
 
     /// A warning at `span`.
-    pub fn warning(span: &Span, message: impl Into<String>) -> Self {
+    pub(crate) fn warning(span: &Span, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Warning,
             span: span.clone(),
@@ -61,14 +73,14 @@ impl Diagnostic {
 
     /// Adds a hint.
     #[must_use]
-    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+    pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
     /// Adds "did you mean `x`?" when one of `candidates` is close to `name`.
     #[must_use]
-    pub fn did_you_mean<'a>(
+    pub(crate) fn did_you_mean<'a>(
         self,
         name: &str,
         candidates: impl IntoIterator<Item = &'a str>,
@@ -81,7 +93,10 @@ impl Diagnostic {
 }
 
 /// The closest candidate to `name`, if close enough to be a likely typo.
-pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| {
@@ -118,9 +133,24 @@ impl fmt::Display for Diagnostic {
 
 /// All diagnostics of a run, sorted by file and position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics(Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Every diagnostic, errors and warnings, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Diagnostic> {
+        self.0.iter()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether any is an error.
     pub fn has_errors(&self) -> bool {
         self.0.iter().any(|d| d.severity == Severity::Error)
@@ -156,5 +186,23 @@ impl fmt::Display for Diagnostics {
             write!(f, "{d}")?;
         }
         Ok(())
+    }
+}
+
+impl<'a> IntoIterator for &'a Diagnostics {
+    type Item = &'a Diagnostic;
+    type IntoIter = std::slice::Iter<'a, Diagnostic>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for Diagnostics {
+    type Item = Diagnostic;
+    type IntoIter = std::vec::IntoIter<Diagnostic>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }

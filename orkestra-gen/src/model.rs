@@ -40,6 +40,8 @@ pub struct Module {
 pub struct TypeDef {
     /// Its name in the schema.
     pub name: String,
+    /// Where it is declared.
+    pub span: crate::diagnostic::Span,
     /// Docs.
     pub description: Option<String>,
     /// Struct or enum.
@@ -193,15 +195,8 @@ pub struct Rules {
     pub one_of: Option<Vec<Literal>>,
 }
 
-impl Rules {
-    /// Whether there is no rule at all.
-    pub fn is_empty(&self) -> bool {
-        *self == Rules::default()
-    }
-}
-
 /// A reference to a command or event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PayloadRef {
     /// The Rust module.
     pub module: String,
@@ -225,6 +220,8 @@ pub enum HandlerTarget {
         /// The known events it matches.
         matched: Vec<PayloadRef>,
     },
+    /// Every dead letter of the bus (`{ dead_letters: true }`).
+    DeadLetters,
 }
 
 /// A handler binding.

@@ -1,14 +1,18 @@
-//! Rendering: the resolved model to Rust source through the minijinja templates in
-//! `templates/`. Every identifier, type and literal is computed here (through
-//! [`names`]); templates only place the strings.
+//! Rendering: the resolved model to Rust source through the minijinja template in
+//! `templates/`. Every identifier, path, type and literal is computed here (through
+//! [`names`](crate::names)) into the typed context below; the template only places the
+//! strings.
 
 use minijinja::{Environment, UndefinedBehavior};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::model::*;
 use crate::names::{doc_attrs, pascal, shouty, snake, str_lit};
 
+/// The runtime crate, as generated code names it.
 const RT: &str = "::orkestra_runtime";
+/// What only generated code uses: readers, rule checks and the crates it names.
+const CG: &str = "::orkestra_runtime::codegen";
 const TEMPLATE: &str = include_str!("../../templates/module.rs.j2");
 
 /// The template environment: strict about undefined values, loaded once.
@@ -17,7 +21,7 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// Loads the embedded templates.
+    /// Loads the embedded template.
     pub fn new() -> Result<Self, String> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -35,110 +39,291 @@ impl Renderer {
             .get_template("module.rs.j2")
             .map_err(|e| e.to_string())?;
         template
-            .render(module_context(model, module))
+            .render(ModuleCtx::new(model, module))
             .map_err(|e| format!("template module.rs.j2: {e:#}"))
     }
+}
+
+/// One namespace: what `module.rs.j2` receives.
+#[derive(Serialize)]
+struct ModuleCtx {
+    ident: String,
+    doc: String,
+    rt: &'static str,
+    cg: &'static str,
+    types: Vec<TypeCtx>,
+    sections: [SectionCtx; 2],
+    topics: Vec<TopicCtx>,
+    handlers: Vec<HandlerCtx>,
+    /// The `Handlers` struct; absent when the namespace has no binding.
+    wiring: Option<WiringCtx>,
+}
+
+/// A named type: a struct with fields or an enum of string values.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum TypeCtx {
+    Struct {
+        name: String,
+        doc: String,
+        fields: Vec<FieldCtx>,
+        /// Whether any field is checked by `check_into` (rules or nested structs).
+        checked: bool,
+    },
+    Enum {
+        name: String,
+        doc: String,
+        variants: Vec<VariantCtx>,
+    },
+}
+
+/// A value of an enum type.
+#[derive(Serialize)]
+struct VariantCtx {
+    ident: String,
+    wire: String,
+    doc: String,
+}
+
+/// The `commands` or `events` module.
+#[derive(Serialize)]
+struct SectionCtx {
+    name: &'static str,
+    title: &'static str,
+    items: Vec<PayloadCtx>,
+}
+
+/// A command or event struct.
+#[derive(Serialize)]
+struct PayloadCtx {
+    /// `Command` or `Event` (also names the `<kind>Payload` marker trait).
+    kind: &'static str,
+    name: String,
+    doc: String,
+    type_name: String,
+    topic: String,
+    version: u32,
+    custom_validate: bool,
+    fields: Vec<FieldCtx>,
+    /// Every wire name, as a list of literals.
+    known: String,
+    /// The required wire names, as a list of literals.
+    required: String,
+    /// Whether any field has a rule (else `check` has nothing to collect).
+    checked: bool,
+}
+
+/// A field of a type, command or event.
+#[derive(Serialize)]
+struct FieldCtx {
+    ident: String,
+    wire: String,
+    doc: String,
+    /// Its Rust type as declared (`Option<..>` when optional).
+    declared: String,
+    /// The type inside the `Option`.
+    inner: String,
+    optional: bool,
+    required: bool,
+    default_fn: String,
+    default_expr: Option<String>,
+    serde: String,
+    /// The statements that check a `v: &<borrowed>`; `None` when nothing is checked.
+    rules: Option<String>,
+    /// The name of the payload's check function for this field (`check_quantity`).
+    check_fn: String,
+    check_doc: String,
+    /// The type the check function takes by reference (`str` for strings, `[T]` for lists).
+    borrowed: String,
+}
+
+/// A topic constant.
+#[derive(Serialize)]
+struct TopicCtx {
+    doc: String,
+    name: String,
+    value: String,
+}
+
+/// What a binding receives, and so which trait method it gets.
+#[derive(Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum BindingKind {
+    Command,
+    Event,
+    Events,
+    Topic,
+    DeadLetters,
+}
+
+/// A handler binding: its trait, its constructor and (events, topic) its enum.
+#[derive(Serialize)]
+struct HandlerCtx {
+    kind: BindingKind,
+    name: String,
+    wire: String,
+    fn_name: String,
+    doc: String,
+    /// What the handler method receives (a payload, `Event<..>` or the generated enum).
+    message_ty: String,
+    patterns: String,
+    variants: Vec<EventVariantCtx>,
+    max_retries: Option<u32>,
+    enum_doc: String,
+    /// The accepted type names, for `PayloadError::WrongType::expected`.
+    expected: String,
+}
+
+/// One variant of a multi-event or wildcard binding's enum.
+#[derive(Serialize)]
+struct EventVariantCtx {
+    ident: String,
+    path: String,
+    doc: String,
+}
+
+/// `Handlers`: one public field per binding, so leaving one out does not compile.
+#[derive(Serialize)]
+struct WiringCtx {
+    doc: String,
+    fields: Vec<WiringField>,
+}
+
+/// A field of `Handlers`.
+#[derive(Serialize)]
+struct WiringField {
+    /// The field, named like the binding's constructor.
+    ident: String,
+    /// The generic parameter holding the implementation.
+    param: String,
+    /// The binding's trait.
+    bound: String,
+    doc: String,
 }
 
 fn docs(description: Option<&str>, fallback: &str) -> String {
     doc_attrs(description.unwrap_or(fallback))
 }
 
-fn module_context(model: &Model, module: &Module) -> Value {
-    let types: Vec<Value> = module.types.iter().map(type_context).collect();
-    let commands: Vec<Value> = module.commands.iter().map(payload_context).collect();
-    let events: Vec<Value> = module.events.iter().map(payload_context).collect();
-    let topics: Vec<Value> = module
-        .commands
-        .iter()
-        .chain(&module.events)
-        .map(|p| {
-            json!({
-                "doc": doc_attrs(&format!("Topic of `{}`.", p.type_name)),
-                "name": shouty(&p.name),
-                "value": str_lit(&p.topic),
-            })
-        })
-        .collect();
-    let handlers: Vec<Value> = module
-        .handlers
-        .iter()
-        .map(|h| handler_context(model, h))
-        .collect();
-    json!({
-        "ident": module.ident,
-        "doc": docs(module.description.as_deref(), &format!("Namespace `{}`.", module.namespace)),
-        "types": types,
-        "sections": [
-            {"name": "commands", "title": "Commands", "items": commands},
-            {"name": "events", "title": "Events", "items": events},
-        ],
-        "topics": topics,
-        "handlers": handlers,
-        "rt": RT,
-    })
+impl ModuleCtx {
+    fn new(model: &Model, module: &Module) -> Self {
+        let here = module.ident.as_str();
+        let payloads = |items: &[Payload]| items.iter().map(|p| payload_ctx(p, here)).collect();
+        let handlers: Vec<HandlerCtx> = module
+            .handlers
+            .iter()
+            .map(|h| handler_ctx(model, h, here))
+            .collect();
+        Self {
+            ident: module.ident.clone(),
+            doc: docs(
+                module.description.as_deref(),
+                &format!("Namespace `{}`.", module.namespace),
+            ),
+            rt: RT,
+            cg: CG,
+            types: module.types.iter().map(|t| type_ctx(t, here)).collect(),
+            sections: [
+                SectionCtx {
+                    name: "commands",
+                    title: "Commands",
+                    items: payloads(&module.commands),
+                },
+                SectionCtx {
+                    name: "events",
+                    title: "Events",
+                    items: payloads(&module.events),
+                },
+            ],
+            topics: module
+                .commands
+                .iter()
+                .chain(&module.events)
+                .map(|p| TopicCtx {
+                    doc: doc_attrs(&format!("Topic of `{}`.", p.type_name)),
+                    name: shouty(&p.name),
+                    value: str_lit(&p.topic),
+                })
+                .collect(),
+            wiring: wiring_ctx(module, &handlers),
+            handlers,
+        }
+    }
 }
 
-/// The Rust type of a schema type, seen from inside `<module>::{types,commands,events}`.
-fn rust_ty(ty: &Ty) -> String {
+/// The path of an item of module `target`'s `section`, seen from a sibling section of
+/// module `here`: `super::types::X` in the same namespace, fully qualified otherwise.
+fn item_path(here: &str, target: &str, section: &str, name: &str) -> String {
+    if here == target {
+        format!("super::{section}::{}", pascal(name))
+    } else {
+        format!("super::super::{target}::{section}::{}", pascal(name))
+    }
+}
+
+/// The Rust type of a schema type, seen from inside `<here>::{types,commands,events}`.
+fn rust_ty(ty: &Ty, here: &str) -> String {
     match ty {
         Ty::String => "::std::string::String".into(),
         Ty::Integer => "i64".into(),
         Ty::Float => "f64".into(),
         Ty::Boolean => "bool".into(),
-        Ty::DateTime => format!("{RT}::__private::chrono::DateTime<{RT}::__private::chrono::Utc>"),
-        Ty::Date => format!("{RT}::__private::chrono::NaiveDate"),
-        Ty::Uuid => format!("{RT}::__private::uuid::Uuid"),
+        Ty::DateTime => format!("{CG}::chrono::DateTime<{CG}::chrono::Utc>"),
+        Ty::Date => format!("{CG}::chrono::NaiveDate"),
+        Ty::Uuid => format!("{CG}::uuid::Uuid"),
         Ty::Decimal => format!("{RT}::Decimal"),
-        Ty::Json => format!("{RT}::__private::serde_json::Value"),
-        Ty::List(inner) => format!("::std::vec::Vec<{}>", rust_ty(inner)),
+        Ty::Json => format!("{CG}::serde_json::Value"),
+        Ty::List(inner) => format!("::std::vec::Vec<{}>", rust_ty(inner, here)),
         Ty::Map(inner) => format!(
             "::std::collections::BTreeMap<::std::string::String, {}>",
-            rust_ty(inner)
+            rust_ty(inner, here)
         ),
-        Ty::Named(t) => format!("super::super::{}::types::{}", t.module, pascal(&t.name)),
+        Ty::Named(t) => item_path(here, &t.module, "types", &t.name),
+    }
+}
+
+/// The type a check function borrows: `str` and `[T]` rather than `String` and `Vec<T>`.
+fn borrowed_ty(ty: &Ty, here: &str) -> String {
+    match ty {
+        Ty::String => "str".into(),
+        Ty::List(inner) => format!("[{}]", rust_ty(inner, here)),
+        other => rust_ty(other, here),
     }
 }
 
 /// A Rust expression for a literal of `ty`.
-fn literal_expr(lit: &Literal, ty: &Ty) -> String {
+fn literal_expr(lit: &Literal, ty: &Ty, here: &str) -> String {
+    let list = |items: Vec<String>| items.join(", ");
     match (lit, ty) {
-        (Literal::Str(s), Ty::Named(t)) => {
-            format!("{}::{}", rust_ty(&Ty::Named(t.clone())), pascal(s))
-        }
+        (Literal::Str(s), Ty::Named(_)) => format!("{}::{}", rust_ty(ty, here), pascal(s)),
         (Literal::Str(s), _) => format!("::std::string::String::from({})", str_lit(s)),
         (Literal::Int(i), _) => format!("{i}i64"),
         (Literal::Float(f), _) => format!("{f:?}f64"),
         (Literal::Bool(b), _) => b.to_string(),
-        (Literal::List(items), Ty::List(inner)) => {
-            format!(
-                "::std::vec![{}]",
-                items
-                    .iter()
-                    .map(|i| literal_expr(i, inner))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
+        (Literal::List(items), Ty::List(inner)) => format!(
+            "::std::vec![{}]",
+            list(items.iter().map(|i| literal_expr(i, inner, here)).collect())
+        ),
         (Literal::Map(entries), Ty::Map(inner)) => format!(
             "::std::collections::BTreeMap::from([{}])",
-            entries
-                .iter()
-                .map(|(k, v)| format!(
-                    "(::std::string::String::from({}), {})",
-                    str_lit(k),
-                    literal_expr(v, inner)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
+            list(
+                entries
+                    .iter()
+                    .map(|(k, v)| format!(
+                        "(::std::string::String::from({}), {})",
+                        str_lit(k),
+                        literal_expr(v, inner, here)
+                    ))
+                    .collect()
+            )
         ),
         // Validation only builds literals that fit their type.
         (Literal::List(_) | Literal::Map(_), _) => "::core::default::Default::default()".into(),
     }
 }
 
-/// A one_of literal as compared in a rule (strings as `&str`).
-fn one_of_expr(lit: &Literal) -> String {
+/// A number or string literal as compared in a rule (strings as `&str`).
+fn rule_literal(lit: &Literal) -> String {
     match lit {
         Literal::Str(s) => str_lit(s),
         Literal::Int(i) => format!("{i}i64"),
@@ -147,21 +332,22 @@ fn one_of_expr(lit: &Literal) -> String {
     }
 }
 
-/// Rule statements for a value `v: &T` at path expression `path`.
+/// Rule statements for a value `v: &<borrowed type>` reported at path expression `path`.
 fn rule_statements(field: &Field, path: &str) -> Vec<String> {
     let r = &field.rules;
+    let rules = format!("{CG}::rules");
     let mut out = Vec::new();
-    let rules = format!("{RT}::rules");
-    let num = |l: &Literal| match l {
-        Literal::Int(i) => format!("{i}i64"),
-        Literal::Float(f) => format!("{f:?}f64"),
-        _ => "0".into(),
-    };
     if let Some(min) = &r.min {
-        out.push(format!("{rules}::min(errors, {path}, *v, {});", num(min)));
+        out.push(format!(
+            "{rules}::min(errors, {path}, *v, {});",
+            rule_literal(min)
+        ));
     }
     if let Some(max) = &r.max {
-        out.push(format!("{rules}::max(errors, {path}, *v, {});", num(max)));
+        out.push(format!(
+            "{rules}::max(errors, {path}, *v, {});",
+            rule_literal(max)
+        ));
     }
     let len = if field.ty == Ty::String {
         "v.chars().count()"
@@ -193,14 +379,10 @@ fn rule_statements(field: &Field, path: &str) -> Vec<String> {
     if let Some(values) = &r.one_of {
         let list = values
             .iter()
-            .map(one_of_expr)
+            .map(rule_literal)
             .collect::<Vec<_>>()
             .join(", ");
-        let value = if field.ty == Ty::String {
-            "&v.as_str()"
-        } else {
-            "v"
-        };
+        let value = if field.ty == Ty::String { "&v" } else { "v" };
         out.push(format!(
             "{rules}::one_of(errors, {path}, {value}, &[{list}]);"
         ));
@@ -211,23 +393,18 @@ fn rule_statements(field: &Field, path: &str) -> Vec<String> {
 
 /// Checks of named struct types inside a value (directly, in lists, in maps).
 fn nested_checks(ty: &Ty, value: &str, path: &str) -> Vec<String> {
+    let inner_checks = |inner: &Ty, item_path: String| nested_checks(inner, "item", &item_path);
     match ty {
         Ty::Named(t) if !t.is_enum => vec![format!("{value}.check_into(errors, {path});")],
         Ty::List(inner) if has_struct(inner) => vec![format!(
             "for (i, item) in {value}.iter().enumerate() {{ {} }}",
-            nested_checks(
-                inner,
-                "item",
-                &format!("&::std::format!(\"{{}}[{{}}]\", {path}, i)")
-            )
-            .join(" ")
+            inner_checks(inner, format!("&::std::format!(\"{{}}[{{}}]\", {path}, i)")).join(" ")
         )],
         Ty::Map(inner) if has_struct(inner) => vec![format!(
             "for (key, item) in {value}.iter() {{ {} }}",
-            nested_checks(
+            inner_checks(
                 inner,
-                "item",
-                &format!("&::std::format!(\"{{}}.{{}}\", {path}, key)")
+                format!("&::std::format!(\"{{}}.{{}}\", {path}, key)")
             )
             .join(" ")
         )],
@@ -243,24 +420,26 @@ fn has_struct(ty: &Ty) -> bool {
     }
 }
 
-fn field_context(owner: &str, field: &Field, in_type: bool) -> Value {
+/// A field of `owner`; `in_type` fields report rule paths under their parent's path.
+fn field_ctx(owner: &str, field: &Field, in_type: bool, here: &str) -> FieldCtx {
     let ident = snake(&field.name);
-    let inner = rust_ty(&field.ty);
+    let bare = ident.trim_start_matches("r#").to_owned();
+    let inner = rust_ty(&field.ty, here);
     let optional = !field.required && field.default.is_none();
     let declared = if optional {
         format!("::core::option::Option<{inner}>")
     } else {
         inner.clone()
     };
+    let default_fn = format!("__default_{bare}");
     let mut serde = Vec::new();
-    if ident.trim_start_matches("r#") != field.name {
+    if bare != field.name {
         serde.push(format!("rename = {}", str_lit(&field.name)));
     }
     if optional {
         serde.push("default".into());
         serde.push("skip_serializing_if = \"::core::option::Option::is_none\"".into());
     }
-    let default_fn = format!("__default_{}", ident.trim_start_matches("r#"));
     if field.default.is_some() {
         serde.push(format!(
             "default = {}",
@@ -276,124 +455,138 @@ fn field_context(owner: &str, field: &Field, in_type: bool) -> Value {
         str_lit(&field.name)
     };
     let statements = rule_statements(field, &path);
-    json!({
-        "ident": ident,
-        "wire": str_lit(&field.name),
-        "doc": docs(field.description.as_deref(), &format!("`{}`", field.name)),
-        "declared": declared,
-        "inner": inner,
-        "optional": optional,
-        "required": field.required,
-        "default_fn": default_fn,
-        "default_expr": field.default.as_ref().map(|d| literal_expr(d, &field.ty)),
-        "serde": if serde.is_empty() { String::new() } else { format!("#[serde({})]", serde.join(", ")) },
-        "rules": statements.join("\n"),
-        "has_rules": !statements.is_empty(),
-    })
-}
-
-fn type_context(t: &TypeDef) -> Value {
-    let name = pascal(&t.name);
-    match &t.kind {
-        TypeKind::Struct(fields) => json!({
-            "kind": "struct",
-            "name": name,
-            "doc": docs(t.description.as_deref(), &format!("Type `{}`.", t.name)),
-            "fields": fields.iter().map(|f| field_context(&name, f, true)).collect::<Vec<_>>(),
-            "variants": [],
-        }),
-        TypeKind::Enum(values) => json!({
-            "kind": "enum",
-            "name": name,
-            "doc": docs(t.description.as_deref(), &format!("Type `{}`.", t.name)),
-            "fields": [],
-            "variants": values.iter().map(|v| json!({
-                "ident": pascal(v),
-                "wire": str_lit(v),
-                "doc": doc_attrs(&format!("`{v}`")),
-            })).collect::<Vec<_>>(),
-        }),
+    FieldCtx {
+        wire: str_lit(&field.name),
+        doc: docs(field.description.as_deref(), &format!("`{}`", field.name)),
+        declared,
+        borrowed: borrowed_ty(&field.ty, here),
+        inner,
+        optional,
+        required: field.required,
+        default_expr: field
+            .default
+            .as_ref()
+            .map(|d| literal_expr(d, &field.ty, here)),
+        default_fn,
+        serde: if serde.is_empty() {
+            String::new()
+        } else {
+            format!("#[serde({})]", serde.join(", "))
+        },
+        rules: (!statements.is_empty()).then(|| statements.join("\n")),
+        check_fn: format!("check_{bare}"),
+        check_doc: doc_attrs(&format!("Records every rule `{}` breaks.", field.name)),
+        ident,
     }
 }
 
-fn payload_context(p: &Payload) -> Value {
+fn type_ctx(t: &TypeDef, here: &str) -> TypeCtx {
+    let name = pascal(&t.name);
+    let doc = docs(t.description.as_deref(), &format!("Type `{}`.", t.name));
+    match &t.kind {
+        TypeKind::Struct(fields) => {
+            let fields: Vec<FieldCtx> = fields
+                .iter()
+                .map(|f| field_ctx(&name, f, true, here))
+                .collect();
+            TypeCtx::Struct {
+                checked: fields.iter().any(|f| f.rules.is_some()),
+                name,
+                doc,
+                fields,
+            }
+        }
+        TypeKind::Enum(values) => TypeCtx::Enum {
+            name,
+            doc,
+            variants: values
+                .iter()
+                .map(|v| VariantCtx {
+                    ident: pascal(v),
+                    wire: str_lit(v),
+                    doc: doc_attrs(&format!("`{v}`")),
+                })
+                .collect(),
+        },
+    }
+}
+
+fn payload_ctx(p: &Payload, here: &str) -> PayloadCtx {
     let name = pascal(&p.name);
-    let fields: Vec<Value> = p
+    let fields: Vec<FieldCtx> = p
         .fields
         .iter()
-        .map(|f| field_context(&name, f, false))
+        .map(|f| field_ctx(&name, f, false, here))
         .collect();
-    let list = |pred: &dyn Fn(&Field) -> bool| {
-        p.fields
+    let wire_names = |pred: &dyn Fn(&FieldCtx) -> bool| {
+        fields
             .iter()
             .filter(|f| pred(f))
-            .map(|f| str_lit(&f.name))
+            .map(|f| f.wire.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let what = match p.kind {
+    let kind = match p.kind {
         PayloadKind::Command => "Command",
         PayloadKind::Event => "Event",
     };
-    json!({
-        "kind": what,
-        "name": name,
-        "doc": docs(p.description.as_deref(), &format!("{what} `{}`.", p.type_name)),
-        "type_name": str_lit(&p.type_name),
-        "topic": str_lit(&p.topic),
-        "version": p.version,
-        "custom_validate": p.custom_validate,
-        "fields": fields,
-        "known": list(&|_| true),
-        "required": list(&|f| f.required),
-        "has_rules": p.fields.iter().any(|f| !rule_statements(f, "\"\"").is_empty()),
-    })
+    PayloadCtx {
+        kind,
+        doc: docs(
+            p.description.as_deref(),
+            &format!("{kind} `{}`.", p.type_name),
+        ),
+        type_name: str_lit(&p.type_name),
+        topic: str_lit(&p.topic),
+        version: p.version,
+        custom_validate: p.custom_validate,
+        known: wire_names(&|_| true),
+        required: wire_names(&|f| f.required),
+        checked: fields.iter().any(|f| f.rules.is_some()),
+        fields,
+        name,
+    }
 }
 
-fn payload_path(r: &PayloadRef, kind: &str) -> String {
-    format!("super::super::{}::{kind}::{}", r.module, pascal(&r.name))
-}
-
-fn handler_context(model: &Model, h: &Handler) -> Value {
+fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx {
     let name = pascal(&h.name);
-    let (kind, message_ty, patterns, variants) = match &h.target {
+    let event_path = |r: &PayloadRef| item_path(here, &r.module, "events", &r.name);
+    let enum_name = format!("{name}Event");
+    let (kind, message_ty, patterns, variants): (_, _, Vec<String>, &[PayloadRef]) = match &h.target
+    {
         HandlerTarget::Command(r) => (
-            "command",
-            payload_path(r, "commands"),
+            BindingKind::Command,
+            item_path(here, &r.module, "commands", &r.name),
             Vec::new(),
-            Vec::new(),
+            &[],
         ),
         HandlerTarget::Event(r) => (
-            "event",
-            format!("{RT}::Event<{}>", payload_path(r, "events")),
+            BindingKind::Event,
+            format!("{RT}::Event<{}>", event_path(r)),
             Vec::new(),
-            Vec::new(),
+            &[],
         ),
         HandlerTarget::Events(refs) => (
-            "events",
-            format!("{name}Event"),
+            BindingKind::Events,
+            enum_name,
             refs.iter()
-                .map(|r| format!("{}::TOPIC", payload_path(r, "events")))
+                .map(|r| format!("{}::TOPIC", event_path(r)))
                 .collect(),
-            refs.clone(),
+            refs,
         ),
         HandlerTarget::Topic { pattern, matched } => (
-            "topic",
-            format!("{name}Event"),
+            BindingKind::Topic,
+            enum_name,
             vec![str_lit(pattern)],
-            matched.clone(),
+            matched,
+        ),
+        HandlerTarget::DeadLetters => (
+            BindingKind::DeadLetters,
+            format!("{RT}::DeadLetter"),
+            Vec::new(),
+            &[],
         ),
     };
-    let variants: Vec<Value> = variants
-        .iter()
-        .map(|r| {
-            json!({
-                "ident": pascal(&r.name),
-                "path": payload_path(r, "events"),
-                "doc": doc_attrs(&format!("`{}`", type_name(model, r))),
-            })
-        })
-        .collect();
     let emits = h
         .emits
         .iter()
@@ -407,17 +600,62 @@ fn handler_context(model: &Model, h: &Handler) -> Value {
     if !emits.is_empty() {
         doc.push_str(&format!("\n\nEmits {emits}."));
     }
-    json!({
-        "kind": kind,
-        "name": name,
-        "wire": str_lit(&h.name),
-        "fn_name": snake(&h.name),
-        "doc": doc_attrs(&doc),
-        "message_ty": message_ty,
-        "patterns": patterns.join(", "),
-        "variants": variants,
-        "max_retries": h.max_retries,
-        "enum_doc": doc_attrs(&format!("What `{}` receives.", h.name)),
+    HandlerCtx {
+        kind,
+        wire: str_lit(&h.name),
+        fn_name: snake(&h.name),
+        doc: doc_attrs(&doc),
+        message_ty,
+        patterns: patterns.join(", "),
+        expected: str_lit(
+            &variants
+                .iter()
+                .map(|r| type_name(model, r))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        ),
+        variants: variants
+            .iter()
+            .map(|r| EventVariantCtx {
+                ident: pascal(&r.name),
+                path: event_path(r),
+                doc: doc_attrs(&format!("`{}`", type_name(model, r))),
+            })
+            .collect(),
+        max_retries: h.max_retries,
+        enum_doc: doc_attrs(&format!("What `{}` receives.", h.name)),
+        name,
+    }
+}
+
+/// The `Handlers` struct of a namespace with bindings. Its generic parameters are named
+/// after the traits (`PlaceOrderHandlerImpl`) and bounded through `self::`, so no
+/// binding name can shadow a bound.
+fn wiring_ctx(module: &Module, handlers: &[HandlerCtx]) -> Option<WiringCtx> {
+    if handlers.is_empty() {
+        return None;
+    }
+    let list = module
+        .handlers
+        .iter()
+        .map(|h| format!("`{}`", h.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(WiringCtx {
+        doc: doc_attrs(&format!(
+            "Every binding of `{}`, one field each ({list}): a missing field is a compile error.\n\n\
+             `bus.subscribe_all(Handlers {{ .. }}.subscriptions()).await?` subscribes them all.",
+            module.namespace
+        )),
+        fields: handlers
+            .iter()
+            .map(|h| WiringField {
+                ident: h.fn_name.clone(),
+                param: format!("{}Impl", h.name.trim_start_matches("r#")),
+                bound: h.name.clone(),
+                doc: doc_attrs(&format!("The implementation of [`{}`].", h.name)),
+            })
+            .collect(),
     })
 }
 

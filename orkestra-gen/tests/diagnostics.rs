@@ -15,7 +15,7 @@ fn broken_schemas() {
             "Shop",
         );
         assert!(
-            !diags.0.is_empty(),
+            !diags.is_empty(),
             "a broken schema must produce a diagnostic"
         );
         insta::assert_snapshot!(diags.to_string());
@@ -31,6 +31,20 @@ fn errors_across_files_are_reported_together() {
     let b = Source {
         path: "b.yaml".into(),
         text: "namespace: Shop.A\ncommands:\n  Go: {}\nhandlers:\n  H: { command: Stop }\n".into(),
+    };
+    let diags = orkestra_gen::check_sources(&[a, b], "Shop");
+    insta::assert_snapshot!(diags.to_string());
+}
+
+#[test]
+fn namespaces_that_map_to_one_module_are_reported_at_the_namespace() {
+    let a = Source {
+        path: "a.yaml".into(),
+        text: "namespace: Shop.OrderS\ncommands:\n  Go: {}\n".into(),
+    };
+    let b = Source {
+        path: "b.yaml".into(),
+        text: "namespace: Shop.Order_S\ncommands:\n  Stop: {}\n".into(),
     };
     let diags = orkestra_gen::check_sources(&[a, b], "Shop");
     insta::assert_snapshot!(diags.to_string());

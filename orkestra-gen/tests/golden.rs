@@ -1,11 +1,16 @@
-//! The generated code for the reference schemas, compared with a golden file that the
-//! `orkestra-tests` crate also compiles (with `deny(missing_docs)` and clippy).
-//! Set `UPDATE_GOLDEN=1` to rewrite it after an intended change.
+//! The generated code for the reference schemas and for the fixtures in `golden/`,
+//! compared through insta (a diff on failure; `cargo insta review` or
+//! `INSTA_UPDATE=always` to accept an intended change). The `orkestra-tests` crate
+//! compiles the code inside these snapshots (with `deny(missing_docs)` and clippy), so a
+//! golden must also compile.
 
 use std::path::{Path, PathBuf};
 
-fn generate() -> String {
-    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+fn dir(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn generate(schemas: &Path) -> String {
     orkestra_gen::Generator::new()
         .cargo_directives(false)
         .schemas(schemas)
@@ -15,34 +20,39 @@ fn generate() -> String {
         .code
 }
 
-fn golden_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/shop.rs")
+#[test]
+fn reference_schemas() {
+    insta::assert_snapshot!("shop", generate(&dir("../schemas")));
 }
 
 #[test]
-fn generated_code_matches_the_golden_file() {
-    let code = generate();
-    let path = golden_path();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &code).unwrap();
-    }
-    let golden =
-        std::fs::read_to_string(&path).expect("golden file missing: run with UPDATE_GOLDEN=1");
+fn hostile_strings_and_keyword_names_stay_inert() {
+    let code = generate(&dir("tests/golden/nasty"));
     assert!(
-        golden == code,
-        "generated code differs from {}; rerun with UPDATE_GOLDEN=1 and review the diff",
-        path.display()
+        !code.contains('\u{202e}'),
+        "no raw bidi control reaches the source"
     );
+    assert!(
+        !code.contains("panic!(\"injected\")\n"),
+        "the description stays inside a literal"
+    );
+    insta::assert_snapshot!("nasty", code);
+}
+
+#[test]
+fn wiring_and_dead_letters() {
+    insta::assert_snapshot!("wiring", generate(&dir("tests/golden/wiring")));
 }
 
 #[test]
 fn generation_is_deterministic() {
-    assert_eq!(generate(), generate());
+    let schemas = dir("../schemas");
+    assert_eq!(generate(&schemas), generate(&schemas));
 }
 
 #[test]
 fn header_names_version_and_files() {
-    let code = generate();
+    let code = generate(&dir("../schemas"));
     let first = code.lines().next().unwrap();
     assert_eq!(
         first,
@@ -55,53 +65,21 @@ fn header_names_version_and_files() {
 
 #[test]
 fn output_is_written_only_when_it_changes() {
-    let dir = std::env::temp_dir().join(format!("orkestra-gen-write-{}", std::process::id()));
-    let out = dir.join("gen.rs");
-    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let tmp = std::env::temp_dir().join(format!("orkestra-gen-write-{}", std::process::id()));
+    let out = tmp.join("gen.rs");
     let g = orkestra_gen::Generator::new()
         .cargo_directives(false)
-        .schemas(schemas)
+        .schemas(dir("../schemas"))
         .app_prefix("Shop")
         .out_file(&out);
-    g.generate().unwrap();
+    assert!(g.generate().unwrap().changed);
     let first = std::fs::metadata(&out).unwrap().modified().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    g.generate().unwrap();
+    assert!(!g.generate().unwrap().changed);
     assert_eq!(
         std::fs::metadata(&out).unwrap().modified().unwrap(),
         first,
         "unchanged output is not rewritten"
     );
-    std::fs::remove_dir_all(dir).ok();
-}
-
-#[test]
-fn hostile_strings_and_keyword_names_stay_inert() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/nasty");
-    let code = orkestra_gen::Generator::new()
-        .cargo_directives(false)
-        .schemas(&dir)
-        .app_prefix("Shop")
-        .render()
-        .unwrap()
-        .code;
-    let path = dir.join("nasty.rs");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &code).unwrap();
-    }
-    let golden =
-        std::fs::read_to_string(&path).expect("golden file missing: run with UPDATE_GOLDEN=1");
-    assert!(
-        golden == code,
-        "generated code differs from {}",
-        path.display()
-    );
-    assert!(
-        !code.contains('\u{202e}'),
-        "no raw bidi control reaches the source"
-    );
-    assert!(
-        !code.contains("panic!(\"injected\")\n"),
-        "the description stays inside a literal"
-    );
+    std::fs::remove_dir_all(tmp).ok();
 }

@@ -1,8 +1,10 @@
-//! The golden output of `orkestra-gen` for `schemas/`, compiled as a library with
-//! `missing_docs` denied (and, in CI, clippy `-D warnings`): the golden must compile.
+//! The golden output of `orkestra-gen` for `schemas/` (and the fixtures below), compiled
+//! as a library with `missing_docs` denied (and, in CI, clippy `-D warnings`): the golden
+//! must compile. build.rs takes the code out of the insta snapshots in
+//! `orkestra-gen/tests/snapshots/golden__*.snap`.
 #![deny(missing_docs)]
 
-include!("../../orkestra-gen/tests/golden/shop.rs");
+include!(concat!(env!("OUT_DIR"), "/shop.rs"));
 
 impl orkestra_runtime::Validate for accounts::commands::CreateAccount {
     fn validate(&self) -> Result<(), orkestra_runtime::ValidationError> {
@@ -17,5 +19,11 @@ impl orkestra_runtime::Validate for accounts::commands::CreateAccount {
 /// Generated from `orkestra-gen/tests/golden/nasty/nasty.yaml`: hostile descriptions,
 /// defaults and patterns, and keyword field names, which must all compile.
 pub mod hostile {
-    include!("../../orkestra-gen/tests/golden/nasty/nasty.rs");
+    include!(concat!(env!("OUT_DIR"), "/nasty.rs"));
+}
+
+/// Generated from `orkestra-gen/tests/golden/wiring/wiring.yaml`: a namespace wired all
+/// at once through `Handlers`, with a dead-letter binding.
+pub mod wiring {
+    include!(concat!(env!("OUT_DIR"), "/wiring.rs"));
 }

@@ -1,0 +1,185 @@
+//! `orkestra-gen`: the command-line front end of the generator. Argument parsing and
+//! printing only; every decision is the `orkestra_gen` library's.
+//!
+//! Exit codes: 0 success (warnings allowed), 1 schema errors, 2 usage or I/O errors,
+//! 3 an internal generator bug.
+
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use orkestra_gen::model::{HandlerTarget, Model, Payload};
+use orkestra_gen::{Diagnostics, Error, Generator};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "orkestra-gen",
+    version,
+    about = "Generate typed Rust from Orkestra YAML schemas"
+)]
+struct Args {
+    /// How diagnostics are printed.
+    #[arg(long, value_enum, global = true, default_value_t = Format::Human)]
+    format: Format,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Diagnostic output styles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// The sentence in a box with the source snippet, its location and any hint.
+    Human,
+    /// One `file:line:col: error: ...` line per diagnostic.
+    Short,
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Schema directory (every *.yaml below it) or file; repeatable.
+    #[arg(long, default_value = "schemas")]
+    schemas: Vec<PathBuf>,
+    /// Namespace prefix stripped from module names and topics.
+    #[arg(long, default_value = "")]
+    app_prefix: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Validate the schemas and write the generated Rust.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Validate only: print diagnostics, write nothing; exit 1 on any error.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List every command and event with its topic and handlers.
+    Topics {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+impl Common {
+    fn generator(&self) -> Generator {
+        self.schemas
+            .iter()
+            .fold(Generator::new().cargo_directives(false), |g, s| {
+                g.schemas(s.clone())
+            })
+            .app_prefix(self.app_prefix.clone())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let human = args.format == Format::Human;
+    match run(args.command, human) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Schema(diags)) => {
+            print_all(&diags, human);
+            let errors = diags.errors().count();
+            eprintln!("{errors} error{} found", if errors == 1 { "" } else { "s" });
+            ExitCode::from(1)
+        }
+        Err(e @ Error::Internal(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_all<'a>(diags: impl IntoIterator<Item = &'a orkestra_gen::Diagnostic>, human: bool) {
+    for d in diags {
+        report::print(d, human);
+    }
+}
+
+fn run(command: Cmd, human: bool) -> Result<(), Error> {
+    match command {
+        Cmd::Generate {
+            common,
+            out: Some(path),
+        } => {
+            let generated = common.generator().out_file(path).generate()?;
+            print_all(generated.warnings.warnings(), human);
+            eprintln!(
+                "{} {}",
+                if generated.changed {
+                    "wrote"
+                } else {
+                    "unchanged"
+                },
+                generated.path.display()
+            );
+        }
+        Cmd::Generate { common, out: None } => {
+            let output = common.generator().render()?;
+            print_all(output.warnings.warnings(), human);
+            print!("{}", output.code);
+        }
+        Cmd::Check { common } => {
+            let generator = common.generator();
+            let diags: Diagnostics = generator.check()?;
+            if diags.has_errors() {
+                return Err(Error::Schema(diags));
+            }
+            print_all(diags.warnings(), human);
+            println!("{} schema file(s) OK", generator.files()?.len());
+        }
+        Cmd::Topics { common } => {
+            let output = common.generator().render()?;
+            print_topics(&output.model);
+        }
+    }
+    Ok(())
+}
+
+/// One line per command and event: type name, topic, the bindings that receive it.
+fn print_topics(model: &Model) {
+    for module in &model.modules {
+        for p in module.commands.iter().chain(&module.events) {
+            let handlers: Vec<&str> = model
+                .modules
+                .iter()
+                .flat_map(|m| &m.handlers)
+                .filter(|h| receives(&h.target, &module.ident, p))
+                .map(|h| h.name.as_str())
+                .collect();
+            println!(
+                "{:<32} {:<40} {}",
+                p.type_name,
+                p.topic,
+                if handlers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    handlers.join(", ")
+                }
+            );
+        }
+    }
+}
+
+fn receives(target: &HandlerTarget, module: &str, p: &Payload) -> bool {
+    match target {
+        HandlerTarget::Command(r) | HandlerTarget::Event(r) => {
+            r.module == module && r.name == p.name
+        }
+        HandlerTarget::Events(rs) | HandlerTarget::Topic { matched: rs, .. } => {
+            rs.iter().any(|r| r.module == module && r.name == p.name)
+        }
+        HandlerTarget::DeadLetters => false,
+    }
+}

@@ -1,0 +1,102 @@
+//! Printing diagnostics: a miette box with the source snippet (human), or one
+//! `file:line:col: error: ...` line (short, for editors and CI annotations). Each
+//! diagnostic is printed once, in one of the two forms.
+
+use std::ops::Range;
+
+use orkestra_gen::{Diagnostic, Severity};
+
+/// Prints one diagnostic to standard error.
+pub fn print(d: &Diagnostic, human: bool) {
+    let boxed = if human { snippet(d) } else { None };
+    match boxed {
+        Some(text) => eprintln!("{text}"),
+        None => eprintln!("{d}"),
+    }
+}
+
+/// The miette rendering of `d` with its source line, or `None` when the file cannot be
+/// read again (then the one-line form is printed instead).
+fn snippet(d: &Diagnostic) -> Option<String> {
+    let text = std::fs::read_to_string(&d.span.file).ok()?;
+    let label = label_range(&text, d.span.offset, d.span.line, d.span.column);
+    let mut md = miette::MietteDiagnostic::new(d.message.clone())
+        .with_severity(match d.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+        .with_label(miette::LabeledSpan::at(label, "here"));
+    if let Some(help) = &d.help {
+        md = md.with_help(help.clone());
+    }
+    let source = miette::NamedSource::new(d.span.file.display().to_string(), text);
+    let report = miette::Report::new(md).with_source_code(source);
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, report.as_ref())
+        .ok()?;
+    Some(out)
+}
+
+/// The byte range to underline in `text`: the word at the diagnostic's position.
+///
+/// The file was read again after validation and may have changed since, so the recorded
+/// byte offset is used only when it is still a char boundary inside `text`; otherwise the
+/// line and column are mapped again (clamped to the text). The range never ends past the
+/// text nor inside a character.
+fn label_range(text: &str, offset: Option<usize>, line: u64, column: u64) -> Range<usize> {
+    let start = offset
+        .filter(|&o| text.is_char_boundary(o))
+        .unwrap_or_else(|| offset_of(text, line, column));
+    let len: usize = text[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ':' | ',' | '}' | ']'))
+        .map(char::len_utf8)
+        .sum();
+    start..start + len
+}
+
+/// Byte offset of a 1-based line and column (in chars), clamped to the text.
+fn offset_of(text: &str, line: u64, column: u64) -> usize {
+    let lines = usize::try_from(line.saturating_sub(1)).unwrap_or(usize::MAX);
+    let start: usize = text.split_inclusive('\n').take(lines).map(str::len).sum();
+    let cols = usize::try_from(column.saturating_sub(1)).unwrap_or(usize::MAX);
+    let col: usize = text[start..]
+        .chars()
+        .take_while(|&c| c != '\n')
+        .take(cols)
+        .map(char::len_utf8)
+        .sum();
+    start + col
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_past_the_end_of_a_shorter_file_falls_back_to_line_and_column() {
+        let text = "a: 1\nbé: 2\n";
+        assert_eq!(label_range(text, Some(500), 2, 1), 5..8);
+        assert_eq!(label_range(text, Some(500), 40, 9), text.len()..text.len());
+    }
+
+    #[test]
+    fn an_offset_inside_a_character_is_not_sliced() {
+        let text = "é: 1\n";
+        // Byte 1 is inside `é` (two bytes): the line and column are used instead.
+        assert_eq!(label_range(text, Some(1), 1, 1), 0..2);
+        let text = "x: ééé\n";
+        assert_eq!(label_range(text, Some(4), 1, 5), 5..9);
+        for offset in 0..=text.len() + 2 {
+            let r = label_range(text, Some(offset), 1, 2);
+            assert!(text.is_char_boundary(r.start) && text.is_char_boundary(r.end));
+        }
+    }
+
+    #[test]
+    fn a_column_past_the_end_of_its_line_stays_on_that_line() {
+        assert_eq!(offset_of("ab\ncd\n", 1, 99), 2);
+        assert_eq!(offset_of("ab", 9, 9), 2);
+    }
+}

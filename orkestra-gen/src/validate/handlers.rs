@@ -1,0 +1,371 @@
+//! Handler bindings: one target each, resolved references, retries, emitted events.
+
+use std::collections::HashMap;
+
+use super::shape::describe;
+use super::{Decl, Declared, PayloadTables, Validator};
+use crate::diagnostic::Diagnostic;
+use crate::model::*;
+use crate::topic;
+use crate::yaml::{Key, Node, Value};
+
+const HANDLER_KEYS: &[&str] = &[
+    "command",
+    "event",
+    "events",
+    "topic",
+    "max_retries",
+    "emits",
+    "description",
+    "dead_letters",
+];
+
+/// What a `dead_letters: true` binding cannot also have: it receives every dead letter
+/// of the bus and nothing else, and emits nothing.
+const NOT_WITH_DEAD_LETTERS: [&str; 5] = ["command", "event", "events", "topic", "emits"];
+
+/// The keys that name what a binding receives; a binding has exactly one.
+const TARGET_KEYS: [&str; 4] = ["command", "event", "events", "topic"];
+
+/// Commands that already have a binding, with its name: a command has exactly one.
+pub(super) type HandledCommands = HashMap<PayloadRef, String>;
+
+impl Validator {
+    /// One handler binding: its target, retry limit and emitted events.
+    pub(super) fn handler(
+        &mut self,
+        decl: &Decl,
+        key: &Key,
+        node: &Node,
+        tables: &PayloadTables,
+        handled_commands: &mut HandledCommands,
+    ) -> Option<Handler> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                &node.span,
+                format!(
+                    "handler `{}` must be a mapping with `command`, `event`, `events` or `topic`",
+                    key.name
+                ),
+            );
+            return None;
+        };
+        let map = self.keys(entries, HANDLER_KEYS, &format!("in handler `{}`", key.name));
+        let description = self.description(&map);
+        if let Some(flag) = map.get("dead_letters") {
+            return self.dead_letter_binding(key, flag, &map, description);
+        }
+        let target_key = self.target_key(key, &map)?;
+        let target_node = map[target_key];
+        let target = match target_key {
+            "command" => self.command_target(decl, key, target_node, tables, handled_commands)?,
+            "event" => {
+                HandlerTarget::Event(self.reference(decl, target_node, &tables.events, "event")?)
+            }
+            "events" => self.events_target(decl, key, target_node, &tables.events)?,
+            _ => self.topic_target(key, target_node, &tables.events)?,
+        };
+        let max_retries = match map.get("max_retries") {
+            None => None,
+            Some(n) => Some(self.max_retries(key, n)?),
+        };
+        let emits = match map.get("emits") {
+            None => Vec::new(),
+            Some(n) => self.emits(decl, key, n, &tables.events)?,
+        };
+        Some(Handler {
+            name: key.name.clone(),
+            description,
+            target,
+            max_retries,
+            emits,
+        })
+    }
+
+    /// `{ dead_letters: true }`, optionally with `max_retries` and `description`.
+    fn dead_letter_binding(
+        &mut self,
+        key: &Key,
+        flag: &Node,
+        map: &HashMap<&str, &Node>,
+        description: Option<String>,
+    ) -> Option<Handler> {
+        let mut ok = match flag.value {
+            Value::Bool(true) => true,
+            Value::Bool(false) => {
+                self.error(
+                    &flag.span,
+                    format!(
+                        "`dead_letters: false` binds nothing; give handler `{}` a target, or set `dead_letters: true` to receive every dead letter",
+                        key.name
+                    ),
+                );
+                false
+            }
+            _ => {
+                self.error(
+                    &flag.span,
+                    format!(
+                        "`dead_letters` of handler `{}` must be `true`, found {}",
+                        key.name,
+                        describe(flag)
+                    ),
+                );
+                false
+            }
+        };
+        for other in NOT_WITH_DEAD_LETTERS {
+            if let Some(n) = map.get(other) {
+                self.error(
+                    &n.span,
+                    format!(
+                        "handler `{}` receives dead letters, so it cannot also have `{other}`; a dead-letter binding receives every dead letter of the bus and emits nothing",
+                        key.name
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let max_retries = match map.get("max_retries") {
+            None => None,
+            Some(n) => Some(self.max_retries(key, n)?),
+        };
+        ok.then(|| Handler {
+            name: key.name.clone(),
+            description,
+            target: HandlerTarget::DeadLetters,
+            max_retries,
+            emits: Vec::new(),
+        })
+    }
+
+    /// The one target key of a binding.
+    fn target_key(&mut self, key: &Key, map: &HashMap<&str, &Node>) -> Option<&'static str> {
+        let targets: Vec<&'static str> = TARGET_KEYS
+            .into_iter()
+            .filter(|t| map.contains_key(t))
+            .collect();
+        match targets.as_slice() {
+            [] => {
+                self.error(&key.span, format!("handler `{}` has no target: give it one of `command`, `event`, `events` or `topic`", key.name));
+                None
+            }
+            [one] => Some(*one),
+            several => {
+                let list = several
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.error(
+                    &key.span,
+                    format!(
+                        "handler `{}` has several targets ({list}); give it exactly one",
+                        key.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `command: Name`: a command no other binding handles.
+    fn command_target(
+        &mut self,
+        decl: &Decl,
+        key: &Key,
+        node: &Node,
+        tables: &PayloadTables,
+        handled_commands: &mut HandledCommands,
+    ) -> Option<HandlerTarget> {
+        let r = self.reference(decl, node, &tables.commands, "command")?;
+        if let Some(first) = handled_commands.get(&r) {
+            self.error(
+                &node.span,
+                format!(
+                    "command `{}` already has handler `{first}`; a command has exactly one handler",
+                    r.name
+                ),
+            );
+            return None;
+        }
+        handled_commands.insert(r.clone(), key.name.clone());
+        Some(HandlerTarget::Command(r))
+    }
+
+    /// `events: [A, B]`: distinct events with distinct names (variants are named after them).
+    fn events_target(
+        &mut self,
+        decl: &Decl,
+        key: &Key,
+        node: &Node,
+        events: &[Declared],
+    ) -> Option<HandlerTarget> {
+        let Value::Seq(items) = &node.value else {
+            self.error(
+                &node.span,
+                format!(
+                    "`events` of handler `{}` must be a list of event names",
+                    key.name
+                ),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                &node.span,
+                format!("`events` of handler `{}` is empty", key.name),
+            );
+            return None;
+        }
+        let mut refs: Vec<PayloadRef> = Vec::new();
+        for item in items {
+            let r = self.reference(decl, item, events, "event")?;
+            if refs.contains(&r) {
+                self.error(&item.span, format!("event `{}` is listed twice", r.name));
+                return None;
+            }
+            if refs.iter().any(|x| x.name == r.name) {
+                self.error(
+                    &item.span,
+                    format!(
+                        "two events named `{}` in one handler; variants are named after events",
+                        r.name
+                    ),
+                );
+                return None;
+            }
+            refs.push(r);
+        }
+        Some(HandlerTarget::Events(refs))
+    }
+
+    /// `topic: "pattern"`: every known event it matches (a warning when none).
+    fn topic_target(
+        &mut self,
+        key: &Key,
+        node: &Node,
+        events: &[Declared],
+    ) -> Option<HandlerTarget> {
+        let pattern = self.string(node, "`topic`")?;
+        if pattern.contains(char::is_whitespace) {
+            self.error(
+                &node.span,
+                format!("topic pattern `{pattern}` must not contain spaces"),
+            );
+            return None;
+        }
+        let mut matched: Vec<PayloadRef> = Vec::new();
+        for e in events.iter().filter(|e| topic::matches(&pattern, &e.topic)) {
+            if matched.iter().any(|m| m.name == e.name) {
+                self.error(&node.span, format!("topic pattern `{pattern}` matches two events named `{}`; variants are named after events", e.name));
+                return None;
+            }
+            matched.push(PayloadRef {
+                module: e.module.clone(),
+                name: e.name.clone(),
+            });
+        }
+        if matched.is_empty() {
+            let d = Diagnostic::warning(
+                &node.span,
+                format!(
+                    "topic pattern `{pattern}` matches no known event; handler `{}` will only see events from other services as `Other`",
+                    key.name
+                ),
+            );
+            self.diags.push(d);
+        }
+        Some(HandlerTarget::Topic { pattern, matched })
+    }
+
+    /// `max_retries: n`, a non-negative integer that fits a `u32`.
+    fn max_retries(&mut self, key: &Key, n: &Node) -> Option<u32> {
+        match n.value {
+            Value::Int(i) if (0..=i64::from(u32::MAX)).contains(&i) => Some(i as u32),
+            Value::Int(i) if i < 0 => {
+                self.error(
+                    &n.span,
+                    format!(
+                        "`max_retries` of handler `{}` is negative ({i}); use 0 for no retries",
+                        key.name
+                    ),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    &n.span,
+                    format!(
+                        "`max_retries` of handler `{}` must be a non-negative integer, found {}",
+                        key.name,
+                        describe(n)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `emits: [A, B]`: known events.
+    fn emits(
+        &mut self,
+        decl: &Decl,
+        key: &Key,
+        n: &Node,
+        events: &[Declared],
+    ) -> Option<Vec<PayloadRef>> {
+        let Value::Seq(items) = &n.value else {
+            self.error(
+                &n.span,
+                format!(
+                    "`emits` of handler `{}` must be a list of event names",
+                    key.name
+                ),
+            );
+            return None;
+        };
+        items
+            .iter()
+            .map(|item| self.reference(decl, item, events, "event"))
+            .collect()
+    }
+
+    /// Resolves `Name` (this namespace) or `Qualifier.Name` to a declared command or event.
+    pub(super) fn reference(
+        &mut self,
+        decl: &Decl,
+        node: &Node,
+        table: &[Declared],
+        what: &str,
+    ) -> Option<PayloadRef> {
+        let text = self.string(node, &format!("a {what} name"))?;
+        let (qualifier, name) = match text.rsplit_once('.') {
+            Some((q, n)) => (q.to_owned(), n.to_owned()),
+            None => (decl.qualifier.clone(), text.clone()),
+        };
+        if let Some(d) = table
+            .iter()
+            .find(|d| d.qualifier == qualifier && d.name == name)
+        {
+            return Some(PayloadRef {
+                module: d.module.clone(),
+                name: d.name.clone(),
+            });
+        }
+        let candidates: Vec<String> = table
+            .iter()
+            .map(|d| {
+                if d.qualifier == decl.qualifier {
+                    d.name.clone()
+                } else {
+                    format!("{}.{}", d.qualifier, d.name)
+                }
+            })
+            .collect();
+        let d = Diagnostic::error(&node.span, format!("unknown {what} `{text}`"))
+            .did_you_mean(&text, candidates.iter().map(String::as_str));
+        self.diags.push(d);
+        None
+    }
+}

@@ -1,0 +1,163 @@
+//! Validation: parsed YAML trees to the resolved [`Model`], with a located diagnostic for
+//! every mistake. Nothing here panics on any input; everything is reported at once.
+
+mod fields;
+mod handlers;
+mod names;
+mod payloads;
+mod shape;
+mod types;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Span};
+use crate::model::*;
+use crate::yaml::{self, Key, Node};
+
+/// One schema file's text.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Its path, as diagnostics print it.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// A file's declarations, before resolution.
+struct Decl {
+    /// Where its `namespace` value is.
+    span: Span,
+    namespace: String,
+    qualifier: String,
+    ident: String,
+    description: Option<String>,
+    types: Vec<(Key, Node)>,
+    commands: Vec<(Key, Node)>,
+    events: Vec<(Key, Node)>,
+    handlers: Vec<(Key, Node)>,
+}
+
+/// A declared command or event, for resolving references.
+#[derive(Clone)]
+struct Declared {
+    module: String,
+    qualifier: String,
+    name: String,
+    topic: String,
+}
+
+/// A name as the schemas write it across namespaces: `Qualifier.Name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct QualifiedName {
+    /// The namespace without the app prefix (`Orders`).
+    qualifier: String,
+    /// The name inside it.
+    name: String,
+}
+
+/// Every named type of every namespace, for resolving type expressions.
+type TypeTable = HashMap<QualifiedName, TypeRef>;
+
+/// Every command and event of every namespace, for resolving handler references.
+struct PayloadTables {
+    commands: Vec<Declared>,
+    events: Vec<Declared>,
+}
+
+/// Validates the sources and builds the model. The model is `None` when any error was found.
+pub fn build(sources: &[Source], app_prefix: &str) -> (Option<Model>, Diagnostics) {
+    let mut v = Validator {
+        diags: Diagnostics::default(),
+        app_prefix: app_prefix.to_owned(),
+    };
+    let model = v.run(sources);
+    v.diags.sort();
+    let model = if v.diags.has_errors() {
+        None
+    } else {
+        Some(model)
+    };
+    (model, v.diags)
+}
+
+struct Validator {
+    diags: Diagnostics,
+    app_prefix: String,
+}
+
+impl Validator {
+    fn error(&mut self, span: &Span, message: impl Into<String>) {
+        self.diags.push(Diagnostic::error(span, message));
+    }
+
+    /// The pipeline: parse every file, merge namespaces, check names, build the lookup
+    /// tables, resolve each namespace, then the handler bindings (which see every event).
+    fn run(&mut self, sources: &[Source]) -> Model {
+        let decls = self.parse_files(sources);
+        let decls = self.merge_namespaces(decls);
+        self.check_names(&decls);
+        let types = self.type_table(&decls);
+        let tables = self.payload_tables(&decls);
+        let mut modules: Vec<Module> = decls.iter().map(|decl| self.module(decl, &types)).collect();
+        self.check_topics(&modules);
+        self.check_recursive_types(&modules);
+        let mut handled_commands = HashMap::new();
+        for (decl, module) in decls.iter().zip(&mut modules) {
+            for (key, node) in &decl.handlers {
+                if let Some(h) = self.handler(decl, key, node, &tables, &mut handled_commands) {
+                    module.handlers.push(h);
+                }
+            }
+        }
+        Model {
+            app_prefix: self.app_prefix.clone(),
+            files: sources.iter().map(|s| s.path.clone()).collect(),
+            modules,
+        }
+    }
+
+    /// Parses each file and reads its top level; a file that cannot be read is skipped
+    /// (its diagnostics are recorded).
+    fn parse_files(&mut self, sources: &[Source]) -> Vec<Decl> {
+        let mut decls = Vec::new();
+        for source in sources {
+            match yaml::parse(&source.text, &source.path) {
+                Ok(root) => {
+                    if let Some(decl) = self.file(&root, source) {
+                        decls.push(decl);
+                    }
+                }
+                Err(d) => self.diags.push(d),
+            }
+        }
+        decls
+    }
+
+    /// The types, commands and events of one namespace, resolved.
+    fn module(&mut self, decl: &Decl, types: &TypeTable) -> Module {
+        let mut module = Module {
+            namespace: decl.namespace.clone(),
+            qualifier: decl.qualifier.clone(),
+            ident: decl.ident.clone(),
+            description: decl.description.clone(),
+            ..Module::default()
+        };
+        for (key, node) in &decl.types {
+            if let Some(t) = self.type_def(decl, key, node, types) {
+                module.types.push(t);
+            }
+        }
+        for (key, node) in &decl.commands {
+            if let Some(p) = self.payload(decl, key, node, PayloadKind::Command, types) {
+                module.commands.push(p);
+            }
+        }
+        for (key, node) in &decl.events {
+            if let Some(p) = self.payload(decl, key, node, PayloadKind::Event, types) {
+                module.events.push(p);
+            }
+        }
+        module
+    }
+}

@@ -1,0 +1,167 @@
+//! Commands and events: their keys, version, custom validation and topic.
+
+use super::shape::describe;
+use super::{Decl, Declared, PayloadTables, TypeTable, Validator};
+use crate::model::*;
+use crate::topic;
+use crate::yaml::{Key, Node, Value};
+
+/// How commands and events differ in the schema language.
+struct Syntax {
+    /// The word messages use (`command`).
+    what: &'static str,
+    /// The keys it accepts.
+    keys: &'static [&'static str],
+    /// The key holding its fields.
+    fields_key: &'static str,
+    /// The segment of its derived topic's full name (`Commands`).
+    section: &'static str,
+}
+
+const COMMAND: Syntax = Syntax {
+    what: "command",
+    keys: &["description", "params", "validate", "topic"],
+    fields_key: "params",
+    section: "Commands",
+};
+
+const EVENT: Syntax = Syntax {
+    what: "event",
+    keys: &["description", "fields", "version", "validate", "topic"],
+    fields_key: "fields",
+    section: "Events",
+};
+
+impl Validator {
+    /// Every command and event with its module and topic.
+    pub(super) fn payload_tables(&mut self, decls: &[Decl]) -> PayloadTables {
+        let mut commands = Vec::new();
+        let mut events = Vec::new();
+        for decl in decls {
+            for (list, Syntax { section, .. }, out) in [
+                (&decl.commands, COMMAND, &mut commands),
+                (&decl.events, EVENT, &mut events),
+            ] {
+                for (key, node) in list {
+                    let topic = override_topic(node)
+                        .unwrap_or_else(|| self.derived_topic(decl, section, &key.name));
+                    out.push(Declared {
+                        module: decl.ident.clone(),
+                        qualifier: decl.qualifier.clone(),
+                        name: key.name.clone(),
+                        topic,
+                    });
+                }
+            }
+        }
+        PayloadTables { commands, events }
+    }
+
+    /// The topic of a command or event without a `topic` override.
+    pub(super) fn derived_topic(&self, decl: &Decl, section: &str, name: &str) -> String {
+        topic::derive(
+            &format!("{}.{section}.{name}", decl.namespace),
+            &self.app_prefix,
+        )
+    }
+
+    pub(super) fn payload(
+        &mut self,
+        decl: &Decl,
+        key: &Key,
+        node: &Node,
+        kind: PayloadKind,
+        types: &TypeTable,
+    ) -> Option<Payload> {
+        let Syntax {
+            what,
+            keys: allowed,
+            fields_key,
+            section,
+        } = match kind {
+            PayloadKind::Command => COMMAND,
+            PayloadKind::Event => EVENT,
+        };
+        let empty = Vec::new();
+        let entries = match &node.value {
+            Value::Map(entries) => entries,
+            Value::Null => &empty,
+            _ => {
+                self.error(
+                    &node.span,
+                    format!(
+                        "{what} `{}` must be a mapping, found {}",
+                        key.name,
+                        node.kind()
+                    ),
+                );
+                return None;
+            }
+        };
+        let map = self.keys(entries, allowed, &format!("in {what} `{}`", key.name));
+        let description = self.description(&map);
+        let fields = match map.get(fields_key) {
+            Some(f) => self.fields(decl, f, types, &format!("{what} `{}`", key.name))?,
+            None => Vec::new(),
+        };
+        let custom_validate = match map.get("validate") {
+            None => false,
+            Some(n) if n.as_str() == Some("custom") => true,
+            Some(n) => {
+                self.error(&n.span, "`validate` takes one value, `custom` (you implement `orkestra_runtime::Validate`)");
+                false
+            }
+        };
+        let version = match map.get("version") {
+            None => 1,
+            Some(n) => match n.value {
+                Value::Int(v) if (1..=i64::from(u32::MAX)).contains(&v) => v as u32,
+                _ => {
+                    self.error(
+                        &n.span,
+                        format!(
+                            "`version` must be a positive integer, found {}",
+                            describe(n)
+                        ),
+                    );
+                    1
+                }
+            },
+        };
+        let topic = match map.get("topic") {
+            Some(n) => {
+                let t = self.string(n, "`topic`")?;
+                if t.is_empty() || t.contains(char::is_whitespace) || topic::is_pattern(&t) {
+                    self.error(
+                        &n.span,
+                        format!("topic `{t}` must be a non-empty name without spaces or wildcards"),
+                    );
+                    return None;
+                }
+                t
+            }
+            None => self.derived_topic(decl, section, &key.name),
+        };
+        Some(Payload {
+            kind,
+            name: key.name.clone(),
+            description,
+            fields,
+            topic,
+            type_name: format!("{}.{}", decl.namespace, key.name),
+            version,
+            custom_validate,
+            span: key.span.clone(),
+        })
+    }
+}
+
+pub(super) fn override_topic(node: &Node) -> Option<String> {
+    match &node.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.name == "topic")
+            .and_then(|(_, n)| n.as_str().map(str::to_owned)),
+        _ => None,
+    }
+}
