@@ -69,11 +69,6 @@ pub mod telemetry;
 
 #[doc(hidden)]
 pub mod codegen;
-// Until generated files from before `codegen` are regenerated (doc-hidden, internal).
-#[doc(hidden)]
-pub use codegen as __private;
-#[doc(hidden)]
-pub use codegen::{ObjectReader, finish, required, rules};
 
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
 pub use config::{Config, ConfigError, SecretUrl};

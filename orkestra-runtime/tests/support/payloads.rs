@@ -1,9 +1,11 @@
 //! Hand-written payloads shaped exactly like the ones orkestra-gen emits, so the runtime
 //! can be tested on its own.
 
+// The same support module generated code uses.
+use orkestra_runtime::codegen::{ObjectReader, finish, required, rules};
 use orkestra_runtime::{
-    CommandPayload, Event, EventPayload, EventSet, Message, ObjectReader, ParamError, Payload,
-    PayloadError, RawEvent, Validate, ValidationError, finish, required, rules,
+    CommandPayload, Event, EventPayload, EventSet, Message, ParamError, Payload, PayloadError,
+    RawEvent, Validate, ValidationError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
