@@ -31,7 +31,11 @@ fn run_probe(dir: &Path, target: &Path) -> String {
 #[test]
 fn schema_changes_regenerate() {
     let root = workspace();
-    let target = root.join("target").join("regen-probe");
+    // Beside the workspace's own build, so CI's cache outside the clone serves it too.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("regen-probe");
     let dir = std::env::temp_dir().join(format!("orkestra-regen-{}", std::process::id()));
     let schemas = dir.join("schemas");
     std::fs::create_dir_all(schemas.join("nested")).unwrap();

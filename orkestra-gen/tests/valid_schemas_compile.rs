@@ -5,8 +5,9 @@
 //! `deny(warnings, missing_docs)`.
 //!
 //! The sets come from a deterministic runner, so a failure reproduces; the probe builds
-//! offline in its own target directory (`target/schema-probe`), so the first run compiles
-//! the runtime's dependencies once and later runs only the probe.
+//! offline in its own target directory (`schema-probe` under `$CARGO_TARGET_DIR`, or under
+//! the workspace's `target/`), so the first run compiles the runtime's dependencies once
+//! and later runs, CI's clean clones included, only the probe.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -307,7 +308,7 @@ fn every_valid_schema_set_compiles() {
     let out = Command::new(env!("CARGO"))
         .args(["clippy", "--quiet", "--offline", "--", "-D", "warnings"])
         .current_dir(&dir)
-        .env("CARGO_TARGET_DIR", root.join("target").join("schema-probe"))
+        .env("CARGO_TARGET_DIR", probe_target(&root))
         .env_remove("RUSTFLAGS")
         .output()
         .unwrap();
@@ -320,4 +321,13 @@ fn every_valid_schema_set_compiles() {
     if std::env::var_os("KEEP_SCHEMA_PROBE").is_none() {
         std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+/// Where the probe builds: beside the workspace's own build, so a cache that CI keeps
+/// outside the clone serves the probe too.
+fn probe_target(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("schema-probe")
 }
