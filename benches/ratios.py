@@ -12,13 +12,14 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", "target")
 RATIOS = [
     # (label, numerator, denominator, target or None): time ratios, lower is better
     ("in-process dispatch ÷ mpsc+oneshot", "dispatch/orkestra", "dispatch/raw_mpsc_oneshot", 1.0),
-    ("in-process dispatch ÷ direct call", "dispatch/orkestra", "dispatch/direct_call", None),
+    ("in-process dispatch ÷ direct call", "dispatch/orkestra", "dispatch/direct_call", 2.0),
     ("publish to 3 ÷ broadcast to 3", "publish3/orkestra", "publish3/raw_broadcast", 1.5),
 ]
 THROUGHPUT = [
     # (label, variant, baseline, minimum or None): throughput ratios, higher is better
     ("dispatch throughput, OTel layer sampling off ÷ no subscriber", "tracing/otel_sampling_off", "tracing/no_subscriber", 0.85),
-    ("dispatch throughput, every span sampled ÷ no subscriber", "tracing/otel_sampled", "tracing/no_subscriber", None),
+    ("dispatch throughput, every span sampled ÷ no subscriber", "tracing/otel_sampled", "tracing/no_subscriber", 0.17),
+    ("same, tracing-opentelemetry's default layer settings", "tracing/otel_sampled_layer_defaults", "tracing/no_subscriber", None),
     ("PostgreSQL append, 1 event per commit ÷ raw INSERT+COMMIT", "pg_append_1/orkestra", "pg_append_1/raw_insert_commit", 0.80),
     ("PostgreSQL append, 8 writers ÷ raw, 8 connections", "pg_append_8w/orkestra", "pg_append_8w/raw_insert_commit", 0.80),
     ("embedded store, 1,000-event batch ÷ raw rusqlite transaction", "sqlite_batch_1000/orkestra", "sqlite_batch_1000/raw_rusqlite", 0.80),

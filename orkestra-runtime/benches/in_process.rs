@@ -210,6 +210,7 @@ fn tracing_overhead(c: &mut Criterion) {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
     use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt;
 
     let rt = runtime();
@@ -218,17 +219,33 @@ fn tracing_overhead(c: &mut Criterion) {
     rt.block_on(bus.subscribe(Subscription::command("Noop", |cmd, _| noop_command(cmd))))
         .unwrap();
     let mut group = c.benchmark_group("tracing");
-    let otel = |sampler: Sampler| {
+    // The layer as `telemetry::Telemetry` installs it (and the README recommends): no
+    // log-context spans, no busy/idle, location, thread or target attributes. `lean =
+    // false` keeps tracing-opentelemetry's defaults, for comparison.
+    let otel = |sampler: Sampler, lean: bool| {
         let provider = SdkTracerProvider::builder().with_sampler(sampler).build();
-        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bench"))
+            .with_tracked_inactivity(!lean)
+            .with_location(!lean)
+            .with_threads(!lean)
+            .with_target(!lean)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.target() != orkestra_runtime::trace::LOG_CONTEXT_TARGET
+            }));
         tracing::Dispatch::new(tracing_subscriber::registry().with(layer))
     };
     // Sampling off is configured on both sides, as `telemetry::init` does: the
     // OpenTelemetry sampler and Orkestra's ratio for new flows.
     let subscribers = [
         ("no_subscriber", tracing::Dispatch::none(), 1.0),
-        ("otel_sampling_off", otel(Sampler::AlwaysOff), 0.0),
-        ("otel_sampled", otel(Sampler::AlwaysOn), 1.0),
+        ("otel_sampling_off", otel(Sampler::AlwaysOff, true), 0.0),
+        ("otel_sampled", otel(Sampler::AlwaysOn, true), 1.0),
+        (
+            "otel_sampled_layer_defaults",
+            otel(Sampler::AlwaysOn, false),
+            1.0,
+        ),
     ];
     for (name, dispatch, ratio) in subscribers {
         orkestra_runtime::trace::set_sampling_ratio(ratio);

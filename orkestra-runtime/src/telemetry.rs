@@ -23,6 +23,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -185,7 +186,18 @@ impl Telemetry {
         }
         let provider = builder.build();
         let tracer = provider.tracer("orkestra");
-        let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+        // `orkestra.log_context` only carries log fields: not an OpenTelemetry span. Busy
+        // and idle times, source locations, threads and targets are left out: they cost a
+        // third of a sampled dispatch (BENCHMARKS.md) and the spans carry what matters.
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target() != crate::trace::LOG_CONTEXT_TARGET
+            }));
         let fmt_pretty = (self.logs == Logs::Pretty)
             .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
         let fmt_json = (self.logs == Logs::Json).then(|| {

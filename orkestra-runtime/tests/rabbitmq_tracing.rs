@@ -9,8 +9,11 @@
 
 mod support;
 
+use orkestra_runtime::trace::LOG_CONTEXT_TARGET;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -40,8 +43,11 @@ fn telemetry() -> &'static Telemetry {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("rabbit-test")));
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("rabbit-test"))
+                .with_filter(filter_fn(|m| m.target() != LOG_CONTEXT_TARGET)),
+        );
         tracing::subscriber::set_global_default(subscriber).unwrap();
         Telemetry { exporter, provider }
     })

@@ -3,7 +3,10 @@
 
 mod support;
 
+use orkestra_runtime::trace::LOG_CONTEXT_TARGET;
 use support::logs::LogBuffer;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
@@ -33,7 +36,11 @@ fn capture() -> Capture {
     let logs = LogBuffer::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("orkestra-test")))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("orkestra-test"))
+                .with_filter(filter_fn(|m| m.target() != LOG_CONTEXT_TARGET)),
+        )
         .with(
             tracing_subscriber::fmt::layer()
                 .json()

@@ -19,61 +19,124 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// One run of a handler, inside its handle span (and, from the second attempt on, an
-/// `orkestra.retry` span); a panic counts as a failure.
-pub(crate) async fn run_attempt(
-    bus: &Bus,
-    subscription: &Subscription,
-    input: Input<'_>,
-    attempt: u32,
-    max_retries: u32,
-    traced: bool,
-    system: &'static str,
-) -> Outcome {
-    if attempt > 1 && traced {
-        let retry = trace::retry_span(&subscription.handler, attempt, max_retries);
-        run_once(bus, subscription, input, attempt, traced, system)
-            .instrument(retry)
-            .await
-    } else {
-        run_once(bus, subscription, input, attempt, traced, system).await
-    }
+/// What every run of handlers for one message shares: the bus, how its spans and log
+/// lines are labelled, and what the flow decided about tracing.
+#[derive(Clone, Copy)]
+pub(crate) struct Runner<'a> {
+    pub(crate) bus: &'a Bus,
+    /// `messaging.system` of the spans.
+    pub(crate) system: &'static str,
+    /// The `orkestra` field of the log lines (`pubsub`, `rabbitmq`).
+    pub(crate) component: &'static str,
+    /// Whether the flow is traced (spans are created).
+    pub(crate) traced: bool,
+    /// Whether the message's trace context came from elsewhere (a broker, a store), so a
+    /// handle span may need a link to it; `false` when this flow just recorded it.
+    pub(crate) foreign_origin: bool,
 }
 
-async fn run_once(
-    bus: &Bus,
-    subscription: &Subscription,
-    input: Input<'_>,
-    attempt: u32,
-    traced: bool,
-    system: &'static str,
-) -> Outcome {
-    let message = input.message();
-    let span = if traced {
-        trace::handle_span(message, &subscription.handler, attempt, system)
-    } else {
-        Span::none()
-    };
-    let ctx = HandlerContext::new(
-        bus.clone(),
-        message.clone(),
-        subscription.handler.clone(),
-        attempt,
-    );
-    let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
-    let outcome = match run.catch_unwind().instrument(span.clone()).await {
-        Ok(Ok(reply)) => return Outcome::Succeeded(reply),
-        Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
-        Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
-        Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
-    };
-    let (error_type, reason) = match &outcome {
-        Outcome::Rejected(reason) => ("rejected", reason),
-        Outcome::Failed(reason) => ("failed", reason),
-        Outcome::Succeeded(_) => return outcome,
-    };
-    trace::record_error(&span, error_type, reason);
-    outcome
+impl Runner<'_> {
+    /// One run of a handler, inside its handle span (and, from the second attempt on, an
+    /// `orkestra.retry` span); a panic counts as a failure.
+    pub(crate) async fn attempt(
+        &self,
+        subscription: &Subscription,
+        input: Input<'_>,
+        attempt: u32,
+        max_retries: u32,
+    ) -> Outcome {
+        if attempt > 1 && self.traced {
+            let retry =
+                trace::retry_span(input.message(), &subscription.handler, attempt, max_retries);
+            self.run_once(subscription, input, attempt)
+                .instrument(retry)
+                .await
+        } else {
+            self.run_once(subscription, input, attempt).await
+        }
+    }
+
+    async fn run_once(
+        &self,
+        subscription: &Subscription,
+        input: Input<'_>,
+        attempt: u32,
+    ) -> Outcome {
+        let message = input.message();
+        let span = if self.traced {
+            trace::handle_span(
+                message,
+                &subscription.handler,
+                attempt,
+                self.system,
+                self.foreign_origin,
+            )
+        } else {
+            Span::none()
+        };
+        let ctx = HandlerContext::new(
+            self.bus.clone(),
+            message.clone(),
+            subscription.handler.clone(),
+            attempt,
+        );
+        let logs = trace::log_context_span(message, &span);
+        let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
+        let outcome = match run
+            .catch_unwind()
+            .instrument(logs)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(Ok(reply)) => return Outcome::Succeeded(reply),
+            Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
+            Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
+            Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
+        };
+        let (error_type, reason) = match &outcome {
+            Outcome::Rejected(reason) => ("rejected", reason),
+            Outcome::Failed(reason) => ("failed", reason),
+            Outcome::Succeeded(_) => return outcome,
+        };
+        trace::record_error(&span, error_type, reason);
+        outcome
+    }
+
+    /// Runs a dead-letter handler with its retries. Its failure is logged and goes no
+    /// further: a dead letter never produces another one.
+    pub(crate) async fn dead_letter_handler(&self, handler: &Subscription, letter: &DeadLetter) {
+        let mut attempt = 1;
+        loop {
+            let input = Input::DeadLetter(letter);
+            match self
+                .attempt(handler, input, attempt, handler.max_retries)
+                .await
+            {
+                Outcome::Succeeded(_) => return,
+                Outcome::Failed(reason) if attempt <= handler.max_retries => {
+                    log_retry(
+                        handler,
+                        attempt,
+                        handler.max_retries,
+                        &reason,
+                        self.component,
+                    );
+                    attempt += 1;
+                }
+                Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+                    tracing::error!(
+                        handler = %handler.handler,
+                        message_id = letter.message_id(),
+                        reason,
+                        attempts = attempt,
+                        orkestra = self.component,
+                        "Dead-letter handler failed; the letter is dropped"
+                    );
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// `WARN Handler nack, requeuing`: a failed run that will be retried. `component` is the
@@ -147,47 +210,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic payload")
-}
-
-/// Runs a dead-letter handler with its retries. Its failure is logged and goes no
-/// further: a dead letter never produces another one.
-pub(crate) async fn run_dead_letter_handler(
-    bus: &Bus,
-    handler: &Subscription,
-    letter: &DeadLetter,
-    system: &'static str,
-    component: &'static str,
-) {
-    let mut attempt = 1;
-    loop {
-        let input = Input::DeadLetter(letter);
-        match run_attempt(
-            bus,
-            handler,
-            input,
-            attempt,
-            handler.max_retries,
-            false,
-            system,
-        )
-        .await
-        {
-            Outcome::Succeeded(_) => return,
-            Outcome::Failed(reason) if attempt <= handler.max_retries => {
-                log_retry(handler, attempt, handler.max_retries, &reason, component);
-                attempt += 1;
-            }
-            Outcome::Failed(reason) | Outcome::Rejected(reason) => {
-                tracing::error!(
-                    handler = %handler.handler,
-                    message_id = letter.message_id(),
-                    reason,
-                    attempts = attempt,
-                    orkestra = component,
-                    "Dead-letter handler failed; the letter is dropped"
-                );
-                return;
-            }
-        }
-    }
 }

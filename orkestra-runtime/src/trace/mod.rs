@@ -13,9 +13,14 @@
 //! | `orkestra.event.handle` | publish (or retry) | each run of each event handler |
 //! | `orkestra.retry` | dispatch or publish | each retry, with `orkestra.retry.attempt` |
 //!
-//! Handle spans also carry `correlation_id`, `causation_id`, `actor_id`, `trace_id` and
-//! `span_id` as plain fields, so every log line written inside a handler has them (for
-//! example as span fields in tracing-subscriber's JSON output).
+//! Every run of a handler, traced or not, also runs inside `orkestra.log_context` (target
+//! [`LOG_CONTEXT_TARGET`]), whose plain fields `correlation_id`, `causation_id`,
+//! `actor_id`, `trace_id` and `span_id` every log line written inside a handler carries
+//! (for example as span fields in tracing-subscriber's JSON output). It is for logs only:
+//! filter that target out of an OpenTelemetry layer, as `telemetry` does.
+//!
+//! Whether a new flow is traced is [`samples`]`(correlation_id, ratio)`: a documented
+//! hash, the same in every process, so a flow is traced in every service or in none.
 
 mod context;
 mod sampling;
@@ -23,6 +28,11 @@ mod spans;
 
 pub use crate::message::TraceContext;
 pub use context::{TRACEPARENT, TRACESTATE, extract, inject};
+#[cfg(feature = "rabbitmq")]
 pub(crate) use sampling::should_trace;
-pub use sampling::{sampling_ratio, set_sampling_ratio};
-pub(crate) use spans::{begin, dispatch_span, handle_span, publish_span, record_error, retry_span};
+pub use sampling::{samples, sampling_ratio, set_sampling_ratio};
+pub use spans::LOG_CONTEXT_TARGET;
+pub(crate) use spans::{
+    Flow, begin, dispatch_span, handle_span, log_context_span, publish_span, record_error,
+    retry_span,
+};

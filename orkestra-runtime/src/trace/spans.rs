@@ -1,6 +1,6 @@
 //! The spans every bus emits, built in one place so they carry the same fields.
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -10,20 +10,38 @@ use crate::message::{Message, MessageKind, TraceContext};
 
 /// Starts a flow's outer span (`make` is [`dispatch_span`] or [`publish_span`]) when the
 /// flow is sampled, a disabled span otherwise, and records the trace context in the
-/// message's metadata. Returns the span and whether the flow is traced.
+/// message's metadata unless it has one.
 pub(crate) fn begin(
     message: &mut Message,
     system: &'static str,
     make: fn(&Message, &'static str) -> Span,
-) -> (Span, bool) {
+) -> Flow {
     let traced = should_trace(message);
     let span = if traced {
         make(message, system)
     } else {
         Span::none()
     };
-    message.set_trace_context_if_absent(|| TraceContext::of(&span));
-    (span, traced)
+    let foreign_origin = message.metadata().trace_context.is_some();
+    if !foreign_origin {
+        message.set_trace_context_if_absent(|| TraceContext::of(&span));
+    }
+    Flow {
+        span,
+        traced,
+        foreign_origin,
+    }
+}
+
+/// A flow's outer span and what its handler runs need to know of it.
+pub(crate) struct Flow {
+    /// `orkestra.command.dispatch` / `orkestra.event.publish`, or a disabled span.
+    pub(crate) span: Span,
+    /// Whether the flow is traced.
+    pub(crate) traced: bool,
+    /// Whether the message already carried a trace context (made elsewhere) rather than
+    /// getting this flow's.
+    pub(crate) foreign_origin: bool,
 }
 
 /// The fields of a flow's outer span; name, operation and the type/id keys differ
@@ -75,14 +93,29 @@ pub(crate) fn publish_span(message: &Message, system: &'static str) -> Span {
 }
 
 /// `orkestra.retry`, around one retried run.
-pub(crate) fn retry_span(handler: &str, attempt: u32, max_retries: u32) -> Span {
-    tracing::info_span!(
-        "orkestra.retry",
-        otel.kind = "internal",
-        orkestra.handler = handler,
-        orkestra.retry.attempt = i64::from(attempt),
-        orkestra.retry.max_retries = i64::from(max_retries),
-    )
+pub(crate) fn retry_span(message: &Message, handler: &str, attempt: u32, max_retries: u32) -> Span {
+    macro_rules! retry_span {
+        ($type_key:literal, $id_key:literal) => {{
+            let m = message.metadata();
+            tracing::info_span!(
+                "orkestra.retry",
+                otel.kind = "internal",
+                messaging.message.id = message.id(),
+                $type_key = message.type_name(),
+                $id_key = message.id(),
+                orkestra.handler = handler,
+                orkestra.retry.attempt = i64::from(attempt),
+                orkestra.retry.max_retries = i64::from(max_retries),
+                orkestra.correlation_id = m.correlation_id.as_str(),
+                orkestra.causation_id = m.causation_id.as_deref(),
+                orkestra.actor_id = m.actor_id.as_deref(),
+            )
+        }};
+    }
+    match message.kind() {
+        MessageKind::Command => retry_span!("orkestra.command.type", "orkestra.command.id"),
+        MessageKind::Event => retry_span!("orkestra.event.type", "orkestra.event.id"),
+    }
 }
 
 /// The fields of a handle span; the name and the type/id keys differ by message kind,
@@ -106,21 +139,19 @@ macro_rules! handle_span {
             orkestra.correlation_id = $m.correlation_id.as_str(),
             orkestra.causation_id = $m.causation_id.as_deref(),
             orkestra.actor_id = $m.actor_id.as_deref(),
-            correlation_id = $m.correlation_id.as_str(),
-            causation_id = $m.causation_id.as_deref(),
-            actor_id = $m.actor_id.as_deref(),
-            trace_id = Empty,
-            span_id = Empty,
         )
     };
 }
 
 /// `orkestra.command.handle` or `orkestra.event.handle`, for one run of a handler.
+/// `link_origin`: whether the message's trace context may be from another trace (then
+/// the span links to it when it is).
 pub(crate) fn handle_span(
     message: &Message,
     handler: &str,
     attempt: u32,
     system: &'static str,
+    link_origin: bool,
 ) -> Span {
     let m = message.metadata();
     let span = match message.kind() {
@@ -145,19 +176,73 @@ pub(crate) fn handle_span(
             m
         ),
     };
-    if !span.is_disabled() {
-        let cx = span.context();
-        let sc = cx.span().span_context().clone();
-        if sc.is_valid() {
+    // A message from another trace (a stored event replayed, a broker delivery) links
+    // back to where it was produced.
+    if link_origin
+        && let Some(origin) = &message.metadata().trace_context
+        && !span.is_disabled()
+    {
+        let origin = origin.span_context();
+        if origin.is_valid() {
+            let cx = span.context();
+            if origin.trace_id() != cx.span().span_context().trace_id() {
+                span.add_link(origin);
+            }
+        }
+    }
+    span
+}
+
+/// The target of [`log_context_span`]. An OpenTelemetry layer should not export it (it
+/// only carries log fields): `telemetry::Telemetry` filters it out, and an application
+/// that installs `tracing-opentelemetry` itself adds
+/// `.with_filter(filter_fn(|m| m.target() != orkestra_runtime::trace::LOG_CONTEXT_TARGET))`.
+pub const LOG_CONTEXT_TARGET: &str = "orkestra::log_context";
+
+/// `orkestra.log_context`, around every run of a handler, sampled or not: it carries
+/// `correlation_id`, `causation_id`, `actor_id` and, whenever a trace context exists,
+/// `trace_id` and `span_id`, so every log line a handler writes has them. The ids come
+/// from `handle` (the handler's span) when the flow is traced, otherwise from the trace
+/// context the message carries. Disabled at its call site (one atomic load) when no
+/// layer wants it, for example an OpenTelemetry layer filtered as above.
+pub(crate) fn log_context_span(message: &Message, handle: &Span) -> Span {
+    let m = message.metadata();
+    // A child of `handle` when there is one; otherwise of whatever span is current.
+    macro_rules! log_context {
+        ($($parent:tt)*) => {
+            tracing::info_span!(
+                target: LOG_CONTEXT_TARGET,
+                $($parent)*
+                "orkestra.log_context",
+                correlation_id = m.correlation_id.as_str(),
+                causation_id = m.causation_id.as_deref(),
+                actor_id = m.actor_id.as_deref(),
+                trace_id = Empty,
+                span_id = Empty,
+            )
+        };
+    }
+    let span = if handle.is_disabled() {
+        log_context!()
+    } else {
+        log_context!(parent: handle,)
+    };
+    if span.is_disabled() {
+        return span;
+    }
+    let traced = (!handle.is_disabled())
+        .then(|| handle.context().span().span_context().clone())
+        .filter(SpanContext::is_valid);
+    match traced {
+        Some(sc) => {
             span.record("trace_id", tracing::field::display(sc.trace_id()));
             span.record("span_id", tracing::field::display(sc.span_id()));
         }
-        // A message from another trace (a stored event replayed, a broker delivery)
-        // links back to where it was produced.
-        if let Some(origin) = &message.metadata().trace_context {
-            let origin = origin.span_context();
-            if origin.is_valid() && origin.trace_id() != sc.trace_id() {
-                span.add_link(origin);
+        None => {
+            if let Some((trace_id, span_id)) = m.trace_context.as_ref().and_then(TraceContext::ids)
+            {
+                span.record("trace_id", trace_id);
+                span.record("span_id", span_id);
             }
         }
     }

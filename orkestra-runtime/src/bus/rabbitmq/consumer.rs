@@ -18,13 +18,25 @@ use tracing::{Instrument, Span};
 use super::headers::{self, TraceExtractor};
 use super::publisher::Outgoing;
 use super::{RabbitMq, SYSTEM, broker_error, spans, wire};
-use crate::bus::run::{Outcome, log_dead_letter, log_retry, run_attempt, run_dead_letter_handler};
+use crate::bus::run::{Outcome, Runner, log_dead_letter, log_retry};
 use crate::bus::{Bus, BusError};
 use crate::bus::{Input, Subscription};
 use crate::handler::DeadLetter;
 use crate::message::Message;
 use crate::message::new_id;
 use crate::trace;
+
+/// How this bus runs handlers: a delivered message's trace context always comes from
+/// its producer. Dead-letter handlers are not traced.
+fn runner(bus: &Bus) -> Runner<'_> {
+    Runner {
+        bus,
+        system: SYSTEM,
+        component: SYSTEM,
+        traced: false,
+        foreign_origin: true,
+    }
+}
 
 /// Most successful deliveries acknowledged by one batch ack.
 const ACK_BATCH: usize = 100;
@@ -140,17 +152,13 @@ async fn handle_delivery(
     let outcome = match &decoded {
         Ok(message) => {
             async {
-                let traced = !Span::current().is_disabled() || trace::should_trace(message);
-                run_attempt(
-                    bus,
-                    subscription,
-                    Input::Message(message),
-                    attempt,
-                    max_retries,
-                    traced,
-                    SYSTEM,
-                )
-                .await
+                let runner = Runner {
+                    traced: !Span::current().is_disabled() || trace::should_trace(message),
+                    ..runner(bus)
+                };
+                runner
+                    .attempt(subscription, Input::Message(message), attempt, max_retries)
+                    .await
             }
             .instrument(span.clone())
             .await
@@ -307,7 +315,9 @@ pub(super) async fn consume_dead_letters(
     let _channel = channel;
     while let Some(Ok(delivery)) = consumer.next().await {
         let letter = letter_from_delivery(&delivery);
-        run_dead_letter_handler(&bus, &subscription, &letter, SYSTEM, SYSTEM).await;
+        runner(&bus)
+            .dead_letter_handler(&subscription, &letter)
+            .await;
         if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, handler = %subscription.handler, orkestra = "rabbitmq", "dead letter not acked");
         }

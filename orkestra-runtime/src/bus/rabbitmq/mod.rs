@@ -249,7 +249,7 @@ impl RabbitMq {
         mut envelope: CommandEnvelope,
     ) -> Result<CommandEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Command)?;
-        let (span, _) = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
+        let span = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span).span;
         let body = wire::encode(envelope.message())?;
         let mut headers = FieldTable::default();
         if let Some(max) = envelope.max_retries_override() {
@@ -284,7 +284,7 @@ impl RabbitMq {
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Event)?;
         let mut envelope = envelope.mark_published();
-        let (span, _) = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
+        let span = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span).span;
         let body = wire::encode(envelope.message())?;
         let topic = envelope.topic();
         let routing = self
