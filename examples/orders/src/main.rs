@@ -1,18 +1,22 @@
-//! Orders and accounts on the in-process bus, with code generated from `schemas/`:
-//! commands, the events their handlers publish, the handlers that react (single-event,
-//! multi-event and wildcard bindings), one that keeps failing until it is dead-lettered,
-//! and the correlation and causation ids that tie it all together.
+//! Orders and accounts with code generated from `schemas/`: commands, the events their
+//! handlers publish, the handlers that react (single-event, multi-event and wildcard
+//! bindings), one that keeps failing until it is dead-lettered, a dead-letter alarm, and
+//! the correlation and causation ids that tie it all together.
+//!
+//! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
+//! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
+//! `ORKESTRA_STORE_ADAPTER=postgres`, see the README).
 
 orkestra_runtime::include_generated!();
 
 use accounts::commands::CreateAccount;
-use orders::commands::PlaceOrder;
-use orders::events::OrderPlaced;
+use orders::commands::{CancelOrder, PlaceOrder};
+use orders::events::{OrderCancelled, OrderPlaced};
 use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
 use orkestra_runtime::telemetry::{Logs, Telemetry, TraceTree};
 use orkestra_runtime::{
-    ActorType, Bus, Command, CommandEnvelope, Config, Event, EventEnvelope, ExpectedVersion,
-    HandlerContext, HandlerError, Metadata, Store, Validate, ValidationError,
+    ActorType, Bus, Command, CommandEnvelope, Config, DeadLetter, Event, EventEnvelope,
+    ExpectedVersion, HandlerContext, HandlerError, Metadata, Store, Validate, ValidationError,
 };
 use serde_json::{Value, json};
 
@@ -78,6 +82,24 @@ impl orders::handlers::PlaceOrderHandler for Orders {
             self.store.adapter()
         );
         Ok(json!({ "order_id": order_id }))
+    }
+}
+
+impl orders::handlers::CancelOrderHandler for Orders {
+    async fn execute(
+        &self,
+        cmd: Command<CancelOrder>,
+        ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        let cancelled = Event::from_command(
+            &cmd,
+            OrderCancelled {
+                order_id: cmd.order_id.clone(),
+                reason: cmd.reason.clone(),
+            },
+        )?;
+        ctx.publish(cancelled).await?;
+        Ok(json!({ "order_id": cmd.order_id }))
     }
 }
 
@@ -153,8 +175,47 @@ impl orders::handlers::UpdateSearchIndex for SearchIndex {
     }
 }
 
+/// Raised for every dead letter of the bus (a `{ dead_letters: true }` binding).
+struct Alarm;
+
+impl orders::handlers::DeadLetterAlarm for Alarm {
+    async fn handle_dead_letter(
+        &self,
+        letter: DeadLetter,
+        _ctx: HandlerContext,
+    ) -> Result<(), HandlerError> {
+        println!(
+            "  DeadLetterAlarm        {} gave up on message {}",
+            letter.handler(),
+            short(letter.message_id())
+        );
+        Ok(())
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // A sentence, then the causes it does not already spell out: never a Debug dump.
+            let mut shown = error.to_string();
+            eprintln!("error: {shown}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                shown = text;
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Spans are collected in memory and printed as a tree at the end; set RUST_LOG=info
     // to see the structured log lines too.
     let tree = TraceTree::new();
@@ -172,17 +233,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut dead_letters = bus.dead_letters().await?;
 
     let store = Store::from_config(&config).await?;
-    bus.subscribe(orders::handlers::place_order_handler(Orders {
-        store: store.clone(),
-    }))
+    println!(
+        "bus: {}, store: {}",
+        config.bus.adapter.name(),
+        store.adapter()
+    );
+    // Every binding of the namespace at once: leaving one out does not compile.
+    bus.subscribe_all(
+        orders::handlers::Handlers {
+            place_order_handler: Orders {
+                store: store.clone(),
+            },
+            cancel_order_handler: Orders {
+                store: store.clone(),
+            },
+            send_order_confirmation: Mailer,
+            order_projector: Projector,
+            order_audit: Audit,
+            update_search_index: SearchIndex,
+            dead_letter_alarm: Alarm,
+        }
+        .subscriptions(),
+    )
     .await?;
-    bus.subscribe(orders::handlers::send_order_confirmation(Mailer))
-        .await?;
-    bus.subscribe(orders::handlers::order_projector(Projector))
-        .await?;
-    bus.subscribe(orders::handlers::order_audit(Audit)).await?;
-    bus.subscribe(orders::handlers::update_search_index(SearchIndex))
-        .await?;
 
     let metadata = Metadata::new()
         .with_actor("user_123", ActorType::User)

@@ -176,7 +176,7 @@ impl InProcess {
             });
         };
         if envelope.max_retries_override().is_none() {
-            envelope = envelope.max_retries(subscription.max_retries);
+            envelope = envelope.with_max_retries(subscription.max_retries);
         }
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
         let runner = Self::runner(bus, &flow);

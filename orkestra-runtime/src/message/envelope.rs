@@ -129,9 +129,16 @@ impl CommandEnvelope {
     /// Sets how many times a failed handler is retried (so it runs at most
     /// `max_retries + 1` times). Overrides the handler binding's limit.
     #[must_use]
-    pub fn max_retries(mut self, max_retries: u32) -> Self {
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
         self.max_retries = Some(max_retries);
         self
+    }
+
+    /// [`CommandEnvelope::with_max_retries`], under the name DESIGN.md gives it
+    /// (`CommandEnvelope::wrap(cmd).max_retries(2)`).
+    #[must_use]
+    pub fn max_retries(self, max_retries: u32) -> Self {
+        self.with_max_retries(max_retries)
     }
 
     /// The retry limit set on this envelope, if any.

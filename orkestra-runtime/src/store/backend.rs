@@ -70,6 +70,7 @@ pub(crate) fn next_version(stream: &str, current: Option<u64>) -> Result<u64, St
 
 /// A count or position for a SQL parameter: SQLite and PostgreSQL integers are `i64`, so
 /// anything above `i64::MAX` saturates (no stored value can be that large).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn sql_int(v: impl TryInto<i64>) -> i64 {
     v.try_into().unwrap_or(i64::MAX)
 }

@@ -109,6 +109,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 impl StoreError {
     /// A driver error during an operation.
     #[cold]
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "eventstoredb"))]
     pub(crate) fn backend(adapter: &'static str, error: impl Into<BoxError>) -> Self {
         Self::Backend {
             adapter,

@@ -28,7 +28,9 @@ mod subscription;
 use std::fmt;
 use std::sync::Arc;
 
-pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_version, sql_int};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use backend::sql_int;
+pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_version};
 pub use error::StoreError;
 pub(crate) use event::Encoded;
 pub use event::{AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersion, RecordedEvent};
@@ -90,6 +92,10 @@ impl Store {
 
     /// The store chosen by `config.store`.
     pub async fn from_config(config: &Config) -> Result<Self, StoreError> {
+        #[cfg_attr(
+            not(any(feature = "sqlite", feature = "postgres", feature = "eventstoredb")),
+            allow(unused_variables)
+        )]
         let url = config.store.url.as_ref();
         match config.store.adapter {
             StoreAdapter::Memory => Ok(Self::memory()),
