@@ -13,6 +13,7 @@ RATIOS = [
     # (label, numerator, denominator, target or None): time ratios, lower is better
     ("in-process dispatch ÷ mpsc+oneshot", "dispatch/orkestra", "dispatch/raw_mpsc_oneshot", 1.0),
     ("in-process dispatch ÷ direct call", "dispatch/orkestra", "dispatch/direct_call", 2.0),
+    ("floor: direct call + the receipt's copy ÷ direct call", "dispatch/direct_call_plus_receipt_copy", "dispatch/direct_call", None),
     ("publish to 3 ÷ broadcast to 3", "publish3/orkestra", "publish3/raw_broadcast", 1.5),
 ]
 THROUGHPUT = [

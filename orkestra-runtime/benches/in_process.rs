@@ -2,7 +2,9 @@
 //!
 //! - `dispatch/orkestra` ÷ `dispatch/raw_mpsc_oneshot` (target ≤ 1.0×): a command to a
 //!   no-op handler, against a tokio mpsc send to a handler task plus a oneshot reply.
-//! - `dispatch/orkestra` ÷ `dispatch/direct_call`: our overhead over calling the handler.
+//! - `dispatch/orkestra` ÷ `dispatch/direct_call` (target ≤ 2.0×): our overhead over
+//!   calling the handler; `dispatch/direct_call_plus_receipt_copy` is the floor of any
+//!   dispatcher that returns the message in its receipt (one more command copy).
 //! - `publish3/orkestra` ÷ `publish3/raw_broadcast` (target ≤ 1.5×): an event to three
 //!   subscribers, against a tokio broadcast to three receiver tasks that each run the
 //!   handler and acknowledge, so both sides finish when all three handled it.
@@ -130,6 +132,18 @@ fn dispatch(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed!(rt, iters, (cmd), {
                 black_box(noop_command(cmd.clone()).await.unwrap());
+            })
+        })
+    });
+
+    // The floor for any dispatcher that hands the handler an owned command and still
+    // returns the message in its receipt: one more copy of the command than a direct call.
+    group.bench_function("direct_call_plus_receipt_copy", |b| {
+        b.iter_custom(|iters| {
+            timed!(rt, iters, (cmd), {
+                let kept = cmd.clone();
+                black_box(noop_command(kept.clone()).await.unwrap());
+                black_box(kept);
             })
         })
     });
