@@ -12,12 +12,15 @@ type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// An error from a database driver or broker client.
 ///
 /// Its `Display` is the client's message with any password in a URL replaced by `***`,
-/// so it can be logged. The original error is kept: [`DriverError::get_ref`] and
-/// [`DriverError::downcast_ref`] reach it (for example a `tokio_postgres::Error` to read
-/// its SQLSTATE), and `source()` continues the chain below it.
+/// so it can be logged, and so is every error of its `source()` chain (a copy of the
+/// client's chain, each text cleaned the same way). The original error is kept:
+/// [`DriverError::get_ref`] and [`DriverError::downcast_ref`] reach it (for example a
+/// `tokio_postgres::Error` to read its SQLSTATE).
 pub struct DriverError {
     text: String,
     inner: Option<BoxError>,
+    /// The client's own causes, cleaned.
+    next: Option<Box<DriverError>>,
 }
 
 impl DriverError {
@@ -27,8 +30,19 @@ impl DriverError {
         let inner = error.into();
         Self {
             text: redact(&inner.to_string()),
+            next: Self::causes(inner.source()),
             inner: Some(inner),
         }
+    }
+
+    /// A cleaned copy of a chain of causes.
+    fn causes(cause: Option<&(dyn Error + 'static)>) -> Option<Box<Self>> {
+        let cause = cause?;
+        Some(Box::new(Self {
+            text: redact(&cause.to_string()),
+            inner: None,
+            next: Self::causes(cause.source()),
+        }))
     }
 
     /// A failure the client reported without an error value (a nacked publish).
@@ -37,6 +51,7 @@ impl DriverError {
         Self {
             text: redact(&text.to_string()),
             inner: None,
+            next: None,
         }
     }
 
@@ -65,7 +80,9 @@ impl fmt::Debug for DriverError {
 
 impl Error for DriverError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.inner.as_deref()?.source()
+        self.next
+            .as_deref()
+            .map(|next| next as &(dyn Error + 'static))
     }
 }
 
@@ -81,5 +98,37 @@ mod tests {
         assert!(!format!("{e:?}").contains("s3cret"));
         assert!(e.downcast_ref::<std::io::Error>().is_some());
         assert!(DriverError::msg("nacked").get_ref().is_none());
+    }
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("connect failed")
+        }
+    }
+
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn every_cause_in_the_chain_is_cleaned() {
+        let e = DriverError::new(Outer(std::io::Error::other(
+            "dial postgres://app:hunter2@db/x: refused",
+        )));
+        let mut texts = vec![e.to_string()];
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            texts.push(format!("{c} {c:?}"));
+            cause = c.source();
+        }
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[1].contains("postgres://app:***@db/x"), "{texts:?}");
+        assert!(texts.iter().all(|t| !t.contains("hunter2")), "{texts:?}");
+        assert!(e.downcast_ref::<Outer>().is_some());
     }
 }

@@ -18,10 +18,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::{Status, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample, SpanData,
+    SpanExporter,
+};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
@@ -163,9 +167,9 @@ impl Telemetry {
         })?;
         let ratio = self.sampling_ratio.clamp(0.0, 1.0);
         let mut builder = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                ratio,
-            ))))
+            .with_sampler(Sampler::ParentBased(Box::new(FlowRoots {
+                others: Sampler::TraceIdRatioBased(ratio),
+            })))
             .with_resource(
                 Resource::builder_empty()
                     .with_service_name(self.service_name.clone())
@@ -220,6 +224,39 @@ impl Telemetry {
         opentelemetry::global::set_tracer_provider(provider.clone());
         crate::trace::set_sampling_ratio(ratio);
         Ok(TelemetryGuard { provider })
+    }
+}
+
+/// The root sampler: a root `orkestra.*` span exists only because Orkestra already
+/// decided to trace its flow (`trace::samples` on the correlation id, at the same ratio),
+/// so it is recorded; applying the trace-id ratio again would trace `ratio²` of flows and
+/// split a flow's decision between services. Every other root gets the trace-id ratio.
+#[derive(Clone, Debug)]
+struct FlowRoots {
+    others: Sampler,
+}
+
+impl ShouldSample for FlowRoots {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        span_kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> SamplingResult {
+        if name.starts_with("orkestra.") {
+            return SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state: parent_context
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            };
+        }
+        self.others
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
     }
 }
 
@@ -352,5 +389,36 @@ impl SpanExporter for TraceTree {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         crate::sync::lock(&self.spans).extend(batch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanKind, TraceId};
+
+    use super::*;
+
+    #[test]
+    fn orkestra_roots_are_decided_once_other_roots_by_ratio() {
+        let roots = FlowRoots {
+            others: Sampler::TraceIdRatioBased(0.0),
+        };
+        let decide = |name: &str| {
+            roots
+                .should_sample(
+                    None,
+                    TraceId::from(7_u128),
+                    name,
+                    &SpanKind::Internal,
+                    &[],
+                    &[],
+                )
+                .decision
+        };
+        assert_eq!(
+            decide("orkestra.command.dispatch"),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(decide("http.request"), SamplingDecision::Drop);
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
 use super::run::{Outcome, Runner, log_dead_letter, log_retry, log_subscribed};
-use super::{Bus, BusError, DeadLetters};
+use super::{Bus, BusError, DEAD_LETTER_BUFFER, DeadLetters};
 use super::{Input, Subscription, Target};
 use crate::handler::DeadLetter;
 use crate::message::{CommandEnvelope, EventEnvelope};
@@ -24,11 +24,6 @@ use crate::trace;
 const SYSTEM: &str = "orkestra";
 /// The `orkestra` field of the in-process bus's log lines.
 const COMPONENT: &str = "pubsub";
-
-/// How many dead letters wait for a [`DeadLetters`] receiver before newer ones are
-/// dropped for it (with a warning): the in-process bus never blocks a dispatch on a
-/// receiver that stopped reading.
-pub(crate) const DEAD_LETTER_BUFFER: usize = 1024;
 
 /// Most distinct topics whose routes one registry snapshot memoises.
 const ROUTE_CACHE_LIMIT: usize = 4096;

@@ -240,6 +240,9 @@ pub(crate) fn expect_kind(message: &Message, kind: MessageKind) -> Result<(), Bu
     )))
 }
 
+/// How many dead letters one [`DeadLetters`] receiver buffers.
+pub(crate) const DEAD_LETTER_BUFFER: usize = 1024;
+
 /// Dead letters as they are recorded: call [`DeadLetters::recv`], or use it as a
 /// [`Stream`](futures_util::Stream).
 ///

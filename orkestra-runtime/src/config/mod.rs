@@ -427,8 +427,10 @@ fn check_url(url: &SecretUrl, schemes: &[&str]) -> Result<(), String> {
             schemes.join(", ")
         ));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // The host starts after the last `@` (a password may hold `/`, `?`, `#` or `@`)
+    // and ends at the path, query or fragment.
+    let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = after_userinfo.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() {
         return Err(format!("{url} has no host"));
     }
@@ -595,12 +597,43 @@ mod tests {
                 "host=db user=u password=*** dbname=x",
             ),
             ("./orkestra.db", "./orkestra.db"),
+            // Passwords holding URL delimiters are hidden whole.
+            (
+                "amqp://guest:pa/ss@h:5672/%2f",
+                "amqp://guest:***@h:5672/%2f",
+            ),
+            ("amqp://u:a?b#c@h/v", "amqp://u:***@h/v"),
+            ("amqp://u:pw%2Fx@h", "amqp://u:***@h"),
+            // Every URL of an error message, quoted or not.
+            (
+                "cannot reach \"amqp://a:pw1@h1\" nor amqp://b:pw2@h2/x: refused",
+                "cannot reach \"amqp://a:***@h1\" nor amqp://b:***@h2/x: refused",
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(redact(input), expected, "{input}");
             let secret = SecretUrl::new(input);
             assert_eq!(format!("{secret}"), expected);
             assert!(!format!("{secret:?}").contains("pw"));
+            for secret in ["pa/ss", "a?b#c", "pw1", "pw2"] {
+                assert!(!redact(input).contains(secret), "{input}");
+            }
         }
+    }
+
+    #[test]
+    fn a_password_with_delimiters_never_reaches_a_url_error() {
+        let config = Config::from_toml_str(
+            "[bus]\nadapter = \"rabbitmq\"\nurl = \"amqp://guest:pa/ss:x@127.0.0.1:notaport/%2f\"\n",
+        );
+        let text = format!(
+            "{:?} {}",
+            config,
+            config
+                .as_ref()
+                .map_or_else(|e| e.to_string(), |_| String::new())
+        );
+        assert!(!text.contains("pa/ss"), "{text}");
+        assert!(text.contains("invalid port \"notaport\""), "{text}");
     }
 }

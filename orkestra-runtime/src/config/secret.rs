@@ -36,35 +36,44 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-/// Hides passwords in `scheme://user:password@host` URLs, in `password=` query or
-/// key-value parameters, and in anything after an `@` we cannot parse.
-pub(crate) fn redact(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            out.push_str(scheme);
-            out.push_str("://");
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    match userinfo.split_once(':') {
-                        Some((user, _)) => {
-                            out.push_str(user);
-                            out.push_str(":***");
-                        }
-                        None => out.push_str(userinfo),
-                    }
-                    out.push('@');
+/// Hides passwords wherever they can be in `text` (a URL, a connection string, or an
+/// error message that quotes one): the userinfo password of every `scheme://` URL (up
+/// to the URL's last `@`, so a password holding `/`, `?`, `#` or `@` is hidden whole),
+/// and `password=` / `pass=` key-value parameters.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, url_and_tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // A URL runs to the next whitespace or quoting character.
+        let end = url_and_tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(url_and_tail.len());
+        let (url, tail) = url_and_tail.split_at(end);
+        match url.rsplit_once('@') {
+            // Everything before the last `@` is userinfo; hide all after its first `:`.
+            // (An `@` in a path or query makes this hide more than needed, never less.)
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***@");
                     out.push_str(host);
                 }
-                None => out.push_str(authority),
-            }
-            tail
+                None => out.push_str(url),
+            },
+            None => out.push_str(url),
         }
-        None => url,
-    };
-    // key=value parameters: `?password=x&…` or libpq's `password=x host=…`.
+        rest = tail;
+    }
+    out.push_str(rest);
+    redact_parameters(&out)
+}
+
+/// `?password=x&…` or libpq's `password=x host=…`.
+fn redact_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let rest = text;
     for part in rest.split_inclusive(['&', ' ', ';', '?']) {
         let (body, sep) = match part.char_indices().last() {
             Some((i, c)) if "& ;?".contains(c) => (&part[..i], &part[i..]),

@@ -48,6 +48,7 @@ impl Store {
             backend,
             next: from_position,
             buffer: VecDeque::new(),
+            exhausted: false,
         };
         let stream = futures_util::stream::unfold(Some(cursor), |cursor| async move {
             let mut cursor = cursor?;
@@ -72,6 +73,7 @@ struct Cursor {
     poll: Option<Duration>,
     next: u64,
     buffer: VecDeque<RecordedEvent>,
+    exhausted: bool,
 }
 
 impl Cursor {
@@ -82,13 +84,21 @@ impl Cursor {
             if let Some(event) = self.buffer.pop_front() {
                 return Some(Ok(event));
             }
+            if self.exhausted {
+                return None;
+            }
             // Mark the current change as seen before reading, so a commit that lands
             // after the read still wakes us.
             self.changes.borrow_and_update();
             match self.backend.read_all(self.next, SUBSCRIPTION_BATCH).await {
                 Ok(batch) if !batch.is_empty() => {
-                    self.next = batch.last().map_or(self.next, |e| e.position + 1);
+                    let last = batch.last().map_or(self.next, |e| e.position);
                     self.buffer.extend(batch);
+                    match last.checked_add(1) {
+                        Some(next) => self.next = next,
+                        // Nothing can follow position u64::MAX: end after the buffer.
+                        None => self.exhausted = true,
+                    }
                 }
                 Ok(_) => {
                     let changed = self.changes.changed();

@@ -134,34 +134,47 @@ async fn handle_delivery(
     let attempt = headers::rejections(headers, queue).saturating_add(1);
     let max_retries =
         headers::uint(headers, headers::MAX_RETRIES).unwrap_or(subscription.max_retries);
-    let span = spans::consume(queue, &delivery, &subscription.handler);
-    // Only a span that records anything needs the producer's context.
-    if let Some(parent) = headers
-        .filter(|_| !span.is_disabled())
-        .map(|h| trace::extract(&TraceExtractor(h)))
-    {
-        let link = parent.span().span_context().clone();
-        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-        tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, link);
-    }
     let decoded = decode(&delivery.data, broker.settings.max_message_bytes);
-    match &decoded {
-        Ok(message) => spans::record_message(&span, message),
-        Err(_) => spans::record_undecodable(&span, &delivery.properties),
-    }
+    // The producer's trace context decides, as a parent would; without one, the flow's
+    // own sampling decision (its correlation id), as on the in-process bus.
+    let parent = headers.map(|h| trace::extract(&TraceExtractor(h)));
+    let producer = parent.as_ref().map(|cx| cx.span().span_context().clone());
+    let traced = match (&producer, &decoded) {
+        (Some(sc), _) if sc.is_valid() => sc.is_sampled(),
+        (_, Ok(message)) => trace::should_trace(message),
+        (_, Err(_)) => trace::samples(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or("", |id| id.as_str()),
+            trace::sampling_ratio(),
+        ),
+    };
+    let span = if traced {
+        let span = spans::consume(queue, &delivery, &subscription.handler);
+        if let (Some(parent), Some(link)) = (parent, producer) {
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, link);
+        }
+        match &decoded {
+            Ok(message) => spans::record_message(&span, message),
+            Err(_) => spans::record_undecodable(&span, &delivery.properties),
+        }
+        span
+    } else {
+        Span::none()
+    };
     let outcome = match &decoded {
         Ok(message) => {
-            async {
-                let runner = Runner {
-                    traced: !Span::current().is_disabled() || trace::should_trace(message),
-                    ..runner(bus)
-                };
-                runner
-                    .attempt(subscription, Input::Message(message), attempt, max_retries)
-                    .await
-            }
-            .instrument(span.clone())
-            .await
+            let runner = Runner {
+                traced,
+                ..runner(bus)
+            };
+            runner
+                .attempt(subscription, Input::Message(message), attempt, max_retries)
+                .instrument(span.clone())
+                .await
         }
         Err(reason) => Outcome::Rejected(reason.clone()),
     };
@@ -181,6 +194,7 @@ async fn handle_delivery(
                 handler: &subscription.handler,
                 reason: &reason,
                 attempts: attempt,
+                traced,
             };
             dead_letter(broker, &delivery, letter)
                 .instrument(span)
@@ -214,6 +228,8 @@ struct Letter<'a> {
     handler: &'a str,
     reason: &'a str,
     attempts: u32,
+    /// Whether the flow is traced (the republish gets a producer span).
+    traced: bool,
 }
 
 /// Publishes the delivery to the dead-letter exchange (with confirm), then acks it. If
@@ -267,6 +283,7 @@ async fn dead_letter(
                 properties,
             },
             letter.message,
+            letter.traced,
         )
         .await;
     match sent {
@@ -304,6 +321,21 @@ fn letter_from_delivery(delivery: &Delivery) -> DeadLetter {
     }
 }
 
+/// The next delivery, riding through channel failures as `consume` does (lapin's
+/// recovery re-opens the channel and the broker redelivers what was not acked); `None`
+/// once the consumer is gone.
+async fn next_delivery(consumer: &mut lapin::Consumer) -> Option<Delivery> {
+    loop {
+        match consumer.next().await? {
+            Ok(delivery) => return Some(delivery),
+            Err(error) => {
+                tracing::warn!(%error, orkestra = "rabbitmq", "dead-letter consumer interrupted; resuming");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Feeds a dead-letter handler: each letter runs the handler (with its retries), then is
 /// acked whatever the outcome, so a failing dead-letter handler never loops.
 pub(super) async fn consume_dead_letters(
@@ -313,7 +345,7 @@ pub(super) async fn consume_dead_letters(
     mut consumer: lapin::Consumer,
 ) {
     let _channel = channel;
-    while let Some(Ok(delivery)) = consumer.next().await {
+    while let Some(delivery) = next_delivery(&mut consumer).await {
         let letter = letter_from_delivery(&delivery);
         runner(&bus)
             .dead_letter_handler(&subscription, &letter)
@@ -332,7 +364,7 @@ pub(super) async fn forward_dead_letters(
     tx: mpsc::Sender<DeadLetter>,
 ) {
     let _channel = channel;
-    while let Some(Ok(delivery)) = consumer.next().await {
+    while let Some(delivery) = next_delivery(&mut consumer).await {
         if tx.send(letter_from_delivery(&delivery)).await.is_err() {
             break;
         }

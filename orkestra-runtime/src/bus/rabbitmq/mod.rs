@@ -57,7 +57,6 @@ use tracing::Instrument;
 
 use self::publisher::{Outgoing, Publisher, Routing};
 use self::topology::{Binding, Topology};
-use super::in_process;
 use super::run::log_subscribed;
 use super::{Bus, BusError, DeadLetters};
 use crate::DriverError;
@@ -173,23 +172,45 @@ impl RabbitMq {
         bus: &Bus,
         subscription: Subscription,
     ) -> Result<(), BusError> {
-        if !lock(&self.handlers).insert(subscription.handler.to_string()) {
-            return Err(BusError::DuplicateHandler {
-                handler: subscription.handler.to_string(),
+        let handler = subscription.handler.to_string();
+        if !lock(&self.handlers).insert(handler.clone()) {
+            return Err(BusError::DuplicateHandler { handler });
+        }
+        let command_topic = match &subscription.target {
+            Target::Command { topic, .. } => Some(*topic),
+            Target::Events { .. } | Target::DeadLetters => None,
+        };
+        if let Some(topic) = command_topic
+            && !lock(&self.command_topics).insert(topic.to_owned())
+        {
+            lock(&self.handlers).remove(&handler);
+            return Err(BusError::CommandAlreadyHandled {
+                topic: topic.to_owned(),
+                existing: "another handler of this bus".into(),
+                handler,
             });
         }
+        let started = self.start(bus, subscription).await;
+        if started.is_err() {
+            // Nothing consumes under these names: free them, so a retry can subscribe.
+            lock(&self.handlers).remove(&handler);
+            if let Some(topic) = command_topic {
+                lock(&self.command_topics).remove(topic);
+            }
+        }
+        started
+    }
+
+    /// Declares what a subscription consumes from and starts its consumer.
+    async fn start(
+        self: &Arc<Self>,
+        bus: &Bus,
+        subscription: Subscription,
+    ) -> Result<(), BusError> {
         let channel = self.consumer_channel().await?;
         let names = &self.topology.names;
         let queue = match subscription.target.clone() {
             Target::Command { topic, .. } => {
-                if !lock(&self.command_topics).insert(topic.to_owned()) {
-                    lock(&self.handlers).remove(&*subscription.handler);
-                    return Err(BusError::CommandAlreadyHandled {
-                        topic: topic.to_owned(),
-                        existing: "another handler of this bus".into(),
-                        handler: subscription.handler.to_string(),
-                    });
-                }
                 let queue = names.command_queue(topic);
                 let binding = Binding {
                     exchange: &names.commands,
@@ -249,7 +270,8 @@ impl RabbitMq {
         mut envelope: CommandEnvelope,
     ) -> Result<CommandEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Command)?;
-        let span = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span).span;
+        let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
+        let span = flow.span;
         let body = wire::encode(envelope.message())?;
         let mut headers = FieldTable::default();
         if let Some(max) = envelope.max_retries_override() {
@@ -266,6 +288,7 @@ impl RabbitMq {
                     properties: publisher::message_properties(envelope.message(), headers),
                 },
                 envelope.message(),
+                flow.traced,
             )
             .instrument(span.clone())
             .await?;
@@ -284,7 +307,8 @@ impl RabbitMq {
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Event)?;
         let mut envelope = envelope.mark_published();
-        let span = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span).span;
+        let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
+        let span = flow.span;
         let body = wire::encode(envelope.message())?;
         let topic = envelope.topic();
         let routing = self
@@ -300,6 +324,7 @@ impl RabbitMq {
                     ),
                 },
                 envelope.message(),
+                flow.traced,
             )
             .instrument(span)
             .await?;
@@ -310,14 +335,11 @@ impl RabbitMq {
     }
 
     pub(crate) async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(broker_error)?;
+        // With the consumers' prefetch, so letters beyond it wait in the broker.
+        let channel = self.consumer_channel().await?;
         let queue = self.topology.declare_dead_letter_receiver(&channel).await?;
         let consumer = consumer::start(&channel, queue.as_str(), None).await?;
-        let (tx, rx) = mpsc::channel(in_process::DEAD_LETTER_BUFFER);
+        let (tx, rx) = mpsc::channel(super::DEAD_LETTER_BUFFER);
         self.spawn(consumer::forward_dead_letters(channel, consumer, tx));
         Ok(DeadLetters::new(rx))
     }

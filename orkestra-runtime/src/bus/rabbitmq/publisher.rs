@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::headers::TraceInjector;
 use super::{broker_error, spans};
@@ -70,12 +70,13 @@ impl Publisher {
     }
 
     /// Publishes a message with confirm and `mandatory`, in an `orkestra.rabbitmq.publish`
-    /// span whose trace context travels in the headers. A body over the size limit is
-    /// refused before it is sent.
+    /// span (when the flow is `traced`) whose trace context travels in the headers. A
+    /// body over the size limit is refused before it is sent.
     pub(super) async fn publish(
         &self,
         out: Outgoing<'_>,
         message: &Message,
+        traced: bool,
     ) -> Result<Routing, BusError> {
         if out.body.len() > self.max_message_bytes {
             return Err(BusError::TooLarge {
@@ -83,7 +84,11 @@ impl Publisher {
                 limit: self.max_message_bytes,
             });
         }
-        let span = spans::publish(out.exchange, out.routing_key);
+        let span = if traced {
+            spans::publish(out.exchange, out.routing_key)
+        } else {
+            Span::none()
+        };
         spans::record_message(&span, message);
         let mut out = out;
         if !span.is_disabled() {
@@ -105,8 +110,13 @@ impl Publisher {
         &self,
         out: Outgoing<'_>,
         message: Option<&Message>,
+        traced: bool,
     ) -> Result<(), BusError> {
-        let span = spans::publish(out.exchange, out.routing_key);
+        let span = if traced {
+            spans::publish(out.exchange, out.routing_key)
+        } else {
+            Span::none()
+        };
         match message {
             Some(message) => spans::record_message(&span, message),
             None => spans::record_undecodable(&span, &out.properties),

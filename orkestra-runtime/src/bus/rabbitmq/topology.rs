@@ -48,7 +48,8 @@ impl Names {
 
     /// The queue of a dead-letter handler.
     pub(super) fn dead_letter_handler_queue(&self, handler: &str) -> String {
-        format!("{}.deadletter.{handler}", self.prefix)
+        // `.handler.` keeps a handler named `all` off the catch-all queue.
+        format!("{}.deadletter.handler.{handler}", self.prefix)
     }
 }
 
