@@ -45,6 +45,11 @@ fn wiring_and_dead_letters() {
 }
 
 #[test]
+fn versions_upcasters_and_nested_types() {
+    insta::assert_snapshot!("evolution", generate(&dir("tests/golden/evolution")));
+}
+
+#[test]
 fn generation_is_deterministic() {
     let schemas = dir("../schemas");
     assert_eq!(generate(&schemas), generate(&schemas));
