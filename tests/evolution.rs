@@ -4,6 +4,7 @@
 //! read, and every failure a decode error that loses nothing.
 
 #[path = "../orkestra-runtime/tests/support/services.rs"]
+#[allow(dead_code)]
 mod services;
 
 use std::time::Duration;
