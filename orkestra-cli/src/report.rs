@@ -75,37 +75,6 @@ fn offset_of(text: &str, line: u64, column: u64) -> usize {
     start + col
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_offset_past_the_end_of_a_shorter_file_falls_back_to_line_and_column() {
-        let text = "a: 1\nbé: 2\n";
-        assert_eq!(label_range(text, Some(500), 2, 1), 5..8);
-        assert_eq!(label_range(text, Some(500), 40, 9), text.len()..text.len());
-    }
-
-    #[test]
-    fn an_offset_inside_a_character_is_not_sliced() {
-        let text = "é: 1\n";
-        // Byte 1 is inside `é` (two bytes): the line and column are used instead.
-        assert_eq!(label_range(text, Some(1), 1, 1), 0..2);
-        let text = "x: ééé\n";
-        assert_eq!(label_range(text, Some(4), 1, 5), 5..9);
-        for offset in 0..=text.len() + 2 {
-            let r = label_range(text, Some(offset), 1, 2);
-            assert!(text.is_char_boundary(r.start) && text.is_char_boundary(r.end));
-        }
-    }
-
-    #[test]
-    fn a_column_past_the_end_of_its_line_stays_on_that_line() {
-        assert_eq!(offset_of("ab\ncd\n", 1, 99), 2);
-        assert_eq!(offset_of("ab", 9, 9), 2);
-    }
-}
-
 /// Diagnostics as one JSON array on standard output, in the shape of the gate's
 /// `--format json` (`rule`, `kind`, `name` and `field` are null for schema mistakes).
 pub fn print_json(diags: &[&Diagnostic]) {
@@ -158,5 +127,36 @@ fn severity(s: Severity) -> &'static str {
     match s {
         Severity::Error => "error",
         Severity::Warning => "warning",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_past_the_end_of_a_shorter_file_falls_back_to_line_and_column() {
+        let text = "a: 1\nbé: 2\n";
+        assert_eq!(label_range(text, Some(500), 2, 1), 5..8);
+        assert_eq!(label_range(text, Some(500), 40, 9), text.len()..text.len());
+    }
+
+    #[test]
+    fn an_offset_inside_a_character_is_not_sliced() {
+        let text = "é: 1\n";
+        // Byte 1 is inside `é` (two bytes): the line and column are used instead.
+        assert_eq!(label_range(text, Some(1), 1, 1), 0..2);
+        let text = "x: ééé\n";
+        assert_eq!(label_range(text, Some(4), 1, 5), 5..9);
+        for offset in 0..=text.len() + 2 {
+            let r = label_range(text, Some(offset), 1, 2);
+            assert!(text.is_char_boundary(r.start) && text.is_char_boundary(r.end));
+        }
+    }
+
+    #[test]
+    fn a_column_past_the_end_of_its_line_stays_on_that_line() {
+        assert_eq!(offset_of("ab\ncd\n", 1, 99), 2);
+        assert_eq!(offset_of("ab", 9, 9), 2);
     }
 }

@@ -123,8 +123,10 @@ struct PayloadCtx {
 /// An event's upcast steps.
 #[derive(Serialize)]
 struct UpcastCtx {
-    /// The arms of the step `match`: `N => { .. }`.
-    arms: Vec<String>,
+    /// The version the first step reads.
+    first: u32,
+    /// One `UpcastStep` expression per step, oldest first.
+    steps: Vec<String>,
     /// The custom steps' trait (`OrderPlacedUpcast`), when there are any.
     custom_trait: Option<String>,
     trait_doc: String,
@@ -668,38 +670,41 @@ fn upcast_ctx(p: &Payload) -> Option<UpcastCtx> {
     let name = pascal(&p.name);
     let custom_trait = format!("{name}Upcast");
     let has_custom = p.upcast.iter().any(|s| matches!(s.kind, StepKind::Custom));
-    let upcast = format!("{CG}::upcast");
-    let arms = p
+    let steps = p
         .upcast
         .iter()
         .map(|step| match &step.kind {
             StepKind::Custom => format!(
-                "{} => <Self as self::{custom_trait}>::upcast_v{}(data)?,",
-                step.from, step.from
+                "{RT}::UpcastStep::Custom(<Self as self::{custom_trait}>::upcast_v{})",
+                step.from
             ),
             StepKind::Declarative {
                 renamed,
                 removed,
                 added,
-            } => {
-                let mut body = vec![format!("let map = {upcast}::object(&mut data)?;")];
-                body.extend(renamed.iter().map(|(old, new)| {
-                    format!("{upcast}::rename(map, {}, {});", str_lit(old), str_lit(new))
-                }));
-                body.extend(
-                    removed
-                        .iter()
-                        .map(|f| format!("{upcast}::remove(map, {});", str_lit(f))),
-                );
-                body.extend(added.iter().map(|(f, lit)| {
-                    format!("{upcast}::add(map, {}, || {});", str_lit(f), json_expr(lit))
-                }));
-                format!("{} => {{ {} data }}", step.from, body.join(" "))
-            }
+            } => format!(
+                "{RT}::UpcastStep::Declarative {{ renamed: &[{}], removed: &[{}], added: &[{}] }}",
+                renamed
+                    .iter()
+                    .map(|(old, new)| format!("({}, {})", str_lit(old), str_lit(new)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                removed
+                    .iter()
+                    .map(|f| str_lit(f))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                added
+                    .iter()
+                    .map(|(f, lit)| format!("({}, || {})", str_lit(f), json_expr(lit)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
         })
         .collect();
     Some(UpcastCtx {
-        arms,
+        first: p.upcast[0].from,
+        steps,
         trait_doc: doc_attrs(&format!(
             "The custom upcast steps of event `{}`: implement it for [`{name}`]. Each method \
              reads data of one older version and returns it as the next version.",

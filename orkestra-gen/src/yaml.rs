@@ -221,7 +221,7 @@ fn set_file(node: &mut Node, file: &Path) {
 }
 
 /// Parses one YAML document. A syntax error is one located diagnostic.
-pub fn parse(text: &str, file: &Path) -> Result<Node, Diagnostic> {
+pub fn parse(text: &str, file: &Path) -> Result<Node, Box<Diagnostic>> {
     let result: Result<Spanned<Raw>, _> = serde_saphyr::from_str(text);
     match result {
         Ok(root) => {
@@ -236,14 +236,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Node, Diagnostic> {
                 ..Span::default()
             });
             span.file = file.to_owned();
-            Err(Diagnostic::error(&span, {
+            Err(Box::new(Diagnostic::error(&span, {
                 let sentence = first_line(&e.to_string());
                 if sentence.starts_with("duplicate key") {
                     sentence
                 } else {
                     format!("invalid YAML: {sentence}")
                 }
-            }))
+            })))
         }
     }
 }

@@ -175,48 +175,6 @@ pub fn unknown_in_values(
     }
 }
 
-/// Declarative upcast steps (`renamed`, `removed`, `added`), applied by generated
-/// `Payload::upcast` implementations in that order.
-pub mod upcast {
-    use serde_json::Value;
-
-    use crate::message::UpcastError;
-
-    /// The object inside `data`, or why there is none.
-    pub fn object(data: &mut Value) -> Result<&mut serde_json::Map<String, Value>, UpcastError> {
-        match data {
-            Value::Object(map) => Ok(map),
-            other => Err(UpcastError::new(format!(
-                "expected a JSON object, found {}",
-                crate::message::json_kind(other)
-            ))),
-        }
-    }
-
-    /// `renamed: { from: to }`: moves the value, if present.
-    pub fn rename(map: &mut serde_json::Map<String, Value>, from: &str, to: &str) {
-        if let Some(v) = map.remove(from) {
-            map.insert(to.to_owned(), v);
-        }
-    }
-
-    /// `removed: [field]`.
-    pub fn remove(map: &mut serde_json::Map<String, Value>, field: &str) {
-        map.remove(field);
-    }
-
-    /// `added: { field: value }`: sets the value where the old data has none.
-    pub fn add(map: &mut serde_json::Map<String, Value>, field: &str, value: fn() -> Value) {
-        match map.get_mut(field) {
-            Some(v) if !v.is_null() => {}
-            Some(v) => *v = value(),
-            None => {
-                map.insert(field.to_owned(), value());
-            }
-        }
-    }
-}
-
 /// The value of a required key once [`ObjectReader::finish`] passed. Absent only if a
 /// hand-written payload skipped a check; reported as missing rather than a panic.
 pub fn required<T>(value: Option<T>, key: &'static str) -> Result<T, PayloadError> {

@@ -129,7 +129,7 @@ impl Validator {
                         decls.push(decl);
                     }
                 }
-                Err(d) => self.diags.push(d),
+                Err(d) => self.diags.push(*d),
             }
         }
         decls

@@ -27,5 +27,5 @@ pub use payload::{
     CommandError, CommandPayload, EventError, EventPayload, ParamError, Payload, PayloadError,
     Validate, ValidationError,
 };
-pub use upcast::UpcastError;
-pub(crate) use upcast::read_event;
+pub use upcast::{UpcastError, UpcastStep, UpcastSteps};
+pub(crate) use upcast::{read_event, read_stored};

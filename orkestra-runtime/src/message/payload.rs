@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::upcast::UpcastError;
+use super::upcast::{UpcastError, UpcastSteps};
 
 /// A payload type: the params of a command or the data of an event.
 ///
@@ -39,12 +39,14 @@ pub trait Payload:
         Self::from_json(value)
     }
 
+    /// The steps that bring data of older versions to [`Payload::VERSION`] (the schema's
+    /// `upcast` section). None by default.
+    const UPCAST: UpcastSteps = UpcastSteps::NONE;
+
     /// Rewrites data written at schema version `from` (older than [`Payload::VERSION`]) to
-    /// the current version, one step at a time (the schema's `upcast` section). The
-    /// default knows no step.
+    /// the current version, one step at a time: [`Payload::UPCAST`] by default.
     fn upcast(data: Value, from: u32) -> Result<Value, UpcastError> {
-        let _ = data;
-        Err(UpcastError::no_step(from, Self::VERSION))
+        Self::UPCAST.run(data, from, Self::VERSION)
     }
 
     /// Checks the schema rules and the custom validation of an already typed value.

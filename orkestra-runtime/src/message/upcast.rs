@@ -2,12 +2,108 @@
 //! version through the schema's `upcast` steps, newer data is read tolerantly. The
 //! contract is `design/evolution.md`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use serde::de::{self, IntoDeserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::payload::{EventPayload, PayloadError};
+use super::payload::{EventPayload, ParamError, PayloadError};
+
+/// The upcast steps of an event type, as data: what a schema's `upcast` section becomes.
+/// Step `i` reads version `first + i` and returns version `first + i + 1`.
+#[derive(Clone, Copy, Debug)]
+pub struct UpcastSteps {
+    /// The version the first step reads.
+    pub first: u32,
+    /// The steps, oldest first, one per version up to the current one.
+    pub steps: &'static [UpcastStep],
+}
+
+/// Makes the value an `added` field gets.
+pub type AddedValue = fn() -> Value;
+
+/// One step from a version to the next.
+#[derive(Clone, Copy, Debug)]
+pub enum UpcastStep {
+    /// `renamed`, `removed`, `added`, applied in that order.
+    Declarative {
+        /// `(old, new)` field names: the value moves, replacing any under the new name.
+        renamed: &'static [(&'static str, &'static str)],
+        /// Fields dropped.
+        removed: &'static [&'static str],
+        /// Fields set where the data has none (or null), with their values.
+        added: &'static [(&'static str, AddedValue)],
+    },
+    /// A step written in Rust.
+    Custom(fn(Value) -> Result<Value, UpcastError>),
+}
+
+impl UpcastSteps {
+    /// No steps: only the current version (and newer ones) can be read.
+    pub const NONE: Self = Self {
+        first: 1,
+        steps: &[],
+    };
+
+    /// Runs the steps from `from` up to `current` on a JSON tree.
+    pub fn run(&self, mut data: Value, from: u32, current: u32) -> Result<Value, UpcastError> {
+        for version in from..current {
+            let step = version
+                .checked_sub(self.first)
+                .and_then(|i| self.steps.get(i as usize))
+                .ok_or_else(|| UpcastError::no_step(version, current))?;
+            data = match step {
+                UpcastStep::Custom(f) => f(data)?,
+                UpcastStep::Declarative {
+                    renamed,
+                    removed,
+                    added,
+                } => {
+                    let Value::Object(map) = &mut data else {
+                        return Err(UpcastError::new(format!(
+                            "expected a JSON object, found {}",
+                            super::json_kind(&data)
+                        )));
+                    };
+                    for (from, to) in *renamed {
+                        if let Some(v) = map.remove(*from) {
+                            map.insert((*to).to_owned(), v);
+                        }
+                    }
+                    for field in *removed {
+                        map.remove(*field);
+                    }
+                    for (field, value) in *added {
+                        match map.get_mut(*field) {
+                            Some(v) if !v.is_null() => {}
+                            Some(v) => *v = value(),
+                            None => {
+                                map.insert((*field).to_owned(), value());
+                            }
+                        }
+                    }
+                    data
+                }
+            };
+        }
+        Ok(data)
+    }
+
+    /// The steps from `from` to `current` when every one is declarative (so they can be
+    /// applied to borrowed JSON without building a tree).
+    fn declarative(&self, from: u32, current: u32) -> Option<&'static [UpcastStep]> {
+        let start = from.checked_sub(self.first)? as usize;
+        let end = current.checked_sub(self.first)? as usize;
+        let chain = self.steps.get(start..end)?;
+        chain
+            .iter()
+            .all(|s| matches!(s, UpcastStep::Declarative { .. }))
+            .then_some(chain)
+    }
+}
 
 /// Why an event's data could not be brought to the reader's schema version.
 ///
@@ -51,6 +147,132 @@ impl fmt::Display for UpcastError {
 }
 
 impl std::error::Error for UpcastError {}
+
+/// Decodes stored event data (JSON text) written at schema version `version` into `D`:
+/// as [`read_event`], without building a JSON tree where it can. Current (or newer) data
+/// goes straight from the text into the type (whose serde shape reads as tolerantly as
+/// `decode_json`); data behind declarative steps only is read into a map of borrowed raw
+/// values, renamed, pruned and completed there. Anything else, and any failure (for its
+/// precise message), takes the tree path.
+pub(crate) fn read_stored<D: EventPayload>(text: &str, version: u32) -> Result<D, PayloadError> {
+    if version >= D::VERSION {
+        if let Ok(data) = serde_json::from_str(text) {
+            return Ok(data);
+        }
+    } else if let Some(chain) = D::UPCAST.declarative(version, D::VERSION)
+        && let Ok(data) = read_borrowed(text, chain)
+    {
+        return Ok(data);
+    }
+    let value = serde_json::from_str(text).map_err(|e| {
+        PayloadError::InvalidParams(vec![ParamError::new("data", "invalid_type", e.to_string())])
+    })?;
+    read_event(value, version)
+}
+
+/// A field's value: borrowed from the stored text, or added by a step.
+enum Field<'a> {
+    Raw(&'a RawValue),
+    Owned(Value),
+}
+
+fn read_borrowed<D: EventPayload>(
+    text: &str,
+    chain: &[UpcastStep],
+) -> Result<D, serde_json::Error> {
+    let raw: BTreeMap<&str, &RawValue> = serde_json::from_str(text)?;
+    let mut map: BTreeMap<&str, Field<'_>> =
+        raw.into_iter().map(|(k, v)| (k, Field::Raw(v))).collect();
+    for step in chain {
+        let UpcastStep::Declarative {
+            renamed,
+            removed,
+            added,
+        } = step
+        else {
+            unreachable!("the chain holds declarative steps only");
+        };
+        for (from, to) in *renamed {
+            if let Some(v) = map.remove(from) {
+                map.insert(to, v);
+            }
+        }
+        for field in *removed {
+            map.remove(field);
+        }
+        for (field, value) in *added {
+            let absent = match map.get(field) {
+                None => true,
+                Some(Field::Raw(raw)) => raw.get().trim() == "null",
+                Some(Field::Owned(v)) => v.is_null(),
+            };
+            if absent {
+                map.insert(field, Field::Owned(value()));
+            }
+        }
+    }
+    D::deserialize(de::value::MapDeserializer::new(map.into_iter()))
+}
+
+impl<'de> IntoDeserializer<'de, serde_json::Error> for Field<'de> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+/// Each method hands the visitor to the borrowed raw value or the owned one.
+macro_rules! delegate {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            fn $method<V: de::Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, serde_json::Error> {
+                match self {
+                    Field::Raw(raw) => raw.$method($($arg,)* visitor),
+                    Field::Owned(value) => value.$method($($arg,)* visitor),
+                }
+            }
+        )*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for Field<'de> {
+    type Error = serde_json::Error;
+
+    delegate! {
+        deserialize_any();
+        deserialize_bool();
+        deserialize_i8();
+        deserialize_i16();
+        deserialize_i32();
+        deserialize_i64();
+        deserialize_i128();
+        deserialize_u8();
+        deserialize_u16();
+        deserialize_u32();
+        deserialize_u64();
+        deserialize_u128();
+        deserialize_f32();
+        deserialize_f64();
+        deserialize_char();
+        deserialize_str();
+        deserialize_string();
+        deserialize_bytes();
+        deserialize_byte_buf();
+        deserialize_option();
+        deserialize_unit();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_seq();
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+        deserialize_identifier();
+        deserialize_ignored_any();
+    }
+}
 
 /// Decodes event data written at schema version `version` into `D`: older data is upcast
 /// through `D`'s steps first, data of this or a newer version is read as it is (unknown

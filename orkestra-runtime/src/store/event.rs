@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::StoreError;
-use crate::message::{Event, EventPayload, Message, Metadata, ParamError, PayloadError, RawEvent};
+use crate::message::{Event, EventPayload, Message, Metadata, PayloadError, RawEvent};
 
 /// The largest event (data plus metadata, as JSON) a store accepts by default: 4 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -206,28 +206,7 @@ impl RecordedEvent {
                 found: self.event_type.to_string(),
             }));
         }
-        let shape = |e: serde_json::Error| {
-            PayloadError::InvalidParams(vec![ParamError::new(
-                "data",
-                "invalid_type",
-                e.to_string(),
-            )])
-        };
-        // Current (or newer) data goes straight from the stored text into the type, whose
-        // serde shape is as tolerant as `decode_json`; older data needs a tree to upcast,
-        // and so does data that does not fit (`decode_json` names every missing field).
-        let fast = if self.schema_version >= D::VERSION {
-            serde_json::from_str(&self.data).ok()
-        } else {
-            None
-        };
-        let data = match fast {
-            Some(data) => data,
-            None => {
-                let value = serde_json::from_str(&self.data).map_err(|e| failed(shape(e)))?;
-                crate::message::read_event(value, self.schema_version).map_err(failed)?
-            }
-        };
+        let data = crate::message::read_stored(&self.data, self.schema_version).map_err(failed)?;
         Ok(Event {
             id: self.id.clone(),
             data,

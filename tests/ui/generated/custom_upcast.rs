@@ -89,30 +89,21 @@ pub mod orders {
             fn decode_json(
                 value: ::orkestra_runtime::codegen::serde_json::Value,
             ) -> ::core::result::Result<Self, ::orkestra_runtime::PayloadError> {
-                Self::read_json(value, false)
-            }
-            fn upcast(
-                data: ::orkestra_runtime::codegen::serde_json::Value,
-                from: u32,
-            ) -> ::core::result::Result<
-                ::orkestra_runtime::codegen::serde_json::Value,
-                ::orkestra_runtime::UpcastError,
-            > {
-                let mut data = data;
-                let mut version = from;
-                while version < 2 {
-                    data = match version {
-                        1 => <Self as self::OrderPlacedUpcast>::upcast_v1(data)?,
-                        _ => {
-                            return ::core::result::Result::Err(
-                                ::orkestra_runtime::UpcastError::no_step(version, 2),
-                            );
-                        }
-                    };
-                    version += 1;
+                match <Self as ::orkestra_runtime::codegen::serde::Deserialize>::deserialize(
+                    &value,
+                ) {
+                    ::core::result::Result::Ok(this) => ::core::result::Result::Ok(this),
+                    ::core::result::Result::Err(_) => Self::read_json(value, false),
                 }
-                ::core::result::Result::Ok(data)
             }
+            const UPCAST: ::orkestra_runtime::UpcastSteps = ::orkestra_runtime::UpcastSteps {
+                first: 1,
+                steps: &[
+                    ::orkestra_runtime::UpcastStep::Custom(
+                        <Self as self::OrderPlacedUpcast>::upcast_v1,
+                    ),
+                ],
+            };
             fn check(
                 &self,
             ) -> ::core::result::Result<(), ::orkestra_runtime::PayloadError> {
