@@ -1,0 +1,399 @@
+//! The flow graph: command → its handler → the events it emits → the bindings of each
+//! event (a wildcard binding through a node for its pattern), and the dead letters →
+//! their bindings. Laid out by `layout-rs` (layered, as Graphviz `dot` does) at
+//! generation time and drawn by our own backend, so every node is a link to its page
+//! and every label goes through `names::html`.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use layout::core::base::Orientation;
+use layout::core::color::Color;
+use layout::core::format::{ClipHandle, RenderBackend};
+use layout::core::geometry::Point;
+use layout::core::style::{LineStyleKind, StyleAttr};
+use layout::std_shapes::render::get_shape_size;
+use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
+use layout::topo::layout::VisualGraph;
+
+use super::flow::Flow;
+use crate::model::HandlerTarget;
+use crate::names;
+
+const FONT: usize = 14;
+
+/// What a node stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Command,
+    Event,
+    Handler,
+    /// A wildcard binding's pattern.
+    Pattern,
+    /// The bus's dead letters.
+    DeadLetters,
+}
+
+impl Kind {
+    fn class(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+            Kind::Event => "event",
+            Kind::Handler => "handler",
+            Kind::Pattern => "pattern",
+            Kind::DeadLetters => "deadletters",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GraphNode {
+    kind: Kind,
+    label: String,
+    /// The page it links to, relative to the site root.
+    href: Option<String>,
+    key: String,
+}
+
+/// The graph before layout.
+#[derive(Debug, Default)]
+pub(crate) struct Graph {
+    nodes: Vec<GraphNode>,
+    /// From, to, dashed.
+    edges: Vec<(usize, usize, bool)>,
+}
+
+/// The page of a message, relative to the site root.
+pub(crate) fn message_href(key: &str) -> String {
+    format!("messages/{}.html", names::file_stem(key))
+}
+
+/// The page of a handler binding, relative to the site root.
+pub(crate) fn handler_href(key: &str) -> String {
+    format!("handlers/{}.html", names::file_stem(key))
+}
+
+impl Graph {
+    /// The graph of a whole model.
+    pub(crate) fn of(flow: &Flow<'_>) -> Self {
+        let mut g = Graph::default();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        for msg in &flow.messages {
+            let key = msg.key();
+            let kind = if msg.is_command() {
+                Kind::Command
+            } else {
+                Kind::Event
+            };
+            index.insert(
+                format!("m:{key}"),
+                g.add(kind, &msg.payload.name, Some(message_href(&key)), &key),
+            );
+        }
+        for b in &flow.handlers {
+            let key = b.key();
+            index.insert(
+                format!("h:{key}"),
+                g.add(
+                    Kind::Handler,
+                    &b.handler.name,
+                    Some(handler_href(&key)),
+                    &key,
+                ),
+            );
+        }
+        let mut dead_letters = None;
+        for b in &flow.handlers {
+            let Some(&h) = index.get(&format!("h:{}", b.key())) else {
+                continue;
+            };
+            match &b.handler.target {
+                HandlerTarget::Topic { pattern, .. } => {
+                    let p = g.add(Kind::Pattern, pattern, None, &format!("pattern:{pattern}"));
+                    for msg in flow.received_by(b.handler) {
+                        if let Some(&m) = index.get(&format!("m:{}", msg.key())) {
+                            g.edges.push((m, p, true));
+                        }
+                    }
+                    g.edges.push((p, h, true));
+                }
+                HandlerTarget::DeadLetters => {
+                    let d = *dead_letters.get_or_insert_with(|| {
+                        g.add(Kind::DeadLetters, "dead letters", None, "dead-letters")
+                    });
+                    g.edges.push((d, h, true));
+                }
+                _ => {
+                    for msg in flow.received_by(b.handler) {
+                        if let Some(&m) = index.get(&format!("m:{}", msg.key())) {
+                            g.edges.push((m, h, false));
+                        }
+                    }
+                }
+            }
+            for msg in flow.emitted_by(b.handler) {
+                if let Some(&m) = index.get(&format!("m:{}", msg.key())) {
+                    g.edges.push((h, m, false));
+                }
+            }
+        }
+        g
+    }
+
+    fn add(&mut self, kind: Kind, label: &str, href: Option<String>, key: &str) -> usize {
+        self.nodes.push(GraphNode {
+            kind,
+            label: label.to_owned(),
+            href,
+            key: key.to_owned(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The laid-out graph as a standalone SVG document. `link_prefix` is put before
+    /// every page link (`""` when the SVG sits at the site root).
+    pub(crate) fn svg(&self, link_prefix: &str) -> Result<String, String> {
+        if self.nodes.is_empty() {
+            return Ok(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"0\" height=\"0\"></svg>\n"
+                    .to_owned(),
+            );
+        }
+        // layout-rs asserts on its own invariants; a failure there is our bug to report,
+        // not a reason to take the caller's process down.
+        catch_unwind(AssertUnwindSafe(|| self.layout(link_prefix)))
+            .map_err(|_| "the graph layout (layout-rs) failed".to_owned())
+    }
+
+    fn layout(&self, link_prefix: &str) -> String {
+        let orientation = Orientation::LeftToRight;
+        let mut vg = VisualGraph::new(orientation);
+        let handles: Vec<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let shape = ShapeKind::new_box(&n.label);
+                let look = StyleAttr::new(Color::new(0x000000ff), 1, None, 6, FONT);
+                let size = get_shape_size(orientation, &shape, FONT, false);
+                vg.add_node(Element::create_with_properties(
+                    shape,
+                    look,
+                    orientation,
+                    size,
+                    i.to_string(),
+                ))
+            })
+            .collect();
+        for &(from, to, dashed) in &self.edges {
+            let style = if dashed {
+                LineStyleKind::Dashed
+            } else {
+                LineStyleKind::Normal
+            };
+            let arrow = Arrow::new(
+                LineEndKind::None,
+                LineEndKind::Arrow,
+                style,
+                "",
+                &StyleAttr::simple(),
+                &None,
+                &None,
+            );
+            vg.add_edge(arrow, handles[from], handles[to]);
+        }
+        let mut out = Svg::new(self, link_prefix);
+        vg.do_it(false, false, false, &mut out);
+        out.finish()
+    }
+}
+
+/// A `RenderBackend` that writes nodes as links with classes and data attributes.
+struct Svg<'g> {
+    graph: &'g Graph,
+    link_prefix: &'g str,
+    body: String,
+    edges: String,
+    width: f64,
+    height: f64,
+    /// A node's `<a>`/`<g>` opened by its rectangle, closed by its label.
+    open: bool,
+}
+
+impl<'g> Svg<'g> {
+    fn new(graph: &'g Graph, link_prefix: &'g str) -> Self {
+        Self {
+            graph,
+            link_prefix,
+            body: String::new(),
+            edges: String::new(),
+            width: 0.0,
+            height: 0.0,
+            open: false,
+        }
+    }
+
+    fn grow(&mut self, p: Point) {
+        self.width = self.width.max(p.x + 10.0);
+        self.height = self.height.max(p.y + 10.0);
+    }
+
+    fn finish(mut self) -> String {
+        if self.open {
+            self.body.push_str("</g>\n");
+        }
+        let (w, h) = (self.width.ceil(), self.height.ceil());
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"flow\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"Message flow\">\n\
+             <style>{STYLE}</style>\n\
+             <defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto\"><polygon points=\"0 0, 10 3.5, 0 7\" fill=\"#555\"/></marker></defs>\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n\
+             <g class=\"edges\">\n{}</g>\n<g class=\"nodes\">\n{}</g>\n</svg>\n",
+            self.edges, self.body
+        )
+    }
+}
+
+const STYLE: &str = "\
+.flow text{font:14px system-ui,-apple-system,'Segoe UI',sans-serif;fill:#111}\
+.node rect{stroke-width:1.5}\
+.command rect{fill:#dbeafe;stroke:#1d4ed8}\
+.event rect{fill:#ffedd5;stroke:#c2410c}\
+.handler rect{fill:#dcfce7;stroke:#15803d}\
+.pattern rect{fill:#f4f4f5;stroke:#71717a;stroke-dasharray:4 3}\
+.deadletters rect{fill:#fee2e2;stroke:#b91c1c}\
+a:hover rect{stroke-width:3}\
+.edge{fill:none;stroke:#555;stroke-width:1.3}\
+.edge.dashed{stroke-dasharray:5 4}";
+
+impl RenderBackend for Svg<'_> {
+    fn draw_rect(
+        &mut self,
+        xy: Point,
+        size: Point,
+        _look: &StyleAttr,
+        properties: Option<String>,
+        _clip: Option<ClipHandle>,
+    ) {
+        self.grow(Point::new(xy.x + size.x, xy.y + size.y));
+        let node = properties
+            .and_then(|p| p.parse::<usize>().ok())
+            .and_then(|i| self.graph.nodes.get(i));
+        let rect = format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"6\"/>",
+            xy.x, xy.y, size.x, size.y
+        );
+        match node {
+            Some(n) => {
+                if self.open {
+                    self.body.push_str("</g>\n");
+                }
+                let class = n.kind.class();
+                let key = names::html(&n.key);
+                let label = names::html(&n.label);
+                let open_link = match &n.href {
+                    Some(href) => format!(
+                        "<a href=\"{}{}\">",
+                        names::html(self.link_prefix),
+                        names::html(href)
+                    ),
+                    None => String::new(),
+                };
+                self.body.push_str(&format!(
+                    "<g class=\"node {class}\" data-kind=\"{class}\" data-key=\"{key}\"><title>{label}</title>{open_link}{rect}"
+                ));
+                if n.href.is_some() {
+                    // Closed after the label, which layout-rs draws next.
+                    self.body.push_str("<!--label-->");
+                }
+                self.open = true;
+            }
+            None => self.body.push_str(&rect),
+        }
+    }
+
+    fn draw_line(&mut self, start: Point, stop: Point, _look: &StyleAttr, _p: Option<String>) {
+        self.grow(start);
+        self.grow(stop);
+        self.edges.push_str(&format!(
+            "<line class=\"edge\" x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\"/>\n",
+            start.x, start.y, stop.x, stop.y
+        ));
+    }
+
+    fn draw_circle(&mut self, xy: Point, size: Point, _look: &StyleAttr, _p: Option<String>) {
+        self.grow(Point::new(xy.x + size.x / 2.0, xy.y + size.y / 2.0));
+    }
+
+    fn draw_text(&mut self, xy: Point, text: &str, _look: &StyleAttr) {
+        let text = format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" dominant-baseline=\"central\">{}</text>",
+            xy.x,
+            xy.y,
+            names::html(text)
+        );
+        if self.open {
+            let linked = self.body.ends_with("<!--label-->");
+            if linked {
+                let cut = self.body.len() - "<!--label-->".len();
+                self.body.truncate(cut);
+            }
+            self.body.push_str(&text);
+            self.body
+                .push_str(if linked { "</a></g>\n" } else { "</g>\n" });
+            self.open = false;
+        } else {
+            self.body.push_str(&text);
+        }
+    }
+
+    fn draw_arrow(
+        &mut self,
+        path: &[(Point, Point)],
+        dashed: bool,
+        _head: (bool, bool),
+        _look: &StyleAttr,
+        _p: Option<String>,
+        _text: &str,
+    ) {
+        if path.len() < 2 {
+            return;
+        }
+        for (a, b) in path {
+            self.grow(*a);
+            self.grow(*b);
+        }
+        let mut d = format!(
+            "M {:.1} {:.1} C {:.1} {:.1}, {:.1} {:.1}, {:.1} {:.1}",
+            path[0].0.x,
+            path[0].0.y,
+            path[0].1.x,
+            path[0].1.y,
+            path[1].0.x,
+            path[1].0.y,
+            path[1].1.x,
+            path[1].1.y
+        );
+        for (a, b) in &path[2..] {
+            d.push_str(&format!(" S {:.1} {:.1}, {:.1} {:.1}", a.x, a.y, b.x, b.y));
+        }
+        self.edges.push_str(&format!(
+            "<path class=\"edge{}\" d=\"{d}\" marker-end=\"url(#arrow)\"/>\n",
+            if dashed { " dashed" } else { "" }
+        ));
+    }
+
+    fn create_clip(&mut self, _xy: Point, _size: Point, _rounded_px: usize) -> ClipHandle {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_graph_is_an_empty_svg() {
+        assert!(Graph::default().svg("").unwrap().starts_with("<svg"));
+    }
+}
