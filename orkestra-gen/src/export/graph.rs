@@ -5,6 +5,7 @@
 //! and every label goes through `names::html`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use layout::core::base::Orientation;
@@ -165,27 +166,90 @@ impl Graph {
             .map_err(|_| "the graph layout (layout-rs) failed".to_owned())
     }
 
+    /// Lays out each connected part of the graph on its own (layered layout grows
+    /// faster than linearly with a graph's size; most systems are many small flows),
+    /// then packs the parts in rows, largest first.
     fn layout(&self, link_prefix: &str) -> String {
+        let mut parts: Vec<Part> = self
+            .components()
+            .iter()
+            .map(|nodes| self.layout_part(nodes, link_prefix))
+            .collect();
+        parts.sort_by(|a, b| {
+            b.height
+                .total_cmp(&a.height)
+                .then(b.width.total_cmp(&a.width))
+        });
+        let max_row = parts.iter().map(|p| p.width).fold(MAX_ROW_WIDTH, f64::max);
+        let (mut x, mut y, mut row_height, mut width) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
+        let mut body = String::new();
+        for part in &parts {
+            if x > 0.0 && x + part.width > max_row {
+                y += row_height;
+                x = 0.0;
+                row_height = 0.0;
+            }
+            let _ = write!(
+                body,
+                "<g class=\"part\" transform=\"translate({x:.1} {y:.1})\">\n<g class=\"edges\">\n{}</g>\n<g class=\"nodes\">\n{}</g>\n</g>\n",
+                part.edges, part.nodes
+            );
+            x += part.width;
+            width = width.max(x);
+            row_height = row_height.max(part.height);
+        }
+        let (w, h) = (width.ceil(), (y + row_height).ceil());
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"flow\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"Message flow\">\n\
+             <style>{STYLE}</style>\n\
+             <defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto\"><polygon points=\"0 0, 10 3.5, 0 7\" fill=\"#555\"/></marker></defs>\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n{body}</svg>\n"
+        )
+    }
+
+    /// The node indices of each weakly connected part, in node order.
+    fn components(&self) -> Vec<Vec<usize>> {
+        let mut parent: Vec<usize> = (0..self.nodes.len()).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        for &(a, b, _) in &self.edges {
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            parent[ra.max(rb)] = ra.min(rb);
+        }
+        let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for i in 0..self.nodes.len() {
+            let r = root(&mut parent, i);
+            parts.entry(r).or_default().push(i);
+        }
+        parts.into_values().collect()
+    }
+
+    fn layout_part(&self, nodes: &[usize], link_prefix: &str) -> Part {
         let orientation = Orientation::LeftToRight;
         let mut vg = VisualGraph::new(orientation);
-        let handles: Vec<_> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let shape = ShapeKind::new_box(&n.label);
-                let look = StyleAttr::new(Color::new(0x000000ff), 1, None, 6, FONT);
-                let size = get_shape_size(orientation, &shape, FONT, false);
-                vg.add_node(Element::create_with_properties(
-                    shape,
-                    look,
-                    orientation,
-                    size,
-                    i.to_string(),
-                ))
-            })
-            .collect();
+        let mut handles = BTreeMap::new();
+        for &i in nodes {
+            let shape = ShapeKind::new_box(&self.nodes[i].label);
+            let look = StyleAttr::new(Color::new(0x000000ff), 1, None, 6, FONT);
+            let size = get_shape_size(orientation, &shape, FONT, false);
+            let h = vg.add_node(Element::create_with_properties(
+                shape,
+                look,
+                orientation,
+                size,
+                i.to_string(),
+            ));
+            handles.insert(i, h);
+        }
         for &(from, to, dashed) in &self.edges {
+            let (Some(&a), Some(&b)) = (handles.get(&from), handles.get(&to)) else {
+                continue;
+            };
             let style = if dashed {
                 LineStyleKind::Dashed
             } else {
@@ -200,13 +264,24 @@ impl Graph {
                 &None,
                 &None,
             );
-            vg.add_edge(arrow, handles[from], handles[to]);
+            vg.add_edge(arrow, a, b);
         }
         let mut out = Svg::new(self, link_prefix);
         vg.do_it(false, false, false, &mut out);
         out.finish()
     }
 }
+
+/// One laid-out part of the graph.
+struct Part {
+    nodes: String,
+    edges: String,
+    width: f64,
+    height: f64,
+}
+
+/// Rows of parts wrap at this width (unless one part is wider).
+const MAX_ROW_WIDTH: f64 = 1800.0;
 
 /// A `RenderBackend` that writes nodes as links with classes and data attributes.
 struct Svg<'g> {
@@ -238,19 +313,16 @@ impl<'g> Svg<'g> {
         self.height = self.height.max(p.y + 10.0);
     }
 
-    fn finish(mut self) -> String {
+    fn finish(mut self) -> Part {
         if self.open {
             self.body.push_str("</g>\n");
         }
-        let (w, h) = (self.width.ceil(), self.height.ceil());
-        format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"flow\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"Message flow\">\n\
-             <style>{STYLE}</style>\n\
-             <defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto\"><polygon points=\"0 0, 10 3.5, 0 7\" fill=\"#555\"/></marker></defs>\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n\
-             <g class=\"edges\">\n{}</g>\n<g class=\"nodes\">\n{}</g>\n</svg>\n",
-            self.edges, self.body
-        )
+        Part {
+            nodes: self.body,
+            edges: self.edges,
+            width: self.width.ceil(),
+            height: self.height.ceil(),
+        }
     }
 }
 
