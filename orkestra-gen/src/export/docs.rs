@@ -262,9 +262,9 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
         else {
             continue;
         };
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "<h3 id=\"type-{}\"><span class=\"badge type\">type</span> {}</h3>\n",
+            "<h3 id=\"type-{}\"><span class=\"badge type\">type</span> {}</h3>",
             html(&schemas.type_key(r)),
             html(&t.name)
         );
@@ -392,11 +392,7 @@ fn handler_page(flow: &Flow<'_>, b: &Bound<'_>) -> String {
 fn collect_named<'a>(ty: &'a Ty, out: &mut Vec<&'a TypeRef>) {
     match ty {
         Ty::List(inner) | Ty::Map(inner) => collect_named(inner, out),
-        Ty::Named(r) => {
-            if !out.contains(&r) {
-                out.push(r);
-            }
-        }
+        Ty::Named(r) if !out.contains(&r) => out.push(r),
         _ => {}
     }
 }

@@ -330,19 +330,15 @@ fn apply_rules(schema: &mut Node, ty: &Ty, rules: &Rules) {
 /// A `$ref` with sibling keywords becomes `allOf: [{$ref}]` plus the siblings, which
 /// every dialect (AsyncAPI's draft-07 base included) reads the same way.
 fn wrap_ref(schema: &mut Node) {
-    if let Node::Obj(entries) = schema {
-        if entries.len() > 1 {
-            let r = entries
-                .iter()
-                .position(|(k, _)| k == "$ref")
-                .map(|i| entries.remove(i));
-            if let Some((k, v)) = r {
-                entries.insert(
-                    0,
-                    ("allOf".to_owned(), Node::Arr(vec![Node::obj().with(&k, v)])),
-                );
-            }
-        }
+    if let Node::Obj(entries) = schema
+        && entries.len() > 1
+        && let Some(i) = entries.iter().position(|(k, _)| k == "$ref")
+    {
+        let (k, v) = entries.remove(i);
+        entries.insert(
+            0,
+            ("allOf".to_owned(), Node::Arr(vec![Node::obj().with(&k, v)])),
+        );
     }
 }
 
