@@ -15,8 +15,12 @@
 //! → `syn::parse_file` → prettyplease → a `DO NOT EDIT` header → written only when the
 //! content changed.
 //!
+//! The same model is also exported for everything that is not Rust ([`export`]): an
+//! AsyncAPI 3.0 document, JSON Schemas and a documentation site with the message flow
+//! (`Generator::asyncapi`, `jsonschema`, `docs`, written by `generate` or `export`).
+//!
 //! [`Generator`] is the whole face for build.rs. The `orkestra-gen` command line
-//! (`generate`, `check`, `topics`) lives in the `orkestra-cli` crate, so a build script
+//! (`generate`, `check`, `topics`, `asyncapi`, `jsonschema`, `docs`) lives in the `orkestra-cli` crate, so a build script
 //! does not compile an argument parser or a report renderer:
 //! `cargo install --path orkestra-cli`.
 

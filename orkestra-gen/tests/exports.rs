@@ -305,3 +305,16 @@ fn an_unwritable_output_is_an_io_error_naming_it() {
     }
     std::fs::remove_dir_all(out).ok();
 }
+
+#[test]
+fn the_readme_picture_is_the_graph_of_the_reference_schemas() {
+    let svg = orkestra_gen::export::flow_svg(&model(SHOP)).unwrap();
+    let committed = dir("../docs/flow.svg");
+    if std::env::var("ORKESTRA_UPDATE_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::write(&committed, &svg).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&committed).is_ok_and(|c| c == svg),
+        "docs/flow.svg is stale: ORKESTRA_UPDATE_DOCS=1 cargo test -p orkestra-gen --test exports"
+    );
+}
