@@ -66,6 +66,8 @@ fn rust_side() -> BTreeMap<&'static str, Verdict> {
 
 struct Case {
     key: String,
+    /// The example payload the AsyncAPI document and the site show.
+    example: Value,
     command: bool,
     fields: Vec<Field>,
     validator: jsonschema::Validator,
@@ -89,6 +91,8 @@ fn cases() -> (Vec<Case>, Vec<Model>) {
             .render()
             .unwrap()
             .model;
+        let asyncapi: Value =
+            serde_json::from_str(&orkestra_gen::export::asyncapi_json(&model)).unwrap();
         let files: BTreeMap<String, String> = orkestra_gen::export::jsonschema_files(&model)
             .into_iter()
             .collect();
@@ -107,8 +111,11 @@ fn cases() -> (Vec<Case>, Vec<Model>) {
                 let rust = *rust
                     .get(key.as_str())
                     .unwrap_or_else(|| panic!("{key}: no generated type in the table"));
+                let example =
+                    asyncapi["components"]["messages"][&key]["examples"][0]["payload"].clone();
                 cases.push(Case {
                     key,
+                    example,
                     command: p.kind == orkestra_gen::model::PayloadKind::Command,
                     fields: p.fields.clone(),
                     validator,
@@ -304,6 +311,29 @@ fn agree(case: &Case, payload: &Value) -> Result<(), String> {
             if schema_ok { "valid" } else { "invalid" },
             rust
         ))
+    }
+}
+
+#[test]
+fn the_example_payloads_are_valid_on_both_sides() {
+    let (cases, _) = cases();
+    for case in &cases {
+        assert!(case.example.is_object(), "{}: {}", case.key, case.example);
+        assert!(
+            case.validator.is_valid(&case.example),
+            "{}: {}",
+            case.key,
+            case.example
+        );
+        assert!(
+            matches!(
+                (case.rust)(case.example.clone()),
+                Ok(()) | Err(PayloadError::Invalid(_))
+            ),
+            "{}: {}",
+            case.key,
+            case.example
+        );
     }
 }
 

@@ -113,6 +113,17 @@ fn the_official_asyncapi_parser_accepts_every_document() {
         .filter(|v| v.get("errors").is_some())
         .collect();
     assert_eq!(summaries.len(), files.len(), "{}", run.stdout);
+    // Not even a warning (severity 1): the only note allowed is the informational
+    // "a newer AsyncAPI version exists" (severity 2), since the contract is 3.0.
+    let warnings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["severity"].as_u64().is_some_and(|s| s < 2))
+        })
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
     for s in &summaries {
         assert_eq!(s["errors"], 0, "{s}");
         assert!(s["channels"].as_u64().unwrap() >= 2, "{s}");

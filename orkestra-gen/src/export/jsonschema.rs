@@ -389,7 +389,11 @@ fn example_depth(model: &Model, fields: &[Field], depth: usize) -> Node {
     for f in fields {
         let value = match &f.default {
             Some(d) => Node::literal(d),
-            None if f.required || depth == 0 => example_value(model, &f.ty, &f.rules, depth),
+            // Optional fields are shown at the top level, except patterned strings: no
+            // value is picked to match a pattern, so one would only be a placeholder.
+            None if f.required || (depth == 0 && f.rules.pattern.is_none()) => {
+                example_value(model, &f.ty, &f.rules, depth)
+            }
             None => continue,
         };
         out.set(&f.name, value);
@@ -406,24 +410,29 @@ fn example_value(model: &Model, ty: &Ty, rules: &Rules, depth: usize) -> Node {
             Some(Format::Email) => "ada@example.com".to_owned(),
             Some(Format::Url) => "https://example.com/".to_owned(),
             Some(Format::Uuid) => "67e55044-10b1-426f-9247-bb680e5fe0c8".to_owned(),
+            None if rules.pattern.is_some() => "…".to_owned(),
             None => {
-                let min = rules.min_length.unwrap_or(0).min(64) as usize;
+                // "example", or x's when the length rules leave no room for it.
                 let word = "example";
-                if rules.pattern.is_some() {
-                    "…".to_owned()
-                } else if min > word.len() {
-                    "x".repeat(min)
-                } else {
+                let min =
+                    usize::try_from(rules.min_length.unwrap_or(0)).map_or(4096, |n| n.min(4096));
+                let max =
+                    usize::try_from(rules.max_length.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+                if (min..=max).contains(&word.len()) {
                     word.to_owned()
+                } else {
+                    "x".repeat(if min > word.len() { min } else { max })
                 }
             }
         }),
-        Ty::Integer => match &rules.min {
-            Some(Literal::Int(i)) => Node::int(*i),
+        Ty::Integer => match (&rules.min, &rules.max) {
+            (Some(Literal::Int(i)), _) => Node::int(*i),
+            (None, Some(Literal::Int(i))) if *i < 1 => Node::int(*i),
             _ => Node::int(1),
         },
-        Ty::Float => match &rules.min {
-            Some(l @ (Literal::Float(_) | Literal::Int(_))) => Node::literal(l),
+        Ty::Float => match (&rules.min, &rules.max) {
+            (Some(l), _) => Node::literal(l),
+            (None, Some(Literal::Float(f))) if *f < 1.5 => Node::literal(&Literal::Float(*f)),
             _ => Node::Num("1.5".into()),
         },
         Ty::Boolean => Node::Bool(true),
