@@ -126,6 +126,26 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
+/// A JSON string literal for a person to read in a page: quotes, backslashes and control
+/// characters escaped, nothing else. Only for text that then goes through [`html`].
+pub fn json_str_readable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A YAML scalar for `s`, always double-quoted (so no value is read as a number, a
 /// boolean, an alias or a comment), with the same escapes as [`json_str`]: a YAML
 /// 1.2 double-quoted scalar accepts every JSON escape.
@@ -233,6 +253,13 @@ mod tests {
         );
         let back: String = serde_json::from_str(&json).unwrap();
         assert_eq!(back, nasty, "the JSON string round-trips");
+        let readable = json_str_readable(nasty);
+        assert!(
+            readable.contains("<script>"),
+            "readable JSON leaves markup to `html`"
+        );
+        let back: String = serde_json::from_str(&readable).unwrap();
+        assert_eq!(back, nasty);
         assert_eq!(
             html(nasty),
             "a&quot;b\\c*/\n&lt;script&gt;alert(1)&lt;/script&gt;&#39;\\u{202e}&amp;"

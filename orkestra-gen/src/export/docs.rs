@@ -286,7 +286,7 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
     let _ = write!(
         body,
         "<h2>Example payload</h2>\n<pre class=\"example\">{}</pre>\n",
-        html(example(flow.model, &p.fields).to_json().trim_end())
+        html(&example(flow.model, &p.fields).to_json_for_html())
     );
 
     body.push_str("<h2>Versions</h2>\n<table><tr><th>version</th><th>notes</th></tr>\n");
@@ -328,7 +328,7 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
     let _ = write!(
         body,
         "<details><summary>JSON Schema</summary>\n<pre>{}</pre>\n</details>\n",
-        html(schemas.document(msg).to_json().trim_end())
+        html(&schemas.document(msg).to_json_for_html())
     );
     page(flow, "../", &p.name, &body, "")
 }
@@ -446,7 +446,7 @@ fn type_text(ty: &Ty, model: &crate::model::Model) -> String {
 }
 
 fn literal_text(l: &Literal) -> String {
-    super::tree::Node::literal(l).to_json_line()
+    super::tree::Node::literal(l).to_json_line_for_html()
 }
 
 /// The rules of a field as HTML (already escaped).

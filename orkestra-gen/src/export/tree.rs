@@ -79,7 +79,7 @@ impl Node {
     /// Pretty JSON, two-space indents, a final newline.
     pub(crate) fn to_json(&self) -> String {
         let mut out = String::new();
-        self.json(&mut out, 0);
+        self.json(&mut out, 0, names::json_str);
         out.push('\n');
         out
     }
@@ -87,11 +87,26 @@ impl Node {
     /// Compact JSON on one line.
     pub(crate) fn to_json_line(&self) -> String {
         let mut out = String::new();
-        self.json_compact(&mut out);
+        self.json_compact(&mut out, names::json_str);
         out
     }
 
-    fn json(&self, out: &mut String, depth: usize) {
+    /// Pretty JSON for a person to read inside HTML: only quotes, backslashes and control
+    /// characters escaped, so the caller must pass it through `names::html`.
+    pub(crate) fn to_json_for_html(&self) -> String {
+        let mut out = String::new();
+        self.json(&mut out, 0, names::json_str_readable);
+        out
+    }
+
+    /// [`Node::to_json_for_html`] on one line.
+    pub(crate) fn to_json_line_for_html(&self) -> String {
+        let mut out = String::new();
+        self.json_compact(&mut out, names::json_str_readable);
+        out
+    }
+
+    fn json(&self, out: &mut String, depth: usize, quote: fn(&str) -> String) {
         let pad = |out: &mut String, d: usize| {
             out.push('\n');
             out.extend(std::iter::repeat_n(' ', d * 2));
@@ -104,7 +119,7 @@ impl Node {
                         out.push(',');
                     }
                     pad(out, depth + 1);
-                    item.json(out, depth + 1);
+                    item.json(out, depth + 1, quote);
                 }
                 pad(out, depth);
                 out.push(']');
@@ -116,30 +131,30 @@ impl Node {
                         out.push(',');
                     }
                     pad(out, depth + 1);
-                    out.push_str(&names::json_str(k));
+                    out.push_str(&quote(k));
                     out.push_str(": ");
-                    v.json(out, depth + 1);
+                    v.json(out, depth + 1, quote);
                 }
                 pad(out, depth);
                 out.push('}');
             }
-            scalar => scalar.json_compact(out),
+            scalar => scalar.json_compact(out, quote),
         }
     }
 
-    fn json_compact(&self, out: &mut String) {
+    fn json_compact(&self, out: &mut String, quote: fn(&str) -> String) {
         match self {
             Node::Null => out.push_str("null"),
             Node::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Node::Num(n) => out.push_str(n),
-            Node::Str(s) => out.push_str(&names::json_str(s)),
+            Node::Str(s) => out.push_str(&quote(s)),
             Node::Arr(items) => {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
-                    item.json_compact(out);
+                    item.json_compact(out, quote);
                 }
                 out.push(']');
             }
@@ -149,9 +164,9 @@ impl Node {
                     if i > 0 {
                         out.push(',');
                     }
-                    out.push_str(&names::json_str(k));
+                    out.push_str(&quote(k));
                     out.push(':');
-                    v.json_compact(out);
+                    v.json_compact(out, quote);
                 }
                 out.push('}');
             }
