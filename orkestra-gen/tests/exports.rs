@@ -252,6 +252,13 @@ fn exports_are_deterministic_and_written_only_when_changed() {
     assert_eq!(first.files.len(), 1 + 6 + (3 + 6 + 10));
     let again = g.export().unwrap();
     assert_eq!(again.changed, 0, "nothing changed, nothing rewritten");
+    // A page whose message is gone is removed; other files are left alone.
+    let stale = out.join("site/messages/Orders.Gone.html");
+    std::fs::write(&stale, "old").unwrap();
+    std::fs::write(out.join("site/CNAME"), "docs.example.com").unwrap();
+    g.export().unwrap();
+    assert!(!stale.exists());
+    assert!(out.join("site/CNAME").exists());
     std::fs::remove_dir_all(out).ok();
 }
 

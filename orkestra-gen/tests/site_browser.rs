@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -75,8 +76,14 @@ fn open_site(
     let report: Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
         panic!("{e}: {}\n{}", run.stdout, run.stderr);
     });
+    // Straight to stderr, past the test harness's capture, so CI logs show the paths.
+    let mut stderr = std::io::stderr();
     for (shot, path) in report["screenshots"].as_object().unwrap() {
-        println!("screenshot ({name} {shot}): {}", path.as_str().unwrap());
+        let _ = writeln!(
+            stderr,
+            "screenshot ({name} {shot}): {}",
+            path.as_str().unwrap()
+        );
     }
     Some((report, model))
 }

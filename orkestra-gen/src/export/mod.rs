@@ -131,5 +131,29 @@ pub(crate) fn write_all(model: &Model, exports: &[Export]) -> Result<Exported, E
         }
         exported.files.push(path);
     }
+    for export in exports {
+        if let Export::Docs(dir) = export {
+            remove_stale_pages(dir, &exported.files)?;
+        }
+    }
     Ok(exported)
+}
+
+/// Removes the pages of messages and handlers that no longer exist. Only `*.html` in the
+/// site's own `messages/` and `handlers/` folders are touched.
+fn remove_stale_pages(dir: &Path, current: &[PathBuf]) -> Result<(), Error> {
+    for folder in ["messages", "handlers"] {
+        let folder = dir.join(folder);
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let page = path.extension().is_some_and(|e| e == "html");
+            if page && !current.contains(&path) {
+                std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+            }
+        }
+    }
+    Ok(())
 }
