@@ -336,3 +336,79 @@ fn the_readme_picture_is_the_graph_of_the_reference_schemas() {
         "docs/flow.svg is stale: ORKESTRA_UPDATE_DOCS=1 cargo test -p orkestra-gen --test exports"
     );
 }
+
+/// The names `orkestra-runtime/src/bus/rabbitmq/topology.rs` gives exchanges and queues
+/// (default prefix `orkestra`), as the AsyncAPI bindings must state them.
+#[test]
+fn asyncapi_bindings_name_the_real_topology() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&orkestra_gen::export::asyncapi_json(&model(SHOP))).unwrap();
+    let channel = &doc["channels"]["orders.commands.place_order"];
+    assert_eq!(channel["address"], "orders.commands.place_order");
+    assert_eq!(channel["bindings"]["amqp"]["is"], "routingKey");
+    assert_eq!(
+        channel["bindings"]["amqp"]["exchange"]["name"],
+        "orkestra.commands"
+    );
+    assert_eq!(channel["bindings"]["amqp"]["exchange"]["type"], "direct");
+    let queue = &channel["x-orkestra-queues"][0];
+    assert_eq!(queue["name"], "orkestra.cmd.orders.commands.place_order");
+    assert_eq!(queue["deadLetterExchange"], "orkestra.retry");
+    assert_eq!(queue["exhaustedTo"], "orkestra.deadletter");
+
+    let channel = &doc["channels"]["orders.events.order_cancelled"];
+    assert_eq!(
+        channel["bindings"]["amqp"]["exchange"]["name"],
+        "orkestra.events"
+    );
+    assert_eq!(channel["bindings"]["amqp"]["exchange"]["type"], "topic");
+    let queues: Vec<(&str, &str)> = channel["x-orkestra-queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["name"].as_str().unwrap(),
+                q["bindingKey"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        queues,
+        [
+            (
+                "orkestra.evt.OrderProjector",
+                "orders.events.order_cancelled"
+            ),
+            ("orkestra.evt.OrderAudit", "orders.events.#"),
+        ]
+    );
+    // The wildcard binding receives each channel it matches.
+    let ops = doc["operations"].as_object().unwrap();
+    for key in [
+        "OrderAudit.receives.Orders.OrderPlaced",
+        "OrderAudit.receives.Orders.OrderCancelled",
+    ] {
+        assert_eq!(ops[key]["action"], "receive", "{key}");
+        assert_eq!(ops[key]["bindings"]["amqp"]["ack"], true);
+    }
+    assert_eq!(
+        ops["PlaceOrderHandler.emits.Orders.OrderPlaced"]["action"],
+        "send"
+    );
+    assert_eq!(ops["dispatch.Orders.PlaceOrder"]["action"], "send");
+    assert_eq!(
+        ops["DeadLetterAlarm.receives.dead-letters"]["x-orkestra-queue"]["name"],
+        "orkestra.deadletter.handler.DeadLetterAlarm"
+    );
+    let message = &doc["components"]["messages"]["Orders.PlaceOrder"];
+    assert_eq!(message["contentType"], "application/json");
+    assert_eq!(
+        message["headers"]["$ref"],
+        "#/components/schemas/orkestra.Metadata"
+    );
+    assert_eq!(
+        doc["components"]["correlationIds"]["correlationId"]["location"],
+        "$message.header#/correlation_id"
+    );
+}

@@ -281,7 +281,7 @@ struct Part {
 }
 
 /// Rows of parts wrap at this width (unless one part is wider).
-const MAX_ROW_WIDTH: f64 = 1800.0;
+const MAX_ROW_WIDTH: f64 = 1200.0;
 
 /// A `RenderBackend` that writes nodes as links with classes and data attributes.
 struct Svg<'g> {
