@@ -412,3 +412,31 @@ fn asyncapi_bindings_name_the_real_topology() {
         "$message.header#/correlation_id"
     );
 }
+
+#[test]
+fn a_wildcard_binding_is_drawn_in_each_flow_it_taps() {
+    let text = "namespace: Shop.W\n\
+        commands:\n  A: { params: { x: { type: string } } }\n  B: { params: { x: { type: string } } }\n\
+        events:\n  A1: { fields: { x: { type: string } } }\n  B1: { fields: { x: { type: string } } }\n\
+        handlers:\n  AH: { command: A, emits: [A1] }\n  BH: { command: B, emits: [B1] }\n  Tap: { topic: \"w.events.*\" }\n";
+    let sources = [orkestra_gen::Source {
+        path: "w.yaml".into(),
+        text: text.into(),
+    }];
+    let model = orkestra_gen::generate_from_sources(&sources, "Shop")
+        .unwrap()
+        .model;
+    let svg = orkestra_gen::export::flow_svg(&model).unwrap();
+    assert_eq!(
+        svg.matches("data-key=\"Tap\"").count(),
+        2,
+        "one copy per flow"
+    );
+    assert_eq!(svg.matches("data-kind=\"pattern\"").count(), 2);
+    assert_eq!(
+        svg.matches("class=\"part\"").count(),
+        2,
+        "the flows stay apart"
+    );
+    assert_eq!(svg.matches("<a href=\"handlers/Tap.html\">").count(), 2);
+}

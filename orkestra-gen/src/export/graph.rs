@@ -103,21 +103,15 @@ impl Graph {
                 ),
             );
         }
+        let node = |index: &BTreeMap<String, usize>, key: String| index.get(&key).copied();
+        // Direct bindings and `emits` first: they make the flows.
         let mut dead_letters = None;
         for b in &flow.handlers {
-            let Some(&h) = index.get(&format!("h:{}", b.key())) else {
+            let Some(h) = node(&index, format!("h:{}", b.key())) else {
                 continue;
             };
             match &b.handler.target {
-                HandlerTarget::Topic { pattern, .. } => {
-                    let p = g.add(Kind::Pattern, pattern, None, &format!("pattern:{pattern}"));
-                    for msg in flow.received_by(b.handler) {
-                        if let Some(&m) = index.get(&format!("m:{}", msg.key())) {
-                            g.edges.push((m, p, true));
-                        }
-                    }
-                    g.edges.push((p, h, true));
-                }
+                HandlerTarget::Topic { .. } => {}
                 HandlerTarget::DeadLetters => {
                     let d = *dead_letters.get_or_insert_with(|| {
                         g.add(Kind::DeadLetters, "dead letters", None, "dead-letters")
@@ -126,19 +120,80 @@ impl Graph {
                 }
                 _ => {
                     for msg in flow.received_by(b.handler) {
-                        if let Some(&m) = index.get(&format!("m:{}", msg.key())) {
+                        if let Some(m) = node(&index, format!("m:{}", msg.key())) {
                             g.edges.push((m, h, false));
                         }
                     }
                 }
             }
             for msg in flow.emitted_by(b.handler) {
-                if let Some(&m) = index.get(&format!("m:{}", msg.key())) {
+                if let Some(m) = node(&index, format!("m:{}", msg.key())) {
                     g.edges.push((h, m, false));
                 }
             }
         }
+        // A wildcard binding is drawn in each flow it taps (its pattern, then a copy of
+        // its node linking to the same page), so one `#` binding does not fuse every
+        // flow into one graph whose layout time grows faster than linearly.
+        let flows = g.roots();
+        for b in &flow.handlers {
+            let HandlerTarget::Topic { pattern, .. } = &b.handler.target else {
+                continue;
+            };
+            let Some(h) = node(&index, format!("h:{}", b.key())) else {
+                continue;
+            };
+            let mut taps: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for msg in flow.received_by(b.handler) {
+                if let Some(m) = node(&index, format!("m:{}", msg.key())) {
+                    taps.entry(flows[m]).or_default().push(m);
+                }
+            }
+            let own = flows[h];
+            // The binding's own node serves the flow it already belongs to (its `emits`),
+            // or else the first one it taps.
+            let first = if taps.contains_key(&own) {
+                Some(own)
+            } else {
+                taps.keys().next().copied()
+            };
+            let pattern_key = format!("pattern:{pattern}");
+            if taps.is_empty() {
+                let p = g.add(Kind::Pattern, pattern, None, &pattern_key);
+                g.edges.push((p, h, true));
+            }
+            for (flow_root, messages) in taps {
+                let target = if Some(flow_root) == first {
+                    h
+                } else {
+                    let original = &g.nodes[h];
+                    let (label, href, key) = (
+                        original.label.clone(),
+                        original.href.clone(),
+                        original.key.clone(),
+                    );
+                    g.add(Kind::Handler, &label, href, &key)
+                };
+                let p = g.add(Kind::Pattern, pattern, None, &pattern_key);
+                for m in messages {
+                    g.edges.push((m, p, true));
+                }
+                g.edges.push((p, target, true));
+            }
+        }
         g
+    }
+
+    /// The flow (connected part) each node is in, as the smallest node index of it.
+    fn roots(&self) -> Vec<usize> {
+        let mut roots = vec![0; self.nodes.len()];
+        for part in self.components() {
+            let first = part[0];
+            for i in part {
+                roots[i] = first;
+            }
+        }
+        roots
     }
 
     fn add(&mut self, kind: Kind, label: &str, href: Option<String>, key: &str) -> usize {
