@@ -14,7 +14,11 @@
 //!   serde's `i64` does not, and no keyword tells them apart;
 //! - the lenient spellings the Rust parsers also accept: UUIDs without hyphens, braced or
 //!   as URNs (`uuid`), date-times with a space or without an offset colon (`chrono`);
-//!   the schemas state the RFC forms other languages should send.
+//!   the schemas state the RFC forms other languages should send;
+//! - email addresses whose local part RFC 5322 forbids (`mailto:ada@example.com`): the
+//!   generated check (one `@`, a dotted domain) takes them, `format: email` does not
+//!   (the schema's `pattern` states the generated check exactly, for validators that
+//!   treat `format` as an annotation).
 //! - a custom `validate` (CreateAccount): a payload it refuses counts as schema-valid.
 
 use std::collections::BTreeMap;
@@ -34,7 +38,7 @@ fn check<P: Payload>(v: Value) -> Result<(), PayloadError> {
 
 /// Every generated payload of the goldens, by its export key.
 fn rust_side() -> BTreeMap<&'static str, Verdict> {
-    use orkestra_tests::{accounts, hostile, orders, wiring};
+    use orkestra_tests::{accounts, every_rule, hostile, orders, wiring};
     BTreeMap::from([
         (
             "Accounts.CreateAccount",
@@ -61,6 +65,14 @@ fn rust_side() -> BTreeMap<&'static str, Verdict> {
             "Billing.CardCharged",
             check::<wiring::billing::events::CardCharged>,
         ),
+        (
+            "Formats.Everything",
+            check::<every_rule::formats::commands::Everything>,
+        ),
+        (
+            "Formats.Happened",
+            check::<every_rule::formats::events::Happened>,
+        ),
     ])
 }
 
@@ -83,6 +95,7 @@ fn cases() -> (Vec<Case>, Vec<Model>) {
         "schemas",
         "orkestra-gen/tests/golden/nasty",
         "orkestra-gen/tests/golden/wiring",
+        "orkestra-gen/tests/golden/formats",
     ] {
         let model = orkestra_gen::Generator::new()
             .cargo_directives(false)
@@ -149,6 +162,16 @@ fn pool(ty: &Ty, models: &[Model], depth: usize) -> Vec<Option<Value>> {
             s(json!("ada@example")),
             s(json!("@example.com")),
             s(json!("a b@example.com")),
+            s(json!("ABC-12")),
+            s(json!("abc-12")),
+            s(json!("https://example.com/x?y#z")),
+            s(json!("ftp://h")),
+            s(json!("http://")),
+            s(json!("mailto:x")),
+            s(json!("https://exa mple.com")),
+            s(json!("1http://x")),
+            s(json!("67e55044-10b1-426f-9247-bb680e5fe0c8")),
+            s(json!("67e55044-10b1-426f-9247-bb680e5fe0c")),
             s(json!(1)),
             s(json!(true)),
         ],
@@ -159,13 +182,26 @@ fn pool(ty: &Ty, models: &[Model], depth: usize) -> Vec<Option<Value>> {
             s(json!(-1)),
             s(json!(1000)),
             s(json!(1001)),
+            s(json!(-3)),
+            s(json!(3)),
+            s(json!(-4)),
+            s(json!(4)),
             s(json!(i64::MAX)),
             s(json!(i64::MIN)),
             s(json!(u64::MAX)),
             s(json!(1.5)),
             s(json!("1")),
         ],
-        Ty::Float => vec![s(json!(0.5)), s(json!(2)), s(json!(-1e10)), s(json!("0.5"))],
+        Ty::Float => vec![
+            s(json!(1.5)),
+            s(json!(0.5)),
+            s(json!(2.5)),
+            s(json!(0.49)),
+            s(json!(2.51)),
+            s(json!(2)),
+            s(json!(-1e10)),
+            s(json!("0.5")),
+        ],
         Ty::Boolean => vec![
             s(json!(true)),
             s(json!(false)),

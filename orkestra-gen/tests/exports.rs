@@ -86,6 +86,7 @@ fn the_official_asyncapi_parser_accepts_every_document() {
         ("shop", SHOP),
         ("hostile", HOSTILE),
         ("wiring", &["tests/golden/wiring"][..]),
+        ("formats", &["tests/golden/formats"][..]),
     ] {
         for ext in ["yaml", "json"] {
             let path = out.join(format!("{name}.{ext}"));

@@ -27,3 +27,9 @@ pub mod hostile {
 pub mod wiring {
     include!(concat!(env!("OUT_DIR"), "/wiring.rs"));
 }
+
+/// Generated from `orkestra-gen/tests/golden/formats/formats.yaml`: every type, format and
+/// rule, for the JSON Schema agreement test.
+pub mod every_rule {
+    include!(concat!(env!("OUT_DIR"), "/formats.rs"));
+}

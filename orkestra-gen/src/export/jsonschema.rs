@@ -410,7 +410,11 @@ fn example_value(model: &Model, ty: &Ty, rules: &Rules, depth: usize) -> Node {
             Some(Format::Email) => "ada@example.com".to_owned(),
             Some(Format::Url) => "https://example.com/".to_owned(),
             Some(Format::Uuid) => "67e55044-10b1-426f-9247-bb680e5fe0c8".to_owned(),
-            None if rules.pattern.is_some() => "…".to_owned(),
+            None if rules.pattern.is_some() => rules
+                .pattern
+                .as_deref()
+                .and_then(|p| pattern_sample(p, rules))
+                .unwrap_or_else(|| "…".to_owned()),
             None => {
                 // "example", or x's when the length rules leave no room for it.
                 let word = "example";
@@ -470,6 +474,59 @@ fn example_value(model: &Model, ty: &Ty, rules: &Rules, depth: usize) -> Node {
             }
         }
     }
+}
+
+/// A short string the pattern matches (and the length rules allow), built from the
+/// regex's syntax tree: the first branch of each alternation, the fewest repetitions, a
+/// readable character of each class. Checked with the regex itself; `None` when the
+/// result does not match (look-arounds such as `\b` can defeat it).
+fn pattern_sample(pattern: &str, rules: &Rules) -> Option<String> {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+    fn pick(ranges: impl Iterator<Item = (char, char)> + Clone) -> Option<char> {
+        let inside = |c: char| ranges.clone().any(|(a, b)| a <= c && c <= b);
+        ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .chain("-_.@ ".chars())
+            .find(|&c| inside(c))
+            .or_else(|| ranges.clone().next().map(|(a, _)| a))
+    }
+    fn build(h: &Hir, out: &mut String) -> Option<()> {
+        match h.kind() {
+            HirKind::Empty | HirKind::Look(_) => {}
+            HirKind::Literal(l) => out.push_str(std::str::from_utf8(&l.0).ok()?),
+            HirKind::Class(Class::Unicode(c)) => {
+                out.push(pick(c.ranges().iter().map(|r| (r.start(), r.end())))?);
+            }
+            HirKind::Class(Class::Bytes(c)) => out.push(pick(
+                c.ranges()
+                    .iter()
+                    .filter(|r| r.start().is_ascii())
+                    .map(|r| (char::from(r.start()), char::from(r.end().min(0x7f)))),
+            )?),
+            HirKind::Repetition(r) => {
+                for _ in 0..r.min.min(64) {
+                    build(&r.sub, out)?;
+                }
+            }
+            HirKind::Capture(c) => build(&c.sub, out)?,
+            HirKind::Concat(parts) => {
+                for p in parts {
+                    build(p, out)?;
+                }
+            }
+            HirKind::Alternation(branches) => build(branches.first()?, out)?,
+        }
+        Some(())
+    }
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    let mut out = String::new();
+    build(&hir, &mut out)?;
+    let chars = out.chars().count() as u64;
+    let fits =
+        rules.min_length.is_none_or(|n| chars >= n) && rules.max_length.is_none_or(|n| chars <= n);
+    let matches = regex::Regex::new(pattern).ok()?.is_match(&out);
+    (fits && matches).then_some(out)
 }
 
 /// One file per command and event: `<Qualifier>.<Name>.json` (`Orders.PlaceOrder.json`).
