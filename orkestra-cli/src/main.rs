@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use orkestra_gen::compat::{Rule, UnknownRule};
 use orkestra_gen::model::{HandlerTarget, Model, Payload};
-use orkestra_gen::{Diagnostics, Error, Generator};
+use orkestra_gen::{Diagnostics, Error, Generator, Severity};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +35,9 @@ enum Format {
     Human,
     /// One `file:line:col: error: ...` line per diagnostic.
     Short,
+    /// One JSON array on standard output: `{rule, severity, message, file, line, column,
+    /// kind, name, field}` per diagnostic.
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,10 +60,19 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Validate only: print diagnostics, write nothing; exit 1 on any error.
+    /// Validate only: print diagnostics, write nothing; exit 1 on any error. With
+    /// `--against`, also the compatibility gate: every change that breaks a release
+    /// deployed beside the older schema set, under its rule id.
     Check {
         #[command(flatten)]
         common: Common,
+        /// The older schema set: a directory, `git:REF` (the same paths at a revision) or
+        /// `git:REF:PATH` (PATH relative to the repository root).
+        #[arg(long, value_name = "DIR|git:REF[:PATH]")]
+        against: Option<String>,
+        /// A compatibility rule to turn off (repeatable), e.g. COMMAND_RULE_TIGHTENED.
+        #[arg(long, value_name = "RULE", requires = "against")]
+        allow: Vec<String>,
     },
     /// List every command and event with its topic and handlers.
     Topics {
@@ -105,13 +118,19 @@ impl Common {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let human = args.format == Format::Human;
-    match run(args.command, human) {
+    let format = args.format;
+    match run(args.command, format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Schema(diags)) => {
-            print_all(&diags, human);
-            let errors = diags.errors().count();
-            eprintln!("{errors} error{} found", if errors == 1 { "" } else { "s" });
+            let diags: Vec<_> = diags.iter().cloned().collect();
+            print_all(&diags, format);
+            report::count(&diags, format);
+            ExitCode::from(1)
+        }
+        Err(Error::Incompatible(changes)) => {
+            report::print_changes(&changes, format);
+            let diags: Vec<_> = changes.iter().map(|c| c.to_diagnostic()).collect();
+            report::count(&diags, format);
             ExitCode::from(1)
         }
         Err(e @ Error::Internal(_)) => {
@@ -125,20 +144,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_all<'a>(diags: impl IntoIterator<Item = &'a orkestra_gen::Diagnostic>, human: bool) {
-    for d in diags {
-        report::print(d, human);
+fn print_all<'a>(diags: impl IntoIterator<Item = &'a orkestra_gen::Diagnostic>, format: Format) {
+    let diags: Vec<&orkestra_gen::Diagnostic> = diags.into_iter().collect();
+    match format {
+        Format::Json => report::print_json(&diags),
+        _ => {
+            for d in diags {
+                report::print(d, format == Format::Human);
+            }
+        }
     }
 }
 
-fn run(command: Cmd, human: bool) -> Result<(), Error> {
+fn run(command: Cmd, format: Format) -> Result<(), Error> {
     match command {
         Cmd::Generate {
             common,
             out: Some(path),
         } => {
             let generated = common.generator().out_file(path).generate()?;
-            print_all(generated.warnings.warnings(), human);
+            print_all(generated.warnings.warnings(), format);
             eprintln!(
                 "{} {}",
                 if generated.changed {
@@ -151,35 +176,65 @@ fn run(command: Cmd, human: bool) -> Result<(), Error> {
         }
         Cmd::Generate { common, out: None } => {
             let output = common.generator().render()?;
-            print_all(output.warnings.warnings(), human);
+            print_all(output.warnings.warnings(), format);
             print!("{}", output.code);
         }
-        Cmd::Check { common } => {
+        Cmd::Check {
+            common,
+            against: None,
+            ..
+        } => {
             let generator = common.generator();
             let diags: Diagnostics = generator.check()?;
             if diags.has_errors() {
                 return Err(Error::Schema(diags));
             }
-            print_all(diags.warnings(), human);
-            println!("{} schema file(s) OK", generator.files()?.len());
+            print_all(diags.warnings(), format);
+            if format != Format::Json {
+                println!("{} schema file(s) OK", generator.files()?.len());
+            }
+        }
+        Cmd::Check {
+            common,
+            against: Some(against),
+            allow,
+        } => {
+            let mut generator = common.generator().check_against(&against);
+            for rule in &allow {
+                let rule: Rule = rule
+                    .parse()
+                    .map_err(|e: UnknownRule| Error::Usage(format!("--allow: {e}")))?;
+                generator = generator.allow(rule);
+            }
+            let changes = generator.compatibility()?;
+            if changes.iter().any(|c| c.severity() == Severity::Error) {
+                return Err(Error::Incompatible(changes));
+            }
+            report::print_changes(&changes, format);
+            if format != Format::Json {
+                println!(
+                    "{} schema file(s) compatible with {against}",
+                    generator.files()?.len()
+                );
+            }
         }
         Cmd::Topics { common } => {
             let output = common.generator().render()?;
             print_topics(&output.model);
         }
-        Cmd::Asyncapi { common, out } => export(common.generator().asyncapi(&out), &out, human)?,
+        Cmd::Asyncapi { common, out } => export(common.generator().asyncapi(&out), &out, format)?,
         Cmd::Jsonschema { common, out } => {
-            export(common.generator().jsonschema(&out), &out, human)?;
+            export(common.generator().jsonschema(&out), &out, format)?;
         }
-        Cmd::Docs { common, out } => export(common.generator().docs(&out), &out, human)?,
+        Cmd::Docs { common, out } => export(common.generator().docs(&out), &out, format)?,
     }
     Ok(())
 }
 
 /// Writes one export, then says what it wrote on standard error.
-fn export(generator: Generator, out: &std::path::Path, human: bool) -> Result<(), Error> {
+fn export(generator: Generator, out: &std::path::Path, format: Format) -> Result<(), Error> {
     let exported = generator.export()?;
-    print_all(exported.warnings.warnings(), human);
+    print_all(exported.warnings.warnings(), format);
     eprintln!(
         "wrote {} ({} file(s), {} changed)",
         out.display(),

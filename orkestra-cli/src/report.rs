@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use orkestra_gen::compat::Change;
 use orkestra_gen::{Diagnostic, Severity};
 
 /// Prints one diagnostic to standard error.
@@ -20,7 +21,11 @@ pub fn print(d: &Diagnostic, human: bool) {
 fn snippet(d: &Diagnostic) -> Option<String> {
     let text = std::fs::read_to_string(&d.span.file).ok()?;
     let label = label_range(&text, d.span.offset, d.span.line, d.span.column);
-    let mut md = miette::MietteDiagnostic::new(d.message.clone())
+    let message = match d.rule {
+        Some(rule) => format!("[{rule}] {}", d.message),
+        None => d.message.clone(),
+    };
+    let mut md = miette::MietteDiagnostic::new(message)
         .with_severity(match d.severity {
             Severity::Error => miette::Severity::Error,
             Severity::Warning => miette::Severity::Warning,
@@ -68,6 +73,61 @@ fn offset_of(text: &str, line: u64, column: u64) -> usize {
         .map(char::len_utf8)
         .sum();
     start + col
+}
+
+/// Diagnostics as one JSON array on standard output, in the shape of the gate's
+/// `--format json` (`rule`, `kind`, `name` and `field` are null for schema mistakes).
+pub fn print_json(diags: &[&Diagnostic]) {
+    let items: Vec<serde_json::Value> = diags
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "rule": d.rule,
+                "severity": severity(d.severity),
+                "message": d.message,
+                "file": d.span.file.display().to_string(),
+                "line": d.span.line,
+                "column": d.span.column,
+                "kind": null,
+                "name": null,
+                "field": null,
+            })
+        })
+        .collect();
+    println!("{}", serde_json::Value::Array(items));
+}
+
+/// The gate's findings: JSON with their subject, or as diagnostics.
+pub fn print_changes(changes: &[Change], format: crate::Format) {
+    if format == crate::Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string(changes).unwrap_or_else(|e| format!("[] // {e}"))
+        );
+        return;
+    }
+    for c in changes {
+        print(&c.to_diagnostic(), format == crate::Format::Human);
+    }
+}
+
+/// The closing count on standard error (not with JSON, whose output is the array alone).
+pub fn count(diags: &[Diagnostic], format: crate::Format) {
+    if format == crate::Format::Json {
+        return;
+    }
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    eprintln!("{errors} error{} found", if errors == 1 { "" } else { "s" });
+}
+
+fn severity(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    }
 }
 
 #[cfg(test)]

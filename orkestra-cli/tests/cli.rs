@@ -120,6 +120,209 @@ fn a_missing_directory_is_a_usage_error() {
     );
 }
 
+const CASE: &str = "tests/compat/command_rule_tightened";
+
+#[test]
+fn check_against_reports_each_change_with_its_rule_and_exit_1() {
+    let new = format!("{CASE}/new");
+    let old = format!("{CASE}/old");
+    let out = run(&[
+        "--format",
+        "short",
+        "check",
+        "--schemas",
+        &new,
+        "--app-prefix",
+        "Shop",
+        "--against",
+        &old,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .take(6)
+            .all(|l| l.contains(": error[COMMAND_RULE_TIGHTENED]: ")),
+        "{stderr}"
+    );
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn check_against_human_form_shows_the_rule_and_the_snippet() {
+    let out = run(&[
+        "check",
+        "--schemas",
+        "tests/compat/event_field_type_changed/new",
+        "--app-prefix",
+        "Shop",
+        "--against",
+        "tests/compat/event_field_type_changed/old",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out.stderr));
+}
+
+#[test]
+fn check_against_json_allow_and_passing_sets() {
+    let new = format!("{CASE}/new");
+    let old = format!("{CASE}/old");
+    let out = run(&[
+        "--format",
+        "json",
+        "check",
+        "--schemas",
+        &new,
+        "--app-prefix",
+        "Shop",
+        "--against",
+        &old,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = json.as_array().unwrap();
+    assert_eq!(items.len(), 6, "{json:#}");
+    assert!(items.iter().all(|i| i["rule"] == "COMMAND_RULE_TIGHTENED"
+        && i["kind"] == "command"
+        && i["name"] == "Shop.Orders.PlaceOrder"
+        && i["file"].as_str().unwrap().ends_with("orders.yaml")
+        && i["line"].as_u64().is_some()));
+    assert_eq!(text(&out.stderr), "", "JSON output is the array alone");
+
+    let allowed = run(&[
+        "check",
+        "--schemas",
+        &new,
+        "--app-prefix",
+        "Shop",
+        "--against",
+        &old,
+        "--allow",
+        "COMMAND_RULE_TIGHTENED",
+    ]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
+    assert!(text(&allowed.stdout).contains("compatible with"));
+
+    let warning = run(&[
+        "--format",
+        "short",
+        "check",
+        "--schemas",
+        "tests/compat/handler_removed/new",
+        "--app-prefix",
+        "Shop",
+        "--against",
+        "tests/compat/handler_removed/old",
+    ]);
+    assert_eq!(warning.status.code(), Some(0), "a warning passes");
+    assert!(text(&warning.stderr).contains("warning[HANDLER_REMOVED]"));
+}
+
+#[test]
+fn check_against_usage_errors_name_what_is_wrong() {
+    let new = format!("{CASE}/new");
+    for (against, says) in [
+        ("no/such/dir", "--against no/such/dir: no such directory"),
+        ("git:no-such-ref-xyz", "`no-such-ref-xyz` is not a revision"),
+    ] {
+        let out = run(&["check", "--schemas", &new, "--against", against]);
+        assert_eq!(out.status.code(), Some(2), "{against}");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    let out = run(&[
+        "check",
+        "--schemas",
+        &new,
+        "--against",
+        &format!("{CASE}/old"),
+        "--allow",
+        "NO_SUCH_RULE",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown rule `NO_SUCH_RULE`; the rules are: EVENT_REMOVED")
+    );
+}
+
+/// `git:REF` reads the same schema paths at a revision; `git:REF:PATH` a path from the
+/// repository root. A throwaway repository with two commits.
+#[test]
+fn check_against_a_git_revision() {
+    let repo = std::env::temp_dir().join(format!("orkestra-gate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::create_dir_all(repo.join("schemas")).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    let case = generator_dir().join("tests/compat/event_removed");
+    git(&["init", "-q"]);
+    std::fs::copy(
+        case.join("old/orders.yaml"),
+        repo.join("schemas/orders.yaml"),
+    )
+    .unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "v1"]);
+    git(&["tag", "v1"]);
+    std::fs::copy(
+        case.join("new/orders.yaml"),
+        repo.join("schemas/orders.yaml"),
+    )
+    .unwrap();
+    for against in ["git:v1", "git:v1:schemas"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_orkestra-gen"))
+            .args([
+                "--format",
+                "short",
+                "check",
+                "--app-prefix",
+                "Shop",
+                "--against",
+                against,
+            ])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{against}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with("v1:schemas/orders.yaml:17:3: error[EVENT_REMOVED]: "),
+            "{against}: {stderr}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_orkestra-gen"))
+        .args(["check", "--against", "git:v1:elsewhere"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no *.yaml schema under `elsewhere` at `v1`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&repo);
+}
+
 /// A fresh temporary directory for one test.
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("orkestra-cli-{name}-{}", std::process::id()));

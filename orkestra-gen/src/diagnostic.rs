@@ -48,6 +48,9 @@ pub struct Diagnostic {
     pub message: String,
     /// A hint, such as a "did you mean" suggestion.
     pub help: Option<String>,
+    /// The compatibility rule it reports (`EVENT_FIELD_TYPE_CHANGED`), printed as
+    /// `error[RULE]`; `None` for schema mistakes.
+    pub rule: Option<&'static str>,
 }
 
 impl Diagnostic {
@@ -58,6 +61,7 @@ impl Diagnostic {
             span: span.clone(),
             message: message.into(),
             help: None,
+            rule: None,
         }
     }
 
@@ -68,10 +72,18 @@ impl Diagnostic {
             span: span.clone(),
             message: message.into(),
             help: None,
+            rule: None,
         }
     }
 
     /// Adds a hint.
+    /// Tags it with a compatibility rule id.
+    #[must_use]
+    pub(crate) fn with_rule(mut self, rule: &'static str) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+
     #[must_use]
     pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
@@ -118,12 +130,15 @@ impl fmt::Display for Diagnostic {
         };
         write!(
             f,
-            "{}:{}:{}: {level}: {}",
+            "{}:{}:{}: {level}",
             self.span.file.display(),
             self.span.line,
             self.span.column,
-            self.message
         )?;
+        if let Some(rule) = self.rule {
+            write!(f, "[{rule}]")?;
+        }
+        write!(f, ": {}", self.message)?;
         if let Some(help) = &self.help {
             write!(f, " ({help})")?;
         }

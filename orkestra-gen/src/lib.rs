@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+pub mod compat;
 mod diagnostic;
 pub mod export;
 pub mod model;
@@ -69,6 +70,9 @@ pub enum Error {
     /// A required setting is missing.
     #[error("{0}")]
     Usage(String),
+    /// The compatibility gate found breaking changes (`check_against`).
+    #[error("{}", .0.iter().map(|c| c.to_diagnostic().to_string()).collect::<Vec<_>>().join("\n"))]
+    Incompatible(Vec<compat::Change>),
 }
 
 /// The result of [`Generator::generate`].
@@ -102,6 +106,8 @@ pub struct Generator {
     out: Option<PathBuf>,
     cargo: bool,
     exports: Vec<Export>,
+    against: Option<compat::Against>,
+    allow: Vec<compat::Rule>,
 }
 
 impl Generator {
@@ -179,6 +185,36 @@ impl Generator {
         Ok(exported)
     }
 
+    /// Runs the compatibility gate against an older schema set before generating: a
+    /// directory, `git:REF` (the same schema paths at a revision) or `git:REF:PATH`. A
+    /// breaking change fails the build ([`Error::Incompatible`]); `HANDLER_REMOVED`
+    /// warns.
+    #[must_use]
+    pub fn check_against(mut self, against: impl AsRef<str>) -> Self {
+        self.against = Some(compat::Against::parse(against.as_ref()));
+        self
+    }
+
+    /// Turns a compatibility rule off (repeatable).
+    #[must_use]
+    pub fn allow(mut self, rule: compat::Rule) -> Self {
+        self.allow.push(rule);
+        self
+    }
+
+    /// The compatibility gate on its own: every breaking change (and warning) from the
+    /// `check_against` set to these schemas. The new schemas' own errors are
+    /// [`Error::Schema`]; an unreadable older set is [`Error::Usage`].
+    pub fn compatibility(&self) -> Result<Vec<compat::Change>, Error> {
+        let Some(against) = &self.against else {
+            return Err(Error::Usage(
+                "no older schema set: call .check_against(\"old-schemas/\")".into(),
+            ));
+        };
+        let old = against.sources(&self.schemas)?;
+        check_compatibility(&old, &self.sources()?, &self.app_prefix, &self.allow)
+    }
+
     /// The schema files, sorted (printing the rerun directives when enabled).
     pub fn files(&self) -> Result<Vec<PathBuf>, Error> {
         let (files, directives) = self.scan()?;
@@ -242,6 +278,17 @@ impl Generator {
     /// Validates, renders and writes the output file if its content changed.
     pub fn generate(&self) -> Result<Generated, Error> {
         let output = self.render()?;
+        if self.against.is_some() {
+            let changes = self.compatibility()?;
+            if changes.iter().any(|c| c.severity() == Severity::Error) {
+                return Err(Error::Incompatible(changes));
+            }
+            if self.cargo {
+                for c in &changes {
+                    println!("cargo:warning={}", c.to_diagnostic());
+                }
+            }
+        }
         if self.cargo {
             for w in output.warnings.warnings() {
                 println!("cargo:warning={w}");
@@ -280,6 +327,22 @@ pub fn generate_from_sources(sources: &[Source], app_prefix: &str) -> Result<Out
         warnings: diags,
         model,
     })
+}
+
+/// The compatibility gate as a library call: every change from the `old` schema set to
+/// the `new` one that breaks a rule not in `allowed`. Errors in either set are
+/// [`Error::Schema`] (located in that set's files).
+pub fn check_compatibility(
+    old: &[Source],
+    new: &[Source],
+    app_prefix: &str,
+    allowed: &[compat::Rule],
+) -> Result<Vec<compat::Change>, Error> {
+    let (new_model, diags) = validate::build(new, app_prefix);
+    let new_model = new_model.ok_or(Error::Schema(diags))?;
+    let (old_model, diags) = validate::build(old, app_prefix);
+    let old_model = old_model.ok_or(Error::Schema(diags))?;
+    Ok(compat::compare(&old_model, &new_model, allowed))
 }
 
 /// Only validates.

@@ -85,8 +85,38 @@ pub struct Payload {
     pub version: u32,
     /// Whether the user implements `Validate`.
     pub custom_validate: bool,
+    /// Upcast steps (events), sorted by the version they start from; they cover every
+    /// version from the first step's up to `version - 1`.
+    pub upcast: Vec<UpcastStep>,
     /// Where it is declared.
     pub span: crate::diagnostic::Span,
+}
+
+/// One step of an event's `upcast` section: data of version `from` to `from + 1`.
+#[derive(Clone, Debug)]
+pub struct UpcastStep {
+    /// The version it reads.
+    pub from: u32,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
+    /// What it does.
+    pub kind: StepKind,
+}
+
+/// What an upcast step does.
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// `renamed`, `removed`, `added`, applied in that order.
+    Declarative {
+        /// `(old, new)` field names.
+        renamed: Vec<(String, String)>,
+        /// Fields dropped.
+        removed: Vec<String>,
+        /// Fields set where the old data has none, with values checked against their type.
+        added: Vec<(String, Literal)>,
+    },
+    /// Written in Rust: a method of the generated `<Event>Upcast` trait.
+    Custom,
 }
 
 /// A param or field.
@@ -94,6 +124,8 @@ pub struct Payload {
 pub struct Field {
     /// The wire name (as in the schema).
     pub name: String,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
     /// Docs.
     pub description: Option<String>,
     /// Its type.
@@ -229,6 +261,8 @@ pub enum HandlerTarget {
 pub struct Handler {
     /// The binding name (the trait name).
     pub name: String,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
     /// Docs.
     pub description: Option<String>,
     /// What it handles.

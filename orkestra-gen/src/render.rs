@@ -69,6 +69,7 @@ enum TypeCtx {
         fields: Vec<FieldCtx>,
         /// Whether any field is checked by `check_into` (rules or nested structs).
         checked: bool,
+        unknown: UnknownCtx,
     },
     Enum {
         name: String,
@@ -111,6 +112,30 @@ struct PayloadCtx {
     required: String,
     /// Whether any field has a rule (else `check` has nothing to collect).
     checked: bool,
+    /// Events read tolerantly (`ObjectReader::open`), commands strictly.
+    tolerant: bool,
+    /// Commands: statements recording unknown keys nested in struct-typed params.
+    unknown_checks: Vec<String>,
+    /// Events with `upcast` steps.
+    upcast: Option<UpcastCtx>,
+}
+
+/// An event's upcast steps.
+#[derive(Serialize)]
+struct UpcastCtx {
+    /// The arms of the step `match`: `N => { .. }`.
+    arms: Vec<String>,
+    /// The custom steps' trait (`OrderPlacedUpcast`), when there are any.
+    custom_trait: Option<String>,
+    trait_doc: String,
+    custom: Vec<CustomStepCtx>,
+}
+
+/// A method of the custom steps' trait.
+#[derive(Serialize)]
+struct CustomStepCtx {
+    method: String,
+    doc: String,
 }
 
 /// A field of a type, command or event.
@@ -135,6 +160,16 @@ struct FieldCtx {
     check_doc: String,
     /// The type the check function takes by reference (`str` for strings, `[T]` for lists).
     borrowed: String,
+}
+
+/// A struct type's check for unknown keys (its JSON is read tolerantly by serde; commands
+/// that use it check with this).
+#[derive(Serialize)]
+struct UnknownCtx {
+    /// Every wire name, as a list of literals.
+    known: String,
+    /// Statements walking nested struct fields of `map`.
+    nested: Vec<String>,
 }
 
 /// A topic constant.
@@ -484,13 +519,30 @@ fn type_ctx(t: &TypeDef, here: &str) -> TypeCtx {
     let name = pascal(&t.name);
     let doc = docs(t.description.as_deref(), &format!("Type `{}`.", t.name));
     match &t.kind {
-        TypeKind::Struct(fields) => {
-            let fields: Vec<FieldCtx> = fields
+        TypeKind::Struct(t_fields) => {
+            let fields: Vec<FieldCtx> = t_fields
                 .iter()
                 .map(|f| field_ctx(&name, f, true, here))
                 .collect();
             TypeCtx::Struct {
                 checked: fields.iter().any(|f| f.rules.is_some()),
+                unknown: UnknownCtx {
+                    known: fields
+                        .iter()
+                        .map(|f| f.wire.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    nested: t_fields
+                        .iter()
+                        .filter_map(|f| {
+                            let walk = unknown_walker(&f.ty, here)?;
+                            Some(format!(
+                                "{CG}::unknown_in_field(map, {}, path, out, {walk});",
+                                str_lit(&f.name)
+                            ))
+                        })
+                        .collect(),
+                },
                 name,
                 doc,
                 fields,
@@ -543,9 +595,131 @@ fn payload_ctx(p: &Payload, here: &str) -> PayloadCtx {
         known: wire_names(&|_| true),
         required: wire_names(&|f| f.required),
         checked: fields.iter().any(|f| f.rules.is_some()),
+        tolerant: p.kind == PayloadKind::Event,
+        unknown_checks: if p.kind == PayloadKind::Command {
+            p.fields
+                .iter()
+                .filter_map(|f| {
+                    let walk = unknown_walker(&f.ty, here)?;
+                    Some(format!(
+                        "reader.check_unknown({}, {walk});",
+                        str_lit(&f.name)
+                    ))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        upcast: upcast_ctx(p),
         fields,
         name,
     }
+}
+
+/// A callable `(v: &Value, path: &str, out: &mut Vec<String>)` recording the unknown
+/// keys inside a value of `ty` (a struct type's `unknown_into`, or a closure walking lists
+/// and maps down to one); `None` when `ty` holds no struct type.
+fn unknown_walker(ty: &Ty, here: &str) -> Option<String> {
+    match ty {
+        Ty::Named(t) if !t.is_enum => Some(format!("{}::unknown_into", rust_ty(ty, here))),
+        Ty::List(inner) => unknown_walker(inner, here)
+            .map(|item| format!("|v, path, out| {CG}::unknown_in_items(v, path, out, {item})")),
+        Ty::Map(inner) => unknown_walker(inner, here)
+            .map(|item| format!("|v, path, out| {CG}::unknown_in_values(v, path, out, {item})")),
+        _ => None,
+    }
+}
+
+/// A `serde_json::Value` expression for a literal.
+fn json_expr(lit: &Literal) -> String {
+    let value = format!("{CG}::serde_json::Value");
+    match lit {
+        Literal::Str(s) => format!(
+            "{value}::String(::std::string::String::from({}))",
+            str_lit(s)
+        ),
+        Literal::Int(i) => format!("{value}::from({i}i64)"),
+        Literal::Float(f) => format!("{value}::from({f:?}f64)"),
+        Literal::Bool(b) => format!("{value}::Bool({b})"),
+        Literal::List(items) => format!(
+            "{value}::Array(::std::vec![{}])",
+            items.iter().map(json_expr).collect::<Vec<_>>().join(", ")
+        ),
+        Literal::Map(entries) => format!(
+            "{value}::Object(::core::iter::FromIterator::from_iter([{}]))",
+            entries
+                .iter()
+                .map(|(k, v)| format!(
+                    "(::std::string::String::from({}), {})",
+                    str_lit(k),
+                    json_expr(v)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The `Payload::upcast` of an event with steps.
+fn upcast_ctx(p: &Payload) -> Option<UpcastCtx> {
+    if p.upcast.is_empty() {
+        return None;
+    }
+    let name = pascal(&p.name);
+    let custom_trait = format!("{name}Upcast");
+    let has_custom = p.upcast.iter().any(|s| matches!(s.kind, StepKind::Custom));
+    let upcast = format!("{CG}::upcast");
+    let arms = p
+        .upcast
+        .iter()
+        .map(|step| match &step.kind {
+            StepKind::Custom => format!(
+                "{} => <Self as self::{custom_trait}>::upcast_v{}(data)?,",
+                step.from, step.from
+            ),
+            StepKind::Declarative {
+                renamed,
+                removed,
+                added,
+            } => {
+                let mut body = vec![format!("let map = {upcast}::object(&mut data)?;")];
+                body.extend(renamed.iter().map(|(old, new)| {
+                    format!("{upcast}::rename(map, {}, {});", str_lit(old), str_lit(new))
+                }));
+                body.extend(
+                    removed
+                        .iter()
+                        .map(|f| format!("{upcast}::remove(map, {});", str_lit(f))),
+                );
+                body.extend(added.iter().map(|(f, lit)| {
+                    format!("{upcast}::add(map, {}, || {});", str_lit(f), json_expr(lit))
+                }));
+                format!("{} => {{ {} data }}", step.from, body.join(" "))
+            }
+        })
+        .collect();
+    Some(UpcastCtx {
+        arms,
+        trait_doc: doc_attrs(&format!(
+            "The custom upcast steps of event `{}`: implement it for [`{name}`]. Each method \
+             reads data of one older version and returns it as the next version.",
+            p.type_name
+        )),
+        custom: p
+            .upcast
+            .iter()
+            .filter(|s| matches!(s.kind, StepKind::Custom))
+            .map(|s| CustomStepCtx {
+                method: format!("upcast_v{}", s.from),
+                doc: doc_attrs(&format!(
+                    "Upcasts data of version {} to version {}.",
+                    s.from,
+                    s.from + 1
+                )),
+            })
+            .collect(),
+        custom_trait: has_custom.then_some(custom_trait),
+    })
 }
 
 fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx {

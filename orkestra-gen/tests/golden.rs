@@ -51,6 +51,29 @@ fn every_type_and_rule() {
 }
 
 #[test]
+fn versions_upcasters_and_nested_types() {
+    insta::assert_snapshot!("evolution", generate(&dir("tests/golden/evolution")));
+}
+
+/// `tests/ui/missing_custom_upcast.rs` includes this code, without implementing the
+/// custom step: it must not compile. The file is kept current here
+/// (`INSTA_UPDATE=always` rewrites it, like the snapshots).
+#[test]
+fn compile_fail_fixture_is_current() {
+    let code = generate(&dir("tests/golden/custom_upcast"));
+    let path = dir("../tests/ui/generated/custom_upcast.rs");
+    if std::env::var("INSTA_UPDATE").is_ok_and(|v| v == "always") {
+        std::fs::write(&path, &code).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == code,
+        "{} is stale: run with INSTA_UPDATE=always",
+        path.display()
+    );
+}
+
+#[test]
 fn generation_is_deterministic() {
     let schemas = dir("../schemas");
     assert_eq!(generate(&schemas), generate(&schemas));

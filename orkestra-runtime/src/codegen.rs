@@ -22,24 +22,19 @@ pub use uuid;
 pub struct ObjectReader {
     map: serde_json::Map<String, Value>,
     errors: Vec<ParamError>,
+    unknown: Vec<String>,
 }
 
 impl ObjectReader {
-    /// Checks the shape, unknown keys (against `known`) and missing keys (against
-    /// `required`, reported in that slice's order). A `null` counts as absent.
+    /// A strict reader (commands): checks the shape, unknown keys (against `known`) and
+    /// missing keys (against `required`, reported in that slice's order). A `null`
+    /// counts as absent.
     pub fn new(
         value: Value,
         known: &[&'static str],
         required: &[&'static str],
     ) -> Result<Self, PayloadError> {
-        let map = match value {
-            Value::Object(map) => map,
-            other => {
-                return Err(PayloadError::NotAnObject {
-                    found: json_kind(&other),
-                });
-            }
-        };
+        let map = object(value)?;
         let unknown: Vec<String> = map
             .keys()
             .filter(|k| !known.contains(&k.as_str()))
@@ -48,6 +43,19 @@ impl ObjectReader {
         if !unknown.is_empty() {
             return Err(PayloadError::UnknownParams(unknown));
         }
+        Self::with_required(map, required)
+    }
+
+    /// A tolerant reader (events): keys it is not asked for are ignored, as a release
+    /// reading events written by a newer one must.
+    pub fn open(value: Value, required: &[&'static str]) -> Result<Self, PayloadError> {
+        Self::with_required(object(value)?, required)
+    }
+
+    fn with_required(
+        map: serde_json::Map<String, Value>,
+        required: &[&'static str],
+    ) -> Result<Self, PayloadError> {
         let missing: Vec<&'static str> = required
             .iter()
             .copied()
@@ -59,7 +67,20 @@ impl ObjectReader {
         Ok(Self {
             map,
             errors: Vec::new(),
+            unknown: Vec::new(),
         })
+    }
+
+    /// Records the unknown keys nested in `key`'s value (named struct types, which serde
+    /// reads tolerantly): `check` walks the value and pushes each unknown key's path.
+    pub fn check_unknown(
+        &mut self,
+        key: &'static str,
+        check: impl FnOnce(&Value, &str, &mut Vec<String>),
+    ) {
+        if let Some(value) = self.map.get(key) {
+            check(value, key, &mut self.unknown);
+        }
     }
 
     /// Takes a key: `None` when absent or null, or when its value has the wrong type (the
@@ -83,9 +104,116 @@ impl ObjectReader {
         &mut self.errors
     }
 
-    /// `Ok` when no type error or rule violation was recorded.
+    /// `Ok` when no nested unknown key, type error or rule violation was recorded.
     pub fn finish(self) -> Result<(), PayloadError> {
+        if !self.unknown.is_empty() {
+            return Err(PayloadError::UnknownParams(self.unknown));
+        }
         finish(self.errors)
+    }
+}
+
+fn object(value: Value) -> Result<serde_json::Map<String, Value>, PayloadError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(PayloadError::NotAnObject {
+            found: json_kind(&other),
+        }),
+    }
+}
+
+/// The unknown keys of a named struct type's JSON object, with their paths: generated
+/// `unknown_into` functions call it before walking their nested struct fields.
+pub fn unknown_keys(value: &Value, known: &[&str], path: &str, out: &mut Vec<String>) {
+    if let Value::Object(map) = value {
+        out.extend(
+            map.keys()
+                .filter(|k| !known.contains(&k.as_str()))
+                .map(|k| format!("{path}.{k}")),
+        );
+    }
+}
+
+/// Walks the value of `key` in a struct type's JSON object, if present.
+pub fn unknown_in_field(
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+    out: &mut Vec<String>,
+    walk: impl Fn(&Value, &str, &mut Vec<String>),
+) {
+    if let Some(v) = map.get(key) {
+        walk(v, &format!("{path}.{key}"), out);
+    }
+}
+
+/// Walks the items of a JSON array (`list<T>` of a struct type) with their paths.
+pub fn unknown_in_items(
+    value: &Value,
+    path: &str,
+    out: &mut Vec<String>,
+    item: impl Fn(&Value, &str, &mut Vec<String>),
+) {
+    if let Value::Array(items) = value {
+        for (i, v) in items.iter().enumerate() {
+            item(v, &format!("{path}[{i}]"), out);
+        }
+    }
+}
+
+/// Walks the values of a JSON object (`map<T>` of a struct type) with their paths.
+pub fn unknown_in_values(
+    value: &Value,
+    path: &str,
+    out: &mut Vec<String>,
+    item: impl Fn(&Value, &str, &mut Vec<String>),
+) {
+    if let Value::Object(map) = value {
+        for (k, v) in map {
+            item(v, &format!("{path}.{k}"), out);
+        }
+    }
+}
+
+/// Declarative upcast steps (`renamed`, `removed`, `added`), applied by generated
+/// `Payload::upcast` implementations in that order.
+pub mod upcast {
+    use serde_json::Value;
+
+    use crate::message::UpcastError;
+
+    /// The object inside `data`, or why there is none.
+    pub fn object(data: &mut Value) -> Result<&mut serde_json::Map<String, Value>, UpcastError> {
+        match data {
+            Value::Object(map) => Ok(map),
+            other => Err(UpcastError::new(format!(
+                "expected a JSON object, found {}",
+                crate::message::json_kind(other)
+            ))),
+        }
+    }
+
+    /// `renamed: { from: to }`: moves the value, if present.
+    pub fn rename(map: &mut serde_json::Map<String, Value>, from: &str, to: &str) {
+        if let Some(v) = map.remove(from) {
+            map.insert(to.to_owned(), v);
+        }
+    }
+
+    /// `removed: [field]`.
+    pub fn remove(map: &mut serde_json::Map<String, Value>, field: &str) {
+        map.remove(field);
+    }
+
+    /// `added: { field: value }`: sets the value where the old data has none.
+    pub fn add(map: &mut serde_json::Map<String, Value>, field: &str, value: fn() -> Value) {
+        match map.get_mut(field) {
+            Some(v) if !v.is_null() => {}
+            Some(v) => *v = value(),
+            None => {
+                map.insert(field.to_owned(), value());
+            }
+        }
     }
 }
 

@@ -79,7 +79,7 @@ pub use message::{
     ActorType, Command, CommandEnvelope, CommandError, CommandPayload, CommandStatus,
     DEFAULT_MAX_RETRIES, Decimal, Event, EventEnvelope, EventError, EventPayload, EventStatus,
     HandlerOutcome, Message, MessageKind, Metadata, ParamError, Payload, PayloadError, RawCommand,
-    RawEvent, TransitionError, Validate, ValidationError, new_id,
+    RawEvent, TransitionError, UpcastError, Validate, ValidationError, new_id,
 };
 pub use store::{
     AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Store, StoreError,

@@ -33,3 +33,49 @@ pub mod wiring {
 pub mod every_rule {
     include!(concat!(env!("OUT_DIR"), "/formats.rs"));
 }
+
+/// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
+/// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
+/// struct types are checked for unknown keys.
+pub mod evolution {
+    include!(concat!(env!("OUT_DIR"), "/evolution.rs"));
+}
+
+/// Version 1 of `StockCounted` kept one count per shelf (`counts`); version 2 keeps their
+/// sum. A `sku` of `"panic"` makes the step panic, to test that a panicking step is a
+/// decode error.
+impl evolution::inventory::events::StockCountedUpcast
+    for evolution::inventory::events::StockCounted
+{
+    fn upcast_v1(
+        mut data: serde_json::Value,
+    ) -> Result<serde_json::Value, orkestra_runtime::UpcastError> {
+        if data["sku"] == "panic" {
+            panic!("a step that panics");
+        }
+        let counts = data
+            .get("counts")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| {
+                orkestra_runtime::UpcastError::new("version 1 data has no `counts` list")
+            })?;
+        let count: i64 = counts.iter().filter_map(serde_json::Value::as_i64).sum();
+        let map = data
+            .as_object_mut()
+            .ok_or_else(|| orkestra_runtime::UpcastError::new("not an object"))?;
+        map.remove("counts");
+        map.insert("count".into(), count.into());
+        Ok(data)
+    }
+}
+
+/// `StockCounted` says `validate: custom`: a count is never negative.
+impl orkestra_runtime::Validate for evolution::inventory::events::StockCounted {
+    fn validate(&self) -> Result<(), orkestra_runtime::ValidationError> {
+        if self.count < 0 {
+            Err(orkestra_runtime::ValidationError::new("negative_count").with_field("count"))
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -115,8 +115,24 @@ pub(crate) fn document(flow: &Flow<'_>) -> Node {
 
     let mut components = Node::obj();
     let mut component_schemas = Node::obj().with(METADATA_KEY, metadata_schema());
+    // A named struct type appears once per way it is read: open as events read it and,
+    // when commands use it, strict as `<key>.Strict`. Enums have one form.
+    let used_by = |commands: bool| {
+        let mut keys = std::collections::BTreeSet::new();
+        for m in flow.messages.iter().filter(|m| m.is_command() == commands) {
+            keys.extend(schemas.used_types(&m.payload.fields));
+        }
+        keys
+    };
+    let (in_commands, in_events) = (used_by(true), used_by(false));
     for (key, t) in schemas.all_types() {
-        component_schemas.set(&key, schemas.named(t));
+        let is_enum = matches!(t.kind, crate::model::TypeKind::Enum(_));
+        if is_enum || in_events.contains(&key) || !in_commands.contains(&key) {
+            component_schemas.set(&key, schemas.named(t, false));
+        }
+        if !is_enum && in_commands.contains(&key) {
+            component_schemas.set(&schemas.def_key(&key, true), schemas.named(t, true));
+        }
     }
     components.set("schemas", component_schemas);
     components.set("messages", messages);

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use super::flow::{Bound, Flow, Msg, target_text};
 use super::graph::{Graph, handler_href, message_href};
 use super::jsonschema::{Refs, Schemas, example};
-use crate::model::{Field, Format, Literal, Ty, TypeKind, TypeRef};
+use crate::model::{Field, Format, Literal, StepKind, Ty, TypeKind, TypeRef};
 use crate::names::html;
 
 const CSS: &str = "\
@@ -289,12 +289,21 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
         html(&example(flow.model, &p.fields).to_json_for_html())
     );
 
-    body.push_str("<h2>Versions</h2>\n<table><tr><th>version</th><th>notes</th></tr>\n");
-    let _ = writeln!(
-        body,
-        "<tr><td>{}</td><td>current</td></tr>\n</table>",
-        p.version
+    body.push_str(
+        "<h2>Versions</h2>\n<table class=\"versions\"><tr><th>version</th><th>notes</th></tr>\n",
     );
+    let _ = writeln!(body, "<tr><td>{}</td><td>current</td></tr>", p.version);
+    // Older versions still readable, newest first, each with the step that upcasts it.
+    for step in p.upcast.iter().rev() {
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>read as version {} after: {}</td></tr>",
+            step.from,
+            step.from + 1,
+            step_text(&step.kind)
+        );
+    }
+    body.push_str("</table>\n");
 
     body.push_str("<h2>Senders</h2>\n<ul>\n");
     let emitters = flow.emitters(msg);
@@ -331,6 +340,44 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
         html(&schemas.document(msg).to_json_for_html())
     );
     page(flow, "../", &p.name, &body, "")
+}
+
+/// An upcast step as HTML (already escaped).
+fn step_text(kind: &StepKind) -> String {
+    match kind {
+        StepKind::Custom => "a custom step (Rust)".to_owned(),
+        StepKind::Declarative {
+            renamed,
+            removed,
+            added,
+        } => {
+            let code = |s: &str| format!("<code>{}</code>", html(s));
+            let mut parts = Vec::new();
+            if !renamed.is_empty() {
+                let r: Vec<String> = renamed
+                    .iter()
+                    .map(|(old, new)| format!("{} → {}", code(old), code(new)))
+                    .collect();
+                parts.push(format!("renamed {}", r.join(", ")));
+            }
+            if !removed.is_empty() {
+                let r: Vec<String> = removed.iter().map(|f| code(f)).collect();
+                parts.push(format!("removed {}", r.join(", ")));
+            }
+            if !added.is_empty() {
+                let r: Vec<String> = added
+                    .iter()
+                    .map(|(f, v)| format!("{} = {}", code(f), code(&literal_text(v))))
+                    .collect();
+                parts.push(format!("added {}", r.join(", ")));
+            }
+            if parts.is_empty() {
+                "no change".to_owned()
+            } else {
+                parts.join("; ")
+            }
+        }
+    }
 }
 
 fn handler_link(b: &Bound<'_>) -> String {

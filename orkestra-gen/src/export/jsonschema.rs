@@ -4,8 +4,10 @@
 //! - a top-level `null` counts as absent (a required one is missing, an optional one takes
 //!   its default), so optional params accept `null`; inside a named struct type, serde
 //!   reads the fields, so only fields without a default (`Option`s) accept `null`;
-//! - commands and named struct types reject unknown keys (`additionalProperties: false`),
-//!   events are read tolerantly (open);
+//! - commands reject unknown keys at every depth (`additionalProperties: false` on them
+//!   and on the named struct types they use), events ignore them (open, nested types too);
+//! - rules are those `from_json` checks when a message is built (reading stored history
+//!   with `decode_json` skips them, by design);
 //! - `integer` is an `i64` (its range is stated when no tighter bound is); `decimal` is a
 //!   string or a number (the string matched by the same syntax `Decimal::parse` reads);
 //! - `format: email` and `format: url` also carry the exact pattern the generated check
@@ -104,13 +106,14 @@ impl<'m> Schemas<'m> {
         if let Some(d) = &p.description {
             schema.set("description", Node::str(d.clone()));
         }
-        let closed = p.kind == PayloadKind::Command;
-        self.object(&mut schema, &p.fields, true, closed);
+        let strict = p.kind == PayloadKind::Command;
+        self.object(&mut schema, &p.fields, true, strict);
         schema
     }
 
-    /// The schema of a named type.
-    pub(crate) fn named(&self, t: &TypeDef) -> Node {
+    /// The schema of a named type, as commands read it (`strict`: unknown keys refused at
+    /// any depth) or as events are read (unknown keys ignored).
+    pub(crate) fn named(&self, t: &TypeDef, strict: bool) -> Node {
         let mut schema = Node::obj().with("title", Node::str(t.name.clone()));
         if let Some(d) = &t.description {
             schema.set("description", Node::str(d.clone()));
@@ -123,7 +126,7 @@ impl<'m> Schemas<'m> {
                     Node::Arr(values.iter().map(|v| Node::str(v.clone())).collect()),
                 );
             }
-            TypeKind::Struct(fields) => self.object(&mut schema, fields, false, true),
+            TypeKind::Struct(fields) => self.object(&mut schema, fields, false, strict),
         }
         schema
     }
@@ -149,19 +152,29 @@ impl<'m> Schemas<'m> {
         );
         let used = self.used_types(&msg.payload.fields);
         if !used.is_empty() {
+            let strict = msg.is_command();
             let defs = self
                 .all_types()
                 .into_iter()
                 .filter(|(key, _)| used.contains(key))
-                .map(|(key, t)| (key, self.named(t)))
+                .map(|(key, t)| (self.def_key(&key, strict), self.named(t, strict)))
                 .collect();
             doc.set("$defs", Node::Obj(defs));
         }
         doc
     }
 
+    /// Where a named type's schema is kept for one reading: in AsyncAPI, where commands
+    /// and events share `components`, the strict (command) form is `<key>.Strict`.
+    pub(crate) fn def_key(&self, key: &str, strict: bool) -> String {
+        match (self.refs, strict) {
+            (Refs::Components, true) => format!("{key}.Strict"),
+            _ => key.to_owned(),
+        }
+    }
+
     /// The keys of the named types `fields` reach, transitively.
-    fn used_types(&self, fields: &[Field]) -> BTreeSet<String> {
+    pub(crate) fn used_types(&self, fields: &[Field]) -> BTreeSet<String> {
         let all = self.all_types();
         let mut seen = BTreeSet::new();
         let mut todo: Vec<&TypeRef> = Vec::new();
@@ -190,11 +203,11 @@ impl<'m> Schemas<'m> {
     }
 
     /// `type: object`, `properties`, `required` and `additionalProperties` on `schema`.
-    fn object(&self, schema: &mut Node, fields: &[Field], top_level: bool, closed: bool) {
+    fn object(&self, schema: &mut Node, fields: &[Field], top_level: bool, strict: bool) {
         schema.set("type", Node::str("object"));
         let properties = fields
             .iter()
-            .map(|f| (f.name.clone(), self.field(f, top_level)))
+            .map(|f| (f.name.clone(), self.field(f, top_level, strict)))
             .collect();
         schema.set("properties", Node::Obj(properties));
         let required: Vec<Node> = fields
@@ -205,13 +218,13 @@ impl<'m> Schemas<'m> {
         if !required.is_empty() {
             schema.set("required", Node::Arr(required));
         }
-        if closed {
+        if strict {
             schema.set("additionalProperties", Node::Bool(false));
         }
     }
 
-    fn field(&self, f: &Field, top_level: bool) -> Node {
-        let mut schema = self.ty(&f.ty);
+    fn field(&self, f: &Field, top_level: bool, strict: bool) -> Node {
+        let mut schema = self.ty(&f.ty, strict);
         apply_rules(&mut schema, &f.ty, &f.rules);
         // At the top level a null is "absent"; inside a struct only an `Option` takes it.
         let nullable = if top_level {
@@ -241,7 +254,7 @@ impl<'m> Schemas<'m> {
     }
 
     /// The schema of a type, without rules.
-    fn ty(&self, ty: &Ty) -> Node {
+    fn ty(&self, ty: &Ty, strict: bool) -> Node {
         let typed = |t: &str| Node::obj().with("type", Node::str(t));
         match ty {
             Ty::String => typed("string"),
@@ -260,9 +273,12 @@ impl<'m> Schemas<'m> {
                 )
                 .with("pattern", Node::str(DECIMAL_PATTERN)),
             Ty::Json => Node::obj(),
-            Ty::List(inner) => typed("array").with("items", self.ty(inner)),
-            Ty::Map(inner) => typed("object").with("additionalProperties", self.ty(inner)),
-            Ty::Named(r) => Node::obj().with("$ref", Node::str(self.refs.path(&self.type_key(r)))),
+            Ty::List(inner) => typed("array").with("items", self.ty(inner, strict)),
+            Ty::Map(inner) => typed("object").with("additionalProperties", self.ty(inner, strict)),
+            Ty::Named(r) => {
+                let key = self.def_key(&self.type_key(r), strict && !r.is_enum);
+                Node::obj().with("$ref", Node::str(self.refs.path(&key)))
+            }
         }
     }
 }

@@ -102,6 +102,7 @@ impl Validator {
             let ty = self.ty(decl, ty, &spec.span, types)?;
             return Some(Field {
                 name: key.name.clone(),
+                span: key.span.clone(),
                 description: None,
                 ty,
                 required: false,
@@ -179,6 +180,7 @@ impl Validator {
         };
         Some(Field {
             name: key.name.clone(),
+            span: key.span.clone(),
             description,
             ty,
             required,

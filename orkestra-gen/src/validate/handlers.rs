@@ -75,6 +75,7 @@ impl Validator {
         };
         Some(Handler {
             name: key.name.clone(),
+            span: key.span.clone(),
             description,
             target,
             max_retries,
@@ -132,6 +133,7 @@ impl Validator {
         };
         ok.then(|| Handler {
             name: key.name.clone(),
+            span: key.span.clone(),
             description,
             target: HandlerTarget::DeadLetters,
             max_retries,

@@ -7,6 +7,7 @@ mod names;
 mod payloads;
 mod shape;
 mod types;
+mod upcast;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

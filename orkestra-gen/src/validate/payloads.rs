@@ -27,7 +27,14 @@ const COMMAND: Syntax = Syntax {
 
 const EVENT: Syntax = Syntax {
     what: "event",
-    keys: &["description", "fields", "version", "validate", "topic"],
+    keys: &[
+        "description",
+        "fields",
+        "version",
+        "upcast",
+        "validate",
+        "topic",
+    ],
     fields_key: "fields",
     section: "Events",
 };
@@ -128,6 +135,10 @@ impl Validator {
                 }
             },
         };
+        let upcast = match map.get("upcast") {
+            None => Vec::new(),
+            Some(n) => self.upcast_steps(&key.name, n, version, &fields)?,
+        };
         let topic = match map.get("topic") {
             Some(n) => {
                 let t = self.string(n, "`topic`")?;
@@ -151,6 +162,7 @@ impl Validator {
             type_name: format!("{}.{}", decl.namespace, key.name),
             version,
             custom_validate,
+            upcast,
             span: key.span.clone(),
         })
     }

@@ -51,7 +51,9 @@ fn default_version() -> u32 {
 }
 
 impl RawEvent {
-    /// Decodes the data into a typed event, checking it against the schema.
+    /// Decodes the data into a typed event: data of an older schema version is upcast
+    /// first, fields `D` does not declare are ignored, rules are not checked (see
+    /// [`Payload::decode_json`](crate::Payload::decode_json)).
     ///
     /// Fails with [`PayloadError::WrongType`] when the event type differs from `D`'s.
     pub fn decode<D: EventPayload>(&self) -> Result<Event<D>, PayloadError> {
@@ -63,7 +65,7 @@ impl RawEvent {
         }
         Ok(Event {
             id: self.id.clone(),
-            data: D::from_json(self.data.clone())?,
+            data: super::read_event(self.data.clone(), self.version)?,
             metadata: self.metadata.clone(),
         })
     }

@@ -11,6 +11,7 @@ mod event;
 mod metadata;
 mod payload;
 pub mod topic;
+mod upcast;
 
 pub use command::Command;
 pub use decimal::Decimal;
@@ -26,3 +27,5 @@ pub use payload::{
     CommandError, CommandPayload, EventError, EventPayload, ParamError, Payload, PayloadError,
     Validate, ValidationError,
 };
+pub use upcast::UpcastError;
+pub(crate) use upcast::read_event;

@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::upcast::UpcastError;
+
 /// A payload type: the params of a command or the data of an event.
 ///
 /// The generator implements this for every command and event of a schema; hand-written
@@ -20,12 +22,30 @@ pub trait Payload:
     /// The schema version of the payload (events declare it; commands are version 1).
     const VERSION: u32 = 1;
 
-    /// Decodes and checks a JSON value, in this order: object shape, unknown keys
-    /// ([`PayloadError::UnknownParams`]), missing required keys
+    /// Decodes and checks a JSON value, as building a message does, in this order: object
+    /// shape, unknown keys ([`PayloadError::UnknownParams`]; commands only, events ignore
+    /// fields they do not declare), missing required keys
     /// ([`PayloadError::MissingParams`], all of them, in declaration order), wrong types and
     /// rule violations together ([`PayloadError::InvalidParams`]), then the custom
     /// validation ([`PayloadError::Invalid`]).
     fn from_json(value: Value) -> Result<Self, PayloadError>;
+
+    /// Decodes a JSON value read from history or a bus, of this payload's current version:
+    /// the shape is checked as by [`Payload::from_json`], the rules and the custom
+    /// validation are not (they were checked when the message was built, and a rule
+    /// tightened since must not make it unreadable). Generated events implement it; the
+    /// default is [`Payload::from_json`] (commands stay strict).
+    fn decode_json(value: Value) -> Result<Self, PayloadError> {
+        Self::from_json(value)
+    }
+
+    /// Rewrites data written at schema version `from` (older than [`Payload::VERSION`]) to
+    /// the current version, one step at a time (the schema's `upcast` section). The
+    /// default knows no step.
+    fn upcast(data: Value, from: u32) -> Result<Value, UpcastError> {
+        let _ = data;
+        Err(UpcastError::no_step(from, Self::VERSION))
+    }
 
     /// Checks the schema rules and the custom validation of an already typed value.
     fn check(&self) -> Result<(), PayloadError>;
@@ -191,6 +211,18 @@ pub enum PayloadError {
         /// The type name found.
         found: String,
     },
+    /// Event data of an older schema version could not be upcast to the reader's.
+    #[error("cannot upcast {event_type} from version {from} to {to}: {reason}")]
+    Upcast {
+        /// The event type.
+        event_type: &'static str,
+        /// The version the data was written at.
+        from: u32,
+        /// The reader's version.
+        to: u32,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Why a command's params were refused.
@@ -208,7 +240,7 @@ impl PayloadError {
     }
 
     /// A short machine-readable code: `not_an_object`, `unknown_params`, `missing_params`,
-    /// `invalid_params`, `wrong_type`, `encoding`, or the custom validation's own code.
+    /// `invalid_params`, `wrong_type`, `encoding`, `upcast`, or the custom validation's own code.
     pub fn code(&self) -> &str {
         match self {
             Self::NotAnObject { .. } => "not_an_object",
@@ -218,6 +250,7 @@ impl PayloadError {
             Self::Invalid(e) => e.code(),
             Self::WrongType { .. } => "wrong_type",
             Self::Encoding(_) => "encoding",
+            Self::Upcast { .. } => "upcast",
         }
     }
 }

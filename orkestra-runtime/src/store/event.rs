@@ -187,30 +187,47 @@ impl RecordedEvent {
 
     /// The typed event, with its metadata. A recorded event of another type is
     /// [`StoreError::Decode`] with [`PayloadError::WrongType`]; data that does not fit the
-    /// type's shape (a missing field, a wrong type, an unknown field) is
-    /// [`StoreError::Decode`] too.
+    /// type's shape (a missing field, a wrong type) is [`StoreError::Decode`] too.
     ///
-    /// Decoding checks the shape, not the rules (`min`, `pattern`, custom validation):
-    /// a stored event is a fact, checked when it was appended, and a rule tightened since
-    /// must not make history unreadable.
+    /// Decoding reads as a release deployed at another time must (`design/evolution.md`):
+    /// data stored at an older [`schema_version`](Self::schema_version) is upcast through
+    /// the type's steps first ([`PayloadError::Upcast`] when no step covers it or one
+    /// fails), and fields the type does not declare are ignored. It checks the shape, not
+    /// the rules (`min`, `pattern`, custom validation): a stored event is a fact, checked
+    /// when it was appended, and a rule tightened since must not make history unreadable.
     pub fn decode<D: EventPayload>(&self) -> Result<Event<D>, StoreError> {
-        if &*self.event_type != D::TYPE_NAME {
-            return Err(StoreError::Decode {
-                position: self.position,
-                source: PayloadError::WrongType {
-                    expected: D::TYPE_NAME,
-                    found: self.event_type.to_string(),
-                },
-            });
-        }
-        let data = serde_json::from_str(&self.data).map_err(|e| StoreError::Decode {
+        let failed = |source| StoreError::Decode {
             position: self.position,
-            source: PayloadError::InvalidParams(vec![ParamError::new(
+            source,
+        };
+        if &*self.event_type != D::TYPE_NAME {
+            return Err(failed(PayloadError::WrongType {
+                expected: D::TYPE_NAME,
+                found: self.event_type.to_string(),
+            }));
+        }
+        let shape = |e: serde_json::Error| {
+            PayloadError::InvalidParams(vec![ParamError::new(
                 "data",
                 "invalid_type",
                 e.to_string(),
-            )]),
-        })?;
+            )])
+        };
+        // Current (or newer) data goes straight from the stored text into the type, whose
+        // serde shape is as tolerant as `decode_json`; older data needs a tree to upcast,
+        // and so does data that does not fit (`decode_json` names every missing field).
+        let fast = if self.schema_version >= D::VERSION {
+            serde_json::from_str(&self.data).ok()
+        } else {
+            None
+        };
+        let data = match fast {
+            Some(data) => data,
+            None => {
+                let value = serde_json::from_str(&self.data).map_err(|e| failed(shape(e)))?;
+                crate::message::read_event(value, self.schema_version).map_err(failed)?
+            }
+        };
         Ok(Event {
             id: self.id.clone(),
             data,

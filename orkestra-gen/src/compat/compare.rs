@@ -1,0 +1,554 @@
+//! Comparing two resolved models: every change that breaks a reader or a sender, per the
+//! modes of `design/evolution.md` (events both ways, commands one way).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Change, Rule, Subject};
+use crate::diagnostic::Span;
+use crate::model::*;
+
+/// Named struct types of a model, by (module, name).
+struct Types<'a>(BTreeMap<(&'a str, &'a str), &'a TypeDef>);
+
+impl<'a> Types<'a> {
+    fn of(model: &'a Model) -> Self {
+        Self(
+            model
+                .modules
+                .iter()
+                .flat_map(|m| {
+                    m.types
+                        .iter()
+                        .map(move |t| ((m.ident.as_str(), t.name.as_str()), t))
+                })
+                .collect(),
+        )
+    }
+
+    fn fields(&self, r: &TypeRef) -> &'a [Field] {
+        match self
+            .0
+            .get(&(r.module.as_str(), r.name.as_str()))
+            .map(|t| &t.kind)
+        {
+            Some(TypeKind::Struct(fields)) => fields,
+            _ => &[],
+        }
+    }
+}
+
+pub(super) struct Comparer<'a> {
+    old: &'a Model,
+    new: &'a Model,
+    old_types: Types<'a>,
+    new_types: Types<'a>,
+    pub(super) changes: Vec<Change>,
+}
+
+/// What the fields under comparison belong to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Event,
+    Command,
+}
+
+impl<'a> Comparer<'a> {
+    pub(super) fn new(old: &'a Model, new: &'a Model) -> Self {
+        Self {
+            old,
+            new,
+            old_types: Types::of(old),
+            new_types: Types::of(new),
+            changes: Vec::new(),
+        }
+    }
+
+    fn report(&mut self, rule: Rule, span: &Span, subject: Subject, message: String) {
+        self.changes.push(Change {
+            rule,
+            span: span.clone(),
+            message,
+            subject,
+        });
+    }
+
+    pub(super) fn run(&mut self) {
+        let old = payloads(self.old);
+        let new = payloads(self.new);
+        for (name, o) in &old {
+            let Some(n) = new.get(name) else {
+                let (rule, what) = match o.kind {
+                    PayloadKind::Event => (Rule::EventRemoved, "event"),
+                    PayloadKind::Command => (Rule::CommandRemoved, "command"),
+                };
+                let message = match o.kind {
+                    PayloadKind::Event => format!(
+                        "event `{name}` was removed: stored events of this type can no longer be read"
+                    ),
+                    PayloadKind::Command => {
+                        format!("command `{name}` was removed: old dispatchers still send it")
+                    }
+                };
+                self.report(rule, &o.span, Subject::new(what, name, None), message);
+                continue;
+            };
+            if o.kind != n.kind {
+                // A command became an event or the reverse: to every reader the old one is gone.
+                let rule = match o.kind {
+                    PayloadKind::Event => Rule::EventRemoved,
+                    PayloadKind::Command => Rule::CommandRemoved,
+                };
+                let message = format!(
+                    "`{name}` changed from a {} to a {}",
+                    kind_word(o.kind),
+                    kind_word(n.kind)
+                );
+                self.report(
+                    rule,
+                    &n.span,
+                    Subject::new(kind_word(o.kind), name, None),
+                    message,
+                );
+                continue;
+            }
+            match o.kind {
+                PayloadKind::Event => self.event(name, o, n),
+                PayloadKind::Command => self.command(name, o, n),
+            }
+        }
+        self.handlers();
+        self.changes
+            .sort_by(|a, b| (&a.span, a.rule, &a.message).cmp(&(&b.span, b.rule, &b.message)));
+    }
+
+    fn event(&mut self, name: &str, o: &Payload, n: &Payload) {
+        let subject = |field: Option<&str>| Subject::new("event", name, field);
+        if o.topic != n.topic {
+            self.report(
+                Rule::EventTopicChanged,
+                &n.span,
+                subject(None),
+                format!("the topic of event `{name}` changed from `{}` to `{}`: bindings and queues of the old topic lose it", o.topic, n.topic),
+            );
+        }
+        if n.version < o.version {
+            self.report(
+                Rule::EventVersionDecreased,
+                &n.span,
+                subject(None),
+                format!("the version of event `{name}` went down from {} to {}: stored events of version {} are newer than this release", o.version, n.version, o.version),
+            );
+        }
+        // The chain the new release runs on data the old release wrote.
+        let chain: Vec<&UpcastStep> = n
+            .upcast
+            .iter()
+            .filter(|s| s.from >= o.version && s.from < n.version)
+            .collect();
+        if n.version > o.version && n.upcast.first().is_none_or(|s| s.from > o.version) {
+            self.report(
+                Rule::EventUpcastMissing,
+                &n.span,
+                subject(None),
+                format!("event `{name}` went from version {} to {} without an `upcast` step from version {}: events stored by the previous release cannot be read", o.version, n.version, o.version),
+            );
+        }
+        let custom = chain.iter().any(|s| matches!(s.kind, StepKind::Custom));
+        // Old field names as the chain renames them, and the fields the chain adds.
+        let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+        let mut added: BTreeSet<String> = BTreeSet::new();
+        for step in &chain {
+            if let StepKind::Declarative {
+                renamed: r,
+                added: a,
+                ..
+            } = &step.kind
+            {
+                for (from, to) in r {
+                    let old_name = renamed
+                        .iter()
+                        .find(|(_, now)| *now == from)
+                        .map(|(k, _)| k.clone())
+                        .unwrap_or_else(|| from.clone());
+                    renamed.insert(old_name, to.clone());
+                }
+                added.extend(a.iter().map(|(f, _)| f.clone()));
+            }
+        }
+        let covered = |field: &str| custom || added.contains(field);
+        // The previous release reads what this one writes: its required fields must stay.
+        for of in &o.fields {
+            let same = n.fields.iter().find(|f| f.name == of.name);
+            if of.required && of.default.is_none() && same.is_none() {
+                let how = match renamed.get(&of.name) {
+                    Some(to) => format!("was renamed to `{to}`"),
+                    None => "was removed".to_owned(),
+                };
+                self.report(
+                    Rule::EventRequiredFieldRemoved,
+                    &of.span,
+                    subject(Some(&of.name)),
+                    format!("required field `{}` of event `{name}` {how}: the previous release cannot read events this one writes", of.name),
+                );
+            }
+        }
+        // This release reads what the previous one stored.
+        for nf in &n.fields {
+            let before = o.fields.iter().find(|f| f.name == nf.name).or_else(|| {
+                renamed
+                    .iter()
+                    .find(|(_, to)| **to == nf.name)
+                    .and_then(|(from, _)| o.fields.iter().find(|f| f.name == *from))
+            });
+            match before {
+                None => {
+                    if nf.required && nf.default.is_none() && !covered(&nf.name) {
+                        self.report(
+                            Rule::EventFieldRequiredAdded,
+                            &nf.span,
+                            subject(Some(&nf.name)),
+                            format!("new required field `{}` of event `{name}` has no default and no `added` step: events stored by the previous release lack it", nf.name),
+                        );
+                    }
+                }
+                Some(of) => {
+                    if !of.required && nf.required && nf.default.is_none() && !covered(&nf.name) {
+                        self.report(
+                            Rule::EventFieldMadeRequired,
+                            &nf.span,
+                            subject(Some(&nf.name)),
+                            format!("field `{}` of event `{name}` became required: events stored without it can no longer be read", nf.name),
+                        );
+                    }
+                    if of.name == nf.name {
+                        self.same_field(Mode::Event, name, &nf.name, &of.ty, &nf.ty, &nf.span);
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, name: &str, o: &Payload, n: &Payload) {
+        let subject = |field: Option<&str>| Subject::new("command", name, field);
+        if o.topic != n.topic {
+            self.report(
+                Rule::CommandTopicChanged,
+                &n.span,
+                subject(None),
+                format!("the topic of command `{name}` changed from `{}` to `{}`: old dispatchers send it where no handler listens", o.topic, n.topic),
+            );
+        }
+        self.command_fields(name, "", &o.fields, &n.fields);
+    }
+
+    /// Params (or the fields of a struct type inside one, under `prefix`).
+    fn command_fields(&mut self, name: &str, prefix: &str, old: &[Field], new: &[Field]) {
+        let subject = |field: &str| Subject::new("command", name, Some(field));
+        for of in old {
+            if !new.iter().any(|f| f.name == of.name) {
+                let path = format!("{prefix}{}", of.name);
+                self.report(
+                    Rule::CommandParamRemoved,
+                    &of.span,
+                    subject(&path),
+                    format!("param `{path}` of command `{name}` was removed: old dispatchers still send it, and unknown params are rejected"),
+                );
+            }
+        }
+        for nf in new {
+            let path = format!("{prefix}{}", nf.name);
+            match old.iter().find(|f| f.name == nf.name) {
+                None if nf.required && nf.default.is_none() => self.report(
+                    Rule::CommandParamRequiredAdded,
+                    &nf.span,
+                    subject(&path),
+                    format!("new required param `{path}` of command `{name}` has no default: old dispatchers do not send it"),
+                ),
+                None => {}
+                Some(of) => {
+                    if !of.required && nf.required && nf.default.is_none() {
+                        self.report(
+                            Rule::CommandParamMadeRequired,
+                            &nf.span,
+                            subject(&path),
+                            format!("param `{path}` of command `{name}` became required: old dispatchers may leave it out"),
+                        );
+                    }
+                    for tightened in tightened(&of.rules, &nf.rules) {
+                        self.report(
+                            Rule::CommandRuleTightened,
+                            &nf.span,
+                            subject(&path),
+                            format!("param `{path}` of command `{name}`: {tightened}, so values old dispatchers send may be refused"),
+                        );
+                    }
+                    self.same_field(Mode::Command, name, &path, &of.ty, &nf.ty, &nf.span);
+                }
+            }
+        }
+    }
+
+    /// A field present on both sides under one name: its type, enum values and (through
+    /// named struct types) nested fields.
+    fn same_field(&mut self, mode: Mode, name: &str, path: &str, old: &Ty, new: &Ty, span: &Span) {
+        let (what, kind) = match mode {
+            Mode::Event => ("field", "event"),
+            Mode::Command => ("param", "command"),
+        };
+        let subject = Subject::new(kind, name, Some(path));
+        match (old, new) {
+            (Ty::List(o), Ty::List(n)) | (Ty::Map(o), Ty::Map(n)) => {
+                self.same_field(mode, name, path, o, n, span);
+            }
+            (Ty::Named(o), Ty::Named(n)) if o.name == n.name && o.is_enum == n.is_enum => {
+                if o.is_enum {
+                    let removed: Vec<&String> = o
+                        .variants
+                        .iter()
+                        .filter(|v| !n.variants.contains(v))
+                        .collect();
+                    let added: Vec<&String> = n
+                        .variants
+                        .iter()
+                        .filter(|v| !o.variants.contains(v))
+                        .collect();
+                    let list = |vs: &[&String]| {
+                        vs.iter()
+                            .map(|v| format!("`{v}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    if !removed.is_empty() {
+                        let (rule, why) = match mode {
+                            Mode::Event => (
+                                Rule::EventEnumValueRemoved,
+                                "events stored with it can no longer be read",
+                            ),
+                            Mode::Command => (
+                                Rule::CommandRuleTightened,
+                                "old dispatchers may still send it",
+                            ),
+                        };
+                        self.report(
+                            rule,
+                            span,
+                            subject.clone(),
+                            format!(
+                                "{what} `{path}` of {kind} `{name}`: enum `{}` lost {}: {why}",
+                                n.name,
+                                list(&removed)
+                            ),
+                        );
+                    }
+                    if !added.is_empty() && mode == Mode::Event {
+                        self.report(Rule::EventEnumValueAdded, span, subject, format!("{what} `{path}` of event `{name}`: enum `{}` gained {}: the previous release cannot read events that carry it", n.name, list(&added)));
+                    }
+                } else {
+                    let old_fields = self.old_types.fields(o);
+                    let new_fields = self.new_types.fields(n);
+                    match mode {
+                        Mode::Command => {
+                            self.command_fields(name, &format!("{path}."), old_fields, new_fields)
+                        }
+                        Mode::Event => self.nested_event_fields(name, path, old_fields, new_fields),
+                    }
+                }
+            }
+            (o, n) if !same_shape(o, n) => {
+                let rule = match mode {
+                    Mode::Event => Rule::EventFieldTypeChanged,
+                    Mode::Command => Rule::CommandParamTypeChanged,
+                };
+                let why = match mode {
+                    Mode::Event => "stored events and the previous release read it as the old type",
+                    Mode::Command => "old dispatchers send the old type",
+                };
+                self.report(
+                    rule,
+                    span,
+                    subject,
+                    format!(
+                        "{what} `{path}` of {kind} `{name}` changed type from {} to {}: {why}",
+                        ty_text(o),
+                        ty_text(n)
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The fields of a struct type inside an event: no upcast steps reach inside, so the
+    /// rules apply by name.
+    fn nested_event_fields(&mut self, name: &str, path: &str, old: &[Field], new: &[Field]) {
+        let subject = |field: &str| Subject::new("event", name, Some(field));
+        for of in old {
+            if of.required && of.default.is_none() && !new.iter().any(|f| f.name == of.name) {
+                let p = format!("{path}.{}", of.name);
+                self.report(Rule::EventRequiredFieldRemoved, &of.span, subject(&p), format!("required field `{p}` of event `{name}` was removed: the previous release cannot read events this one writes"));
+            }
+        }
+        for nf in new {
+            let p = format!("{path}.{}", nf.name);
+            match old.iter().find(|f| f.name == nf.name) {
+                None if nf.required && nf.default.is_none() => {
+                    self.report(Rule::EventFieldRequiredAdded, &nf.span, subject(&p), format!("new required field `{p}` of event `{name}` has no default: events stored by the previous release lack it"));
+                }
+                None => {}
+                Some(of) => {
+                    if !of.required && nf.required && nf.default.is_none() {
+                        self.report(Rule::EventFieldMadeRequired, &nf.span, subject(&p), format!("field `{p}` of event `{name}` became required: events stored without it can no longer be read"));
+                    }
+                    self.same_field(Mode::Event, name, &p, &of.ty, &nf.ty, &nf.span);
+                }
+            }
+        }
+    }
+
+    fn handlers(&mut self) {
+        let new: BTreeSet<(&str, &str)> = self
+            .new
+            .modules
+            .iter()
+            .flat_map(|m| {
+                m.handlers
+                    .iter()
+                    .map(move |h| (m.namespace.as_str(), h.name.as_str()))
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for m in &self.old.modules {
+            for h in &m.handlers {
+                if !new.contains(&(m.namespace.as_str(), h.name.as_str())) {
+                    removed.push((format!("{}.{}", m.namespace, h.name), h.span.clone()));
+                }
+            }
+        }
+        for (name, span) in removed {
+            self.report(
+                Rule::HandlerRemoved,
+                &span,
+                Subject::new("handler", &name, None),
+                format!("handler binding `{name}` was removed: on RabbitMQ its queue keeps the messages bound to it, and nobody reads them (delete the queue once it is drained)"),
+            );
+        }
+    }
+}
+
+fn payloads(model: &Model) -> BTreeMap<&str, &Payload> {
+    model
+        .modules
+        .iter()
+        .flat_map(|m| m.commands.iter().chain(&m.events))
+        .map(|p| (p.type_name.as_str(), p))
+        .collect()
+}
+
+fn kind_word(kind: PayloadKind) -> &'static str {
+    match kind {
+        PayloadKind::Event => "event",
+        PayloadKind::Command => "command",
+    }
+}
+
+/// Same type, ignoring the module a named type lives in.
+fn same_shape(a: &Ty, b: &Ty) -> bool {
+    match (a, b) {
+        (Ty::List(x), Ty::List(y)) | (Ty::Map(x), Ty::Map(y)) => same_shape(x, y),
+        (Ty::Named(x), Ty::Named(y)) => x.name == y.name && x.is_enum == y.is_enum,
+        _ => a == b,
+    }
+}
+
+fn ty_text(ty: &Ty) -> String {
+    match ty {
+        Ty::String => "string".into(),
+        Ty::Integer => "integer".into(),
+        Ty::Float => "float".into(),
+        Ty::Boolean => "boolean".into(),
+        Ty::DateTime => "datetime".into(),
+        Ty::Date => "date".into(),
+        Ty::Uuid => "uuid".into(),
+        Ty::Decimal => "decimal".into(),
+        Ty::Json => "json".into(),
+        Ty::List(inner) => format!("list<{}>", ty_text(inner)),
+        Ty::Map(inner) => format!("map<{}>", ty_text(inner)),
+        Ty::Named(t) => t.name.clone(),
+    }
+}
+
+fn num(lit: &Literal) -> Option<f64> {
+    match lit {
+        Literal::Int(i) => Some(*i as f64),
+        Literal::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+fn lit_text(lit: &Literal) -> String {
+    match lit {
+        Literal::Str(s) => format!("\"{s}\""),
+        Literal::Int(i) => i.to_string(),
+        Literal::Float(f) => f.to_string(),
+        Literal::Bool(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Every way the rules of a param got stricter, as phrases.
+fn tightened(old: &Rules, new: &Rules) -> Vec<String> {
+    let mut out = Vec::new();
+    match (old.min.as_ref().and_then(num), new.min.as_ref()) {
+        (None, Some(n)) => out.push(format!("`min: {}` was added", lit_text(n))),
+        (Some(o), Some(n)) if num(n).is_some_and(|n| n > o) => {
+            out.push(format!("`min` went up to {}", lit_text(n)))
+        }
+        _ => {}
+    }
+    match (old.max.as_ref().and_then(num), new.max.as_ref()) {
+        (None, Some(n)) => out.push(format!("`max: {}` was added", lit_text(n))),
+        (Some(o), Some(n)) if num(n).is_some_and(|n| n < o) => {
+            out.push(format!("`max` went down to {}", lit_text(n)))
+        }
+        _ => {}
+    }
+    match (old.min_length, new.min_length) {
+        (None, Some(n)) if n > 0 => out.push(format!("`min_length: {n}` was added")),
+        (Some(o), Some(n)) if n > o => out.push(format!("`min_length` went up to {n}")),
+        _ => {}
+    }
+    match (old.max_length, new.max_length) {
+        (None, Some(n)) => out.push(format!("`max_length: {n}` was added")),
+        (Some(o), Some(n)) if n < o => out.push(format!("`max_length` went down to {n}")),
+        _ => {}
+    }
+    match (&old.pattern, &new.pattern) {
+        (None, Some(p)) => out.push(format!("`pattern: {p}` was added")),
+        (Some(o), Some(p)) if o != p => out.push(format!("`pattern` changed to {p}")),
+        _ => {}
+    }
+    match (old.format, new.format) {
+        (None, Some(f)) => out.push(format!("`format: {}` was added", format_text(f))),
+        (Some(o), Some(f)) if o != f => out.push(format!("`format` changed to {}", format_text(f))),
+        _ => {}
+    }
+    match (&old.one_of, &new.one_of) {
+        (None, Some(_)) => out.push("`one_of` was added".into()),
+        (Some(o), Some(n)) => {
+            let gone: Vec<String> = o.iter().filter(|v| !n.contains(v)).map(lit_text).collect();
+            if !gone.is_empty() {
+                out.push(format!("`one_of` lost {}", gone.join(", ")));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn format_text(f: Format) -> &'static str {
+    match f {
+        Format::Email => "email",
+        Format::Uuid => "uuid",
+        Format::Url => "url",
+    }
+}
