@@ -441,3 +441,26 @@ fn a_wildcard_binding_is_drawn_in_each_flow_it_taps() {
     );
     assert_eq!(svg.matches("<a href=\"handlers/Tap.html\">").count(), 2);
 }
+
+#[test]
+fn the_site_shows_each_readable_version_with_its_upcast_step() {
+    let site = orkestra_gen::export::docs_files(&model(&["tests/golden/evolution"])).unwrap();
+    let page = |name: &str| {
+        let html = &site.iter().find(|(p, _)| p == name).unwrap().1;
+        let start = html.find("<table class=\"versions\">").unwrap();
+        html[start..start + html[start..].find("</table>").unwrap()].to_owned()
+    };
+    let reserved = page("messages/Inventory.ItemReserved.html");
+    let rows: Vec<&str> = reserved.lines().skip(1).collect();
+    assert_eq!(
+        rows,
+        [
+            "<tr><td>3</td><td>current</td></tr>",
+            "<tr><td>2</td><td>read as version 3 after: removed <code>legacy_ref</code>; added <code>channel</code> = <code>&quot;web&quot;</code>, <code>quantity</code> = <code>1</code></td></tr>",
+            "<tr><td>1</td><td>read as version 2 after: renamed <code>product_id</code> → <code>sku</code></td></tr>",
+        ]
+    );
+    assert!(page("messages/Inventory.StockCounted.html").contains("a custom step (Rust)"));
+    // Version 1 of PriceChanged is no longer readable: it is not listed.
+    assert!(!page("messages/Inventory.PriceChanged.html").contains("<td>1</td>"));
+}
