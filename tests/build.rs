@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-const GOLDENS: &[&str] = &["shop", "nasty", "wiring", "evolution"];
+const GOLDENS: &[&str] = &["shop", "nasty", "wiring", "evolution", "formats"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

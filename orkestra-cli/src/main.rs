@@ -79,6 +79,30 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Write an AsyncAPI 3.0 document (YAML, or JSON when the file ends in .json).
+    Asyncapi {
+        #[command(flatten)]
+        common: Common,
+        /// Output file (`asyncapi.yaml` or `asyncapi.json`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write one JSON Schema (2020-12) per command and event into a directory.
+    Jsonschema {
+        #[command(flatten)]
+        common: Common,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the documentation site (open <out>/index.html) into a directory.
+    Docs {
+        #[command(flatten)]
+        common: Common,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl Common {
@@ -198,7 +222,25 @@ fn run(command: Cmd, format: Format) -> Result<(), Error> {
             let output = common.generator().render()?;
             print_topics(&output.model);
         }
+        Cmd::Asyncapi { common, out } => export(common.generator().asyncapi(&out), &out, format)?,
+        Cmd::Jsonschema { common, out } => {
+            export(common.generator().jsonschema(&out), &out, format)?;
+        }
+        Cmd::Docs { common, out } => export(common.generator().docs(&out), &out, format)?,
     }
+    Ok(())
+}
+
+/// Writes one export, then says what it wrote on standard error.
+fn export(generator: Generator, out: &std::path::Path, format: Format) -> Result<(), Error> {
+    let exported = generator.export()?;
+    print_all(exported.warnings.warnings(), format);
+    eprintln!(
+        "wrote {} ({} file(s), {} changed)",
+        out.display(),
+        exported.files.len(),
+        exported.changed
+    );
     Ok(())
 }
 

@@ -322,3 +322,159 @@ fn check_against_a_git_revision() {
     );
     let _ = std::fs::remove_dir_all(&repo);
 }
+
+/// A fresh temporary directory for one test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orkestra-cli-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+/// Every file below `dir`, relative and sorted, one per line.
+fn listing(dir: &Path) -> String {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out.join("\n")
+}
+
+#[test]
+fn asyncapi_writes_yaml_or_json_by_extension() {
+    let dir = scratch("asyncapi");
+    for name in ["asyncapi.yaml", "asyncapi.json"] {
+        let out_file = dir.join(name);
+        let path = out_file.to_str().unwrap();
+        let out = run(&[
+            "asyncapi",
+            "--schemas",
+            "../schemas",
+            "--app-prefix",
+            "Shop",
+            "--out",
+            path,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stderr).replace(path, "<out>"),
+            "wrote <out> (1 file(s), 1 changed)\n"
+        );
+        let written = std::fs::read_to_string(&out_file).unwrap();
+        if name.ends_with(".json") {
+            let doc: serde_json::Value = serde_json::from_str(&written).unwrap();
+            assert_eq!(doc["asyncapi"], "3.0.0");
+        } else {
+            assert!(written.starts_with("asyncapi: \"3.0.0\"\n"), "{written}");
+        }
+    }
+    let out = run(&[
+        "asyncapi",
+        "--schemas",
+        "../schemas",
+        "--app-prefix",
+        "Shop",
+        "--out",
+        dir.join("asyncapi.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown extension is a usage error"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn jsonschema_and_docs_write_their_directories() {
+    let dir = scratch("dirs");
+    let mut report = String::new();
+    for command in ["jsonschema", "docs"] {
+        let out_dir = dir.join(command);
+        let path = out_dir.to_str().unwrap();
+        let out = run(&[
+            command,
+            "--schemas",
+            "../schemas",
+            "--app-prefix",
+            "Shop",
+            "--out",
+            path,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        report.push_str(&format!(
+            "$ orkestra-gen {command} --out <out>\n{}{}\n\n",
+            text(&out.stderr).replace(path, "<out>"),
+            listing(&out_dir)
+        ));
+    }
+    insta::assert_snapshot!(report);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn exports_of_broken_schemas_write_nothing_and_report_what_check_reports() {
+    let dir = scratch("broken");
+    let check = run(&[
+        "--format",
+        "short",
+        "check",
+        "--schemas",
+        "tests/broken",
+        "--app-prefix",
+        "Shop",
+    ]);
+    for (command, out) in [
+        ("asyncapi", dir.join("a.yaml")),
+        ("jsonschema", dir.join("schemas")),
+        ("docs", dir.join("site")),
+    ] {
+        let out = run(&[
+            "--format",
+            "short",
+            command,
+            "--schemas",
+            "tests/broken",
+            "--app-prefix",
+            "Shop",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        assert_eq!(text(&out.stderr), text(&check.stderr), "{command}");
+    }
+    assert!(!dir.exists(), "nothing was written");
+}
+
+#[test]
+fn an_unwritable_export_path_exits_2_naming_it() {
+    let dir = scratch("unwritable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let site = file.join("site");
+    let out = run(&[
+        "docs",
+        "--schemas",
+        "../schemas",
+        "--app-prefix",
+        "Shop",
+        "--out",
+        site.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: {}: ", site.display())),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

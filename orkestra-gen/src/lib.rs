@@ -15,8 +15,12 @@
 //! → `syn::parse_file` → prettyplease → a `DO NOT EDIT` header → written only when the
 //! content changed.
 //!
+//! The same model is also exported for everything that is not Rust ([`export`]): an
+//! AsyncAPI 3.0 document, JSON Schemas and a documentation site with the message flow
+//! (`Generator::asyncapi`, `jsonschema`, `docs`, written by `generate` or `export`).
+//!
 //! [`Generator`] is the whole face for build.rs. The `orkestra-gen` command line
-//! (`generate`, `check`, `topics`) lives in the `orkestra-cli` crate, so a build script
+//! (`generate`, `check`, `topics`, `asyncapi`, `jsonschema`, `docs`) lives in the `orkestra-cli` crate, so a build script
 //! does not compile an argument parser or a report renderer:
 //! `cargo install --path orkestra-cli`.
 
@@ -24,6 +28,7 @@
 
 pub mod compat;
 mod diagnostic;
+pub mod export;
 pub mod model;
 mod names;
 mod render;
@@ -38,6 +43,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, Span};
+pub use export::{Export, Exported};
 pub use validate::Source;
 
 /// The file name build.rs output gets in `$OUT_DIR`.
@@ -99,6 +105,7 @@ pub struct Generator {
     app_prefix: String,
     out: Option<PathBuf>,
     cargo: bool,
+    exports: Vec<Export>,
     against: Option<compat::Against>,
     allow: Vec<compat::Rule>,
 }
@@ -138,6 +145,44 @@ impl Generator {
     pub fn cargo_directives(mut self, on: bool) -> Self {
         self.cargo = on;
         self
+    }
+
+    /// Also writes an AsyncAPI 3.0 document (`.yaml`/`.yml` or `.json`) on
+    /// [`generate`](Self::generate) and [`export`](Self::export).
+    #[must_use]
+    pub fn asyncapi(mut self, path: impl Into<PathBuf>) -> Self {
+        self.exports.push(Export::AsyncApi(path.into()));
+        self
+    }
+
+    /// Also writes one JSON Schema (2020-12) per command and event into this directory.
+    #[must_use]
+    pub fn jsonschema(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.exports.push(Export::JsonSchema(dir.into()));
+        self
+    }
+
+    /// Also writes the documentation site (index, a page per message and handler, the
+    /// flow graph) into this directory.
+    #[must_use]
+    pub fn docs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.exports.push(Export::Docs(dir.into()));
+        self
+    }
+
+    /// Validates and writes only the exports (`asyncapi`, `jsonschema`, `docs`), not
+    /// the Rust; a schema set with errors writes nothing.
+    pub fn export(&self) -> Result<Exported, Error> {
+        if self.exports.is_empty() {
+            return Err(Error::Usage(
+                "no exports: call .asyncapi(..), .jsonschema(..) or .docs(..)".into(),
+            ));
+        }
+        let (model, diags) = validate::build(&self.sources()?, &self.app_prefix);
+        let model = model.ok_or_else(|| Error::Schema(diags.clone()))?;
+        let mut exported = export::write_all(&model, &self.exports)?;
+        exported.warnings = diags;
+        Ok(exported)
     }
 
     /// Runs the compatibility gate against an older schema set before generating: a
@@ -259,6 +304,9 @@ impl Generator {
             }
         };
         let changed = write::write_if_changed(&path, &output.code)?;
+        if !self.exports.is_empty() {
+            export::write_all(&output.model, &self.exports)?;
+        }
         Ok(Generated {
             path,
             changed,

@@ -45,6 +45,12 @@ fn wiring_and_dead_letters() {
 }
 
 #[test]
+fn every_type_and_rule() {
+    // The widest input of the JSON Schema agreement test (`tests/jsonschema_agreement.rs`).
+    insta::assert_snapshot!("formats", generate(&dir("tests/golden/formats")));
+}
+
+#[test]
 fn versions_upcasters_and_nested_types() {
     insta::assert_snapshot!("evolution", generate(&dir("tests/golden/evolution")));
 }

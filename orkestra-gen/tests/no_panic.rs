@@ -101,10 +101,33 @@ fn check(texts: Vec<String>) -> Result<(), TestCaseError> {
         prop_assert!(!d.message.is_empty());
     }
     match orkestra_gen::generate_from_sources(&sources, "Shop") {
-        Ok(out) => prop_assert!(syn::parse_file(&out.code).is_ok()),
+        Ok(out) => {
+            prop_assert!(syn::parse_file(&out.code).is_ok());
+            exports_parse(&out.model)?;
+        }
         Err(Error::Schema(d)) => prop_assert!(d.has_errors()),
         Err(other) => prop_assert!(false, "generator bug on a valid schema: {other}"),
     }
+    Ok(())
+}
+
+/// Every export of a valid model renders without panicking and parses back.
+fn exports_parse(model: &orkestra_gen::model::Model) -> Result<(), TestCaseError> {
+    use orkestra_gen::export;
+    let json: serde_json::Value = serde_json::from_str(&export::asyncapi_json(model))
+        .map_err(|e| TestCaseError::fail(format!("AsyncAPI JSON: {e}")))?;
+    let yaml: serde_json::Value = serde_saphyr::from_str(&export::asyncapi_yaml(model))
+        .map_err(|e| TestCaseError::fail(format!("AsyncAPI YAML: {e}")))?;
+    prop_assert_eq!(json, yaml);
+    for (name, text) in export::jsonschema_files(model) {
+        prop_assert!(
+            serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+            "{}",
+            name
+        );
+    }
+    let site = export::docs_files(model).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(site.iter().any(|(p, _)| p == "index.html"));
     Ok(())
 }
 

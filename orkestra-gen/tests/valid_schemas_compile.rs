@@ -267,6 +267,7 @@ fn every_valid_schema_set_compiles() {
             })
             .collect();
         if let Ok(output) = orkestra_gen::generate_from_sources(&sources, "Shop") {
+            exports_render(&output.model);
             valid.push((texts, output.code));
         }
     }
@@ -330,4 +331,20 @@ fn probe_target(root: &Path) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("schema-probe")
+}
+
+/// Every export of a valid schema set renders and parses back (the sets exercise every
+/// type, rule and binding kind).
+fn exports_render(model: &orkestra_gen::model::Model) {
+    use orkestra_gen::export;
+    let json: serde_json::Value = serde_json::from_str(&export::asyncapi_json(model)).unwrap();
+    let yaml: serde_json::Value = serde_saphyr::from_str(&export::asyncapi_yaml(model)).unwrap();
+    assert_eq!(json, yaml);
+    for (name, text) in export::jsonschema_files(model) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+            "{name}"
+        );
+    }
+    export::docs_files(model).unwrap();
 }

@@ -28,6 +28,12 @@ pub mod wiring {
     include!(concat!(env!("OUT_DIR"), "/wiring.rs"));
 }
 
+/// Generated from `orkestra-gen/tests/golden/formats/formats.yaml`: every type, format and
+/// rule, for the JSON Schema agreement test.
+pub mod every_rule {
+    include!(concat!(env!("OUT_DIR"), "/formats.rs"));
+}
+
 /// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
 /// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
 /// struct types are checked for unknown keys.

@@ -1,0 +1,466 @@
+//! The exports (AsyncAPI, JSON Schema, the documentation site): snapshots for the
+//! reference schemas, the official AsyncAPI parser, hostile strings in every format,
+//! bad input. The site in a real browser is `site_browser.rs`; JSON Schema against the
+//! generated Rust is `tests/jsonschema_agreement.rs` of the workspace.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use orkestra_gen::{Error, Generator, model::Model};
+use support::{Node, node_modules};
+
+fn dir(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn generator(sets: &[&str]) -> Generator {
+    sets.iter()
+        .fold(Generator::new().cargo_directives(false), |g, s| {
+            g.schemas(dir(s))
+        })
+        .app_prefix("Shop")
+}
+
+fn model(sets: &[&str]) -> Model {
+    generator(sets).render().unwrap().model
+}
+
+const SHOP: &[&str] = &["../schemas"];
+const HOSTILE: &[&str] = &["tests/golden/nasty", "tests/exports/hostile"];
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("orkestra-exports-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+#[test]
+fn asyncapi_of_the_reference_schemas() {
+    let yaml = orkestra_gen::export::asyncapi_yaml(&model(SHOP));
+    insta::assert_snapshot!("asyncapi_shop", yaml);
+}
+
+#[test]
+fn json_schema_of_a_command_and_an_event() {
+    let files = orkestra_gen::export::jsonschema_files(&model(SHOP));
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Accounts.CreateAccount.json",
+            "Accounts.AccountCreated.json",
+            "Orders.PlaceOrder.json",
+            "Orders.CancelOrder.json",
+            "Orders.OrderPlaced.json",
+            "Orders.OrderCancelled.json"
+        ]
+    );
+    let get = |n: &str| &files.iter().find(|(f, _)| f == n).unwrap().1;
+    insta::assert_snapshot!("jsonschema_place_order", get("Orders.PlaceOrder.json"));
+    insta::assert_snapshot!("jsonschema_order_placed", get("Orders.OrderPlaced.json"));
+    let command: serde_json::Value = serde_json::from_str(get("Orders.PlaceOrder.json")).unwrap();
+    let event: serde_json::Value = serde_json::from_str(get("Orders.OrderPlaced.json")).unwrap();
+    assert_eq!(
+        command["additionalProperties"], false,
+        "commands are closed"
+    );
+    assert!(
+        event.get("additionalProperties").is_none(),
+        "events are open"
+    );
+    assert_eq!(
+        command["$defs"]["Orders.Address"]["additionalProperties"],
+        false
+    );
+}
+
+#[test]
+fn the_official_asyncapi_parser_accepts_every_document() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let out = tmp("asyncapi");
+    let mut files = Vec::new();
+    for (name, sets) in [
+        ("shop", SHOP),
+        ("hostile", HOSTILE),
+        ("wiring", &["tests/golden/wiring"][..]),
+        ("formats", &["tests/golden/formats"][..]),
+    ] {
+        for ext in ["yaml", "json"] {
+            let path = out.join(format!("{name}.{ext}"));
+            generator(sets).asyncapi(&path).export().unwrap();
+            files.push(path);
+        }
+    }
+    // One node process for all of them: the parser takes a second to load.
+    let run = files
+        .iter()
+        .fold(Node::new(&modules).script("asyncapi_parse.cjs"), |n, f| {
+            n.arg(f)
+        })
+        .run();
+    assert!(
+        run.status.success(),
+        "the parser refused a document:\n{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let summaries: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("errors").is_some())
+        .collect();
+    assert_eq!(summaries.len(), files.len(), "{}", run.stdout);
+    // Not even a warning (severity 1): the only note allowed is the informational
+    // "a newer AsyncAPI version exists" (severity 2), since the contract is 3.0.
+    let warnings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["severity"].as_u64().is_some_and(|s| s < 2))
+        })
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    for s in &summaries {
+        assert_eq!(s["errors"], 0, "{s}");
+        assert!(s["channels"].as_u64().unwrap() >= 2, "{s}");
+    }
+    // schemas/: 6 topics + the dead-letter channel; 3 dispatches, 3 emits, 12 receives
+    // (OrderAudit's wildcard receives both order events), 1 dead-letter receive.
+    for s in &summaries[..2] {
+        assert_eq!(
+            (&s["channels"], &s["operations"], &s["messages"]),
+            (
+                &serde_json::json!(7),
+                &serde_json::json!(19),
+                &serde_json::json!(6)
+            ),
+            "{s}"
+        );
+    }
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn yaml_and_json_are_the_same_document() {
+    for sets in [SHOP, HOSTILE] {
+        let m = model(sets);
+        let from_yaml: serde_json::Value =
+            serde_saphyr::from_str(&orkestra_gen::export::asyncapi_yaml(&m)).unwrap();
+        let from_json: serde_json::Value =
+            serde_json::from_str(&orkestra_gen::export::asyncapi_json(&m)).unwrap();
+        assert_eq!(from_yaml, from_json);
+    }
+}
+
+#[test]
+fn hostile_strings_are_inert_in_every_format() {
+    let m = model(HOSTILE);
+    let hostile_description = m
+        .modules
+        .iter()
+        .find(|x| x.namespace == "Shop.Hostile")
+        .unwrap()
+        .description
+        .clone()
+        .unwrap();
+    let mut outputs = vec![
+        (
+            "asyncapi.yaml".to_owned(),
+            orkestra_gen::export::asyncapi_yaml(&m),
+        ),
+        (
+            "asyncapi.json".to_owned(),
+            orkestra_gen::export::asyncapi_json(&m),
+        ),
+    ];
+    outputs.extend(orkestra_gen::export::jsonschema_files(&m));
+    outputs.extend(orkestra_gen::export::docs_files(&m).unwrap());
+    for (name, text) in &outputs {
+        for bad in ['\u{202e}', '\u{2066}'] {
+            assert!(!text.contains(bad), "{name}: a raw bidi control");
+        }
+        for bad in [
+            "<script>window",
+            "<img",
+            "<svg onload",
+            "<style>body",
+            "<a href=\"javascript",
+        ] {
+            assert!(
+                !text.contains(bad),
+                "{name}: `{bad}` reached the output unescaped"
+            );
+        }
+        if name.ends_with(".html") {
+            // One script per page at most: the index's own filter.
+            assert!(text.matches("<script").count() <= 1, "{name}");
+        }
+    }
+    // The escaped text still says what the author wrote: it round-trips through JSON.
+    let doc: serde_json::Value =
+        serde_json::from_str(&orkestra_gen::export::asyncapi_json(&m)).unwrap();
+    assert!(
+        doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&hostile_description)
+    );
+    let svg = orkestra_gen::export::flow_svg(&m).unwrap();
+    assert!(
+        svg.contains("hostile.events.#"),
+        "the wildcard pattern is a node"
+    );
+}
+
+#[test]
+fn the_flow_graph_has_a_linked_node_per_command_event_and_handler() {
+    let m = model(SHOP);
+    let svg = orkestra_gen::export::flow_svg(&m).unwrap();
+    let count = |kind: &str| svg.matches(&format!("data-kind=\"{kind}\"")).count();
+    assert_eq!(count("command"), 3);
+    assert_eq!(count("event"), 3);
+    assert_eq!(count("handler"), 10);
+    assert_eq!(count("pattern"), 1, "OrderAudit's `orders.events.#`");
+    assert_eq!(count("deadletters"), 1);
+    assert!(svg.contains("<a href=\"messages/Orders.PlaceOrder.html\">"));
+    assert!(svg.contains("<a href=\"handlers/OrderAudit.html\">"));
+    // Every page a node links to exists in the site.
+    let site: Vec<String> = orkestra_gen::export::docs_files(&m)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    for link in svg.split("<a href=\"").skip(1) {
+        let target = link.split('"').next().unwrap();
+        assert!(site.iter().any(|p| p == target), "{target} is not a page");
+    }
+}
+
+#[test]
+fn exports_are_deterministic_and_written_only_when_changed() {
+    let out = tmp("determinism");
+    let g = generator(SHOP)
+        .asyncapi(out.join("asyncapi.json"))
+        .jsonschema(out.join("schemas"))
+        .docs(out.join("site"));
+    let first = g.export().unwrap();
+    assert_eq!(first.changed, first.files.len());
+    assert_eq!(first.files.len(), 1 + 6 + (3 + 6 + 10));
+    let again = g.export().unwrap();
+    assert_eq!(again.changed, 0, "nothing changed, nothing rewritten");
+    // A page whose message is gone is removed; other files are left alone.
+    let stale = out.join("site/messages/Orders.Gone.html");
+    std::fs::write(&stale, "old").unwrap();
+    std::fs::write(out.join("site/CNAME"), "docs.example.com").unwrap();
+    g.export().unwrap();
+    assert!(!stale.exists());
+    assert!(out.join("site/CNAME").exists());
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn build_rs_writes_the_exports_with_the_rust() {
+    let out = tmp("build-rs");
+    generator(SHOP)
+        .out_file(out.join("generated.rs"))
+        .asyncapi(out.join("asyncapi.yaml"))
+        .docs(out.join("site"))
+        .generate()
+        .unwrap();
+    for f in [
+        "generated.rs",
+        "asyncapi.yaml",
+        "site/index.html",
+        "site/flow.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn a_schema_set_with_errors_exports_nothing_and_reports_what_check_reports() {
+    let out = tmp("broken");
+    let g = Generator::new()
+        .cargo_directives(false)
+        .schemas(dir("tests/broken/16_default_wrong_type.yaml"))
+        .app_prefix("Shop")
+        .asyncapi(out.join("asyncapi.yaml"))
+        .jsonschema(out.join("schemas"))
+        .docs(out.join("site"));
+    let check = g.check().unwrap();
+    assert!(check.has_errors());
+    match g.export() {
+        Err(Error::Schema(diags)) => assert_eq!(diags, check),
+        other => panic!("{other:?}"),
+    }
+    assert!(!out.exists(), "nothing was written");
+}
+
+#[test]
+fn an_unwritable_output_is_an_io_error_naming_it() {
+    let out = tmp("unwritable");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let site = file.join("site");
+    match generator(SHOP).docs(&site).export() {
+        Err(Error::Io { path, .. }) => assert_eq!(path, site),
+        other => panic!("{other:?}"),
+    }
+    let yaml = file.join("asyncapi.yaml");
+    match generator(SHOP).asyncapi(&yaml).export() {
+        Err(Error::Io { path, .. }) => assert!(path == yaml || path == file, "{path:?}"),
+        other => panic!("{other:?}"),
+    }
+    match generator(SHOP).asyncapi(out.join("asyncapi.txt")).export() {
+        Err(Error::Usage(m)) => assert!(m.contains("asyncapi.txt"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn the_readme_picture_is_the_graph_of_the_reference_schemas() {
+    let svg = orkestra_gen::export::flow_svg(&model(SHOP)).unwrap();
+    let committed = dir("../docs/flow.svg");
+    if std::env::var("ORKESTRA_UPDATE_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::write(&committed, &svg).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&committed).is_ok_and(|c| c == svg),
+        "docs/flow.svg is stale: ORKESTRA_UPDATE_DOCS=1 cargo test -p orkestra-gen --test exports"
+    );
+}
+
+/// The names `orkestra-runtime/src/bus/rabbitmq/topology.rs` gives exchanges and queues
+/// (default prefix `orkestra`), as the AsyncAPI bindings must state them.
+#[test]
+fn asyncapi_bindings_name_the_real_topology() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&orkestra_gen::export::asyncapi_json(&model(SHOP))).unwrap();
+    let channel = &doc["channels"]["orders.commands.place_order"];
+    assert_eq!(channel["address"], "orders.commands.place_order");
+    assert_eq!(channel["bindings"]["amqp"]["is"], "routingKey");
+    assert_eq!(
+        channel["bindings"]["amqp"]["exchange"]["name"],
+        "orkestra.commands"
+    );
+    assert_eq!(channel["bindings"]["amqp"]["exchange"]["type"], "direct");
+    let queue = &channel["x-orkestra-queues"][0];
+    assert_eq!(queue["name"], "orkestra.cmd.orders.commands.place_order");
+    assert_eq!(queue["deadLetterExchange"], "orkestra.retry");
+    assert_eq!(queue["exhaustedTo"], "orkestra.deadletter");
+
+    let channel = &doc["channels"]["orders.events.order_cancelled"];
+    assert_eq!(
+        channel["bindings"]["amqp"]["exchange"]["name"],
+        "orkestra.events"
+    );
+    assert_eq!(channel["bindings"]["amqp"]["exchange"]["type"], "topic");
+    let queues: Vec<(&str, &str)> = channel["x-orkestra-queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["name"].as_str().unwrap(),
+                q["bindingKey"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        queues,
+        [
+            (
+                "orkestra.evt.OrderProjector",
+                "orders.events.order_cancelled"
+            ),
+            ("orkestra.evt.OrderAudit", "orders.events.#"),
+        ]
+    );
+    // The wildcard binding receives each channel it matches.
+    let ops = doc["operations"].as_object().unwrap();
+    for key in [
+        "OrderAudit.receives.Orders.OrderPlaced",
+        "OrderAudit.receives.Orders.OrderCancelled",
+    ] {
+        assert_eq!(ops[key]["action"], "receive", "{key}");
+        assert_eq!(ops[key]["bindings"]["amqp"]["ack"], true);
+    }
+    assert_eq!(
+        ops["PlaceOrderHandler.emits.Orders.OrderPlaced"]["action"],
+        "send"
+    );
+    assert_eq!(ops["dispatch.Orders.PlaceOrder"]["action"], "send");
+    assert_eq!(
+        ops["DeadLetterAlarm.receives.dead-letters"]["x-orkestra-queue"]["name"],
+        "orkestra.deadletter.handler.DeadLetterAlarm"
+    );
+    let message = &doc["components"]["messages"]["Orders.PlaceOrder"];
+    assert_eq!(message["contentType"], "application/json");
+    assert_eq!(
+        message["headers"]["$ref"],
+        "#/components/schemas/orkestra.Metadata"
+    );
+    assert_eq!(
+        doc["components"]["correlationIds"]["correlationId"]["location"],
+        "$message.header#/correlation_id"
+    );
+}
+
+#[test]
+fn a_wildcard_binding_is_drawn_in_each_flow_it_taps() {
+    let text = "namespace: Shop.W\n\
+        commands:\n  A: { params: { x: { type: string } } }\n  B: { params: { x: { type: string } } }\n\
+        events:\n  A1: { fields: { x: { type: string } } }\n  B1: { fields: { x: { type: string } } }\n\
+        handlers:\n  AH: { command: A, emits: [A1] }\n  BH: { command: B, emits: [B1] }\n  Tap: { topic: \"w.events.*\" }\n";
+    let sources = [orkestra_gen::Source {
+        path: "w.yaml".into(),
+        text: text.into(),
+    }];
+    let model = orkestra_gen::generate_from_sources(&sources, "Shop")
+        .unwrap()
+        .model;
+    let svg = orkestra_gen::export::flow_svg(&model).unwrap();
+    assert_eq!(
+        svg.matches("data-key=\"Tap\"").count(),
+        2,
+        "one copy per flow"
+    );
+    assert_eq!(svg.matches("data-kind=\"pattern\"").count(), 2);
+    assert_eq!(
+        svg.matches("class=\"part\"").count(),
+        2,
+        "the flows stay apart"
+    );
+    assert_eq!(svg.matches("<a href=\"handlers/Tap.html\">").count(), 2);
+}
+
+#[test]
+fn the_site_shows_each_readable_version_with_its_upcast_step() {
+    let site = orkestra_gen::export::docs_files(&model(&["tests/golden/evolution"])).unwrap();
+    let page = |name: &str| {
+        let html = &site.iter().find(|(p, _)| p == name).unwrap().1;
+        let start = html.find("<table class=\"versions\">").unwrap();
+        html[start..start + html[start..].find("</table>").unwrap()].to_owned()
+    };
+    let reserved = page("messages/Inventory.ItemReserved.html");
+    let rows: Vec<&str> = reserved.lines().skip(1).collect();
+    assert_eq!(
+        rows,
+        [
+            "<tr><td>3</td><td>current</td></tr>",
+            "<tr><td>2</td><td>read as version 3 after: removed <code>legacy_ref</code>; added <code>channel</code> = <code>&quot;web&quot;</code>, <code>quantity</code> = <code>1</code></td></tr>",
+            "<tr><td>1</td><td>read as version 2 after: renamed <code>product_id</code> → <code>sku</code></td></tr>",
+        ]
+    );
+    assert!(page("messages/Inventory.StockCounted.html").contains("a custom step (Rust)"));
+    // Version 1 of PriceChanged is no longer readable: it is not listed.
+    assert!(!page("messages/Inventory.PriceChanged.html").contains("<td>1</td>"));
+}
