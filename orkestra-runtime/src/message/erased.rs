@@ -65,7 +65,10 @@ impl RawEvent {
         }
         Ok(Event {
             id: self.id.clone(),
-            data: super::read_event(self.data.clone(), self.version)?,
+            data: match super::read_event_ref(&self.data, self.version) {
+                Some(data) => data,
+                None => super::read_event(self.data.clone(), self.version)?,
+            },
             metadata: self.metadata.clone(),
         })
     }

@@ -28,4 +28,4 @@ pub use payload::{
     Validate, ValidationError,
 };
 pub use upcast::{UpcastError, UpcastStep, UpcastSteps};
-pub(crate) use upcast::{read_event, read_stored};
+pub(crate) use upcast::{read_event, read_event_ref, read_stored};

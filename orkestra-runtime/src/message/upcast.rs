@@ -2,7 +2,6 @@
 //! version through the schema's `upcast` steps, newer data is read tolerantly. The
 //! contract is `design/evolution.md`.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -170,19 +169,90 @@ pub(crate) fn read_stored<D: EventPayload>(text: &str, version: u32) -> Result<D
     read_event(value, version)
 }
 
-/// A field's value: borrowed from the stored text, or added by a step.
+/// A field's value: borrowed from the stored text or a JSON tree, or added by a step.
 enum Field<'a> {
     Raw(&'a RawValue),
+    Ref(&'a Value),
     Owned(Value),
+}
+
+/// The top-level entries of a JSON object, in order, keys and values borrowed from the
+/// text (a key with escapes does not borrow: the caller then takes the tree path).
+struct Entries<'a>(Vec<(&'a str, Field<'a>)>);
+
+impl<'de> de::Deserialize<'de> for Entries<'de> {
+    fn deserialize<De: de::Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+        struct Visit;
+        impl<'de> de::Visitor<'de> for Visit {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    entries.push((k, Field::Raw(v)));
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+impl<'a> Entries<'a> {
+    fn position(&self, key: &str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| *k == key)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Field<'a>> {
+        self.position(key).map(|i| self.0.remove(i).1)
+    }
+
+    /// Sets `key`, replacing any value it had.
+    fn insert(&mut self, key: &'a str, value: Field<'a>) {
+        match self.position(key) {
+            Some(i) => self.0[i].1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
 }
 
 fn read_borrowed<D: EventPayload>(
     text: &str,
     chain: &[UpcastStep],
 ) -> Result<D, serde_json::Error> {
-    let raw: BTreeMap<&str, &RawValue> = serde_json::from_str(text)?;
-    let mut map: BTreeMap<&str, Field<'_>> =
-        raw.into_iter().map(|(k, v)| (k, Field::Raw(v))).collect();
+    apply(serde_json::from_str(text)?, chain)
+}
+
+/// Decodes an event from a JSON tree written at `version` without copying the tree:
+/// current (or newer) data straight through serde, data behind declarative steps through
+/// a view of borrowed values. `None` when neither applies or the data does not fit (the
+/// caller then copies the tree and takes the precise path).
+pub(crate) fn read_event_ref<D: EventPayload>(data: &Value, version: u32) -> Option<D> {
+    if version >= D::VERSION {
+        return D::deserialize(data).ok();
+    }
+    let chain = D::UPCAST.declarative(version, D::VERSION)?;
+    let Value::Object(map) = data else {
+        return None;
+    };
+    let entries = Entries(
+        map.iter()
+            .map(|(k, v)| (k.as_str(), Field::Ref(v)))
+            .collect(),
+    );
+    apply(entries, chain).ok()
+}
+
+/// Applies declarative steps to a view of an object, then decodes it.
+fn apply<D: EventPayload>(
+    mut map: Entries<'_>,
+    chain: &[UpcastStep],
+) -> Result<D, serde_json::Error> {
     for step in chain {
         let UpcastStep::Declarative {
             renamed,
@@ -201,9 +271,10 @@ fn read_borrowed<D: EventPayload>(
             map.remove(field);
         }
         for (field, value) in *added {
-            let absent = match map.get(field) {
+            let absent = match map.position(field).map(|i| &map.0[i].1) {
                 None => true,
                 Some(Field::Raw(raw)) => raw.get().trim() == "null",
+                Some(Field::Ref(v)) => v.is_null(),
                 Some(Field::Owned(v)) => v.is_null(),
             };
             if absent {
@@ -211,7 +282,7 @@ fn read_borrowed<D: EventPayload>(
             }
         }
     }
-    D::deserialize(de::value::MapDeserializer::new(map.into_iter()))
+    D::deserialize(de::value::MapDeserializer::new(map.0.into_iter()))
 }
 
 impl<'de> IntoDeserializer<'de, serde_json::Error> for Field<'de> {
@@ -229,6 +300,7 @@ macro_rules! delegate {
             fn $method<V: de::Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, serde_json::Error> {
                 match self {
                     Field::Raw(raw) => raw.$method($($arg,)* visitor),
+                    Field::Ref(value) => value.$method($($arg,)* visitor),
                     Field::Owned(value) => value.$method($($arg,)* visitor),
                 }
             }
