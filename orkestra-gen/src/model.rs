@@ -167,6 +167,27 @@ pub enum Ty {
     Named(TypeRef),
 }
 
+impl Ty {
+    /// The type as a schema writes it (`list<integer>`), with named types spelled by
+    /// `named`.
+    pub fn schema_text(&self, named: &dyn Fn(&TypeRef) -> String) -> String {
+        match self {
+            Ty::String => "string".into(),
+            Ty::Integer => "integer".into(),
+            Ty::Float => "float".into(),
+            Ty::Boolean => "boolean".into(),
+            Ty::DateTime => "datetime".into(),
+            Ty::Date => "date".into(),
+            Ty::Uuid => "uuid".into(),
+            Ty::Decimal => "decimal".into(),
+            Ty::Json => "json".into(),
+            Ty::List(inner) => format!("list<{}>", inner.schema_text(named)),
+            Ty::Map(inner) => format!("map<{}>", inner.schema_text(named)),
+            Ty::Named(t) => named(t),
+        }
+    }
+}
+
 /// A resolved reference to a named type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TypeRef {

@@ -461,20 +461,7 @@ fn same_shape(a: &Ty, b: &Ty) -> bool {
 }
 
 fn ty_text(ty: &Ty) -> String {
-    match ty {
-        Ty::String => "string".into(),
-        Ty::Integer => "integer".into(),
-        Ty::Float => "float".into(),
-        Ty::Boolean => "boolean".into(),
-        Ty::DateTime => "datetime".into(),
-        Ty::Date => "date".into(),
-        Ty::Uuid => "uuid".into(),
-        Ty::Decimal => "decimal".into(),
-        Ty::Json => "json".into(),
-        Ty::List(inner) => format!("list<{}>", ty_text(inner)),
-        Ty::Map(inner) => format!("map<{}>", ty_text(inner)),
-        Ty::Named(t) => t.name.clone(),
-    }
+    ty.schema_text(&|t| t.name.clone())
 }
 
 fn num(lit: &Literal) -> Option<f64> {

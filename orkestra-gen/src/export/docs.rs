@@ -469,27 +469,14 @@ fn fields_table(body: &mut String, fields: &[Field], model: &crate::model::Model
 }
 
 fn type_text(ty: &Ty, model: &crate::model::Model) -> String {
-    match ty {
-        Ty::String => "string".into(),
-        Ty::Integer => "integer".into(),
-        Ty::Float => "float".into(),
-        Ty::Boolean => "boolean".into(),
-        Ty::DateTime => "datetime".into(),
-        Ty::Date => "date".into(),
-        Ty::Uuid => "uuid".into(),
-        Ty::Decimal => "decimal".into(),
-        Ty::Json => "json".into(),
-        Ty::List(inner) => format!("list<{}>", type_text(inner, model)),
-        Ty::Map(inner) => format!("map<{}>", type_text(inner, model)),
-        Ty::Named(r) => {
-            let q = model
-                .modules
-                .iter()
-                .find(|m| m.ident == r.module)
-                .map_or(r.module.as_str(), |m| m.qualifier.as_str());
-            format!("{q}.{}", r.name)
-        }
-    }
+    ty.schema_text(&|r| {
+        let q = model
+            .modules
+            .iter()
+            .find(|m| m.ident == r.module)
+            .map_or(r.module.as_str(), |m| m.qualifier.as_str());
+        format!("{q}.{}", r.name)
+    })
 }
 
 fn literal_text(l: &Literal) -> String {
