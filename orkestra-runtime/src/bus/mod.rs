@@ -213,8 +213,26 @@ impl Bus {
         match &*self.backend {
             Backend::InProcess(b) => Ok(b.dead_letters()),
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.dead_letters().await,
+            Backend::RabbitMq(b) => b.dead_letters(self).await,
         }
+    }
+}
+
+/// A handle that does not keep the bus alive: what a bus's own tasks hold, so dropping
+/// the last [`Bus`] stops them.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakBus(std::sync::Weak<Backend>);
+
+impl WeakBus {
+    /// The bus, while a handle to it exists.
+    pub(crate) fn upgrade(&self) -> Option<Bus> {
+        self.0.upgrade().map(|backend| Bus { backend })
+    }
+}
+
+impl Bus {
+    pub(crate) fn downgrade(&self) -> WeakBus {
+        WeakBus(Arc::downgrade(&self.backend))
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Subscription {
     pub(crate) handler: Arc<str>,
     pub(crate) target: Target,
     pub(crate) max_retries: u32,
+    pub(crate) concurrency: Option<u16>,
+    pub(crate) partition_by: Option<Arc<str>>,
     pub(crate) call: Arc<dyn ErasedHandler>,
 }
 
@@ -150,6 +152,8 @@ impl fmt::Debug for Subscription {
             .field("handler", &self.handler)
             .field("target", &self.target)
             .field("max_retries", &self.max_retries)
+            .field("concurrency", &self.concurrency)
+            .field("partition_by", &self.partition_by)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +173,8 @@ impl Subscription {
                 type_name: P::TYPE_NAME,
             },
             max_retries: DEFAULT_MAX_RETRIES,
+            concurrency: None,
+            partition_by: None,
             call: Arc::new(CommandHandlerFn {
                 f,
                 _payload: std::marker::PhantomData,
@@ -189,6 +195,8 @@ impl Subscription {
                 patterns: E::PATTERNS,
             },
             max_retries: DEFAULT_MAX_RETRIES,
+            concurrency: None,
+            partition_by: None,
             call: Arc::new(EventHandlerFn {
                 f,
                 _events: std::marker::PhantomData,
@@ -210,6 +218,8 @@ impl Subscription {
             handler: Arc::from(handler.into().as_ref()),
             target: Target::DeadLetters,
             max_retries: DEFAULT_MAX_RETRIES,
+            concurrency: None,
+            partition_by: None,
             call: Arc::new(DeadLetterHandlerFn { f }),
         }
     }
@@ -219,6 +229,42 @@ impl Subscription {
     pub fn with_max_retries(mut self, max_retries: u32) -> Self {
         self.max_retries = max_retries;
         self
+    }
+
+    /// Sets how many deliveries one process handles at once for this binding (the
+    /// binding's `concurrency`; default `bus.concurrency`). On RabbitMQ the prefetch is
+    /// raised to at least it; in-process dispatch stays synchronous and ignores it. `1`
+    /// is strict arrival order. A value of 0 counts as 1.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = Some(concurrency.max(1));
+        self
+    }
+
+    /// Sets the partition key (the binding's `partition_by`): deliveries whose payload
+    /// has the same value in this field (or param) are handled one at a time, in
+    /// delivery order; different values in parallel. `correlation_id` (the default)
+    /// keys by the correlation id, which is also used, with a warning, for a message
+    /// that lacks the field.
+    #[must_use]
+    pub fn with_partition_by(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+        self.partition_by = Some(Arc::from(field.into().as_ref()));
+        self
+    }
+
+    /// The binding's own concurrency, if set.
+    pub fn concurrency(&self) -> Option<u16> {
+        self.concurrency
+    }
+
+    /// The binding's partition key, if set.
+    pub fn partition_by(&self) -> Option<&str> {
+        self.partition_by.as_deref()
+    }
+
+    /// The concurrency of this binding, or the bus's default.
+    pub(crate) fn concurrency_or(&self, default: u16) -> usize {
+        usize::from(self.concurrency.unwrap_or(default).max(1))
     }
 
     /// The handler's name.

@@ -1,22 +1,22 @@
 //! Publishing with publisher confirms: a message with `mandatory` (so an unroutable
 //! one comes back), a dead letter without. The one place a confirmation becomes a result.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use super::headers::TraceInjector;
+use super::link::Link;
 use super::{broker_error, spans};
 use crate::DriverError;
 use crate::bus::BusError;
 use crate::message::Message;
 use crate::trace;
-
-/// How long a publish may wait for its confirm.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One message to publish.
 pub(super) struct Outgoing<'a> {
@@ -42,31 +42,27 @@ enum Purpose {
     DeadLetter,
 }
 
-/// The channel every publish of one bus goes through, in confirm mode.
+/// Publishes through the link's confirm-mode channel. Every publish returns within the
+/// confirm timeout, whatever the broker does: waiting for a connection while the link
+/// is down, sending, and the confirm all count against it.
 #[derive(Debug)]
 pub(super) struct Publisher {
-    channel: Channel,
+    link: Arc<Link>,
     max_message_bytes: usize,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
-    pub(super) async fn open(
-        connection: &Connection,
+    pub(super) fn new(
+        link: Arc<Link>,
         max_message_bytes: usize,
-    ) -> Result<Self, BusError> {
-        let channel = connection.create_channel().await.map_err(broker_error)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker_error)?;
-        Ok(Self {
-            channel,
+        confirm_timeout: Duration,
+    ) -> Self {
+        Self {
+            link,
             max_message_bytes,
-        })
-    }
-
-    pub(super) fn channel(&self) -> &Channel {
-        &self.channel
+            confirm_timeout,
+        }
     }
 
     /// Publishes a message with confirm and `mandatory`, in an `orkestra.rabbitmq.publish`
@@ -127,24 +123,42 @@ impl Publisher {
             .map(drop)
     }
 
-    /// Publishes and waits for the confirm; only a message is `mandatory`.
+    /// Publishes and waits for the confirm; only a message is `mandatory`. Waits for a
+    /// connection while the link is down; all of it within the confirm timeout.
     async fn send(&self, out: Outgoing<'_>, purpose: Purpose) -> Result<Routing, BusError> {
+        let started = Instant::now();
+        let deadline = started + self.confirm_timeout;
+        let Ok(live) = tokio::time::timeout_at(deadline, self.link.live()).await else {
+            return Err(self.link.unavailable(started.elapsed()));
+        };
+        let live = live?;
         let options = BasicPublishOptions {
             mandatory: matches!(purpose, Purpose::Message),
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(
-                out.exchange.into(),
-                out.routing_key.into(),
-                options,
-                out.body,
-                out.properties,
-            )
-            .await
-            .map_err(broker_error)?;
-        confirmed(confirm, purpose).await
+        let sent = tokio::time::timeout_at(deadline, async {
+            let channel = live.publish_channel().await?;
+            let confirm = channel
+                .basic_publish(
+                    out.exchange.into(),
+                    out.routing_key.into(),
+                    options,
+                    out.body,
+                    out.properties,
+                )
+                .await
+                .map_err(broker_error)?;
+            confirmed(confirm, purpose).await
+        })
+        .await;
+        let result = sent.unwrap_or(Err(BusError::Timeout(match purpose {
+            Purpose::Message => "publisher confirm",
+            Purpose::DeadLetter => "dead-letter confirm",
+        })));
+        if matches!(result, Err(BusError::Broker(_) | BusError::Timeout(_))) {
+            self.link.suspect();
+        }
+        result
     }
 }
 
@@ -163,20 +177,19 @@ pub(super) fn message_properties(message: &Message, headers: FieldTable) -> Basi
 }
 
 /// Waits for the broker's confirm: an ack is success (with the message back when it
-/// was unroutable); a nack, confirms being off, a closed channel or no answer within
-/// [`CONFIRM_TIMEOUT`] is an error.
+/// was unroutable); a nack, confirms being off or a closed channel is an error. The
+/// caller bounds the wait.
 async fn confirmed(confirm: PublisherConfirm, purpose: Purpose) -> Result<Routing, BusError> {
-    let (refused, waiting_for) = match purpose {
-        Purpose::Message => ("the broker refused the message (nack)", "publisher confirm"),
-        Purpose::DeadLetter => ("the broker refused the dead letter", "dead-letter confirm"),
+    let refused = match purpose {
+        Purpose::Message => "the broker refused the message (nack)",
+        Purpose::DeadLetter => "the broker refused the dead letter",
     };
-    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-        Err(_) => Err(BusError::Timeout(waiting_for)),
-        Ok(Err(e)) => Err(broker_error(e)),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(Routing::Queued),
-        Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Routing::Unroutable),
-        Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker(DriverError::msg(refused))),
-        Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Broker(DriverError::msg(
+    match confirm.await {
+        Err(e) => Err(broker_error(e)),
+        Ok(Confirmation::Ack(None)) => Ok(Routing::Queued),
+        Ok(Confirmation::Ack(Some(_))) => Ok(Routing::Unroutable),
+        Ok(Confirmation::Nack(_)) => Err(BusError::Broker(DriverError::msg(refused))),
+        Ok(Confirmation::NotRequested) => Err(BusError::Broker(DriverError::msg(
             "publisher confirms are off",
         ))),
     }

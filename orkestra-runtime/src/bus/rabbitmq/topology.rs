@@ -60,6 +60,20 @@ pub(super) struct Binding<'a> {
     pub(super) routing_key: &'a str,
 }
 
+/// What a consumer consumes from, declared again on every connection it consumes on.
+#[derive(Clone, Debug)]
+pub(super) enum Source {
+    /// A work queue, with its bindings (exchange, routing key) and wait queue.
+    Work {
+        queue: String,
+        bindings: Vec<(String, String)>,
+    },
+    /// A dead-letter handler's durable queue.
+    DeadLetterHandler { queue: String },
+    /// A `Bus::dead_letters` receiver: a new exclusive, server-named queue each time.
+    Receiver,
+}
+
 /// The names and the settings that shape queues.
 #[derive(Debug)]
 pub(super) struct Topology {
@@ -74,6 +88,37 @@ impl Topology {
             names: Names::new(&settings.prefix),
             retry_delay_ms: settings.retry_delay_ms,
             queue_expiry_ms: settings.queue_expiry_ms,
+        }
+    }
+
+    /// Declares what `source` consumes from; returns the queue's name.
+    pub(super) async fn declare_source(
+        &self,
+        channel: &Channel,
+        source: &Source,
+    ) -> Result<String, BusError> {
+        match source {
+            Source::Work { queue, bindings } => {
+                let bindings: Vec<Binding<'_>> = bindings
+                    .iter()
+                    .map(|(exchange, routing_key)| Binding {
+                        exchange,
+                        routing_key,
+                    })
+                    .collect();
+                self.declare_work_queue(channel, queue, &bindings).await?;
+                Ok(queue.clone())
+            }
+            Source::DeadLetterHandler { queue } => {
+                self.declare_dead_letter_handler_queue(channel, queue)
+                    .await?;
+                Ok(queue.clone())
+            }
+            Source::Receiver => Ok(self
+                .declare_dead_letter_receiver(channel)
+                .await?
+                .as_str()
+                .to_owned()),
         }
     }
 
