@@ -592,7 +592,11 @@ mod tests {
         assert!(text.starts_with("bus.urls (orkestra.toml:3:"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
         let e = Config::from_toml_str("[bus]\nconcurrency = 0\n").unwrap_err();
-        assert!(e.to_string().starts_with("bus.concurrency (orkestra.toml:2:15)"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("bus.concurrency (orkestra.toml:2:15)"),
+            "{e}"
+        );
     }
 
     #[test]
