@@ -235,6 +235,19 @@ pub struct Handler {
     pub target: HandlerTarget,
     /// Retry limit, when set.
     pub max_retries: Option<u32>,
+    /// Deliveries handled at once in one process, when set.
+    pub concurrency: Option<u16>,
+    /// The field or param whose value orders deliveries (one at a time per value), when set.
+    pub partition_by: Option<PartitionKey>,
     /// Events it declares it emits.
     pub emits: Vec<PayloadRef>,
+}
+
+/// A binding's `partition_by`: a field or param name, or `correlation_id`.
+#[derive(Clone, Debug)]
+pub struct PartitionKey {
+    /// The name as written.
+    pub field: String,
+    /// Where it is written (checked against every message of the binding).
+    pub span: crate::diagnostic::Span,
 }

@@ -169,6 +169,9 @@ struct HandlerCtx {
     patterns: String,
     variants: Vec<EventVariantCtx>,
     max_retries: Option<u32>,
+    concurrency: Option<u16>,
+    /// The `partition_by` name as a string literal.
+    partition_by: Option<String>,
     enum_doc: String,
     /// The accepted type names, for `PayloadError::WrongType::expected`.
     expected: String,
@@ -623,6 +626,8 @@ fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx {
             })
             .collect(),
         max_retries: h.max_retries,
+        concurrency: h.concurrency,
+        partition_by: h.partition_by.as_ref().map(|k| str_lit(&k.field)),
         enum_doc: doc_attrs(&format!("What `{}` receives.", h.name)),
         name,
     }

@@ -198,8 +198,9 @@ fn bindings(
             for c in &commands {
                 let _ = writeln!(
                     y,
-                    "  {ns}{c}Handler: {{ command: {c}, emits: [{}] }}",
-                    events[0]
+                    "  {ns}{c}Handler: {{ command: {c}, emits: [{}], concurrency: {}, partition_by: correlation_id }}",
+                    events[0],
+                    retries + 1
                 );
             }
             if single {
@@ -210,7 +211,11 @@ fn bindings(
                 );
             }
             if several {
-                let _ = writeln!(y, "  {ns}Projector: {{ events: [{}] }}", events.join(", "));
+                let _ = writeln!(
+                    y,
+                    "  {ns}Projector: {{ events: [{}], concurrency: 8 }}",
+                    events.join(", ")
+                );
             }
             if wildcard {
                 let _ = writeln!(
