@@ -5,6 +5,7 @@
 
 mod context;
 mod in_process;
+mod lifecycle;
 #[cfg(feature = "rabbitmq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq;
@@ -164,7 +165,12 @@ impl Bus {
     /// the same name, is an error.
     pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
         match &*self.backend {
-            Backend::InProcess(b) => b.subscribe(subscription),
+            Backend::InProcess(b) => {
+                if b.lifecycle.is_stopping() {
+                    return Err(BusError::Closed);
+                }
+                b.subscribe(subscription)
+            }
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq(b) => b.subscribe(self, subscription).await,
         }
@@ -190,7 +196,10 @@ impl Bus {
     /// With no handler subscribed it is [`BusError::NoHandler`].
     pub async fn dispatch(&self, envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
         match &*self.backend {
-            Backend::InProcess(b) => b.dispatch(self, envelope).await,
+            Backend::InProcess(b) => {
+                let _in_flight = b.lifecycle.enter()?;
+                b.dispatch(self, envelope).await
+            }
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq(b) => b.dispatch(envelope).await,
         }
@@ -202,7 +211,65 @@ impl Bus {
     /// their own. In-process, the returned envelope holds each handler's outcome.
     pub async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         match &*self.backend {
-            Backend::InProcess(b) => b.publish(self, envelope).await,
+            Backend::InProcess(b) => {
+                let _in_flight = b.lifecycle.enter()?;
+                b.publish(self, envelope).await
+            }
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.publish(envelope).await,
+        }
+    }
+
+    /// Shuts the bus down: no new deliveries are taken (RabbitMQ cancels its
+    /// consumers; in-process, new dispatches and publishes are refused with
+    /// [`BusError::Closed`]), running handlers may finish until `deadline` from now
+    /// (they can watch [`HandlerContext::cancelled`]), their deliveries are settled,
+    /// then channels and the connection are closed.
+    ///
+    /// On RabbitMQ a handler still running at the deadline is stopped and its delivery
+    /// left unacked, so the broker redelivers it: nothing is lost, and nothing that was
+    /// handled is delivered again. That case returns `Err(BusError::Timeout(..))`.
+    /// Afterwards every operation of the bus (and its clones) is `BusError::Closed`.
+    pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + deadline;
+        match &*self.backend {
+            Backend::InProcess(b) => {
+                b.lifecycle.begin(deadline);
+                if b.lifecycle.drained(deadline).await {
+                    Ok(())
+                } else {
+                    Err(BusError::Timeout(
+                        "handlers to finish before the shutdown deadline",
+                    ))
+                }
+            }
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.shutdown(deadline).await,
+        }
+    }
+
+    /// The shutdown signal: `Some(deadline)` once shutdown started.
+    pub(crate) fn shutdown_signal(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<tokio::time::Instant>> {
+        match &*self.backend {
+            Backend::InProcess(b) => b.lifecycle.signal(),
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.shared.lifecycle.signal(),
+        }
+    }
+
+    /// Publishes on behalf of a running handler: allowed while the bus shuts down (the
+    /// handler is finishing its work), unlike a new [`Bus::publish`].
+    pub(crate) async fn publish_from_handler(
+        &self,
+        envelope: EventEnvelope,
+    ) -> Result<EventEnvelope, BusError> {
+        match &*self.backend {
+            Backend::InProcess(b) => {
+                let _in_flight = b.lifecycle.enter_always();
+                b.publish(self, envelope).await
+            }
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq(b) => b.publish(envelope).await,
         }

@@ -172,7 +172,7 @@ impl Worker {
     }
 
     fn stopping(&self) -> bool {
-        self.shared.stop.borrow().is_some() || self.bus.upgrade().is_none()
+        self.shared.lifecycle.is_stopping() || self.bus.upgrade().is_none()
     }
 
     /// Consumes again once there is a connection, logging every [`LOG_EVERY`] while it
@@ -225,7 +225,11 @@ impl Worker {
         } = opened;
         let queue: Arc<str> = Arc::from(queue);
         let mut state = self.shared.link.watch();
-        let mut stop = self.shared.stop.subscribe();
+        let mut stop = self.shared.lifecycle.signal();
+        if stop.borrow_and_update().is_some() {
+            return Left::Stop;
+        }
+        let mut handles: Vec<tokio::task::AbortHandle> = Vec::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, bool)>();
         let mut lanes = Lanes::new(self.concurrency);
         let mut deadline = None;
@@ -238,7 +242,7 @@ impl Worker {
                         break Left::Stop;
                     }
                     for (key, next) in lanes.finished(&key) {
-                        self.start(key, next, &queue, &done_tx);
+                        self.start(key, next, &queue, &done_tx, &mut handles);
                     }
                 }
                 changed = stop.changed() => {
@@ -262,7 +266,7 @@ impl Worker {
                         let prepared = self.prepare(delivery);
                         let key = self.key_of(&prepared);
                         for (key, next) in lanes.arrive(key, prepared) {
-                            self.start(key, next, &queue, &done_tx);
+                            self.start(key, next, &queue, &done_tx, &mut handles);
                         }
                     }
                     Some(Err(error)) => {
@@ -288,6 +292,16 @@ impl Worker {
             match tokio::time::timeout_at(wait_until, done_rx.recv()).await {
                 Ok(Some(_)) => lanes.running -= 1,
                 Ok(None) | Err(_) => break,
+            }
+        }
+        if lanes.running > 0 {
+            // Cut off by the deadline: stopped before they settle, so the broker
+            // redelivers their deliveries once the channel closes.
+            for handle in &handles {
+                handle.abort();
+            }
+            if deadline.is_some() {
+                self.shared.lifecycle.record_cut_off();
             }
         }
         let _ =
@@ -357,6 +371,7 @@ impl Worker {
         prepared: Prepared,
         queue: &Arc<str>,
         done: &mpsc::UnboundedSender<(Arc<str>, bool)>,
+        handles: &mut Vec<tokio::task::AbortHandle>,
     ) {
         let Some(bus) = self.bus.upgrade() else {
             let _ = done.send((key, false));
@@ -365,11 +380,13 @@ impl Worker {
         let this = self.clone();
         let queue = queue.clone();
         let done = done.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let keep_going = this.handle(&bus, &queue, prepared).await;
             drop(bus);
             let _ = done.send((key, keep_going));
         });
+        handles.retain(|h| !h.is_finished());
+        handles.push(task.abort_handle());
     }
 
     /// Handles and settles one delivery; `false` when the worker should stop (a dropped

@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::types::FieldTable;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -67,6 +67,7 @@ use self::consumer::{Feed, Worker};
 use self::link::Link;
 use self::publisher::{Outgoing, Publisher, Routing};
 use self::topology::{Source, Topology};
+use super::lifecycle::Lifecycle;
 use super::run::log_subscribed;
 use super::{Bus, BusError, DeadLetters};
 use crate::DriverError;
@@ -88,30 +89,36 @@ fn broker_error(e: lapin::Error) -> BusError {
 }
 
 /// What the bus's tasks share: the link, the publisher, the topology, the settings and
-/// the shutdown signal (`Some(deadline)` once shutdown started).
+/// the lifecycle (the shutdown signal).
 #[derive(Debug)]
 pub(crate) struct Shared {
     link: Arc<Link>,
     publisher: Publisher,
     topology: Arc<Topology>,
     settings: BusConfig,
-    stop: watch::Sender<Option<Instant>>,
+    pub(crate) lifecycle: Lifecycle,
 }
 
 #[derive(Debug)]
 pub(crate) struct RabbitMq {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     handlers: Mutex<HashSet<String>>,
     command_topics: Mutex<HashSet<String>>,
+    /// The workers.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The link's supervisor.
+    supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Dropping the bus stops every task (the supervisor, every worker) and closes the
 /// connection; unacked deliveries go back to their queues.
 impl Drop for RabbitMq {
     fn drop(&mut self) {
-        self.shared.stop.send_replace(Some(Instant::now()));
+        self.shared.lifecycle.begin(Instant::now());
         for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        if let Some(task) = lock(&self.supervisor).take() {
             task.abort();
         }
         let link = self.shared.link.clone();
@@ -145,22 +152,20 @@ impl RabbitMq {
             settings.max_message_bytes,
             Duration::from_millis(u64::from(settings.confirm_timeout_ms)),
         );
-        let (stop, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             link: link.clone(),
             publisher,
             topology: topology.clone(),
             settings: settings.clone(),
-            stop,
+            lifecycle: Lifecycle::default(),
         });
-        let bus = Self {
+        Ok(Self {
             shared,
             handlers: Mutex::default(),
             command_topics: Mutex::default(),
             tasks: Mutex::default(),
-        };
-        bus.spawn(link.maintain(topology));
-        Ok(bus)
+            supervisor: Mutex::new(Some(tokio::spawn(link.maintain(topology)))),
+        })
     }
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -174,7 +179,7 @@ impl RabbitMq {
         bus: &Bus,
         subscription: Subscription,
     ) -> Result<(), BusError> {
-        if self.shared.stop.borrow().is_some() {
+        if self.shared.lifecycle.is_stopping() {
             return Err(BusError::Closed);
         }
         let handler = subscription.handler.to_string();
@@ -323,6 +328,39 @@ impl RabbitMq {
             tracing::debug!(topic, "event published with no subscriber bound yet");
         }
         Ok(envelope)
+    }
+
+    /// Stops taking deliveries (every consumer is cancelled), lets running handlers
+    /// finish until `deadline` (those cut off are stopped, their deliveries left unacked
+    /// for the broker to redeliver), then closes the channels and the connection.
+    /// `Err(Timeout)` when handlers were cut off.
+    pub(crate) async fn shutdown(&self, deadline: Instant) -> Result<(), BusError> {
+        self.shared.lifecycle.begin(deadline);
+        let workers: Vec<JoinHandle<()>> = lock(&self.tasks).drain(..).collect();
+        let mut cut_off = false;
+        // Each worker stops its own handlers at the deadline, then closes its channel.
+        let margin = Duration::from_secs(3);
+        for mut worker in workers {
+            match tokio::time::timeout_at(deadline + margin, &mut worker).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    worker.abort();
+                    cut_off = true;
+                }
+            }
+        }
+        cut_off |= self.shared.lifecycle.cut_off();
+        if let Some(task) = lock(&self.supervisor).take() {
+            task.abort();
+        }
+        self.shared.link.close().await;
+        if cut_off {
+            Err(BusError::Timeout(
+                "handlers to finish before the shutdown deadline",
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) async fn dead_letters(&self, bus: &Bus) -> Result<DeadLetters, BusError> {
