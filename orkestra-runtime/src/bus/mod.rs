@@ -205,6 +205,34 @@ impl Bus {
         }
     }
 
+    /// Dispatches a command and waits for its handler's outcome, on any bus: the
+    /// returned envelope holds the final status (`Succeeded` with the handler's reply,
+    /// `Failed` after its retries, `Rejected`) and the attempts.
+    ///
+    /// On RabbitMQ the reply comes back through direct reply-to
+    /// (`amq.rabbitmq.reply-to`), so the handler may run in another process. Past
+    /// `timeout` it is [`BusError::Timeout`]; the command may still run (in-process
+    /// it keeps running in its own task; on RabbitMQ it stays queued or running).
+    pub async fn call(
+        &self,
+        envelope: CommandEnvelope,
+        timeout: std::time::Duration,
+    ) -> Result<CommandEnvelope, BusError> {
+        match &*self.backend {
+            Backend::InProcess(_) => {
+                let bus = self.clone();
+                let run = tokio::spawn(async move { bus.dispatch(envelope).await });
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(BusError::Closed),
+                    Err(_) => Err(BusError::Timeout("reply")),
+                }
+            }
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.call(envelope, timeout).await,
+        }
+    }
+
     /// Publishes an event to every subscriber whose pattern matches its topic.
     ///
     /// `Ok` once delivered; each subscriber's failures are retried and dead-lettered on

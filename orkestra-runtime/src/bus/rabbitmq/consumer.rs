@@ -27,6 +27,7 @@ use tracing::{Instrument, Span};
 use super::headers::{self, TraceExtractor};
 use super::link::{CONNECT_TIMEOUT, LOG_EVERY, Live, State};
 use super::publisher::Outgoing;
+use super::reply::Reply;
 use super::topology::Source;
 use super::{SYSTEM, Shared, broker_error, spans, wire};
 use crate::bus::run::{Outcome, Runner, log_dead_letter, log_retry};
@@ -573,6 +574,7 @@ async fn handle_delivery(
         }
         Err(reason) => Outcome::Rejected(reason.clone()),
     };
+    let reply = reply_for(&outcome, attempt, max_retries);
     let settled = match outcome {
         Outcome::Succeeded(_) => ack(&delivery).await,
         Outcome::Failed(reason) if attempt <= max_retries => {
@@ -594,7 +596,39 @@ async fn handle_delivery(
     };
     if let Err(error) = settled {
         tracing::error!(handler = %subscription.handler, %error, "could not settle a delivery; the broker will redeliver it");
+        return;
     }
+    if let (Some(reply), Some(to), Some(id)) = (
+        reply,
+        delivery.properties.reply_to().as_ref(),
+        delivery.properties.correlation_id().as_ref(),
+    ) {
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        if let Err(error) = shared
+            .publisher
+            .publish_reply(to.as_str(), id.as_str(), &body)
+            .await
+        {
+            tracing::warn!(handler = %subscription.handler, %error, orkestra = "rabbitmq", "reply not sent; the caller will time out");
+        }
+    }
+}
+
+/// The reply to send when the outcome is final (`None` while a retry is coming).
+fn reply_for(outcome: &Outcome, attempt: u32, max_retries: u32) -> Option<Reply> {
+    let (status, reply, error) = match outcome {
+        Outcome::Succeeded(value) => ("succeeded", value.clone(), None),
+        Outcome::Failed(_) if attempt <= max_retries => return None,
+        Outcome::Failed(reason) => ("failed", serde_json::Value::Null, Some(reason.clone())),
+        Outcome::Rejected(reason) => ("rejected", serde_json::Value::Null, Some(reason.clone())),
+    };
+    Some(Reply {
+        status: status.to_owned(),
+        reply,
+        error,
+        attempts: attempt,
+        max_retries,
+    })
 }
 
 /// The message in a delivery's body, or why there is none (too large, undecodable:

@@ -19,6 +19,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{Notify, watch};
 
 use super::broker_error;
+use super::reply::Replies;
 use super::topology::Topology;
 use crate::DriverError;
 use crate::bus::BusError;
@@ -52,6 +53,7 @@ pub(super) struct Live {
     /// Which URL of the list it is connected to.
     pub(super) url: usize,
     publisher: tokio::sync::Mutex<Option<Channel>>,
+    replies: Arc<Replies>,
 }
 
 impl Live {
@@ -73,6 +75,7 @@ impl Live {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker_error)?;
+        self.replies.listen(&channel).await?;
         *slot = Some(channel.clone());
         Ok(channel)
     }
@@ -86,6 +89,8 @@ impl Live {
 /// supervisor to look at the connection now.
 #[derive(Debug)]
 pub(super) struct Link {
+    /// Calls waiting for a direct reply, across connections.
+    pub(super) replies: Arc<Replies>,
     urls: Vec<SecretUrl>,
     name: String,
     state: watch::Sender<State>,
@@ -101,16 +106,19 @@ impl Link {
         topology: &Topology,
     ) -> Result<Arc<Self>, BusError> {
         let (connection, url) = open_any(&urls, &name).await.map_err(|e| e.error())?;
+        let replies = Arc::new(Replies::default());
         let live = Live {
             generation: 1,
             connection,
             url,
             publisher: tokio::sync::Mutex::default(),
+            replies: replies.clone(),
         };
         let channel = live.publish_channel().await?;
         topology.declare_exchanges(&channel).await?;
         let (state, _) = watch::channel(State::Up(Arc::new(live)));
         Ok(Arc::new(Self {
+            replies,
             urls,
             name,
             state,
@@ -277,6 +285,7 @@ impl Link {
                         connection,
                         url,
                         publisher: tokio::sync::Mutex::default(),
+                        replies: self.replies.clone(),
                     };
                     let declared = tokio::time::timeout(CONNECT_TIMEOUT, async {
                         let channel = live.publish_channel().await?;

@@ -40,6 +40,7 @@
 //! | `link.rs` | the connection, its supervisor and reconnection, the publishing channel |
 //! | `topology.rs` | exchange and queue names, their declaration and bindings |
 //! | `publisher.rs` | publishing with confirms; where a confirmation becomes a result |
+//! | `reply.rs` | `Bus::call`: direct reply-to, waiting calls, the reply body and receipt |
 //! | `consumer.rs` | workers: concurrency with per-key order, settling, retries, dead-lettering, resuming |
 //! | `wire.rs` | the JSON body of a message, and the placeholder for an undecodable one |
 //! | `spans.rs` | the `orkestra.rabbitmq.publish` and `orkestra.rabbitmq.consume` spans |
@@ -49,6 +50,7 @@ mod consumer;
 mod headers;
 mod link;
 mod publisher;
+mod reply;
 mod spans;
 mod topology;
 mod wire;
@@ -297,6 +299,64 @@ impl RabbitMq {
         }
         envelope.try_mark_dispatched()?;
         Ok(envelope)
+    }
+
+    /// Dispatches with a direct reply-to address and waits for the command's final
+    /// outcome until `timeout` (publishing included).
+    pub(crate) async fn call(
+        &self,
+        mut envelope: CommandEnvelope,
+        timeout: Duration,
+    ) -> Result<CommandEnvelope, BusError> {
+        let deadline = Instant::now() + timeout;
+        super::expect_kind(envelope.message(), MessageKind::Command)?;
+        envelope.clone().try_mark_dispatched()?;
+        let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
+        let span = flow.span;
+        let body = wire::encode(envelope.message())?;
+        let mut headers = FieldTable::default();
+        if let Some(max) = envelope.max_retries_override() {
+            headers::put_int(&mut headers, headers::MAX_RETRIES, i64::from(max));
+        }
+        let topic = envelope.topic().to_owned();
+        let call_id = crate::message::new_id();
+        let waiting = self.shared.link.replies.wait_for(call_id.clone());
+        let properties = publisher::message_properties(envelope.message(), headers)
+            .with_reply_to(reply::REPLY_TO.into())
+            .with_correlation_id(call_id.as_str().into());
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.shared
+                .publisher
+                .publish(
+                    Outgoing {
+                        exchange: &self.shared.topology.names.commands,
+                        routing_key: &topic,
+                        body: &body,
+                        properties,
+                    },
+                    envelope.message(),
+                    flow.traced,
+                )
+                .instrument(span.clone()),
+        )
+        .await
+        .unwrap_or(Err(BusError::Timeout("reply")))?;
+        if sent == Routing::Unroutable {
+            trace::record_error(
+                &span,
+                "no_handler",
+                "no queue is bound to this command topic",
+            );
+            return Err(BusError::NoHandler { topic });
+        }
+        envelope.try_mark_dispatched()?;
+        let mut waiting = waiting;
+        match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
+            Ok(Ok(outcome)) => Ok(reply::receipt(envelope, outcome)),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Err(BusError::Timeout("reply")),
+        }
     }
 
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {

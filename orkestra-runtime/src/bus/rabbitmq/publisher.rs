@@ -40,6 +40,7 @@ pub(super) enum Routing {
 enum Purpose {
     Message,
     DeadLetter,
+    Reply,
 }
 
 /// Publishes through the link's confirm-mode channel. Every publish returns within the
@@ -123,6 +124,25 @@ impl Publisher {
             .map(drop)
     }
 
+    /// Sends a command's outcome to the direct reply-to address of its caller (not
+    /// `mandatory`: a caller that has gone away drops it).
+    pub(super) async fn publish_reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: &[u8],
+    ) -> Result<(), BusError> {
+        let out = Outgoing {
+            exchange: "",
+            routing_key: reply_to,
+            body,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_correlation_id(correlation_id.into()),
+        };
+        self.send(out, Purpose::Reply).await.map(drop)
+    }
+
     /// Publishes and waits for the confirm; only a message is `mandatory`. Waits for a
     /// connection while the link is down; all of it within the confirm timeout.
     async fn send(&self, out: Outgoing<'_>, purpose: Purpose) -> Result<Routing, BusError> {
@@ -154,6 +174,7 @@ impl Publisher {
         let result = sent.unwrap_or(Err(BusError::Timeout(match purpose {
             Purpose::Message => "publisher confirm",
             Purpose::DeadLetter => "dead-letter confirm",
+            Purpose::Reply => "reply confirm",
         })));
         if matches!(result, Err(BusError::Broker(_) | BusError::Timeout(_))) {
             self.link.suspect();
@@ -183,6 +204,7 @@ async fn confirmed(confirm: PublisherConfirm, purpose: Purpose) -> Result<Routin
     let refused = match purpose {
         Purpose::Message => "the broker refused the message (nack)",
         Purpose::DeadLetter => "the broker refused the dead letter",
+        Purpose::Reply => "the broker refused the reply",
     };
     match confirm.await {
         Err(e) => Err(broker_error(e)),
