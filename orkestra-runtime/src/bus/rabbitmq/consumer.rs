@@ -231,20 +231,34 @@ impl Worker {
             return Left::Stop;
         }
         let mut handles: Vec<tokio::task::AbortHandle> = Vec::new();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, bool)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut lanes = Lanes::new(self.concurrency);
+        let prefetch = u16::try_from(self.concurrency)
+            .unwrap_or(u16::MAX)
+            .max(self.shared.settings.prefetch);
+        let mut acks = Acks {
+            batch: usize::from(prefetch / 2).clamp(1, ACK_BATCH),
+            ..Acks::default()
+        };
         let mut deadline = None;
         let left = loop {
             tokio::select! {
                 biased;
-                Some((key, keep_going)) = done_rx.recv() => {
-                    if !keep_going {
+                Some(done) = done_rx.recv() => {
+                    acks.finished(done.tag, done.settled);
+                    if done.settled == Settled::Stop {
                         lanes.running -= 1;
                         break Left::Stop;
                     }
-                    for (key, next) in lanes.finished(&key) {
+                    if acks.due() {
+                        acks.flush(&channel, false).await;
+                    }
+                    for (key, next) in lanes.finished(&done.key) {
                         self.start(key, next, &queue, &done_tx, &mut handles);
                     }
+                }
+                () = tokio::time::sleep_until(acks.since + ACK_IDLE), if !acks.waiting.is_empty() => {
+                    acks.flush(&channel, false).await;
                 }
                 changed = stop.changed() => {
                     let at = *stop.borrow();
@@ -264,6 +278,7 @@ impl Worker {
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        acks.outstanding.insert(delivery.delivery_tag);
                         let prepared = self.prepare(delivery);
                         let key = self.key_of(&prepared);
                         for (key, next) in lanes.arrive(key, prepared) {
@@ -291,10 +306,16 @@ impl Worker {
         let wait_until = deadline.unwrap_or_else(|| Instant::now() + DRAIN_ON_RECONNECT);
         while lanes.running > 0 {
             match tokio::time::timeout_at(wait_until, done_rx.recv()).await {
-                Ok(Some(_)) => lanes.running -= 1,
+                Ok(Some(done)) => {
+                    acks.finished(done.tag, done.settled);
+                    lanes.running -= 1;
+                }
                 Ok(None) | Err(_) => break,
             }
         }
+        // Every finished success is acknowledged before the channel closes (only those
+        // are: a cut-off delivery stays unacked).
+        acks.flush(&channel, true).await;
         if lanes.running > 0 {
             // Cut off by the deadline: stopped before they settle, so the broker
             // redelivers their deliveries once the channel closes.
@@ -371,32 +392,36 @@ impl Worker {
         key: Arc<str>,
         prepared: Prepared,
         queue: &Arc<str>,
-        done: &mpsc::UnboundedSender<(Arc<str>, bool)>,
+        done: &mpsc::UnboundedSender<Done>,
         handles: &mut Vec<tokio::task::AbortHandle>,
     ) {
+        let tag = prepared.delivery.delivery_tag;
         let Some(bus) = self.bus.upgrade() else {
-            let _ = done.send((key, false));
+            let _ = done.send(Done {
+                key,
+                tag,
+                settled: Settled::Stop,
+            });
             return;
         };
         let this = self.clone();
         let queue = queue.clone();
         let done = done.clone();
         let task = tokio::spawn(async move {
-            let keep_going = this.handle(&bus, &queue, prepared).await;
+            let settled = this.handle(&bus, &queue, prepared).await;
             drop(bus);
-            let _ = done.send((key, keep_going));
+            let _ = done.send(Done { key, tag, settled });
         });
         handles.retain(|h| !h.is_finished());
         handles.push(task.abort_handle());
     }
 
-    /// Handles and settles one delivery; `false` when the worker should stop (a dropped
-    /// receiver).
-    async fn handle(&self, bus: &Bus, queue: &str, prepared: Prepared) -> bool {
+    /// Handles one delivery and settles it, or leaves a success to the worker's next
+    /// batch ack.
+    async fn handle(&self, bus: &Bus, queue: &str, prepared: Prepared) -> Settled {
         match &self.feed {
             Feed::Work(subscription) => {
-                handle_delivery(&self.shared, bus, subscription, queue, prepared).await;
-                true
+                handle_delivery(&self.shared, bus, subscription, queue, prepared).await
             }
             Feed::DeadLetterHandler(subscription) => {
                 let delivery = prepared.delivery;
@@ -405,16 +430,128 @@ impl Worker {
                 if let Err(error) = ack(&delivery).await {
                     tracing::warn!(%error, handler = %subscription.handler, orkestra = "rabbitmq", "dead letter not acked");
                 }
-                true
+                Settled::Done
             }
             Feed::Receiver(tx) => {
                 let delivery = prepared.delivery;
                 if tx.send(letter_from_delivery(&delivery)).await.is_err() {
-                    return false;
+                    return Settled::Stop;
                 }
                 let _ = ack(&delivery).await;
-                true
+                Settled::Done
             }
+        }
+    }
+}
+
+/// Most finished successes waiting for one batch ack (fewer with a small prefetch: a
+/// half of it, so the broker never waits for acks to send more).
+const ACK_BATCH: usize = 64;
+/// The longest a finished success waits for its ack.
+const ACK_IDLE: Duration = Duration::from_millis(2);
+
+/// How a handler task left its delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    /// Settled by the task (acked, retried or dead-lettered).
+    Done,
+    /// Succeeded; the worker acks it in a batch.
+    Succeeded,
+    /// Not handled: the worker stops (the bus or the receiver is gone).
+    Stop,
+}
+
+/// A handler task's report to its worker.
+struct Done {
+    key: Arc<str>,
+    tag: u64,
+    settled: Settled,
+}
+
+/// Batched acks: a `multiple` ack only ever covers deliveries that all finished (every
+/// tag at or below it is settled or succeeded), so nothing is acked before its handler
+/// finished.
+struct Acks {
+    /// Delivered and not finished.
+    outstanding: std::collections::BTreeSet<u64>,
+    /// Succeeded, not acked yet.
+    waiting: std::collections::BTreeSet<u64>,
+    /// Since when the oldest of `waiting` waits (about).
+    since: Instant,
+    /// How many waiting successes make a batch.
+    batch: usize,
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Self {
+            outstanding: std::collections::BTreeSet::new(),
+            waiting: std::collections::BTreeSet::new(),
+            since: Instant::now(),
+            batch: ACK_BATCH,
+        }
+    }
+}
+
+impl Acks {
+    fn finished(&mut self, tag: u64, settled: Settled) {
+        self.outstanding.remove(&tag);
+        if settled == Settled::Succeeded {
+            if self.waiting.is_empty() {
+                self.since = Instant::now();
+            }
+            self.waiting.insert(tag);
+        }
+    }
+
+    /// Whether the waiting successes should be acked now.
+    fn due(&self) -> bool {
+        !self.waiting.is_empty()
+            && (self.waiting.len() >= self.batch || self.since.elapsed() >= ACK_IDLE)
+    }
+
+    /// Acks the successes below the oldest unfinished delivery with one `multiple` ack;
+    /// at the end (`last`), the rest one by one.
+    async fn flush(&mut self, channel: &Channel, last: bool) {
+        let floor = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let below: Option<u64> = self.waiting.range(..floor).next_back().copied();
+        // Those still waiting (above an unfinished delivery) wait anew.
+        self.since = Instant::now();
+        if let Some(tag) = below {
+            self.waiting = self.waiting.split_off(&(tag + 1));
+            settle_result(
+                tokio::time::timeout(
+                    SETTLE_TIMEOUT,
+                    channel.basic_ack(tag, BasicAckOptions { multiple: true }),
+                )
+                .await,
+            );
+        }
+        if last {
+            for tag in std::mem::take(&mut self.waiting) {
+                settle_result(
+                    tokio::time::timeout(
+                        SETTLE_TIMEOUT,
+                        channel.basic_ack(tag, BasicAckOptions { multiple: false }),
+                    )
+                    .await,
+                );
+            }
+        }
+    }
+}
+
+fn settle_result(result: Result<Result<(), lapin::Error>, tokio::time::error::Elapsed>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, orkestra = "rabbitmq", "batch ack failed; the broker will redeliver those messages");
+        }
+        Err(_) => {
+            tracing::warn!(
+                orkestra = "rabbitmq",
+                "batch ack timed out; the broker will redeliver those messages"
+            );
         }
     }
 }
@@ -518,14 +655,16 @@ impl Lanes {
     }
 }
 
-/// Handles one delivery and settles it: ack, reject into the retry path, or dead letter.
+/// Handles one delivery and settles it: reject into the retry path, dead letter, or,
+/// for a success, ack (at once when a caller waits for the reply, else in the worker's
+/// next batch: [`Settled::Succeeded`]).
 async fn handle_delivery(
     shared: &Shared,
     bus: &Bus,
     subscription: &Subscription,
     queue: &str,
     prepared: Prepared,
-) {
+) -> Settled {
     let Prepared { delivery, decoded } = prepared;
     let headers = delivery.properties.headers().as_ref();
     let attempt = headers::rejections(headers, queue).saturating_add(1);
@@ -574,8 +713,10 @@ async fn handle_delivery(
         }
         Err(reason) => Outcome::Rejected(reason.clone()),
     };
-    let reply = reply_for(&outcome, attempt, max_retries);
+    let reply = reply_for(&outcome, attempt, max_retries)
+        .filter(|_| delivery.properties.reply_to().is_some());
     let settled = match outcome {
+        Outcome::Succeeded(_) if reply.is_none() => return Settled::Succeeded,
         Outcome::Succeeded(_) => ack(&delivery).await,
         Outcome::Failed(reason) if attempt <= max_retries => {
             log_retry(subscription, attempt, max_retries, &reason, SYSTEM);
@@ -596,7 +737,7 @@ async fn handle_delivery(
     };
     if let Err(error) = settled {
         tracing::error!(handler = %subscription.handler, %error, "could not settle a delivery; the broker will redeliver it");
-        return;
+        return Settled::Done;
     }
     if let (Some(reply), Some(to), Some(id)) = (
         reply,
@@ -612,6 +753,7 @@ async fn handle_delivery(
             tracing::warn!(handler = %subscription.handler, %error, orkestra = "rabbitmq", "reply not sent; the caller will time out");
         }
     }
+    Settled::Done
 }
 
 /// The reply to send when the outcome is final (`None` while a retry is coming).

@@ -52,19 +52,22 @@ pub(super) struct Live {
     pub(super) connection: Connection,
     /// Which URL of the list it is connected to.
     pub(super) url: usize,
-    publisher: tokio::sync::Mutex<Option<Channel>>,
+    publisher: std::sync::RwLock<Option<Channel>>,
+    opening: tokio::sync::Mutex<()>,
     replies: Arc<Replies>,
 }
 
 impl Live {
     /// The publishing channel (in confirm mode), opened again if it was closed (a
-    /// channel-level error closes a channel, not the connection).
+    /// channel-level error closes a channel, not the connection). The open channel is
+    /// read without waiting; only opening one is serialized.
     pub(super) async fn publish_channel(&self) -> Result<Channel, BusError> {
-        let mut slot = self.publisher.lock().await;
-        if let Some(channel) = slot.as_ref()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
+        if let Some(channel) = self.open_channel() {
+            return Ok(channel);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(channel) = self.open_channel() {
+            return Ok(channel);
         }
         let channel = self
             .connection
@@ -76,8 +79,15 @@ impl Live {
             .await
             .map_err(broker_error)?;
         self.replies.listen(&channel).await?;
-        *slot = Some(channel.clone());
+        *crate::sync::write(&self.publisher) = Some(channel.clone());
         Ok(channel)
+    }
+
+    fn open_channel(&self) -> Option<Channel> {
+        crate::sync::read(&self.publisher)
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
     }
 
     pub(super) fn connected(&self) -> bool {
@@ -111,7 +121,8 @@ impl Link {
             generation: 1,
             connection,
             url,
-            publisher: tokio::sync::Mutex::default(),
+            publisher: std::sync::RwLock::default(),
+            opening: tokio::sync::Mutex::default(),
             replies: replies.clone(),
         };
         let channel = live.publish_channel().await?;
@@ -129,6 +140,14 @@ impl Link {
     /// The current state, and how to wait for it to change.
     pub(super) fn watch(&self) -> watch::Receiver<State> {
         self.state.subscribe()
+    }
+
+    /// The connection, if the link is up now.
+    pub(super) fn current(&self) -> Option<Arc<Live>> {
+        match &*self.state.borrow() {
+            State::Up(live) => Some(live.clone()),
+            State::Down { .. } | State::Closed => None,
+        }
     }
 
     /// The connection, waiting for one while the link is down; [`BusError::Closed`] once
@@ -284,7 +303,8 @@ impl Link {
                         generation,
                         connection,
                         url,
-                        publisher: tokio::sync::Mutex::default(),
+                        publisher: std::sync::RwLock::default(),
+                        opening: tokio::sync::Mutex::default(),
                         replies: self.replies.clone(),
                     };
                     let declared = tokio::time::timeout(CONNECT_TIMEOUT, async {

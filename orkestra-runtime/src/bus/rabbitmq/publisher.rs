@@ -148,10 +148,13 @@ impl Publisher {
     async fn send(&self, out: Outgoing<'_>, purpose: Purpose) -> Result<Routing, BusError> {
         let started = Instant::now();
         let deadline = started + self.confirm_timeout;
-        let Ok(live) = tokio::time::timeout_at(deadline, self.link.live()).await else {
-            return Err(self.link.unavailable(started.elapsed()));
+        let live = match self.link.current() {
+            Some(live) => live,
+            None => match tokio::time::timeout_at(deadline, self.link.live()).await {
+                Ok(live) => live?,
+                Err(_) => return Err(self.link.unavailable(started.elapsed())),
+            },
         };
-        let live = live?;
         let options = BasicPublishOptions {
             mandatory: matches!(purpose, Purpose::Message),
             ..BasicPublishOptions::default()
