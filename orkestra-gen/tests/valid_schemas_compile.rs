@@ -206,7 +206,7 @@ fn bindings(
             if single {
                 let _ = writeln!(
                     y,
-                    "  {ns}On{0}: {{ event: {0}, max_retries: {retries} }}",
+                    "  {ns}On{0}: {{ event: {0}, max_retries: {retries}, retry_delay: 250ms, retry_backoff: 2.5, retry_delay_max: 2s }}",
                     events[0]
                 );
             }

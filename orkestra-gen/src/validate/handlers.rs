@@ -17,6 +17,9 @@ const HANDLER_KEYS: &[&str] = &[
     "max_retries",
     "concurrency",
     "partition_by",
+    "retry_delay",
+    "retry_backoff",
+    "retry_delay_max",
     "emits",
     "description",
     "dead_letters",
@@ -27,7 +30,7 @@ pub(super) const CORRELATION_ID: &str = "correlation_id";
 
 /// What a `dead_letters: true` binding cannot also have: it receives every dead letter
 /// of the bus and nothing else, and emits nothing.
-const NOT_WITH_DEAD_LETTERS: [&str; 7] = [
+const NOT_WITH_DEAD_LETTERS: [&str; 10] = [
     "command",
     "event",
     "events",
@@ -35,6 +38,9 @@ const NOT_WITH_DEAD_LETTERS: [&str; 7] = [
     "emits",
     "concurrency",
     "partition_by",
+    "retry_delay",
+    "retry_backoff",
+    "retry_delay_max",
 ];
 
 /// The keys that name what a binding receives; a binding has exactly one.
@@ -102,6 +108,7 @@ impl Validator {
                 span: n.span.clone(),
             }),
         };
+        let retry = self.retry_delays(key, &map)?;
         let emits = match map.get("emits") {
             None => Vec::new(),
             Some(n) => self.emits(decl, key, n, &tables.events)?,
@@ -113,6 +120,7 @@ impl Validator {
             max_retries,
             concurrency,
             partition_by,
+            retry,
             emits,
         })
     }
@@ -172,6 +180,7 @@ impl Validator {
             max_retries,
             concurrency: None,
             partition_by: None,
+            retry: RetryDelays::default(),
             emits: Vec::new(),
         })
     }
@@ -335,6 +344,97 @@ impl Validator {
                     &n.span,
                     format!(
                         "`max_retries` of handler `{}` must be a non-negative integer, found {}",
+                        key.name,
+                        describe(n)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `retry_delay: 5s`, `retry_backoff: 2.0`, `retry_delay_max: 60s`: durations as
+    /// `<n>ms`, `<n>s` or `<n>m`, a factor of at least 1, a cap not below the delay.
+    fn retry_delays(&mut self, key: &Key, map: &HashMap<&str, &Node>) -> Option<RetryDelays> {
+        let delay_ms = match map.get("retry_delay") {
+            None => None,
+            Some(n) => Some(self.duration(key, "retry_delay", n)?),
+        };
+        let max_ms = match map.get("retry_delay_max") {
+            None => None,
+            Some(n) => Some(self.duration(key, "retry_delay_max", n)?),
+        };
+        let backoff = match map.get("retry_backoff") {
+            None => None,
+            Some(n) => {
+                let factor = match n.value {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                    _ => f64::NAN,
+                };
+                if !(1.0..=1000.0).contains(&factor) {
+                    self.error(
+                        &n.span,
+                        format!(
+                            "`retry_backoff` of handler `{}` must be a number from 1 to 1000 (the factor between two waits), found {}",
+                            key.name,
+                            describe(n)
+                        ),
+                    );
+                    return None;
+                }
+                Some(factor)
+            }
+        };
+        if let (Some(delay), Some(max), Some(n)) = (delay_ms, max_ms, map.get("retry_delay_max"))
+            && max < delay
+        {
+            self.error(
+                &n.span,
+                format!(
+                    "`retry_delay_max` of handler `{}` ({max} ms) is below its `retry_delay` ({delay} ms)",
+                    key.name
+                ),
+            );
+            return None;
+        }
+        Some(RetryDelays {
+            delay_ms,
+            backoff,
+            max_ms,
+        })
+    }
+
+    /// A duration such as `500ms`, `5s` or `2m`, in ms (at least 1 ms, at most 24 h).
+    fn duration(&mut self, key: &Key, what: &str, n: &Node) -> Option<u64> {
+        let parsed = match &n.value {
+            Value::Str(text) => {
+                let text = text.trim();
+                let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+                    Some(i) => text.split_at(i),
+                    None => (text, ""),
+                };
+                let factor = match unit {
+                    "ms" => Some(1),
+                    "s" => Some(1000),
+                    "m" => Some(60_000),
+                    _ => None,
+                };
+                number
+                    .parse::<u64>()
+                    .ok()
+                    .zip(factor)
+                    .and_then(|(n, f)| n.checked_mul(f))
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(ms) if (1..=86_400_000).contains(&ms) => Some(ms),
+            _ => {
+                self.error(
+                    &n.span,
+                    format!(
+                        "`{what}` of handler `{}` must be a duration such as `500ms`, `5s` or `2m` (up to 24 h), found {}",
                         key.name,
                         describe(n)
                     ),

@@ -15,7 +15,8 @@ pub(crate) struct Lifecycle {
     stop: watch::Sender<Option<Instant>>,
     in_flight: AtomicUsize,
     idle: Notify,
-    /// Whether a handler was stopped by the deadline.
+    /// Whether a handler was stopped by the deadline (RabbitMQ).
+    #[cfg(feature = "rabbitmq")]
     cut_off: std::sync::atomic::AtomicBool,
 }
 
@@ -36,6 +37,7 @@ impl Default for Lifecycle {
             stop: watch::channel(None).0,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            #[cfg(feature = "rabbitmq")]
             cut_off: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -59,11 +61,13 @@ impl Lifecycle {
     }
 
     /// Records that the deadline stopped a handler.
+    #[cfg(feature = "rabbitmq")]
     pub(crate) fn record_cut_off(&self) {
         self.cut_off.store(true, Ordering::SeqCst);
     }
 
     /// Whether the deadline stopped a handler.
+    #[cfg(feature = "rabbitmq")]
     pub(crate) fn cut_off(&self) -> bool {
         self.cut_off.load(Ordering::SeqCst)
     }

@@ -89,6 +89,23 @@ pub enum BusError {
         #[source]
         source: Option<crate::DriverError>,
     },
+    /// A queue exists with other arguments than this bus declares (another
+    /// `bus.queue_type`, say). RabbitMQ cannot change a queue's type: the bus refuses to
+    /// start rather than redeclare it.
+    #[error(
+        "queue {queue:?} exists with other arguments than a {wanted} queue of this bus ({source}); \
+         drain and delete it (or move its messages with a shovel) before switching bus.queue_type, \
+         or set bus.queue_type to the type it has"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The type this bus declares.
+        wanted: &'static str,
+        /// The broker's refusal.
+        #[source]
+        source: crate::DriverError,
+    },
     /// The broker failed or refused an operation.
     #[error("broker: {0}")]
     Broker(#[source] crate::DriverError),
@@ -315,9 +332,11 @@ impl Bus {
 
 /// A handle that does not keep the bus alive: what a bus's own tasks hold, so dropping
 /// the last [`Bus`] stops them.
+#[cfg(feature = "rabbitmq")]
 #[derive(Clone, Debug)]
 pub(crate) struct WeakBus(std::sync::Weak<Backend>);
 
+#[cfg(feature = "rabbitmq")]
 impl WeakBus {
     /// The bus, while a handle to it exists.
     pub(crate) fn upgrade(&self) -> Option<Bus> {
@@ -325,6 +344,7 @@ impl WeakBus {
     }
 }
 
+#[cfg(feature = "rabbitmq")]
 impl Bus {
     pub(crate) fn downgrade(&self) -> WeakBus {
         WeakBus(Arc::downgrade(&self.backend))

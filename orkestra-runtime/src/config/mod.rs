@@ -52,6 +52,26 @@ impl BusAdapter {
     }
 }
 
+/// The type of every queue the RabbitMQ bus declares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Classic queues (the default).
+    #[default]
+    Classic,
+    /// Quorum queues: replicated across a cluster, durable, dead-lettering at least once.
+    Quorum,
+}
+
+impl QueueType {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("classic", Self::Classic), ("quorum", Self::Quorum)];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
 /// Which event store to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StoreAdapter {
@@ -104,6 +124,9 @@ pub struct BusConfig {
     /// How long a dispatch or publish may take in all (waiting for a connection, sending,
     /// the broker's confirm) before it fails (RabbitMQ), default 30,000 ms.
     pub confirm_timeout_ms: u32,
+    /// The type of every queue (RabbitMQ): `classic` (default) or `quorum`. An existing
+    /// queue of the other type is refused at subscribe, never redeclared.
+    pub queue_type: QueueType,
     /// Unacknowledged deliveries a consumer may hold (RabbitMQ `prefetch`), default 64.
     pub prefetch: u16,
     /// How long a failed message waits before its retry (RabbitMQ), default 1000 ms.
@@ -126,6 +149,7 @@ impl Default for BusConfig {
             urls: Vec::new(),
             concurrency: 32,
             confirm_timeout_ms: 30_000,
+            queue_type: QueueType::Classic,
             prefetch: 64,
             retry_delay_ms: 1000,
             max_message_bytes: 4 * 1024 * 1024,
@@ -274,6 +298,20 @@ impl Config {
                     message: format!("{} is out of range; expected {min} to {max}", v.get_ref()),
                 }),
             };
+            if let Some(t) = bus.queue_type {
+                config.bus.queue_type = QueueType::NAMES
+                    .iter()
+                    .find(|(name, _)| name == t.get_ref())
+                    .map(|(_, q)| *q)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        setting: "bus.queue_type",
+                        origin: at(t.span()),
+                        message: format!(
+                            "unknown queue type {:?}; expected classic or quorum",
+                            t.get_ref()
+                        ),
+                    })?;
+            }
             if let Some(list) = bus.urls {
                 for u in list {
                     url_origins.push(("bus.urls", at(u.span())));
@@ -418,6 +456,7 @@ struct RawSection {
     prefetch: Option<Spanned<i64>>,
     concurrency: Option<Spanned<i64>>,
     confirm_timeout_ms: Option<Spanned<i64>>,
+    queue_type: Option<Spanned<String>>,
     retry_delay_ms: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<i64>>,
     prefix: Option<Spanned<String>>,
@@ -584,6 +623,14 @@ mod tests {
         assert_eq!(c.bus.urls[1].expose(), "amqp://u:pw@b/%2f");
         assert_eq!((c.bus.concurrency, c.bus.confirm_timeout_ms), (8, 5000));
         assert_eq!(Config::default().bus.concurrency, 32);
+        let c = Config::from_toml_str("[bus]\nqueue_type = \"quorum\"\n").unwrap();
+        assert_eq!(c.bus.queue_type, QueueType::Quorum);
+        let e = Config::from_toml_str("[bus]\nqueue_type = \"stream\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bus.queue_type (orkestra.toml:2:14): unknown queue type \"stream\""),
+            "{e}"
+        );
         let e = Config::from_toml_str(
             "[bus]\nadapter = \"rabbitmq\"\nurls = [\"amqp://u:s3cret@a/%2f\", \"http://u:s3cret@b\"]\n",
         )

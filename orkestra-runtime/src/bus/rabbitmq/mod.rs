@@ -222,6 +222,7 @@ impl RabbitMq {
                 Source::Work {
                     queue: names.command_queue(topic),
                     bindings: vec![(names.commands.clone(), topic.to_owned())],
+                    delays: subscription.retry_delays_ms(self.shared.settings.retry_delay_ms),
                 },
                 Feed::Work(subscription.clone()),
                 subscription.concurrency_or(self.shared.settings.concurrency),
@@ -233,6 +234,7 @@ impl RabbitMq {
                         .iter()
                         .map(|p| (names.events.clone(), (*p).to_owned()))
                         .collect(),
+                    delays: subscription.retry_delays_ms(self.shared.settings.retry_delay_ms),
                 },
                 Feed::Work(subscription.clone()),
                 subscription.concurrency_or(self.shared.settings.concurrency),
