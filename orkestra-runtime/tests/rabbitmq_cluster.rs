@@ -52,6 +52,10 @@ async fn killing_the_connected_node_loses_no_confirmed_command() {
         eprintln!("SKIPPED: ORKESTRA_CLUSTER_URLS is not set (see .ci/run)");
         return;
     };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .try_init();
     let mut config = rabbit_config();
     config.bus.url = None;
     config.bus.urls = urls;
@@ -75,13 +79,19 @@ async fn killing_the_connected_node_loses_no_confirmed_command() {
 
     let confirmed: Arc<Mutex<Vec<String>>> = Arc::default();
     let failed = Arc::new(AtomicUsize::new(0));
+    let last_error: Arc<Mutex<String>> = Arc::default();
     let mut tasks = Vec::new();
     for _ in 0..DISPATCHERS {
-        let (producer, confirmed, failed) = (producer.clone(), confirmed.clone(), failed.clone());
+        let (producer, confirmed, failed, last_error) = (
+            producer.clone(),
+            confirmed.clone(),
+            failed.clone(),
+            last_error.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
             while confirmed.lock().unwrap().len() < TOTAL
-                && started.elapsed() < Duration::from_secs(240)
+                && started.elapsed() < Duration::from_secs(120)
             {
                 let cmd = Command::<PlaceOrder>::from_json(
                     json!({"product_id": "sku", "quantity": 1}),
@@ -99,6 +109,7 @@ async fn killing_the_connected_node_loses_no_confirmed_command() {
                             t.elapsed()
                         );
                         failed.fetch_add(1, Ordering::SeqCst);
+                        *last_error.lock().unwrap() = e.to_string();
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -114,11 +125,11 @@ async fn killing_the_connected_node_loses_no_confirmed_command() {
         t.await.unwrap();
     }
     let confirmed = confirmed.lock().unwrap().clone();
-    assert_eq!(
-        confirmed.len(),
-        TOTAL,
-        "the producer moved to another node ({} failed)",
-        failed.load(Ordering::SeqCst)
+    assert!(
+        confirmed.len() >= TOTAL,
+        "the producer moved to another node ({} failed, the last: {})",
+        failed.load(Ordering::SeqCst),
+        last_error.lock().unwrap()
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -83,6 +83,16 @@ impl Live {
         Ok(channel)
     }
 
+    /// Stops publishing on `channel` (it refused a message): the next publish opens a
+    /// new one. A channel whose queue clients went bad after a cluster node was lost
+    /// keeps nacking; a new channel does not. Publishes still waiting on it finish.
+    pub(super) fn forget_channel(&self, channel: &Channel) {
+        let mut slot = crate::sync::write(&self.publisher);
+        if slot.as_ref().is_some_and(|c| c.id() == channel.id()) {
+            *slot = None;
+        }
+    }
+
     fn open_channel(&self) -> Option<Channel> {
         crate::sync::read(&self.publisher)
             .as_ref()

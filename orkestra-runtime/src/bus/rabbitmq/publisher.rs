@@ -159,8 +159,10 @@ impl Publisher {
             mandatory: matches!(purpose, Purpose::Message),
             ..BasicPublishOptions::default()
         };
+        let mut used = None;
         let sent = tokio::time::timeout_at(deadline, async {
             let channel = live.publish_channel().await?;
+            used = Some(channel.clone());
             let confirm = channel
                 .basic_publish(
                     out.exchange.into(),
@@ -180,6 +182,9 @@ impl Publisher {
             Purpose::Reply => "reply confirm",
         })));
         if matches!(result, Err(BusError::Broker(_) | BusError::Timeout(_))) {
+            if let Some(channel) = &used {
+                live.forget_channel(channel);
+            }
             self.link.suspect();
         }
         result
