@@ -513,13 +513,19 @@ impl Acks {
     /// Acks the successes below the oldest unfinished delivery with one `multiple` ack;
     /// at the end (`last`), the rest one by one.
     async fn flush(&mut self, channel: &Channel, last: bool) {
+        if !channel.status().connected() {
+            // The channel is gone, and with it every unacked delivery: the broker
+            // redelivers them; acking would only wait for nothing.
+            self.waiting.clear();
+            return;
+        }
         let floor = self.outstanding.first().copied().unwrap_or(u64::MAX);
         let below: Option<u64> = self.waiting.range(..floor).next_back().copied();
         // Those still waiting (above an unfinished delivery) wait anew.
         self.since = Instant::now();
         if let Some(tag) = below {
             self.waiting = self.waiting.split_off(&(tag + 1));
-            settle_result(
+            let _ = settle_result(
                 tokio::time::timeout(
                     SETTLE_TIMEOUT,
                     channel.basic_ack(tag, BasicAckOptions { multiple: true }),
@@ -529,29 +535,35 @@ impl Acks {
         }
         if last {
             for tag in std::mem::take(&mut self.waiting) {
-                settle_result(
+                let acked = settle_result(
                     tokio::time::timeout(
                         SETTLE_TIMEOUT,
                         channel.basic_ack(tag, BasicAckOptions { multiple: false }),
                     )
                     .await,
                 );
+                if !acked {
+                    break; // the rest would fail the same way; they are redelivered
+                }
             }
         }
     }
 }
 
-fn settle_result(result: Result<Result<(), lapin::Error>, tokio::time::error::Elapsed>) {
+/// Logs a failed ack; `true` when it went through.
+fn settle_result(result: Result<Result<(), lapin::Error>, tokio::time::error::Elapsed>) -> bool {
     match result {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => true,
         Ok(Err(error)) => {
             tracing::warn!(%error, orkestra = "rabbitmq", "batch ack failed; the broker will redeliver those messages");
+            false
         }
         Err(_) => {
             tracing::warn!(
                 orkestra = "rabbitmq",
                 "batch ack timed out; the broker will redeliver those messages"
             );
+            false
         }
     }
 }
