@@ -515,15 +515,15 @@ impl Validator {
             let d = Diagnostic::error(
                 &key.span,
                 format!(
-                    "`partition_by: {}` of handler `{}`: {} has no field or param `{}`; the key must be in every message the binding receives, or be `correlation_id`",
+                    "`partition_by: {}` of handler `{}`: no field or param `{}` in {}; the key must be in every message the binding receives, or be `correlation_id`",
                     key.field,
                     handler.name,
+                    key.field,
                     lacking
                         .iter()
                         .map(|n| format!("`{n}`"))
                         .collect::<Vec<_>>()
-                        .join(", "),
-                    key.field
+                        .join(", ")
                 ),
             )
             .did_you_mean(
