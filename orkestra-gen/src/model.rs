@@ -290,6 +290,32 @@ pub struct Handler {
     pub target: HandlerTarget,
     /// Retry limit, when set.
     pub max_retries: Option<u32>,
+    /// Deliveries handled at once in one process, when set.
+    pub concurrency: Option<u16>,
+    /// The field or param whose value orders deliveries (one at a time per value), when set.
+    pub partition_by: Option<PartitionKey>,
+    /// The waits before retries, when set.
+    pub retry: RetryDelays,
     /// Events it declares it emits.
     pub emits: Vec<PayloadRef>,
+}
+
+/// A binding's `retry_delay`, `retry_backoff` and `retry_delay_max`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RetryDelays {
+    /// The wait before the first retry, in ms.
+    pub delay_ms: Option<u64>,
+    /// The factor between two waits (at least 1).
+    pub backoff: Option<f64>,
+    /// The longest wait, in ms.
+    pub max_ms: Option<u64>,
+}
+
+/// A binding's `partition_by`: a field or param name, or `correlation_id`.
+#[derive(Clone, Debug)]
+pub struct PartitionKey {
+    /// The name as written.
+    pub field: String,
+    /// Where it is written (checked against every message of the binding).
+    pub span: crate::diagnostic::Span,
 }

@@ -206,6 +206,13 @@ struct HandlerCtx {
     patterns: String,
     variants: Vec<EventVariantCtx>,
     max_retries: Option<u32>,
+    concurrency: Option<u16>,
+    /// The `partition_by` name as a string literal.
+    partition_by: Option<String>,
+    retry_delay_ms: Option<u64>,
+    retry_delay_max_ms: Option<u64>,
+    /// The `retry_backoff` factor as a float literal.
+    retry_backoff: Option<String>,
     enum_doc: String,
     /// The accepted type names, for `PayloadError::WrongType::expected`.
     expected: String,
@@ -802,6 +809,11 @@ fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx {
             })
             .collect(),
         max_retries: h.max_retries,
+        concurrency: h.concurrency,
+        partition_by: h.partition_by.as_ref().map(|k| str_lit(&k.field)),
+        retry_delay_ms: h.retry.delay_ms,
+        retry_delay_max_ms: h.retry.max_ms,
+        retry_backoff: h.retry.backoff.map(|f| format!("{f:?}_f64")),
         enum_doc: doc_attrs(&format!("What `{}` receives.", h.name)),
         name,
     }

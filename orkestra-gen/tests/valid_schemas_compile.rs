@@ -198,19 +198,24 @@ fn bindings(
             for c in &commands {
                 let _ = writeln!(
                     y,
-                    "  {ns}{c}Handler: {{ command: {c}, emits: [{}] }}",
-                    events[0]
+                    "  {ns}{c}Handler: {{ command: {c}, emits: [{}], concurrency: {}, partition_by: correlation_id }}",
+                    events[0],
+                    retries + 1
                 );
             }
             if single {
                 let _ = writeln!(
                     y,
-                    "  {ns}On{0}: {{ event: {0}, max_retries: {retries} }}",
+                    "  {ns}On{0}: {{ event: {0}, max_retries: {retries}, retry_delay: 250ms, retry_backoff: 2.5, retry_delay_max: 2s }}",
                     events[0]
                 );
             }
             if several {
-                let _ = writeln!(y, "  {ns}Projector: {{ events: [{}] }}", events.join(", "));
+                let _ = writeln!(
+                    y,
+                    "  {ns}Projector: {{ events: [{}], concurrency: 8 }}",
+                    events.join(", ")
+                );
             }
             if wildcard {
                 let _ = writeln!(

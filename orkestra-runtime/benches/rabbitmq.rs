@@ -9,6 +9,13 @@
 //! - p99 confirm latency of 5,000 publishes with 1,000 in flight, printed and written to
 //!   `target/criterion/rabbit_confirm_p99.json` — target ≤ 1.2× raw lapin's.
 //!
+//! - `busy` (printed, and written to `target/criterion/rabbit_busy.json`): the shape of a
+//!   busy service, 32 tasks each dispatching fresh ~1 KB commands (own ids and
+//!   correlation ids) and awaiting each confirm, prefetch 64, default concurrency, a
+//!   raw lapin producer and consumer doing the same in the same run: a no-op handler
+//!   (targets ≥ 0.90× raw throughput, p99 dispatch ≤ 1.2×) and a handler that awaits
+//!   2 ms against a raw consumer spawning a task per delivery (target ≥ 0.80×).
+//!
 //! Needs the local broker (`ORKESTRA_AMQP_URL` or `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 #[path = "../tests/support/payloads.rs"]
@@ -343,5 +350,245 @@ fn rabbit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rabbit);
+/// Dispatching tasks in the busy shape.
+const BUSY_TASKS: usize = 32;
+/// Messages per busy round.
+const BUSY_MESSAGES: u64 = 20_000;
+
+/// What a consumer does with each message in the busy shape.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    Noop,
+    /// Awaits 2 ms, as a database write would.
+    Io2ms,
+}
+
+/// A raw lapin producer channel and a consumer with prefetch 64 that acks each message
+/// (for `Io2ms`, from a task spawned per delivery that first sleeps 2 ms).
+async fn busy_raw_setup(work: Work) -> Raw {
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let exchange = format!("bench-busy-raw-{}", uuid::Uuid::new_v4().simple());
+    let queue = format!("{exchange}.q");
+    publisher
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongLongInt(120_000),
+    );
+    publisher
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .unwrap();
+    publisher
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let consumer_channel = conn.create_channel().await.unwrap();
+    consumer_channel
+        .basic_qos(64, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "raw-busy".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let counter = Counter::new();
+    let c = counter.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let c = c.clone();
+            let handle = async move {
+                let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+                std::hint::black_box(body);
+                if let Work::Io2ms = work {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                c.hit();
+            };
+            match work {
+                Work::Noop => handle.await,
+                Work::Io2ms => {
+                    tokio::spawn(handle);
+                }
+            }
+        }
+    });
+    Raw {
+        publisher,
+        counter,
+        exchange,
+        _conn: conn,
+    }
+}
+
+async fn busy_orkestra_setup(work: Work) -> (Bus, Arc<Counter>) {
+    let mut config = Config::default();
+    config.bus.adapter = orkestra_runtime::config::BusAdapter::RabbitMq;
+    config.bus.url = Some(SecretUrl::new(url()));
+    config.bus.prefix = format!("bench-busy-{}", uuid::Uuid::new_v4().simple());
+    config.bus.prefetch = 64;
+    config.bus.queue_expiry_ms = Some(120_000);
+    let bus = Bus::from_config(&config).await.unwrap();
+    let counter = Counter::new();
+    let c = counter.clone();
+    bus.subscribe(Subscription::command(
+        "BusyBench",
+        move |cmd: Command<PlaceOrder>, _| {
+            std::hint::black_box(&cmd);
+            let c = c.clone();
+            async move {
+                if let Work::Io2ms = work {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                c.hit();
+                Ok(serde_json::Value::Null)
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    (bus, counter)
+}
+
+/// One busy round: `BUSY_TASKS` tasks dispatch `BUSY_MESSAGES` fresh messages in all,
+/// each awaiting its confirm; returns messages per second (until all are consumed) and
+/// every dispatch latency.
+async fn busy_round<F, Fut>(counter: &Counter, send: F) -> (f64, Vec<Duration>)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Duration> + Send,
+{
+    let target = counter.seen.load(Ordering::SeqCst) + BUSY_MESSAGES;
+    let left = Arc::new(AtomicU64::new(BUSY_MESSAGES));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..BUSY_TASKS {
+        let (left, send) = (left.clone(), send.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                latencies.push(send().await);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    counter.wait_for(target).await;
+    (
+        BUSY_MESSAGES as f64 / start.elapsed().as_secs_f64(),
+        latencies,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn busy(_: &mut Criterion) {
+    let rt = runtime();
+    if rt
+        .block_on(Connection::connect(&url(), ConnectionProperties::default()))
+        .is_err()
+    {
+        eprintln!("SKIPPED rabbitmq busy bench: no broker at the configured URL");
+        return;
+    }
+    let mut report = Vec::new();
+    for work in [Work::Noop, Work::Io2ms] {
+        let raw = Arc::new(rt.block_on(busy_raw_setup(work)));
+        let (bus, counter) = rt.block_on(busy_orkestra_setup(work));
+        let (mut raw_rates, mut ork_rates) = (Vec::new(), Vec::new());
+        let (mut raw_lat, mut ork_lat) = (Vec::new(), Vec::new());
+        // Alternate, after one warm-up round each; three measured rounds per side.
+        for round in 0..4 {
+            let r = raw.clone();
+            let (rate, lat) = rt.block_on(busy_round(&raw.counter, move || {
+                let r = r.clone();
+                async move {
+                    // Fresh message: own id and correlation id, serialized here.
+                    let body = json!({
+                        "kind": "command", "id": uuid::Uuid::new_v4().to_string(),
+                        "type": "Test.Orders.PlaceOrder", "topic": "orders.commands.place_order",
+                        "payload": {"product_id": "sku", "quantity": 1, "notes": "n".repeat(700)},
+                        "metadata": serde_json::to_value(Metadata::new()).unwrap(),
+                    });
+                    raw_publish(&r, &body).await
+                }
+            }));
+            let b = bus.clone();
+            let (ork_rate, olat) = rt.block_on(busy_round(&counter, move || {
+                let b = b.clone();
+                async move { orkestra_publish(&b, command()).await }
+            }));
+            if round > 0 {
+                raw_rates.push(rate);
+                ork_rates.push(ork_rate);
+                raw_lat.extend(lat);
+                ork_lat.extend(olat);
+            }
+        }
+        let (raw_rate, ork_rate) = (median(raw_rates), median(ork_rates));
+        let (raw_p99, ork_p99) = (p99(raw_lat), p99(ork_lat));
+        eprintln!(
+            "busy {work:?}: orkestra {ork_rate:.0} msg/s, raw lapin {raw_rate:.0} msg/s, ratio {:.2}; \
+             p99 dispatch orkestra {ork_p99:?}, raw {raw_p99:?}, ratio {:.2}",
+            ork_rate / raw_rate,
+            ork_p99.as_secs_f64() / raw_p99.as_secs_f64()
+        );
+        report.push(format!(
+            "\"{work:?}\": {{\"orkestra_per_s\": {ork_rate:.0}, \"raw_per_s\": {raw_rate:.0}, \
+             \"orkestra_p99_ns\": {}, \"raw_p99_ns\": {}}}",
+            ork_p99.as_nanos(),
+            raw_p99.as_nanos()
+        ));
+    }
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into()),
+    )
+    .join("criterion");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("rabbit_busy.json"),
+        format!("{{{}}}", report.join(", ")),
+    );
+}
+
+criterion_group!(benches, busy, rabbit);
 criterion_main!(benches);

@@ -15,17 +15,45 @@ const HANDLER_KEYS: &[&str] = &[
     "events",
     "topic",
     "max_retries",
+    "concurrency",
+    "partition_by",
+    "retry_delay",
+    "retry_backoff",
+    "retry_delay_max",
     "emits",
     "description",
     "dead_letters",
 ];
 
+/// The partition key every message has: its correlation id.
+pub(super) const CORRELATION_ID: &str = "correlation_id";
+
 /// What a `dead_letters: true` binding cannot also have: it receives every dead letter
 /// of the bus and nothing else, and emits nothing.
-const NOT_WITH_DEAD_LETTERS: [&str; 5] = ["command", "event", "events", "topic", "emits"];
+const NOT_WITH_DEAD_LETTERS: [&str; 10] = [
+    "command",
+    "event",
+    "events",
+    "topic",
+    "emits",
+    "concurrency",
+    "partition_by",
+    "retry_delay",
+    "retry_backoff",
+    "retry_delay_max",
+];
 
 /// The keys that name what a binding receives; a binding has exactly one.
 const TARGET_KEYS: [&str; 4] = ["command", "event", "events", "topic"];
+
+/// Whether a payload is of the kind a target receives (a command and an event may
+/// share a name).
+fn matches_kind(target: &HandlerTarget, payload: &Payload) -> bool {
+    match target {
+        HandlerTarget::Command(_) => payload.kind == PayloadKind::Command,
+        _ => payload.kind == PayloadKind::Event,
+    }
+}
 
 /// Commands that already have a binding, with its name: a command has exactly one.
 pub(super) type HandledCommands = HashMap<PayloadRef, String>;
@@ -69,6 +97,18 @@ impl Validator {
             None => None,
             Some(n) => Some(self.max_retries(key, n)?),
         };
+        let concurrency = match map.get("concurrency") {
+            None => None,
+            Some(n) => Some(self.concurrency(key, n)?),
+        };
+        let partition_by = match map.get("partition_by") {
+            None => None,
+            Some(n) => Some(PartitionKey {
+                field: self.string(n, "a field or param name, or `correlation_id`")?,
+                span: n.span.clone(),
+            }),
+        };
+        let retry = self.retry_delays(key, &map)?;
         let emits = match map.get("emits") {
             None => Vec::new(),
             Some(n) => self.emits(decl, key, n, &tables.events)?,
@@ -79,6 +119,9 @@ impl Validator {
             description,
             target,
             max_retries,
+            concurrency,
+            partition_by,
+            retry,
             emits,
         })
     }
@@ -137,6 +180,9 @@ impl Validator {
             description,
             target: HandlerTarget::DeadLetters,
             max_retries,
+            concurrency: None,
+            partition_by: None,
+            retry: RetryDelays::default(),
             emits: Vec::new(),
         })
     }
@@ -306,6 +352,187 @@ impl Validator {
                 );
                 None
             }
+        }
+    }
+
+    /// `retry_delay: 5s`, `retry_backoff: 2.0`, `retry_delay_max: 60s`: durations as
+    /// `<n>ms`, `<n>s` or `<n>m`, a factor of at least 1, a cap not below the delay.
+    fn retry_delays(&mut self, key: &Key, map: &HashMap<&str, &Node>) -> Option<RetryDelays> {
+        let delay_ms = match map.get("retry_delay") {
+            None => None,
+            Some(n) => Some(self.duration(key, "retry_delay", n)?),
+        };
+        let max_ms = match map.get("retry_delay_max") {
+            None => None,
+            Some(n) => Some(self.duration(key, "retry_delay_max", n)?),
+        };
+        let backoff = match map.get("retry_backoff") {
+            None => None,
+            Some(n) => {
+                let factor = match n.value {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                    _ => f64::NAN,
+                };
+                if !(1.0..=1000.0).contains(&factor) {
+                    self.error(
+                        &n.span,
+                        format!(
+                            "`retry_backoff` of handler `{}` must be a number from 1 to 1000 (the factor between two waits), found {}",
+                            key.name,
+                            describe(n)
+                        ),
+                    );
+                    return None;
+                }
+                Some(factor)
+            }
+        };
+        if let (Some(delay), Some(max), Some(n)) = (delay_ms, max_ms, map.get("retry_delay_max"))
+            && max < delay
+        {
+            self.error(
+                &n.span,
+                format!(
+                    "`retry_delay_max` of handler `{}` ({max} ms) is below its `retry_delay` ({delay} ms)",
+                    key.name
+                ),
+            );
+            return None;
+        }
+        Some(RetryDelays {
+            delay_ms,
+            backoff,
+            max_ms,
+        })
+    }
+
+    /// A duration such as `500ms`, `5s` or `2m`, in ms (at least 1 ms, at most 24 h).
+    fn duration(&mut self, key: &Key, what: &str, n: &Node) -> Option<u64> {
+        let parsed = match &n.value {
+            Value::Str(text) => {
+                let text = text.trim();
+                let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+                    Some(i) => text.split_at(i),
+                    None => (text, ""),
+                };
+                let factor = match unit {
+                    "ms" => Some(1),
+                    "s" => Some(1000),
+                    "m" => Some(60_000),
+                    _ => None,
+                };
+                number
+                    .parse::<u64>()
+                    .ok()
+                    .zip(factor)
+                    .and_then(|(n, f)| n.checked_mul(f))
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(ms) if (1..=86_400_000).contains(&ms) => Some(ms),
+            _ => {
+                self.error(
+                    &n.span,
+                    format!(
+                        "`{what}` of handler `{}` must be a duration such as `500ms`, `5s` or `2m` (up to 24 h), found {}",
+                        key.name,
+                        describe(n)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `concurrency: n`, from 1 to 65535.
+    fn concurrency(&mut self, key: &Key, n: &Node) -> Option<u16> {
+        match n.value {
+            Value::Int(i) if (1..=i64::from(u16::MAX)).contains(&i) => Some(i as u16),
+            _ => {
+                self.error(
+                    &n.span,
+                    format!(
+                        "`concurrency` of handler `{}` must be an integer from 1 to 65535, found {}; use 1 for strict arrival order",
+                        key.name,
+                        describe(n)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Every binding's `partition_by` names a field or param that every message it
+    /// receives has (or `correlation_id`); reported at the key with the fields they share.
+    pub(super) fn check_partition_keys(&mut self, modules: &[Module]) {
+        for handler in modules.iter().flat_map(|m| &m.handlers) {
+            let Some(key) = &handler.partition_by else {
+                continue;
+            };
+            if key.field == CORRELATION_ID {
+                continue;
+            }
+            let received: Vec<&PayloadRef> = match &handler.target {
+                HandlerTarget::Command(r) | HandlerTarget::Event(r) => vec![r],
+                HandlerTarget::Events(rs) => rs.iter().collect(),
+                HandlerTarget::Topic { matched, .. } => matched.iter().collect(),
+                HandlerTarget::DeadLetters => Vec::new(),
+            };
+            let payloads: Vec<&Payload> = received
+                .iter()
+                .filter_map(|r| {
+                    let module = modules.iter().find(|m| m.ident == r.module)?;
+                    module
+                        .commands
+                        .iter()
+                        .chain(&module.events)
+                        .find(|p| p.name == r.name && matches_kind(&handler.target, p))
+                })
+                .collect();
+            let lacking: Vec<&str> = payloads
+                .iter()
+                .filter(|p| !p.fields.iter().any(|f| f.name == key.field))
+                .map(|p| p.name.as_str())
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let shared: Vec<&str> = payloads
+                .first()
+                .map(|first| {
+                    first
+                        .fields
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .filter(|name| {
+                            payloads
+                                .iter()
+                                .all(|p| p.fields.iter().any(|f| f.name == *name))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let d = Diagnostic::error(
+                &key.span,
+                format!(
+                    "`partition_by: {}` of handler `{}`: no field or param `{}` in {}; the key must be in every message the binding receives, or be `correlation_id`",
+                    key.field,
+                    handler.name,
+                    key.field,
+                    lacking
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .did_you_mean(
+                &key.field,
+                shared.iter().copied().chain(std::iter::once(CORRELATION_ID)),
+            );
+            self.diags.push(d);
         }
     }
 

@@ -111,6 +111,7 @@ impl Validator {
                 }
             }
         }
+        self.check_partition_keys(&modules);
         Model {
             app_prefix: self.app_prefix.clone(),
             files: sources.iter().map(|s| s.path.clone()).collect(),

@@ -68,6 +68,16 @@ impl HandlerContext {
         metadata.actor_id.clone_from(&parent.actor_id);
         metadata.actor_type = parent.actor_type;
         metadata.source.clone_from(&parent.source);
-        self.bus.publish(EventEnvelope::wrap(event)).await
+        self.bus
+            .publish_from_handler(EventEnvelope::wrap(event))
+            .await
+    }
+
+    /// Resolves when the bus starts shutting down (or is gone): a long handler can
+    /// `select!` on it to stop early, leaving its message to be redelivered (return a
+    /// `HandlerError`) or finishing quickly.
+    pub async fn cancelled(&self) {
+        let mut signal = self.bus.shutdown_signal();
+        let _ = signal.wait_for(Option::is_some).await;
     }
 }

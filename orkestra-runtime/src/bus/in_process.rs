@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
+use super::lifecycle::Lifecycle;
 use super::run::{Outcome, Runner, log_dead_letter, log_retry, log_subscribed};
 use super::{Bus, BusError, DEAD_LETTER_BUFFER, DeadLetters};
 use super::{Input, Subscription, Target};
@@ -96,6 +97,8 @@ impl Registry {
 pub(crate) struct InProcess {
     registry: RwLock<Arc<Registry>>,
     dead_letters: Mutex<Vec<mpsc::Sender<DeadLetter>>>,
+    /// Shutdown, and the dispatches and publishes in flight.
+    pub(crate) lifecycle: Lifecycle,
 }
 
 impl std::fmt::Debug for InProcess {
@@ -113,6 +116,7 @@ impl InProcess {
         Self {
             registry: RwLock::new(Arc::new(Registry::default())),
             dead_letters: Mutex::new(Vec::new()),
+            lifecycle: Lifecycle::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod context;
 mod in_process;
+mod lifecycle;
 #[cfg(feature = "rabbitmq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq;
@@ -88,6 +89,23 @@ pub enum BusError {
         #[source]
         source: Option<crate::DriverError>,
     },
+    /// A queue exists with other arguments than this bus declares (another
+    /// `bus.queue_type`, say). RabbitMQ cannot change a queue's type: the bus refuses to
+    /// start rather than redeclare it.
+    #[error(
+        "queue {queue:?} exists with other arguments than a {wanted} queue of this bus ({source}); \
+         drain and delete it (or move its messages with a shovel) before switching bus.queue_type, \
+         or set bus.queue_type to the type it has"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The type this bus declares.
+        wanted: &'static str,
+        /// The broker's refusal.
+        #[source]
+        source: crate::DriverError,
+    },
     /// The broker failed or refused an operation.
     #[error("broker: {0}")]
     Broker(#[source] crate::DriverError),
@@ -164,7 +182,12 @@ impl Bus {
     /// the same name, is an error.
     pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
         match &*self.backend {
-            Backend::InProcess(b) => b.subscribe(subscription),
+            Backend::InProcess(b) => {
+                if b.lifecycle.is_stopping() {
+                    return Err(BusError::Closed);
+                }
+                b.subscribe(subscription)
+            }
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq(b) => b.subscribe(self, subscription).await,
         }
@@ -190,9 +213,40 @@ impl Bus {
     /// With no handler subscribed it is [`BusError::NoHandler`].
     pub async fn dispatch(&self, envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
         match &*self.backend {
-            Backend::InProcess(b) => b.dispatch(self, envelope).await,
+            Backend::InProcess(b) => {
+                let _in_flight = b.lifecycle.enter()?;
+                b.dispatch(self, envelope).await
+            }
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq(b) => b.dispatch(envelope).await,
+        }
+    }
+
+    /// Dispatches a command and waits for its handler's outcome, on any bus: the
+    /// returned envelope holds the final status (`Succeeded` with the handler's reply,
+    /// `Failed` after its retries, `Rejected`) and the attempts.
+    ///
+    /// On RabbitMQ the reply comes back through direct reply-to
+    /// (`amq.rabbitmq.reply-to`), so the handler may run in another process. Past
+    /// `timeout` it is [`BusError::Timeout`]; the command may still run (in-process
+    /// it keeps running in its own task; on RabbitMQ it stays queued or running).
+    pub async fn call(
+        &self,
+        envelope: CommandEnvelope,
+        timeout: std::time::Duration,
+    ) -> Result<CommandEnvelope, BusError> {
+        match &*self.backend {
+            Backend::InProcess(_) => {
+                let bus = self.clone();
+                let run = tokio::spawn(async move { bus.dispatch(envelope).await });
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(BusError::Closed),
+                    Err(_) => Err(BusError::Timeout("reply")),
+                }
+            }
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.call(envelope, timeout).await,
         }
     }
 
@@ -202,7 +256,65 @@ impl Bus {
     /// their own. In-process, the returned envelope holds each handler's outcome.
     pub async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         match &*self.backend {
-            Backend::InProcess(b) => b.publish(self, envelope).await,
+            Backend::InProcess(b) => {
+                let _in_flight = b.lifecycle.enter()?;
+                b.publish(self, envelope).await
+            }
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.publish(envelope).await,
+        }
+    }
+
+    /// Shuts the bus down: no new deliveries are taken (RabbitMQ cancels its
+    /// consumers; in-process, new dispatches and publishes are refused with
+    /// [`BusError::Closed`]), running handlers may finish until `deadline` from now
+    /// (they can watch [`HandlerContext::cancelled`]), their deliveries are settled,
+    /// then channels and the connection are closed.
+    ///
+    /// On RabbitMQ a handler still running at the deadline is stopped and its delivery
+    /// left unacked, so the broker redelivers it: nothing is lost, and nothing that was
+    /// handled is delivered again. That case returns `Err(BusError::Timeout(..))`.
+    /// Afterwards every operation of the bus (and its clones) is `BusError::Closed`.
+    pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + deadline;
+        match &*self.backend {
+            Backend::InProcess(b) => {
+                b.lifecycle.begin(deadline);
+                if b.lifecycle.drained(deadline).await {
+                    Ok(())
+                } else {
+                    Err(BusError::Timeout(
+                        "handlers to finish before the shutdown deadline",
+                    ))
+                }
+            }
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.shutdown(deadline).await,
+        }
+    }
+
+    /// The shutdown signal: `Some(deadline)` once shutdown started.
+    pub(crate) fn shutdown_signal(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<tokio::time::Instant>> {
+        match &*self.backend {
+            Backend::InProcess(b) => b.lifecycle.signal(),
+            #[cfg(feature = "rabbitmq")]
+            Backend::RabbitMq(b) => b.shared.lifecycle.signal(),
+        }
+    }
+
+    /// Publishes on behalf of a running handler: allowed while the bus shuts down (the
+    /// handler is finishing its work), unlike a new [`Bus::publish`].
+    pub(crate) async fn publish_from_handler(
+        &self,
+        envelope: EventEnvelope,
+    ) -> Result<EventEnvelope, BusError> {
+        match &*self.backend {
+            Backend::InProcess(b) => {
+                let _in_flight = b.lifecycle.enter_always();
+                b.publish(self, envelope).await
+            }
             #[cfg(feature = "rabbitmq")]
             Backend::RabbitMq(b) => b.publish(envelope).await,
         }
@@ -213,8 +325,29 @@ impl Bus {
         match &*self.backend {
             Backend::InProcess(b) => Ok(b.dead_letters()),
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.dead_letters().await,
+            Backend::RabbitMq(b) => b.dead_letters(self).await,
         }
+    }
+}
+
+/// A handle that does not keep the bus alive: what a bus's own tasks hold, so dropping
+/// the last [`Bus`] stops them.
+#[cfg(feature = "rabbitmq")]
+#[derive(Clone, Debug)]
+pub(crate) struct WeakBus(std::sync::Weak<Backend>);
+
+#[cfg(feature = "rabbitmq")]
+impl WeakBus {
+    /// The bus, while a handle to it exists.
+    pub(crate) fn upgrade(&self) -> Option<Bus> {
+        self.0.upgrade().map(|backend| Bus { backend })
+    }
+}
+
+#[cfg(feature = "rabbitmq")]
+impl Bus {
+    pub(crate) fn downgrade(&self) -> WeakBus {
+        WeakBus(Arc::downgrade(&self.backend))
     }
 }
 

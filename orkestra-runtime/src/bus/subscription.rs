@@ -141,7 +141,19 @@ pub struct Subscription {
     pub(crate) handler: Arc<str>,
     pub(crate) target: Target,
     pub(crate) max_retries: u32,
+    pub(crate) concurrency: Option<u16>,
+    pub(crate) partition_by: Option<Arc<str>>,
+    pub(crate) retry: RetryDelays,
     pub(crate) call: Arc<dyn ErasedHandler>,
+}
+
+/// A binding's waits before its retries: `min(delay · backoff^(n-1), max)` before retry
+/// `n`; unset fields fall back to the bus (`bus.retry_delay_ms`, no backoff).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct RetryDelays {
+    pub(crate) delay: Option<std::time::Duration>,
+    pub(crate) backoff: Option<f64>,
+    pub(crate) max: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for Subscription {
@@ -150,6 +162,9 @@ impl fmt::Debug for Subscription {
             .field("handler", &self.handler)
             .field("target", &self.target)
             .field("max_retries", &self.max_retries)
+            .field("concurrency", &self.concurrency)
+            .field("partition_by", &self.partition_by)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +184,9 @@ impl Subscription {
                 type_name: P::TYPE_NAME,
             },
             max_retries: DEFAULT_MAX_RETRIES,
+            concurrency: None,
+            partition_by: None,
+            retry: RetryDelays::default(),
             call: Arc::new(CommandHandlerFn {
                 f,
                 _payload: std::marker::PhantomData,
@@ -189,6 +207,9 @@ impl Subscription {
                 patterns: E::PATTERNS,
             },
             max_retries: DEFAULT_MAX_RETRIES,
+            concurrency: None,
+            partition_by: None,
+            retry: RetryDelays::default(),
             call: Arc::new(EventHandlerFn {
                 f,
                 _events: std::marker::PhantomData,
@@ -210,6 +231,9 @@ impl Subscription {
             handler: Arc::from(handler.into().as_ref()),
             target: Target::DeadLetters,
             max_retries: DEFAULT_MAX_RETRIES,
+            concurrency: None,
+            partition_by: None,
+            retry: RetryDelays::default(),
             call: Arc::new(DeadLetterHandlerFn { f }),
         }
     }
@@ -219,6 +243,103 @@ impl Subscription {
     pub fn with_max_retries(mut self, max_retries: u32) -> Self {
         self.max_retries = max_retries;
         self
+    }
+
+    /// Sets how many deliveries one process handles at once for this binding (the
+    /// binding's `concurrency`; default `bus.concurrency`). On RabbitMQ the prefetch is
+    /// raised to at least it; in-process dispatch stays synchronous and ignores it. `1`
+    /// is strict arrival order. A value of 0 counts as 1.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = Some(concurrency.max(1));
+        self
+    }
+
+    /// Sets the partition key (the binding's `partition_by`): deliveries whose payload
+    /// has the same value in this field (or param) are handled one at a time, in
+    /// delivery order; different values in parallel. `correlation_id` (the default)
+    /// keys by the correlation id, which is also used, with a warning, for a message
+    /// that lacks the field.
+    #[must_use]
+    pub fn with_partition_by(mut self, field: impl Into<Cow<'static, str>>) -> Self {
+        self.partition_by = Some(Arc::from(field.into().as_ref()));
+        self
+    }
+
+    /// Sets the wait before a retry (the binding's `retry_delay`; default
+    /// `bus.retry_delay_ms`). On RabbitMQ each distinct wait has its own wait queue;
+    /// in-process retries are immediate.
+    #[must_use]
+    pub fn with_retry_delay(mut self, delay: std::time::Duration) -> Self {
+        self.retry.delay = Some(delay);
+        self
+    }
+
+    /// Multiplies the wait by `factor` after each retry (the binding's `retry_backoff`;
+    /// values below 1 count as 1): the wait before retry `n` is
+    /// `min(retry_delay · factor^(n-1), retry_delay_max)`.
+    #[must_use]
+    pub fn with_retry_backoff(mut self, factor: f64) -> Self {
+        self.retry.backoff = Some(factor);
+        self
+    }
+
+    /// The longest wait before a retry (the binding's `retry_delay_max`).
+    #[must_use]
+    pub fn with_retry_delay_max(mut self, max: std::time::Duration) -> Self {
+        self.retry.max = Some(max);
+        self
+    }
+
+    /// The distinct waits before retries 1, 2, … in ms, in order (the last one repeats);
+    /// empty when the binding sets none (the bus's delay, `default_ms`, applies).
+    #[cfg(any(test, feature = "rabbitmq"))]
+    pub(crate) fn retry_delays_ms(&self, default_ms: u32) -> Vec<u32> {
+        if self.retry == RetryDelays::default() {
+            return Vec::new();
+        }
+        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
+        let first = self.retry.delay.map_or(default_ms.max(1), ms);
+        let factor = self.retry.backoff.unwrap_or(1.0);
+        if factor.is_nan() || factor <= 1.0 || factor.is_infinite() {
+            return vec![first.min(self.retry.max.map_or(u32::MAX, ms))];
+        }
+        let cap = self.retry.max.map_or(u32::MAX, ms);
+        let mut delays = vec![first.min(cap)];
+        let mut next = f64::from(first);
+        // Distinct waits up to the cap, at most one per retry.
+        for _ in 1..self.max_retries.max(1) {
+            next *= factor;
+            let wait = if next >= f64::from(cap) {
+                cap
+            } else {
+                next as u32
+            };
+            if Some(&wait) == delays.last() {
+                break;
+            }
+            delays.push(wait);
+            if wait == cap {
+                break;
+            }
+        }
+        delays
+    }
+
+    /// The binding's own concurrency, if set.
+    pub fn concurrency(&self) -> Option<u16> {
+        self.concurrency
+    }
+
+    /// The binding's partition key, if set.
+    pub fn partition_by(&self) -> Option<&str> {
+        self.partition_by.as_deref()
+    }
+
+    /// The concurrency of this binding, or the bus's default.
+    #[cfg(feature = "rabbitmq")]
+    pub(crate) fn concurrency_or(&self, default: u16) -> usize {
+        usize::from(self.concurrency.unwrap_or(default).max(1))
     }
 
     /// The handler's name.
@@ -243,5 +364,43 @@ impl Subscription {
             Target::Events { patterns } => patterns.iter().any(|p| crate::topic::matches(p, topic)),
             Target::DeadLetters => topic == crate::topic::DEAD_LETTER,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::handler::DeadLetter;
+
+    fn binding() -> Subscription {
+        Subscription::dead_letters("X", |_: DeadLetter, _| async { Ok(()) }).with_max_retries(8)
+    }
+
+    #[test]
+    fn retry_delays_are_the_distinct_waits_up_to_the_cap() {
+        assert!(
+            binding().retry_delays_ms(1000).is_empty(),
+            "the bus's delay"
+        );
+        let fixed = binding().with_retry_delay(Duration::from_secs(5));
+        assert_eq!(fixed.retry_delays_ms(1000), vec![5000]);
+        let backoff = binding()
+            .with_retry_delay(Duration::from_secs(1))
+            .with_retry_backoff(2.0)
+            .with_retry_delay_max(Duration::from_secs(4));
+        assert_eq!(backoff.retry_delays_ms(1000), vec![1000, 2000, 4000]);
+        let uncapped = binding()
+            .with_retry_delay(Duration::from_millis(100))
+            .with_retry_backoff(3.0)
+            .with_max_retries(4);
+        assert_eq!(uncapped.retry_delays_ms(1000), vec![100, 300, 900, 2700]);
+        let from_bus = binding().with_retry_backoff(2.0).with_max_retries(2);
+        assert_eq!(from_bus.retry_delays_ms(250), vec![250, 500]);
+        let odd = binding()
+            .with_retry_delay(Duration::from_secs(1))
+            .with_retry_backoff(f64::NAN);
+        assert_eq!(odd.retry_delays_ms(1000), vec![1000]);
     }
 }

@@ -52,6 +52,26 @@ impl BusAdapter {
     }
 }
 
+/// The type of every queue the RabbitMQ bus declares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Classic queues (the default).
+    #[default]
+    Classic,
+    /// Quorum queues: replicated across a cluster, durable, dead-lettering at least once.
+    Quorum,
+}
+
+impl QueueType {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("classic", Self::Classic), ("quorum", Self::Quorum)];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
 /// Which event store to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StoreAdapter {
@@ -95,6 +115,18 @@ pub struct BusConfig {
     pub adapter: BusAdapter,
     /// The broker URL (RabbitMQ).
     pub url: Option<SecretUrl>,
+    /// Broker URLs of a cluster (RabbitMQ), tried in order on connect and on every
+    /// reconnect; when set, `url` is not used.
+    pub urls: Vec<SecretUrl>,
+    /// Deliveries one subscription handles at once in one process (RabbitMQ), default
+    /// 32; a binding's `concurrency` overrides it. `prefetch` is raised to at least it.
+    pub concurrency: u16,
+    /// How long a dispatch or publish may take in all (waiting for a connection, sending,
+    /// the broker's confirm) before it fails (RabbitMQ), default 30,000 ms.
+    pub confirm_timeout_ms: u32,
+    /// The type of every queue (RabbitMQ): `classic` (default) or `quorum`. An existing
+    /// queue of the other type is refused at subscribe, never redeclared.
+    pub queue_type: QueueType,
     /// Unacknowledged deliveries a consumer may hold (RabbitMQ `prefetch`), default 64.
     pub prefetch: u16,
     /// How long a failed message waits before its retry (RabbitMQ), default 1000 ms.
@@ -114,6 +146,10 @@ impl Default for BusConfig {
         Self {
             adapter: BusAdapter::default(),
             url: None,
+            urls: Vec::new(),
+            concurrency: 32,
+            confirm_timeout_ms: 30_000,
+            queue_type: QueueType::Classic,
             prefetch: 64,
             retry_delay_ms: 1000,
             max_message_bytes: 4 * 1024 * 1024,
@@ -262,8 +298,39 @@ impl Config {
                     message: format!("{} is out of range; expected {min} to {max}", v.get_ref()),
                 }),
             };
+            if let Some(t) = bus.queue_type {
+                config.bus.queue_type = QueueType::NAMES
+                    .iter()
+                    .find(|(name, _)| name == t.get_ref())
+                    .map(|(_, q)| *q)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        setting: "bus.queue_type",
+                        origin: at(t.span()),
+                        message: format!(
+                            "unknown queue type {:?}; expected classic or quorum",
+                            t.get_ref()
+                        ),
+                    })?;
+            }
+            if let Some(list) = bus.urls {
+                for u in list {
+                    url_origins.push(("bus.urls", at(u.span())));
+                    config.bus.urls.push(SecretUrl::new(u.into_inner()));
+                }
+            }
             if let Some(v) = range("bus.prefetch", bus.prefetch, 1, i64::from(u16::MAX))? {
                 config.bus.prefetch = v as u16;
+            }
+            if let Some(v) = range("bus.concurrency", bus.concurrency, 1, i64::from(u16::MAX))? {
+                config.bus.concurrency = v as u16;
+            }
+            if let Some(v) = range(
+                "bus.confirm_timeout_ms",
+                bus.confirm_timeout_ms,
+                1,
+                i64::from(u32::MAX),
+            )? {
+                config.bus.confirm_timeout_ms = v as u32;
             }
             if let Some(v) = range(
                 "bus.retry_delay_ms",
@@ -337,12 +404,15 @@ impl Config {
             origin: origin_of(setting).unwrap_or_else(|| "configuration".into()),
             message,
         };
+        let bus_schemes: &[&str] = match self.bus.adapter {
+            BusAdapter::InProcess => &[],
+            BusAdapter::RabbitMq => &["amqp", "amqps"],
+        };
         if let Some(url) = &self.bus.url {
-            let schemes: &[&str] = match self.bus.adapter {
-                BusAdapter::InProcess => &[],
-                BusAdapter::RabbitMq => &["amqp", "amqps"],
-            };
-            check_url(url, schemes).map_err(|m| invalid("bus.url", m))?;
+            check_url(url, bus_schemes).map_err(|m| invalid("bus.url", m))?;
+        }
+        for url in &self.bus.urls {
+            check_url(url, bus_schemes).map_err(|m| invalid("bus.urls", m))?;
         }
         if let Some(url) = &self.store.url {
             let schemes: &[&str] = match self.store.adapter {
@@ -382,7 +452,11 @@ struct RawStoreSection {
 struct RawSection {
     adapter: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
+    urls: Option<Vec<Spanned<String>>>,
     prefetch: Option<Spanned<i64>>,
+    concurrency: Option<Spanned<i64>>,
+    confirm_timeout_ms: Option<Spanned<i64>>,
+    queue_type: Option<Spanned<String>>,
     retry_delay_ms: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<i64>>,
     prefix: Option<Spanned<String>>,
@@ -536,6 +610,40 @@ mod tests {
         );
         let e = Config::from_toml_str("[store]\nprefetch = 5\n").unwrap_err();
         assert!(e.to_string().contains("prefetch"), "{e}");
+    }
+
+    #[test]
+    fn cluster_urls_concurrency_and_confirm_timeout_are_read_and_checked() {
+        let c = Config::from_toml_str(
+            "[bus]\nadapter = \"rabbitmq\"\nurls = [\"amqp://u:pw@a:5672/%2f\", \"amqp://u:pw@b/%2f\"]\n\
+             concurrency = 8\nconfirm_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(c.bus.urls.len(), 2);
+        assert_eq!(c.bus.urls[1].expose(), "amqp://u:pw@b/%2f");
+        assert_eq!((c.bus.concurrency, c.bus.confirm_timeout_ms), (8, 5000));
+        assert_eq!(Config::default().bus.concurrency, 32);
+        let c = Config::from_toml_str("[bus]\nqueue_type = \"quorum\"\n").unwrap();
+        assert_eq!(c.bus.queue_type, QueueType::Quorum);
+        let e = Config::from_toml_str("[bus]\nqueue_type = \"stream\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bus.queue_type (orkestra.toml:2:14): unknown queue type \"stream\""),
+            "{e}"
+        );
+        let e = Config::from_toml_str(
+            "[bus]\nadapter = \"rabbitmq\"\nurls = [\"amqp://u:s3cret@a/%2f\", \"http://u:s3cret@b\"]\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("bus.urls (orkestra.toml:3:"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let e = Config::from_toml_str("[bus]\nconcurrency = 0\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bus.concurrency (orkestra.toml:2:15)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,5 +4,6 @@
 pub mod bus_suite;
 pub mod logs;
 pub mod payloads;
+pub mod proxy;
 pub mod services;
 pub mod store_suite;

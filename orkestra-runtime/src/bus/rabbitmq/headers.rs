@@ -34,6 +34,13 @@ pub(super) const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
 pub(super) const DEAD_LETTER_ROUTING_KEY: &str = "x-dead-letter-routing-key";
 pub(super) const MESSAGE_TTL: &str = "x-message-ttl";
 pub(super) const EXPIRES: &str = "x-expires";
+/// An exchange's alternate exchange (where what it cannot route goes).
+pub(super) const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
+/// Queue arguments of quorum queues.
+pub(super) const QUEUE_TYPE: &str = "x-queue-type";
+pub(super) const DEAD_LETTER_STRATEGY: &str = "x-dead-letter-strategy";
+pub(super) const OVERFLOW: &str = "x-overflow";
+pub(super) const DELIVERY_LIMIT: &str = "x-delivery-limit";
 
 /// A string value (long or short string); anything else is absent.
 pub(super) fn string(headers: Option<&FieldTable>, key: &str) -> Option<String> {

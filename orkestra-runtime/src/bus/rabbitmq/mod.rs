@@ -26,20 +26,31 @@
 //! Publishing uses confirms and `mandatory`: a nack, a timeout or a closed channel is an
 //! error, and a command that no queue takes is [`BusError::NoHandler`]. An event that no
 //! queue takes has no subscriber yet; that is not an error (as on the in-process bus).
+//! Every publish returns within `bus.confirm_timeout_ms`, waiting for a connection
+//! included.
+//!
+//! The connection is kept up by the bus itself (`link.rs`), not by lapin's recovery:
+//! after an outage of any length it reconnects (to the URLs of `bus.urls` in order) and
+//! every consumer consumes again. Each subscription's worker runs up to `concurrency`
+//! handlers at once, one at a time per partition key (`consumer.rs`).
 //!
 //! | file | what it holds |
 //! | --- | --- |
-//! | `mod.rs` | `RabbitMq`: connect, subscribe, dispatch, publish, dead-letter receivers |
+//! | `mod.rs` | `RabbitMq`: connect, subscribe, dispatch, publish, dead-letter receivers, shutdown |
+//! | `link.rs` | the connection, its supervisor and reconnection, the publishing channel |
 //! | `topology.rs` | exchange and queue names, their declaration and bindings |
 //! | `publisher.rs` | publishing with confirms; where a confirmation becomes a result |
-//! | `consumer.rs` | consume loops, acks, retries, dead-lettering, dead-letter consumers |
+//! | `reply.rs` | `Bus::call`: direct reply-to, waiting calls, the reply body and receipt |
+//! | `consumer.rs` | workers: concurrency with per-key order, settling, retries, dead-lettering, resuming |
 //! | `wire.rs` | the JSON body of a message, and the placeholder for an undecodable one |
 //! | `spans.rs` | the `orkestra.rabbitmq.publish` and `orkestra.rabbitmq.consume` spans |
 //! | `headers.rs` | every header and argument name, header read/write, trace-context carriers |
 
 mod consumer;
 mod headers;
+mod link;
 mod publisher;
+mod reply;
 mod spans;
 mod topology;
 mod wire;
@@ -48,15 +59,17 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::BasicQosOptions;
-use lapin::types::{FieldTable, LongString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::Instrument;
 
+use self::consumer::{Feed, Worker};
+use self::link::Link;
 use self::publisher::{Outgoing, Publisher, Routing};
-use self::topology::{Binding, Topology};
+use self::topology::{Source, Topology};
+use super::lifecycle::Lifecycle;
 use super::run::log_subscribed;
 use super::{Bus, BusError, DeadLetters};
 use crate::DriverError;
@@ -69,109 +82,108 @@ use crate::trace;
 
 /// `messaging.system`, and the `system` every span of this bus names.
 const SYSTEM: &str = "rabbitmq";
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The broker when no URL is configured.
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[cold]
 fn broker_error(e: lapin::Error) -> BusError {
     BusError::Broker(DriverError::new(e))
 }
 
+/// What the bus's tasks share: the link, the publisher, the topology, the settings and
+/// the lifecycle (the shutdown signal).
 #[derive(Debug)]
-pub(crate) struct RabbitMq {
-    connection: Connection,
+pub(crate) struct Shared {
+    link: Arc<Link>,
     publisher: Publisher,
-    topology: Topology,
+    topology: Arc<Topology>,
     settings: BusConfig,
-    handlers: Mutex<HashSet<String>>,
-    command_topics: Mutex<HashSet<String>>,
-    consumers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) lifecycle: Lifecycle,
 }
 
+#[derive(Debug)]
+pub(crate) struct RabbitMq {
+    pub(crate) shared: Arc<Shared>,
+    handlers: Mutex<HashSet<String>>,
+    command_topics: Mutex<HashSet<String>>,
+    /// The workers.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The link's supervisor.
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Dropping the bus stops every task (the supervisor, every worker) and closes the
+/// connection; unacked deliveries go back to their queues.
 impl Drop for RabbitMq {
     fn drop(&mut self) {
-        for task in lock(&self.consumers).drain(..) {
+        self.shared.lifecycle.begin(Instant::now());
+        for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+        if let Some(task) = lock(&self.supervisor).take() {
+            task.abort();
+        }
+        let link = self.shared.link.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { link.close().await });
+        }
+    }
+}
+
+/// The URLs to try, in order: `bus.urls`, else `bus.url`, else the local broker.
+fn urls(settings: &BusConfig) -> Vec<SecretUrl> {
+    if !settings.urls.is_empty() {
+        settings.urls.clone()
+    } else {
+        vec![
+            settings
+                .url
+                .clone()
+                .unwrap_or_else(|| SecretUrl::new(DEFAULT_URL)),
+        ]
     }
 }
 
 impl RabbitMq {
     pub(crate) async fn connect(settings: &BusConfig) -> Result<Self, BusError> {
-        let url = settings
-            .url
-            .clone()
-            .unwrap_or_else(|| SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"));
-        let unavailable = |reason: &str, source: Option<lapin::Error>| {
-            let source = source.map(DriverError::new);
-            let message = match &source {
-                Some(e) => format!("{url}: {e}"),
-                None => format!("{url}: {reason}"),
-            };
-            BusError::Unavailable {
-                setting: "bus.url",
-                message,
-                source,
-            }
-        };
-        let open = |name: &str, properties: ConnectionProperties| {
-            let properties = properties.with_connection_name(LongString::from(name));
-            async {
-                tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    Connection::connect(url.expose(), properties),
-                )
-                .await
-                .map_err(|_| unavailable("no answer within 15 s", None))?
-                .map_err(|e| unavailable("", Some(e)))
-            }
-        };
-        // A first connection without recovery fails fast on a wrong address or password;
-        // the working one recovers by itself (re-declaring topology and consumers).
-        let probe = open("orkestra-probe", ConnectionProperties::default()).await?;
-        let _ = probe.close(200, "probe".into()).await;
-        let connection = open(
-            "orkestra",
-            ConnectionProperties::default().enable_auto_recover(),
-        )
-        .await?;
-        let publisher = Publisher::open(&connection, settings.max_message_bytes).await?;
-        let topology = Topology::new(settings);
-        topology.declare_exchanges(publisher.channel()).await?;
-        Ok(Self {
-            connection,
+        let topology = Arc::new(Topology::new(settings));
+        let name = format!("orkestra {} {}", settings.prefix, crate::message::new_id());
+        let link = Link::connect(urls(settings), name, &topology).await?;
+        let publisher = Publisher::new(
+            link.clone(),
+            settings.max_message_bytes,
+            Duration::from_millis(u64::from(settings.confirm_timeout_ms)),
+        );
+        let shared = Arc::new(Shared {
+            link: link.clone(),
             publisher,
-            topology,
+            topology: topology.clone(),
             settings: settings.clone(),
+            lifecycle: Lifecycle::default(),
+        });
+        Ok(Self {
+            shared,
             handlers: Mutex::default(),
             command_topics: Mutex::default(),
-            consumers: Mutex::default(),
+            tasks: Mutex::default(),
+            supervisor: Mutex::new(Some(tokio::spawn(link.maintain(topology)))),
         })
     }
 
-    /// A channel for one consumer, with the configured prefetch.
-    async fn consumer_channel(&self) -> Result<Channel, BusError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(broker_error)?;
-        channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(broker_error)?;
-        Ok(channel)
-    }
-
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        lock(&self.consumers).push(tokio::spawn(task));
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(tokio::spawn(task));
     }
 
     pub(crate) async fn subscribe(
-        self: &Arc<Self>,
+        &self,
         bus: &Bus,
         subscription: Subscription,
     ) -> Result<(), BusError> {
+        if self.shared.lifecycle.is_stopping() {
+            return Err(BusError::Closed);
+        }
         let handler = subscription.handler.to_string();
         if !lock(&self.handlers).insert(handler.clone()) {
             return Err(BusError::DuplicateHandler { handler });
@@ -201,67 +213,51 @@ impl RabbitMq {
         started
     }
 
-    /// Declares what a subscription consumes from and starts its consumer.
-    async fn start(
-        self: &Arc<Self>,
-        bus: &Bus,
-        subscription: Subscription,
-    ) -> Result<(), BusError> {
-        let channel = self.consumer_channel().await?;
-        let names = &self.topology.names;
-        let queue = match subscription.target.clone() {
-            Target::Command { topic, .. } => {
-                let queue = names.command_queue(topic);
-                let binding = Binding {
-                    exchange: &names.commands,
-                    routing_key: topic,
-                };
-                self.topology
-                    .declare_work_queue(&channel, &queue, &[binding])
-                    .await?;
-                queue
-            }
-            Target::Events { patterns } => {
-                let queue = names.event_queue(&subscription.handler);
-                let bindings: Vec<Binding<'_>> = patterns
-                    .iter()
-                    .map(|pattern| Binding {
-                        exchange: &names.events,
-                        routing_key: pattern,
-                    })
-                    .collect();
-                self.topology
-                    .declare_work_queue(&channel, &queue, &bindings)
-                    .await?;
-                queue
-            }
-            Target::DeadLetters => {
-                let queue = names.dead_letter_handler_queue(&subscription.handler);
-                self.topology
-                    .declare_dead_letter_handler_queue(&channel, &queue)
-                    .await?;
-                log_subscribed(&subscription, Some(&queue));
-                let consumer =
-                    consumer::start(&channel, &queue, Some(&subscription.handler)).await?;
-                self.spawn(consumer::consume_dead_letters(
-                    bus.clone(),
-                    Arc::new(subscription),
-                    channel,
-                    consumer,
-                ));
-                return Ok(());
-            }
+    /// Declares what a subscription consumes from and starts its worker.
+    async fn start(&self, bus: &Bus, subscription: Subscription) -> Result<(), BusError> {
+        let names = &self.shared.topology.names;
+        let subscription = Arc::new(subscription);
+        let (source, feed, concurrency) = match subscription.target.clone() {
+            Target::Command { topic, .. } => (
+                Source::Work {
+                    queue: names.command_queue(topic),
+                    bindings: vec![(names.commands.clone(), topic.to_owned())],
+                    delays: subscription.retry_delays_ms(self.shared.settings.retry_delay_ms),
+                },
+                Feed::Work(subscription.clone()),
+                subscription.concurrency_or(self.shared.settings.concurrency),
+            ),
+            Target::Events { patterns } => (
+                Source::Work {
+                    queue: names.event_queue(&subscription.handler),
+                    bindings: patterns
+                        .iter()
+                        .map(|p| (names.events.clone(), (*p).to_owned()))
+                        .collect(),
+                    delays: subscription.retry_delays_ms(self.shared.settings.retry_delay_ms),
+                },
+                Feed::Work(subscription.clone()),
+                subscription.concurrency_or(self.shared.settings.concurrency),
+            ),
+            Target::DeadLetters => (
+                Source::DeadLetterHandler {
+                    queue: names.dead_letter_handler_queue(&subscription.handler),
+                },
+                Feed::DeadLetterHandler(subscription.clone()),
+                1,
+            ),
         };
-        log_subscribed(&subscription, Some(&queue));
-        let consumer = consumer::start(&channel, &queue, Some(&subscription.handler)).await?;
-        self.spawn(consumer::consume(
-            self.clone(),
-            bus.clone(),
-            Arc::new(subscription),
-            queue,
-            channel,
-            consumer,
-        ));
+        let worker = Arc::new(Worker {
+            shared: self.shared.clone(),
+            bus: bus.downgrade(),
+            feed,
+            source,
+            concurrency,
+            label: subscription.handler.to_string(),
+        });
+        let opened = worker.open().await?;
+        log_subscribed(&subscription, Some(opened.queue()));
+        self.spawn(worker.run(opened));
         Ok(())
     }
 
@@ -270,6 +266,8 @@ impl RabbitMq {
         mut envelope: CommandEnvelope,
     ) -> Result<CommandEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Command)?;
+        // A finished (or already dispatched) envelope is refused before anything is sent.
+        envelope.clone().try_mark_dispatched()?;
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
         let span = flow.span;
         let body = wire::encode(envelope.message())?;
@@ -279,10 +277,11 @@ impl RabbitMq {
         }
         let topic = envelope.topic().to_owned();
         let routing = self
+            .shared
             .publisher
             .publish(
                 Outgoing {
-                    exchange: &self.topology.names.commands,
+                    exchange: &self.shared.topology.names.commands,
                     routing_key: &topic,
                     body: &body,
                     properties: publisher::message_properties(envelope.message(), headers),
@@ -304,6 +303,64 @@ impl RabbitMq {
         Ok(envelope)
     }
 
+    /// Dispatches with a direct reply-to address and waits for the command's final
+    /// outcome until `timeout` (publishing included).
+    pub(crate) async fn call(
+        &self,
+        mut envelope: CommandEnvelope,
+        timeout: Duration,
+    ) -> Result<CommandEnvelope, BusError> {
+        let deadline = Instant::now() + timeout;
+        super::expect_kind(envelope.message(), MessageKind::Command)?;
+        envelope.clone().try_mark_dispatched()?;
+        let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
+        let span = flow.span;
+        let body = wire::encode(envelope.message())?;
+        let mut headers = FieldTable::default();
+        if let Some(max) = envelope.max_retries_override() {
+            headers::put_int(&mut headers, headers::MAX_RETRIES, i64::from(max));
+        }
+        let topic = envelope.topic().to_owned();
+        let call_id = crate::message::new_id();
+        let waiting = self.shared.link.replies.wait_for(call_id.clone());
+        let properties = publisher::message_properties(envelope.message(), headers)
+            .with_reply_to(reply::REPLY_TO.into())
+            .with_correlation_id(call_id.as_str().into());
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.shared
+                .publisher
+                .publish(
+                    Outgoing {
+                        exchange: &self.shared.topology.names.commands,
+                        routing_key: &topic,
+                        body: &body,
+                        properties,
+                    },
+                    envelope.message(),
+                    flow.traced,
+                )
+                .instrument(span.clone()),
+        )
+        .await
+        .unwrap_or(Err(BusError::Timeout("reply")))?;
+        if sent == Routing::Unroutable {
+            trace::record_error(
+                &span,
+                "no_handler",
+                "no queue is bound to this command topic",
+            );
+            return Err(BusError::NoHandler { topic });
+        }
+        envelope.try_mark_dispatched()?;
+        let mut waiting = waiting;
+        match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
+            Ok(Ok(outcome)) => Ok(reply::receipt(envelope, outcome)),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => Err(BusError::Timeout("reply")),
+        }
+    }
+
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Event)?;
         let mut envelope = envelope.mark_published();
@@ -312,10 +369,11 @@ impl RabbitMq {
         let body = wire::encode(envelope.message())?;
         let topic = envelope.topic();
         let routing = self
+            .shared
             .publisher
             .publish(
                 Outgoing {
-                    exchange: &self.topology.names.events,
+                    exchange: &self.shared.topology.names.events,
                     routing_key: topic,
                     body: &body,
                     properties: publisher::message_properties(
@@ -334,13 +392,51 @@ impl RabbitMq {
         Ok(envelope)
     }
 
-    pub(crate) async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
-        // With the consumers' prefetch, so letters beyond it wait in the broker.
-        let channel = self.consumer_channel().await?;
-        let queue = self.topology.declare_dead_letter_receiver(&channel).await?;
-        let consumer = consumer::start(&channel, queue.as_str(), None).await?;
+    /// Stops taking deliveries (every consumer is cancelled), lets running handlers
+    /// finish until `deadline` (those cut off are stopped, their deliveries left unacked
+    /// for the broker to redeliver), then closes the channels and the connection.
+    /// `Err(Timeout)` when handlers were cut off.
+    pub(crate) async fn shutdown(&self, deadline: Instant) -> Result<(), BusError> {
+        self.shared.lifecycle.begin(deadline);
+        let workers: Vec<JoinHandle<()>> = lock(&self.tasks).drain(..).collect();
+        let mut cut_off = false;
+        // Each worker stops its own handlers at the deadline, then closes its channel.
+        let margin = Duration::from_secs(3);
+        for mut worker in workers {
+            match tokio::time::timeout_at(deadline + margin, &mut worker).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    worker.abort();
+                    cut_off = true;
+                }
+            }
+        }
+        cut_off |= self.shared.lifecycle.cut_off();
+        if let Some(task) = lock(&self.supervisor).take() {
+            task.abort();
+        }
+        self.shared.link.close().await;
+        if cut_off {
+            Err(BusError::Timeout(
+                "handlers to finish before the shutdown deadline",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) async fn dead_letters(&self, bus: &Bus) -> Result<DeadLetters, BusError> {
         let (tx, rx) = mpsc::channel(super::DEAD_LETTER_BUFFER);
-        self.spawn(consumer::forward_dead_letters(channel, consumer, tx));
+        let worker = Arc::new(Worker {
+            shared: self.shared.clone(),
+            bus: bus.downgrade(),
+            feed: Feed::Receiver(tx),
+            source: Source::Receiver,
+            concurrency: 1,
+            label: "dead-letter receiver".to_owned(),
+        });
+        let opened = worker.open().await?;
+        self.spawn(worker.run(opened));
         Ok(DeadLetters::new(rx))
     }
 }

@@ -1,22 +1,22 @@
 //! Publishing with publisher confirms: a message with `mandatory` (so an unroutable
 //! one comes back), a dead letter without. The one place a confirmation becomes a result.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use super::headers::TraceInjector;
+use super::link::Link;
 use super::{broker_error, spans};
 use crate::DriverError;
 use crate::bus::BusError;
 use crate::message::Message;
 use crate::trace;
-
-/// How long a publish may wait for its confirm.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One message to publish.
 pub(super) struct Outgoing<'a> {
@@ -40,33 +40,30 @@ pub(super) enum Routing {
 enum Purpose {
     Message,
     DeadLetter,
+    Reply,
 }
 
-/// The channel every publish of one bus goes through, in confirm mode.
+/// Publishes through the link's confirm-mode channel. Every publish returns within the
+/// confirm timeout, whatever the broker does: waiting for a connection while the link
+/// is down, sending, and the confirm all count against it.
 #[derive(Debug)]
 pub(super) struct Publisher {
-    channel: Channel,
+    link: Arc<Link>,
     max_message_bytes: usize,
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
-    pub(super) async fn open(
-        connection: &Connection,
+    pub(super) fn new(
+        link: Arc<Link>,
         max_message_bytes: usize,
-    ) -> Result<Self, BusError> {
-        let channel = connection.create_channel().await.map_err(broker_error)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker_error)?;
-        Ok(Self {
-            channel,
+        confirm_timeout: Duration,
+    ) -> Self {
+        Self {
+            link,
             max_message_bytes,
-        })
-    }
-
-    pub(super) fn channel(&self) -> &Channel {
-        &self.channel
+            confirm_timeout,
+        }
     }
 
     /// Publishes a message with confirm and `mandatory`, in an `orkestra.rabbitmq.publish`
@@ -127,24 +124,70 @@ impl Publisher {
             .map(drop)
     }
 
-    /// Publishes and waits for the confirm; only a message is `mandatory`.
+    /// Sends a command's outcome to the direct reply-to address of its caller (not
+    /// `mandatory`: a caller that has gone away drops it).
+    pub(super) async fn publish_reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: &[u8],
+    ) -> Result<(), BusError> {
+        let out = Outgoing {
+            exchange: "",
+            routing_key: reply_to,
+            body,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_correlation_id(correlation_id.into()),
+        };
+        self.send(out, Purpose::Reply).await.map(drop)
+    }
+
+    /// Publishes and waits for the confirm; only a message is `mandatory`. Waits for a
+    /// connection while the link is down; all of it within the confirm timeout.
     async fn send(&self, out: Outgoing<'_>, purpose: Purpose) -> Result<Routing, BusError> {
+        let started = Instant::now();
+        let deadline = started + self.confirm_timeout;
+        let live = match self.link.current() {
+            Some(live) => live,
+            None => match tokio::time::timeout_at(deadline, self.link.live()).await {
+                Ok(live) => live?,
+                Err(_) => return Err(self.link.unavailable(started.elapsed())),
+            },
+        };
         let options = BasicPublishOptions {
             mandatory: matches!(purpose, Purpose::Message),
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(
-                out.exchange.into(),
-                out.routing_key.into(),
-                options,
-                out.body,
-                out.properties,
-            )
-            .await
-            .map_err(broker_error)?;
-        confirmed(confirm, purpose).await
+        let mut used = None;
+        let sent = tokio::time::timeout_at(deadline, async {
+            let channel = live.publish_channel().await?;
+            used = Some(channel.clone());
+            let confirm = channel
+                .basic_publish(
+                    out.exchange.into(),
+                    out.routing_key.into(),
+                    options,
+                    out.body,
+                    out.properties,
+                )
+                .await
+                .map_err(broker_error)?;
+            confirmed(confirm, purpose).await
+        })
+        .await;
+        let result = sent.unwrap_or(Err(BusError::Timeout(match purpose {
+            Purpose::Message => "publisher confirm",
+            Purpose::DeadLetter => "dead-letter confirm",
+            Purpose::Reply => "reply confirm",
+        })));
+        if matches!(result, Err(BusError::Broker(_) | BusError::Timeout(_))) {
+            if let Some(channel) = &used {
+                live.forget_channel(channel);
+            }
+            self.link.suspect();
+        }
+        result
     }
 }
 
@@ -163,20 +206,20 @@ pub(super) fn message_properties(message: &Message, headers: FieldTable) -> Basi
 }
 
 /// Waits for the broker's confirm: an ack is success (with the message back when it
-/// was unroutable); a nack, confirms being off, a closed channel or no answer within
-/// [`CONFIRM_TIMEOUT`] is an error.
+/// was unroutable); a nack, confirms being off or a closed channel is an error. The
+/// caller bounds the wait.
 async fn confirmed(confirm: PublisherConfirm, purpose: Purpose) -> Result<Routing, BusError> {
-    let (refused, waiting_for) = match purpose {
-        Purpose::Message => ("the broker refused the message (nack)", "publisher confirm"),
-        Purpose::DeadLetter => ("the broker refused the dead letter", "dead-letter confirm"),
+    let refused = match purpose {
+        Purpose::Message => "the broker refused the message (nack)",
+        Purpose::DeadLetter => "the broker refused the dead letter",
+        Purpose::Reply => "the broker refused the reply",
     };
-    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-        Err(_) => Err(BusError::Timeout(waiting_for)),
-        Ok(Err(e)) => Err(broker_error(e)),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(Routing::Queued),
-        Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Routing::Unroutable),
-        Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Broker(DriverError::msg(refused))),
-        Ok(Ok(Confirmation::NotRequested)) => Err(BusError::Broker(DriverError::msg(
+    match confirm.await {
+        Err(e) => Err(broker_error(e)),
+        Ok(Confirmation::Ack(None)) => Ok(Routing::Queued),
+        Ok(Confirmation::Ack(Some(_))) => Ok(Routing::Unroutable),
+        Ok(Confirmation::Nack(_)) => Err(BusError::Broker(DriverError::msg(refused))),
+        Ok(Confirmation::NotRequested) => Err(BusError::Broker(DriverError::msg(
             "publisher confirms are off",
         ))),
     }
