@@ -10,6 +10,7 @@ mod erased;
 mod event;
 mod metadata;
 mod payload;
+mod renaming;
 pub mod topic;
 mod upcast;
 

@@ -158,10 +158,22 @@ pub(crate) fn read_stored<D: EventPayload>(text: &str, version: u32) -> Result<D
         if let Ok(data) = serde_json::from_str(text) {
             return Ok(data);
         }
-    } else if let Some(chain) = D::UPCAST.declarative(version, D::VERSION)
-        && let Ok(data) = read_borrowed(text, chain)
-    {
-        return Ok(data);
+    } else if let Some(chain) = D::UPCAST.declarative(version, D::VERSION) {
+        if super::renaming::streamable(chain) && !text.contains("null") {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let renaming = super::renaming::Renaming {
+                inner: &mut de,
+                chain,
+            };
+            if let Ok(data) = D::deserialize(renaming)
+                && de.end().is_ok()
+            {
+                return Ok(data);
+            }
+        }
+        if let Ok(data) = read_borrowed(text, chain) {
+            return Ok(data);
+        }
     }
     let value = serde_json::from_str(text).map_err(|e| {
         PayloadError::InvalidParams(vec![ParamError::new("data", "invalid_type", e.to_string())])
@@ -240,6 +252,12 @@ pub(crate) fn read_event_ref<D: EventPayload>(data: &Value, version: u32) -> Opt
     let Value::Object(map) = data else {
         return None;
     };
+    if super::renaming::streamable(chain) && !map.values().any(Value::is_null) {
+        let renaming = super::renaming::Renaming { inner: data, chain };
+        if let Ok(data) = D::deserialize(renaming) {
+            return Some(data);
+        }
+    }
     let entries = Entries(
         map.iter()
             .map(|(k, v)| (k.as_str(), Field::Ref(v)))
