@@ -265,17 +265,13 @@ impl RabbitMq {
         &self,
         mut envelope: CommandEnvelope,
     ) -> Result<CommandEnvelope, BusError> {
-        super::expect_kind(envelope.message(), MessageKind::Command)?;
-        // A finished (or already dispatched) envelope is refused before anything is sent.
-        envelope.clone().try_mark_dispatched()?;
-        let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
-        let span = flow.span;
-        let body = wire::encode(envelope.message())?;
-        let mut headers = FieldTable::default();
-        if let Some(max) = envelope.max_retries_override() {
-            headers::put_int(&mut headers, headers::MAX_RETRIES, i64::from(max));
-        }
-        let topic = envelope.topic().to_owned();
+        let OutgoingCommand {
+            traced,
+            span,
+            body,
+            headers,
+            topic,
+        } = prepare_command(&mut envelope)?;
         let routing = self
             .shared
             .publisher
@@ -287,17 +283,12 @@ impl RabbitMq {
                     properties: publisher::message_properties(envelope.message(), headers),
                 },
                 envelope.message(),
-                flow.traced,
+                traced,
             )
             .instrument(span.clone())
             .await?;
         if routing == Routing::Unroutable {
-            trace::record_error(
-                &span,
-                "no_handler",
-                "no queue is bound to this command topic",
-            );
-            return Err(BusError::NoHandler { topic });
+            return Err(no_handler(&span, topic));
         }
         envelope.try_mark_dispatched()?;
         Ok(envelope)
@@ -311,16 +302,13 @@ impl RabbitMq {
         timeout: Duration,
     ) -> Result<CommandEnvelope, BusError> {
         let deadline = Instant::now() + timeout;
-        super::expect_kind(envelope.message(), MessageKind::Command)?;
-        envelope.clone().try_mark_dispatched()?;
-        let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
-        let span = flow.span;
-        let body = wire::encode(envelope.message())?;
-        let mut headers = FieldTable::default();
-        if let Some(max) = envelope.max_retries_override() {
-            headers::put_int(&mut headers, headers::MAX_RETRIES, i64::from(max));
-        }
-        let topic = envelope.topic().to_owned();
+        let OutgoingCommand {
+            traced,
+            span,
+            body,
+            headers,
+            topic,
+        } = prepare_command(&mut envelope)?;
         let call_id = crate::message::new_id();
         let waiting = self.shared.link.replies.wait_for(call_id.clone());
         let properties = publisher::message_properties(envelope.message(), headers)
@@ -338,19 +326,14 @@ impl RabbitMq {
                         properties,
                     },
                     envelope.message(),
-                    flow.traced,
+                    traced,
                 )
                 .instrument(span.clone()),
         )
         .await
         .unwrap_or(Err(BusError::Timeout("reply")))?;
         if sent == Routing::Unroutable {
-            trace::record_error(
-                &span,
-                "no_handler",
-                "no queue is bound to this command topic",
-            );
-            return Err(BusError::NoHandler { topic });
+            return Err(no_handler(&span, topic));
         }
         envelope.try_mark_dispatched()?;
         let mut waiting = waiting;
@@ -439,4 +422,43 @@ impl RabbitMq {
         self.spawn(worker.run(opened));
         Ok(DeadLetters::new(rx))
     }
+}
+
+/// A command ready to publish: its flow's span, the encoded body, the headers and the
+/// routing key. A finished (or already dispatched) envelope is refused here, before
+/// anything is sent.
+struct OutgoingCommand {
+    traced: bool,
+    span: tracing::Span,
+    body: Vec<u8>,
+    headers: FieldTable,
+    topic: String,
+}
+
+fn prepare_command(envelope: &mut CommandEnvelope) -> Result<OutgoingCommand, BusError> {
+    super::expect_kind(envelope.message(), MessageKind::Command)?;
+    envelope.clone().try_mark_dispatched()?;
+    let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
+    let body = wire::encode(envelope.message())?;
+    let mut headers = FieldTable::default();
+    if let Some(max) = envelope.max_retries_override() {
+        headers::put_int(&mut headers, headers::MAX_RETRIES, i64::from(max));
+    }
+    Ok(OutgoingCommand {
+        traced: flow.traced,
+        span: flow.span,
+        body,
+        headers,
+        topic: envelope.topic().to_owned(),
+    })
+}
+
+/// No queue took the command: recorded on its span, reported as `NoHandler`.
+fn no_handler(span: &tracing::Span, topic: String) -> BusError {
+    trace::record_error(
+        span,
+        "no_handler",
+        "no queue is bound to this command topic",
+    );
+    BusError::NoHandler { topic }
 }
