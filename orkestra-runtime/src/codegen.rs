@@ -16,8 +16,8 @@ pub use serde;
 pub use serde_json;
 pub use uuid;
 
-/// Reads a JSON object key by key in the documented check order. Generated code uses it;
-/// it is public so hand-written payloads can keep the same behaviour.
+/// Reads a JSON object key by key in the documented check order, for generated
+/// `Payload::from_json` implementations.
 #[derive(Debug)]
 pub struct ObjectReader {
     map: serde_json::Map<String, Value>,

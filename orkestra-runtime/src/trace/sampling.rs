@@ -19,7 +19,8 @@ static SAMPLING_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
 /// every message of one flow is traced or none is (across services too, since the
 /// correlation id travels). An unsampled flow creates no spans at all, which keeps a
 /// sampled-off OpenTelemetry pipeline almost free (see BENCHMARKS.md); its handler logs
-/// then carry only their own fields. `telemetry::init` sets this from its configuration;
+/// still carry the message ids (through the `orkestra.log_context` span, which never
+/// reaches OpenTelemetry). `telemetry::init` sets this from its configuration;
 /// set it yourself when you install an OpenTelemetry layer with a ratio sampler.
 pub fn set_sampling_ratio(ratio: f64) {
     let ratio = if ratio.is_nan() {
