@@ -193,7 +193,7 @@ pub(crate) fn handle_span(
     span
 }
 
-/// The target of [`log_context_span`]. An OpenTelemetry layer should not export it (it
+/// The target of the `orkestra.log_context` span every handler run is wrapped in. An OpenTelemetry layer should not export it (it
 /// only carries log fields): `telemetry::Telemetry` filters it out, and an application
 /// that installs `tracing-opentelemetry` itself adds
 /// `.with_filter(filter_fn(|m| m.target() != orkestra_runtime::trace::LOG_CONTEXT_TARGET))`.
