@@ -119,7 +119,8 @@ pub struct BusConfig {
     /// reconnect; when set, `url` is not used.
     pub urls: Vec<SecretUrl>,
     /// Deliveries one subscription handles at once in one process (RabbitMQ), default
-    /// 32; a binding's `concurrency` overrides it. `prefetch` is raised to at least it.
+    /// 64, the default `prefetch`, so no delivery the broker hands over waits for a slot;
+    /// a binding's `concurrency` overrides it. `prefetch` is raised to at least it.
     pub concurrency: u16,
     /// How long a dispatch or publish may take in all (waiting for a connection, sending,
     /// the broker's confirm) before it fails (RabbitMQ), default 30,000 ms.
@@ -147,7 +148,7 @@ impl Default for BusConfig {
             adapter: BusAdapter::default(),
             url: None,
             urls: Vec::new(),
-            concurrency: 32,
+            concurrency: 64,
             confirm_timeout_ms: 30_000,
             queue_type: QueueType::Classic,
             prefetch: 64,
@@ -622,7 +623,7 @@ mod tests {
         assert_eq!(c.bus.urls.len(), 2);
         assert_eq!(c.bus.urls[1].expose(), "amqp://u:pw@b/%2f");
         assert_eq!((c.bus.concurrency, c.bus.confirm_timeout_ms), (8, 5000));
-        assert_eq!(Config::default().bus.concurrency, 32);
+        assert_eq!(Config::default().bus.concurrency, 64);
         let c = Config::from_toml_str("[bus]\nqueue_type = \"quorum\"\n").unwrap();
         assert_eq!(c.bus.queue_type, QueueType::Quorum);
         let e = Config::from_toml_str("[bus]\nqueue_type = \"stream\"\n").unwrap_err();

@@ -448,7 +448,7 @@ impl Worker {
 /// half of it, so the broker never waits for acks to send more).
 const ACK_BATCH: usize = 64;
 /// The longest a finished success waits for its ack.
-const ACK_IDLE: Duration = Duration::from_millis(2);
+const ACK_IDLE: Duration = Duration::from_micros(500);
 
 /// How a handler task left its delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
