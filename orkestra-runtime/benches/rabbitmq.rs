@@ -94,7 +94,18 @@ struct Raw {
     _conn: Connection,
 }
 
-async fn raw_setup() -> Raw {
+/// The raw lapin side's topology, as Orkestra's would be: a confirming publisher
+/// channel, a direct exchange and a queue bound to it (both removed after the run), and a
+/// consumer on its own channel with `prefetch`.
+struct RawTopology {
+    conn: Connection,
+    publisher: lapin::Channel,
+    exchange: String,
+    consumer_channel: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+async fn raw_topology(prefix: &str, prefetch: u16, tag: &str) -> RawTopology {
     let conn = Connection::connect(&url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -103,7 +114,7 @@ async fn raw_setup() -> Raw {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let exchange = format!("bench-raw-{}", uuid::Uuid::new_v4().simple());
+    let exchange = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
     let queue = format!("{exchange}.q");
     publisher
         .exchange_declare(
@@ -138,18 +149,35 @@ async fn raw_setup() -> Raw {
         .unwrap();
     let consumer_channel = conn.create_channel().await.unwrap();
     consumer_channel
-        .basic_qos(1000, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .unwrap();
-    let mut consumer = consumer_channel
+    let consumer = consumer_channel
         .basic_consume(
             queue.as_str().into(),
-            "raw".into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
+    RawTopology {
+        conn,
+        publisher,
+        exchange,
+        consumer_channel,
+        consumer,
+    }
+}
+
+async fn raw_setup() -> Raw {
+    let RawTopology {
+        conn,
+        publisher,
+        exchange,
+        consumer_channel,
+        mut consumer,
+    } = raw_topology("bench-raw", 1000, "raw").await;
     let counter = Counter::new();
     let c = counter.clone();
     tokio::spawn(async move {
@@ -366,61 +394,13 @@ enum Work {
 /// A raw lapin producer channel and a consumer with prefetch 64 that acks each message
 /// (for `Io2ms`, from a task spawned per delivery that first sleeps 2 ms).
 async fn busy_raw_setup(work: Work) -> Raw {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let publisher = conn.create_channel().await.unwrap();
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let exchange = format!("bench-busy-raw-{}", uuid::Uuid::new_v4().simple());
-    let queue = format!("{exchange}.q");
-    publisher
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-expires".into(),
-        lapin::types::AMQPValue::LongLongInt(120_000),
-    );
-    publisher
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
-        .await
-        .unwrap();
-    publisher
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "k".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let consumer_channel = conn.create_channel().await.unwrap();
-    consumer_channel
-        .basic_qos(64, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "raw-busy".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let RawTopology {
+        conn,
+        publisher,
+        exchange,
+        mut consumer,
+        ..
+    } = raw_topology("bench-busy-raw", 64, "raw-busy").await;
     let counter = Counter::new();
     let c = counter.clone();
     tokio::spawn(async move {
