@@ -272,24 +272,9 @@ impl RabbitMq {
             headers,
             topic,
         } = prepare_command(&mut envelope)?;
-        let routing = self
-            .shared
-            .publisher
-            .publish(
-                Outgoing {
-                    exchange: &self.shared.topology.names.commands,
-                    routing_key: &topic,
-                    body: &body,
-                    properties: publisher::message_properties(envelope.message(), headers),
-                },
-                envelope.message(),
-                traced,
-            )
-            .instrument(span.clone())
+        let properties = publisher::message_properties(envelope.message(), headers);
+        self.send_command(&envelope, &topic, &body, properties, traced, &span)
             .await?;
-        if routing == Routing::Unroutable {
-            return Err(no_handler(&span, topic));
-        }
         envelope.try_mark_dispatched()?;
         Ok(envelope)
     }
@@ -314,27 +299,12 @@ impl RabbitMq {
         let properties = publisher::message_properties(envelope.message(), headers)
             .with_reply_to(reply::REPLY_TO.into())
             .with_correlation_id(call_id.as_str().into());
-        let sent = tokio::time::timeout_at(
+        tokio::time::timeout_at(
             deadline,
-            self.shared
-                .publisher
-                .publish(
-                    Outgoing {
-                        exchange: &self.shared.topology.names.commands,
-                        routing_key: &topic,
-                        body: &body,
-                        properties,
-                    },
-                    envelope.message(),
-                    traced,
-                )
-                .instrument(span.clone()),
+            self.send_command(&envelope, &topic, &body, properties, traced, &span),
         )
         .await
         .unwrap_or(Err(BusError::Timeout("reply")))?;
-        if sent == Routing::Unroutable {
-            return Err(no_handler(&span, topic));
-        }
         envelope.try_mark_dispatched()?;
         let mut waiting = waiting;
         match tokio::time::timeout_at(deadline, &mut waiting.rx).await {
@@ -342,6 +312,38 @@ impl RabbitMq {
             Ok(Err(_)) => Err(BusError::Closed),
             Err(_) => Err(BusError::Timeout("reply")),
         }
+    }
+
+    /// Publishes a prepared command to the commands exchange; a command no queue takes
+    /// is `NoHandler`, recorded on its span.
+    async fn send_command(
+        &self,
+        envelope: &CommandEnvelope,
+        topic: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+        traced: bool,
+        span: &tracing::Span,
+    ) -> Result<(), BusError> {
+        let routing = self
+            .shared
+            .publisher
+            .publish(
+                Outgoing {
+                    exchange: &self.shared.topology.names.commands,
+                    routing_key: topic,
+                    body,
+                    properties,
+                },
+                envelope.message(),
+                traced,
+            )
+            .instrument(span.clone())
+            .await?;
+        if routing == Routing::Unroutable {
+            return Err(no_handler(span, topic.to_owned()));
+        }
+        Ok(())
     }
 
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
