@@ -19,7 +19,7 @@ use orkestra_runtime::{Bus, Command, CommandEnvelope, Metadata, SecretUrl, Subsc
 use serde_json::json;
 use support::payloads::PlaceOrder;
 use support::proxy::Proxy;
-use support::services::{rabbit_config, required};
+use support::services::{rabbit_config, rabbitmqctl, required};
 
 const DISPATCHERS: usize = 16;
 /// Commands dispatched before the outage starts, at least.
@@ -27,15 +27,6 @@ const BEFORE: usize = 1_000;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// What "within the timeout" tolerates for scheduling on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(1500);
-
-fn rabbitmqctl(args: &[&str]) -> Option<String> {
-    Process::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-}
 
 fn repeats() -> usize {
     std::env::var("ORKESTRA_OUTAGE_REPEATS")

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command as Process;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use orkestra_runtime::{
 };
 use serde_json::json;
 use support::payloads::PlaceOrder;
-use support::services::{rabbit_bus_with, rabbit_config, required};
+use support::services::{rabbit_bus_with, rabbit_config, rabbitmqctl, required};
 
 fn order(quantity: i64) -> Command<PlaceOrder> {
     Command::from_json(
@@ -22,15 +21,6 @@ fn order(quantity: i64) -> Command<PlaceOrder> {
         Metadata::new(),
     )
     .unwrap()
-}
-
-fn rabbitmqctl(args: &[&str]) -> Option<String> {
-    Process::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// How many connections and consumers of the broker mention `prefix`.

@@ -5,25 +5,17 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::Command as Process;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orkestra_runtime::{Command, CommandEnvelope, Metadata, Subscription};
 use serde_json::json;
 use support::payloads::PlaceOrder;
-use support::services::{rabbit_bus_with, rabbit_config, required};
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Process::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use support::services::{rabbit_bus_with, rabbit_config, rabbitmqctl, required};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_commands_survive_two_broker_restarts() {
-    if !rabbitmqctl(&["status"]) {
+    if rabbitmqctl(&["status"]).is_none() {
         assert!(
             !required(),
             "rabbitmqctl is required to restart the broker (ORKESTRA_REQUIRE_SERVICES=1)"
@@ -64,7 +56,8 @@ async fn confirmed_commands_survive_two_broker_restarts() {
             // A killed connection (not a broker restart): clients must reconnect too.
             killed = true;
             assert!(
-                rabbitmqctl(&["close_all_connections", "orkestra test: killed connection"]),
+                rabbitmqctl(&["close_all_connections", "orkestra test: killed connection"])
+                    .is_some(),
                 "close_all_connections"
             );
         }
@@ -72,10 +65,10 @@ async fn confirmed_commands_survive_two_broker_restarts() {
             || (confirmed.len() == 6_000 && restarts == 1)
         {
             restarts += 1;
-            assert!(rabbitmqctl(&["stop_app"]), "stop_app");
+            assert!(rabbitmqctl(&["stop_app"]).is_some(), "stop_app");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            assert!(rabbitmqctl(&["start_app"]), "start_app");
-            assert!(rabbitmqctl(&["await_startup"]), "await_startup");
+            assert!(rabbitmqctl(&["start_app"]).is_some(), "start_app");
+            assert!(rabbitmqctl(&["await_startup"]).is_some(), "await_startup");
         }
         i += 1;
         let cmd = Command::<PlaceOrder>::from_json(

@@ -69,3 +69,14 @@ pub async fn rabbit_bus_with(config: &orkestra_runtime::Config) -> Option<orkest
 pub async fn rabbit_bus() -> Option<orkestra_runtime::Bus> {
     rabbit_bus_with(&rabbit_config()).await
 }
+
+/// Runs `rabbitmqctl` against the local broker: its output, or `None` when it failed or
+/// is not installed.
+pub fn rabbitmqctl(args: &[&str]) -> Option<String> {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
