@@ -4,7 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-const GOLDENS: &[&str] = &["shop", "nasty", "wiring", "evolution", "formats"];
+const GOLDENS: &[&str] = &[
+    "shop",
+    "nasty",
+    "wiring",
+    "evolution",
+    "formats",
+    "aggregates",
+];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -33,6 +33,42 @@ pub struct Module {
     pub events: Vec<Payload>,
     /// Handler bindings.
     pub handlers: Vec<Handler>,
+    /// Aggregates.
+    pub aggregates: Vec<Aggregate>,
+}
+
+/// An aggregate: state folded from its own stream, one decide method per command.
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    /// Its name.
+    pub name: String,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
+    /// Docs.
+    pub description: Option<String>,
+    /// The stream name template, split into text and placeholders.
+    pub stream: Vec<StreamPart>,
+    /// The template as written.
+    pub stream_text: String,
+    /// The state fields (a field without a default is optional).
+    pub state: Vec<Field>,
+    /// The commands it handles, with the type of each placeholder's param in them.
+    pub commands: Vec<PayloadRef>,
+    /// Its events.
+    pub events: Vec<PayloadRef>,
+    /// Snapshot each time a stream's length crosses a multiple of this.
+    pub snapshot_every: Option<u64>,
+    /// How often a command is decided again after a concurrent append.
+    pub conflict_retries: u32,
+}
+
+/// A piece of a stream template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamPart {
+    /// Literal text.
+    Text(String),
+    /// `{param}`: the value of that param of the command.
+    Param(String),
 }
 
 /// A named value type.

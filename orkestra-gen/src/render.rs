@@ -57,6 +57,45 @@ struct ModuleCtx {
     handlers: Vec<HandlerCtx>,
     /// The `Handlers` struct; absent when the namespace has no binding.
     wiring: Option<WiringCtx>,
+    aggregates: Vec<AggregateCtx>,
+}
+
+/// An aggregate: its state, event enum, trait, command trait and the runtime glue.
+#[derive(Serialize)]
+struct AggregateCtx {
+    /// The trait (the aggregate's name).
+    name: String,
+    doc: String,
+    state: String,
+    state_doc: String,
+    fields: Vec<FieldCtx>,
+    event: String,
+    event_doc: String,
+    variants: Vec<EventVariantCtx>,
+    /// Every event type name, for a stored event of another type.
+    expected: String,
+    marker: String,
+    command_trait: String,
+    repository: String,
+    test: String,
+    fn_name: String,
+    wire: String,
+    shape: String,
+    snapshot_every: String,
+    conflict_retries: u32,
+    commands: Vec<AggregateCommandCtx>,
+}
+
+/// A command of an aggregate.
+#[derive(Serialize)]
+struct AggregateCommandCtx {
+    path: String,
+    method: String,
+    doc: String,
+    /// The subscription's handler name: `Account.OpenAccount`.
+    handler_wire: String,
+    /// The `(text, value)` pairs of the stream template, as Rust.
+    stream_parts: String,
 }
 
 /// A named type: a struct with fields or an enum of string values.
@@ -291,6 +330,11 @@ impl ModuleCtx {
                 .collect(),
             wiring: wiring_ctx(module, &handlers),
             handlers,
+            aggregates: module
+                .aggregates
+                .iter()
+                .map(|a| aggregate_ctx(model, a, here))
+                .collect(),
         }
     }
 }
@@ -856,4 +900,142 @@ fn type_name(model: &Model, r: &PayloadRef) -> String {
         .iter()
         .find(|m| m.ident == r.module)
         .map_or_else(|| r.name.clone(), |m| format!("{}.{}", m.namespace, r.name))
+}
+
+fn aggregate_ctx(model: &Model, a: &Aggregate, here: &str) -> AggregateCtx {
+    let name = pascal(&a.name);
+    let state = format!("{name}State");
+    let event = format!("{name}Event");
+    let event_path = |r: &PayloadRef| item_path(here, &r.module, "events", &r.name);
+    let commands = a
+        .commands
+        .iter()
+        .map(|r| {
+            let path = item_path(here, &r.module, "commands", &r.name);
+            let stream_parts = a
+                .stream
+                .iter()
+                .map(|part| match part {
+                    StreamPart::Text(text) => {
+                        format!("({}, ::core::option::Option::None)", str_lit(text))
+                    }
+                    StreamPart::Param(param) => format!(
+                        "({}, ::core::option::Option::Some(&command.params.{} as &dyn ::core::fmt::Display))",
+                        str_lit(param),
+                        snake(param)
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            AggregateCommandCtx {
+                doc: doc_attrs(&format!(
+                    "Decides `{}`: the events to append, none, or an error \
+                     (`HandlerError::Reject`: nothing is appended and the command is rejected).",
+                    type_name(model, r)
+                )),
+                method: snake(&r.name),
+                handler_wire: str_lit(&format!("{}.{}", a.name, r.name)),
+                stream_parts,
+                path,
+            }
+        })
+        .collect();
+    let owner = state.clone();
+    AggregateCtx {
+        doc: docs(
+            a.description.as_deref(),
+            &format!("Aggregate `{}`.", a.name),
+        ),
+        state_doc: doc_attrs(&format!(
+            "The state of `{}`: the fold of its stream with `apply`, starting from `Default` \
+             (each field's schema default, `None` where it has none).",
+            a.name
+        )),
+        fields: a
+            .state
+            .iter()
+            .map(|f| field_ctx(&owner, f, false, here))
+            .collect(),
+        event_doc: doc_attrs(&format!("The events of `{}`.", a.name)),
+        variants: a
+            .events
+            .iter()
+            .map(|r| EventVariantCtx {
+                ident: pascal(&r.name),
+                path: event_path(r),
+                doc: doc_attrs(&format!("`{}`", type_name(model, r))),
+            })
+            .collect(),
+        expected: str_lit(
+            &a.events
+                .iter()
+                .map(|r| type_name(model, r))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        ),
+        marker: format!("{name}Aggregate"),
+        command_trait: format!("{name}Command"),
+        repository: format!("{name}Repository"),
+        test: format!("{name}Test"),
+        fn_name: snake(&a.name),
+        wire: str_lit(&a.name),
+        shape: str_lit(&state_shape(model, a)),
+        snapshot_every: match a.snapshot_every {
+            Some(n) => format!("::core::option::Option::Some({n})"),
+            None => "::core::option::Option::None".into(),
+        },
+        conflict_retries: a.conflict_retries,
+        commands,
+        state,
+        event,
+        name,
+    }
+}
+
+/// A tag of an aggregate's state shape: FNV-1a over each field's name, type (named
+/// struct types by their own fields, enums by their values) and default. Snapshots
+/// written under another tag are ignored.
+fn state_shape(model: &Model, a: &Aggregate) -> String {
+    fn ty_text(model: &Model, ty: &Ty, depth: usize) -> String {
+        ty.schema_text(&|t: &TypeRef| {
+            let def = model
+                .modules
+                .iter()
+                .find(|m| m.ident == t.module)
+                .and_then(|m| m.types.iter().find(|d| d.name == t.name));
+            match def.map(|d| &d.kind) {
+                Some(TypeKind::Enum(values)) => format!("enum({})", values.join("|")),
+                Some(TypeKind::Struct(fields)) if depth < 8 => format!(
+                    "struct({})",
+                    fields
+                        .iter()
+                        .map(|f| field_text(model, f, depth + 1))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                _ => format!("{}::{}", t.module, t.name),
+            }
+        })
+    }
+    fn field_text(model: &Model, f: &Field, depth: usize) -> String {
+        format!(
+            "{}:{}:{}:{:?}",
+            f.name,
+            ty_text(model, &f.ty, depth),
+            f.required,
+            f.default
+        )
+    }
+    let text = a
+        .state
+        .iter()
+        .map(|f| field_text(model, f, 0))
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("fnv1a64:{hash:016x}")
 }

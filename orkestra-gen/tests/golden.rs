@@ -55,6 +55,11 @@ fn versions_upcasters_and_nested_types() {
     insta::assert_snapshot!("evolution", generate(&dir("tests/golden/evolution")));
 }
 
+#[test]
+fn aggregates() {
+    insta::assert_snapshot!("aggregates", generate(&dir("tests/golden/aggregates")));
+}
+
 /// `tests/ui/missing_custom_upcast.rs` includes this code, without implementing the
 /// custom step: it must not compile. The file is kept current here
 /// (`INSTA_UPDATE=always` rewrites it, like the snapshots).

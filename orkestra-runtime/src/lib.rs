@@ -25,7 +25,7 @@
 //! [`config`] and [`DriverError`] → messages and payloads (the root re-exports,
 //! [`topic`]) → [`trace`] (context, sampling, spans) → handler types ([`HandlerError`],
 //! [`EventSet`], [`DeadLetter`]) → [`bus`] and [`store`] → appending and publishing
-//! together ([`Store::append_and_publish`]) → [`telemetry`](crate#cargo-features).
+//! together ([`Store::append_and_publish`], [`aggregate`]) → [`telemetry`](crate#cargo-features).
 //!
 //! ## Cargo features
 //!
@@ -61,6 +61,7 @@ mod handler;
 pub mod bus;
 pub mod store;
 // Layer 5: built on a bus and a store.
+pub mod aggregate;
 mod publish;
 // Layer 6: process-wide telemetry setup.
 #[cfg(feature = "telemetry")]
@@ -83,7 +84,8 @@ pub use message::{
     new_id,
 };
 pub use store::{
-    AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Store, StoreError,
+    AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Snapshot, Store,
+    StoreError,
 };
 
 /// Includes the code `orkestra-gen` wrote to `$OUT_DIR/orkestra_generated.rs` from build.rs.

@@ -34,6 +34,12 @@ pub mod every_rule {
     include!(concat!(env!("OUT_DIR"), "/formats.rs"));
 }
 
+/// Generated from `orkestra-gen/tests/golden/aggregates/bank.yaml`: an `Account`
+/// aggregate with state, snapshots and three commands, and a stateless `Counter`.
+pub mod aggregates {
+    include!(concat!(env!("OUT_DIR"), "/aggregates.rs"));
+}
+
 /// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
 /// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
 /// struct types are checked for unknown keys.

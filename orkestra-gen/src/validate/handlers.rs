@@ -55,7 +55,8 @@ fn matches_kind(target: &HandlerTarget, payload: &Payload) -> bool {
     }
 }
 
-/// Commands that already have a binding, with its name: a command has exactly one.
+/// Commands that already have a handler (a binding or an aggregate), with what it is
+/// ("handler `PlaceOrder`"): a command has exactly one.
 pub(super) type HandledCommands = HashMap<PayloadRef, String>;
 
 impl Validator {
@@ -231,13 +232,13 @@ impl Validator {
             self.error(
                 &node.span,
                 format!(
-                    "command `{}` already has handler `{first}`; a command has exactly one handler",
+                    "command `{}` already has {first}; a command has exactly one handler",
                     r.name
                 ),
             );
             return None;
         }
-        handled_commands.insert(r.clone(), key.name.clone());
+        handled_commands.insert(r.clone(), format!("handler `{}`", key.name));
         Some(HandlerTarget::Command(r))
     }
 

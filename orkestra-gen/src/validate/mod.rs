@@ -1,6 +1,7 @@
 //! Validation: parsed YAML trees to the resolved [`Model`], with a located diagnostic for
 //! every mistake. Nothing here panics on any input; everything is reported at once.
 
+mod aggregates;
 mod fields;
 mod handlers;
 mod names;
@@ -37,6 +38,7 @@ struct Decl {
     commands: Vec<(Key, Node)>,
     events: Vec<(Key, Node)>,
     handlers: Vec<(Key, Node)>,
+    aggregates: Vec<(Key, Node)>,
 }
 
 /// A declared command or event, for resolving references.
@@ -104,6 +106,25 @@ impl Validator {
         self.check_topics(&modules);
         self.check_recursive_types(&modules);
         let mut handled_commands = HashMap::new();
+        // Aggregates first: a binding of a command an aggregate handles is the mistake
+        // reported, at the binding.
+        let mut aggregate_names = HashMap::new();
+        for (i, decl) in decls.iter().enumerate() {
+            for (key, node) in &decl.aggregates {
+                if let Some(a) = self.aggregate(
+                    decl,
+                    key,
+                    node,
+                    &types,
+                    &tables,
+                    &modules,
+                    &mut handled_commands,
+                    &mut aggregate_names,
+                ) {
+                    modules[i].aggregates.push(a);
+                }
+            }
+        }
         for (decl, module) in decls.iter().zip(&mut modules) {
             for (key, node) in &decl.handlers {
                 if let Some(h) = self.handler(decl, key, node, &tables, &mut handled_commands) {

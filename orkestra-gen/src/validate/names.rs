@@ -30,6 +30,7 @@ impl Validator {
                     existing.commands.extend(decl.commands);
                     existing.events.extend(decl.events);
                     existing.handlers.extend(decl.handlers);
+                    existing.aggregates.extend(decl.aggregates);
                 }
                 Some(existing) => {
                     let ns = existing.namespace.clone();

@@ -17,6 +17,7 @@ const TOP_KEYS: &[&str] = &[
     "commands",
     "events",
     "handlers",
+    "aggregates",
 ];
 
 impl Validator {
@@ -108,6 +109,7 @@ impl Validator {
         let commands = section("commands");
         let events = section("events");
         let handlers = section("handlers");
+        let aggregates = section("aggregates");
         Some(Decl {
             span: ns_node.span.clone(),
             namespace,
@@ -118,6 +120,7 @@ impl Validator {
             commands,
             events,
             handlers,
+            aggregates,
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{AppendResult, Encoded, ExpectedVersion, RecordedEvent, StoreError};
+use super::{AppendResult, Encoded, ExpectedVersion, RecordedEvent, Snapshot, StoreError};
 
 /// Direction of a stream read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,14 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         from_position: u64,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
+    /// Keeps `snapshot` unless the one already kept for its stream has the same shape
+    /// and a version at least as new ([`Snapshot::replaces`]).
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The snapshot kept for `stream`.
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
     /// A counter bumped after every commit, for live subscriptions.
     fn changes(&self) -> watch::Receiver<u64>;
     /// How often a live subscription re-reads even without a change notice (adapters

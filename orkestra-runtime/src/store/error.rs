@@ -53,6 +53,21 @@ pub enum StoreError {
         /// Why.
         source: PayloadError,
     },
+    /// An event of an aggregate's stream is not one of its events, or does not fit its
+    /// type: the stream cannot be loaded until the schema (or an upcast) reads it.
+    #[error("{aggregate} stream {stream:?}, version {version} (position {position}): {source}")]
+    Unreadable {
+        /// The aggregate.
+        aggregate: &'static str,
+        /// The stream.
+        stream: String,
+        /// The event's version in it.
+        version: u64,
+        /// Its global position.
+        position: u64,
+        /// Why (boxed: the variant stays small).
+        source: Box<PayloadError>,
+    },
     /// A stored row is not an Orkestra event (foreign or corrupted data).
     #[error("corrupt or foreign record at {location}: {message}")]
     Corrupt {

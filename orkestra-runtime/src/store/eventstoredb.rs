@@ -22,11 +22,28 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::Encoded;
-use super::{AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError};
+use super::{
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
+};
 use crate::config::SecretUrl;
 use crate::message::Metadata;
 
 const ADAPTER: &str = "eventstoredb";
+
+/// The type of the events of a `$snapshot-<stream>` stream.
+const SNAPSHOT_TYPE: &str = "orkestra.snapshot";
+
+/// A snapshot as the data of one event of `$snapshot-<stream>` (the newest one counts).
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    version: u64,
+    shape: String,
+    state: String,
+}
+
+fn snapshot_stream(stream: &str) -> String {
+    format!("$snapshot-{stream}")
+}
 
 /// What travels as the event's custom metadata.
 #[derive(Serialize, Deserialize)]
@@ -269,6 +286,70 @@ impl Backend for EsdbStore {
                 .await
                 .map_err(backend_error)?;
             collect(read, from_position, max).await
+        })
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if let Some(stored) = self.load_snapshot(&snapshot.stream).await?
+                && !snapshot.replaces(&stored)
+            {
+                return Ok(());
+            }
+            let data = kurrentdb::EventData::json(
+                SNAPSHOT_TYPE,
+                &StoredSnapshot {
+                    version: snapshot.version,
+                    shape: snapshot.shape,
+                    state: snapshot.state,
+                },
+            )
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+            self.client
+                .append_to_stream(
+                    snapshot_stream(&snapshot.stream),
+                    &AppendToStreamOptions::default(),
+                    data,
+                )
+                .await
+                .map(drop)
+                .map_err(backend_error)
+        })
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(async move {
+            let options = ReadStreamOptions::default()
+                .max_count(1)
+                .backwards()
+                .position(StreamPosition::End);
+            let mut read = match self
+                .client
+                .read_stream(snapshot_stream(stream), &options)
+                .await
+            {
+                Ok(read) => read,
+                Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
+                Err(e) => return Err(backend_error(e)),
+            };
+            match read.next().await {
+                // An unreadable snapshot only costs a replay.
+                Ok(Some(resolved)) => Ok(serde_json::from_slice::<StoredSnapshot>(
+                    &resolved.get_original_event().data,
+                )
+                .ok()
+                .map(|s| Snapshot {
+                    stream: stream.to_owned(),
+                    version: s.version,
+                    shape: s.shape,
+                    state: s.state,
+                })),
+                Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
+                Err(e) => Err(backend_error(e)),
+            }
         })
     }
 

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, StoredId,
-    check_append, next_version,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
+    StoredId, check_append, next_version,
 };
 
 #[derive(Debug, Default)]
@@ -17,6 +17,7 @@ struct State {
     log: Vec<RecordedEvent>,
     streams: HashMap<String, Vec<usize>>,
     ids: HashMap<String, usize>,
+    snapshots: HashMap<String, Snapshot>,
 }
 
 #[derive(Debug)]
@@ -157,6 +158,29 @@ impl Backend for MemoryStore {
             .min(state.log.len());
         let events = state.log[start..].iter().take(max).cloned().collect();
         Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut state = crate::sync::lock(&self.state);
+        let keep = state
+            .snapshots
+            .get(&snapshot.stream)
+            .is_none_or(|stored| snapshot.replaces(stored));
+        if keep {
+            state.snapshots.insert(snapshot.stream.clone(), snapshot);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        let found = crate::sync::lock(&self.state)
+            .snapshots
+            .get(stream)
+            .cloned();
+        Box::pin(std::future::ready(Ok(found)))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -21,6 +21,7 @@ mod eventstoredb;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod subscription;
@@ -34,6 +35,7 @@ pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_versio
 pub use error::StoreError;
 pub(crate) use event::Encoded;
 pub use event::{AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersion, RecordedEvent};
+pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
 
 use crate::config::{Config, StoreAdapter};
@@ -211,6 +213,20 @@ impl Store {
             return Ok(Vec::new());
         }
         self.backend.read_all(from_position, max).await
+    }
+
+    /// Saves a snapshot of a stream's fold. The store keeps the newest per stream: an
+    /// older version of the same shape than the one kept is ignored. See [`Snapshot`].
+    pub async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        if snapshot.stream.is_empty() {
+            return Err(StoreError::Invalid("the stream name is empty".into()));
+        }
+        self.backend.save_snapshot(snapshot).await
+    }
+
+    /// The snapshot kept for `stream`, if any.
+    pub async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.backend.load_snapshot(stream).await
     }
 }
 

@@ -29,8 +29,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, StoredId,
-    check_append, sql_int,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
+    StoredId, check_append, sql_int,
 };
 use crate::config::SecretUrl;
 
@@ -68,6 +68,13 @@ DO $$ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION orkestra_events_append_only();
     END IF;
 END $$;
+CREATE TABLE IF NOT EXISTS orkestra_snapshots (
+    stream   TEXT        PRIMARY KEY,
+    version  BIGINT      NOT NULL,
+    shape    TEXT        NOT NULL,
+    state    TEXT        NOT NULL,
+    taken_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 -- The fast path of an append, in one round trip: when no id is already stored and the
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
@@ -437,6 +444,64 @@ impl Backend for PostgresStore {
                 .await
                 .map_err(backend_error)?;
             rows.iter().map(row_to_event).collect()
+        })
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "INSERT INTO orkestra_snapshots (stream, version, shape, state) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, \
+                     shape = excluded.shape, state = excluded.state, taken_at = now() \
+                     WHERE excluded.version > orkestra_snapshots.version \
+                     OR excluded.shape <> orkestra_snapshots.shape",
+                )
+                .await
+                .map_err(backend_error)?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &snapshot.stream,
+                        &sql_int(snapshot.version),
+                        &snapshot.shape,
+                        &snapshot.state,
+                    ],
+                )
+                .await
+                .map(drop)
+                .map_err(backend_error)
+        })
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT version, shape, state FROM orkestra_snapshots WHERE stream = $1",
+                )
+                .await
+                .map_err(backend_error)?;
+            let row = client
+                .query_opt(&statement, &[&stream])
+                .await
+                .map_err(backend_error)?;
+            row.map(|row| {
+                Ok(Snapshot {
+                    stream: stream.to_owned(),
+                    version: row.try_get::<_, i64>(0).map_err(backend_error)? as u64,
+                    shape: row.try_get(1).map_err(backend_error)?,
+                    state: row.try_get(2).map_err(backend_error)?,
+                })
+            })
+            .transpose()
         })
     }
 

@@ -15,8 +15,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, StoreError, StoredId,
-    check_append, next_version, sql_int,
+    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
+    StoredId, check_append, next_version, sql_int,
 };
 
 const ADAPTER: &str = "sqlite";
@@ -40,6 +40,13 @@ CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_delete BEFORE DELETE ON orkestra_events
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
+CREATE TABLE IF NOT EXISTS orkestra_snapshots (
+    stream   TEXT    PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    shape    TEXT    NOT NULL,
+    state    TEXT    NOT NULL,
+    taken_at INTEGER NOT NULL -- microseconds since the Unix epoch, UTC
+);
 ";
 
 struct AppendRequest {
@@ -436,6 +443,58 @@ impl Backend for SqliteStore {
                 &[&sql_int(from_position), &sql_int(max)],
                 max,
             )
+        }))
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        // On a reader connection: a snapshot is not an append, so it neither waits in the
+        // writer's group commit nor holds it up (SQLite serializes the two writes; the
+        // busy timeout covers the wait).
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO orkestra_snapshots (stream, version, shape, state, taken_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (stream) DO UPDATE SET version = excluded.version, \
+                 shape = excluded.shape, state = excluded.state, taken_at = excluded.taken_at \
+                 WHERE excluded.version > orkestra_snapshots.version \
+                 OR excluded.shape <> orkestra_snapshots.shape",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    snapshot.stream,
+                    sql_int(snapshot.version),
+                    snapshot.shape,
+                    snapshot.state,
+                    chrono::Utc::now().timestamp_micros(),
+                ])
+            })
+            .map(drop)
+            .map_err(backend_error)
+        }))
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        let stream = stream.to_owned();
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version, shape, state FROM orkestra_snapshots WHERE stream = ?1",
+                )
+                .map_err(backend_error)?;
+            let mut rows = stmt.query([&stream]).map_err(backend_error)?;
+            let Some(row) = rows.next().map_err(backend_error)? else {
+                return Ok(None);
+            };
+            let version: i64 = row.get(0).map_err(backend_error)?;
+            Ok(Some(Snapshot {
+                version: version as u64,
+                shape: row.get(1).map_err(backend_error)?,
+                state: row.get(2).map_err(backend_error)?,
+                stream,
+            }))
         }))
     }
 
