@@ -6,6 +6,7 @@
 //! Each command then runs [`Repository::execute`]:
 //!
 //! 1. the stream name comes from the command's params (an empty one is a rejection);
+//!    commands for one stream that reach the same [`Repository`] take turns;
 //! 2. the newest snapshot (when its shape is this state's) and the events after it are
 //!    folded with `apply`;
 //! 3. the decide method sees that state and returns the events to append (none, or a
@@ -27,11 +28,12 @@
 //! and replied to. Where a snapshot hides them, the derived event ids make the store
 //! refuse a second copy ([`StoreError::DuplicateEvent`]) and the stored ones are used.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -116,15 +118,49 @@ impl Executed {
     }
 }
 
-/// Loads and executes on the streams of aggregate `A` in a [`Store`]. Cheap to clone.
+/// Loads and executes on the streams of aggregate `A` in a [`Store`]. Cheap to clone;
+/// clones share the per-stream queue: commands for one stream that reach the same
+/// repository run one after another (in arrival order), so they never race each other
+/// and publish their events in stream order. Writers elsewhere (other processes) are
+/// still caught by the expected version.
 pub struct Repository<A: Aggregate> {
     store: Store,
+    queues: Arc<StreamQueues>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
     fn clone(&self) -> Self {
-        Self::new(self.store.clone())
+        Self {
+            store: self.store.clone(),
+            queues: Arc::clone(&self.queues),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+/// One async lock per stream in use, dropped when nobody holds or waits for it.
+#[derive(Default)]
+struct StreamQueues(std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl StreamQueues {
+    /// Waits for the stream's turn.
+    async fn enter(&self, stream: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut queues = crate::sync::lock(&self.0);
+            match queues.get(stream).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if queues.len() >= 1024 {
+                        queues.retain(|_, lock| lock.strong_count() > 0);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    queues.insert(stream.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 }
 
@@ -152,6 +188,7 @@ impl<A: Aggregate> Repository<A> {
     pub fn new(store: Store) -> Self {
         Self {
             store,
+            queues: Arc::default(),
             _aggregate: PhantomData,
         }
     }
@@ -255,6 +292,7 @@ impl<A: Aggregate> Repository<A> {
         H: Send + Sync,
         P: CommandPayload,
     {
+        let _turn = self.queues.enter(stream).await;
         let mut conflicts = 0;
         loop {
             let loaded = self
@@ -324,6 +362,7 @@ impl<A: Aggregate> Repository<A> {
                         conflicts,
                         "another writer appended first; deciding again"
                     );
+                    tokio::time::sleep(conflict_backoff(conflicts)).await;
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => {
                     return Err(fail(
@@ -429,6 +468,15 @@ impl<A: Aggregate> Repository<A> {
             tracing::warn!(orkestra = "aggregate", aggregate = A::NAME, stream, version, error = %e, "cannot save a snapshot");
         }
     }
+}
+
+/// A random wait before deciding again after the `conflicts`-th lost race, up to
+/// 2^conflicts ms (at most 100 ms): writers that collided spread out instead of colliding
+/// again in step, so every one of them gets through within a few rounds.
+fn conflict_backoff(conflicts: u32) -> std::time::Duration {
+    let cap_us = (1_000u64 << conflicts.min(7)).min(100_000);
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_micros(random % (cap_us + 1))
 }
 
 /// A decode failure, with the stream and version that hold the event.
