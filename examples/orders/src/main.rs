@@ -1,7 +1,9 @@
 //! Orders and accounts with code generated from `schemas/`: commands, the events their
 //! handlers publish, the handlers that react (single-event, multi-event and wildcard
 //! bindings), one that keeps failing until it is dead-lettered, a dead-letter alarm, and
-//! the correlation and causation ids that tie it all together.
+//! the correlation and causation ids that tie it all together; then an aggregate
+//! (`ledger::aggregates::Account`, from `schemas/ledger.yaml`) whose balance is the fold
+//! of its own stream, with a withdrawal it refuses.
 //!
 //! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
 //! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
@@ -10,6 +12,7 @@
 orkestra_runtime::include_generated!();
 
 use accounts::commands::CreateAccount;
+use ledger::aggregates::{AccountEvent, AccountRepository, AccountState};
 use orders::commands::{CancelOrder, PlaceOrder};
 use orders::events::{OrderCancelled, OrderPlaced};
 use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
@@ -193,6 +196,90 @@ impl orders::handlers::DeadLetterAlarm for Alarm {
     }
 }
 
+/// The credit account: how each event changes the state, and what each command decides.
+struct Ledger;
+
+impl ledger::aggregates::Account for Ledger {
+    fn apply(state: &mut AccountState, event: &AccountEvent) {
+        match event {
+            AccountEvent::AccountOpened(e) => {
+                state.open = true;
+                state.owner = Some(e.owner.clone());
+            }
+            AccountEvent::MoneyDeposited(e) => state.balance += e.amount,
+            AccountEvent::MoneyWithdrawn(e) => state.balance -= e.amount,
+        }
+    }
+
+    async fn open_account(
+        &self,
+        state: &AccountState,
+        cmd: &Command<ledger::commands::OpenAccount>,
+    ) -> Result<Vec<AccountEvent>, HandlerError> {
+        if state.open {
+            return Err(HandlerError::reject("the account is already open"));
+        }
+        Ok(vec![AccountEvent::AccountOpened(
+            ledger::events::AccountOpened {
+                account_id: cmd.account_id.clone(),
+                owner: cmd.owner.clone(),
+            },
+        )])
+    }
+
+    async fn deposit(
+        &self,
+        state: &AccountState,
+        cmd: &Command<ledger::commands::Deposit>,
+    ) -> Result<Vec<AccountEvent>, HandlerError> {
+        if !state.open {
+            return Err(HandlerError::reject("the account is not open"));
+        }
+        Ok(vec![AccountEvent::MoneyDeposited(
+            ledger::events::MoneyDeposited {
+                account_id: cmd.account_id.clone(),
+                amount: cmd.amount,
+            },
+        )])
+    }
+
+    async fn withdraw(
+        &self,
+        state: &AccountState,
+        cmd: &Command<ledger::commands::Withdraw>,
+    ) -> Result<Vec<AccountEvent>, HandlerError> {
+        if state.balance < cmd.amount {
+            return Err(HandlerError::reject(format!(
+                "balance {} is below {}",
+                state.balance, cmd.amount
+            )));
+        }
+        Ok(vec![AccountEvent::MoneyWithdrawn(
+            ledger::events::MoneyWithdrawn {
+                account_id: cmd.account_id.clone(),
+                amount: cmd.amount,
+            },
+        )])
+    }
+}
+
+/// Reacts to withdrawals the aggregate published.
+struct WithdrawalAlert;
+
+impl ledger::handlers::LargeWithdrawalAlert for WithdrawalAlert {
+    async fn handle_event(
+        &self,
+        event: Event<ledger::events::MoneyWithdrawn>,
+        _ctx: HandlerContext,
+    ) -> Result<(), HandlerError> {
+        println!(
+            "  LargeWithdrawalAlert   {} withdrew {}",
+            event.account_id, event.amount
+        );
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -281,6 +368,53 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         letter.topic(),
         letter.attempts(),
         letter.reason()
+    );
+
+    // The aggregate: one subscription per command, each loading the account's stream,
+    // deciding, appending with the expected version, publishing and replying.
+    bus.subscribe_all(ledger::aggregates::account(Ledger, store.clone()))
+        .await?;
+    bus.subscribe(ledger::handlers::large_withdrawal_alert(WithdrawalAlert))
+        .await?;
+    let account = format!("acc_{}", short(&orkestra_runtime::new_id()));
+    println!("ledger account {account}:");
+    let commands = [
+        CommandEnvelope::wrap(ledger::commands::OpenAccount::new(
+            json!({"account_id": account, "owner": "Ada"}),
+            Metadata::new(),
+        )?),
+        CommandEnvelope::wrap(ledger::commands::Deposit::new(
+            json!({"account_id": account, "amount": 100}),
+            Metadata::new(),
+        )?),
+        CommandEnvelope::wrap(ledger::commands::Withdraw::new(
+            json!({"account_id": account, "amount": 30}),
+            Metadata::new(),
+        )?),
+        CommandEnvelope::wrap(ledger::commands::Withdraw::new(
+            json!({"account_id": account, "amount": 500}),
+            Metadata::new(),
+        )?),
+    ];
+    for command in commands {
+        let topic = command.topic().to_owned();
+        let receipt = bus.dispatch(command).await?;
+        match receipt.reply() {
+            Some(reply) => println!("  {topic}: {:?}, reply {reply}", receipt.status()),
+            None => println!(
+                "  {topic}: {:?}: {}",
+                receipt.status(),
+                receipt.error().unwrap_or_default()
+            ),
+        }
+    }
+    let (state, version) = AccountRepository::<Ledger>::new(store.clone())
+        .load(&format!("ledger-{account}"))
+        .await?;
+    println!(
+        "  loaded: balance {} at version {}",
+        state.balance,
+        version.map_or("-".into(), |v| v.to_string())
     );
 
     println!("rejected input:");
