@@ -332,6 +332,8 @@ pub struct Handler {
     pub partition_by: Option<PartitionKey>,
     /// The waits before retries, when set.
     pub retry: RetryDelays,
+    /// `once: true`: runs once per message id (the bus's inbox).
+    pub once: bool,
     /// Events it declares it emits.
     pub emits: Vec<PayloadRef>,
 }

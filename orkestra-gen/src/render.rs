@@ -252,6 +252,8 @@ struct HandlerCtx {
     retry_delay_max_ms: Option<u64>,
     /// The `retry_backoff` factor as a float literal.
     retry_backoff: Option<String>,
+    /// `once: true`.
+    once: bool,
     enum_doc: String,
     /// The accepted type names, for `PayloadError::WrongType::expected`.
     expected: String,
@@ -858,6 +860,7 @@ fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx {
         retry_delay_ms: h.retry.delay_ms,
         retry_delay_max_ms: h.retry.max_ms,
         retry_backoff: h.retry.backoff.map(|f| format!("{f:?}_f64")),
+        once: h.once,
         enum_doc: doc_attrs(&format!("What `{}` receives.", h.name)),
         name,
     }

@@ -74,7 +74,7 @@ pub mod codegen;
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
 pub use config::{Config, ConfigError, SecretUrl};
 pub use error::DriverError;
-pub use handler::{DeadLetter, EventSet, HandlerError};
+pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};
 pub use message::topic;
 pub use message::{
     ActorType, Command, CommandEnvelope, CommandError, CommandPayload, CommandStatus,

@@ -23,6 +23,7 @@ const HANDLER_KEYS: &[&str] = &[
     "emits",
     "description",
     "dead_letters",
+    "once",
 ];
 
 /// The partition key every message has: its correlation id.
@@ -30,7 +31,8 @@ pub(super) const CORRELATION_ID: &str = "correlation_id";
 
 /// What a `dead_letters: true` binding cannot also have: it receives every dead letter
 /// of the bus and nothing else, and emits nothing.
-const NOT_WITH_DEAD_LETTERS: [&str; 10] = [
+const NOT_WITH_DEAD_LETTERS: [&str; 11] = [
+    "once",
     "command",
     "event",
     "events",
@@ -110,6 +112,10 @@ impl Validator {
             }),
         };
         let retry = self.retry_delays(key, &map)?;
+        let once = match map.get("once") {
+            None => false,
+            Some(n) => self.once(key, n, &target)?,
+        };
         let emits = match map.get("emits") {
             None => Vec::new(),
             Some(n) => self.emits(decl, key, n, &tables.events)?,
@@ -123,6 +129,7 @@ impl Validator {
             concurrency,
             partition_by,
             retry,
+            once,
             emits,
         })
     }
@@ -184,6 +191,7 @@ impl Validator {
             concurrency: None,
             partition_by: None,
             retry: RetryDelays::default(),
+            once: false,
             emits: Vec::new(),
         })
     }
@@ -326,6 +334,33 @@ impl Validator {
             self.diags.push(d);
         }
         Some(HandlerTarget::Topic { pattern, matched })
+    }
+
+    /// `once: true`: event bindings only (a command's idempotence belongs to its handler's
+    /// store: an aggregate recognises a redelivered command itself).
+    fn once(&mut self, key: &Key, n: &Node, target: &HandlerTarget) -> Option<bool> {
+        let Value::Bool(once) = n.value else {
+            self.error(
+                &n.span,
+                format!(
+                    "`once` of handler `{}` must be `true` or `false`, found {}",
+                    key.name,
+                    describe(n)
+                ),
+            );
+            return None;
+        };
+        if once && matches!(target, HandlerTarget::Command(_)) {
+            self.error(
+                &n.span,
+                format!(
+                    "handler `{}` handles a command, so it cannot be `once`: a command has one handler and one reply; make the handler idempotent through its store (an aggregate recognises a command delivered again)",
+                    key.name
+                ),
+            );
+            return None;
+        }
+        Some(once)
     }
 
     /// `max_retries: n`, a non-negative integer that fits a `u32`.

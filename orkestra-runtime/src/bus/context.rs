@@ -12,6 +12,9 @@ pub struct HandlerContext {
     message: Message,
     handler: Arc<str>,
     attempt: u32,
+    /// The connection holding the inbox claim's transaction (`once: true` on PostgreSQL).
+    #[cfg(feature = "postgres")]
+    postgres: Option<Arc<deadpool_postgres::Object>>,
 }
 
 impl HandlerContext {
@@ -21,7 +24,26 @@ impl HandlerContext {
             message,
             handler,
             attempt,
+            #[cfg(feature = "postgres")]
+            postgres: None,
         }
+    }
+
+    /// With the connection of the inbox claim's open transaction.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn with_postgres(mut self, client: Option<Arc<deadpool_postgres::Object>>) -> Self {
+        self.postgres = client;
+        self
+    }
+
+    /// For a `once: true` handler on a bus whose inbox is a PostgreSQL store: the
+    /// connection whose open transaction already holds this message's inbox row. Write
+    /// through it and the handler's writes commit together with that row when the
+    /// handler succeeds, or roll back with it when it fails (then the message is handled
+    /// again): the writes happen exactly once. `None` for other handlers and inboxes.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&tokio_postgres::Client> {
+        self.postgres.as_deref().map(|object| &***object)
     }
 
     /// The metadata of the message being handled.

@@ -24,7 +24,7 @@ pub(crate) use subscription::Input;
 pub use subscription::{Subscription, Target};
 
 use crate::config::{BusAdapter, Config, ConfigError};
-use crate::handler::{DeadLetter, HandlerError};
+use crate::handler::{DeadLetter, HandlerError, Inbox};
 use crate::message::{CommandEnvelope, EventEnvelope, Message, MessageKind, TransitionError};
 
 /// Why a bus operation failed. Handler failures are not bus errors: they are recorded in
@@ -126,7 +126,23 @@ pub enum BusError {
 }
 
 #[derive(Debug)]
-enum Backend {
+struct Backend {
+    adapter: Adapter,
+    /// Where `once: true` handlers record what they handled.
+    inbox: std::sync::RwLock<Inbox>,
+}
+
+impl Backend {
+    fn new(adapter: Adapter) -> Arc<Self> {
+        Arc::new(Self {
+            adapter,
+            inbox: std::sync::RwLock::new(Inbox::default()),
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Adapter {
     InProcess(in_process::InProcess),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(Arc<rabbitmq::RabbitMq>),
@@ -140,10 +156,10 @@ pub struct Bus {
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match &*self.backend {
-            Backend::InProcess(_) => "in_process",
+        let name = match &self.backend.adapter {
+            Adapter::InProcess(_) => "in_process",
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(_) => "rabbitmq",
+            Adapter::RabbitMq(_) => "rabbitmq",
         };
         f.debug_struct("Bus")
             .field("adapter", &name)
@@ -155,7 +171,7 @@ impl Bus {
     /// An in-process bus: handlers run in the dispatching task, nothing is serialized.
     pub fn in_process() -> Self {
         Self {
-            backend: Arc::new(Backend::InProcess(in_process::InProcess::new())),
+            backend: Backend::new(Adapter::InProcess(in_process::InProcess::new())),
         }
     }
 
@@ -165,7 +181,7 @@ impl Bus {
             BusAdapter::InProcess => Ok(Self::in_process()),
             #[cfg(feature = "rabbitmq")]
             BusAdapter::RabbitMq => Ok(Self {
-                backend: Arc::new(Backend::RabbitMq(Arc::new(
+                backend: Backend::new(Adapter::RabbitMq(Arc::new(
                     rabbitmq::RabbitMq::connect(&config.bus).await?,
                 ))),
             }),
@@ -178,18 +194,34 @@ impl Bus {
         }
     }
 
+    /// Records the messages `once: true` handlers handled in `inbox` instead of the
+    /// default bounded memory: `bus.with_inbox(&store)` keeps them in the event store
+    /// (SQLite, PostgreSQL), where they survive restarts and, on PostgreSQL, share a
+    /// transaction with the handler's writes ([`HandlerContext::postgres`]). Set it
+    /// before subscribing; clones of the bus share it.
+    #[must_use]
+    pub fn with_inbox(self, inbox: impl Into<Inbox>) -> Self {
+        *crate::sync::write(&self.backend.inbox) = inbox.into();
+        self
+    }
+
+    /// The inbox of `once: true` handlers.
+    pub(crate) fn inbox(&self) -> Inbox {
+        crate::sync::read(&self.backend.inbox).clone()
+    }
+
     /// Adds a handler. A second handler for one command type, or a second handler with
     /// the same name, is an error.
     pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
-        match &*self.backend {
-            Backend::InProcess(b) => {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => {
                 if b.lifecycle.is_stopping() {
                     return Err(BusError::Closed);
                 }
                 b.subscribe(subscription)
             }
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.subscribe(self, subscription).await,
+            Adapter::RabbitMq(b) => b.subscribe(self, subscription).await,
         }
     }
 
@@ -212,13 +244,13 @@ impl Bus {
     /// and the handler's reply. A handler's failure is in that status, not an `Err`.
     /// With no handler subscribed it is [`BusError::NoHandler`].
     pub async fn dispatch(&self, envelope: CommandEnvelope) -> Result<CommandEnvelope, BusError> {
-        match &*self.backend {
-            Backend::InProcess(b) => {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => {
                 let _in_flight = b.lifecycle.enter()?;
                 b.dispatch(self, envelope).await
             }
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.dispatch(envelope).await,
+            Adapter::RabbitMq(b) => b.dispatch(envelope).await,
         }
     }
 
@@ -235,8 +267,8 @@ impl Bus {
         envelope: CommandEnvelope,
         timeout: std::time::Duration,
     ) -> Result<CommandEnvelope, BusError> {
-        match &*self.backend {
-            Backend::InProcess(_) => {
+        match &self.backend.adapter {
+            Adapter::InProcess(_) => {
                 let bus = self.clone();
                 let run = tokio::spawn(async move { bus.dispatch(envelope).await });
                 match tokio::time::timeout(timeout, run).await {
@@ -246,7 +278,7 @@ impl Bus {
                 }
             }
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.call(envelope, timeout).await,
+            Adapter::RabbitMq(b) => b.call(envelope, timeout).await,
         }
     }
 
@@ -255,13 +287,13 @@ impl Bus {
     /// `Ok` once delivered; each subscriber's failures are retried and dead-lettered on
     /// their own. In-process, the returned envelope holds each handler's outcome.
     pub async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
-        match &*self.backend {
-            Backend::InProcess(b) => {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => {
                 let _in_flight = b.lifecycle.enter()?;
                 b.publish(self, envelope).await
             }
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.publish(envelope).await,
+            Adapter::RabbitMq(b) => b.publish(envelope).await,
         }
     }
 
@@ -277,8 +309,8 @@ impl Bus {
     /// Afterwards every operation of the bus (and its clones) is `BusError::Closed`.
     pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<(), BusError> {
         let deadline = tokio::time::Instant::now() + deadline;
-        match &*self.backend {
-            Backend::InProcess(b) => {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => {
                 b.lifecycle.begin(deadline);
                 if b.lifecycle.drained(deadline).await {
                     Ok(())
@@ -289,7 +321,7 @@ impl Bus {
                 }
             }
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.shutdown(deadline).await,
+            Adapter::RabbitMq(b) => b.shutdown(deadline).await,
         }
     }
 
@@ -297,10 +329,10 @@ impl Bus {
     pub(crate) fn shutdown_signal(
         &self,
     ) -> tokio::sync::watch::Receiver<Option<tokio::time::Instant>> {
-        match &*self.backend {
-            Backend::InProcess(b) => b.lifecycle.signal(),
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => b.lifecycle.signal(),
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.shared.lifecycle.signal(),
+            Adapter::RabbitMq(b) => b.shared.lifecycle.signal(),
         }
     }
 
@@ -310,22 +342,22 @@ impl Bus {
         &self,
         envelope: EventEnvelope,
     ) -> Result<EventEnvelope, BusError> {
-        match &*self.backend {
-            Backend::InProcess(b) => {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => {
                 let _in_flight = b.lifecycle.enter_always();
                 b.publish(self, envelope).await
             }
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.publish(envelope).await,
+            Adapter::RabbitMq(b) => b.publish(envelope).await,
         }
     }
 
     /// A stream of the dead letters recorded from now on.
     pub async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
-        match &*self.backend {
-            Backend::InProcess(b) => Ok(b.dead_letters()),
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => Ok(b.dead_letters()),
             #[cfg(feature = "rabbitmq")]
-            Backend::RabbitMq(b) => b.dead_letters(self).await,
+            Adapter::RabbitMq(b) => b.dead_letters(self).await,
         }
     }
 }

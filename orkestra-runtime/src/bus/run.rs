@@ -74,12 +74,40 @@ impl Runner<'_> {
         } else {
             Span::none()
         };
+        let claim = if subscription.once {
+            match self
+                .bus
+                .inbox()
+                .claim(&subscription.handler, message.id())
+                .await
+            {
+                Ok(Some(claim)) => Some(claim),
+                Ok(None) => {
+                    tracing::debug!(
+                        handler = %subscription.handler,
+                        message_id = message.id(),
+                        orkestra = self.component,
+                        "Already handled (once: true); skipped"
+                    );
+                    return Outcome::Succeeded(Value::Null);
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    trace::record_error(&span, "failed", &reason);
+                    return Outcome::Failed(reason);
+                }
+            }
+        } else {
+            None
+        };
         let ctx = HandlerContext::new(
             self.bus.clone(),
             message.clone(),
             subscription.handler.clone(),
             attempt,
         );
+        #[cfg(feature = "postgres")]
+        let ctx = ctx.with_postgres(claim.as_ref().and_then(|c| c.postgres()));
         let logs = trace::log_context_span(message, &span);
         let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
         let outcome = match run
@@ -88,7 +116,15 @@ impl Runner<'_> {
             .instrument(span.clone())
             .await
         {
-            Ok(Ok(reply)) => return Outcome::Succeeded(reply),
+            Ok(Ok(reply)) => match claim {
+                None => return Outcome::Succeeded(reply),
+                // The handler's work and the inbox row commit together (PostgreSQL) or
+                // the row follows the work: a failure here means "run it again".
+                Some(claim) => match claim.commit().await {
+                    Ok(()) => return Outcome::Succeeded(reply),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                },
+            },
             Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
             Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
             Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),

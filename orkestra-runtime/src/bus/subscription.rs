@@ -144,6 +144,8 @@ pub struct Subscription {
     pub(crate) concurrency: Option<u16>,
     pub(crate) partition_by: Option<Arc<str>>,
     pub(crate) retry: RetryDelays,
+    /// `once: true`: skip a message id the inbox records as handled.
+    pub(crate) once: bool,
     pub(crate) call: Arc<dyn ErasedHandler>,
 }
 
@@ -165,6 +167,7 @@ impl fmt::Debug for Subscription {
             .field("concurrency", &self.concurrency)
             .field("partition_by", &self.partition_by)
             .field("retry", &self.retry)
+            .field("once", &self.once)
             .finish_non_exhaustive()
     }
 }
@@ -187,6 +190,7 @@ impl Subscription {
             concurrency: None,
             partition_by: None,
             retry: RetryDelays::default(),
+            once: false,
             call: Arc::new(CommandHandlerFn {
                 f,
                 _payload: std::marker::PhantomData,
@@ -210,6 +214,7 @@ impl Subscription {
             concurrency: None,
             partition_by: None,
             retry: RetryDelays::default(),
+            once: false,
             call: Arc::new(EventHandlerFn {
                 f,
                 _events: std::marker::PhantomData,
@@ -234,6 +239,7 @@ impl Subscription {
             concurrency: None,
             partition_by: None,
             retry: RetryDelays::default(),
+            once: false,
             call: Arc::new(DeadLetterHandlerFn { f }),
         }
     }
@@ -243,6 +249,19 @@ impl Subscription {
     pub fn with_max_retries(mut self, max_retries: u32) -> Self {
         self.max_retries = max_retries;
         self
+    }
+
+    /// Runs the handler once per message id (`once: true`): a message the bus's
+    /// [`Inbox`](crate::Inbox) records as handled is skipped, and a success is recorded.
+    #[must_use]
+    pub fn with_once(mut self) -> Self {
+        self.once = true;
+        self
+    }
+
+    /// Whether the handler runs once per message id.
+    pub fn once(&self) -> bool {
+        self.once
     }
 
     /// Sets how many deliveries one process handles at once for this binding (the

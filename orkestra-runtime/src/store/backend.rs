@@ -2,6 +2,7 @@
 //! a stream's state in hand share.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -48,6 +49,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
     /// A counter bumped after every commit, for live subscriptions.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// The inbox of `once: true` handlers kept in this store; `None`: the adapter keeps
+    /// none (a bus given such a store keeps a bounded inbox in memory).
+    fn inbox(&self) -> Option<Arc<dyn crate::handler::InboxBackend>> {
+        None
+    }
     /// How often a live subscription re-reads even without a change notice (adapters
     /// whose notices can be missed or delayed).
     fn poll_interval(&self) -> Option<Duration> {

@@ -230,6 +230,25 @@ impl Store {
     }
 }
 
+/// `bus.with_inbox(&store)`: the store's own inbox (SQLite, PostgreSQL); for an adapter
+/// without one (memory, EventStoreDB) the default bounded memory inbox, with a warning.
+impl From<&Store> for crate::handler::Inbox {
+    fn from(store: &Store) -> Self {
+        match store.backend.inbox() {
+            Some(backend) => Self::new(backend),
+            None => {
+                if store.adapter() != "memory" {
+                    tracing::warn!(
+                        adapter = store.adapter(),
+                        "this store keeps no inbox; once: true handlers remember handled messages in memory"
+                    );
+                }
+                Self::default()
+            }
+        }
+    }
+}
+
 #[cfg_attr(
     not(any(feature = "postgres", feature = "eventstoredb")),
     allow(dead_code)

@@ -68,6 +68,13 @@ DO $$ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION orkestra_events_append_only();
     END IF;
 END $$;
+CREATE TABLE IF NOT EXISTS orkestra_inbox (
+    handler    TEXT        NOT NULL,
+    message_id TEXT        NOT NULL,
+    handled_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (handler, message_id)
+);
+CREATE INDEX IF NOT EXISTS orkestra_inbox_handled_at ON orkestra_inbox (handled_at);
 CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     stream   TEXT        PRIMARY KEY,
     version  BIGINT      NOT NULL,
@@ -119,6 +126,7 @@ pub(crate) struct PostgresStore {
     /// PostgreSQL serializes the commits of notifying transactions.
     wake: Arc<Notify>,
     notifier: tokio::task::JoinHandle<()>,
+    inbox: Arc<PostgresInbox>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -188,10 +196,27 @@ impl PostgresStore {
             .map_err(|e| unavailable(url, e))?;
         drop(client);
         let changes = watch::Sender::new(0);
-        let listener = tokio::spawn(listen(config, changes.clone()));
+        let listener = tokio::spawn(listen(config.clone(), changes.clone()));
         let wake = Arc::new(Notify::new());
         let notifier = tokio::spawn(notifier(pool.clone(), wake.clone()));
+        // Its own pool: a claim holds a connection while its handler runs, and a handler
+        // that appends must never wait for a connection a claim holds.
+        let inbox_manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let inbox = Arc::new(PostgresInbox {
+            pool: Pool::builder(inbox_manager)
+                .max_size(32)
+                .build()
+                .map_err(|e| unavailable(url, e))?,
+            claims: std::sync::atomic::AtomicU64::new(0),
+        });
         Ok(Self {
+            inbox,
             pool,
             url: url.clone(),
             changes,
@@ -447,6 +472,10 @@ impl Backend for PostgresStore {
         })
     }
 
+    fn inbox(&self) -> Option<Arc<dyn crate::handler::InboxBackend>> {
+        Some(self.inbox.clone())
+    }
+
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
@@ -511,5 +540,104 @@ impl Backend for PostgresStore {
 
     fn poll_interval(&self) -> Option<Duration> {
         Some(Duration::from_millis(250))
+    }
+}
+
+/// The inbox of `once: true` handlers: a claim is an open transaction holding the
+/// inserted `(handler, message_id)` row, so a concurrent copy of the message waits on the
+/// row and then finds it (or takes over when the first run rolled back), and the handler's
+/// own writes through [`HandlerContext::postgres`](crate::HandlerContext::postgres) commit
+/// with it. Rows older than 7 days are deleted now and then.
+#[derive(Debug)]
+struct PostgresInbox {
+    pool: Pool,
+    claims: std::sync::atomic::AtomicU64,
+}
+
+/// How long handled message ids are kept.
+const INBOX_KEEP: &str = "7 days";
+
+struct PostgresClaim {
+    client: Arc<deadpool_postgres::Object>,
+}
+
+fn inbox_error(e: impl std::fmt::Display) -> crate::handler::InboxError {
+    crate::handler::InboxError(format!("{ADAPTER}: {e}"))
+}
+
+impl crate::handler::InboxBackend for PostgresInbox {
+    fn claim<'a>(
+        &'a self,
+        handler: &'a str,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn crate::handler::OpenClaim>>, crate::handler::InboxError>>
+    {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(inbox_error)?;
+            if self
+                .claims
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(10_000)
+            {
+                client
+                    .execute(
+                        &format!("DELETE FROM orkestra_inbox WHERE handled_at < now() - interval '{INBOX_KEEP}'"),
+                        &[],
+                    )
+                    .await
+                    .map_err(inbox_error)?;
+            }
+            client.batch_execute("BEGIN").await.map_err(inbox_error)?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO orkestra_inbox (handler, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&handler, &message_id],
+                )
+                .await;
+            match inserted {
+                Ok(1) => Ok(Some(Box::new(PostgresClaim {
+                    client: Arc::new(client),
+                })
+                    as Box<dyn crate::handler::OpenClaim>)),
+                Ok(_) => {
+                    client
+                        .batch_execute("ROLLBACK")
+                        .await
+                        .map_err(inbox_error)?;
+                    Ok(None)
+                }
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    Err(inbox_error(e))
+                }
+            }
+        })
+    }
+}
+
+impl crate::handler::OpenClaim for PostgresClaim {
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), crate::handler::InboxError>> {
+        Box::pin(async move {
+            // COMMIT of a transaction a failed statement aborted rolls back without an
+            // error: ask first, so a handler's lost writes are a failure (run again),
+            // never a silent success.
+            self.client.batch_execute("SELECT 1").await.map_err(|e| {
+                inbox_error(format_args!("the handler's transaction is aborted: {e}"))
+            })?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(inbox_error)
+        })
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        })
+    }
+
+    fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
+        Some(self.client.clone())
     }
 }

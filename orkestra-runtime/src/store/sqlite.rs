@@ -40,6 +40,12 @@ CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_delete BEFORE DELETE ON orkestra_events
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
+CREATE TABLE IF NOT EXISTS orkestra_inbox (
+    handler    TEXT    NOT NULL,
+    message_id TEXT    NOT NULL,
+    handled_at INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
+    PRIMARY KEY (handler, message_id)
+);
 CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     stream   TEXT    PRIMARY KEY,
     version  INTEGER NOT NULL,
@@ -61,6 +67,7 @@ pub(crate) struct SqliteStore {
     writer: Mutex<std_mpsc::Sender<AppendRequest>>,
     readers: Mutex<Vec<Connection>>,
     changes: watch::Sender<u64>,
+    inbox: Arc<SqliteInbox>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -126,6 +133,11 @@ impl SqliteStore {
             .spawn(move || writer(conn, rx, notify))
             .map_err(backend_error)?;
         Ok(Self {
+            inbox: Arc::new(SqliteInbox {
+                path: path.clone(),
+                conn: Arc::new(Mutex::new(None)),
+                claims: std::sync::atomic::AtomicU64::new(0),
+            }),
             path,
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
@@ -446,6 +458,10 @@ impl Backend for SqliteStore {
         }))
     }
 
+    fn inbox(&self) -> Option<Arc<dyn crate::handler::InboxBackend>> {
+        Some(self.inbox.clone())
+    }
+
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
         // On a reader connection: a snapshot is not an append, so it neither waits in the
         // writer's group commit nor holds it up (SQLite serializes the two writes; the
@@ -505,5 +521,115 @@ impl Backend for SqliteStore {
     fn poll_interval(&self) -> Option<std::time::Duration> {
         // Another process may write the same file; its commits send no notice here.
         Some(std::time::Duration::from_millis(500))
+    }
+}
+
+/// The inbox of `once: true` handlers in the store's file: a claim looks the pair up, a
+/// commit inserts it (after the handler succeeded; SQLite holds no transaction open
+/// across a handler). Runs of one pair in this process take turns (see `Inbox`); two
+/// processes sharing a file could both run a copy delivered to each at the same moment.
+/// Rows older than 7 days are deleted now and then.
+#[derive(Debug)]
+struct SqliteInbox {
+    path: PathBuf,
+    /// One connection, opened on first use.
+    conn: Arc<Mutex<Option<Connection>>>,
+    claims: std::sync::atomic::AtomicU64,
+}
+
+/// How long handled message ids are kept, in microseconds.
+const INBOX_KEEP_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
+
+fn inbox_error(e: impl std::fmt::Display) -> crate::handler::InboxError {
+    crate::handler::InboxError(format!("{ADAPTER}: {e}"))
+}
+
+impl SqliteInbox {
+    async fn run<T: Send + 'static>(
+        conn: Arc<Mutex<Option<Connection>>>,
+        path: PathBuf,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, crate::handler::InboxError> {
+        tokio::task::spawn_blocking(move || {
+            let mut slot = crate::sync::lock(&conn);
+            if slot.is_none() {
+                *slot = Some(open_connection(&path).map_err(inbox_error)?);
+            }
+            let conn = slot.as_ref().ok_or_else(|| inbox_error("no connection"))?;
+            f(conn).map_err(inbox_error)
+        })
+        .await
+        .map_err(inbox_error)?
+    }
+}
+
+struct SqliteClaim {
+    conn: Arc<Mutex<Option<Connection>>>,
+    path: PathBuf,
+    handler: String,
+    message_id: String,
+}
+
+impl crate::handler::InboxBackend for SqliteInbox {
+    fn claim<'a>(
+        &'a self,
+        handler: &'a str,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn crate::handler::OpenClaim>>, crate::handler::InboxError>>
+    {
+        let purge = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(10_000);
+        let (h, m) = (handler.to_owned(), message_id.to_owned());
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        Box::pin(async move {
+            let done = Self::run(conn.clone(), path.clone(), move |c| {
+                if purge {
+                    c.execute(
+                        "DELETE FROM orkestra_inbox WHERE handled_at < ?1",
+                        [chrono::Utc::now().timestamp_micros() - INBOX_KEEP_MICROS],
+                    )?;
+                }
+                c.prepare_cached(
+                    "SELECT 1 FROM orkestra_inbox WHERE handler = ?1 AND message_id = ?2",
+                )?
+                .exists([&h, &m])
+            })
+            .await?;
+            Ok((!done).then(|| {
+                Box::new(SqliteClaim {
+                    conn,
+                    path,
+                    handler: handler.to_owned(),
+                    message_id: message_id.to_owned(),
+                }) as Box<dyn crate::handler::OpenClaim>
+            }))
+        })
+    }
+}
+
+impl crate::handler::OpenClaim for SqliteClaim {
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), crate::handler::InboxError>> {
+        Box::pin(async move {
+            let Self {
+                conn,
+                path,
+                handler,
+                message_id,
+            } = *self;
+            SqliteInbox::run(conn, path, move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO orkestra_inbox (handler, message_id, handled_at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![handler, message_id, chrono::Utc::now().timestamp_micros()])
+                .map(drop)
+            })
+            .await
+        })
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
     }
 }
