@@ -382,49 +382,6 @@ async fn snapshots_load_what_a_replay_loads_on_every_store() {
 }
 
 #[tokio::test]
-async fn snapshots_keep_the_newest_per_stream() {
-    for (name, store) in stores().await {
-        let stream = format!("snap-{}", new_id());
-        let snapshot = |version, shape: &str| Snapshot {
-            stream: stream.clone(),
-            version,
-            shape: shape.into(),
-            state: format!("{{\"v\":{version}}}"),
-        };
-        store.save_snapshot(snapshot(10, "a")).await.unwrap();
-        store.save_snapshot(snapshot(5, "a")).await.unwrap();
-        assert_eq!(
-            store.load_snapshot(&stream).await.unwrap(),
-            Some(snapshot(10, "a")),
-            "{name}"
-        );
-        store.save_snapshot(snapshot(20, "a")).await.unwrap();
-        assert_eq!(
-            store.load_snapshot(&stream).await.unwrap(),
-            Some(snapshot(20, "a")),
-            "{name}"
-        );
-        // A new shape replaces whatever was there: the release saving now reads next.
-        store.save_snapshot(snapshot(3, "b")).await.unwrap();
-        assert_eq!(
-            store.load_snapshot(&stream).await.unwrap(),
-            Some(snapshot(3, "b")),
-            "{name}"
-        );
-        assert_eq!(store.load_snapshot("no-such-stream").await.unwrap(), None);
-        assert!(matches!(
-            store
-                .save_snapshot(Snapshot {
-                    stream: String::new(),
-                    ..snapshot(1, "a")
-                })
-                .await,
-            Err(StoreError::Invalid(_))
-        ));
-    }
-}
-
-#[tokio::test]
 async fn events_are_caused_by_the_command_and_replied() {
     let store = Store::memory();
     let bus = bank_bus(&store).await;

@@ -519,6 +519,53 @@ pub async fn extreme_versions_and_counts_are_values(store: Store) {
     assert!(store.read_all(u64::MAX, 10).await.unwrap().is_empty());
 }
 
+/// One snapshot per stream: the newest version of a shape is kept, an older one is
+/// ignored, another shape replaces it (the release saving now is the one reading next).
+pub async fn snapshots_keep_the_newest_per_stream(store: Store) {
+    use orkestra_runtime::Snapshot;
+    let stream = unique("snap");
+    let snapshot = |version, shape: &str| Snapshot {
+        stream: stream.clone(),
+        version,
+        shape: shape.into(),
+        state: format!("{{\"v\":{version}}}"),
+    };
+    assert_eq!(store.load_snapshot(&stream).await.unwrap(), None);
+    store.save_snapshot(snapshot(10, "a")).await.unwrap();
+    store.save_snapshot(snapshot(5, "a")).await.unwrap();
+    assert_eq!(
+        store.load_snapshot(&stream).await.unwrap(),
+        Some(snapshot(10, "a"))
+    );
+    store.save_snapshot(snapshot(20, "a")).await.unwrap();
+    assert_eq!(
+        store.load_snapshot(&stream).await.unwrap(),
+        Some(snapshot(20, "a"))
+    );
+    store.save_snapshot(snapshot(3, "b")).await.unwrap();
+    assert_eq!(
+        store.load_snapshot(&stream).await.unwrap(),
+        Some(snapshot(3, "b"))
+    );
+    let other = unique("snap");
+    assert_eq!(
+        store.load_snapshot(&other).await.unwrap(),
+        None,
+        "one per stream"
+    );
+    assert!(matches!(
+        store
+            .save_snapshot(Snapshot {
+                stream: String::new(),
+                ..snapshot(1, "a")
+            })
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Snapshots are not events: the stream and the global order do not see them.
+    assert!(store.read_stream(&stream, 0, 10).await.unwrap().is_empty());
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($make_store:expr) => {
@@ -548,6 +595,7 @@ macro_rules! store_suite {
             case!(decoding_checks_the_type);
             case!(bad_appends_are_refused);
             case!(extreme_versions_and_counts_are_values);
+            case!(snapshots_keep_the_newest_per_stream);
         }
     };
 }
