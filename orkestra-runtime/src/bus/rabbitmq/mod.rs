@@ -45,7 +45,9 @@
 //! | `wire.rs` | the JSON body of a message, and the placeholder for an undecodable one |
 //! | `spans.rs` | the `orkestra.rabbitmq.publish` and `orkestra.rabbitmq.consume` spans |
 //! | `headers.rs` | every header and argument name, header read/write, trace-context carriers |
+//! | `admin.rs` | [`DeadLetterAdmin`]: list, show, replay and purge dead letters; the topology and its depths |
 
+mod admin;
 mod consumer;
 mod headers;
 mod link;
@@ -65,6 +67,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use self::admin::{
+    AdminError, DeadLetterAdmin, ExchangeState, Known, Progress, QueueState, Selection, Settlement,
+    StoredDeadLetter, TopologyReport,
+};
 use self::consumer::{Feed, Worker};
 use self::link::Link;
 use self::publisher::{Outgoing, Publisher, Routing};
