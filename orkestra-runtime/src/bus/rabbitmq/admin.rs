@@ -1055,7 +1055,7 @@ impl Failure {
     fn into_bus(self) -> BusError {
         match self {
             Failure::Broker(e) => broker_error(e),
-            Failure::Timeout => BusError::Timeout("the broker to answer"),
+            Failure::Timeout => BusError::Timeout("broker to answer"),
         }
     }
 }
