@@ -286,7 +286,7 @@ async fn a_dead_lettered_command_replayed_from_the_cli_succeeds_the_second_time(
         assert!(tokio::time::Instant::now() < deadline, "no dead letter");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(setup.ids(), [id.clone()]);
+    assert_eq!(setup.ids(), std::slice::from_ref(&id));
     for expected in [(false, 1), (false, 2)] {
         assert_eq!(runs.recv().await, Some(expected));
     }
