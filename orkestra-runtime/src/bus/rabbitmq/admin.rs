@@ -13,7 +13,8 @@
 //! does not settle goes back with one `basic.nack` (requeue) at the end, and if the
 //! connection dies first the broker requeues it anyway: nothing is ever lost. RabbitMQ
 //! puts requeued messages of a classic queue back in their original position, so the
-//! queue keeps its order; a quorum queue requeues them behind the others.
+//! queue keeps its order (a quorum queue keeps the messages, not necessarily their
+//! order).
 //!
 //! **Replay** publishes each chosen letter with publisher confirms and `mandatory`, and
 //! acks (removes) it only once the broker confirmed the replay was queued; a nack, an
