@@ -426,7 +426,7 @@ async fn a_missing_id_changes_nothing_and_all_with_a_handler_takes_only_its_lett
             .await,
     ] {
         match result {
-            Err(AdminError::NotFound { ids, queue }) => {
+            Err(AdminError::NotFound { ids, queue, .. }) => {
                 assert_eq!(ids, ["nope"]);
                 assert_eq!(queue, format!("{p}.deadletter.all"));
             }
@@ -438,6 +438,17 @@ async fn a_missing_id_changes_nothing_and_all_with_a_handler_takes_only_its_lett
             "nothing touched, the order kept"
         );
     }
+    let error = admin
+        .replay(&Selection::ids(["a1"]).with_handler("B"), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "no dead letter with id \"a1\" of handler \"B\" in \"{p}.deadletter.all\"; nothing was changed"
+        )
+    );
+    assert_eq!(letters(&admin, 4).await, order);
     let queue = format!("{p}.cmd.{}", PlaceOrder::TOPIC);
     assert_eq!(depth(&ch, &queue).await, 0, "nothing was replayed");
 

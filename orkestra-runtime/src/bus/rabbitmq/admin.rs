@@ -77,13 +77,20 @@ pub enum AdminError {
         /// The configured prefix.
         prefix: String,
     },
-    /// Some ids asked for are not in the dead-letter queue; nothing was changed.
-    #[error("no dead letter with id {} in {queue:?}; nothing was changed", quoted(.ids))]
+    /// Some ids asked for are not in the dead-letter queue (as letters of `handler`,
+    /// when given); nothing was changed.
+    #[error(
+        "no dead letter with id {}{} in {queue:?}; nothing was changed",
+        quoted(.ids),
+        .handler.as_ref().map(|h| format!(" of handler {h:?}")).unwrap_or_default()
+    )]
     NotFound {
         /// The dead-letter queue.
         queue: String,
         /// The ids not found.
         ids: Vec<String>,
+        /// The handler the letters had to be of, if one was named.
+        handler: Option<String>,
     },
 }
 
@@ -349,6 +356,7 @@ impl DeadLetterAdmin {
             return Err(AdminError::NotFound {
                 queue: self.queue().to_owned(),
                 ids: vec![id.to_owned()],
+                handler: None,
             });
         }
         Ok(letters)
@@ -490,6 +498,7 @@ impl DeadLetterAdmin {
                 return Err(AdminError::NotFound {
                     queue: self.queue().to_owned(),
                     ids: missing,
+                    handler: selection.handler.clone(),
                 });
             }
             for (delivery, letter) in chosen {
