@@ -424,21 +424,6 @@ impl DeadLetterAdmin {
         action: Action,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Settlement, AdminError> {
-        let mut taken = self.take().await?;
-        let result = self
-            .settle_taken(&mut taken, selection, action, progress)
-            .await;
-        taken.put_back().await;
-        result
-    }
-
-    async fn settle_taken(
-        &self,
-        taken: &mut Taken,
-        selection: &Selection,
-        action: Action,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<Settlement, AdminError> {
         let publisher = match action {
             Action::Replay => {
                 let channel = self.channel().await?;
@@ -449,6 +434,28 @@ impl DeadLetterAdmin {
             }
             Action::Purge => None,
         };
+        let mut taken = match self.take().await {
+            Ok(taken) => taken,
+            Err(e) => {
+                close(publisher).await;
+                return Err(e);
+            }
+        };
+        let result = self
+            .settle_taken(&mut taken, publisher.clone(), selection, progress)
+            .await;
+        taken.put_back().await;
+        close(publisher).await;
+        result
+    }
+
+    async fn settle_taken(
+        &self,
+        taken: &mut Taken,
+        publisher: Option<Channel>,
+        selection: &Selection,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Settlement, AdminError> {
         let mut run = Run {
             admin: self,
             publisher,
@@ -679,9 +686,7 @@ impl DeadLetterAdmin {
         rest.sort_by(|a, b| a.name.cmp(&b.name));
         rest.dedup_by(|a, b| a.name == b.name);
         queues.extend(rest);
-        if let Some(channel) = probe.channel.take() {
-            let _ = within(channel.close(200, "done".into())).await;
-        }
+        close(probe.channel.take()).await;
         Ok(TopologyReport {
             prefix: self.prefix.clone(),
             exchanges,
@@ -707,6 +712,13 @@ fn kind_name(kind: &ExchangeKind) -> &'static str {
         ExchangeKind::Topic => "topic",
         ExchangeKind::Fanout => "fanout",
         _ => "other",
+    }
+}
+
+/// Closes a channel, if any, within [`OPERATION_TIMEOUT`].
+async fn close(channel: Option<Channel>) {
+    if let Some(channel) = channel {
+        let _ = within(channel.close(200, "done".into())).await;
     }
 }
 
