@@ -15,6 +15,7 @@
 
 mod print;
 mod progress;
+mod schema;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,13 @@ enum Cmd {
         /// A command topic whose queue to look for; repeatable.
         #[arg(long, value_name = "TOPIC")]
         command: Vec<String>,
+        /// Schema directory or file (repeatable): every binding it declares is
+        /// reported, with its binding keys and wait queues.
+        #[arg(long, value_name = "PATH")]
+        schemas: Vec<PathBuf>,
+        /// The schemas' namespace prefix (as given to the generator).
+        #[arg(long, default_value = "", requires = "schemas")]
+        app_prefix: String,
     },
 }
 
@@ -162,10 +170,25 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     let result = command(&admin, args).await;
     admin.close().await;
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| match e {
+        Failure::Admin(e) => e.to_string(),
+        Failure::Schemas(message) => message,
+    })
 }
 
-async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, AdminError> {
+/// Why a command failed.
+enum Failure {
+    Admin(AdminError),
+    Schemas(String),
+}
+
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        Self::Admin(e)
+    }
+}
+
+async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failure> {
     let format = args.format;
     match &args.command {
         Cmd::Dlq(Dlq::List { handler, limit }) => {
@@ -197,10 +220,16 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Admin
             let done = done?;
             print::settled(format, "purged", admin.queue(), &done);
         }
-        Cmd::Topology { handler, command } => {
+        Cmd::Topology {
+            handler,
+            command,
+            schemas,
+            app_prefix,
+        } => {
             let known = Known {
                 handlers: handler.clone(),
                 command_topics: command.clone(),
+                bindings: schema::bindings(schemas, app_prefix)?,
             };
             let report = admin.topology(&known).await?;
             print::topology(format, &report);

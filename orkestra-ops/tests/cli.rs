@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use orkestra_runtime::{
-    Bus, Command, CommandEnvelope, HandlerError, Metadata, Payload, Subscription,
+    Bus, Command, CommandEnvelope, Event, HandlerError, Metadata, Payload, Subscription,
 };
-use payloads::PlaceOrder;
+use payloads::{OrderPlaced, PlaceOrder};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -417,5 +419,80 @@ async fn usage_and_configuration_errors() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    setup.cleanup().await;
+}
+
+const SCHEMA: &str = r#"
+namespace: Shop.Orders
+commands:
+  PlaceOrder:
+    params:
+      product_id: { type: string, required: true }
+events:
+  OrderPlaced:
+    fields:
+      order_id: { type: string, required: true }
+handlers:
+  PlaceOrderHandler: { command: PlaceOrder }
+  UpdateSearchIndex: { event: OrderPlaced, max_retries: 5, retry_delay: 1s, retry_backoff: 2.0, retry_delay_max: 4s }
+  Alarm: { dead_letters: true }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_from_the_schemas_names_every_binding_and_wait_queue() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    std::fs::create_dir_all(setup.dir.join("schemas")).unwrap();
+    std::fs::write(setup.dir.join("schemas/orders.yaml"), SCHEMA).unwrap();
+    // The event handler runs (its queues exist); the command handler and the alarm
+    // never ran here.
+    setup
+        .bus()
+        .subscribe(
+            Subscription::events("UpdateSearchIndex", |_: Event<OrderPlaced>, _| async {
+                Ok(())
+            })
+            .with_max_retries(5)
+            .with_retry_delay(Duration::from_secs(1))
+            .with_retry_backoff(2.0)
+            .with_retry_delay_max(Duration::from_secs(4)),
+        )
+        .await
+        .unwrap();
+    insta::assert_snapshot!(
+        "topology_from_schemas",
+        setup.ok(&["topology", "--schemas", "schemas", "--app-prefix", "Shop"])
+    );
+    let out = setup.run(&["topology", "--schemas", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: --schemas: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q = format!("{}.evt.UpdateSearchIndex", setup.prefix);
+    for wait in ["1000", "2000", "4000"] {
+        let _ = setup
+            .channel
+            .queue_delete(
+                format!("{q}.wait.{wait}ms").as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = setup
+        .channel
+        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    for exchange in ["retry", "retry.first", "back"] {
+        let _ = setup
+            .channel
+            .exchange_delete(
+                format!("{q}.{exchange}").as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
     setup.cleanup().await;
 }

@@ -475,6 +475,7 @@ async fn a_missing_id_changes_nothing_and_all_with_a_handler_takes_only_its_lett
         .topology(&Known {
             handlers: vec![],
             command_topics: vec![PlaceOrder::TOPIC.to_owned()],
+            ..Known::default()
         })
         .await
         .unwrap();

@@ -52,8 +52,9 @@ use super::link::open_any;
 use super::topology::Names;
 use super::{broker_error, urls, wire};
 use crate::bus::BusError;
+use crate::bus::subscription::RetryDelays;
 use crate::config::BusConfig;
-use crate::message::Metadata;
+use crate::message::{DEFAULT_MAX_RETRIES, Metadata};
 
 /// How long one broker operation of the admin may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -254,6 +255,37 @@ pub struct Known {
     pub handlers: Vec<String>,
     /// Command topics: their command queue and its wait queue are looked for.
     pub command_topics: Vec<String>,
+    /// Bindings as a schema declares them: their queues, with every binding key and
+    /// every wait queue, are reported whether they exist or not.
+    pub bindings: Vec<KnownBinding>,
+}
+
+/// A handler binding as a schema declares it (what the generated code subscribes).
+#[derive(Clone, Debug)]
+pub struct KnownBinding {
+    /// The handler's name.
+    pub handler: String,
+    /// What it receives.
+    pub target: KnownTarget,
+    /// `max_retries`, when set.
+    pub max_retries: Option<u32>,
+    /// `retry_delay`, when set.
+    pub retry_delay: Option<Duration>,
+    /// `retry_backoff`, when set.
+    pub retry_backoff: Option<f64>,
+    /// `retry_delay_max`, when set.
+    pub retry_delay_max: Option<Duration>,
+}
+
+/// What a [`KnownBinding`] receives.
+#[derive(Clone, Debug)]
+pub enum KnownTarget {
+    /// One command topic.
+    Command(String),
+    /// Events, by topic or pattern.
+    Events(Vec<String>),
+    /// Every dead letter.
+    DeadLetters,
 }
 
 /// Operations on the dead letters and the topology of the bus a [`BusConfig`] names.
@@ -632,6 +664,9 @@ impl DeadLetterAdmin {
                 .await?,
         );
         let mut found = Vec::new();
+        for binding in &known.bindings {
+            found.extend(self.declared(binding).into_iter().map(|q| (q, true)));
+        }
         let wait = |queue: &str| format!("{queue}.wait.{}ms", self.retry_delay_ms);
         for topic in &commands {
             let queue = n.command_queue(topic);
@@ -692,6 +727,93 @@ impl DeadLetterAdmin {
             exchanges,
             queues,
         })
+    }
+}
+
+impl DeadLetterAdmin {
+    /// The queues a binding declares, with their bindings and dead-letter targets, as
+    /// `topology.rs` declares them.
+    fn declared(&self, binding: &KnownBinding) -> Vec<QueueState> {
+        let n = &self.names;
+        let state =
+            |name: String, role: String, bindings: Vec<String>, to: Option<String>| QueueState {
+                name,
+                role,
+                bindings,
+                dead_letters_to: to,
+                messages: None,
+                consumers: None,
+            };
+        let handler = &binding.handler;
+        let (queue, role, bindings) = match &binding.target {
+            KnownTarget::DeadLetters => {
+                return vec![state(
+                    n.dead_letter_handler_queue(handler),
+                    format!("dead letters for {handler}"),
+                    vec![format!("{} -> #", n.dead_letters)],
+                    None,
+                )];
+            }
+            KnownTarget::Command(topic) => (
+                n.command_queue(topic),
+                format!("command {topic}, handled by {handler}"),
+                vec![format!("{} -> {topic}", n.commands)],
+            ),
+            KnownTarget::Events(patterns) => (
+                n.event_queue(handler),
+                format!("events of {handler}"),
+                patterns
+                    .iter()
+                    .map(|p| format!("{} -> {p}", n.events))
+                    .collect(),
+            ),
+        };
+        let delays = RetryDelays {
+            delay: binding.retry_delay,
+            backoff: binding.retry_backoff,
+            max: binding.retry_delay_max,
+        }
+        .waits_ms(
+            self.retry_delay_ms,
+            binding.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+        );
+        let mut states = Vec::new();
+        if delays.len() <= 1 {
+            let delay = delays.first().copied().unwrap_or(self.retry_delay_ms);
+            states.push(state(queue.clone(), role, bindings, Some(n.retry.clone())));
+            let mut wait = wait_state(n, &queue, &format!("{queue}.wait.{delay}ms"), delay);
+            wait.role = format!("retry wait of {queue} ({delay} ms)");
+            states.push(wait);
+            return states;
+        }
+        let mut bindings = bindings;
+        for stage in 2..=delays.len() {
+            bindings.push(format!("{queue}.back -> stage-{stage}"));
+        }
+        states.push(state(
+            queue.clone(),
+            role,
+            bindings,
+            Some(format!("{queue}.retry")),
+        ));
+        for (i, delay) in delays.iter().enumerate() {
+            let stage = i + 1;
+            let bound = if stage == 1 {
+                format!("{queue}.retry.first (alternate exchange of {queue}.retry)")
+            } else {
+                format!("{queue}.retry -> stage-{stage}")
+            };
+            states.push(state(
+                format!("{queue}.wait.{delay}ms"),
+                format!("retry wait {stage} of {queue} ({delay} ms)"),
+                vec![bound],
+                Some(format!(
+                    "{queue}.back -> stage-{}",
+                    (stage + 1).min(delays.len())
+                )),
+            ));
+        }
+        states
     }
 }
 

@@ -72,8 +72,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use self::admin::{
-    AdminError, DeadLetterAdmin, ExchangeState, Known, Progress, QueueState, Selection, Settlement,
-    StoredDeadLetter, TopologyReport,
+    AdminError, DeadLetterAdmin, ExchangeState, Known, KnownBinding, KnownTarget, Progress,
+    QueueState, Selection, Settlement, StoredDeadLetter, TopologyReport,
 };
 use self::consumer::{Feed, Worker};
 use self::link::Link;
