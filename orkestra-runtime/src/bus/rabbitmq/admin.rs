@@ -603,11 +603,13 @@ impl DeadLetterAdmin {
     /// The exchanges, the catch-all dead-letter queue, and every work, wait and
     /// dead-letter handler queue that the dead letters or `known` name, with depths.
     ///
-    /// AMQP cannot list queues, and this broker may lack the management plugin, so the
+    /// AMQP cannot list queues, and the broker may lack the management plugin, so the
     /// queues are found by name (the names `topology.rs` gives them) with passive
-    /// declarations: a queue nothing names (an event handler that never dead-lettered a
-    /// message and is not in `known`, a wait queue of a binding's own `retry_delay`) is
-    /// not in the report.
+    /// declarations. The queues of `known.bindings` are reported exactly (binding keys,
+    /// every wait queue), missing ones included; for a handler known only by name (a
+    /// dead letter's, or `known.handlers`) only what exists is reported, an event
+    /// queue's keys as `?`, and only the `bus.retry_delay_ms` wait queue. A queue
+    /// nothing names is not in the report.
     pub async fn topology(&self, known: &Known) -> Result<TopologyReport, AdminError> {
         let mut probe = Probe {
             admin: self,
