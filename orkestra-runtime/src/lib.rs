@@ -37,7 +37,7 @@
 //! | `sqlite` | **on** | the embedded single-file event store (SQLite, bundled: nothing to install), the default `store.adapter` |
 //! | `postgres` | off | the PostgreSQL event store (tokio-postgres, deadpool) |
 //! | `eventstoredb` | off | the EventStoreDB / KurrentDB event store (the `kurrentdb` client) |
-//! | `rabbitmq` | off | the RabbitMQ bus (lapin; `amqps://` with the system roots) |
+//! | `rabbitmq` | off | the RabbitMQ bus (lapin; `amqps://` with the system roots), and `bus::rabbitmq::DeadLetterAdmin` to list, show, replay and purge its dead letters |
 //! | `telemetry` | off | `telemetry::Telemetry`: one-call OpenTelemetry export (stdout), log formatting and a printable trace tree |
 //! | `otlp` | off | OTLP (HTTP/protobuf) span export for `telemetry` (implies it) |
 //!

@@ -360,3 +360,93 @@ async fn an_undecodable_body_is_traced_with_what_is_known() {
     }
     conn.close(200, "done".into()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_starts_a_new_trace_linked_to_the_original() {
+    use orkestra_runtime::HandlerError;
+    use orkestra_runtime::bus::rabbitmq::{DeadLetterAdmin, Selection};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    telemetry();
+    let config = rabbit_config();
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    let healed = Arc::new(AtomicBool::new(false));
+    let flag = healed.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    bus.subscribe(Subscription::command(
+        "Replayed",
+        move |cmd: Command<PlaceOrder>, _| {
+            let (tx, healed) = (tx.clone(), flag.load(Ordering::SeqCst));
+            async move {
+                if !healed {
+                    return Err(HandlerError::reject("not yet"));
+                }
+                tx.send(cmd.id.clone()).unwrap();
+                Ok(json!(null))
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    let cmd = Command::<PlaceOrder>::from_json(
+        json!({"product_id": "p", "quantity": 1}),
+        Metadata::new(),
+    )
+    .unwrap();
+    let id = cmd.id.clone();
+    bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
+    let admin = DeadLetterAdmin::connect(&config.bus).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while admin.list(None, None).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    healed.store(true, Ordering::SeqCst);
+    let done = admin
+        .replay(&Selection::ids([id.clone()]), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.done, vec![id.clone()]);
+    let handled = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+    assert_eq!(handled, Some(id.clone()));
+    admin.close().await;
+
+    let t = telemetry();
+    let deadline = Instant::now() + WAIT;
+    let consumes = loop {
+        t.provider.force_flush().unwrap();
+        let consumes: Vec<SpanData> = t
+            .exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .filter(|s| {
+                s.name == "orkestra.rabbitmq.consume"
+                    && attr(s, "messaging.message.id").as_deref() == Some(id.as_str())
+            })
+            .collect();
+        if consumes.len() >= 2 || Instant::now() > deadline {
+            break consumes;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let [original, replay] = consumes.as_slice() else {
+        panic!("expected two consume spans, got {}", consumes.len());
+    };
+    let first = original.span_context.trace_id();
+    assert_ne!(
+        replay.span_context.trace_id(),
+        first,
+        "the replay is a trace of its own"
+    );
+    assert!(
+        replay
+            .links
+            .iter()
+            .any(|l| l.span_context.trace_id() == first),
+        "linked to the original trace"
+    );
+}

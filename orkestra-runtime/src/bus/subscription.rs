@@ -158,6 +158,43 @@ pub(crate) struct RetryDelays {
     pub(crate) max: Option<std::time::Duration>,
 }
 
+#[cfg(any(test, feature = "rabbitmq"))]
+impl RetryDelays {
+    /// The distinct waits before each retry, in ms (empty: the bus's one delay); also
+    /// what `DeadLetterAdmin::topology` names wait queues by.
+    pub(crate) fn waits_ms(&self, default_ms: u32, max_retries: u32) -> Vec<u32> {
+        if *self == RetryDelays::default() {
+            return Vec::new();
+        }
+        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
+        let first = self.delay.map_or(default_ms.max(1), ms);
+        let factor = self.backoff.unwrap_or(1.0);
+        if factor.is_nan() || factor <= 1.0 || factor.is_infinite() {
+            return vec![first.min(self.max.map_or(u32::MAX, ms))];
+        }
+        let cap = self.max.map_or(u32::MAX, ms);
+        let mut delays = vec![first.min(cap)];
+        let mut next = f64::from(first);
+        // Distinct waits up to the cap, at most one per retry.
+        for _ in 1..max_retries.max(1) {
+            next *= factor;
+            let wait = if next >= f64::from(cap) {
+                cap
+            } else {
+                next as u32
+            };
+            if Some(&wait) == delays.last() {
+                break;
+            }
+            delays.push(wait);
+            if wait == cap {
+                break;
+            }
+        }
+        delays
+    }
+}
+
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
@@ -314,35 +351,7 @@ impl Subscription {
     /// empty when the binding sets none (the bus's delay, `default_ms`, applies).
     #[cfg(any(test, feature = "rabbitmq"))]
     pub(crate) fn retry_delays_ms(&self, default_ms: u32) -> Vec<u32> {
-        if self.retry == RetryDelays::default() {
-            return Vec::new();
-        }
-        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
-        let first = self.retry.delay.map_or(default_ms.max(1), ms);
-        let factor = self.retry.backoff.unwrap_or(1.0);
-        if factor.is_nan() || factor <= 1.0 || factor.is_infinite() {
-            return vec![first.min(self.retry.max.map_or(u32::MAX, ms))];
-        }
-        let cap = self.retry.max.map_or(u32::MAX, ms);
-        let mut delays = vec![first.min(cap)];
-        let mut next = f64::from(first);
-        // Distinct waits up to the cap, at most one per retry.
-        for _ in 1..self.max_retries.max(1) {
-            next *= factor;
-            let wait = if next >= f64::from(cap) {
-                cap
-            } else {
-                next as u32
-            };
-            if Some(&wait) == delays.last() {
-                break;
-            }
-            delays.push(wait);
-            if wait == cap {
-                break;
-            }
-        }
-        delays
+        self.retry.waits_ms(default_ms, self.max_retries)
     }
 
     /// The binding's own concurrency, if set.

@@ -704,6 +704,9 @@ async fn handle_delivery(
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
             tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, link);
         }
+        if let Some(original) = replay_of(headers) {
+            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, original);
+        }
         match &decoded {
             Ok(message) => spans::record_message(&span, message),
             Err(_) => spans::record_undecodable(&span, &delivery.properties),
@@ -766,6 +769,18 @@ async fn handle_delivery(
         }
     }
     Settled::Done
+}
+
+/// The trace a replayed message came from (`x-orkestra-replay-of-traceparent`), if valid.
+fn replay_of(found: Option<&FieldTable>) -> Option<opentelemetry::trace::SpanContext> {
+    let traceparent = headers::string(found, headers::REPLAY_OF_TRACEPARENT)?;
+    let tracestate = headers::string(found, headers::REPLAY_OF_TRACESTATE).unwrap_or_default();
+    let context = crate::message::TraceContext {
+        traceparent,
+        tracestate,
+    }
+    .span_context();
+    context.is_valid().then_some(context)
 }
 
 /// The reply to send when the outcome is final (`None` while a retry is coming).
@@ -831,7 +846,11 @@ async fn dead_letter(
         SYSTEM,
     );
     let original = delivery.properties.headers().as_ref();
-    let exchange = headers::string(original, headers::X_FIRST_DEATH_EXCHANGE)
+    // A replayed message names its original exchange (it may have come through the
+    // default exchange, straight to this queue); otherwise the broker's record of the
+    // first dead-lettering does, or the delivery itself.
+    let exchange = headers::string(original, headers::ORIGINAL_EXCHANGE)
+        .or_else(|| headers::string(original, headers::X_FIRST_DEATH_EXCHANGE))
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
     let mut table = FieldTable::default();
@@ -840,13 +859,26 @@ async fn dead_letter(
     headers::put_str(&mut table, headers::HANDLER, letter.handler);
     headers::put_int(&mut table, headers::ATTEMPTS, i64::from(letter.attempts));
     headers::put_str(&mut table, headers::ERROR, letter.reason);
-    for key in [headers::TRACEPARENT, headers::TRACESTATE] {
+    // Kept so a replay carries them again: the trace, the producer's own retry limit
+    // (never the binding's), and that it was replayed before.
+    for key in [
+        headers::TRACEPARENT,
+        headers::TRACESTATE,
+        headers::REPLAYED_FROM,
+        headers::REPLAY_OF_TRACEPARENT,
+        headers::REPLAY_OF_TRACESTATE,
+    ] {
         if let Some(value) = headers::string(original, key) {
             headers::put_str(&mut table, key, &value);
         }
     }
+    if let Some(max) = headers::int(original, headers::MAX_RETRIES) {
+        headers::put_int(&mut table, headers::MAX_RETRIES, max);
+    }
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
+        .with_timestamp(now)
         .with_headers(table);
     if let Some(id) = delivery.properties.message_id() {
         properties = properties.with_message_id(id.clone());
@@ -891,6 +923,11 @@ fn letter_from_delivery(delivery: &Delivery) -> DeadLetter {
         handler: headers::string(headers, headers::HANDLER).unwrap_or_default(),
         reason: headers::string(headers, headers::ERROR).unwrap_or_default(),
         attempts: headers::uint(headers, headers::ATTEMPTS).unwrap_or(0),
-        dead_at: chrono::Utc::now(),
+        dead_at: delivery
+            .properties
+            .timestamp()
+            .and_then(|s| i64::try_from(s).ok())
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+            .unwrap_or_else(chrono::Utc::now),
     }
 }

@@ -25,6 +25,13 @@ pub(super) const HANDLER: &str = "x-orkestra-handler";
 pub(super) const ATTEMPTS: &str = "x-orkestra-attempts";
 pub(super) const ERROR: &str = "x-orkestra-error";
 
+/// What a replay (`DeadLetterAdmin::replay`) adds: the dead-letter queue it came from,
+/// and the original trace context, which the consumer links to (the replay starts a
+/// new trace).
+pub(super) const REPLAYED_FROM: &str = "x-orkestra-replayed-from";
+pub(super) const REPLAY_OF_TRACEPARENT: &str = "x-orkestra-replay-of-traceparent";
+pub(super) const REPLAY_OF_TRACESTATE: &str = "x-orkestra-replay-of-tracestate";
+
 /// W3C trace context.
 pub(super) const TRACEPARENT: &str = trace::TRACEPARENT;
 pub(super) const TRACESTATE: &str = trace::TRACESTATE;

@@ -354,7 +354,7 @@ impl Link {
 }
 
 /// Every URL tried, with why each failed.
-struct Attempts(Vec<(String, String)>);
+pub(super) struct Attempts(Vec<(String, String)>);
 
 impl Attempts {
     fn summary(&self) -> String {
@@ -362,7 +362,7 @@ impl Attempts {
         parts.join("; ")
     }
 
-    fn error(self) -> BusError {
+    pub(super) fn error(self) -> BusError {
         let setting = if self.0.len() > 1 {
             "bus.urls"
         } else {
@@ -377,7 +377,10 @@ impl Attempts {
 }
 
 /// Opens a connection to the first URL that answers, in order.
-async fn open_any(urls: &[SecretUrl], name: &str) -> Result<(Connection, usize), Attempts> {
+pub(super) async fn open_any(
+    urls: &[SecretUrl],
+    name: &str,
+) -> Result<(Connection, usize), Attempts> {
     let mut failures = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         let properties =

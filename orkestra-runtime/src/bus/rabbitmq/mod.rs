@@ -13,15 +13,19 @@
 //!   back to the work queue (no per-message TTL, so no head-of-line blocking);
 //! - exchange `orkestra.deadletter` (topic) with the durable catch-all queue
 //!   `orkestra.deadletter.all` bound by `#`; each dead-letter handler has its durable
-//!   queue `orkestra.deadletter.<handler>` and each `Bus::dead_letters` receiver an
+//!   queue `orkestra.deadletter.handler.<handler>` and each `Bus::dead_letters` receiver an
 //!   exclusive server-named one, both bound by `#` and without dead-letter arguments.
 //!
 //! A failed run is rejected without requeue; the attempt number is one more than the
 //! `count` of the `x-death` entry for the work queue with reason `rejected` (a received
-//! `x-death` is never republished). The retry limit travels in `x-max-retries`. An
-//! exhausted, rejected or undecodable message is published with confirm to
-//! `orkestra.deadletter` (routing key: its original one) with the original exchange,
-//! routing key, handler, attempts, error and `traceparent` in headers, then acked.
+//! `x-death` is never republished). The retry limit is the binding's, unless the
+//! producer set one (`CommandEnvelope::with_max_retries`), which travels in
+//! `x-max-retries`; a producer never writes a default there, since it cannot know the
+//! limits of the bindings that will handle the message. An exhausted, rejected or
+//! undecodable message is published with confirm to `orkestra.deadletter` (routing key:
+//! its original one) with the original exchange, routing key, handler, attempts, error,
+//! `traceparent` and the producer's `x-max-retries` in headers and the time in
+//! `timestamp`, then acked. [`DeadLetterAdmin`] lists, shows, replays and purges them.
 //!
 //! Publishing uses confirms and `mandatory`: a nack, a timeout or a closed channel is an
 //! error, and a command that no queue takes is [`BusError::NoHandler`]. An event that no
@@ -45,7 +49,9 @@
 //! | `wire.rs` | the JSON body of a message, and the placeholder for an undecodable one |
 //! | `spans.rs` | the `orkestra.rabbitmq.publish` and `orkestra.rabbitmq.consume` spans |
 //! | `headers.rs` | every header and argument name, header read/write, trace-context carriers |
+//! | `admin.rs` | [`DeadLetterAdmin`]: list, show, replay and purge dead letters; the topology and its depths |
 
+mod admin;
 mod consumer;
 mod headers;
 mod link;
@@ -65,6 +71,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use self::admin::{
+    AdminError, DeadLetterAdmin, ExchangeState, Known, KnownBinding, KnownTarget, Progress,
+    QueueState, Selection, Settlement, StoredDeadLetter, TopologyReport,
+};
 use self::consumer::{Feed, Worker};
 use self::link::Link;
 use self::publisher::{Outgoing, Publisher, Routing};

@@ -1,0 +1,239 @@
+//! `orkestra`: operate the RabbitMQ bus a configuration names (`orkestra.toml` in the
+//! working directory, or `--config FILE`, then the `ORKESTRA_*` environment, exactly as
+//! `orkestra_runtime::Config::load` reads them). Argument parsing and printing only;
+//! the work is `orkestra_runtime::bus::rabbitmq::DeadLetterAdmin`'s.
+//!
+//! ```text
+//! orkestra dlq list   [--handler H] [--limit N]
+//! orkestra dlq show   ID
+//! orkestra dlq replay ID... | --all [--handler H]
+//! orkestra dlq purge  ID... | --all [--handler H]
+//! orkestra topology   [--handler H]... [--command TOPIC]...
+//! ```
+//! Every command takes `--format human|json`. Exit codes: 0 success, 1 failure (an id
+//! not found, a replay not confirmed, the broker or the configuration), 2 usage errors.
+
+mod print;
+mod progress;
+mod schema;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use orkestra_runtime::Config;
+use orkestra_runtime::bus::rabbitmq::{AdminError, DeadLetterAdmin, Known, Selection};
+use orkestra_runtime::config::BusAdapter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "orkestra",
+    version,
+    about = "Operate an Orkestra RabbitMQ bus: dead letters and topology"
+)]
+struct Args {
+    /// Output style.
+    #[arg(long, value_enum, global = true, default_value_t = Format::Human)]
+    format: Format,
+    /// The configuration file (default: ./orkestra.toml when it exists); the
+    /// ORKESTRA_* environment variables apply on top.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Output styles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Tables and text for a terminal.
+    Human,
+    /// One JSON document on standard output.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The dead letters of the catch-all queue `<prefix>.deadletter.all`.
+    #[command(subcommand)]
+    Dlq(Dlq),
+    /// The exchanges and queues Orkestra declares under the configured prefix, with
+    /// their bindings and depths.
+    Topology {
+        /// A handler whose queues to look for (besides those the dead letters name);
+        /// repeatable.
+        #[arg(long, value_name = "H")]
+        handler: Vec<String>,
+        /// A command topic whose queue to look for; repeatable.
+        #[arg(long, value_name = "TOPIC")]
+        command: Vec<String>,
+        /// Schema directory or file (repeatable): every binding it declares is
+        /// reported, with its binding keys and wait queues.
+        #[arg(long, value_name = "PATH")]
+        schemas: Vec<PathBuf>,
+        /// The schemas' namespace prefix (as given to the generator).
+        #[arg(long, default_value = "", requires = "schemas")]
+        app_prefix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Dlq {
+    /// List dead letters in queue order: id, topic, handler, attempts, reason, age.
+    List {
+        /// Only this handler's.
+        #[arg(long, value_name = "H")]
+        handler: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show every dead letter with this id: headers, metadata and the body.
+    Show {
+        /// The message id (as `dlq list` shows it).
+        id: String,
+    },
+    /// Publish dead letters back where they came from (with publisher confirms) and
+    /// remove each once its replay is confirmed; attempts start again.
+    Replay(Chosen),
+    /// Remove dead letters for good.
+    Purge(Chosen),
+}
+
+#[derive(clap::Args, Debug)]
+struct Chosen {
+    /// Message ids; every one must be in the queue, or nothing is touched.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<String>,
+    /// Every dead letter (of `--handler`, when given).
+    #[arg(long)]
+    all: bool,
+    /// Only this handler's.
+    #[arg(long, value_name = "H")]
+    handler: Option<String>,
+}
+
+impl Chosen {
+    fn selection(&self) -> Selection {
+        let selection = if self.all {
+            Selection::all()
+        } else {
+            Selection::ids(self.ids.iter().cloned())
+        };
+        match &self.handler {
+            Some(h) => selection.with_handler(h.clone()),
+            None => selection,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(code) => code,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(1)
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    let config = match path {
+        Some(path) => Config::from_file(path)
+            .and_then(|c| c.with_env_overrides(|name| std::env::var(name).ok())),
+        None => Config::load(),
+    }
+    .map_err(|e| e.to_string())?;
+    if config.bus.adapter != BusAdapter::RabbitMq {
+        return Err(format!(
+            "bus.adapter is {:?}: `orkestra` works on a RabbitMQ bus (set bus.adapter = \"rabbitmq\" in orkestra.toml or ORKESTRA_BUS_ADAPTER=rabbitmq)",
+            config.bus.adapter.name()
+        ));
+    }
+    Ok(config)
+}
+
+async fn run(args: &Args) -> Result<ExitCode, String> {
+    let config = load_config(args.config.as_ref())?;
+    let admin = DeadLetterAdmin::connect(&config.bus)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = command(&admin, args).await;
+    admin.close().await;
+    result.map_err(|e| match e {
+        Failure::Admin(e) => e.to_string(),
+        Failure::Schemas(message) => message,
+    })
+}
+
+/// Why a command failed.
+enum Failure {
+    Admin(AdminError),
+    Schemas(String),
+}
+
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        Self::Admin(e)
+    }
+}
+
+async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failure> {
+    let format = args.format;
+    match &args.command {
+        Cmd::Dlq(Dlq::List { handler, limit }) => {
+            let letters = admin.list(handler.as_deref(), *limit).await?;
+            print::list(format, admin.queue(), &letters);
+        }
+        Cmd::Dlq(Dlq::Show { id }) => {
+            let letters = admin.show(id).await?;
+            print::show(format, &letters);
+        }
+        Cmd::Dlq(Dlq::Replay(chosen)) => {
+            let mut bar = progress::Bar::new("replaying");
+            let done = admin
+                .replay(&chosen.selection(), &mut |p| bar.update(p))
+                .await;
+            bar.finish();
+            let done = done?;
+            print::settled(format, "replayed", admin.queue(), &done);
+            if !done.failed.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Dlq(Dlq::Purge(chosen)) => {
+            let mut bar = progress::Bar::new("purging");
+            let done = admin
+                .purge(&chosen.selection(), &mut |p| bar.update(p))
+                .await;
+            bar.finish();
+            let done = done?;
+            print::settled(format, "purged", admin.queue(), &done);
+        }
+        Cmd::Topology {
+            handler,
+            command,
+            schemas,
+            app_prefix,
+        } => {
+            let known = Known {
+                handlers: handler.clone(),
+                command_topics: command.clone(),
+                bindings: schema::bindings(schemas, app_prefix)?,
+            };
+            let report = admin.topology(&known).await?;
+            print::topology(format, &report);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,272 @@
+//! What each command prints, as text for a terminal or as one JSON document.
+
+use chrono::Utc;
+use orkestra_runtime::bus::rabbitmq::{Settlement, StoredDeadLetter, TopologyReport};
+use serde_json::{Value, json};
+
+use crate::Format;
+
+/// `dlq list`: one row per letter.
+pub(crate) fn list(format: Format, queue: &str, letters: &[StoredDeadLetter]) {
+    let now = Utc::now();
+    if format == Format::Json {
+        let rows: Vec<Value> = letters
+            .iter()
+            .map(|l| {
+                json!({
+                    "id": l.id,
+                    "topic": l.topic,
+                    "handler": l.handler,
+                    "attempts": l.attempts,
+                    "reason": l.reason,
+                    "dead_at": l.dead_at.map(|t| t.to_rfc3339()),
+                    "age_seconds": l.age(now).map(|a| a.num_seconds()),
+                })
+            })
+            .collect();
+        emit(&Value::Array(rows));
+        return;
+    }
+    if letters.is_empty() {
+        println!("no dead letters in {queue}");
+        return;
+    }
+    let rows: Vec<[String; 6]> = letters
+        .iter()
+        .map(|l| {
+            [
+                clean(&l.id),
+                clean(&l.topic),
+                clean(&l.handler),
+                l.attempts.to_string(),
+                l.age(now).map_or_else(|| "-".to_owned(), age),
+                clean(&l.reason),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "TOPIC", "HANDLER", "ATTEMPTS", "AGE", "REASON"],
+        &rows,
+    );
+}
+
+/// `dlq show`: everything about each letter with the id.
+pub(crate) fn show(format: Format, letters: &[StoredDeadLetter]) {
+    let now = Utc::now();
+    if format == Format::Json {
+        let rows: Vec<Value> = letters
+            .iter()
+            .map(|l| {
+                json!({
+                    "id": l.id,
+                    "topic": l.topic,
+                    "handler": l.handler,
+                    "attempts": l.attempts,
+                    "reason": l.reason,
+                    "dead_at": l.dead_at.map(|t| t.to_rfc3339()),
+                    "age_seconds": l.age(now).map(|a| a.num_seconds()),
+                    "original_exchange": l.original_exchange,
+                    "type": l.message_type,
+                    "metadata": l.metadata.as_ref().and_then(|m| serde_json::to_value(m).ok()),
+                    "headers": l.headers,
+                    "body": l.body_json().unwrap_or_else(|| Value::String(String::from_utf8_lossy(&l.body).into_owned())),
+                })
+            })
+            .collect();
+        emit(&Value::Array(rows));
+        return;
+    }
+    for (i, l) in letters.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let field = |name: &str, value: &str| println!("{name:<10} {}", clean(value));
+        field("id", &l.id);
+        field("topic", &l.topic);
+        field("handler", &l.handler);
+        field("attempts", &l.attempts.to_string());
+        field("reason", &l.reason);
+        field(
+            "dead at",
+            &l.dead_at.map_or_else(
+                || "-".to_owned(),
+                |t| format!("{} ({} ago)", t.to_rfc3339(), age(now - t)),
+            ),
+        );
+        field("exchange", &l.original_exchange);
+        field("type", l.message_type.as_deref().unwrap_or("-"));
+        println!("metadata");
+        match l
+            .metadata
+            .as_ref()
+            .and_then(|m| serde_json::to_value(m).ok())
+        {
+            Some(Value::Object(fields)) => {
+                for (k, v) in fields {
+                    println!("  {}: {}", clean(&k), clean(&scalar(&v)));
+                }
+            }
+            _ => println!("  - (the body is not an Orkestra message)"),
+        }
+        println!("headers");
+        for (k, v) in &l.headers {
+            println!("  {}: {}", clean(k), clean(&scalar(v)));
+        }
+        println!("body");
+        match l.body_json() {
+            Some(body) => println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            ),
+            None => println!("{}", clean_text(&String::from_utf8_lossy(&l.body))),
+        }
+    }
+}
+
+/// `dlq replay` / `dlq purge`: what was done, and what was not (on standard error).
+pub(crate) fn settled(format: Format, verb: &str, queue: &str, done: &Settlement) {
+    if format == Format::Json {
+        let failed: Vec<Value> = done
+            .failed
+            .iter()
+            .map(|(id, why)| json!({"id": id, "error": why}))
+            .collect();
+        emit(&json!({
+            verb: done.done,
+            "failed": failed,
+            "kept": done.kept,
+        }));
+        return;
+    }
+    println!(
+        "{verb} {} dead letter(s) from {queue}; {} left in place",
+        done.done.len(),
+        done.kept + done.failed.len() as u64
+    );
+    for id in &done.done {
+        println!("  {}", clean(id));
+    }
+    for (id, why) in &done.failed {
+        eprintln!("not {verb}: {}: {}", clean(id), clean(why));
+    }
+}
+
+/// `topology`: the exchanges, then the queues with bindings and depths.
+pub(crate) fn topology(format: Format, report: &TopologyReport) {
+    if format == Format::Json {
+        let exchanges: Vec<Value> = report
+            .exchanges
+            .iter()
+            .map(|e| json!({"name": e.name, "kind": e.kind, "role": e.role, "exists": e.exists}))
+            .collect();
+        let queues: Vec<Value> = report
+            .queues
+            .iter()
+            .map(|q| {
+                json!({
+                    "name": q.name,
+                    "role": q.role,
+                    "bindings": q.bindings,
+                    "dead_letters_to": q.dead_letters_to,
+                    "exists": q.messages.is_some(),
+                    "messages": q.messages,
+                    "consumers": q.consumers,
+                })
+            })
+            .collect();
+        emit(&json!({"prefix": report.prefix, "exchanges": exchanges, "queues": queues}));
+        return;
+    }
+    println!("prefix {}", report.prefix);
+    println!();
+    println!("exchanges");
+    for e in &report.exchanges {
+        let missing = if e.exists { "" } else { " (MISSING)" };
+        println!("  {:<6}  {}{missing}: {}", e.kind, e.name, e.role);
+    }
+    println!();
+    println!("queues");
+    for q in &report.queues {
+        let depth = match (q.messages, q.consumers) {
+            (Some(m), Some(c)) => format!("{m} messages, {c} consumers"),
+            _ => "MISSING".to_owned(),
+        };
+        println!("  {}: {depth}: {}", clean(&q.name), clean(&q.role));
+        for binding in &q.bindings {
+            println!("    bound {}", clean(binding));
+        }
+        if let Some(to) = &q.dead_letters_to {
+            println!("    dead-letters to {}", clean(to));
+        }
+    }
+}
+
+fn emit(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = head.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(head.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// One line with every control character escaped: what a handler or a foreign
+/// publisher wrote never moves the cursor or recolours the terminal.
+fn clean(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Like [`clean`], keeping line breaks (a body that is not JSON).
+fn clean_text(text: &str) -> String {
+    let lines: Vec<String> = text.lines().map(clean).collect();
+    lines.join("\n")
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,498 @@
+//! The `orkestra` binary as an operator runs it, against the local broker: each test
+//! has its own prefix (an `orkestra.toml` in a directory of its own, the broker URL in
+//! `ORKESTRA_BUS_URL`) and deletes its queues after. Without a broker the tests skip,
+//! unless `ORKESTRA_REQUIRE_SERVICES=1`, where they fail.
+
+#[allow(dead_code)]
+#[path = "../../orkestra-runtime/tests/support/payloads.rs"]
+mod payloads;
+
+use std::path::PathBuf;
+use std::process::{Command as Process, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use orkestra_runtime::{
+    Bus, Command, CommandEnvelope, Event, HandlerError, Metadata, Payload, Subscription,
+};
+use payloads::{OrderPlaced, PlaceOrder};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn amqp_url() -> String {
+    std::env::var("ORKESTRA_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One test's bus: a prefix, a directory with its `orkestra.toml`, a channel.
+struct Setup {
+    prefix: String,
+    dir: PathBuf,
+    _connection: Connection,
+    channel: Channel,
+    /// Keeps the exchanges and the catch-all queue declared.
+    bus: Option<Bus>,
+}
+
+impl Setup {
+    /// `None` (skip) when the broker is not reachable and not required.
+    async fn new() -> Option<Self> {
+        let connection =
+            match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    assert!(
+                        std::env::var("ORKESTRA_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                        "RabbitMQ is required (ORKESTRA_REQUIRE_SERVICES=1) but unavailable: {e}"
+                    );
+                    eprintln!("SKIPPED: RabbitMQ is unavailable ({e})");
+                    return None;
+                }
+            };
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let prefix = format!("orkestra-cli-{}", uuid::Uuid::new_v4().simple());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("orkestra.toml"),
+            format!(
+                "[bus]\nadapter = \"rabbitmq\"\nprefix = \"{prefix}\"\nretry_delay_ms = 100\nqueue_expiry_ms = 120000\n"
+            ),
+        )
+        .unwrap();
+        let mut setup = Self {
+            prefix,
+            dir,
+            _connection: connection,
+            channel,
+            bus: None,
+        };
+        setup.bus = Some(Bus::from_config(&setup.config()).await.unwrap());
+        Some(setup)
+    }
+
+    fn config(&self) -> orkestra_runtime::Config {
+        orkestra_runtime::Config::from_file(self.dir.join("orkestra.toml"))
+            .unwrap()
+            .with_env_overrides(|name| (name == "ORKESTRA_BUS_URL").then(amqp_url))
+            .unwrap()
+    }
+
+    fn bus(&self) -> &Bus {
+        self.bus.as_ref().unwrap()
+    }
+
+    /// Runs `orkestra` in the test's directory.
+    fn run(&self, args: &[&str]) -> Output {
+        Process::new(env!("CARGO_BIN_EXE_orkestra"))
+            .args(args)
+            .current_dir(&self.dir)
+            .env("ORKESTRA_BUS_URL", amqp_url())
+            .env_remove("ORKESTRA_BUS_ADAPTER")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `orkestra` and expects exit 0; its standard output, the prefix and ages
+    /// redacted.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.redact(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn redact(&self, text: &str) -> String {
+        let text = text.replace(&self.prefix, "[prefix]");
+        let text = regex::Regex::new(r#""age_seconds": \d+"#)
+            .unwrap()
+            .replace_all(&text, r#""age_seconds": "[age]""#);
+        regex::Regex::new(r"\b\d+[smhd]\b( ago)?")
+            .unwrap()
+            .replace_all(&text, "[age]$1")
+            .into_owned()
+    }
+
+    /// The ids `dlq list` shows.
+    fn ids(&self) -> Vec<String> {
+        let listed: Value =
+            serde_json::from_str(&self.ok(&["dlq", "list", "--format", "json"])).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Publishes a dead letter as the bus's consumer writes it.
+    async fn plant(&self, id: &str, handler: &str) {
+        let mut headers = FieldTable::default();
+        let prefix = &self.prefix;
+        for (k, v) in [
+            ("x-orkestra-original-exchange", format!("{prefix}.commands")),
+            (
+                "x-orkestra-original-routing-key",
+                PlaceOrder::TOPIC.to_owned(),
+            ),
+            ("x-orkestra-handler", handler.to_owned()),
+            ("x-orkestra-error", format!("{handler} is down")),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            ),
+        ] {
+            headers.insert(k.into(), AMQPValue::LongString(v.into()));
+        }
+        headers.insert("x-orkestra-attempts".into(), AMQPValue::LongLongInt(4));
+        let body = json!({
+            "kind": "command", "id": id, "type": PlaceOrder::TYPE_NAME,
+            "topic": PlaceOrder::TOPIC, "version": 1,
+            "payload": {"product_id": "sku", "quantity": 1},
+            "metadata": {
+                "correlation_id": "corr-1", "actor_type": "user", "actor_id": "u1",
+                "issued_at": "2026-01-02T03:04:05Z"
+            },
+        });
+        self.channel
+            .basic_publish(
+                format!("{prefix}.deadletter").as_str().into(),
+                PlaceOrder::TOPIC.into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&body).unwrap(),
+                BasicProperties::default()
+                    .with_message_id(id.into())
+                    .with_delivery_mode(2)
+                    .with_timestamp(1_700_000_000)
+                    .with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// A command handler `Orders` that is subscribed, then gone: its queue stays.
+    async fn orders_queue(&mut self) {
+        let bus = Bus::from_config(&self.config()).await.unwrap();
+        bus.subscribe(Subscription::command(
+            "Orders",
+            |_: Command<PlaceOrder>, _| async { Ok(Value::Null) },
+        ))
+        .await
+        .unwrap();
+        bus.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+
+    async fn cleanup(self) {
+        if let Some(bus) = &self.bus {
+            let _ = bus.shutdown(Duration::from_secs(5)).await;
+        }
+        let p = &self.prefix;
+        let queue = format!("{p}.cmd.{}", PlaceOrder::TOPIC);
+        for q in [
+            format!("{p}.deadletter.all"),
+            format!("{queue}.wait.100ms"),
+            queue,
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_show_in_both_formats() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    setup.plant("cmd-1", "Orders").await;
+    setup.plant("cmd-2", "Billing").await;
+    insta::assert_snapshot!("list_human", setup.ok(&["dlq", "list"]));
+    insta::assert_snapshot!("list_json", setup.ok(&["dlq", "list", "--format", "json"]));
+    insta::assert_snapshot!(
+        "list_one_handler",
+        setup.ok(&["dlq", "list", "--handler", "Billing", "--limit", "1"])
+    );
+    insta::assert_snapshot!("show_human", setup.ok(&["dlq", "show", "cmd-1"]));
+    insta::assert_snapshot!(
+        "show_json",
+        setup.ok(&["dlq", "show", "cmd-2", "--format", "json"])
+    );
+    assert_eq!(
+        setup.ids(),
+        ["cmd-1", "cmd-2"],
+        "reading takes nothing away"
+    );
+    setup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_command_replayed_from_the_cli_succeeds_the_second_time() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let healed = Arc::new(AtomicBool::new(false));
+    let (tx, mut runs) = mpsc::unbounded_channel();
+    let flag = healed.clone();
+    setup
+        .bus()
+        .subscribe(
+            Subscription::command("Flaky", move |_: Command<PlaceOrder>, ctx| {
+                let (tx, healed) = (tx.clone(), flag.load(Ordering::SeqCst));
+                async move {
+                    tx.send((healed, ctx.attempt())).unwrap();
+                    if healed {
+                        Ok(Value::Null)
+                    } else {
+                        Err(HandlerError::fail("database down"))
+                    }
+                }
+            })
+            .with_max_retries(1),
+        )
+        .await
+        .unwrap();
+    let cmd = Command::<PlaceOrder>::from_json(
+        json!({"product_id": "sku", "quantity": 1}),
+        Metadata::new(),
+    )
+    .unwrap();
+    let id = cmd.id.clone();
+    setup
+        .bus()
+        .dispatch(CommandEnvelope::wrap(cmd))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while setup.ids().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(setup.ids(), std::slice::from_ref(&id));
+    for expected in [(false, 1), (false, 2)] {
+        assert_eq!(runs.recv().await, Some(expected));
+    }
+
+    healed.store(true, Ordering::SeqCst);
+    let out = setup.ok(&["dlq", "replay", &id]);
+    assert_eq!(
+        out,
+        format!(
+            "replayed 1 dead letter(s) from [prefix].deadletter.all; 0 left in place\n  {id}\n"
+        )
+    );
+    let run = tokio::time::timeout(WAIT, runs.recv()).await.unwrap();
+    assert_eq!(run, Some((true, 1)), "attempts start again at 1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(setup.ids().is_empty());
+    setup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_id_exits_1_and_touches_nothing() {
+    let Some(mut setup) = Setup::new().await else {
+        return;
+    };
+    setup.orders_queue().await;
+    for id in ["cmd-1", "cmd-2", "cmd-3"] {
+        setup.plant(id, "Orders").await;
+    }
+    for verb in ["replay", "purge"] {
+        let out = setup.run(&["dlq", verb, "cmd-2", "nope"]);
+        assert_eq!(out.status.code(), Some(1), "{verb}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        assert_eq!(
+            setup.redact(&String::from_utf8_lossy(&out.stderr)),
+            "error: no dead letter with id \"nope\" in \"[prefix].deadletter.all\"; nothing was changed\n"
+        );
+        assert_eq!(
+            setup.ids(),
+            ["cmd-1", "cmd-2", "cmd-3"],
+            "{verb}: nothing touched, order kept"
+        );
+    }
+    let out = setup.run(&["dlq", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    setup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_replay_all_of_one_handler() {
+    let Some(mut setup) = Setup::new().await else {
+        return;
+    };
+    setup.orders_queue().await;
+    for (id, handler) in [("a1", "A"), ("b1", "B"), ("a2", "A"), ("b2", "B")] {
+        setup.plant(id, handler).await;
+    }
+    insta::assert_snapshot!(
+        "purge_all_of_a",
+        setup.ok(&["dlq", "purge", "--all", "--handler", "A"])
+    );
+    assert_eq!(setup.ids(), ["b1", "b2"]);
+    insta::assert_snapshot!(
+        "replay_all_of_b_json",
+        setup.ok(&[
+            "dlq",
+            "replay",
+            "--all",
+            "--handler",
+            "B",
+            "--format",
+            "json"
+        ])
+    );
+    assert!(setup.ids().is_empty());
+    insta::assert_snapshot!(
+        "topology_human",
+        setup.ok(&["topology", "--command", PlaceOrder::TOPIC])
+    );
+    let report: Value = serde_json::from_str(&setup.ok(&[
+        "topology",
+        "--command",
+        PlaceOrder::TOPIC,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        report["queues"][1]["messages"], 2,
+        "the two replays wait in the command queue: {report}"
+    );
+    setup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_configuration_errors() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let out = setup.run(&["dlq", "replay"]);
+    assert_eq!(out.status.code(), Some(2), "ids or --all are required");
+    let out = setup.run(&["dlq", "replay", "x", "--all"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "ids and --all exclude each other"
+    );
+
+    let out = Process::new(env!("CARGO_BIN_EXE_orkestra"))
+        .args(["dlq", "list"])
+        .current_dir(&setup.dir)
+        .env("ORKESTRA_BUS_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(stderr.contains("guest:***@127.0.0.1:1"), "{stderr}");
+
+    let out = Process::new(env!("CARGO_BIN_EXE_orkestra"))
+        .args(["dlq", "list"])
+        .current_dir(&setup.dir)
+        .env("ORKESTRA_BUS_ADAPTER", "in_process")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("works on a RabbitMQ bus"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    setup.cleanup().await;
+}
+
+const SCHEMA: &str = r#"
+namespace: Shop.Orders
+commands:
+  PlaceOrder:
+    params:
+      product_id: { type: string, required: true }
+events:
+  OrderPlaced:
+    fields:
+      order_id: { type: string, required: true }
+handlers:
+  PlaceOrderHandler: { command: PlaceOrder }
+  UpdateSearchIndex: { event: OrderPlaced, max_retries: 5, retry_delay: 1s, retry_backoff: 2.0, retry_delay_max: 4s }
+  Alarm: { dead_letters: true }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_from_the_schemas_names_every_binding_and_wait_queue() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    std::fs::create_dir_all(setup.dir.join("schemas")).unwrap();
+    std::fs::write(setup.dir.join("schemas/orders.yaml"), SCHEMA).unwrap();
+    // The event handler runs (its queues exist); the command handler and the alarm
+    // never ran here.
+    setup
+        .bus()
+        .subscribe(
+            Subscription::events("UpdateSearchIndex", |_: Event<OrderPlaced>, _| async {
+                Ok(())
+            })
+            .with_max_retries(5)
+            .with_retry_delay(Duration::from_secs(1))
+            .with_retry_backoff(2.0)
+            .with_retry_delay_max(Duration::from_secs(4)),
+        )
+        .await
+        .unwrap();
+    insta::assert_snapshot!(
+        "topology_from_schemas",
+        setup.ok(&["topology", "--schemas", "schemas", "--app-prefix", "Shop"])
+    );
+    let out = setup.run(&["topology", "--schemas", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: --schemas: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q = format!("{}.evt.UpdateSearchIndex", setup.prefix);
+    for wait in ["1000", "2000", "4000"] {
+        let _ = setup
+            .channel
+            .queue_delete(
+                format!("{q}.wait.{wait}ms").as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = setup
+        .channel
+        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    for exchange in ["retry", "retry.first", "back"] {
+        let _ = setup
+            .channel
+            .exchange_delete(
+                format!("{q}.{exchange}").as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    setup.cleanup().await;
+}
