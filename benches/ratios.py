@@ -15,6 +15,8 @@ RATIOS = [
     ("in-process dispatch ÷ direct call", "dispatch/orkestra", "dispatch/direct_call", 2.0),
     ("floor: direct call + the receipt's copy ÷ direct call", "dispatch/direct_call_plus_receipt_copy", "dispatch/direct_call", None),
     ("publish to 3 ÷ broadcast to 3", "publish3/orkestra", "publish3/raw_broadcast", 1.5),
+    ("aggregate load, 10,000 events + snapshot ÷ 100 events, SQLite", "aggregate_load_sqlite/events_10000_snapshot", "aggregate_load_sqlite/events_100", 2.0),
+    ("aggregate load, 10,000 events + snapshot ÷ 100 events, PostgreSQL", "aggregate_load_postgres/events_10000_snapshot", "aggregate_load_postgres/events_100", 2.0),
 ]
 THROUGHPUT = [
     # (label, variant, baseline, minimum or None): throughput ratios, higher is better
@@ -26,6 +28,7 @@ THROUGHPUT = [
     ("embedded store, 1,000-event batch ÷ raw rusqlite transaction", "sqlite_batch_1000/orkestra", "sqlite_batch_1000/raw_rusqlite", 0.80),
     ("read + decode a 10,000-event stream ÷ raw SELECT + serde", "read_decode_10k/orkestra", "read_decode_10k/raw_select_serde", 0.70),
     ("RabbitMQ publish + consume + ack ÷ raw lapin", "rabbit_roundtrip/orkestra", "rabbit_roundtrip/raw_lapin", 0.90),
+    ("aggregate command on PostgreSQL ÷ hand-written tokio-postgres", "aggregate_pg/orkestra", "aggregate_pg/raw_tokio_postgres", 0.80),
 ]
 
 
