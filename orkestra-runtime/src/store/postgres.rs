@@ -546,7 +546,7 @@ impl Backend for PostgresStore {
 /// The inbox of `once: true` handlers: a claim is an open transaction holding the
 /// inserted `(handler, message_id)` row, so a concurrent copy of the message waits on the
 /// row and then finds it (or takes over when the first run rolled back), and the handler's
-/// own writes through [`HandlerContext::postgres`](crate::HandlerContext::postgres) commit
+/// own writes through `HandlerContext::postgres` (the bus layer) commit
 /// with it. Rows older than 7 days are deleted now and then.
 #[derive(Debug)]
 struct PostgresInbox {
