@@ -20,7 +20,7 @@ mod event;
 mod eventstoredb;
 mod memory;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -228,6 +228,56 @@ impl Store {
     pub async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
         self.backend.load_snapshot(stream).await
     }
+
+    /// The global position of the last event a reader can see (what
+    /// [`read_all`](Self::read_all) and [`subscribe_all`](Self::subscribe_all) reach),
+    /// `None` for an empty store.
+    pub async fn head(&self) -> Result<Option<u64>, StoreError> {
+        self.backend.head().await
+    }
+
+    /// The checkpoint saved under `name`: the global position of the last event its
+    /// owner (a projection, the relay) has handled; `None` when it has handled none.
+    ///
+    /// Checkpoints live beside the events: `orkestra_checkpoints` on SQLite and
+    /// PostgreSQL, a `$checkpoint-<name>` stream on EventStoreDB, memory for memory.
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.load_checkpoint(name).await
+    }
+
+    /// Saves the checkpoint `name` (`None` clears it: the owner starts over).
+    pub async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: Option<u64>,
+    ) -> Result<(), StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.save_checkpoint(name, position).await
+    }
+
+    /// A counter bumped after every commit this process sees.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.backend.changes()
+    }
+
+    /// How often a live reader should look again without a notice.
+    pub(crate) fn poll_interval(&self) -> Option<std::time::Duration> {
+        self.backend.poll_interval()
+    }
+
+    /// The PostgreSQL adapter, when this store is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_postgres(&self) -> Option<&postgres::PostgresStore> {
+        self.backend.as_postgres()
+    }
+}
+
+fn check_checkpoint_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() {
+        return Err(StoreError::Invalid("the checkpoint name is empty".into()));
+    }
+    Ok(())
 }
 
 #[cfg_attr(

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     state    TEXT        NOT NULL,
     taken_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
+    name       TEXT        PRIMARY KEY,
+    position   BIGINT,     -- the last position handled; NULL: none yet
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 -- The fast path of an append, in one round trip: when no id is already stored and the
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
@@ -357,6 +362,61 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// The last position a reader of the global order can see (the same horizon as
+/// `read_all`: a checkpoint can always reach it).
+const HEAD: &str = "SELECT max(position) FROM orkestra_events \
+                    WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())";
+
+/// The checkpoint `name`, read through `client` (a pooled connection or a transaction).
+pub(crate) async fn load_checkpoint_in(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT position FROM orkestra_checkpoints WHERE name = $1")
+        .await
+        .map_err(backend_error)?;
+    let row = client
+        .query_opt(&statement, &[&name])
+        .await
+        .map_err(backend_error)?;
+    match row {
+        Some(row) => Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(backend_error)?
+            .map(|p| p as u64)),
+        None => Ok(None),
+    }
+}
+
+/// Saves the checkpoint `name` through `client`: inside a transaction it commits with
+/// the transaction's other writes or not at all.
+pub(crate) async fn save_checkpoint_in(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+    position: Option<u64>,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO orkestra_checkpoints (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+        )
+        .await
+        .map_err(backend_error)?;
+    client
+        .execute(&statement, &[&name, &position.map(sql_int)])
+        .await
+        .map(drop)
+        .map_err(backend_error)
+}
+
+impl PostgresStore {
+    /// A pooled connection, for work that opens its own transaction.
+    pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.client().await
+    }
+}
+
 impl Backend for PostgresStore {
     fn name(&self) -> &'static str {
         ADAPTER
@@ -503,6 +563,46 @@ impl Backend for PostgresStore {
             })
             .transpose()
         })
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(HEAD).await.map_err(backend_error)?;
+            let row = client
+                .query_one(&statement, &[])
+                .await
+                .map_err(backend_error)?;
+            Ok(row
+                .try_get::<_, Option<i64>>(0)
+                .map_err(backend_error)?
+                .map(|p| p as u64))
+        })
+    }
+
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            load_checkpoint_in(&client, name).await
+        })
+    }
+
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            save_checkpoint_in(&client, name, position).await
+        })
+    }
+
+    fn as_postgres(&self) -> Option<&PostgresStore> {
+        Some(self)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

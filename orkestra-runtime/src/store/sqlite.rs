@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     state    TEXT    NOT NULL,
     taken_at INTEGER NOT NULL -- microseconds since the Unix epoch, UTC
 );
+CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
+    name       TEXT    PRIMARY KEY,
+    position   INTEGER,          -- the last position handled; NULL: none yet
+    updated_at INTEGER NOT NULL  -- microseconds since the Unix epoch, UTC
+);
 ";
 
 struct AppendRequest {
@@ -495,6 +500,61 @@ impl Backend for SqliteStore {
                 state: row.get(2).map_err(backend_error)?,
                 stream,
             }))
+        }))
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(self.read(|conn| {
+            conn.query_row("SELECT MAX(position) FROM orkestra_events", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|p| p.map(|p| p as u64))
+            .map_err(backend_error)
+        }))
+    }
+
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT position FROM orkestra_checkpoints WHERE name = ?1")
+                .map_err(backend_error)?;
+            let mut rows = stmt.query([&name]).map_err(backend_error)?;
+            match rows.next().map_err(backend_error)? {
+                Some(row) => Ok(row
+                    .get::<_, Option<i64>>(0)
+                    .map_err(backend_error)?
+                    .map(|p| p as u64)),
+                None => Ok(None),
+            }
+        }))
+    }
+
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let name = name.to_owned();
+        // On a reader connection, as snapshots: not an append.
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO orkestra_checkpoints (name, position, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+                 updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    name,
+                    position.map(sql_int),
+                    chrono::Utc::now().timestamp_micros(),
+                ])
+            })
+            .map(drop)
+            .map_err(backend_error)
         }))
     }
 
