@@ -64,6 +64,8 @@ fn checkpoint_stream(name: &str) -> String {
 struct Envelope {
     schema_version: u32,
     metadata: Metadata,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
 }
 
 pub(crate) struct EsdbStore {
@@ -151,6 +153,7 @@ fn to_esdb(encoded: &Encoded) -> Result<kurrentdb::EventData, StoreError> {
             d.metadata_as_json(&Envelope {
                 schema_version: e.schema_version,
                 metadata: e.metadata.clone(),
+                topic: e.topic.clone(),
             })
         })
         .map(|d| d.id(id))
@@ -175,8 +178,9 @@ fn from_esdb(event: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreErr
             .ok()
             .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
             .ok_or_else(|| corrupt("data is not JSON".to_owned()))?,
-        metadata: envelope.metadata,
+        metadata: envelope.metadata.clone(),
         recorded_at: event.created,
+        topic: envelope.topic.map(Into::into),
     })
 }
 

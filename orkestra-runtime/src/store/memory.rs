@@ -85,6 +85,7 @@ impl MemoryStore {
                 data: e.data,
                 metadata: e.event.metadata,
                 recorded_at: now,
+                topic: e.event.topic.map(Into::into),
             });
             last = AppendResult {
                 last_version: version,

@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     state    TEXT        NOT NULL,
     taken_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Topics are recorded from this release on (for the relay); older rows keep NULL.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'orkestra_events' AND column_name = 'topic'
+                     AND table_schema = current_schema()) THEN
+        ALTER TABLE orkestra_events ADD COLUMN topic TEXT;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
     name       TEXT        PRIMARY KEY,
     position   BIGINT,     -- the last position handled; NULL: none yet
@@ -109,10 +117,36 @@ BEGIN
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord);
     RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
 END $$;
+-- The same with each event's topic. The seven-argument form above stays for processes of
+-- an older release sharing the database (PostgreSQL overloads by arity).
+CREATE OR REPLACE FUNCTION orkestra_append(
+    p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
+    p_data text[], p_metadata text[], p_topics text[]
+) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur bigint;
+    n int := coalesce(array_length(p_ids, 1), 0);
+BEGIN
+    SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
+    IF EXISTS (SELECT 1 FROM orkestra_events e WHERE e.id = ANY(p_ids))
+       OR (p_expected = -2 AND cur IS NOT NULL)
+       OR (p_expected = -3 AND cur IS NULL)
+       OR (p_expected >= 0 AND cur IS DISTINCT FROM p_expected) THEN
+        RETURN QUERY SELECT false, cur, NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata, topic)
+    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+           t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb, t.topic
+    FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata, p_topics)
+         WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, topic, ord);
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+END $$;
 "#;
 
 const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, \
-                       data::text, metadata::text, recorded_at";
+                       data::text, metadata::text, recorded_at, topic";
 
 pub(crate) struct PostgresStore {
     pool: Pool,
@@ -233,8 +267,9 @@ impl PostgresStore {
             .collect();
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
         let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+        let topics: Vec<Option<&str>> = events.iter().map(|e| e.event.topic.as_deref()).collect();
         let statement = client
-            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7)")
+            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7, $8)")
             .await?;
         let row = client
             .query_one(
@@ -247,6 +282,7 @@ impl PostgresStore {
                     &schema_versions,
                     &data,
                     &metadata,
+                    &topics,
                 ],
             )
             .await?;
@@ -359,6 +395,10 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
             .try_get::<_, std::time::SystemTime>(8)
             .map(chrono::DateTime::<chrono::Utc>::from)
             .map_err(|e| corrupt(e.to_string()))?,
+        topic: row
+            .try_get::<_, Option<&str>>(9)
+            .map_err(|e| corrupt(e.to_string()))?
+            .map(Into::into),
     })
 }
 

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS orkestra_events (
     data           TEXT    NOT NULL,
     metadata       TEXT    NOT NULL,
     recorded_at    INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
+    topic          TEXT,             -- the topic it is published on (NULL: not recorded)
     UNIQUE (stream, version)
 );
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra_events
@@ -53,6 +54,20 @@ CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
     updated_at INTEGER NOT NULL  -- microseconds since the Unix epoch, UTC
 );
 ";
+
+/// Files written before topics were recorded get the column (an ALTER, not an UPDATE:
+/// the append-only triggers do not fire; old rows read as NULL).
+fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has_topic: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('orkestra_events') WHERE name = 'topic')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_topic {
+        conn.execute_batch("ALTER TABLE orkestra_events ADD COLUMN topic TEXT")?;
+    }
+    Ok(())
+}
 
 struct AppendRequest {
     stream: String,
@@ -112,13 +127,15 @@ impl SqliteStore {
                 })?;
             }
             let conn = open_connection(&path)?;
-            conn.execute_batch(SCHEMA).map_err(|e| {
-                StoreError::unavailable(
-                    ADAPTER,
-                    format_args!("cannot create the schema in {}", path.display()),
-                    Some(e.into()),
-                )
-            })?;
+            conn.execute_batch(SCHEMA)
+                .and_then(|()| add_topic_column(&conn))
+                .map_err(|e| {
+                    StoreError::unavailable(
+                        ADAPTER,
+                        format_args!("cannot create the schema in {}", path.display()),
+                        Some(e.into()),
+                    )
+                })?;
             Ok::<_, StoreError>((conn, path))
         })
         .await
@@ -272,8 +289,8 @@ fn append_one(
     }
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(backend_error)?;
     let now = chrono::Utc::now().timestamp_micros();
@@ -292,7 +309,8 @@ fn append_one(
                 e.event.schema_version,
                 e.data,
                 e.metadata,
-                now
+                now,
+                e.event.topic,
             ])
             .map_err(backend_error)?;
         last = AppendResult {
@@ -305,7 +323,7 @@ fn append_one(
 }
 
 const COLUMNS: &str =
-    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
+    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic";
 
 /// The previous row's stream and type, shared with the next row when equal (rows of one
 /// query mostly repeat them): one allocation per distinct value, not per row.
@@ -313,6 +331,7 @@ const COLUMNS: &str =
 struct Interned {
     stream: Option<Arc<str>>,
     event_type: Option<Arc<str>>,
+    topic: Option<Arc<str>>,
 }
 
 fn intern(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
@@ -365,6 +384,13 @@ fn row_to_event(
             .map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
         recorded_at: chrono::DateTime::from_timestamp_micros(recorded_at)
             .ok_or_else(|| corrupt(format!("recorded_at {recorded_at} is out of range")))?,
+        topic: match row.get_ref(9).map_err(|e| corrupt(e.to_string()))? {
+            rusqlite::types::ValueRef::Null => None,
+            value => Some(intern(
+                &mut interned.topic,
+                value.as_str().map_err(|e| corrupt(format!("topic: {e}")))?,
+            )),
+        },
     })
 }
 

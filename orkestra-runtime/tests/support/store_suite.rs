@@ -417,6 +417,7 @@ pub async fn decoding_checks_the_type(store: Store) {
         schema_version: 1,
         data: json!({"order_id": 5}),
         metadata: Metadata::new(),
+        topic: None,
     };
     store
         .append(&stream, ExpectedVersion::Exact(0), vec![raw])
@@ -576,6 +577,25 @@ pub async fn checkpoints_are_saved_replaced_and_cleared(store: Store) {
     ));
 }
 
+pub async fn topics_are_recorded(store: Store) {
+    let stream = unique("topics");
+    let mut bare = placed("t2", 2);
+    bare.topic = None;
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![placed("t1", 1), bare],
+        )
+        .await
+        .unwrap();
+    let events = store.read_stream(&stream, 0, 10).await.unwrap();
+    assert_eq!(events[0].topic(), Some("orders.events.order_placed"));
+    assert_eq!(events[1].topic(), None);
+    let all = store.read_all(events[0].position(), 2).await.unwrap();
+    assert_eq!(all[0].topic(), Some("orders.events.order_placed"));
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($make_store:expr) => {
@@ -606,6 +626,7 @@ macro_rules! store_suite {
             case!(bad_appends_are_refused);
             case!(extreme_versions_and_counts_are_values);
             case!(head_is_the_last_position);
+            case!(topics_are_recorded);
             case!(checkpoints_are_saved_replaced_and_cleared);
         }
     };
