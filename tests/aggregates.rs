@@ -306,6 +306,7 @@ async fn snapshot_equals_replay(name: &str, store: Store) {
                 schema_version: 1,
                 data: json!({ "account_id": account, "amount": amount }),
                 metadata: Metadata::new(),
+                topic: None,
             })
             .collect();
         let appended = store
@@ -636,6 +637,7 @@ async fn an_unreadable_stream_names_the_stream_and_position() {
                     schema_version: 1,
                     data: json!({}),
                     metadata: Metadata::new(),
+                    topic: None,
                 }],
             )
             .await
@@ -777,6 +779,7 @@ fn interloping_deposit<'a>(
                         schema_version: 1,
                         data: json!({ "account_id": command.account_id, "amount": 100 }),
                         metadata: Metadata::new(),
+                        topic: None,
                     }],
                 )
                 .await
