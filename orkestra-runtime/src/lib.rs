@@ -25,7 +25,7 @@
 //! [`config`] and [`DriverError`] → messages and payloads (the root re-exports,
 //! [`topic`]) → [`trace`] (context, sampling, spans) → handler types ([`HandlerError`],
 //! [`EventSet`], [`DeadLetter`]) → [`bus`] and [`store`] → appending and publishing
-//! together ([`Store::append_and_publish`], [`aggregate`], [`projection`]) → [`telemetry`](crate#cargo-features).
+//! together ([`Store::append_and_publish`], [`aggregate`], [`projection`], [`relay`]) → [`telemetry`](crate#cargo-features).
 //!
 //! ## Cargo features
 //!
@@ -64,6 +64,7 @@ pub mod store;
 pub mod aggregate;
 pub mod projection;
 mod publish;
+pub mod relay;
 // Layer 6: process-wide telemetry setup.
 #[cfg(feature = "telemetry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
@@ -78,7 +79,7 @@ pub mod codegen;
 pub use tokio_postgres;
 
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
-pub use config::{Config, ConfigError, SecretUrl};
+pub use config::{Config, ConfigError, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DeadLetter, EventSet, HandlerError};
 pub use message::topic;

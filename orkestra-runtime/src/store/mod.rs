@@ -38,13 +38,14 @@ pub use event::{AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersio
 pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
 
-use crate::config::{Config, StoreAdapter};
+use crate::config::{Config, PublishMode, StoreAdapter};
 
 /// A handle to an event store. Cheap to clone; clones share the store.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
     max_event_bytes: usize,
+    publish: PublishMode,
 }
 
 impl fmt::Debug for Store {
@@ -60,6 +61,7 @@ impl Store {
         Self {
             backend,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            publish: PublishMode::Direct,
         }
     }
 
@@ -94,6 +96,12 @@ impl Store {
 
     /// The store chosen by `config.store`.
     pub async fn from_config(config: &Config) -> Result<Self, StoreError> {
+        Ok(Self::from_config_adapter(config)
+            .await?
+            .with_publish(config.store.publish))
+    }
+
+    async fn from_config_adapter(config: &Config) -> Result<Self, StoreError> {
         #[cfg_attr(
             not(any(feature = "sqlite", feature = "postgres", feature = "eventstoredb")),
             allow(unused_variables)
@@ -129,6 +137,20 @@ impl Store {
     pub fn with_max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
         self
+    }
+
+    /// Who publishes what this store appends (`store.publish`): with
+    /// [`PublishMode::Relay`], `append_and_publish` and the aggregate handlers only
+    /// append, and a `Relay` publishes.
+    #[must_use]
+    pub fn with_publish(mut self, mode: PublishMode) -> Self {
+        self.publish = mode;
+        self
+    }
+
+    /// Who publishes what this store appends.
+    pub fn publish_mode(&self) -> PublishMode {
+        self.publish
     }
 
     /// The adapter's name.
