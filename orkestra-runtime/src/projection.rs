@@ -53,7 +53,7 @@ pub struct ProjectionContext<'a> {
     event: &'a RecordedEvent,
     replay: bool,
     #[cfg(feature = "postgres")]
-    transaction: Option<&'a tokio_postgres::Transaction<'a>>,
+    transaction: Option<&'a deadpool_postgres::Transaction<'a>>,
 }
 
 impl fmt::Debug for ProjectionContext<'_> {
@@ -86,7 +86,23 @@ impl<'a> ProjectionContext<'a> {
     /// the write commits exactly when the checkpoint does.
     #[cfg(feature = "postgres")]
     pub fn postgres(&self) -> Option<&'a tokio_postgres::Transaction<'a>> {
-        self.transaction
+        self.transaction.map(|t| &**t)
+    }
+
+    /// A statement prepared once per pooled connection (the store's statement cache), for
+    /// [`postgres`](Self::postgres)'s transaction: what a hot read model should execute.
+    /// A rejection off PostgreSQL, a retryable failure when PostgreSQL refuses it.
+    #[cfg(feature = "postgres")]
+    pub async fn prepare_cached(
+        &self,
+        query: &str,
+    ) -> Result<tokio_postgres::Statement, HandlerError> {
+        match self.transaction {
+            Some(t) => t.prepare_cached(query).await.map_err(HandlerError::fail),
+            None => Err(HandlerError::reject(
+                "prepare_cached needs the PostgreSQL store",
+            )),
+        }
     }
 }
 
