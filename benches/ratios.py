@@ -26,6 +26,8 @@ THROUGHPUT = [
     ("embedded store, 1,000-event batch ÷ raw rusqlite transaction", "sqlite_batch_1000/orkestra", "sqlite_batch_1000/raw_rusqlite", 0.80),
     ("read + decode a 10,000-event stream ÷ raw SELECT + serde", "read_decode_10k/orkestra", "read_decode_10k/raw_select_serde", 0.70),
     ("RabbitMQ publish + consume + ack ÷ raw lapin", "rabbit_roundtrip/orkestra", "rabbit_roundtrip/raw_lapin", 0.90),
+    ("PostgreSQL projection (read model + checkpoint per tx, batches of 500) ÷ hand-written loop", "pg_projection/orkestra", "pg_projection/raw_loop", 0.80),
+    ("relay ÷ raw lapin publishing the same stored events with confirms", "relay/orkestra", "relay/raw_lapin", 0.80),
 ]
 
 
@@ -74,6 +76,15 @@ def main():
               f"{p99['raw_ns'] / 1e6:.1f} ms = {ratio:.2f}x  target <= 1.20x: {'ok' if ok else 'MISSED'}")
     except FileNotFoundError:
         print("RabbitMQ p99 confirm latency: not measured (run the rabbitmq bench)")
+    try:
+        with open(os.path.join(TARGET, "criterion", "projection_lag.json")) as f:
+            lag = json.load(f)
+        ok = lag["p99_ms"] < 100
+        failed |= not ok
+        print(f"PostgreSQL projection lag at {lag['rate']} appends/s: p50 {lag['p50_ms']:.1f} ms, "
+              f"p99 {lag['p99_ms']:.1f} ms  target < 100 ms: {'ok' if ok else 'MISSED'}")
+    except FileNotFoundError:
+        print("projection lag: not measured (run the projections bench)")
     return 1 if failed else 0
 
 
