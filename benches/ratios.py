@@ -29,6 +29,8 @@ THROUGHPUT = [
     ("read + decode a 10,000-event stream ÷ raw SELECT + serde", "read_decode_10k/orkestra", "read_decode_10k/raw_select_serde", 0.70),
     ("RabbitMQ publish + consume + ack ÷ raw lapin", "rabbit_roundtrip/orkestra", "rabbit_roundtrip/raw_lapin", 0.90),
     ("aggregate command on PostgreSQL ÷ hand-written tokio-postgres", "aggregate_pg/orkestra", "aggregate_pg/raw_tokio_postgres", 0.80),
+    ("PostgreSQL projection (read model + checkpoint per tx, batches of 500) ÷ hand-written loop", "pg_projection/orkestra", "pg_projection/raw_loop", 0.80),
+    ("relay ÷ raw lapin publishing the same stored events with confirms", "relay/orkestra", "relay/raw_lapin", 0.80),
 ]
 
 
@@ -77,6 +79,15 @@ def main():
               f"{p99['raw_ns'] / 1e6:.1f} ms = {ratio:.2f}x  target <= 1.20x: {'ok' if ok else 'MISSED'}")
     except FileNotFoundError:
         print("RabbitMQ p99 confirm latency: not measured (run the rabbitmq bench)")
+    try:
+        with open(os.path.join(TARGET, "criterion", "projection_lag.json")) as f:
+            lag = json.load(f)
+        ok = lag["p99_ms"] < 100
+        failed |= not ok
+        print(f"PostgreSQL projection lag at {lag['rate']} appends/s: p50 {lag['p50_ms']:.1f} ms, "
+              f"p99 {lag['p99_ms']:.1f} ms  target < 100 ms: {'ok' if ok else 'MISSED'}")
+    except FileNotFoundError:
+        print("projection lag: not measured (run the projections bench)")
     return 1 if failed else 0
 
 

@@ -306,6 +306,7 @@ async fn snapshot_equals_replay(name: &str, store: Store) {
                 schema_version: 1,
                 data: json!({ "account_id": account, "amount": amount }),
                 metadata: Metadata::new(),
+                topic: None,
             })
             .collect();
         let appended = store
@@ -593,6 +594,7 @@ async fn an_unreadable_stream_names_the_stream_and_position() {
                     schema_version: 1,
                     data: json!({}),
                     metadata: Metadata::new(),
+                    topic: None,
                 }],
             )
             .await
@@ -734,6 +736,7 @@ fn interloping_deposit<'a>(
                         schema_version: 1,
                         data: json!({ "account_id": command.account_id, "amount": 100 }),
                         metadata: Metadata::new(),
+                        topic: None,
                     }],
                 )
                 .await
@@ -805,4 +808,36 @@ async fn a_lost_race_is_decided_again_on_the_new_state_up_to_conflict_retries() 
         let (state, version) = repo.load(&stream).await.unwrap();
         assert_eq!((state.balance, version), (1101, Some(12)), "{name}");
     }
+}
+
+/// With `store.publish = "relay"` the aggregate handlers only append; the relay
+/// publishes each stored event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_relay_mode_the_aggregate_appends_and_the_relay_publishes() {
+    let store = Store::memory().with_publish(orkestra_runtime::PublishMode::Relay);
+    let bus = bank_bus(&store).await;
+    let published = Published::default();
+    published.subscribe(&bus).await;
+    let account = new_id();
+    for receipt in [
+        bus.dispatch(CommandEnvelope::wrap(open(&account))).await,
+        bus.dispatch(CommandEnvelope::wrap(deposit(&account, 5)))
+            .await,
+    ] {
+        assert_eq!(receipt.unwrap().status(), CommandStatus::Succeeded);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(published.counts().is_empty(), "{:?}", published.counts());
+    let mut relay = orkestra_runtime::relay::Relay::new(store.clone(), bus.clone())
+        .start()
+        .await
+        .unwrap();
+    relay
+        .wait_for(store.head().await.unwrap().unwrap())
+        .await
+        .unwrap();
+    relay.stop().await.unwrap();
+    let counts = published.counts();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
 }

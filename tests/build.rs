@@ -11,6 +11,7 @@ const GOLDENS: &[&str] = &[
     "evolution",
     "formats",
     "aggregates",
+    "projections",
 ];
 
 fn main() {

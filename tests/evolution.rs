@@ -240,6 +240,7 @@ async fn store_reads_every_version(store: Store) {
             schema_version: *v,
             data: d.clone(),
             metadata: Metadata::new(),
+            topic: None,
         })
         .collect::<Vec<_>>();
     let appended = store
@@ -459,6 +460,7 @@ mod fast_paths_agree_with_the_tree {
                                 schema_version: version,
                                 data: data.clone(),
                                 metadata: Metadata::new(),
+                                topic: None,
                             }],
                         )
                         .await

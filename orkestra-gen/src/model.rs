@@ -35,6 +35,8 @@ pub struct Module {
     pub handlers: Vec<Handler>,
     /// Aggregates.
     pub aggregates: Vec<Aggregate>,
+    /// Projections (read models fed from the store), in declaration order.
+    pub projections: Vec<Projection>,
 }
 
 /// An aggregate: state folded from its own stream, one decide method per command.
@@ -311,6 +313,23 @@ pub enum HandlerTarget {
     },
     /// Every dead letter of the bus (`{ dead_letters: true }`).
     DeadLetters,
+}
+
+/// A projection: a read model fed from the store's global order.
+#[derive(Clone, Debug)]
+pub struct Projection {
+    /// The name (the trait's, and the checkpoint's).
+    pub name: String,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
+    /// Docs.
+    pub description: Option<String>,
+    /// What it receives: `Event`, `Events` or `Topic`.
+    pub target: HandlerTarget,
+    /// Events per batch (per transaction on PostgreSQL), when set.
+    pub batch: Option<u32>,
+    /// Retry limit, when set.
+    pub max_retries: Option<u32>,
 }
 
 /// A handler binding.

@@ -58,6 +58,17 @@ struct ModuleCtx {
     /// The `Handlers` struct; absent when the namespace has no binding.
     wiring: Option<WiringCtx>,
     aggregates: Vec<AggregateCtx>,
+    projections: Vec<ProjectionCtx>,
+}
+
+/// A projection: its event enum (as a handler binding's), trait and binding fn.
+#[derive(Serialize)]
+struct ProjectionCtx {
+    /// The enum, patterns and names, made as for a handler binding of the same target.
+    h: HandlerCtx,
+    /// The private adapter from the trait to `ProjectionHandler`.
+    adapter: String,
+    batch: Option<u32>,
 }
 
 /// An aggregate: its state, event enum, trait, command trait and the runtime glue.
@@ -337,7 +348,39 @@ impl ModuleCtx {
                 .iter()
                 .map(|a| aggregate_ctx(model, a, here))
                 .collect(),
+            projections: module
+                .projections
+                .iter()
+                .map(|p| projection_ctx(model, p, here))
+                .collect(),
         }
+    }
+}
+
+/// A projection renders like a handler binding of the same target (the same enum and
+/// `EventSet`), with its own trait, binding fn and `batch`.
+fn projection_ctx(model: &Model, p: &Projection, here: &str) -> ProjectionCtx {
+    let as_binding = Handler {
+        name: p.name.clone(),
+        span: p.span.clone(),
+        description: Some(
+            p.description
+                .clone()
+                .unwrap_or_else(|| format!("Projection `{}`.", p.name)),
+        ),
+        target: p.target.clone(),
+        max_retries: p.max_retries,
+        concurrency: None,
+        partition_by: None,
+        retry: RetryDelays::default(),
+        once: false,
+        emits: Vec::new(),
+    };
+    let h = handler_ctx(model, &as_binding, here);
+    ProjectionCtx {
+        adapter: format!("{}Binding", h.name.trim_start_matches("r#")),
+        batch: p.batch,
+        h,
     }
 }
 

@@ -49,3 +49,19 @@ fn namespaces_that_map_to_one_module_are_reported_at_the_namespace() {
     let diags = orkestra_gen::check_sources(&[a, b], "Shop");
     insta::assert_snapshot!(diags.to_string());
 }
+
+#[test]
+fn projection_names_are_unique_across_namespaces() {
+    let a = Source {
+        path: "a.yaml".into(),
+        text: "namespace: Shop.A\nevents:\n  Went: {}\nprojections:\n  Totals: { event: Went }\n"
+            .into(),
+    };
+    let b = Source {
+        path: "b.yaml".into(),
+        text: "namespace: Shop.B\nevents:\n  Came: {}\nprojections:\n  Totals: { event: Came }\n"
+            .into(),
+    };
+    let diags = orkestra_gen::check_sources(&[a, b], "Shop");
+    insta::assert_snapshot!(diags.to_string());
+}

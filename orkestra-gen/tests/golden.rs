@@ -60,6 +60,11 @@ fn aggregates() {
     insta::assert_snapshot!("aggregates", generate(&dir("tests/golden/aggregates")));
 }
 
+#[test]
+fn projections() {
+    insta::assert_snapshot!("projections", generate(&dir("tests/golden/projections")));
+}
+
 /// `tests/ui/missing_custom_upcast.rs` includes this code, without implementing the
 /// custom step: it must not compile. The file is kept current here
 /// (`INSTA_UPDATE=always` rewrites it, like the snapshots).

@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::bus::{Bus, HandlerContext, Subscription};
+use crate::config::PublishMode;
 use crate::handler::HandlerError;
 use crate::message::{Command, CommandPayload, EventEnvelope, Message, PayloadError};
 use crate::store::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
@@ -344,7 +345,9 @@ impl<A: Aggregate> Repository<A> {
                         self.save_snapshot(stream, appended.last_version, &state)
                             .await;
                     }
-                    if let Some(bus) = bus {
+                    if let Some(bus) = bus
+                        && self.store.publish_mode() == PublishMode::Direct
+                    {
                         publish(stream, bus, messages).await?;
                     }
                     return Ok(Executed {
@@ -430,7 +433,10 @@ impl<A: Aggregate> Repository<A> {
             events = caused.len(),
             "command already applied; publishing its events again"
         );
-        if let Some(bus) = bus {
+        // With the relay, the events are stored: it publishes them (again) itself.
+        if let Some(bus) = bus
+            && self.store.publish_mode() == PublishMode::Direct
+        {
             let mut messages = Vec::with_capacity(caused.len());
             for recorded in &caused {
                 let event = A::Event::decode(recorded)

@@ -25,7 +25,7 @@
 //! [`config`] and [`DriverError`] → messages and payloads (the root re-exports,
 //! [`topic`]) → [`trace`] (context, sampling, spans) → handler types ([`HandlerError`],
 //! [`EventSet`], [`DeadLetter`]) → [`bus`] and [`store`] → appending and publishing
-//! together ([`Store::append_and_publish`], [`aggregate`]) → [`telemetry`](crate#cargo-features).
+//! together ([`Store::append_and_publish`], [`aggregate`], [`projection`], [`relay`]) → [`telemetry`](crate#cargo-features).
 //!
 //! ## Cargo features
 //!
@@ -62,7 +62,9 @@ pub mod bus;
 pub mod store;
 // Layer 5: built on a bus and a store.
 pub mod aggregate;
+pub mod projection;
 mod publish;
+pub mod relay;
 // Layer 6: process-wide telemetry setup.
 #[cfg(feature = "telemetry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
@@ -71,8 +73,13 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod codegen;
 
+/// The PostgreSQL client the store uses, for projections that write their read model in
+/// [`projection::ProjectionContext::postgres`]'s transaction.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
+
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
-pub use config::{Config, ConfigError, SecretUrl};
+pub use config::{Config, ConfigError, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};
 pub use message::topic;

@@ -15,7 +15,7 @@ fn layer(module: &str) -> Option<u8> {
         "trace" => 20,
         "handler" => 30,
         "bus" | "store" => 40,
-        "publish" | "aggregate" => 50,
+        "publish" | "aggregate" | "projection" | "relay" => 50,
         "telemetry" => 60,
         "lib" => 70,
         _ => return None,

@@ -97,6 +97,7 @@ fn deposit_data(account: &str, amount: i64) -> EventData {
         id: orkestra_runtime::new_id(),
         event_type: MoneyDeposited::TYPE_NAME.into(),
         schema_version: 1,
+        topic: Some(MoneyDeposited::TOPIC.into()),
         data: json!({ "account_id": account, "amount": amount }),
         metadata: Metadata::new(),
     }
@@ -107,6 +108,7 @@ fn opened_data(account: &str) -> EventData {
         id: orkestra_runtime::new_id(),
         event_type: AccountOpened::TYPE_NAME.into(),
         schema_version: 1,
+        topic: Some(AccountOpened::TOPIC.into()),
         data: json!({ "account_id": account, "owner": "ada", "currency": "eur" }),
         metadata: Metadata::new(),
     }

@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
         schema_version: version,
         data,
         metadata: Metadata::new(),
+        topic: None,
     };
     let events = rt.block_on(async {
         store

@@ -40,6 +40,12 @@ pub mod aggregates {
     include!(concat!(env!("OUT_DIR"), "/aggregates.rs"));
 }
 
+/// Generated from `orkestra-gen/tests/golden/projections/ledger.yaml`: projections bound
+/// to one event, a list of events and a topic pattern, with `batch` and `max_retries`.
+pub mod projections {
+    include!(concat!(env!("OUT_DIR"), "/projections.rs"));
+}
+
 /// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
 /// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
 /// struct types are checked for unknown keys.

@@ -3,7 +3,9 @@
 //! bindings), one that keeps failing until it is dead-lettered, a dead-letter alarm, and
 //! the correlation and causation ids that tie it all together; then an aggregate
 //! (`ledger::aggregates::Account`, from `schemas/ledger.yaml`) whose balance is the fold
-//! of its own stream, with a withdrawal it refuses.
+//! of its own stream, with a withdrawal it refuses; its events reach the bus through the
+//! relay (the store appends only), and a projection (`ledger::projections::Balances`)
+//! keeps a read model of every balance from the store.
 //!
 //! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
 //! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
@@ -16,10 +18,13 @@ use ledger::aggregates::{AccountEvent, AccountRepository, AccountState};
 use orders::commands::{CancelOrder, PlaceOrder};
 use orders::events::{OrderCancelled, OrderPlaced};
 use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
+use orkestra_runtime::projection::{ProjectionContext, Projections};
+use orkestra_runtime::relay::{RELAY_CHECKPOINT, Relay};
 use orkestra_runtime::telemetry::{Logs, Telemetry, TraceTree};
 use orkestra_runtime::{
     ActorType, Bus, Command, CommandEnvelope, Config, DeadLetter, Event, EventEnvelope,
-    ExpectedVersion, HandlerContext, HandlerError, Metadata, Store, Validate, ValidationError,
+    ExpectedVersion, HandlerContext, HandlerError, Metadata, PublishMode, Store, Validate,
+    ValidationError,
 };
 use serde_json::{Value, json};
 
@@ -37,7 +42,8 @@ impl Validate for CreateAccount {
     }
 }
 
-/// Places orders: records `OrderPlaced` in the event store, then publishes it.
+/// Places orders: records `OrderPlaced` in the event store (`append_and_publish`; in relay
+/// mode, as here, the relay publishes it).
 struct Orders {
     store: Store,
 }
@@ -280,6 +286,37 @@ impl ledger::handlers::LargeWithdrawalAlert for WithdrawalAlert {
     }
 }
 
+/// Balances per account, in memory. The projection is at least once on this store (up to
+/// a batch again after a crash), so each account remembers the last position it applied
+/// and ignores anything at or before it: applying twice changes nothing.
+#[derive(Clone, Default)]
+struct Balances(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Balance>>>);
+
+/// An account's balance and the position of the last event applied to it.
+type Balance = (i64, Option<u64>);
+
+impl ledger::projections::Balances for Balances {
+    async fn handle_event(
+        &self,
+        event: ledger::projections::BalancesEvent,
+        ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        use ledger::projections::BalancesEvent as E;
+        let (account, delta) = match &event {
+            E::AccountOpened(e) => (e.account_id.clone(), 0),
+            E::MoneyDeposited(e) => (e.account_id.clone(), e.amount),
+            E::MoneyWithdrawn(e) => (e.account_id.clone(), -e.amount),
+        };
+        let mut balances = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (balance, applied) = balances.entry(account).or_insert((0, None));
+        if applied.is_none_or(|last| ctx.position() > last) {
+            *balance += delta;
+            *applied = Some(ctx.position());
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -319,7 +356,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::from_config(&config).await?;
     let mut dead_letters = bus.dead_letters().await?;
 
-    let store = Store::from_config(&config).await?;
+    // Handlers only append (`[store] publish = "relay"`, set here whatever the file
+    // says): the relay is the one path from the store to the bus, so a crash between an
+    // append and its publish loses nothing.
+    let store = Store::from_config(&config)
+        .await?
+        .with_publish(PublishMode::Relay);
     println!(
         "bus: {}, store: {}",
         config.bus.adapter.name(),
@@ -343,6 +385,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .subscriptions(),
     )
     .await?;
+
+    // A store that already holds events published the direct way (an older release, or
+    // this example before the relay): start the relay at its head instead of publishing
+    // that history again.
+    if store.load_checkpoint(RELAY_CHECKPOINT).await?.is_none() {
+        store
+            .save_checkpoint(RELAY_CHECKPOINT, store.head().await?)
+            .await?;
+    }
+    let mut relay = Relay::new(store.clone(), bus.clone()).start().await?;
 
     let metadata = Metadata::new()
         .with_actor("user_123", ActorType::User)
@@ -371,9 +423,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // The aggregate: one subscription per command, each loading the account's stream,
-    // deciding, appending with the expected version, publishing and replying.
+    // deciding, appending with the expected version and replying; the relay publishes.
     bus.subscribe_all(ledger::aggregates::account(Ledger, store.clone()))
         .await?;
+    let balances = Balances::default();
+    let projections =
+        Projections::new(store.clone()).add(ledger::projections::balances(balances.clone()));
+    let running = projections.start().await?;
     bus.subscribe(ledger::handlers::large_withdrawal_alert(WithdrawalAlert))
         .await?;
     let account = format!("acc_{}", short(&orkestra_runtime::new_id()));
@@ -408,6 +464,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             ),
         }
     }
+    let head = store.head().await?.unwrap_or_default();
+    relay.wait_for(head).await?;
+    running.wait_for("Balances", head).await?;
+    let read_model = balances
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&account)
+        .map_or(0, |b| b.0);
+    for status in running.status() {
+        println!(
+            "  projection {}: balance {read_model}, checkpoint {:?}, head {:?}, lag {}, {:?}",
+            status.name, status.checkpoint, status.head, status.lag, status.state
+        );
+    }
+    println!("  relay published up to position {:?}", relay.published());
+    running.stop().await?;
+    relay.stop().await?;
     let (state, version) = AccountRepository::<Ledger>::new(store.clone())
         .load(&format!("ledger-{account}"))
         .await?;

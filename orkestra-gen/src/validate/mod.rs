@@ -6,6 +6,7 @@ mod fields;
 mod handlers;
 mod names;
 mod payloads;
+mod projections;
 mod shape;
 mod types;
 mod upcast;
@@ -39,6 +40,7 @@ struct Decl {
     events: Vec<(Key, Node)>,
     handlers: Vec<(Key, Node)>,
     aggregates: Vec<(Key, Node)>,
+    projections: Vec<(Key, Node)>,
 }
 
 /// A declared command or event, for resolving references.
@@ -129,6 +131,14 @@ impl Validator {
             for (key, node) in &decl.handlers {
                 if let Some(h) = self.handler(decl, key, node, &tables, &mut handled_commands) {
                     module.handlers.push(h);
+                }
+            }
+        }
+        let mut projection_names = projections::ProjectionNames::default();
+        for (decl, module) in decls.iter().zip(&mut modules) {
+            for (key, node) in &decl.projections {
+                if let Some(p) = self.projection(decl, key, node, &tables, &mut projection_names) {
+                    module.projections.push(p);
                 }
             }
         }

@@ -31,6 +31,7 @@ impl Validator {
                     existing.events.extend(decl.events);
                     existing.handlers.extend(decl.handlers);
                     existing.aggregates.extend(decl.aggregates);
+                    existing.projections.extend(decl.projections);
                 }
                 Some(existing) => {
                     let ns = existing.namespace.clone();

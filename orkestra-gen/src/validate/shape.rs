@@ -18,6 +18,7 @@ const TOP_KEYS: &[&str] = &[
     "events",
     "handlers",
     "aggregates",
+    "projections",
 ];
 
 impl Validator {
@@ -110,6 +111,7 @@ impl Validator {
         let events = section("events");
         let handlers = section("handlers");
         let aggregates = section("aggregates");
+        let projections = section("projections");
         Some(Decl {
             span: ns_node.span.clone(),
             namespace,
@@ -121,6 +123,7 @@ impl Validator {
             events,
             handlers,
             aggregates,
+            projections,
         })
     }
 

@@ -8,6 +8,7 @@
 //! [store]
 //! adapter = "postgres"          # "sqlite" (default) | "memory" | "postgres" | "eventstoredb"
 //! url = "postgres://postgres@127.0.0.1:5432/test"
+//! publish = "relay"             # "direct" (default) | "relay": appends only, the relay publishes
 //! ```
 //!
 //! Every error names the setting (`bus.adapter`) and where its value came from (a file
@@ -100,6 +101,29 @@ impl StoreAdapter {
     }
 }
 
+/// Who publishes stored events (`store.publish`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishMode {
+    /// `Store::append_and_publish` and the aggregate handlers publish right after the
+    /// append: an event is lost to subscribers if the process dies in between.
+    #[default]
+    Direct,
+    /// They only append; a `Relay` publishes every stored event from the store's global
+    /// order (the transactional outbox: nothing stored is left unpublished).
+    Relay,
+}
+
+impl PublishMode {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("direct", Self::Direct), ("relay", Self::Relay)];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
 fn name_of<T: PartialEq + Copy>(names: &[(&'static str, T)], value: T) -> &'static str {
     names
         .iter()
@@ -168,6 +192,8 @@ pub struct StoreConfig {
     pub adapter: StoreAdapter,
     /// The database URL, or for `sqlite` the file path.
     pub url: Option<SecretUrl>,
+    /// Who publishes stored events.
+    pub publish: PublishMode,
 }
 
 /// The whole configuration. `Config::default()` is the in-process bus and the embedded store.
@@ -258,6 +284,10 @@ impl Config {
         }
         if let Some(value) = var("ORKESTRA_STORE_URL") {
             self.store.url = Some(SecretUrl::new(value));
+        }
+        if let Some(value) = var("ORKESTRA_STORE_PUBLISH") {
+            let origin = "env ORKESTRA_STORE_PUBLISH".to_owned();
+            self.store.publish = choice("store.publish", PublishMode::NAMES, &value, origin)?;
         }
         self.check_urls(&|setting| match setting {
             "bus.url" if var("ORKESTRA_BUS_URL").is_some() => Some("env ORKESTRA_BUS_URL".into()),
@@ -388,6 +418,14 @@ impl Config {
                 url_origins.push(("store.url", at(u.span())));
                 config.store.url = Some(SecretUrl::new(u.into_inner()));
             }
+            if let Some(p) = store.publish {
+                config.store.publish = choice(
+                    "store.publish",
+                    PublishMode::NAMES,
+                    p.get_ref(),
+                    at(p.span()),
+                )?;
+            }
         }
         config.check_urls(&|setting| {
             url_origins
@@ -446,6 +484,7 @@ struct RawConfig {
 struct RawStoreSection {
     adapter: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
+    publish: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -479,6 +518,26 @@ fn adapter<T: Copy>(
             origin,
             message: format!(
                 "unknown adapter {value:?}; expected one of: {}",
+                names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+fn choice<T: Copy>(
+    setting: &'static str,
+    names: &[(&'static str, T)],
+    value: &str,
+    origin: String,
+) -> Result<T, ConfigError> {
+    names
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| ConfigError::Invalid {
+            setting,
+            origin,
+            message: format!(
+                "unknown value {value:?}; expected one of: {}",
                 names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
             ),
         })
@@ -548,6 +607,32 @@ mod tests {
         assert_eq!(
             c.bus.url.unwrap().expose(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn store_publish_is_direct_or_relay_with_located_errors() {
+        let c = Config::from_toml_str("[store]\npublish = \"relay\"\n").unwrap();
+        assert_eq!(c.store.publish, PublishMode::Relay);
+        assert_eq!(Config::default().store.publish, PublishMode::Direct);
+        let e = Config::from_toml_str("[store]\npublish = \"outbox\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "store.publish (orkestra.toml:2:11): unknown value \"outbox\"; expected one of: direct, relay"
+        );
+        let e = Config::from_toml_str("[store]\npublish = true\n").unwrap_err();
+        assert!(e.to_string().contains("orkestra.toml"), "{e}");
+        let c = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_STORE_PUBLISH").then(|| "relay".to_owned()))
+            .unwrap();
+        assert_eq!(c.store.publish, PublishMode::Relay);
+        let e = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_STORE_PUBLISH").then(|| "later".to_owned()))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("store.publish (env ORKESTRA_STORE_PUBLISH)"),
+            "{e}"
         );
     }
 

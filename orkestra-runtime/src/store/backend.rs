@@ -47,6 +47,25 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         &'a self,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+    /// The position of the last event a reader of the global order can see, `None` when
+    /// there is none.
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    /// The checkpoint saved under `name`: the last global position its owner handled.
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+    /// Saves (or, with `None`, clears) the checkpoint `name`.
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The PostgreSQL adapter, for work that shares its transactions (projections).
+    #[cfg(feature = "postgres")]
+    fn as_postgres(&self) -> Option<&super::postgres::PostgresStore> {
+        None
+    }
     /// A counter bumped after every commit, for live subscriptions.
     fn changes(&self) -> watch::Receiver<u64>;
     /// The inbox of `once: true` handlers kept in this store; `None`: the adapter keeps

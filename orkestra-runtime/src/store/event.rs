@@ -62,6 +62,9 @@ pub struct EventData {
     pub data: Value,
     /// The metadata.
     pub metadata: Metadata,
+    /// The topic it is published on, kept with the event so the relay can publish it
+    /// later (`None`: the relay asks its fallback, see `Relay::with_topics`).
+    pub topic: Option<String>,
 }
 
 impl EventData {
@@ -74,6 +77,7 @@ impl EventData {
             data: serde_json::to_value(&event.data)
                 .map_err(|e| StoreError::Encode(e.to_string()))?,
             metadata: event.metadata.clone(),
+            topic: Some(D::TOPIC.to_owned()),
         })
     }
 
@@ -85,6 +89,7 @@ impl EventData {
             schema_version: event.version,
             data: event.data,
             metadata: event.metadata,
+            topic: Some(event.topic).filter(|t| !t.is_empty()),
         }
     }
 
@@ -138,6 +143,7 @@ pub struct RecordedEvent {
     pub(crate) data: String,
     pub(crate) metadata: Metadata,
     pub(crate) recorded_at: DateTime<Utc>,
+    pub(crate) topic: Option<Arc<str>>,
 }
 
 impl RecordedEvent {
@@ -179,6 +185,11 @@ impl RecordedEvent {
     /// The metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+    /// The topic recorded with it at append time (`None` for events appended without one,
+    /// or by a release that did not record topics).
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
     }
     /// When the store recorded it.
     pub fn recorded_at(&self) -> DateTime<Utc> {

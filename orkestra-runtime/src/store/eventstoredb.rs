@@ -45,11 +45,27 @@ fn snapshot_stream(stream: &str) -> String {
     format!("$snapshot-{stream}")
 }
 
+/// The type of the events of a `$checkpoint-<name>` stream.
+const CHECKPOINT_TYPE: &str = "orkestra.checkpoint";
+
+/// A checkpoint as the data of one event of `$checkpoint-<name>` (the newest one counts;
+/// `None` records a reset).
+#[derive(Serialize, Deserialize)]
+struct StoredCheckpoint {
+    position: Option<u64>,
+}
+
+fn checkpoint_stream(name: &str) -> String {
+    format!("$checkpoint-{name}")
+}
+
 /// What travels as the event's custom metadata.
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     schema_version: u32,
     metadata: Metadata,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
 }
 
 pub(crate) struct EsdbStore {
@@ -137,6 +153,7 @@ fn to_esdb(encoded: &Encoded) -> Result<kurrentdb::EventData, StoreError> {
             d.metadata_as_json(&Envelope {
                 schema_version: e.schema_version,
                 metadata: e.metadata.clone(),
+                topic: e.topic.clone(),
             })
         })
         .map(|d| d.id(id))
@@ -161,8 +178,9 @@ fn from_esdb(event: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreErr
             .ok()
             .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
             .ok_or_else(|| corrupt("data is not JSON".to_owned()))?,
-        metadata: envelope.metadata,
+        metadata: envelope.metadata.clone(),
         recorded_at: event.created,
+        topic: envelope.topic.map(Into::into),
     })
 }
 
@@ -350,6 +368,89 @@ impl Backend for EsdbStore {
                 Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
                 Err(e) => Err(backend_error(e)),
             }
+        })
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            // System events are skipped: read back until a user event shows up.
+            let options = ReadAllOptions::default()
+                .backwards()
+                .position(StreamPosition::End)
+                .max_count(256);
+            let mut read = self
+                .client
+                .read_all(&options)
+                .await
+                .map_err(backend_error)?;
+            loop {
+                match read.next().await {
+                    Ok(Some(resolved)) => {
+                        let event = resolved.get_original_event();
+                        if !event.event_type.starts_with('$') && !event.stream_id().starts_with('$')
+                        {
+                            return Ok(Some(event.position.commit));
+                        }
+                    }
+                    Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
+                    Err(e) => return Err(backend_error(e)),
+                }
+            }
+        })
+    }
+
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let options = ReadStreamOptions::default()
+                .max_count(1)
+                .backwards()
+                .position(StreamPosition::End);
+            let mut read = match self
+                .client
+                .read_stream(checkpoint_stream(name), &options)
+                .await
+            {
+                Ok(read) => read,
+                Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
+                Err(e) => return Err(backend_error(e)),
+            };
+            match read.next().await {
+                // Unlike a snapshot, a checkpoint that cannot be read must not be
+                // mistaken for "none": that would replay everything.
+                Ok(Some(resolved)) => {
+                    serde_json::from_slice::<StoredCheckpoint>(&resolved.get_original_event().data)
+                        .map(|c| c.position)
+                        .map_err(|e| StoreError::Corrupt {
+                            location: checkpoint_stream(name),
+                            message: format!("not an Orkestra checkpoint: {e}"),
+                        })
+                }
+                Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
+                Err(e) => Err(backend_error(e)),
+            }
+        })
+    }
+
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let data = kurrentdb::EventData::json(CHECKPOINT_TYPE, &StoredCheckpoint { position })
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+            self.client
+                .append_to_stream(
+                    checkpoint_stream(name),
+                    &AppendToStreamOptions::default(),
+                    data,
+                )
+                .await
+                .map(drop)
+                .map_err(backend_error)
         })
     }
 

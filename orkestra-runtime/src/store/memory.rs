@@ -18,6 +18,7 @@ struct State {
     streams: HashMap<String, Vec<usize>>,
     ids: HashMap<String, usize>,
     snapshots: HashMap<String, Snapshot>,
+    checkpoints: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -84,6 +85,7 @@ impl MemoryStore {
                 data: e.data,
                 metadata: e.event.metadata,
                 recorded_at: now,
+                topic: e.event.topic.map(Into::into),
             });
             last = AppendResult {
                 last_version: version,
@@ -181,6 +183,38 @@ impl Backend for MemoryStore {
             .get(stream)
             .cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let head = crate::sync::lock(&self.state)
+            .log
+            .last()
+            .map(|e| e.position);
+        Box::pin(std::future::ready(Ok(head)))
+    }
+
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let found = crate::sync::lock(&self.state)
+            .checkpoints
+            .get(name)
+            .copied();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut state = crate::sync::lock(&self.state);
+        match position {
+            Some(p) => state.checkpoints.insert(name.to_owned(), p),
+            None => state.checkpoints.remove(name),
+        };
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

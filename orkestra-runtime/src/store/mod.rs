@@ -20,7 +20,7 @@ mod event;
 mod eventstoredb;
 mod memory;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -38,13 +38,14 @@ pub use event::{AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersio
 pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
 
-use crate::config::{Config, StoreAdapter};
+use crate::config::{Config, PublishMode, StoreAdapter};
 
 /// A handle to an event store. Cheap to clone; clones share the store.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
     max_event_bytes: usize,
+    publish: PublishMode,
 }
 
 impl fmt::Debug for Store {
@@ -60,6 +61,7 @@ impl Store {
         Self {
             backend,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            publish: PublishMode::Direct,
         }
     }
 
@@ -94,6 +96,12 @@ impl Store {
 
     /// The store chosen by `config.store`.
     pub async fn from_config(config: &Config) -> Result<Self, StoreError> {
+        Ok(Self::from_config_adapter(config)
+            .await?
+            .with_publish(config.store.publish))
+    }
+
+    async fn from_config_adapter(config: &Config) -> Result<Self, StoreError> {
         #[cfg_attr(
             not(any(feature = "sqlite", feature = "postgres", feature = "eventstoredb")),
             allow(unused_variables)
@@ -129,6 +137,20 @@ impl Store {
     pub fn with_max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
         self
+    }
+
+    /// Who publishes what this store appends (`store.publish`): with
+    /// [`PublishMode::Relay`], `append_and_publish` and the aggregate handlers only
+    /// append, and a `Relay` publishes.
+    #[must_use]
+    pub fn with_publish(mut self, mode: PublishMode) -> Self {
+        self.publish = mode;
+        self
+    }
+
+    /// Who publishes what this store appends.
+    pub fn publish_mode(&self) -> PublishMode {
+        self.publish
     }
 
     /// The adapter's name.
@@ -228,6 +250,56 @@ impl Store {
     pub async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
         self.backend.load_snapshot(stream).await
     }
+
+    /// The global position of the last event a reader can see (what
+    /// [`read_all`](Self::read_all) and [`subscribe_all`](Self::subscribe_all) reach),
+    /// `None` for an empty store.
+    pub async fn head(&self) -> Result<Option<u64>, StoreError> {
+        self.backend.head().await
+    }
+
+    /// The checkpoint saved under `name`: the global position of the last event its
+    /// owner (a projection, the relay) has handled; `None` when it has handled none.
+    ///
+    /// Checkpoints live beside the events: `orkestra_checkpoints` on SQLite and
+    /// PostgreSQL, a `$checkpoint-<name>` stream on EventStoreDB, memory for memory.
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.load_checkpoint(name).await
+    }
+
+    /// Saves the checkpoint `name` (`None` clears it: the owner starts over).
+    pub async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: Option<u64>,
+    ) -> Result<(), StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.save_checkpoint(name, position).await
+    }
+
+    /// A counter bumped after every commit this process sees.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.backend.changes()
+    }
+
+    /// How often a live reader should look again without a notice.
+    pub(crate) fn poll_interval(&self) -> Option<std::time::Duration> {
+        self.backend.poll_interval()
+    }
+
+    /// The PostgreSQL adapter, when this store is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_postgres(&self) -> Option<&postgres::PostgresStore> {
+        self.backend.as_postgres()
+    }
+}
+
+fn check_checkpoint_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() {
+        return Err(StoreError::Invalid("the checkpoint name is empty".into()));
+    }
+    Ok(())
 }
 
 /// `bus.with_inbox(&store)`: the store's own inbox (SQLite, PostgreSQL); for an adapter

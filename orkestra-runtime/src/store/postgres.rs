@@ -82,6 +82,19 @@ CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     state    TEXT        NOT NULL,
     taken_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Topics are recorded from this release on (for the relay); older rows keep NULL.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'orkestra_events' AND column_name = 'topic'
+                     AND table_schema = current_schema()) THEN
+        ALTER TABLE orkestra_events ADD COLUMN topic TEXT;
+    END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
+    name       TEXT        PRIMARY KEY,
+    position   BIGINT,     -- the last position handled; NULL: none yet
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 -- The fast path of an append, in one round trip: when no id is already stored and the
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
@@ -111,10 +124,36 @@ BEGIN
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord);
     RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
 END $$;
+-- The same with each event's topic. The seven-argument form above stays for processes of
+-- an older release sharing the database (PostgreSQL overloads by arity).
+CREATE OR REPLACE FUNCTION orkestra_append(
+    p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
+    p_data text[], p_metadata text[], p_topics text[]
+) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur bigint;
+    n int := coalesce(array_length(p_ids, 1), 0);
+BEGIN
+    SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
+    IF EXISTS (SELECT 1 FROM orkestra_events e WHERE e.id = ANY(p_ids))
+       OR (p_expected = -2 AND cur IS NOT NULL)
+       OR (p_expected = -3 AND cur IS NULL)
+       OR (p_expected >= 0 AND cur IS DISTINCT FROM p_expected) THEN
+        RETURN QUERY SELECT false, cur, NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata, topic)
+    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+           t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb, t.topic
+    FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata, p_topics)
+         WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, topic, ord);
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+END $$;
 "#;
 
 const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, \
-                       data::text, metadata::text, recorded_at";
+                       data::text, metadata::text, recorded_at, topic";
 
 pub(crate) struct PostgresStore {
     pool: Pool,
@@ -253,8 +292,9 @@ impl PostgresStore {
             .collect();
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
         let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+        let topics: Vec<Option<&str>> = events.iter().map(|e| e.event.topic.as_deref()).collect();
         let statement = client
-            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7)")
+            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7, $8)")
             .await?;
         let row = client
             .query_one(
@@ -267,6 +307,7 @@ impl PostgresStore {
                     &schema_versions,
                     &data,
                     &metadata,
+                    &topics,
                 ],
             )
             .await?;
@@ -379,7 +420,66 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
             .try_get::<_, std::time::SystemTime>(8)
             .map(chrono::DateTime::<chrono::Utc>::from)
             .map_err(|e| corrupt(e.to_string()))?,
+        topic: row
+            .try_get::<_, Option<&str>>(9)
+            .map_err(|e| corrupt(e.to_string()))?
+            .map(Into::into),
     })
+}
+
+/// The last position a reader of the global order can see (the same horizon as
+/// `read_all`: a checkpoint can always reach it).
+const HEAD: &str = "SELECT max(position) FROM orkestra_events \
+                    WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())";
+
+/// The checkpoint `name`, read through `client` (a pooled connection or a transaction).
+pub(crate) async fn load_checkpoint_in(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT position FROM orkestra_checkpoints WHERE name = $1")
+        .await
+        .map_err(backend_error)?;
+    let row = client
+        .query_opt(&statement, &[&name])
+        .await
+        .map_err(backend_error)?;
+    match row {
+        Some(row) => Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(backend_error)?
+            .map(|p| p as u64)),
+        None => Ok(None),
+    }
+}
+
+/// Saves the checkpoint `name` through `client`: inside a transaction it commits with
+/// the transaction's other writes or not at all.
+pub(crate) async fn save_checkpoint_in(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+    position: Option<u64>,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO orkestra_checkpoints (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+        )
+        .await
+        .map_err(backend_error)?;
+    client
+        .execute(&statement, &[&name, &position.map(sql_int)])
+        .await
+        .map(drop)
+        .map_err(backend_error)
+}
+
+impl PostgresStore {
+    /// A pooled connection, for work that opens its own transaction.
+    pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.client().await
+    }
 }
 
 impl Backend for PostgresStore {
@@ -532,6 +632,46 @@ impl Backend for PostgresStore {
             })
             .transpose()
         })
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(HEAD).await.map_err(backend_error)?;
+            let row = client
+                .query_one(&statement, &[])
+                .await
+                .map_err(backend_error)?;
+            Ok(row
+                .try_get::<_, Option<i64>>(0)
+                .map_err(backend_error)?
+                .map(|p| p as u64))
+        })
+    }
+
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            load_checkpoint_in(&client, name).await
+        })
+    }
+
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            save_checkpoint_in(&client, name, position).await
+        })
+    }
+
+    fn as_postgres(&self) -> Option<&PostgresStore> {
+        Some(self)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS orkestra_events (
     data           TEXT    NOT NULL,
     metadata       TEXT    NOT NULL,
     recorded_at    INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
+    topic          TEXT,             -- the topic it is published on (NULL: not recorded)
     UNIQUE (stream, version)
 );
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra_events
@@ -53,7 +54,26 @@ CREATE TABLE IF NOT EXISTS orkestra_snapshots (
     state    TEXT    NOT NULL,
     taken_at INTEGER NOT NULL -- microseconds since the Unix epoch, UTC
 );
+CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
+    name       TEXT    PRIMARY KEY,
+    position   INTEGER,          -- the last position handled; NULL: none yet
+    updated_at INTEGER NOT NULL  -- microseconds since the Unix epoch, UTC
+);
 ";
+
+/// Files written before topics were recorded get the column (an ALTER, not an UPDATE:
+/// the append-only triggers do not fire; old rows read as NULL).
+fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has_topic: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('orkestra_events') WHERE name = 'topic')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_topic {
+        conn.execute_batch("ALTER TABLE orkestra_events ADD COLUMN topic TEXT")?;
+    }
+    Ok(())
+}
 
 struct AppendRequest {
     stream: String,
@@ -114,13 +134,15 @@ impl SqliteStore {
                 })?;
             }
             let conn = open_connection(&path)?;
-            conn.execute_batch(SCHEMA).map_err(|e| {
-                StoreError::unavailable(
-                    ADAPTER,
-                    format_args!("cannot create the schema in {}", path.display()),
-                    Some(e.into()),
-                )
-            })?;
+            conn.execute_batch(SCHEMA)
+                .and_then(|()| add_topic_column(&conn))
+                .map_err(|e| {
+                    StoreError::unavailable(
+                        ADAPTER,
+                        format_args!("cannot create the schema in {}", path.display()),
+                        Some(e.into()),
+                    )
+                })?;
             Ok::<_, StoreError>((conn, path))
         })
         .await
@@ -279,8 +301,8 @@ fn append_one(
     }
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(backend_error)?;
     let now = chrono::Utc::now().timestamp_micros();
@@ -299,7 +321,8 @@ fn append_one(
                 e.event.schema_version,
                 e.data,
                 e.metadata,
-                now
+                now,
+                e.event.topic,
             ])
             .map_err(backend_error)?;
         last = AppendResult {
@@ -312,7 +335,7 @@ fn append_one(
 }
 
 const COLUMNS: &str =
-    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at";
+    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic";
 
 /// The previous row's stream and type, shared with the next row when equal (rows of one
 /// query mostly repeat them): one allocation per distinct value, not per row.
@@ -320,6 +343,7 @@ const COLUMNS: &str =
 struct Interned {
     stream: Option<Arc<str>>,
     event_type: Option<Arc<str>>,
+    topic: Option<Arc<str>>,
 }
 
 fn intern(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
@@ -372,6 +396,13 @@ fn row_to_event(
             .map_err(|e| corrupt(format!("metadata is not Orkestra metadata: {e}")))?,
         recorded_at: chrono::DateTime::from_timestamp_micros(recorded_at)
             .ok_or_else(|| corrupt(format!("recorded_at {recorded_at} is out of range")))?,
+        topic: match row.get_ref(9).map_err(|e| corrupt(e.to_string()))? {
+            rusqlite::types::ValueRef::Null => None,
+            value => Some(intern(
+                &mut interned.topic,
+                value.as_str().map_err(|e| corrupt(format!("topic: {e}")))?,
+            )),
+        },
     })
 }
 
@@ -511,6 +542,61 @@ impl Backend for SqliteStore {
                 state: row.get(2).map_err(backend_error)?,
                 stream,
             }))
+        }))
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(self.read(|conn| {
+            conn.query_row("SELECT MAX(position) FROM orkestra_events", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|p| p.map(|p| p as u64))
+            .map_err(backend_error)
+        }))
+    }
+
+    fn load_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT position FROM orkestra_checkpoints WHERE name = ?1")
+                .map_err(backend_error)?;
+            let mut rows = stmt.query([&name]).map_err(backend_error)?;
+            match rows.next().map_err(backend_error)? {
+                Some(row) => Ok(row
+                    .get::<_, Option<i64>>(0)
+                    .map_err(backend_error)?
+                    .map(|p| p as u64)),
+                None => Ok(None),
+            }
+        }))
+    }
+
+    fn save_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let name = name.to_owned();
+        // On a reader connection, as snapshots: not an append.
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO orkestra_checkpoints (name, position, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+                 updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    name,
+                    position.map(sql_int),
+                    chrono::Utc::now().timestamp_micros(),
+                ])
+            })
+            .map(drop)
+            .map_err(backend_error)
         }))
     }
 

@@ -417,6 +417,7 @@ pub async fn decoding_checks_the_type(store: Store) {
         schema_version: 1,
         data: json!({"order_id": 5}),
         metadata: Metadata::new(),
+        topic: None,
     };
     store
         .append(&stream, ExpectedVersion::Exact(0), vec![raw])
@@ -564,6 +565,80 @@ pub async fn snapshots_keep_the_newest_per_stream(store: Store) {
     ));
     // Snapshots are not events: the stream and the global order do not see them.
     assert!(store.read_stream(&stream, 0, 10).await.unwrap().is_empty());
+pub async fn head_is_the_last_position(store: Store) {
+    let before = store.head().await.unwrap();
+    let stream = unique("head");
+    let appended = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![placed("h1", 1), placed("h2", 2)],
+        )
+        .await
+        .unwrap();
+    // Other tests may share the database: the head is at least this append, and is
+    // exactly the last position a reader sees.
+    let head = store.head().await.unwrap().expect("a head after an append");
+    assert!(head >= appended.last_position, "{head} < {appended:?}");
+    assert!(before.is_none_or(|b| b < head));
+    let tail = store.read_all(head, 10).await.unwrap();
+    assert_eq!(tail.first().map(|e| e.position()), Some(head));
+}
+
+pub async fn checkpoints_are_saved_replaced_and_cleared(store: Store) {
+    let name = unique("checkpoint");
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), None);
+    store.save_checkpoint(&name, Some(7)).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), Some(7));
+    store.save_checkpoint(&name, Some(42)).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), Some(42));
+    // Going back is allowed: a rebuild starts over.
+    store.save_checkpoint(&name, Some(3)).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), Some(3));
+    store.save_checkpoint(&name, None).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), None);
+    // Names are independent.
+    let other = unique("checkpoint");
+    store.save_checkpoint(&other, Some(1)).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), None);
+    assert_eq!(store.load_checkpoint(&other).await.unwrap(), Some(1));
+    // Edges: a name with any character, the largest SQL-representable position.
+    let odd = format!("{name}/ünïcode \"quoted\"");
+    store
+        .save_checkpoint(&odd, Some(i64::MAX as u64))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_checkpoint(&odd).await.unwrap(),
+        Some(i64::MAX as u64)
+    );
+    assert!(matches!(
+        store.save_checkpoint("", Some(1)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.load_checkpoint("").await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+pub async fn topics_are_recorded(store: Store) {
+    let stream = unique("topics");
+    let mut bare = placed("t2", 2);
+    bare.topic = None;
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![placed("t1", 1), bare],
+        )
+        .await
+        .unwrap();
+    let events = store.read_stream(&stream, 0, 10).await.unwrap();
+    assert_eq!(events[0].topic(), Some("orders.events.order_placed"));
+    assert_eq!(events[1].topic(), None);
+    let all = store.read_all(events[0].position(), 2).await.unwrap();
+    assert_eq!(all[0].topic(), Some("orders.events.order_placed"));
 }
 
 #[macro_export]
@@ -596,6 +671,9 @@ macro_rules! store_suite {
             case!(bad_appends_are_refused);
             case!(extreme_versions_and_counts_are_values);
             case!(snapshots_keep_the_newest_per_stream);
+            case!(head_is_the_last_position);
+            case!(topics_are_recorded);
+            case!(checkpoints_are_saved_replaced_and_cleared);
         }
     };
 }

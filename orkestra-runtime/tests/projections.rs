@@ -1,0 +1,601 @@
+//! Durable projections (`design/projections.md`) on memory, SQLite and PostgreSQL:
+//! catch-up then live, status and lag, read-your-writes, restart from the checkpoint,
+//! rebuild, failures that stop one projection at the failing event (never skipping it),
+//! panics, a checkpoint ahead of the head, and exactly-once read models on PostgreSQL.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orkestra_runtime::projection::{
+    Projection, ProjectionContext, ProjectionError, ProjectionHandler, ProjectionState, Projections,
+};
+use orkestra_runtime::{Event, EventData, ExpectedVersion, HandlerError, Metadata, Store};
+use support::payloads::*;
+use support::store_suite::{placed, unique};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn cancelled(order: &str) -> EventData {
+    let ev = Event::new(
+        OrderCancelled {
+            order_id: order.into(),
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    EventData::from_event(&ev).unwrap()
+}
+
+fn ping(n: i64) -> EventData {
+    EventData::from_event(&Event::new(Ping { n }, Metadata::new()).unwrap()).unwrap()
+}
+
+fn temp_db() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("orkestra-proj-{}", uuid::Uuid::new_v4().simple()))
+        .join("events.db")
+}
+
+/// Quantities per order, from `OrderPlaced`/`OrderCancelled`, for one test's orders.
+#[derive(Clone, Default)]
+struct Totals {
+    prefix: String,
+    seen: Arc<Mutex<Vec<(u64, bool)>>>,
+    totals: Arc<Mutex<BTreeMap<String, i64>>>,
+}
+
+impl Totals {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            ..Self::default()
+        }
+    }
+    fn positions(&self) -> Vec<u64> {
+        self.seen.lock().unwrap().iter().map(|s| s.0).collect()
+    }
+}
+
+impl ProjectionHandler for Totals {
+    type Event = OrderProjectorEvent;
+
+    async fn handle(
+        &self,
+        event: OrderProjectorEvent,
+        ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let (order, delta) = match &event {
+            OrderProjectorEvent::OrderPlaced(e) => (e.data.order_id.clone(), e.data.quantity),
+            OrderProjectorEvent::OrderCancelled(e) => (e.data.order_id.clone(), -1000),
+        };
+        if !order.starts_with(&self.prefix) {
+            return Ok(());
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push((ctx.position(), ctx.is_replay()));
+        *self.totals.lock().unwrap().entry(order).or_default() += delta;
+        Ok(())
+    }
+}
+
+/// Fails (or panics) on one order id, counting attempts; handles the rest.
+#[derive(Clone)]
+struct FailsOn {
+    order: String,
+    panic: bool,
+    reject: bool,
+    attempts: Arc<AtomicU32>,
+    handled: Arc<Mutex<Vec<String>>>,
+}
+
+impl FailsOn {
+    fn new(order: &str) -> Self {
+        Self {
+            order: order.to_owned(),
+            panic: false,
+            reject: false,
+            attempts: Arc::default(),
+            handled: Arc::default(),
+        }
+    }
+}
+
+impl ProjectionHandler for FailsOn {
+    type Event = Event<OrderPlaced>;
+
+    async fn handle(
+        &self,
+        event: Event<OrderPlaced>,
+        _ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if event.data.order_id == self.order {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.panic {
+                panic!("boom on {}", self.order);
+            }
+            if self.reject {
+                return Err(HandlerError::reject("never valid"));
+            }
+            return Err(HandlerError::fail("the read model is down"));
+        }
+        // Other tests append to a shared database meanwhile: only this test's orders.
+        let prefix = self.order.trim_end_matches("-bad");
+        if event.data.order_id.starts_with(prefix) {
+            self.handled.lock().unwrap().push(event.data.order_id);
+        }
+        Ok(())
+    }
+}
+
+async fn append(store: &Store, events: Vec<EventData>) -> u64 {
+    store
+        .append(&unique("orders"), ExpectedVersion::NoStream, events)
+        .await
+        .unwrap()
+        .last_position
+}
+
+async fn state_of(
+    running: &orkestra_runtime::projection::RunningProjections,
+    name: &str,
+) -> ProjectionState {
+    running
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap()
+        .state
+}
+
+async fn wait_state(
+    running: &orkestra_runtime::projection::RunningProjections,
+    name: &str,
+    want: impl Fn(&ProjectionState) -> bool,
+) -> ProjectionState {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = state_of(running, name).await;
+        if want(&state) {
+            return state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stuck in {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `from_start`: the store holds only this test's events (a rebuild replays them all);
+/// otherwise (the shared PostgreSQL database, whose history other suites fill with
+/// deliberately unreadable events) it starts at the head and does not rebuild.
+async fn catch_up_then_live_and_resume(store: Store, from_start: bool) {
+    let p = unique("o");
+    let name = unique("totals");
+    if !from_start && let Some(h) = store.head().await.unwrap() {
+        store.save_checkpoint(&name, Some(h)).await.unwrap();
+    }
+    append(
+        &store,
+        vec![placed(&format!("{p}-a"), 2), placed(&format!("{p}-b"), 3)],
+    )
+    .await;
+    let totals = Totals::new(&p);
+    let projections = Projections::new(store.clone())
+        .add(Projection::new(name.clone(), totals.clone()).with_batch(2));
+    let running = projections.start().await.unwrap();
+    // Live: events after the start, other types in between (skipped, not failing).
+    append(&store, vec![ping(1), cancelled(&format!("{p}-a"))]).await;
+    let last = append(&store, vec![placed(&format!("{p}-c"), 5)]).await;
+    running.wait_for(&name, last).await.unwrap();
+    assert_eq!(
+        totals.totals.lock().unwrap().clone(),
+        BTreeMap::from([
+            (format!("{p}-a"), 2 - 1000),
+            (format!("{p}-b"), 3),
+            (format!("{p}-c"), 5)
+        ])
+    );
+    let positions = totals.positions();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert!(
+        totals.seen.lock().unwrap().iter().all(|s| !s.1),
+        "no replay"
+    );
+    wait_state(&running, &name, |s| *s == ProjectionState::Live).await;
+    let status = &running.status()[0];
+    assert!(status.checkpoint >= Some(last));
+    running.stop().await.unwrap();
+    assert!(store.load_checkpoint(&name).await.unwrap() >= Some(last));
+
+    // A restart resumes after the checkpoint: nothing handled twice.
+    let before = totals.positions().len();
+    let last = append(&store, vec![placed(&format!("{p}-d"), 7)]).await;
+    let running = projections.start().await.unwrap();
+    running.wait_for(&name, last).await.unwrap();
+    assert_eq!(totals.positions().len(), before + 1);
+    Projections::wait_until(&store, &name, last, WAIT)
+        .await
+        .unwrap();
+    let err = Projections::wait_until(&store, &name, u64::MAX, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains(&name), "{err}");
+    // Started twice: refused.
+    assert!(matches!(
+        projections.start().await,
+        Err(ProjectionError::AlreadyRunning(_))
+    ));
+
+    if !from_start {
+        running.stop().await.unwrap();
+        return;
+    }
+    // Rebuild while running: everything again, as a replay, in order.
+    projections.rebuild(&name).await.unwrap();
+    let seen = totals.seen.lock().unwrap().clone();
+    let replayed: Vec<_> = seen[before + 1..].to_vec();
+    assert_eq!(replayed.len(), before + 1, "{replayed:?}");
+    assert!(replayed.iter().all(|s| s.1), "{replayed:?}");
+    running.stop().await.unwrap();
+    // And while stopped.
+    projections.rebuild(&name).await.unwrap();
+    assert_eq!(totals.positions().len(), 3 * (before + 1));
+    assert!(store.load_checkpoint(&name).await.unwrap() >= Some(last));
+}
+
+async fn a_failing_event_stops_only_its_projection(store: Store, panic: bool) {
+    let p = unique("f");
+    let bad = format!("{p}-bad");
+    let failing_name = unique("failing");
+    let healthy_name = unique("healthy");
+    let failing = FailsOn {
+        panic,
+        ..FailsOn::new(&bad)
+    };
+    let healthy = Totals::new(&p);
+    let start = store.head().await.unwrap();
+    let projections = Projections::new(store.clone())
+        .add(
+            Projection::new(failing_name.clone(), failing.clone())
+                .with_max_retries(2)
+                .with_retry_delay(Duration::from_millis(10)),
+        )
+        .add(Projection::new(healthy_name.clone(), healthy.clone()));
+    // Start both at the current head (other tests' events are not ours to wait for).
+    if let Some(h) = start {
+        store.save_checkpoint(&failing_name, Some(h)).await.unwrap();
+        store.save_checkpoint(&healthy_name, Some(h)).await.unwrap();
+    }
+    let running = projections.start().await.unwrap();
+    let good = append(&store, vec![placed(&format!("{p}-ok"), 1)]).await;
+    let bad_at = append(&store, vec![placed(&bad, 1)]).await;
+    let last = append(&store, vec![placed(&format!("{p}-after"), 1)]).await;
+    let state = wait_state(&running, &failing_name, |s| {
+        matches!(s, ProjectionState::Failed(_))
+    })
+    .await;
+    let ProjectionState::Failed(error) = state else {
+        unreachable!()
+    };
+    assert!(error.contains(&bad_at.to_string()), "{error}");
+    assert!(
+        error.contains(if panic { "panicked" } else { "down" }),
+        "{error}"
+    );
+    assert_eq!(
+        failing.attempts.load(Ordering::SeqCst),
+        3,
+        "1 try + 2 retries"
+    );
+    // Never skipped: the checkpoint is right before the failing event.
+    let checkpoint = store.load_checkpoint(&failing_name).await.unwrap();
+    assert!(
+        checkpoint >= Some(good) && checkpoint < Some(bad_at),
+        "{checkpoint:?}"
+    );
+    assert_eq!(*failing.handled.lock().unwrap(), vec![format!("{p}-ok")]);
+    let err = running.wait_for(&failing_name, last).await.unwrap_err();
+    assert!(matches!(err, ProjectionError::Failed { .. }), "{err}");
+    // The other projection went on.
+    running.wait_for(&healthy_name, last).await.unwrap();
+    assert_eq!(healthy.positions().len(), 3);
+    running.stop().await.unwrap();
+}
+
+async fn a_checkpoint_ahead_of_the_head_is_an_error(store: Store) {
+    append(&store, vec![placed("ahead", 1)]).await;
+    let head = store.head().await.unwrap().unwrap();
+    let name = unique("ahead");
+    store
+        .save_checkpoint(&name, Some(head + 1_000_000))
+        .await
+        .unwrap();
+    let err = Projections::new(store.clone())
+        .add(Projection::new(name.clone(), Totals::new("x")))
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ProjectionError::AheadOfStore { .. }),
+        "{text}"
+    );
+    assert!(text.contains(&(head + 1_000_000).to_string()), "{text}");
+    assert!(text.contains(&name), "{text}");
+    // Duplicate names are refused too.
+    let err = Projections::new(store.clone())
+        .add(Projection::new("twice", Totals::new("x")))
+        .add(Projection::new("twice", Totals::new("x")))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Duplicate(_)), "{err}");
+}
+
+mod memory {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_then_live_and_resume() {
+        super::catch_up_then_live_and_resume(Store::memory(), true).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_event_stops_only_its_projection() {
+        super::a_failing_event_stops_only_its_projection(Store::memory(), false).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_is_a_failure() {
+        super::a_failing_event_stops_only_its_projection(Store::memory(), true).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_ahead_of_the_head_is_an_error() {
+        super::a_checkpoint_ahead_of_the_head_is_an_error(Store::memory()).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_store_with_a_checkpoint_is_ahead() {
+        let store = Store::memory();
+        store.save_checkpoint("p", Some(0)).await.unwrap();
+        let err = Projections::new(store)
+            .add(Projection::new("p", Totals::new("x")))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejection_is_not_retried() {
+        let store = Store::memory();
+        let failing = FailsOn {
+            reject: true,
+            ..FailsOn::new("r")
+        };
+        let running = Projections::new(store.clone())
+            .add(Projection::new("r", failing.clone()))
+            .start()
+            .await
+            .unwrap();
+        append(&store, vec![placed("r", 1)]).await;
+        wait_state(&running, "r", |s| matches!(s, ProjectionState::Failed(_))).await;
+        assert_eq!(failing.attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(store.load_checkpoint("r").await.unwrap(), None);
+        running.stop().await.unwrap();
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_names_are_errors() {
+        let store = Store::memory();
+        let projections = Projections::new(store.clone());
+        assert!(matches!(
+            projections.rebuild("nope").await,
+            Err(ProjectionError::Unknown(_))
+        ));
+        let running = projections.start().await.unwrap();
+        assert!(matches!(
+            running.wait_for("nope", 0).await,
+            Err(ProjectionError::Unknown(_))
+        ));
+        running.stop().await.unwrap();
+    }
+}
+
+mod sqlite {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_then_live_and_resume() {
+        let store = Store::sqlite(temp_db()).await.unwrap();
+        super::catch_up_then_live_and_resume(store, true).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_event_stops_only_its_projection() {
+        let store = Store::sqlite(temp_db()).await.unwrap();
+        super::a_failing_event_stops_only_its_projection(store, false).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_ahead_of_the_head_is_an_error() {
+        let store = Store::sqlite(temp_db()).await.unwrap();
+        super::a_checkpoint_ahead_of_the_head_is_an_error(store).await;
+    }
+}
+
+mod postgres {
+    use super::*;
+
+    /// A read model in PostgreSQL written through `ctx.postgres()`: one row per order,
+    /// and a row per handled event id whose primary key makes a double apply an error.
+    #[derive(Clone)]
+    struct PgTotals {
+        prefix: String,
+        table: String,
+        fail_on: Option<String>,
+        failures: Arc<AtomicU32>,
+    }
+
+    impl ProjectionHandler for PgTotals {
+        type Event = Event<OrderPlaced>;
+
+        async fn handle(
+            &self,
+            event: Event<OrderPlaced>,
+            ctx: ProjectionContext<'_>,
+        ) -> Result<(), HandlerError> {
+            // Other tests append to the same database meanwhile.
+            if !event.data.order_id.starts_with(&self.prefix) {
+                return Ok(());
+            }
+            let tx = ctx
+                .postgres()
+                .ok_or_else(|| HandlerError::reject("not on PostgreSQL"))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (order_id, quantity) VALUES ($1, $2) \
+                     ON CONFLICT (order_id) DO UPDATE SET quantity = {0}.quantity + excluded.quantity",
+                    self.table
+                ),
+                &[&event.data.order_id, &event.data.quantity],
+            )
+            .await
+            .map_err(HandlerError::fail)?;
+            tx.execute(
+                &format!("INSERT INTO {}_seen (event_id) VALUES ($1)", self.table),
+                &[&event.id],
+            )
+            .await
+            .map_err(HandlerError::fail)?;
+            if self.fail_on.as_deref() == Some(event.data.order_id.as_str()) {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                return Err(HandlerError::fail("refused after writing"));
+            }
+            Ok(())
+        }
+    }
+
+    async fn client() -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(
+            support::services::postgres_url().expose(),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_then_live_and_resume() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        super::catch_up_then_live_and_resume(store, false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_event_stops_only_its_projection() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        super::a_failing_event_stops_only_its_projection(store, true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_ahead_of_the_head_is_an_error() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        super::a_checkpoint_ahead_of_the_head_is_an_error(store).await;
+    }
+
+    /// The read model and the checkpoint commit together: a failure inside a batch
+    /// keeps the events before it exactly once, writes nothing of the failing one, and
+    /// leaves the checkpoint right before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_read_model_and_the_checkpoint_commit_together() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        let pg = client().await;
+        let table = format!("proj_{}", uuid::Uuid::new_v4().simple());
+        pg.batch_execute(&format!(
+            "CREATE TABLE {table} (order_id TEXT PRIMARY KEY, quantity BIGINT NOT NULL);
+             CREATE TABLE {table}_seen (event_id TEXT PRIMARY KEY);"
+        ))
+        .await
+        .unwrap();
+        let p = unique("pg");
+        let name = unique("pg-totals");
+        let handler = PgTotals {
+            prefix: p.clone(),
+            table: table.clone(),
+            fail_on: Some(format!("{p}-bad")),
+            failures: Arc::default(),
+        };
+        if let Some(h) = store.head().await.unwrap() {
+            store.save_checkpoint(&name, Some(h)).await.unwrap();
+        }
+        // Everything stored before the start: one batch of five, the fourth fails.
+        let mut positions = Vec::new();
+        for (order, q) in [("a", 1), ("b", 2), ("a", 3), ("bad", 4), ("c", 5)] {
+            positions.push(append(&store, vec![placed(&format!("{p}-{order}"), q)]).await);
+        }
+        let projections = Projections::new(store.clone()).add(
+            Projection::new(name.clone(), handler.clone())
+                .with_batch(500)
+                .with_max_retries(1)
+                .with_retry_delay(Duration::from_millis(10)),
+        );
+        let running = projections.start().await.unwrap();
+        wait_state(&running, &name, |s| matches!(s, ProjectionState::Failed(_))).await;
+        running.stop().await.unwrap();
+        assert_eq!(
+            store.load_checkpoint(&name).await.unwrap(),
+            Some(positions[2])
+        );
+        let rows = pg
+            .query(
+                &format!("SELECT order_id, quantity FROM {table} ORDER BY order_id"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(
+            got,
+            vec![(format!("{p}-a"), 4), (format!("{p}-b"), 2)],
+            "the events before the failing one exactly once, nothing of it"
+        );
+        let seen: i64 = pg
+            .query_one(&format!("SELECT count(*) FROM {table}_seen"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seen, 3);
+        // Fixed: the restart resumes at the failing event.
+        let fixed = PgTotals {
+            fail_on: None,
+            ..handler
+        };
+        let running = Projections::new(store.clone())
+            .add(Projection::new(name.clone(), fixed))
+            .start()
+            .await
+            .unwrap();
+        running.wait_for(&name, positions[4]).await.unwrap();
+        running.stop().await.unwrap();
+        let total: i64 = pg
+            .query_one(&format!("SELECT sum(quantity)::bigint FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(total, 15);
+        pg.batch_execute(&format!("DROP TABLE {table}; DROP TABLE {table}_seen;"))
+            .await
+            .unwrap();
+    }
+}
