@@ -565,6 +565,8 @@ pub async fn snapshots_keep_the_newest_per_stream(store: Store) {
     ));
     // Snapshots are not events: the stream and the global order do not see them.
     assert!(store.read_stream(&stream, 0, 10).await.unwrap().is_empty());
+}
+
 pub async fn head_is_the_last_position(store: Store) {
     let before = store.head().await.unwrap();
     let stream = unique("head");
