@@ -301,7 +301,18 @@ async fn a_failing_event_stops_only_its_projection(store: Store, panic: bool) {
         checkpoint >= Some(good) && checkpoint < Some(bad_at),
         "{checkpoint:?}"
     );
-    assert_eq!(*failing.handled.lock().unwrap(), vec![format!("{p}-ok")]);
+    // Only the event before the failing one was handled. On PostgreSQL a batch holding
+    // both is rolled back and replayed one event per transaction, so the handler may have
+    // seen it twice (its first writes were rolled back): count what it saw, not how often.
+    let handled = failing.handled.lock().unwrap().clone();
+    assert!(
+        !handled.is_empty(),
+        "the event before the failing one was handled"
+    );
+    assert!(
+        handled.iter().all(|o| *o == format!("{p}-ok")),
+        "{handled:?}"
+    );
     let err = running.wait_for(&failing_name, last).await.unwrap_err();
     assert!(matches!(err, ProjectionError::Failed { .. }), "{err}");
     // The other projection went on.
