@@ -12,6 +12,7 @@ const GOLDENS: &[&str] = &[
     "formats",
     "aggregates",
     "projections",
+    "process_managers",
 ];
 
 fn main() {

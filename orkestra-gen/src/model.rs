@@ -37,6 +37,47 @@ pub struct Module {
     pub aggregates: Vec<Aggregate>,
     /// Projections (read models fed from the store), in declaration order.
     pub projections: Vec<Projection>,
+    /// Process managers (flows with state, commands and timers), in declaration order.
+    pub process_managers: Vec<ProcessManager>,
+}
+
+/// A process manager: one instance per `correlate_by` value, typed state, the events
+/// that start, drive and end it, the commands it dispatches and its named timers.
+#[derive(Clone, Debug)]
+pub struct ProcessManager {
+    /// Its name.
+    pub name: String,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
+    /// Docs.
+    pub description: Option<String>,
+    /// The field of every event that names the instance.
+    pub correlate_by: String,
+    /// The state fields (a field without a default is optional).
+    pub state: Vec<Field>,
+    /// Events that create the instance.
+    pub starts_on: Vec<PayloadRef>,
+    /// Events a running instance handles.
+    pub handles: Vec<PayloadRef>,
+    /// Events handled, then the instance is finished.
+    pub ends_on: Vec<PayloadRef>,
+    /// Commands it may dispatch.
+    pub dispatches: Vec<PayloadRef>,
+    /// Named timers.
+    pub timeouts: Vec<Timeout>,
+}
+
+/// A named timer of a process manager.
+#[derive(Clone, Debug)]
+pub struct Timeout {
+    /// Its name.
+    pub name: String,
+    /// Docs.
+    pub description: Option<String>,
+    /// How long after being set it fires, in milliseconds.
+    pub after_ms: u64,
+    /// The duration as written (`30m`).
+    pub after: String,
 }
 
 /// An aggregate: state folded from its own stream, one decide method per command.

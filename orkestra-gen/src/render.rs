@@ -59,6 +59,53 @@ struct ModuleCtx {
     wiring: Option<WiringCtx>,
     aggregates: Vec<AggregateCtx>,
     projections: Vec<ProjectionCtx>,
+    process_managers: Vec<ProcessCtx>,
+}
+
+/// A process manager: state, event, command and timer enums, context, trait and glue.
+#[derive(Serialize)]
+struct ProcessCtx {
+    /// The trait (the process manager's name).
+    name: String,
+    doc: String,
+    state: String,
+    state_doc: String,
+    fields: Vec<FieldCtx>,
+    event: String,
+    events: Vec<ProcessEventCtx>,
+    /// Every event type name, for a stored event of another type.
+    expected: String,
+    command: String,
+    commands: Vec<EventVariantCtx>,
+    timer: String,
+    timers: Vec<TimerCtx>,
+    context: String,
+    marker: String,
+    test: String,
+    fn_name: String,
+    wire: String,
+    stream: String,
+    correlate_by: String,
+    /// The Rust field of `correlate_by` in each event.
+    key_field: String,
+}
+
+/// An event of a process manager, with its role.
+#[derive(Serialize)]
+struct ProcessEventCtx {
+    ident: String,
+    path: String,
+    doc: String,
+    role: &'static str,
+}
+
+/// A timer of a process manager.
+#[derive(Serialize)]
+struct TimerCtx {
+    ident: String,
+    wire: String,
+    doc: String,
+    ms: u64,
 }
 
 /// A projection: its event enum (as a handler binding's), trait and binding fn.
@@ -352,6 +399,11 @@ impl ModuleCtx {
                 .projections
                 .iter()
                 .map(|p| projection_ctx(model, p, here))
+                .collect(),
+            process_managers: module
+                .process_managers
+                .iter()
+                .map(|p| process_ctx(model, p, here))
                 .collect(),
         }
     }
@@ -1034,6 +1086,90 @@ fn aggregate_ctx(model: &Model, a: &Aggregate, here: &str) -> AggregateCtx {
         commands,
         state,
         event,
+        name,
+    }
+}
+
+fn process_ctx(model: &Model, p: &ProcessManager, here: &str) -> ProcessCtx {
+    let name = pascal(&p.name);
+    let state = format!("{name}State");
+    let roles = [
+        (&p.starts_on, "Start", "starts an instance"),
+        (&p.handles, "Handle", "handled by a running instance"),
+        (&p.ends_on, "End", "handled, then the instance is finished"),
+    ];
+    let events: Vec<ProcessEventCtx> = roles
+        .iter()
+        .flat_map(|(refs, role, what)| {
+            refs.iter().map(move |r| ProcessEventCtx {
+                ident: pascal(&r.name),
+                path: item_path(here, &r.module, "events", &r.name),
+                doc: doc_attrs(&format!("`{}`: {what}.", type_name(model, r))),
+                role,
+            })
+        })
+        .collect();
+    ProcessCtx {
+        doc: docs(
+            p.description.as_deref(),
+            &format!("Process manager `{}`.", p.name),
+        ),
+        state_doc: doc_attrs(&format!(
+            "The state of one `{}` instance, recorded after each step; a new instance starts \
+             from `Default` (each field's schema default, `None` where it has none).",
+            p.name
+        )),
+        fields: p
+            .state
+            .iter()
+            .map(|f| field_ctx(&state, f, false, here))
+            .collect(),
+        event: format!("{name}Event"),
+        expected: str_lit(
+            &roles
+                .iter()
+                .flat_map(|(refs, _, _)| refs.iter())
+                .map(|r| type_name(model, r))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        ),
+        events,
+        command: format!("{name}Command"),
+        commands: p
+            .dispatches
+            .iter()
+            .map(|r| EventVariantCtx {
+                ident: pascal(&r.name),
+                path: item_path(here, &r.module, "commands", &r.name),
+                doc: doc_attrs(&format!("`{}`", type_name(model, r))),
+            })
+            .collect(),
+        timer: format!("{name}Timer"),
+        timers: p
+            .timeouts
+            .iter()
+            .map(|t| TimerCtx {
+                ident: pascal(&t.name),
+                wire: str_lit(&t.name),
+                doc: docs(
+                    t.description.as_deref(),
+                    &format!("`{}`: fires {} after it is set.", t.name, t.after),
+                ),
+                ms: t.after_ms,
+            })
+            .collect(),
+        context: format!("{name}Context"),
+        marker: format!("{name}Manager"),
+        test: format!("{name}Test"),
+        fn_name: snake(&p.name),
+        wire: str_lit(&p.name),
+        stream: str_lit(&format!(
+            "pm-{}",
+            snake(&p.name).trim_start_matches("r#").replace('_', "-")
+        )),
+        correlate_by: str_lit(&p.correlate_by),
+        key_field: snake(&p.correlate_by),
+        state,
         name,
     }
 }

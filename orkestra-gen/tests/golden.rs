@@ -61,6 +61,14 @@ fn aggregates() {
 }
 
 #[test]
+fn process_managers() {
+    insta::assert_snapshot!(
+        "process_managers",
+        generate(&dir("tests/golden/process_managers"))
+    );
+}
+
+#[test]
 fn projections() {
     insta::assert_snapshot!("projections", generate(&dir("tests/golden/projections")));
 }

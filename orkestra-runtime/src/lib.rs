@@ -64,6 +64,7 @@ pub mod store;
 pub mod aggregate;
 pub mod projection;
 mod publish;
+pub mod process;
 pub mod relay;
 // Layer 6: process-wide telemetry setup.
 #[cfg(feature = "telemetry")]
@@ -79,6 +80,7 @@ pub mod codegen;
 pub use tokio_postgres;
 
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
+pub use process::ProcessManagers;
 pub use config::{Config, ConfigError, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};

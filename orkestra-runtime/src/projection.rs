@@ -121,8 +121,8 @@ pub trait ProjectionHandler: Send + Sync + 'static {
 }
 
 /// A handler with its event type erased: decodes a recorded event (`None` when it is not
-/// one of its events) and runs.
-trait Erased: Send + Sync {
+/// one of its events) and runs. Process managers feed on it too.
+pub(crate) trait Erased: Send + Sync {
     fn handle<'a>(
         &'a self,
         event: &'a RecordedEvent,
@@ -196,6 +196,17 @@ impl Projection {
         Self {
             name: name.into(),
             handler: Arc::new(Bound(handler)),
+            batch: DEFAULT_BATCH,
+            max_retries: DEFAULT_PROJECTION_RETRIES,
+            retry_delay: DEFAULT_RETRY_DELAY,
+        }
+    }
+
+    /// A projection of recorded events as they are (a process manager's feed).
+    pub(crate) fn raw(name: impl Into<String>, handler: Arc<dyn Erased>) -> Self {
+        Self {
+            name: name.into(),
+            handler,
             batch: DEFAULT_BATCH,
             max_retries: DEFAULT_PROJECTION_RETRIES,
             retry_delay: DEFAULT_RETRY_DELAY,
@@ -560,6 +571,12 @@ impl Projections {
             .await;
         }
     }
+}
+
+/// The wait before retry `attempt` (1: the first): one more `delay` each time, at most
+/// 30 seconds.
+fn retry_wait(delay: Duration, attempt: u32) -> Duration {
+    delay.saturating_mul(attempt).min(Duration::from_secs(30))
 }
 
 fn remaining(next: u64, until: u64) -> usize {
@@ -1008,7 +1025,7 @@ impl Runner {
                 }
             }
             attempt += 1;
-            tokio::time::sleep(projection.retry_delay * attempt).await;
+            tokio::time::sleep(retry_wait(projection.retry_delay, attempt)).await;
         }
     }
 
@@ -1072,7 +1089,7 @@ impl Runner {
                     Err(e) => return Outcome::Store(e),
                 }
                 attempt += 1;
-                tokio::time::sleep(self.shared.projection.retry_delay * attempt).await;
+                tokio::time::sleep(retry_wait(self.shared.projection.retry_delay, attempt)).await;
             }
         }
         Outcome::Done(last_done.unwrap_or_else(|| batch.last().map_or(0, RecordedEvent::position)))

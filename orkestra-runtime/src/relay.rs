@@ -198,6 +198,11 @@ impl Relay {
                 if *stop.borrow() {
                     break;
                 }
+                // The runtime's own records (a process manager's steps) are not messages.
+                if event.is_internal() {
+                    last = Some(event.position());
+                    continue;
+                }
                 match self.publish(event, &stop).await {
                     Ok(true) => last = Some(event.position()),
                     Ok(false) => break,

@@ -16,6 +16,8 @@ fn layer(module: &str) -> Option<u8> {
         "handler" => 30,
         "bus" | "store" => 40,
         "publish" | "aggregate" | "projection" | "relay" => 50,
+        // Process managers feed on projections.
+        "process" => 55,
         "telemetry" => 60,
         "lib" => 70,
         _ => return None,
@@ -79,6 +81,7 @@ fn module_of(name: &str) -> Option<&str> {
         "Store" | "StoreError" | "EventData" | "ExpectedVersion" | "RecordedEvent"
         | "AppendResult" | "AllSubscription" => "store",
         "topic" => "message",
+        "ProcessManagers" => "process",
         _ if name.chars().next().is_some_and(char::is_uppercase) || name == "new_id" => "message",
         _ => return None,
     })

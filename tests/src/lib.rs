@@ -46,6 +46,12 @@ pub mod projections {
     include!(concat!(env!("OUT_DIR"), "/projections.rs"));
 }
 
+/// Generated from `orkestra-gen/tests/golden/process_managers/fulfilment.yaml`: the
+/// `Fulfilment` flow (state, three roles, commands, two timers) and a bare `Audit`.
+pub mod process_managers {
+    include!(concat!(env!("OUT_DIR"), "/process_managers.rs"));
+}
+
 /// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
 /// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
 /// struct types are checked for unknown keys.

@@ -71,25 +71,30 @@ impl Validator {
         let mut ok = self.aggregate_name(key, seen);
         let map = self.keys(entries, AGGREGATE_KEYS, &format!("in aggregate `{name}`"));
         let description = self.description(&map);
-        let commands = self.aggregate_list(
+        let owner = format!("aggregate `{name}`");
+        let commands = self.payload_list(
             decl,
+            &owner,
             key,
             map.get("commands").copied(),
             "commands",
             &tables.commands,
             "command",
+            true,
         );
-        let events = self.aggregate_list(
+        let events = self.payload_list(
             decl,
+            &owner,
             key,
             map.get("events").copied(),
             "events",
             &tables.events,
             "event",
+            true,
         );
         let state = match map.get("state") {
             None => Some(Vec::new()),
-            Some(n) => self.state_fields(decl, key, n, types),
+            Some(n) => self.state_fields(decl, &owner, n, types),
         };
         let snapshot_every = match map.get("snapshot_every") {
             None => Some(None),
@@ -262,23 +267,27 @@ impl Validator {
     /// `commands: [..]` or `events: [..]`: a non-empty list of distinct, known names
     /// (variants and methods are named after them). Returns the references and the node
     /// of each.
+    /// `owner` is what the list belongs to (`aggregate \`Account\``); a list that is
+    /// not `required` may be missing or empty.
     #[allow(clippy::too_many_arguments)]
-    fn aggregate_list<'n>(
+    pub(super) fn payload_list<'n>(
         &mut self,
         decl: &Decl,
+        owner: &str,
         key: &Key,
         node: Option<&'n Node>,
         section: &str,
         table: &[super::Declared],
         what: &str,
+        required: bool,
     ) -> Option<(Vec<PayloadRef>, Vec<&'n Node>)> {
         let Some(node) = node else {
+            if !required {
+                return Some((Vec::new(), Vec::new()));
+            }
             self.error(
                 &key.span,
-                format!(
-                    "aggregate `{}` has no `{section}`: list the {section} it handles",
-                    key.name
-                ),
+                format!("{owner} has no `{section}`: list the {section} it handles"),
             );
             return None;
         };
@@ -286,18 +295,14 @@ impl Validator {
             self.error(
                 &node.span,
                 format!(
-                    "`{section}` of aggregate `{}` must be a list of {what} names, found {}",
-                    key.name,
+                    "`{section}` of {owner} must be a list of {what} names, found {}",
                     node.kind()
                 ),
             );
             return None;
         };
-        if items.is_empty() {
-            self.error(
-                &node.span,
-                format!("`{section}` of aggregate `{}` is empty", key.name),
-            );
+        if items.is_empty() && required {
+            self.error(&node.span, format!("`{section}` of {owner} is empty"));
             return None;
         }
         let mut refs: Vec<PayloadRef> = Vec::new();
@@ -317,7 +322,7 @@ impl Validator {
             {
                 self.error(
                     &item.span,
-                    format!("two {section} named `{}` in aggregate `{}`; its variants and methods are named after them", r.name, key.name),
+                    format!("two {section} named `{}` in {owner}; its variants and methods are named after them", r.name),
                 );
                 ok = false;
             } else {
@@ -330,28 +335,27 @@ impl Validator {
 
     /// `state:` fields: a type, an optional default (checked against the type) and docs;
     /// no rules and no `required` (a field without a default is optional).
-    fn state_fields(
+    pub(super) fn state_fields(
         &mut self,
         decl: &Decl,
-        key: &Key,
+        owner: &str,
         node: &Node,
         types: &TypeTable,
     ) -> Option<Vec<Field>> {
-        let owner = format!("the state of aggregate `{}`", key.name);
-        let fields = self.fields(decl, node, types, &owner)?;
+        let fields = self.fields(decl, node, types, &format!("the state of {owner}"))?;
         let mut ok = true;
         for f in &fields {
             if f.required {
                 self.error(
                     &f.span,
-                    format!("state field `{}` of aggregate `{}` cannot be `required`: give it a `default`, or none to make it optional", f.name, key.name),
+                    format!("state field `{}` of {owner} cannot be `required`: give it a `default`, or none to make it optional", f.name),
                 );
                 ok = false;
             }
             if f.rules != Rules::default() {
                 self.error(
                     &f.span,
-                    format!("state field `{}` of aggregate `{}` has rules; state is folded from events, not checked: it takes `type`, `default` and `description`", f.name, key.name),
+                    format!("state field `{}` of {owner} has rules; state is kept, not checked: it takes `type`, `default` and `description`", f.name),
                 );
                 ok = false;
             }

@@ -6,6 +6,7 @@ mod fields;
 mod handlers;
 mod names;
 mod payloads;
+mod process_managers;
 mod projections;
 mod shape;
 mod types;
@@ -41,6 +42,7 @@ struct Decl {
     handlers: Vec<(Key, Node)>,
     aggregates: Vec<(Key, Node)>,
     projections: Vec<(Key, Node)>,
+    process_managers: Vec<(Key, Node)>,
 }
 
 /// A declared command or event, for resolving references.
@@ -139,6 +141,22 @@ impl Validator {
             for (key, node) in &decl.projections {
                 if let Some(p) = self.projection(decl, key, node, &tables, &mut projection_names) {
                     module.projections.push(p);
+                }
+            }
+        }
+        let mut process_names = process_managers::ProcessNames::default();
+        for i in 0..decls.len() {
+            for (key, node) in &decls[i].process_managers {
+                if let Some(p) = self.process_manager(
+                    &decls[i],
+                    key,
+                    node,
+                    &types,
+                    &tables,
+                    &modules,
+                    &mut process_names,
+                ) {
+                    modules[i].process_managers.push(p);
                 }
             }
         }

@@ -32,6 +32,7 @@ impl Validator {
                     existing.handlers.extend(decl.handlers);
                     existing.aggregates.extend(decl.aggregates);
                     existing.projections.extend(decl.projections);
+                    existing.process_managers.extend(decl.process_managers);
                 }
                 Some(existing) => {
                     let ns = existing.namespace.clone();

@@ -19,6 +19,7 @@ const TOP_KEYS: &[&str] = &[
     "handlers",
     "aggregates",
     "projections",
+    "process_managers",
 ];
 
 impl Validator {
@@ -112,6 +113,7 @@ impl Validator {
         let handlers = section("handlers");
         let aggregates = section("aggregates");
         let projections = section("projections");
+        let process_managers = section("process_managers");
         Some(Decl {
             span: ns_node.span.clone(),
             namespace,
@@ -124,6 +126,7 @@ impl Validator {
             handlers,
             aggregates,
             projections,
+            process_managers,
         })
     }
 

@@ -309,17 +309,44 @@ impl InProcess {
         reason: &str,
         attempts: u32,
     ) {
-        log_dead_letter(
-            &subscription.handler,
-            message.topic(),
-            reason,
-            attempts,
-            COMPONENT,
-        );
+        self.record_dead_letter(runner, message, &subscription.handler, reason, attempts)
+            .await;
+    }
+
+    /// Dead-letters a message on behalf of a runner outside the bus (a process manager
+    /// fed from the store): logged, sent to every [`DeadLetters`] receiver and handler.
+    pub(crate) async fn dead_letter_from(
+        &self,
+        bus: &Bus,
+        message: &Message,
+        handler: &str,
+        reason: &str,
+        attempts: u32,
+    ) {
+        let runner = Runner {
+            bus,
+            system: SYSTEM,
+            component: COMPONENT,
+            traced: false,
+            foreign_origin: false,
+        };
+        self.record_dead_letter(&runner, message, handler, reason, attempts)
+            .await;
+    }
+
+    async fn record_dead_letter(
+        &self,
+        runner: &Runner<'_>,
+        message: &Message,
+        handler: &str,
+        reason: &str,
+        attempts: u32,
+    ) {
+        log_dead_letter(handler, message.topic(), reason, attempts, COMPONENT);
         let letter = DeadLetter {
             message: message.clone(),
             topic: message.topic().to_owned(),
-            handler: subscription.handler.to_string(),
+            handler: handler.to_owned(),
             reason: reason.to_owned(),
             attempts,
             dead_at: chrono::Utc::now(),

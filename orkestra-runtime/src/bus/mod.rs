@@ -352,6 +352,34 @@ impl Bus {
         }
     }
 
+    /// Dead-letters `message` for `handler`, a runner that is not a bus subscription
+    /// (a process manager fed from the store): in-process it reaches every
+    /// [`DeadLetters`] receiver and dead-letter handler; on RabbitMQ it goes to the
+    /// dead-letter exchange, like a consumer's.
+    pub(crate) async fn dead_letter_from(
+        &self,
+        message: &Message,
+        handler: &str,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), BusError> {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) => {
+                b.dead_letter_from(self, message, handler, reason, attempts)
+                    .await;
+                Ok(())
+            }
+            #[cfg(feature = "rabbitmq")]
+            Adapter::RabbitMq(b) => b.dead_letter_from(message, handler, reason, attempts).await,
+        }
+    }
+
+    /// Whether handlers of this bus may run in other processes (RabbitMQ): then
+    /// runners that share a store coordinate through it.
+    pub(crate) fn is_distributed(&self) -> bool {
+        !matches!(self.backend.adapter, Adapter::InProcess(_))
+    }
+
     /// A stream of the dead letters recorded from now on.
     pub async fn dead_letters(&self) -> Result<DeadLetters, BusError> {
         match &self.backend.adapter {

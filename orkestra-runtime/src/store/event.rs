@@ -10,6 +10,10 @@ use serde_json::Value;
 use super::StoreError;
 use crate::message::{Event, EventPayload, Message, Metadata, PayloadError, RawEvent};
 
+/// The type prefix of the runtime's own records in a store (process manager steps):
+/// the relay does not publish them, and no generated event type can take it.
+pub const INTERNAL_TYPE_PREFIX: &str = "orkestra.";
+
 /// The largest event (data plus metadata, as JSON) a store accepts by default: 4 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -163,6 +167,12 @@ impl RecordedEvent {
     pub fn id(&self) -> &str {
         &self.id
     }
+    /// Whether this is one of the runtime's own records (its type starts with
+    /// [`INTERNAL_TYPE_PREFIX`]: a process manager's steps), not an application event.
+    pub fn is_internal(&self) -> bool {
+        self.event_type.starts_with(INTERNAL_TYPE_PREFIX)
+    }
+
     /// The event type name.
     pub fn event_type(&self) -> &str {
         &self.event_type

@@ -34,7 +34,10 @@ pub(crate) use backend::sql_int;
 pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_version};
 pub use error::StoreError;
 pub(crate) use event::Encoded;
-pub use event::{AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersion, RecordedEvent};
+pub use event::{
+    AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersion, INTERNAL_TYPE_PREFIX,
+    RecordedEvent,
+};
 pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
 
@@ -151,6 +154,11 @@ impl Store {
     /// Who publishes what this store appends.
     pub fn publish_mode(&self) -> PublishMode {
         self.publish
+    }
+
+    /// Whether `other` is a clone of this handle (the same connection pool or file).
+    pub fn same_as(&self, other: &Store) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.backend), Arc::as_ptr(&other.backend))
     }
 
     /// The adapter's name.

@@ -356,6 +356,43 @@ impl RabbitMq {
         Ok(())
     }
 
+    /// Dead-letters a message that did not come from a delivery (a process manager fed
+    /// from the store): published to the dead-letter exchange with the headers a
+    /// consumer's dead letter carries, confirmed.
+    pub(crate) async fn dead_letter_from(
+        &self,
+        message: &crate::message::Message,
+        handler: &str,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), BusError> {
+        super::run::log_dead_letter(handler, message.topic(), reason, attempts, SYSTEM);
+        let body = wire::encode(message)?;
+        let mut table = FieldTable::default();
+        headers::put_str(
+            &mut table,
+            headers::ORIGINAL_EXCHANGE,
+            &self.shared.topology.names.events,
+        );
+        headers::put_str(&mut table, headers::ORIGINAL_ROUTING_KEY, message.topic());
+        headers::put_str(&mut table, headers::HANDLER, handler);
+        headers::put_int(&mut table, headers::ATTEMPTS, i64::from(attempts));
+        headers::put_str(&mut table, headers::ERROR, reason);
+        self.shared
+            .publisher
+            .publish_dead_letter(
+                Outgoing {
+                    exchange: &self.shared.topology.names.dead_letters,
+                    routing_key: message.topic(),
+                    body: &body,
+                    properties: publisher::message_properties(message, table),
+                },
+                Some(message),
+                false,
+            )
+            .await
+    }
+
     pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Event)?;
         let mut envelope = envelope.mark_published();

@@ -1,0 +1,1368 @@
+//! Layer 5, on projections: process managers (`design/process-managers.md`).
+//!
+//! A process manager keeps a small typed state per flow instance (one per value of its
+//! `correlate_by` field), reacts to the events of that flow, dispatches commands and
+//! sets named timers. Generated code (`<namespace>::process_managers`) implements
+//! [`ProcessDefinition`] over the schema's trait; [`ProcessManagers`] runs them.
+//!
+//! ## How a step is recorded
+//!
+//! Each instance is a stream of its own, `pm-<name>-<key>`, of *steps*: one
+//! `orkestra.ProcessStep` record per handled event or fired timer, holding the state
+//! after it, the pending timers (name → due time), whether the instance finished, the
+//! last event position handled, and the commands the step dispatches, with their ids.
+//! Handling is atomic in effect: the step is one append at the instance's expected
+//! version (a concurrent step, from a timer or another runner, makes it run again on
+//! the new state). A failing handler records nothing: the instance keeps its state.
+//!
+//! ## Feed, dispatch and timers
+//!
+//! Events come from a checkpointed subscription of the store (a projection named
+//! `process-manager:<name>`): catch-up after a restart, then live. The steps are in that
+//! same global log: the feed dispatches a step's commands when it reads the step, so a
+//! crash between recording and dispatching dispatches them after the restart, with the
+//! same ids (derived from the event id and the command's index). Commands carry the
+//! event's correlation id and the event id as causation.
+//!
+//! Timers are durable because they are in the steps: at start the runner reads its
+//! steps back from the log into a timer index, so a timer that came due while the
+//! process was down fires right away. A timer fires in a step of its own (`on_timeout`);
+//! one cleared or set again meanwhile, or one of a finished instance, is dropped with a
+//! debug log.
+//!
+//! ## Several runners
+//!
+//! On a distributed bus (RabbitMQ) several processes may run the same process manager
+//! over one store: each claims every event, step and timer in the store's inbox
+//! (PostgreSQL, SQLite) before acting, so each is acted on by exactly one runner while
+//! the others wait for its claim, then skip it. The work is shared, and a runner that
+//! dies releases its claims (its transaction ends).
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::fmt;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use crate::bus::{Bus, BusError};
+use crate::handler::{HandlerError, Inbox};
+use crate::message::{CommandEnvelope, Message, Metadata, PayloadError, RawCommand};
+use crate::projection::{
+    Erased, Projection, ProjectionContext, ProjectionError, ProjectionStatus, Projections,
+    RunningProjections,
+};
+use crate::store::{EventData, ExpectedVersion, RecordedEvent, Store, StoreError};
+
+/// The event type of a process manager's step records.
+pub const STEP_TYPE: &str = "orkestra.ProcessStep";
+/// How many times a failing handler is retried before its event is dead-lettered.
+pub const DEFAULT_PROCESS_RETRIES: u32 = 3;
+/// The delay before the first retry of a failing handler (one more each retry).
+pub const DEFAULT_PROCESS_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// How many instances a runner keeps in memory between events.
+const CACHE_LIMIT: usize = 100_000;
+/// How many times a step is tried again when another step was recorded first.
+const CONFLICT_RETRIES: u32 = 20;
+
+/// What an event does to its instance (the schema's list the event is in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `starts_on`: creates the instance (ignored if it already exists).
+    Start,
+    /// `handles`: handled by a running instance.
+    Handle,
+    /// `ends_on`: handled, then the instance is finished.
+    End,
+}
+
+/// The commands a process manager may dispatch (a generated enum of payload structs).
+pub trait ProcessCommand: Send + Sync + 'static {
+    /// The command as it is recorded and dispatched.
+    fn into_raw(self, id: String, metadata: Metadata) -> Result<RawCommand, PayloadError>;
+}
+
+/// A process manager's named timers (a generated enum).
+pub trait ProcessTimer: Copy + Eq + fmt::Debug + Send + Sync + 'static {
+    /// Every timer.
+    const ALL: &'static [Self];
+    /// Its name in the schema.
+    fn name(self) -> &'static str;
+    /// How long after being set it fires.
+    fn after(self) -> Duration;
+    /// The timer of that name.
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| t.name() == name)
+    }
+}
+
+/// A process manager as the runtime sees it (generated code implements it over the
+/// schema's trait).
+pub trait ProcessDefinition: Send + Sync + 'static {
+    /// The name in the schema (`Fulfilment`).
+    const NAME: &'static str;
+    /// The prefix of its instance streams (`pm-fulfilment`).
+    const STREAM: &'static str;
+    /// The field of every event that names the instance.
+    const CORRELATE_BY: &'static str;
+    /// The state of one instance.
+    type State: Serialize + DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync;
+    /// The events it listens to.
+    type Event: Send + Sync;
+    /// The commands it may dispatch.
+    type Command: ProcessCommand;
+    /// Its timers.
+    type Timer: ProcessTimer;
+
+    /// The role of an event type (`None`: not one of its events).
+    fn role(event_type: &str) -> Option<Role>;
+    /// The role of one of its events.
+    fn event_role(event: &Self::Event) -> Role;
+    /// Decodes one of its events.
+    fn decode(recorded: &RecordedEvent) -> Result<Self::Event, StoreError>;
+    /// The instance an event belongs to (its `correlate_by` value).
+    fn key(event: &Self::Event) -> String;
+    /// Handles an event of a running (or starting) instance.
+    fn handle<'a>(
+        &'a self,
+        state: &'a mut Self::State,
+        event: &'a Self::Event,
+        ctx: &'a mut ProcessContext<Self::Command, Self::Timer>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Handles a timer that came due.
+    fn on_timeout<'a>(
+        &'a self,
+        state: &'a mut Self::State,
+        timer: Self::Timer,
+        ctx: &'a mut ProcessContext<Self::Command, Self::Timer>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// What a process manager's handler can do beside changing the state: dispatch
+/// commands, set and clear timers, finish the instance.
+pub struct ProcessContext<C, T> {
+    key: String,
+    commands: Vec<C>,
+    timers: BTreeMap<String, i64>,
+    now: DateTime<Utc>,
+    finished: bool,
+    _timer: PhantomData<fn(T)>,
+}
+
+impl<C, T: ProcessTimer> fmt::Debug for ProcessContext<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessContext")
+            .field("key", &self.key)
+            .field("commands", &self.commands.len())
+            .field("timers", &self.timers)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl<C, T: ProcessTimer> ProcessContext<C, T> {
+    fn new(key: String, timers: BTreeMap<String, i64>, now: DateTime<Utc>) -> Self {
+        Self {
+            key,
+            commands: Vec::new(),
+            timers,
+            now,
+            finished: false,
+            _timer: PhantomData,
+        }
+    }
+
+    /// This instance's `correlate_by` value.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Dispatches a command once this step is recorded.
+    pub fn dispatch(&mut self, command: C) {
+        self.commands.push(command);
+    }
+
+    /// Sets `timer` to fire its duration from now (replacing it if it was set).
+    pub fn set_timer(&mut self, timer: T) {
+        let after = chrono::Duration::from_std(timer.after()).unwrap_or(chrono::Duration::MAX);
+        let due = self
+            .now
+            .checked_add_signed(after)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.timers
+            .insert(timer.name().to_owned(), due.timestamp_millis());
+    }
+
+    /// Clears `timer` (nothing happens if it is not set).
+    pub fn clear_timer(&mut self, timer: T) {
+        self.timers.remove(timer.name());
+    }
+
+    /// Whether `timer` is set.
+    pub fn is_set(&self, timer: T) -> bool {
+        self.timers.contains_key(timer.name())
+    }
+
+    /// When `timer` fires, if it is set.
+    pub fn due(&self, timer: T) -> Option<DateTime<Utc>> {
+        self.timers
+            .get(timer.name())
+            .and_then(|ms| DateTime::from_timestamp_millis(*ms))
+    }
+
+    /// Finishes the instance once this step is recorded: later events are ignored and
+    /// its timers are dropped.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Whether [`finish`](Self::finish) was called (or the event is in `ends_on`).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The commands dispatched so far in this step.
+    pub fn commands(&self) -> &[C] {
+        &self.commands
+    }
+
+    fn timers_set(&self) -> Vec<T> {
+        self.timers
+            .keys()
+            .filter_map(|name| T::from_name(name))
+            .collect()
+    }
+}
+
+/// One recorded step of an instance (the data of an `orkestra.ProcessStep` record).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Step<S> {
+    process: String,
+    key: String,
+    state: S,
+    /// Pending timers: name → due time in Unix milliseconds.
+    #[serde(default)]
+    timers: BTreeMap<String, i64>,
+    #[serde(default)]
+    finished: bool,
+    /// The position of the last event handled (redeliveries at or before it are skipped).
+    #[serde(default)]
+    last: Option<u64>,
+    /// The correlation id of the event that started the instance (for timer steps).
+    correlation: String,
+    /// The commands this step dispatches.
+    #[serde(default)]
+    commands: Vec<RawCommand>,
+}
+
+/// An instance as loaded: its last step and that step's version in the stream.
+#[derive(Clone, Debug)]
+struct Instance<S> {
+    version: u64,
+    step: Step<S>,
+}
+
+/// A due timer: (due ms, key, timer name).
+type Due = Reverse<(i64, String, String)>;
+
+/// Every pending timer of a process manager, as its steps left them.
+#[derive(Default)]
+struct TimerIndex {
+    /// key → (step version, timers).
+    instances: HashMap<String, (u64, BTreeMap<String, i64>)>,
+    heap: BinaryHeap<Due>,
+}
+
+impl TimerIndex {
+    /// Takes in a step (newer than the one known for its key).
+    fn record(&mut self, key: &str, version: u64, timers: &BTreeMap<String, i64>, finished: bool) {
+        if let Some((known, _)) = self.instances.get(key)
+            && *known >= version
+        {
+            return;
+        }
+        if finished || timers.is_empty() {
+            // Kept with no timers, so an older step read again later (the feed catching
+            // up behind the start-up scan) does not bring its timers back.
+            self.instances
+                .insert(key.to_owned(), (version, BTreeMap::new()));
+            return;
+        }
+        for (name, due) in timers {
+            self.heap
+                .push(Reverse((*due, key.to_owned(), name.clone())));
+        }
+        self.instances
+            .insert(key.to_owned(), (version, timers.clone()));
+    }
+
+    /// Whether `(key, name)` is still set to fire at `due`.
+    fn is_current(&self, key: &str, name: &str, due: i64) -> bool {
+        self.instances
+            .get(key)
+            .is_some_and(|(_, timers)| timers.get(name) == Some(&due))
+    }
+
+    /// The next due time of a current timer (stale heap entries are dropped on the way).
+    fn next_due(&mut self) -> Option<i64> {
+        while let Some(Reverse((due, key, name))) = self.heap.peek() {
+            if self.is_current(key, name, *due) {
+                return Some(*due);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// The current timers due at `now`, removed from the heap.
+    fn take_due(&mut self, now: i64) -> Vec<(i64, String, String)> {
+        let mut due = Vec::new();
+        while self.heap.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            let Some(Reverse(entry)) = self.heap.pop() else {
+                break;
+            };
+            if self.is_current(&entry.1, &entry.2, entry.0) {
+                due.push(entry);
+            }
+        }
+        due
+    }
+}
+
+/// A process manager bound to its implementation, for [`ProcessManagers::add`].
+pub struct ProcessManager {
+    name: String,
+    store: Store,
+    build: Box<dyn FnOnce(Settings) -> Arc<dyn Runnable> + Send>,
+    retries: u32,
+    retry_delay: Duration,
+    batch: usize,
+}
+
+impl fmt::Debug for ProcessManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessManager")
+            .field("name", &self.name)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Settings {
+    name: Arc<str>,
+    bus: Bus,
+    retries: u32,
+    retry_delay: Duration,
+    shared: bool,
+}
+
+impl ProcessManager {
+    /// Binds `definition` (generated bindings call this) over `store`, where its
+    /// instances live.
+    pub fn new<D: ProcessDefinition>(definition: D, store: Store) -> Self {
+        let instances = store.clone();
+        Self {
+            name: D::NAME.to_owned(),
+            store,
+            build: Box::new(move |settings| {
+                Arc::new(Runner::new(definition, instances, settings)) as Arc<dyn Runnable>
+            }),
+            retries: DEFAULT_PROCESS_RETRIES,
+            retry_delay: DEFAULT_PROCESS_RETRY_DELAY,
+            batch: crate::projection::DEFAULT_BATCH,
+        }
+    }
+
+    /// How many times a failing handler is retried before its event is dead-lettered.
+    #[must_use]
+    pub fn with_max_retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The delay before the first retry (each further retry waits one more of it).
+    #[must_use]
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// How many events the feed reads per batch.
+    #[must_use]
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Runs it under another name: its own instance streams (`pm-<name>-<run name>-<key>`),
+    /// feed checkpoint, claims and timers, beside the schema's (a second deployment on
+    /// the same store, or a test sharing a database).
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The name it runs under (the schema's unless [`named`](Self::named)).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The name of a process manager's feed (its checkpoint).
+pub fn checkpoint_name(process: &str) -> String {
+    format!("process-manager:{process}")
+}
+
+/// What [`ProcessManagers`] runs of a process manager, its types erased.
+trait Runnable: Send + Sync {
+    fn name(&self) -> &str;
+    fn feed(self: Arc<Self>) -> Arc<dyn Erased>;
+    /// Reads the steps in the log back into the timer index.
+    fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn run_timers(self: Arc<Self>, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+}
+
+/// Why a process manager call did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Its feed (a projection) failed or could not start.
+    #[error(transparent)]
+    Feed(#[from] ProjectionError),
+    /// A process manager was bound to another store than the one it runs on.
+    #[error(
+        "process manager {name:?} was bound to another store (a {bound} one) than the {runs} store it runs on; bind it to a clone of the same Store"
+    )]
+    OtherStore {
+        /// The process manager.
+        name: String,
+        /// The store it was bound to.
+        bound: &'static str,
+        /// The store of `ProcessManagers::new`.
+        runs: &'static str,
+    },
+    /// No process manager of that name was added.
+    #[error("no process manager named {0:?}")]
+    Unknown(String),
+}
+
+/// The process managers of an application, over one store and one bus.
+pub struct ProcessManagers {
+    store: Store,
+    bus: Bus,
+    managers: Vec<ProcessManager>,
+}
+
+impl fmt::Debug for ProcessManagers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessManagers")
+            .field("store", &self.store)
+            .field("bus", &self.bus)
+            .field("managers", &self.managers)
+            .finish()
+    }
+}
+
+impl ProcessManagers {
+    /// No process managers yet: events are read from `store`, commands go to `bus`.
+    pub fn new(store: Store, bus: Bus) -> Self {
+        Self {
+            store,
+            bus,
+            managers: Vec::new(),
+        }
+    }
+
+    /// Adds a process manager (a generated binding's value).
+    #[must_use]
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "the name design/process-managers.md gives; a builder step"
+    )]
+    pub fn add(mut self, manager: ProcessManager) -> Self {
+        self.managers.push(manager);
+        self
+    }
+
+    /// Reads each process manager's pending timers back from its steps, then starts its
+    /// feed (from its checkpoint) and its timers.
+    pub async fn start(self) -> Result<RunningProcessManagers, ProcessError> {
+        let shared = self.bus.is_distributed();
+        let mut projections = Projections::new(self.store.clone());
+        let mut runnables = Vec::with_capacity(self.managers.len());
+        for manager in self.managers {
+            if !manager.store.same_as(&self.store) {
+                return Err(ProcessError::OtherStore {
+                    name: manager.name.clone(),
+                    bound: manager.store.adapter(),
+                    runs: self.store.adapter(),
+                });
+            }
+            let runnable = (manager.build)(Settings {
+                name: Arc::from(manager.name.as_str()),
+                bus: self.bus.clone(),
+                retries: manager.retries,
+                retry_delay: manager.retry_delay,
+                shared,
+            });
+            runnable.load_timers().await?;
+            projections = projections.add(
+                Projection::raw(checkpoint_name(runnable.name()), runnable.clone().feed())
+                    .with_batch(manager.batch)
+                    // Handler failures are dead-lettered inside; what reaches the feed is
+                    // the store or the bus failing, which waits for them to come back.
+                    .with_max_retries(u32::MAX)
+                    .with_retry_delay(Duration::from_millis(250)),
+            );
+            runnables.push(runnable);
+        }
+        let feeds = projections.start().await?;
+        let (stop, _) = watch::channel(false);
+        let timers = runnables
+            .iter()
+            .map(|r| tokio::spawn(r.clone().run_timers(stop.subscribe())))
+            .collect();
+        Ok(RunningProcessManagers {
+            names: runnables.iter().map(|r| r.name().to_owned()).collect(),
+            feeds: Some(feeds),
+            stop,
+            timers,
+        })
+    }
+}
+
+/// Running process managers: status, waits, and `stop`.
+#[derive(Debug)]
+pub struct RunningProcessManagers {
+    names: Vec<String>,
+    feeds: Option<RunningProjections>,
+    stop: watch::Sender<bool>,
+    timers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningProcessManagers {
+    /// Each process manager's feed: checkpoint, head, lag, state (named
+    /// `process-manager:<name>`).
+    pub fn status(&self) -> Vec<ProcessStatus> {
+        self.feeds
+            .as_ref()
+            .map(RunningProjections::status)
+            .unwrap_or_default()
+    }
+
+    /// Waits until process manager `name` has handled the event at `position` (and
+    /// dispatched the commands of the steps before it).
+    pub async fn wait_for(&self, name: &str, position: u64) -> Result<(), ProcessError> {
+        if !self.names.iter().any(|n| n == name) {
+            return Err(ProcessError::Unknown(name.to_owned()));
+        }
+        let Some(feeds) = &self.feeds else {
+            return Err(ProcessError::Unknown(name.to_owned()));
+        };
+        Ok(feeds.wait_for(&checkpoint_name(name), position).await?)
+    }
+
+    /// Stops the feeds (each finishes the event in hand and saves its checkpoint) and
+    /// the timers.
+    pub async fn stop(mut self) -> Result<(), ProcessError> {
+        self.stop.send_replace(true);
+        for task in self.timers.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(feeds) = self.feeds.take() {
+            feeds.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningProcessManagers {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// A process manager's feed status (its projection's).
+pub type ProcessStatus = ProjectionStatus;
+
+/// Runs one process manager.
+struct Runner<D: ProcessDefinition> {
+    definition: D,
+    /// Its name (`D::NAME` unless renamed) and its instance streams' prefix.
+    name: Arc<str>,
+    stream: String,
+    store: Store,
+    bus: Bus,
+    /// The store's inbox, when runners in several processes share the work.
+    claims: Option<Inbox>,
+    handler: Arc<str>,
+    step_claims: Arc<str>,
+    timer_claims: Arc<str>,
+    retries: u32,
+    retry_delay: Duration,
+    cache: Mutex<HashMap<String, Instance<D::State>>>,
+    timers: Mutex<TimerIndex>,
+    wake: Notify,
+}
+
+/// Why a step was not recorded.
+enum StepError {
+    /// Another step was recorded first: load again and redo.
+    Conflict,
+    /// The store or the bus failed: the feed retries the event.
+    Retry(HandlerError),
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WrongExpectedVersion { .. } => Self::Conflict,
+            e => Self::Retry(HandlerError::fail(e.to_string())),
+        }
+    }
+}
+
+fn uuid_v5(name: &str) -> String {
+    const NAMESPACE: uuid::Uuid =
+        uuid::Uuid::from_u128(0x6f72_6b65_7374_7261_8000_7072_6f63_6573);
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// The `correlate_by` value of an event's data, as the instance key.
+fn key_of(data: &Value, field: &str) -> Option<String> {
+    match data.get(field)? {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn message_of(event: &RecordedEvent) -> Message {
+    let topic = event.topic().unwrap_or_else(|| event.event_type()).to_owned();
+    match event.to_raw(topic) {
+        Ok(raw) => Message::from_raw_event(raw),
+        Err(e) => Message::from_raw_event(crate::message::RawEvent {
+            id: event.id().to_owned(),
+            event_type: event.event_type().to_owned(),
+            topic: event.topic().unwrap_or_default().to_owned(),
+            version: event.schema_version(),
+            data: Value::String(format!("unreadable: {e}")),
+            metadata: event.metadata().clone(),
+        }),
+    }
+}
+
+/// Runs a handler's future; a panic becomes a failure with its message.
+async fn caught(run: BoxFuture<'_, Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(HandlerError::fail(format!(
+                "the handler panicked: {message}"
+            )))
+        }
+    }
+}
+
+/// What triggers a step.
+enum Cause<'a, E, T> {
+    Event {
+        event: &'a E,
+        recorded: &'a RecordedEvent,
+        role: Role,
+    },
+    Timer {
+        timer: T,
+        due: i64,
+    },
+}
+
+impl<D: ProcessDefinition> Runner<D> {
+    fn new(definition: D, store: Store, settings: Settings) -> Self {
+        let claims = settings.shared.then(|| Inbox::from(&store));
+        let name = settings.name;
+        Self {
+            handler: Arc::from(format!("pm:{name}")),
+            step_claims: Arc::from(format!("pm:{name}:step")),
+            timer_claims: Arc::from(format!("pm:{name}:timer")),
+            stream: match &*name {
+                n if n == D::NAME => D::STREAM.to_owned(),
+                n => format!("{}-{}", D::STREAM, n.to_lowercase()),
+            },
+            name,
+            definition,
+            store,
+            bus: settings.bus,
+            claims,
+            retries: settings.retries,
+            retry_delay: settings.retry_delay,
+            cache: Mutex::new(HashMap::new()),
+            timers: Mutex::new(TimerIndex::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn stream(&self, key: &str) -> String {
+        format!("{}-{key}", self.stream)
+    }
+
+    /// The instance's last step, from memory or the store.
+    async fn load(&self, key: &str, fresh: bool) -> Result<Option<Instance<D::State>>, StoreError> {
+        if !fresh && let Some(found) = crate::sync::lock(&self.cache).get(key) {
+            return Ok(Some(found.clone()));
+        }
+        let last = self
+            .store
+            .read_stream_backwards(&self.stream(key), u64::MAX, 1)
+            .await?;
+        let Some(recorded) = last.into_iter().next() else {
+            return Ok(None);
+        };
+        let step: Step<D::State> = serde_json::from_str(recorded.data_json()).map_err(|e| {
+            StoreError::Invalid(format!(
+                "step {} of process manager {} (stream {}) cannot be read: {e}",
+                recorded.id(),
+                self.name,
+                recorded.stream()
+            ))
+        })?;
+        let instance = Instance {
+            version: recorded.version(),
+            step,
+        };
+        self.remember(key, &instance);
+        Ok(Some(instance))
+    }
+
+    fn remember(&self, key: &str, instance: &Instance<D::State>) {
+        let mut cache = crate::sync::lock(&self.cache);
+        if cache.len() >= CACHE_LIMIT && !cache.contains_key(key) {
+            cache.clear();
+        }
+        cache.insert(key.to_owned(), instance.clone());
+    }
+
+    fn forget(&self, key: &str) {
+        crate::sync::lock(&self.cache).remove(key);
+    }
+
+    /// Runs the handler on a copy of the state, retried; `Err` with the last error.
+    async fn run_handler(
+        &self,
+        state: &D::State,
+        key: &str,
+        timers: &BTreeMap<String, i64>,
+        cause: &Cause<'_, D::Event, D::Timer>,
+    ) -> Result<(D::State, ProcessContext<D::Command, D::Timer>), (HandlerError, u32)> {
+        let mut attempt = 0u32;
+        loop {
+            let mut state = state.clone();
+            let mut ctx = ProcessContext::new(key.to_owned(), timers.clone(), Utc::now());
+            let run = match cause {
+                Cause::Event { event, role, .. } => {
+                    if *role == Role::End {
+                        ctx.finished = true;
+                    }
+                    self.definition.handle(&mut state, event, &mut ctx)
+                }
+                Cause::Timer { timer, .. } => {
+                    ctx.timers.remove(timer.name());
+                    self.definition.on_timeout(&mut state, *timer, &mut ctx)
+                }
+            };
+            match caught(run).await {
+                Ok(()) => return Ok((state, ctx)),
+                Err(e) => {
+                    attempt += 1;
+                    if !e.is_retryable() || attempt > self.retries {
+                        return Err((e, attempt));
+                    }
+                    tracing::warn!(orkestra = "process", process = &*self.name, key, attempt, error = %e, "process manager handler failed; retrying");
+                    tokio::time::sleep(self.retry_delay.saturating_mul(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Handles one event of this process manager.
+    async fn on_event(&self, recorded: &RecordedEvent, role: Role) -> Result<(), HandlerError> {
+        let data = match recorded.data() {
+            Ok(d) => d,
+            Err(e) => return self.dead_letter(recorded, &e.to_string(), 0).await,
+        };
+        let Some(key) = key_of(&data, D::CORRELATE_BY) else {
+            let reason = format!(
+                "event {} ({}) has no `{}`: process manager {} correlates its instances by it",
+                recorded.id(),
+                recorded.event_type(),
+                D::CORRELATE_BY,
+                self.name
+            );
+            return self.dead_letter(recorded, &reason, 0).await;
+        };
+        let event = match D::decode(recorded) {
+            Ok(event) => event,
+            Err(e) => return self.dead_letter(recorded, &e.to_string(), 0).await,
+        };
+        let _claim = match &self.claims {
+            Some(inbox) => match inbox.claim(&self.handler, recorded.id()).await {
+                Ok(Some(claim)) => Some(claim),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(HandlerError::fail(e.to_string())),
+            },
+            None => None,
+        };
+        let cause = Cause::Event {
+            event: &event,
+            recorded,
+            role,
+        };
+        let outcome = self.step(&key, &cause).await;
+        if let Some(claim) = _claim
+            && outcome.is_ok()
+        {
+            claim
+                .commit()
+                .await
+                .map_err(|e| HandlerError::fail(e.to_string()))?;
+        }
+        outcome
+    }
+
+    /// Loads, handles and records one step, again on a conflict.
+    async fn step(
+        &self,
+        key: &str,
+        cause: &Cause<'_, D::Event, D::Timer>,
+    ) -> Result<(), HandlerError> {
+        let mut fresh = false;
+        for _ in 0..CONFLICT_RETRIES {
+            match self.try_step(key, cause, fresh).await {
+                Ok(()) => return Ok(()),
+                Err(StepError::Conflict) => {
+                    self.forget(key);
+                    fresh = true;
+                }
+                Err(StepError::Retry(e)) => {
+                    self.forget(key);
+                    return Err(e);
+                }
+            }
+        }
+        Err(HandlerError::fail(format!(
+            "instance {key} of process manager {} kept changing under {CONFLICT_RETRIES} tries",
+            self.name
+        )))
+    }
+
+    async fn try_step(
+        &self,
+        key: &str,
+        cause: &Cause<'_, D::Event, D::Timer>,
+        fresh: bool,
+    ) -> Result<(), StepError> {
+        let instance = self.load(key, fresh).await?;
+        // What this cause means for the instance as it is.
+        let (state, timers, last, correlation) = match (&instance, cause) {
+            (None, Cause::Event { role, recorded, .. }) => {
+                if *role != Role::Start {
+                    tracing::debug!(orkestra = "process", process = &*self.name, key, event = recorded.event_type(), "event for an instance that was never started; ignored");
+                    return Ok(());
+                }
+                (
+                    D::State::default(),
+                    BTreeMap::new(),
+                    None,
+                    recorded.metadata().correlation_id.clone(),
+                )
+            }
+            (Some(i), Cause::Event { role, recorded, .. }) => {
+                if i.step.last.is_some_and(|l| l >= recorded.position()) {
+                    // Handled already (a redelivery after a crash): its step's commands are
+                    // dispatched when the feed reads the step.
+                    return Ok(());
+                }
+                if i.step.finished {
+                    tracing::debug!(orkestra = "process", process = &*self.name, key, event = recorded.event_type(), "event for a finished instance; ignored");
+                    return Ok(());
+                }
+                if *role == Role::Start {
+                    tracing::debug!(orkestra = "process", process = &*self.name, key, event = recorded.event_type(), "start event for an instance that exists; ignored");
+                    return Ok(());
+                }
+                (
+                    i.step.state.clone(),
+                    i.step.timers.clone(),
+                    i.step.last,
+                    i.step.correlation.clone(),
+                )
+            }
+            (None, Cause::Timer { timer, .. }) => {
+                tracing::debug!(orkestra = "process", process = &*self.name, key, timer = timer.name(), "timer of an unknown instance; dropped");
+                return Ok(());
+            }
+            (Some(i), Cause::Timer { timer, due }) => {
+                if i.step.finished {
+                    tracing::debug!(orkestra = "process", process = &*self.name, key, timer = timer.name(), "timer of a finished instance; dropped");
+                    return Ok(());
+                }
+                if i.step.timers.get(timer.name()) != Some(due) {
+                    tracing::debug!(orkestra = "process", process = &*self.name, key, timer = timer.name(), "timer cleared or set again; dropped");
+                    return Ok(());
+                }
+                (
+                    i.step.state.clone(),
+                    i.step.timers.clone(),
+                    i.step.last,
+                    i.step.correlation.clone(),
+                )
+            }
+        };
+        let (cause_id, parent) = match cause {
+            Cause::Event { recorded, .. } => (
+                recorded.id().to_owned(),
+                Some((recorded.metadata(), recorded.id())),
+            ),
+            Cause::Timer { timer, due } => (
+                uuid_v5(&format!("{}/{key}/timer/{}/{due}", self.name, timer.name())),
+                None,
+            ),
+        };
+        let step_id = uuid_v5(&format!("{}/{cause_id}", self.name));
+        let (new_state, ctx, failure) = match self.run_handler(&state, key, &timers, cause).await {
+            Ok((s, ctx)) => (s, Some(ctx), None),
+            Err(failure) => (state, None, Some(failure)),
+        };
+        if let Some((error, attempts)) = failure {
+            let reason = error.to_string();
+            match cause {
+                // The instance keeps its state; the event goes to the dead letters.
+                Cause::Event { recorded, .. } => {
+                    self.dead_letter(recorded, &reason, attempts)
+                        .await
+                        .map_err(StepError::Retry)?;
+                    return Ok(());
+                }
+                // A failed timer is recorded as fired (it would fail again) and reported.
+                Cause::Timer { timer, .. } => {
+                    let message = self.timer_message(key, *timer, &cause_id, &correlation);
+                    self.bus
+                        .dead_letter_from(&message, &self.handler, &reason, attempts)
+                        .await
+                        .map_err(|e| StepError::Retry(e.into()))?;
+                }
+            }
+        }
+        let (mut ctx_timers, finished, commands) = match ctx {
+            Some(ctx) => (ctx.timers, ctx.finished, ctx.commands),
+            None => {
+                let mut t = timers;
+                if let Cause::Timer { timer, .. } = cause {
+                    t.remove(timer.name());
+                }
+                (t, false, Vec::new())
+            }
+        };
+        if finished {
+            ctx_timers.clear();
+        }
+        let metadata = match parent {
+            Some((meta, id)) => Metadata::derive(meta, id),
+            None => {
+                let mut m = Metadata::new().with_correlation_id(correlation.clone());
+                m.causation_id = Some(step_id.clone());
+                m
+            }
+        };
+        let mut raw = Vec::with_capacity(commands.len());
+        for (index, command) in commands.into_iter().enumerate() {
+            let id = uuid_v5(&format!("{}/{cause_id}/command/{index}", self.name));
+            let command = command.into_raw(id, metadata.clone()).map_err(|e| {
+                StepError::Retry(HandlerError::reject(format!(
+                    "process manager {} dispatched an invalid command: {e}",
+                    self.name
+                )))
+            })?;
+            raw.push(command);
+        }
+        let last = match cause {
+            Cause::Event { recorded, .. } => Some(recorded.position()),
+            Cause::Timer { .. } => last,
+        };
+        let step = Step {
+            process: self.name.to_string(),
+            key: key.to_owned(),
+            state: new_state,
+            timers: ctx_timers,
+            finished,
+            last,
+            correlation,
+            commands: raw,
+        };
+        let data = serde_json::to_value(&step)
+            .map_err(|e| StepError::Retry(HandlerError::fail(format!("step: {e}"))))?;
+        let expected = match &instance {
+            None => ExpectedVersion::NoStream,
+            Some(i) => ExpectedVersion::Exact(i.version),
+        };
+        let mut step_metadata = metadata;
+        step_metadata.causation_id = Some(cause_id);
+        let appended = self
+            .store
+            .append(
+                &self.stream(key),
+                expected,
+                vec![EventData {
+                    id: step_id,
+                    event_type: STEP_TYPE.to_owned(),
+                    schema_version: 1,
+                    data,
+                    metadata: step_metadata,
+                    topic: None,
+                }],
+            )
+            .await?;
+        let version = appended.last_version;
+        crate::sync::lock(&self.timers).record(key, version, &step.timers, step.finished);
+        self.wake.notify_one();
+        self.remember(key, &Instance { version, step });
+        Ok(())
+    }
+
+    fn timer_message(&self, key: &str, timer: D::Timer, id: &str, correlation: &str) -> Message {
+        Message::from_raw_event(crate::message::RawEvent {
+            id: id.to_owned(),
+            event_type: "orkestra.ProcessTimer".to_owned(),
+            topic: format!("orkestra.process.{}.timer", self.name),
+            version: 1,
+            data: serde_json::json!({ "process": &*self.name, "key": key, "timer": timer.name() }),
+            metadata: Metadata::new().with_correlation_id(correlation),
+        })
+    }
+
+    async fn dead_letter(
+        &self,
+        recorded: &RecordedEvent,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), HandlerError> {
+        self.bus
+            .dead_letter_from(&message_of(recorded), &self.handler, reason, attempts)
+            .await
+            .map_err(HandlerError::from)
+    }
+
+    /// A step read from the log: its timers go to the index, its commands to the bus.
+    async fn on_step(&self, recorded: &RecordedEvent) -> Result<(), HandlerError> {
+        let step: Step<serde::de::IgnoredAny> = match serde_json::from_str(recorded.data_json()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(orkestra = "process", process = &*self.name, step = recorded.id(), error = %e, "a step cannot be read; skipped");
+                return Ok(());
+            }
+        };
+        if *step.process != *self.name {
+            return Ok(());
+        }
+        crate::sync::lock(&self.timers).record(
+            &step.key,
+            recorded.version(),
+            &step.timers,
+            step.finished,
+        );
+        self.wake.notify_one();
+        if step.commands.is_empty() {
+            return Ok(());
+        }
+        let claim = match &self.claims {
+            Some(inbox) => match inbox.claim(&self.step_claims, recorded.id()).await {
+                Ok(Some(claim)) => Some(claim),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(HandlerError::fail(e.to_string())),
+            },
+            None => None,
+        };
+        for command in step.commands {
+            let topic = command.topic.clone();
+            let envelope = CommandEnvelope::from_message(Message::from_raw_command(command));
+            match self.bus.dispatch(envelope).await {
+                Ok(_) => {}
+                Err(BusError::NoHandler { .. }) => {
+                    tracing::error!(orkestra = "process", process = &*self.name, key = step.key, topic, "no handler for a command of a process manager; not dispatched");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(claim) = claim {
+            claim
+                .commit()
+                .await
+                .map_err(|e| HandlerError::fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Fires one due timer.
+    async fn fire(&self, due: i64, key: String, name: String) {
+        let Some(timer) = D::Timer::from_name(&name) else {
+            tracing::debug!(orkestra = "process", process = &*self.name, key, timer = name, "timer no longer in the schema; dropped");
+            return;
+        };
+        let claim_id = format!("{key}/{name}/{due}");
+        let mut attempt = 0u32;
+        loop {
+            let result = async {
+                let claim = match &self.claims {
+                    Some(inbox) => match inbox.claim(&self.timer_claims, &claim_id).await {
+                        Ok(Some(claim)) => Some(claim),
+                        Ok(None) => return Ok(()),
+                        Err(e) => return Err(HandlerError::fail(e.to_string())),
+                    },
+                    None => None,
+                };
+                self.step(&key, &Cause::Timer { timer, due }).await?;
+                if let Some(claim) = claim {
+                    claim
+                        .commit()
+                        .await
+                        .map_err(|e| HandlerError::fail(e.to_string()))?;
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(orkestra = "process", process = &*self.name, key, timer = name, attempt, error = %e, "cannot fire a timer; retrying");
+                    tokio::time::sleep(Duration::from_millis(250).saturating_mul(attempt.min(40)))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+impl<D: ProcessDefinition> Runnable for Runner<D> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn feed(self: Arc<Self>) -> Arc<dyn Erased> {
+        Arc::new(Feed(self))
+    }
+
+    fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut next = 0u64;
+            loop {
+                let batch = self.store.read_all(next, 1_000).await?;
+                let Some(last) = batch.last() else {
+                    break;
+                };
+                next = last.position().saturating_add(1);
+                let mut index = crate::sync::lock(&self.timers);
+                for recorded in &batch {
+                    if recorded.event_type() != STEP_TYPE
+                        || !recorded.stream().starts_with(&self.stream)
+                    {
+                        continue;
+                    }
+                    let Ok(step) =
+                        serde_json::from_str::<Step<serde::de::IgnoredAny>>(recorded.data_json())
+                    else {
+                        continue;
+                    };
+                    if *step.process == *self.name {
+                        index.record(&step.key, recorded.version(), &step.timers, step.finished);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn run_timers(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                let now = now_ms();
+                let (due, next) = {
+                    let mut index = crate::sync::lock(&self.timers);
+                    let due = index.take_due(now);
+                    (due, index.next_due())
+                };
+                if !due.is_empty() {
+                    // Fired side by side: one slow handler does not hold the others back.
+                    let fires = due
+                        .into_iter()
+                        .map(|(at, key, name)| self.fire(at, key, name));
+                    futures_util::future::join_all(fires).await;
+                    continue;
+                }
+                let wait = next.map_or(Duration::from_secs(1), |at| {
+                    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                        .min(Duration::from_secs(1))
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        })
+    }
+}
+
+/// The feed's handler: every recorded event goes through it.
+struct Feed<D: ProcessDefinition>(Arc<Runner<D>>);
+
+impl<D: ProcessDefinition> Erased for Feed<D> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a RecordedEvent,
+        _ctx: ProjectionContext<'a>,
+    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
+        if event.event_type() == STEP_TYPE {
+            if event.stream().starts_with(&self.0.stream) {
+                return Some(Box::pin(self.0.on_step(event)));
+            }
+            return None;
+        }
+        let role = D::role(event.event_type())?;
+        Some(Box::pin(self.0.on_event(event, role)))
+    }
+}
+
+/// Given / when / then for a process manager, without a store or a bus: the events
+/// `given` are handled in order, then `when`'s; what `when` did is returned.
+pub struct ProcessTest<D: ProcessDefinition> {
+    definition: D,
+    given: Vec<D::Event>,
+}
+
+impl<D: ProcessDefinition + fmt::Debug> fmt::Debug for ProcessTest<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessTest")
+            .field("definition", &self.definition)
+            .field("given", &self.given.len())
+            .finish()
+    }
+}
+
+/// What a step did in a [`ProcessTest`]: the state after it, the commands it
+/// dispatched, the timers left set.
+pub type Then<D> = (
+    <D as ProcessDefinition>::State,
+    Vec<<D as ProcessDefinition>::Command>,
+    Vec<<D as ProcessDefinition>::Timer>,
+);
+
+impl<D: ProcessDefinition> ProcessTest<D> {
+    /// The instance after `events` (handled as the runtime would, from a fresh state).
+    pub fn given(definition: D, events: Vec<D::Event>) -> Self {
+        Self {
+            definition,
+            given: events,
+        }
+    }
+
+    async fn replay(
+        &self,
+    ) -> Result<(D::State, BTreeMap<String, i64>, bool, Option<String>), HandlerError> {
+        let mut state = D::State::default();
+        let mut timers = BTreeMap::new();
+        let mut finished = false;
+        let mut key = None;
+        for event in &self.given {
+            if finished {
+                break;
+            }
+            let k = D::key(event);
+            let (next, ctx) = self.run(&state, timers, event, &k).await?;
+            state = next;
+            timers = ctx.timers;
+            finished = ctx.finished;
+            key = Some(k);
+        }
+        Ok((state, timers, finished, key))
+    }
+
+    async fn run(
+        &self,
+        state: &D::State,
+        timers: BTreeMap<String, i64>,
+        event: &D::Event,
+        key: &str,
+    ) -> Result<(D::State, ProcessContext<D::Command, D::Timer>), HandlerError> {
+        let mut state = state.clone();
+        let mut ctx = ProcessContext::new(key.to_owned(), timers, Utc::now());
+        ctx.finished = D::event_role(event) == Role::End;
+        self.definition.handle(&mut state, event, &mut ctx).await?;
+        if ctx.finished {
+            ctx.timers.clear();
+        }
+        Ok((state, ctx))
+    }
+
+    /// Handles `event` after the given ones, as the runtime would: an `ends_on` event
+    /// finishes the instance (no timers left); an event after a finished instance, or a
+    /// `starts_on` event for one that exists, changes nothing.
+    pub async fn when(&self, event: D::Event) -> Result<Then<D>, HandlerError> {
+        let (state, timers, finished, _) = self.replay().await?;
+        let started = !self.given.is_empty();
+        if finished || (started && D::event_role(&event) == Role::Start) {
+            return Ok((state, Vec::new(), ProcessContext::<D::Command, D::Timer>::new(String::new(), timers, Utc::now()).timers_set()));
+        }
+        let key = D::key(&event);
+        let (state, ctx) = self.run(&state, timers, &event, &key).await?;
+        let set = ctx.timers_set();
+        Ok((state, ctx.commands, set))
+    }
+
+    /// Fires `timer` after the given events.
+    pub async fn when_timeout(&self, timer: D::Timer) -> Result<Then<D>, HandlerError> {
+        let (mut state, mut timers, finished, key) = self.replay().await?;
+        if finished {
+            return Ok((state, Vec::new(), Vec::new()));
+        }
+        timers.remove(timer.name());
+        let mut ctx = ProcessContext::new(key.unwrap_or_default(), timers, Utc::now());
+        self.definition.on_timeout(&mut state, timer, &mut ctx).await?;
+        if ctx.finished {
+            ctx.timers.clear();
+        }
+        let set = ctx.timers_set();
+        Ok((state, ctx.commands, set))
+    }
+
+    /// The state after the given events.
+    pub async fn state(&self) -> Result<D::State, HandlerError> {
+        Ok(self.replay().await?.0)
+    }
+}
