@@ -62,9 +62,9 @@ pub mod bus;
 pub mod store;
 // Layer 5: built on a bus and a store.
 pub mod aggregate;
+pub mod process;
 pub mod projection;
 mod publish;
-pub mod process;
 pub mod relay;
 // Layer 6: process-wide telemetry setup.
 #[cfg(feature = "telemetry")]
@@ -80,7 +80,6 @@ pub mod codegen;
 pub use tokio_postgres;
 
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
-pub use process::ProcessManagers;
 pub use config::{Config, ConfigError, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};
@@ -92,6 +91,7 @@ pub use message::{
     RawEvent, TransitionError, UpcastError, UpcastStep, UpcastSteps, Validate, ValidationError,
     new_id,
 };
+pub use process::ProcessManagers;
 pub use store::{
     AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Snapshot, Store,
     StoreError,

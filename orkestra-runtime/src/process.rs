@@ -38,8 +38,8 @@
 //! the others wait for its claim, then skip it. The work is shared, and a runner that
 //! dies releases its claims (its transaction ends).
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -326,7 +326,11 @@ impl TimerIndex {
     /// The current timers due at `now`, removed from the heap.
     fn take_due(&mut self, now: i64) -> Vec<(i64, String, String)> {
         let mut due = Vec::new();
-        while self.heap.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+        while self
+            .heap
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
             let Some(Reverse(entry)) = self.heap.pop() else {
                 break;
             };
@@ -636,8 +640,7 @@ impl From<StoreError> for StepError {
 }
 
 fn uuid_v5(name: &str) -> String {
-    const NAMESPACE: uuid::Uuid =
-        uuid::Uuid::from_u128(0x6f72_6b65_7374_7261_8000_7072_6f63_6573);
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6b65_7374_7261_8000_7072_6f63_6573);
     uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
 }
 
@@ -656,7 +659,10 @@ fn key_of(data: &Value, field: &str) -> Option<String> {
 }
 
 fn message_of(event: &RecordedEvent) -> Message {
-    let topic = event.topic().unwrap_or_else(|| event.event_type()).to_owned();
+    let topic = event
+        .topic()
+        .unwrap_or_else(|| event.event_type())
+        .to_owned();
     match event.to_raw(topic) {
         Ok(raw) => Message::from_raw_event(raw),
         Err(e) => Message::from_raw_event(crate::message::RawEvent {
@@ -884,12 +890,19 @@ impl<D: ProcessDefinition> Runner<D> {
         cause: &Cause<'_, D::Event, D::Timer>,
         fresh: bool,
     ) -> Result<(), StepError> {
-        let instance = self.load(key, fresh).await?;
+        // With runners in other processes the cached step may be stale: read it.
+        let instance = self.load(key, fresh || self.claims.is_some()).await?;
         // What this cause means for the instance as it is.
         let (state, timers, last, correlation) = match (&instance, cause) {
             (None, Cause::Event { role, recorded, .. }) => {
                 if *role != Role::Start {
-                    tracing::debug!(orkestra = "process", process = &*self.name, key, event = recorded.event_type(), "event for an instance that was never started; ignored");
+                    tracing::debug!(
+                        orkestra = "process",
+                        process = &*self.name,
+                        key,
+                        event = recorded.event_type(),
+                        "event for an instance that was never started; ignored"
+                    );
                     return Ok(());
                 }
                 (
@@ -906,11 +919,23 @@ impl<D: ProcessDefinition> Runner<D> {
                     return Ok(());
                 }
                 if i.step.finished {
-                    tracing::debug!(orkestra = "process", process = &*self.name, key, event = recorded.event_type(), "event for a finished instance; ignored");
+                    tracing::debug!(
+                        orkestra = "process",
+                        process = &*self.name,
+                        key,
+                        event = recorded.event_type(),
+                        "event for a finished instance; ignored"
+                    );
                     return Ok(());
                 }
                 if *role == Role::Start {
-                    tracing::debug!(orkestra = "process", process = &*self.name, key, event = recorded.event_type(), "start event for an instance that exists; ignored");
+                    tracing::debug!(
+                        orkestra = "process",
+                        process = &*self.name,
+                        key,
+                        event = recorded.event_type(),
+                        "start event for an instance that exists; ignored"
+                    );
                     return Ok(());
                 }
                 (
@@ -921,16 +946,34 @@ impl<D: ProcessDefinition> Runner<D> {
                 )
             }
             (None, Cause::Timer { timer, .. }) => {
-                tracing::debug!(orkestra = "process", process = &*self.name, key, timer = timer.name(), "timer of an unknown instance; dropped");
+                tracing::debug!(
+                    orkestra = "process",
+                    process = &*self.name,
+                    key,
+                    timer = timer.name(),
+                    "timer of an unknown instance; dropped"
+                );
                 return Ok(());
             }
             (Some(i), Cause::Timer { timer, due }) => {
                 if i.step.finished {
-                    tracing::debug!(orkestra = "process", process = &*self.name, key, timer = timer.name(), "timer of a finished instance; dropped");
+                    tracing::debug!(
+                        orkestra = "process",
+                        process = &*self.name,
+                        key,
+                        timer = timer.name(),
+                        "timer of a finished instance; dropped"
+                    );
                     return Ok(());
                 }
                 if i.step.timers.get(timer.name()) != Some(due) {
-                    tracing::debug!(orkestra = "process", process = &*self.name, key, timer = timer.name(), "timer cleared or set again; dropped");
+                    tracing::debug!(
+                        orkestra = "process",
+                        process = &*self.name,
+                        key,
+                        timer = timer.name(),
+                        "timer cleared or set again; dropped"
+                    );
                     return Ok(());
                 }
                 (
@@ -1110,8 +1153,13 @@ impl<D: ProcessDefinition> Runner<D> {
             let envelope = CommandEnvelope::from_message(Message::from_raw_command(command));
             match self.bus.dispatch(envelope).await {
                 Ok(_) => {}
-                Err(BusError::NoHandler { .. }) => {
-                    tracing::error!(orkestra = "process", process = &*self.name, key = step.key, topic, "no handler for a command of a process manager; not dispatched");
+                // Nothing is dropped: the feed waits here (retrying, with a warning each
+                // time) until a handler of the command is subscribed.
+                Err(e @ BusError::NoHandler { .. }) => {
+                    return Err(HandlerError::fail(format!(
+                        "process manager {} cannot dispatch {topic} for instance {}: {e}",
+                        self.name, step.key
+                    )));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1128,7 +1176,13 @@ impl<D: ProcessDefinition> Runner<D> {
     /// Fires one due timer.
     async fn fire(&self, due: i64, key: String, name: String) {
         let Some(timer) = D::Timer::from_name(&name) else {
-            tracing::debug!(orkestra = "process", process = &*self.name, key, timer = name, "timer no longer in the schema; dropped");
+            tracing::debug!(
+                orkestra = "process",
+                process = &*self.name,
+                key,
+                timer = name,
+                "timer no longer in the schema; dropped"
+            );
             return;
         };
         let claim_id = format!("{key}/{name}/{due}");
@@ -1337,7 +1391,12 @@ impl<D: ProcessDefinition> ProcessTest<D> {
         let (state, timers, finished, _) = self.replay().await?;
         let started = !self.given.is_empty();
         if finished || (started && D::event_role(&event) == Role::Start) {
-            return Ok((state, Vec::new(), ProcessContext::<D::Command, D::Timer>::new(String::new(), timers, Utc::now()).timers_set()));
+            return Ok((
+                state,
+                Vec::new(),
+                ProcessContext::<D::Command, D::Timer>::new(String::new(), timers, Utc::now())
+                    .timers_set(),
+            ));
         }
         let key = D::key(&event);
         let (state, ctx) = self.run(&state, timers, &event, &key).await?;
@@ -1353,7 +1412,9 @@ impl<D: ProcessDefinition> ProcessTest<D> {
         }
         timers.remove(timer.name());
         let mut ctx = ProcessContext::new(key.unwrap_or_default(), timers, Utc::now());
-        self.definition.on_timeout(&mut state, timer, &mut ctx).await?;
+        self.definition
+            .on_timeout(&mut state, timer, &mut ctx)
+            .await?;
         if ctx.finished {
             ctx.timers.clear();
         }

@@ -50,7 +50,9 @@ impl Validator {
         let Value::Map(entries) = &node.value else {
             self.error(
                 &node.span,
-                format!("process manager `{name}` must be a mapping with `correlate_by` and `starts_on`"),
+                format!(
+                    "process manager `{name}` must be a mapping with `correlate_by` and `starts_on`"
+                ),
             );
             return None;
         };
@@ -74,7 +76,9 @@ impl Validator {
                     } else {
                         self.error(
                             &n.span,
-                            format!("`correlate_by` of {owner} must be a field name, found `{field}`"),
+                            format!(
+                                "`correlate_by` of {owner} must be a field name, found `{field}`"
+                            ),
                         );
                         None
                     }
@@ -186,7 +190,11 @@ impl Validator {
         let snake = names::snake(&key.name);
         if let Some((first, span)) = seen.0.get(&snake) {
             let what = if *first == key.name {
-                format!("is declared twice (first at {}:{})", span.file.display(), span.line)
+                format!(
+                    "is declared twice (first at {}:{})",
+                    span.file.display(),
+                    span.line
+                )
             } else {
                 format!(
                     "collides with `{first}` (at {}:{}): both name the streams `pm-{}-<key>`",
@@ -277,7 +285,12 @@ impl Validator {
             {
                 self.error(
                     &key.span,
-                    format!("timers `{}` and `{}` of {owner} would both be variant `{}`", first.name, key.name, names::pascal(&key.name)),
+                    format!(
+                        "timers `{}` and `{}` of {owner} would both be variant `{}`",
+                        first.name,
+                        key.name,
+                        names::pascal(&key.name)
+                    ),
                 );
                 ok = false;
                 continue;
@@ -285,12 +298,20 @@ impl Validator {
             let Value::Map(fields) = &value.value else {
                 self.error(
                     &value.span,
-                    format!("timer `{}` of {owner} must be a mapping like `{{ after: 30m }}`, found {}", key.name, value.kind()),
+                    format!(
+                        "timer `{}` of {owner} must be a mapping like `{{ after: 30m }}`, found {}",
+                        key.name,
+                        value.kind()
+                    ),
                 );
                 ok = false;
                 continue;
             };
-            let map = self.keys(fields, TIMEOUT_KEYS, &format!("in timer `{}` of {owner}", key.name));
+            let map = self.keys(
+                fields,
+                TIMEOUT_KEYS,
+                &format!("in timer `{}` of {owner}", key.name),
+            );
             let description = self.description(&map);
             let Some(after) = map.get("after") else {
                 self.error(
@@ -359,7 +380,16 @@ mod tests {
         assert_eq!(duration_ms("30s"), Some(30_000));
         assert_eq!(duration_ms("30m"), Some(1_800_000));
         assert_eq!(duration_ms("2h"), Some(7_200_000));
-        for bad in ["", "30", "m", "30 m", "1.5h", "30min", "-5s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "30",
+            "m",
+            "30 m",
+            "1.5h",
+            "30min",
+            "-5s",
+            "99999999999999999999h",
+        ] {
             assert_eq!(duration_ms(bad), None, "{bad}");
         }
     }

@@ -1,0 +1,869 @@
+//! Process managers generated from `orkestra-gen/tests/golden/process_managers/fulfilment.yaml`
+//! (`design/process-managers.md`), run for real: the `Fulfilment` flow on the in-process
+//! bus with SQLite and PostgreSQL, and on RabbitMQ with PostgreSQL (two runners sharing
+//! the work). The payment service is simulated by the `Charger` handler, which appends
+//! `PaymentReceived` / `PaymentFailed` as each order's script says.
+
+#[path = "../orkestra-runtime/tests/support/services.rs"]
+#[allow(dead_code)]
+mod services;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use orkestra_runtime::process::{ProcessManager, checkpoint_name};
+use orkestra_runtime::{
+    Bus, Command, Event, EventData, EventPayload, ExpectedVersion, HandlerContext, HandlerError,
+    Metadata, ProcessManagers, Store,
+};
+use orkestra_tests::process_managers::fulfil::commands::{CancelOrder, ChargeCard, ShipOrder};
+use orkestra_tests::process_managers::fulfil::events::{
+    OrderCancelled, OrderPlaced, OrderShipped, PaymentFailed, PaymentReceived,
+};
+use orkestra_tests::process_managers::fulfil::handlers::{self, Canceller, Charger, Shipper};
+use orkestra_tests::process_managers::fulfil::process_managers::{
+    self as pm, Fulfilment, FulfilmentCommand, FulfilmentContext, FulfilmentEvent, FulfilmentState,
+    FulfilmentTest, FulfilmentTimer,
+};
+use serde_json::{Value, json};
+
+/// The flow under test: charge, retry a failed payment once, cancel on the second
+/// failure or when no payment comes within the `reminder` timer (500 ms); ship once paid.
+#[derive(Clone, Default)]
+struct Flow {
+    /// Events and timers this runner handled.
+    handled: Arc<AtomicU32>,
+    timeouts: Arc<AtomicU32>,
+    /// The orders of this test (a shared PostgreSQL database holds other tests' orders,
+    /// which this flow leaves alone).
+    tag: String,
+}
+
+impl Flow {
+    fn tagged(tag: &str) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Fulfilment for Flow {
+    async fn handle(
+        &self,
+        state: &mut FulfilmentState,
+        event: &FulfilmentEvent,
+        ctx: &mut FulfilmentContext,
+    ) -> Result<(), HandlerError> {
+        if !ctx.key().starts_with(&self.tag) {
+            return Ok(());
+        }
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        let order_id = ctx.key().to_owned();
+        match event {
+            FulfilmentEvent::OrderPlaced(e) => {
+                state.amount_cents = e.amount_cents;
+                ctx.dispatch(FulfilmentCommand::ChargeCard(ChargeCard {
+                    order_id,
+                    amount_cents: e.amount_cents,
+                }));
+                ctx.set_timer(FulfilmentTimer::Reminder);
+            }
+            FulfilmentEvent::PaymentReceived(_) => {
+                state.paid = true;
+                ctx.clear_timer(FulfilmentTimer::Reminder);
+                ctx.dispatch(FulfilmentCommand::ShipOrder(ShipOrder { order_id }));
+            }
+            FulfilmentEvent::PaymentFailed(e) => {
+                if e.reason.as_deref() == Some("panic") {
+                    panic!("the card network is on fire");
+                }
+                state.attempts += 1;
+                if state.attempts < 2 {
+                    ctx.dispatch(FulfilmentCommand::ChargeCard(ChargeCard {
+                        order_id,
+                        amount_cents: state.amount_cents,
+                    }));
+                    ctx.set_timer(FulfilmentTimer::Reminder);
+                } else {
+                    ctx.clear_timer(FulfilmentTimer::Reminder);
+                    ctx.dispatch(FulfilmentCommand::CancelOrder(CancelOrder {
+                        order_id,
+                        reason: "payment failed twice".into(),
+                    }));
+                }
+            }
+            FulfilmentEvent::OrderShipped(_) | FulfilmentEvent::OrderCancelled(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn on_timeout(
+        &self,
+        _state: &mut FulfilmentState,
+        timer: FulfilmentTimer,
+        ctx: &mut FulfilmentContext,
+    ) -> Result<(), HandlerError> {
+        if !ctx.key().starts_with(&self.tag) {
+            return Ok(());
+        }
+        self.timeouts.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(timer, FulfilmentTimer::Reminder);
+        let order_id = ctx.key().to_owned();
+        ctx.dispatch(FulfilmentCommand::CancelOrder(CancelOrder {
+            order_id,
+            reason: "payment timed out".into(),
+        }));
+        Ok(())
+    }
+}
+
+/// What a payment attempt does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pay {
+    Ok,
+    Fail,
+    Panic,
+    /// Never answers (the timer cancels).
+    Silent,
+}
+
+/// A command as a handler saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    topic: &'static str,
+    id: String,
+    order: String,
+    correlation: String,
+    causation: Option<String>,
+}
+
+/// The services the flow drives: they record the commands and append the answers.
+#[derive(Clone)]
+struct World {
+    store: Store,
+    scripts: Arc<Mutex<HashMap<String, Vec<Pay>>>>,
+    outcomes: Arc<Mutex<HashMap<String, Pay>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl World {
+    fn new(store: Store) -> Self {
+        Self {
+            store,
+            scripts: Arc::default(),
+            outcomes: Arc::default(),
+            seen: Arc::default(),
+        }
+    }
+
+    /// Records a command once per id: a broker may deliver it again (a handler retried
+    /// after a slow store), and the services are idempotent, as the design asks.
+    fn see<P>(&self, topic: &'static str, command: &Command<P>, order: &str) {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.iter().any(|s| s.id == command.id) {
+            return;
+        }
+        seen.push(Seen {
+            topic,
+            id: command.id.clone(),
+            order: order.to_owned(),
+            correlation: command.metadata.correlation_id.clone(),
+            causation: command.metadata.causation_id.clone(),
+        });
+    }
+
+    async fn answer<D: EventPayload, P>(
+        &self,
+        command: &Command<P>,
+        order: &str,
+        payload: D,
+    ) -> Result<Value, HandlerError> {
+        let event = Event::new(
+            payload,
+            Metadata::derive(&command.metadata, command.id.clone()),
+        )
+        .map_err(HandlerError::reject)?;
+        // The id is derived from the command's: a redelivered command appends nothing new.
+        let mut data = EventData::from_event(&event).map_err(HandlerError::fail)?;
+        data.id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, command.id.as_bytes()).to_string();
+        self.store
+            .append(&format!("order-{order}"), ExpectedVersion::Any, vec![data])
+            .await
+            .map_err(HandlerError::fail)?;
+        Ok(Value::Null)
+    }
+
+    fn commands(&self, order: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.order == order)
+            .cloned()
+            .collect()
+    }
+
+    fn topics(&self, order: &str) -> Vec<&'static str> {
+        self.commands(order).iter().map(|s| s.topic).collect()
+    }
+
+    fn subscriptions(&self) -> Vec<orkestra_runtime::Subscription> {
+        vec![
+            handlers::charger(self.clone()),
+            handlers::shipper(self.clone()),
+            handlers::canceller(self.clone()),
+        ]
+    }
+}
+
+impl Charger for World {
+    async fn execute(
+        &self,
+        command: Command<ChargeCard>,
+        _ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        let order = command.order_id.clone();
+        self.see("ChargeCard", &command, &order);
+        let next = {
+            // The same command delivered again gets the same answer.
+            let mut outcomes = self.outcomes.lock().unwrap();
+            *outcomes.entry(command.id.clone()).or_insert_with(|| {
+                let mut scripts = self.scripts.lock().unwrap();
+                let script = scripts.entry(order.clone()).or_default();
+                if script.is_empty() {
+                    Pay::Ok
+                } else {
+                    script.remove(0)
+                }
+            })
+        };
+        match next {
+            Pay::Ok => {
+                self.answer(
+                    &command,
+                    &order,
+                    PaymentReceived {
+                        order_id: order.clone(),
+                    },
+                )
+                .await
+            }
+            Pay::Fail | Pay::Panic => {
+                let reason = if next == Pay::Panic {
+                    "panic"
+                } else {
+                    "declined"
+                };
+                self.answer(
+                    &command,
+                    &order,
+                    PaymentFailed {
+                        order_id: order.clone(),
+                        reason: Some(reason.into()),
+                    },
+                )
+                .await
+            }
+            Pay::Silent => Ok(Value::Null),
+        }
+    }
+}
+
+impl Shipper for World {
+    async fn execute(
+        &self,
+        command: Command<ShipOrder>,
+        _ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        let order = command.order_id.clone();
+        self.see("ShipOrder", &command, &order);
+        self.answer(
+            &command,
+            &order,
+            OrderShipped {
+                order_id: order.clone(),
+            },
+        )
+        .await
+    }
+}
+
+impl Canceller for World {
+    async fn execute(
+        &self,
+        command: Command<CancelOrder>,
+        _ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        let order = command.order_id.clone();
+        self.see("CancelOrder", &command, &order);
+        self.answer(
+            &command,
+            &order,
+            OrderCancelled {
+                order_id: order.clone(),
+            },
+        )
+        .await
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A process-manager run name of its own, starting at the store's head (the shared
+/// test database holds other runs' events).
+async fn fresh_name(store: &Store) -> String {
+    let name = format!(
+        "Fulfilment{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let head = store.head().await.unwrap();
+    store
+        .save_checkpoint(&checkpoint_name(&name), head)
+        .await
+        .unwrap();
+    name
+}
+
+fn manager(flow: &Flow, store: &Store, name: &str) -> ProcessManager {
+    pm::fulfilment(flow.clone(), store.clone())
+        .named(name)
+        .with_retry_delay(Duration::from_millis(20))
+}
+
+async fn place(store: &Store, order: &str, amount: i64) -> orkestra_runtime::RecordedEvent {
+    let event = Event::new(
+        OrderPlaced {
+            order_id: order.into(),
+            amount_cents: amount,
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    let stream = format!("order-{order}");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::from_event(&event).unwrap()],
+        )
+        .await
+        .unwrap();
+    store.read_stream(&stream, 0, 1).await.unwrap().remove(0)
+}
+
+/// The instance's last step, as JSON.
+async fn last_step(store: &Store, name: &str, order: &str) -> Option<Value> {
+    let stream = format!("pm-fulfilment-{}-{order}", name.to_lowercase());
+    let last = store
+        .read_stream_backwards(&stream, u64::MAX, 1)
+        .await
+        .unwrap();
+    last.first().map(|e| e.data().unwrap())
+}
+
+async fn wait_until<F: Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_finished(store: &Store, name: &str, order: &str) -> Value {
+    wait_until(
+        &format!("order {order} to finish"),
+        Duration::from_secs(20),
+        || async {
+            last_step(store, name, order)
+                .await
+                .is_some_and(|s| s["finished"] == json!(true))
+        },
+    )
+    .await;
+    last_step(store, name, order).await.unwrap()
+}
+
+/// The whole scenario list on one store and bus.
+async fn scenarios(store: Store, bus: Bus) {
+    let world = World::new(store.clone());
+    bus.subscribe_all(world.subscriptions()).await.unwrap();
+    let name = fresh_name(&store).await;
+    let tag = unique("s");
+    let unique = |kind: &str| format!("{tag}-{kind}");
+    let flow = Flow::tagged(&tag);
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name))
+        .start()
+        .await
+        .unwrap();
+
+    // The happy flow: charged, paid, shipped, finished; the reminder, cleared in time,
+    // never fires.
+    let happy = unique("happy");
+    let placed = place(&store, &happy, 500).await;
+    let step = wait_finished(&store, &name, &happy).await;
+    assert_eq!(world.topics(&happy), ["ChargeCard", "ShipOrder"]);
+    assert_eq!(step["state"]["paid"], json!(true));
+    assert_eq!(step["timers"], json!({}));
+    let charge = &world.commands(&happy)[0];
+    assert_eq!(
+        charge.correlation,
+        placed.metadata().correlation_id,
+        "commands carry the event's correlation id"
+    );
+    assert_eq!(
+        charge.causation.as_deref(),
+        Some(placed.id()),
+        "causation = the event id"
+    );
+
+    // Fails twice, then cancels.
+    let twice = unique("twice");
+    world
+        .scripts
+        .lock()
+        .unwrap()
+        .insert(twice.clone(), vec![Pay::Fail, Pay::Fail]);
+    place(&store, &twice, 700).await;
+    let step = wait_finished(&store, &name, &twice).await;
+    assert_eq!(
+        world.topics(&twice),
+        ["ChargeCard", "ChargeCard", "CancelOrder"]
+    );
+    assert_eq!(step["state"]["attempts"], json!(2));
+
+    // No payment: the reminder (500 ms) cancels.
+    let silent = unique("silent");
+    world
+        .scripts
+        .lock()
+        .unwrap()
+        .insert(silent.clone(), vec![Pay::Silent]);
+    let started = Instant::now();
+    place(&store, &silent, 900).await;
+    wait_finished(&store, &name, &silent).await;
+    let waited = started.elapsed();
+    assert_eq!(world.topics(&silent), ["ChargeCard", "CancelOrder"]);
+    assert_eq!(world.commands(&silent)[1].topic, "CancelOrder");
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(2500),
+        "the timer fires near its due time: {waited:?}"
+    );
+
+    // The happy order's cleared reminder is long past due: still nothing more for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.topics(&happy), ["ChargeCard", "ShipOrder"]);
+    assert_eq!(
+        flow.timeouts.load(Ordering::SeqCst),
+        1,
+        "only the silent order's timer fired"
+    );
+
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fulfilment_in_process_with_sqlite() {
+    let dir = std::env::temp_dir().join(unique("orkestra-pm"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::sqlite(dir.join("events.db")).await.unwrap();
+    scenarios(store, Bus::in_process()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fulfilment_in_process_with_postgres() {
+    let Some(store) = services::postgres_store().await else {
+        return;
+    };
+    scenarios(store, Bus::in_process()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fulfilment_on_rabbitmq_with_postgres() {
+    let Some(store) = services::postgres_store().await else {
+        return;
+    };
+    let Some(bus) = services::rabbit_bus().await else {
+        return;
+    };
+    scenarios(store, bus.clone()).await;
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A timer that came due while no runner was up fires when one starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_due_during_downtime_fires_after_the_restart() {
+    let dir = std::env::temp_dir().join(unique("orkestra-pm"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.db");
+    let store = Store::sqlite(&path).await.unwrap();
+    let bus = Bus::in_process();
+    let world = World::new(store.clone());
+    bus.subscribe_all(world.subscriptions()).await.unwrap();
+    let name = fresh_name(&store).await;
+    let order = unique("downtime");
+    world
+        .scripts
+        .lock()
+        .unwrap()
+        .insert(order.clone(), vec![Pay::Silent]);
+    let flow = Flow::default();
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    place(&store, &order, 100).await;
+    wait_until("the charge", Duration::from_secs(10), || async {
+        world.topics(&order) == ["ChargeCard"]
+    })
+    .await;
+    running.stop().await.unwrap();
+    drop(store);
+
+    // Down for longer than the timer.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let store = Store::sqlite(&path).await.unwrap();
+    let world2 = World {
+        store: store.clone(),
+        ..world.clone()
+    };
+    let bus = Bus::in_process();
+    bus.subscribe_all(world2.subscriptions()).await.unwrap();
+    let restarted = Instant::now();
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    wait_finished(&store, &name, &order).await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(2),
+        "fired right after the restart: {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(world.topics(&order), ["ChargeCard", "CancelOrder"]);
+    running.stop().await.unwrap();
+}
+
+/// A panicking handler is retried, then its event dead-lettered; the instance keeps the
+/// state from before that event and goes on with the next one. An event without the
+/// `correlate_by` field is dead-lettered with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_dead_lettered_and_the_instance_keeps_its_state() {
+    let store = Store::memory();
+    let bus = Bus::in_process();
+    let world = World::new(store.clone());
+    bus.subscribe_all(world.subscriptions()).await.unwrap();
+    let mut dead = bus.dead_letters().await.unwrap();
+    let name = fresh_name(&store).await;
+    let flow = Flow::default();
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name).with_max_retries(2))
+        .start()
+        .await
+        .unwrap();
+
+    let order = unique("panics");
+    world
+        .scripts
+        .lock()
+        .unwrap()
+        .insert(order.clone(), vec![Pay::Panic, Pay::Silent]);
+    place(&store, &order, 300).await;
+    let letter = tokio::time::timeout(Duration::from_secs(10), dead.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    assert_eq!(letter.handler(), format!("pm:{name}"));
+    assert_eq!(letter.attempts(), 3, "the first try and 2 retries");
+    assert!(
+        letter.reason().contains("the card network is on fire"),
+        "{}",
+        letter.reason()
+    );
+    assert_eq!(letter.message().type_name(), "Shop.Fulfil.PaymentFailed");
+    // Before the panic: placed, charged, reminder set; attempts untouched.
+    let step = last_step(&store, &name, &order).await.unwrap();
+    assert_eq!(step["state"]["attempts"], json!(0));
+    assert_eq!(step["finished"], json!(false));
+    // The reminder still stands and cancels it.
+    let step = wait_finished(&store, &name, &order).await;
+    assert_eq!(step["state"]["amount_cents"], json!(300));
+    assert_eq!(world.topics(&order), ["ChargeCard", "CancelOrder"]);
+
+    // No `order_id` at run time.
+    let raw = EventData {
+        id: orkestra_runtime::new_id(),
+        event_type: "Shop.Fulfil.OrderPlaced".into(),
+        schema_version: 1,
+        data: json!({ "amount_cents": 5 }),
+        metadata: Metadata::new(),
+        topic: Some("fulfil.events.order_placed".into()),
+    };
+    store
+        .append("order-nameless", ExpectedVersion::Any, vec![raw])
+        .await
+        .unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(10), dead.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    assert!(
+        letter.reason().contains("has no `order_id`"),
+        "{}",
+        letter.reason()
+    );
+    running.stop().await.unwrap();
+}
+
+/// Two runners over one PostgreSQL store on RabbitMQ: each event, step and timer is
+/// acted on by exactly one of them, and both take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_on_rabbitmq_share_the_work() {
+    let Some(store) = services::postgres_store().await else {
+        return;
+    };
+    // Two connections to one topology, as two processes of one service would have.
+    let config = services::rabbit_config();
+    let (Some(bus_a), Some(bus_b)) = (
+        services::rabbit_bus_with(&config).await,
+        services::rabbit_bus_with(&config).await,
+    ) else {
+        return;
+    };
+    let world = World::new(store.clone());
+    bus_a.subscribe_all(world.subscriptions()).await.unwrap();
+    let name = fresh_name(&store).await;
+    let tag = unique("r");
+    let (flow_a, flow_b) = (Flow::tagged(&tag), Flow::tagged(&tag));
+    let a = ProcessManagers::new(store.clone(), bus_a.clone())
+        .add(manager(&flow_a, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    let b = ProcessManagers::new(store.clone(), bus_b.clone())
+        .add(manager(&flow_b, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    let mut orders = Vec::new();
+    for i in 0..24 {
+        let order = format!("{tag}-shared-{i}");
+        let script = match i % 3 {
+            0 => vec![],
+            1 => vec![Pay::Fail, Pay::Ok],
+            _ => vec![Pay::Silent],
+        };
+        world.scripts.lock().unwrap().insert(order.clone(), script);
+        place(&store, &order, 100 + i).await;
+        orders.push(order);
+    }
+    for (i, order) in orders.iter().enumerate() {
+        wait_finished(&store, &name, order).await;
+        let expected: &[&str] = match i % 3 {
+            0 => &["ChargeCard", "ShipOrder"],
+            1 => &["ChargeCard", "ChargeCard", "ShipOrder"],
+            _ => &["ChargeCard", "CancelOrder"],
+        };
+        assert_eq!(world.topics(order), expected, "order {i}");
+    }
+    let ids: Vec<String> = world
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    let mut unique_ids = ids.clone();
+    unique_ids.sort();
+    unique_ids.dedup();
+    assert_eq!(ids.len(), unique_ids.len(), "every command dispatched once");
+    let (ha, hb) = (
+        flow_a.handled.load(Ordering::SeqCst),
+        flow_b.handled.load(Ordering::SeqCst),
+    );
+    // 8 + 8 × 2 + 8 × … events per flow: placed, answers, end.
+    assert_eq!(
+        ha + hb,
+        8 * 3 + 8 * 4 + 8 * 2,
+        "each event handled by one runner"
+    );
+    assert!(ha > 0 && hb > 0, "both runners took part: {ha} and {hb}");
+    assert_eq!(
+        flow_a.timeouts.load(Ordering::SeqCst) + flow_b.timeouts.load(Ordering::SeqCst),
+        8,
+        "each timer fired in exactly one runner"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    bus_a.shutdown(Duration::from_secs(5)).await.unwrap();
+    bus_b.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The given / when / then helper, without a store or a bus.
+#[tokio::test]
+async fn given_when_then() {
+    let placed = FulfilmentEvent::OrderPlaced(OrderPlaced {
+        order_id: "o-1".into(),
+        amount_cents: 250,
+    });
+    let (state, commands, timers) = FulfilmentTest::given(Flow::default(), vec![])
+        .when(placed.clone())
+        .await
+        .unwrap();
+    assert_eq!(state.amount_cents, 250);
+    assert_eq!(
+        commands,
+        [FulfilmentCommand::ChargeCard(ChargeCard {
+            order_id: "o-1".into(),
+            amount_cents: 250
+        })]
+    );
+    assert_eq!(timers, [FulfilmentTimer::Reminder]);
+
+    let failed = FulfilmentEvent::PaymentFailed(PaymentFailed {
+        order_id: "o-1".into(),
+        reason: None,
+    });
+    let test = FulfilmentTest::given(Flow::default(), vec![placed.clone(), failed.clone()]);
+    let (state, commands, timers) = test.when(failed).await.unwrap();
+    assert_eq!(state.attempts, 2);
+    assert!(
+        matches!(&commands[..], [FulfilmentCommand::CancelOrder(c)] if c.reason == "payment failed twice")
+    );
+    assert!(timers.is_empty());
+
+    let (_, commands, timers) = FulfilmentTest::given(Flow::default(), vec![placed.clone()])
+        .when_timeout(FulfilmentTimer::Reminder)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&commands[..], [FulfilmentCommand::CancelOrder(c)] if c.reason == "payment timed out")
+    );
+    assert!(timers.is_empty());
+
+    // An `ends_on` event finishes the instance: nothing after it does anything.
+    let shipped = FulfilmentEvent::OrderShipped(OrderShipped {
+        order_id: "o-1".into(),
+    });
+    let (_, commands, timers) =
+        FulfilmentTest::given(Flow::default(), vec![placed.clone(), shipped])
+            .when(FulfilmentEvent::PaymentReceived(PaymentReceived {
+                order_id: "o-1".into(),
+            }))
+            .await
+            .unwrap();
+    assert!(commands.is_empty() && timers.is_empty());
+}
+
+const CRASH_ROLE: &str = "ORKESTRA_PM_CRASH_ROLE";
+
+/// The child of the crash test: runs the flow on SQLite; its payment service records the
+/// payment, prints the command id and kills the process (SIGKILL) before the dispatch
+/// returns, so the feed never saves its checkpoint past the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Ok(path) = std::env::var(CRASH_ROLE) else {
+        return;
+    };
+    #[derive(Clone)]
+    struct Dying(World);
+    impl Charger for Dying {
+        async fn execute(
+            &self,
+            command: Command<ChargeCard>,
+            ctx: HandlerContext,
+        ) -> Result<Value, HandlerError> {
+            Charger::execute(&self.0, command.clone(), ctx).await?;
+            println!("charged {}", command.id);
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(30));
+            unreachable!("killed");
+        }
+    }
+    let store = Store::sqlite(&path).await.unwrap();
+    let world = World::new(store.clone());
+    let bus = Bus::in_process();
+    bus.subscribe_all(vec![
+        handlers::charger(Dying(world.clone())),
+        handlers::shipper(world.clone()),
+        handlers::canceller(world.clone()),
+    ])
+    .await
+    .unwrap();
+    let name = std::env::var("ORKESTRA_PM_NAME").unwrap();
+    let _running = ProcessManagers::new(store.clone(), bus)
+        .add(manager(&Flow::default(), &store, &name))
+        .start()
+        .await
+        .unwrap();
+    place(&store, &std::env::var("ORKESTRA_PM_ORDER").unwrap(), 100).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+/// Killed between recording a step and dispatching its command: after the restart the
+/// command is dispatched again with the same id, and the idempotent payment service
+/// (its answer's id derives from the command id) pays once; the flow completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_recording_and_dispatching_the_command_is_handled_once() {
+    let dir = std::env::temp_dir().join(unique("orkestra-pm-crash"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.db");
+    let store = Store::sqlite(&path).await.unwrap();
+    let name = fresh_name(&store).await;
+    drop(store);
+    let order = unique("crash");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_ROLE, &path)
+        .env("ORKESTRA_PM_NAME", &name)
+        .env("ORKESTRA_PM_ORDER", &order)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child was killed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let charged = stdout
+        .lines()
+        .find_map(|l| l.split_once("charged ").map(|(_, id)| id.trim()))
+        .unwrap_or_else(|| panic!("the child charged before dying: {stdout}"))
+        .to_owned();
+
+    let store = Store::sqlite(&path).await.unwrap();
+    let world = World::new(store.clone());
+    let bus = Bus::in_process();
+    bus.subscribe_all(world.subscriptions()).await.unwrap();
+    let running = ProcessManagers::new(store.clone(), bus)
+        .add(manager(&Flow::default(), &store, &name))
+        .start()
+        .await
+        .unwrap();
+    wait_finished(&store, &name, &order).await;
+    let commands = world.commands(&order);
+    assert_eq!(
+        commands.iter().map(|c| c.topic).collect::<Vec<_>>(),
+        ["ChargeCard", "ShipOrder"]
+    );
+    assert_eq!(commands[0].id, charged, "dispatched again with the same id");
+    let payments = store
+        .read_stream(&format!("order-{order}"), 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type() == "Shop.Fulfil.PaymentReceived")
+        .count();
+    assert_eq!(payments, 1, "the payment was made once");
+    running.stop().await.unwrap();
+}
