@@ -5,7 +5,10 @@
 //! (`ledger::aggregates::Account`, from `schemas/ledger.yaml`) whose balance is the fold
 //! of its own stream, with a withdrawal it refuses; its events reach the bus through the
 //! relay (the store appends only), and a projection (`ledger::projections::Balances`)
-//! keeps a read model of every balance from the store.
+//! keeps a read model of every balance from the store. Last, a process manager
+//! (`fulfil::process_managers::Fulfilment`, from `schemas/fulfilment.yaml`) takes two
+//! orders through payment: one paid on the second try and shipped, one cancelled by its
+//! timer when no payment comes.
 //!
 //! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
 //! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
@@ -317,6 +320,219 @@ impl ledger::projections::Balances for Balances {
     }
 }
 
+/// The example's payment service, warehouse and cancellations: each answers a command
+/// with an event in the store, where the process manager reads it. A card is declined on
+/// its first charge; an order of 13 cents never gets an answer (its timer cancels it).
+#[derive(Clone)]
+struct Services {
+    store: Store,
+    charged: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Services {
+    async fn answer<D: orkestra_runtime::EventPayload, P>(
+        &self,
+        ctx: &HandlerContext,
+        command: &Command<P>,
+        event: D,
+    ) -> Result<Value, HandlerError> {
+        let event = Event::new(
+            event,
+            Metadata::derive(&command.metadata, command.id.clone()),
+        )
+        .map_err(HandlerError::reject)?;
+        self.store
+            .append_and_publish(
+                ctx.bus(),
+                &format!("fulfil-{}", short(&command.id)),
+                ExpectedVersion::Any,
+                vec![EventEnvelope::wrap(event)],
+            )
+            .await
+            .map_err(HandlerError::fail)?;
+        Ok(Value::Null)
+    }
+}
+
+impl fulfil::handlers::Payments for Services {
+    async fn execute(
+        &self,
+        command: Command<fulfil::commands::ChargeCard>,
+        ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        let order_id = command.order_id.clone();
+        println!("  charge {order_id}: {} cents", command.amount_cents);
+        if command.amount_cents == 13 {
+            return Ok(Value::Null);
+        }
+        let first = self
+            .charged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(order_id.clone());
+        if first {
+            self.answer(&ctx, &command, fulfil::events::PaymentFailed { order_id })
+                .await
+        } else {
+            self.answer(&ctx, &command, fulfil::events::PaymentReceived { order_id })
+                .await
+        }
+    }
+}
+
+impl fulfil::handlers::Warehouse for Services {
+    async fn execute(
+        &self,
+        command: Command<fulfil::commands::ShipOrder>,
+        ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        println!("  ship {}", command.order_id);
+        let order_id = command.order_id.clone();
+        self.answer(&ctx, &command, fulfil::events::OrderShipped { order_id })
+            .await
+    }
+}
+
+impl fulfil::handlers::Cancellations for Services {
+    async fn execute(
+        &self,
+        command: Command<fulfil::commands::CancelOrder>,
+        ctx: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        println!("  cancel {}: {}", command.order_id, command.reason);
+        let order_id = command.order_id.clone();
+        self.answer(&ctx, &command, fulfil::events::OrderCancelled { order_id })
+            .await
+    }
+}
+
+/// The flow: charge, charge once more after a failure, ship once paid; cancel when the
+/// `payment` timer (1 s) fires first.
+struct Fulfilment;
+
+impl fulfil::process_managers::Fulfilment for Fulfilment {
+    async fn handle(
+        &self,
+        state: &mut fulfil::process_managers::FulfilmentState,
+        event: &fulfil::process_managers::FulfilmentEvent,
+        ctx: &mut fulfil::process_managers::FulfilmentContext,
+    ) -> Result<(), HandlerError> {
+        use fulfil::commands::{CancelOrder, ChargeCard, ShipOrder};
+        use fulfil::process_managers::{
+            FulfilmentCommand as C, FulfilmentEvent as E, FulfilmentTimer as T,
+        };
+        let order_id = ctx.key().to_owned();
+        match event {
+            E::OrderPlaced(e) => {
+                state.amount_cents = e.amount_cents;
+                ctx.dispatch(C::ChargeCard(ChargeCard {
+                    order_id,
+                    amount_cents: e.amount_cents,
+                }));
+                ctx.set_timer(T::Payment);
+            }
+            E::PaymentFailed(_) if state.attempts == 0 => {
+                state.attempts += 1;
+                ctx.dispatch(C::ChargeCard(ChargeCard {
+                    order_id,
+                    amount_cents: state.amount_cents,
+                }));
+            }
+            E::PaymentFailed(_) => {
+                ctx.clear_timer(T::Payment);
+                ctx.dispatch(C::CancelOrder(CancelOrder {
+                    order_id,
+                    reason: "declined twice".into(),
+                }));
+            }
+            E::PaymentReceived(_) => {
+                ctx.clear_timer(T::Payment);
+                ctx.dispatch(C::ShipOrder(ShipOrder { order_id }));
+            }
+            E::OrderShipped(_) | E::OrderCancelled(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn on_timeout(
+        &self,
+        _state: &mut fulfil::process_managers::FulfilmentState,
+        _timer: fulfil::process_managers::FulfilmentTimer,
+        ctx: &mut fulfil::process_managers::FulfilmentContext,
+    ) -> Result<(), HandlerError> {
+        let order_id = ctx.key().to_owned();
+        ctx.dispatch(fulfil::process_managers::FulfilmentCommand::CancelOrder(
+            fulfil::commands::CancelOrder {
+                order_id,
+                reason: "no payment within 1s".into(),
+            },
+        ));
+        Ok(())
+    }
+}
+
+/// Places two orders and runs the flow until both instances finished.
+async fn fulfilment(store: &Store, bus: &Bus) -> Result<(), Box<dyn std::error::Error>> {
+    println!("fulfilment:");
+    let services = Services {
+        store: store.clone(),
+        charged: Default::default(),
+    };
+    bus.subscribe_all([
+        fulfil::handlers::payments(services.clone()),
+        fulfil::handlers::warehouse(services.clone()),
+        fulfil::handlers::cancellations(services.clone()),
+    ])
+    .await?;
+    let running = orkestra_runtime::ProcessManagers::new(store.clone(), bus.clone())
+        .add(fulfil::process_managers::fulfilment(
+            Fulfilment,
+            store.clone(),
+        ))
+        .start()
+        .await?;
+    let orders = [
+        (format!("ord_{}", short(&orkestra_runtime::new_id())), 4_200),
+        (format!("ord_{}", short(&orkestra_runtime::new_id())), 13),
+    ];
+    for (order_id, amount_cents) in &orders {
+        let event = Event::new(
+            fulfil::events::OrderPlaced {
+                order_id: order_id.clone(),
+                amount_cents: *amount_cents,
+            },
+            Metadata::new(),
+        )?;
+        store
+            .append_and_publish(
+                bus,
+                &format!("order-{order_id}"),
+                ExpectedVersion::NoStream,
+                vec![EventEnvelope::wrap(event)],
+            )
+            .await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (order_id, _) in &orders {
+        loop {
+            let last = store
+                .read_stream_backwards(&format!("pm-fulfilment-{order_id}"), u64::MAX, 1)
+                .await?;
+            let step = last.first().map(|e| e.data()).transpose()?;
+            if let Some(step) = step.filter(|s| s["finished"] == json!(true)) {
+                println!("  {order_id} finished: state {}", step["state"]);
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("order {order_id} did not finish").into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    running.stop().await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -490,6 +706,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         state.balance,
         version.map_or("-".into(), |v| v.to_string())
     );
+
+    fulfilment(&store, &bus).await?;
 
     println!("rejected input:");
     for (what, result) in [
