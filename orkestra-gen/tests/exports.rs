@@ -242,6 +242,18 @@ fn the_flow_graph_has_a_linked_node_per_command_event_and_handler() {
 }
 
 #[test]
+fn the_flow_graph_draws_process_managers_between_their_events_and_commands() {
+    let m = model(&["tests/golden/process_managers"]);
+    let svg = orkestra_gen::export::flow_svg(&m).unwrap();
+    let count = |kind: &str| svg.matches(&format!("data-kind=\"{kind}\"")).count();
+    assert_eq!(count("process"), 2, "Fulfilment and Audit");
+    assert!(svg.contains(">Fulfilment<"), "labelled with its name");
+    // 5 events in, 3 commands out for Fulfilment; OrderPlaced in for Audit; and the
+    // three command bindings: every edge is drawn.
+    assert_eq!(svg.matches("class=\"edge\"").count(), 5 + 3 + 1 + 3);
+}
+
+#[test]
 fn exports_are_deterministic_and_written_only_when_changed() {
     let out = tmp("determinism");
     let g = generator(SHOP)

@@ -1,6 +1,5 @@
 // A process manager dispatches only the commands its `dispatches` lists: `Audit` lists
-// none, so `ChargeCard` (a command of the schema) has no variant in `AuditCommand`, and a
-// payload struct is not a command of any process manager.
+// none, so `ChargeCard` (a command of the schema) has no variant in `AuditCommand`.
 use orkestra_runtime::HandlerError;
 use orkestra_tests::process_managers::fulfil::commands::ChargeCard;
 use orkestra_tests::process_managers::fulfil::process_managers::{
@@ -20,8 +19,7 @@ impl Audit for Auditor {
             order_id: ctx.key().to_owned(),
             amount_cents: 1,
         };
-        ctx.dispatch(AuditCommand::ChargeCard(charge.clone()));
-        ctx.dispatch(charge);
+        ctx.dispatch(AuditCommand::ChargeCard(charge));
         Ok(())
     }
 }

@@ -212,7 +212,7 @@ fn list(body: &mut String, heading: &str, items: &[String]) {
 
 fn flow_page(flow: &Flow<'_>, svg: &str) -> String {
     let body = format!(
-        "<h1>Message flow</h1>\n<p class=\"mute\">Commands (blue) go to their handler (green), which emits events (orange); each event goes to every binding of it. Dashed: a wildcard binding's pattern (the binding is drawn in each flow it taps) and the dead letters. Click a node for its page.</p>\n<div class=\"graph\">\n{svg}</div>\n"
+        "<h1>Message flow</h1>\n<p class=\"mute\">Commands (blue) go to their handler (green), which emits events (orange); each event goes to every binding of it, and to the process managers (purple) whose flow it belongs to, which dispatch commands. Dashed: a wildcard binding's pattern (the binding is drawn in each flow it taps) and the dead letters. Click a node for its page.</p>\n<div class=\"graph\">\n{svg}</div>\n"
     );
     page(flow, "", "Flow graph", &body, "")
 }

@@ -1,6 +1,7 @@
 //! The flow graph: command → its handler → the events it emits → the bindings of each
-//! event (a wildcard binding through a node for its pattern), and the dead letters →
-//! their bindings. Laid out by `layout-rs` (layered, as Graphviz `dot` does) at
+//! event (a wildcard binding through a node for its pattern), the dead letters → their
+//! bindings, and each process manager: the events of its flow → it → the commands it
+//! dispatches. Laid out by `layout-rs` (layered, as Graphviz `dot` does) at
 //! generation time and drawn by our own backend, so every node is a link to its page
 //! and every label goes through `names::html`.
 
@@ -33,6 +34,8 @@ pub(crate) enum Kind {
     Pattern,
     /// The bus's dead letters.
     DeadLetters,
+    /// A process manager.
+    Process,
 }
 
 impl Kind {
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Handler => "handler",
             Kind::Pattern => "pattern",
             Kind::DeadLetters => "deadletters",
+            Kind::Process => "process",
         }
     }
 }
@@ -129,6 +133,33 @@ impl Graph {
             for msg in flow.emitted_by(b.handler) {
                 if let Some(m) = node(&index, format!("m:{}", msg.key())) {
                     g.edges.push((h, m, false));
+                }
+            }
+        }
+        // Process managers: every event of their flow in, the commands they dispatch out.
+        for module in &flow.model.modules {
+            for pm in &module.process_managers {
+                let p = g.add(
+                    Kind::Process,
+                    &pm.name,
+                    None,
+                    &format!("process:{}", pm.name),
+                );
+                for r in pm.starts_on.iter().chain(&pm.handles).chain(&pm.ends_on) {
+                    if let Some(m) = flow
+                        .find(r)
+                        .and_then(|m| node(&index, format!("m:{}", m.key())))
+                    {
+                        g.edges.push((m, p, false));
+                    }
+                }
+                for r in &pm.dispatches {
+                    if let Some(m) = flow
+                        .find(r)
+                        .and_then(|m| node(&index, format!("m:{}", m.key())))
+                    {
+                        g.edges.push((p, m, false));
+                    }
                 }
             }
         }
@@ -389,6 +420,7 @@ const STYLE: &str = "\
 .handler rect{fill:#dcfce7;stroke:#15803d}\
 .pattern rect{fill:#f4f4f5;stroke:#71717a;stroke-dasharray:4 3}\
 .deadletters rect{fill:#fee2e2;stroke:#b91c1c}\
+.process rect{fill:#ede9fe;stroke:#6d28d9}\
 a:hover rect{stroke-width:3}\
 .edge{fill:none;stroke:#555;stroke-width:1.3}\
 .edge.dashed{stroke-dasharray:5 4}";
