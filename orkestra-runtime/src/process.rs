@@ -42,12 +42,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -269,6 +267,18 @@ struct Step<S> {
 struct Instance<S> {
     version: u64,
     step: Step<S>,
+}
+
+impl<S: Clone> Instance<S> {
+    /// What a new step starts from: state, timers, last position, correlation id.
+    fn parts(&self) -> (S, BTreeMap<String, i64>, Option<u64>, String) {
+        (
+            self.step.state.clone(),
+            self.step.timers.clone(),
+            self.step.last,
+            self.step.correlation.clone(),
+        )
+    }
 }
 
 /// A due timer: (due ms, key, timer name).
@@ -676,23 +686,6 @@ fn message_of(event: &RecordedEvent) -> Message {
     }
 }
 
-/// Runs a handler's future; a panic becomes a failure with its message.
-async fn caught(run: BoxFuture<'_, Result<(), HandlerError>>) -> Result<(), HandlerError> {
-    match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_owned());
-            Err(HandlerError::fail(format!(
-                "the handler panicked: {message}"
-            )))
-        }
-    }
-}
-
 /// What triggers a step.
 enum Cause<'a, E, T> {
     Event {
@@ -799,7 +792,7 @@ impl<D: ProcessDefinition> Runner<D> {
                     self.definition.on_timeout(&mut state, *timer, &mut ctx)
                 }
             };
-            match caught(run).await {
+            match crate::projection::run_caught(run).await {
                 Ok(()) => return Ok((state, ctx)),
                 Err(e) => {
                     attempt += 1;
@@ -833,29 +826,51 @@ impl<D: ProcessDefinition> Runner<D> {
             Ok(event) => event,
             Err(e) => return self.dead_letter(recorded, &e.to_string(), 0).await,
         };
-        let _claim = match &self.claims {
-            Some(inbox) => match inbox.claim(&self.handler, recorded.id()).await {
-                Ok(Some(claim)) => Some(claim),
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(HandlerError::fail(e.to_string())),
-            },
-            None => None,
-        };
         let cause = Cause::Event {
             event: &event,
             recorded,
             role,
         };
-        let outcome = self.step(&key, &cause).await;
-        if let Some(claim) = _claim
-            && outcome.is_ok()
-        {
-            claim
-                .commit()
-                .await
-                .map_err(|e| HandlerError::fail(e.to_string()))?;
-        }
-        outcome
+        self.exclusively(&self.handler, recorded.id(), async || {
+            self.step(&key, &cause).await
+        })
+        .await
+    }
+
+    /// An event or timer that changes nothing, said at debug level.
+    fn ignored(&self, key: &str, subject: &str, why: &str) {
+        tracing::debug!(
+            orkestra = "process",
+            process = &*self.name,
+            key,
+            subject,
+            why,
+            "ignored"
+        );
+    }
+
+    /// Runs `work` as the one runner acting on `(kind, id)`: with runners in other
+    /// processes, after claiming the pair in the store's inbox (`Ok` without running
+    /// when another runner did it already), the claim committed when `work` succeeded.
+    async fn exclusively(
+        &self,
+        kind: &Arc<str>,
+        id: &str,
+        work: impl AsyncFnOnce() -> Result<(), HandlerError>,
+    ) -> Result<(), HandlerError> {
+        let Some(inbox) = &self.claims else {
+            return work().await;
+        };
+        let claim = match inbox.claim(kind, id).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(HandlerError::fail(e.to_string())),
+        };
+        work().await?;
+        claim
+            .commit()
+            .await
+            .map_err(|e| HandlerError::fail(e.to_string()))
     }
 
     /// Loads, handles and records one step, again on a conflict.
@@ -896,12 +911,10 @@ impl<D: ProcessDefinition> Runner<D> {
         let (state, timers, last, correlation) = match (&instance, cause) {
             (None, Cause::Event { role, recorded, .. }) => {
                 if *role != Role::Start {
-                    tracing::debug!(
-                        orkestra = "process",
-                        process = &*self.name,
+                    self.ignored(
                         key,
-                        event = recorded.event_type(),
-                        "event for an instance that was never started; ignored"
+                        recorded.event_type(),
+                        "event for an instance that was never started; ignored",
                     );
                     return Ok(());
                 }
@@ -919,69 +932,37 @@ impl<D: ProcessDefinition> Runner<D> {
                     return Ok(());
                 }
                 if i.step.finished {
-                    tracing::debug!(
-                        orkestra = "process",
-                        process = &*self.name,
+                    self.ignored(
                         key,
-                        event = recorded.event_type(),
-                        "event for a finished instance; ignored"
+                        recorded.event_type(),
+                        "event for a finished instance; ignored",
                     );
                     return Ok(());
                 }
                 if *role == Role::Start {
-                    tracing::debug!(
-                        orkestra = "process",
-                        process = &*self.name,
+                    self.ignored(
                         key,
-                        event = recorded.event_type(),
-                        "start event for an instance that exists; ignored"
+                        recorded.event_type(),
+                        "start event for an instance that exists; ignored",
                     );
                     return Ok(());
                 }
-                (
-                    i.step.state.clone(),
-                    i.step.timers.clone(),
-                    i.step.last,
-                    i.step.correlation.clone(),
-                )
+                i.parts()
             }
             (None, Cause::Timer { timer, .. }) => {
-                tracing::debug!(
-                    orkestra = "process",
-                    process = &*self.name,
-                    key,
-                    timer = timer.name(),
-                    "timer of an unknown instance; dropped"
-                );
+                self.ignored(key, timer.name(), "timer of an unknown instance; dropped");
                 return Ok(());
             }
             (Some(i), Cause::Timer { timer, due }) => {
                 if i.step.finished {
-                    tracing::debug!(
-                        orkestra = "process",
-                        process = &*self.name,
-                        key,
-                        timer = timer.name(),
-                        "timer of a finished instance; dropped"
-                    );
+                    self.ignored(key, timer.name(), "timer of a finished instance; dropped");
                     return Ok(());
                 }
                 if i.step.timers.get(timer.name()) != Some(due) {
-                    tracing::debug!(
-                        orkestra = "process",
-                        process = &*self.name,
-                        key,
-                        timer = timer.name(),
-                        "timer cleared or set again; dropped"
-                    );
+                    self.ignored(key, timer.name(), "timer cleared or set again; dropped");
                     return Ok(());
                 }
-                (
-                    i.step.state.clone(),
-                    i.step.timers.clone(),
-                    i.step.last,
-                    i.step.correlation.clone(),
-                )
+                i.parts()
             }
         };
         let (cause_id, parent) = match cause {
@@ -1140,37 +1121,27 @@ impl<D: ProcessDefinition> Runner<D> {
         if step.commands.is_empty() {
             return Ok(());
         }
-        let claim = match &self.claims {
-            Some(inbox) => match inbox.claim(&self.step_claims, recorded.id()).await {
-                Ok(Some(claim)) => Some(claim),
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(HandlerError::fail(e.to_string())),
-            },
-            None => None,
-        };
-        for command in step.commands {
-            let topic = command.topic.clone();
-            let envelope = CommandEnvelope::from_message(Message::from_raw_command(command));
-            match self.bus.dispatch(envelope).await {
-                Ok(_) => {}
-                // Nothing is dropped: the feed waits here (retrying, with a warning each
-                // time) until a handler of the command is subscribed.
-                Err(e @ BusError::NoHandler { .. }) => {
-                    return Err(HandlerError::fail(format!(
-                        "process manager {} cannot dispatch {topic} for instance {}: {e}",
-                        self.name, step.key
-                    )));
+        let key = step.key;
+        self.exclusively(&self.step_claims, recorded.id(), async || {
+            for command in step.commands {
+                let topic = command.topic.clone();
+                let envelope = CommandEnvelope::from_message(Message::from_raw_command(command));
+                match self.bus.dispatch(envelope).await {
+                    Ok(_) => {}
+                    // Nothing is dropped: the feed waits here (retrying, with a warning each
+                    // time) until a handler of the command is subscribed.
+                    Err(e @ BusError::NoHandler { .. }) => {
+                        return Err(HandlerError::fail(format!(
+                            "process manager {} cannot dispatch {topic} for instance {key}: {e}",
+                            self.name
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
-        }
-        if let Some(claim) = claim {
-            claim
-                .commit()
-                .await
-                .map_err(|e| HandlerError::fail(e.to_string()))?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Fires one due timer.
@@ -1188,25 +1159,11 @@ impl<D: ProcessDefinition> Runner<D> {
         let claim_id = format!("{key}/{name}/{due}");
         let mut attempt = 0u32;
         loop {
-            let result = async {
-                let claim = match &self.claims {
-                    Some(inbox) => match inbox.claim(&self.timer_claims, &claim_id).await {
-                        Ok(Some(claim)) => Some(claim),
-                        Ok(None) => return Ok(()),
-                        Err(e) => return Err(HandlerError::fail(e.to_string())),
-                    },
-                    None => None,
-                };
-                self.step(&key, &Cause::Timer { timer, due }).await?;
-                if let Some(claim) = claim {
-                    claim
-                        .commit()
-                        .await
-                        .map_err(|e| HandlerError::fail(e.to_string()))?;
-                }
-                Ok(())
-            }
-            .await;
+            let result = self
+                .exclusively(&self.timer_claims, &claim_id, async || {
+                    self.step(&key, &Cause::Timer { timer, due }).await
+                })
+                .await;
             match result {
                 Ok(()) => return,
                 Err(e) => {

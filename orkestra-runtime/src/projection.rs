@@ -1148,7 +1148,9 @@ impl Runner {
 }
 
 /// Runs a handler's future; a panic becomes a failure with its message.
-async fn run_caught(run: BoxFuture<'_, Result<(), HandlerError>>) -> Result<(), HandlerError> {
+pub(crate) async fn run_caught(
+    run: BoxFuture<'_, Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
