@@ -18,10 +18,11 @@
 //! ## Feed, dispatch and timers
 //!
 //! Events come from a checkpointed subscription of the store (a projection named
-//! `process-manager:<name>`): catch-up after a restart, then live. The steps are in that
-//! same global log: the feed dispatches a step's commands when it reads the step, so a
-//! crash between recording and dispatching dispatches them after the restart, with the
-//! same ids (derived from the event id and the command's index). Commands carry the
+//! `process-manager:<name>`): catch-up after a restart, then live. A step's commands are
+//! dispatched right after it is recorded; the steps are in that same global log, and the
+//! feed dispatches the commands of every step it reads that this process has not (after
+//! a crash between recording and dispatching, or a step another runner recorded), with
+//! the same ids (derived from the event id and the command's index). Commands carry the
 //! event's correlation id and the event id as causation.
 //!
 //! Timers are durable because they are in the steps: at start the runner reads its
@@ -39,7 +40,7 @@
 //! dies releases its claims (its transaction ends).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -628,6 +629,11 @@ struct Runner<D: ProcessDefinition> {
     retries: u32,
     retry_delay: Duration,
     cache: Mutex<HashMap<String, Instance<D::State>>>,
+    /// Alone on the store (no claims): every instance key with a stream, so starting a
+    /// new instance reads nothing; and the steps whose commands this process dispatched
+    /// right after recording them (the feed skips them when it reads them back).
+    known: Mutex<HashSet<String>>,
+    dispatched: Mutex<HashSet<String>>,
     timers: Mutex<TimerIndex>,
     wake: Notify,
 }
@@ -721,6 +727,8 @@ impl<D: ProcessDefinition> Runner<D> {
             cache: Mutex::new(HashMap::new()),
             timers: Mutex::new(TimerIndex::default()),
             wake: Notify::new(),
+            known: Mutex::new(HashSet::new()),
+            dispatched: Mutex::new(HashSet::new()),
         }
     }
 
@@ -732,6 +740,9 @@ impl<D: ProcessDefinition> Runner<D> {
     async fn load(&self, key: &str, fresh: bool) -> Result<Option<Instance<D::State>>, StoreError> {
         if !fresh && let Some(found) = crate::sync::lock(&self.cache).get(key) {
             return Ok(Some(found.clone()));
+        }
+        if !fresh && self.claims.is_none() && !crate::sync::lock(&self.known).contains(key) {
+            return Ok(None);
         }
         let last = self
             .store
@@ -1060,7 +1071,7 @@ impl<D: ProcessDefinition> Runner<D> {
                 &self.stream(key),
                 expected,
                 vec![EventData {
-                    id: step_id,
+                    id: step_id.clone(),
                     event_type: STEP_TYPE.to_owned(),
                     schema_version: 1,
                     data,
@@ -1072,7 +1083,42 @@ impl<D: ProcessDefinition> Runner<D> {
         let version = appended.last_version;
         crate::sync::lock(&self.timers).record(key, version, &step.timers, step.finished);
         self.wake.notify_one();
+        let commands = step.commands.clone();
         self.remember(key, &Instance { version, step });
+        if self.claims.is_none() {
+            crate::sync::lock(&self.known).insert(key.to_owned());
+            // Alone on the store: dispatch now. Should the process die first, the feed
+            // dispatches them when it reads the step after the restart (the same ids).
+            match self.dispatch_all(key, commands).await {
+                Ok(()) => {
+                    crate::sync::lock(&self.dispatched).insert(step_id);
+                }
+                Err(e) => {
+                    tracing::warn!(orkestra = "process", process = &*self.name, key, error = %e, "cannot dispatch a step's commands yet; the feed will");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dispatches a step's commands, in order.
+    async fn dispatch_all(&self, key: &str, commands: Vec<RawCommand>) -> Result<(), HandlerError> {
+        for command in commands {
+            let topic = command.topic.clone();
+            let envelope = CommandEnvelope::from_message(Message::from_raw_command(command));
+            match self.bus.dispatch(envelope).await {
+                Ok(_) => {}
+                // Nothing is dropped: the feed waits here (retrying, with a warning each
+                // time) until a handler of the command is subscribed.
+                Err(e @ BusError::NoHandler { .. }) => {
+                    return Err(HandlerError::fail(format!(
+                        "process manager {} cannot dispatch {topic} for instance {key}: {e}",
+                        self.name
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
@@ -1101,6 +1147,10 @@ impl<D: ProcessDefinition> Runner<D> {
 
     /// A step read from the log: its timers go to the index, its commands to the bus.
     async fn on_step(&self, recorded: &RecordedEvent) -> Result<(), HandlerError> {
+        if self.claims.is_none() && crate::sync::lock(&self.dispatched).remove(recorded.id()) {
+            // Recorded and dispatched by this process: its timers are indexed already.
+            return Ok(());
+        }
         let step: Step<serde::de::IgnoredAny> = match serde_json::from_str(recorded.data_json()) {
             Ok(s) => s,
             Err(e) => {
@@ -1122,24 +1172,9 @@ impl<D: ProcessDefinition> Runner<D> {
             return Ok(());
         }
         let key = step.key;
+        let commands = step.commands;
         self.exclusively(&self.step_claims, recorded.id(), async || {
-            for command in step.commands {
-                let topic = command.topic.clone();
-                let envelope = CommandEnvelope::from_message(Message::from_raw_command(command));
-                match self.bus.dispatch(envelope).await {
-                    Ok(_) => {}
-                    // Nothing is dropped: the feed waits here (retrying, with a warning each
-                    // time) until a handler of the command is subscribed.
-                    Err(e @ BusError::NoHandler { .. }) => {
-                        return Err(HandlerError::fail(format!(
-                            "process manager {} cannot dispatch {topic} for instance {key}: {e}",
-                            self.name
-                        )));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(())
+            self.dispatch_all(&key, commands).await
         })
         .await
     }
@@ -1196,6 +1231,7 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                 };
                 next = last.position().saturating_add(1);
                 let mut index = crate::sync::lock(&self.timers);
+                let mut known = crate::sync::lock(&self.known);
                 for recorded in &batch {
                     if recorded.event_type() != STEP_TYPE
                         || !recorded.stream().starts_with(&self.stream)
@@ -1209,6 +1245,7 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     };
                     if *step.process == *self.name {
                         index.record(&step.key, recorded.version(), &step.timers, step.finished);
+                        known.insert(step.key);
                     }
                 }
             }
