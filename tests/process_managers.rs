@@ -601,6 +601,23 @@ async fn failures_are_dead_lettered_and_the_instance_keeps_its_state() {
     assert_eq!(step["state"]["amount_cents"], json!(300));
     assert_eq!(world.topics(&order), ["ChargeCard", "CancelOrder"]);
 
+    // A command that breaks its schema's rules (`amount_cents` min 1): the event is
+    // dead-lettered as if the handler failed, and no instance starts.
+    let free = unique("free");
+    place(&store, &free, 0).await;
+    let letter = tokio::time::timeout(Duration::from_secs(10), dead.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    assert!(
+        letter.reason().contains("dispatched an invalid command"),
+        "{}",
+        letter.reason()
+    );
+    assert_eq!(letter.message().type_name(), "Shop.Fulfil.OrderPlaced");
+    assert!(last_step(&store, &name, &free).await.is_none());
+    assert!(world.commands(&free).is_empty());
+
     // No `order_id` at run time.
     let raw = EventData {
         id: orkestra_runtime::new_id(),

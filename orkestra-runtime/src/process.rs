@@ -70,6 +70,8 @@ pub const DEFAULT_PROCESS_RETRIES: u32 = 3;
 pub const DEFAULT_PROCESS_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How many instances a runner keeps in memory between events.
 const CACHE_LIMIT: usize = 100_000;
+/// How many due timers a runner fires at once.
+const TIMER_CONCURRENCY: usize = 32;
 /// How many times a step is tried again when another step was recorded first.
 const CONFLICT_RETRIES: u32 = 20;
 
@@ -987,43 +989,6 @@ impl<D: ProcessDefinition> Runner<D> {
             ),
         };
         let step_id = uuid_v5(&format!("{}/{cause_id}", self.name));
-        let (new_state, ctx, failure) = match self.run_handler(&state, key, &timers, cause).await {
-            Ok((s, ctx)) => (s, Some(ctx), None),
-            Err(failure) => (state, None, Some(failure)),
-        };
-        if let Some((error, attempts)) = failure {
-            let reason = error.to_string();
-            match cause {
-                // The instance keeps its state; the event goes to the dead letters.
-                Cause::Event { recorded, .. } => {
-                    self.dead_letter(recorded, &reason, attempts)
-                        .await
-                        .map_err(StepError::Retry)?;
-                    return Ok(());
-                }
-                // A failed timer is recorded as fired (it would fail again) and reported.
-                Cause::Timer { timer, .. } => {
-                    let message = self.timer_message(key, *timer, &cause_id, &correlation);
-                    self.bus
-                        .dead_letter_from(&message, &self.handler, &reason, attempts)
-                        .await
-                        .map_err(|e| StepError::Retry(e.into()))?;
-                }
-            }
-        }
-        let (mut ctx_timers, finished, commands) = match ctx {
-            Some(ctx) => (ctx.timers, ctx.finished, ctx.commands),
-            None => {
-                let mut t = timers;
-                if let Cause::Timer { timer, .. } = cause {
-                    t.remove(timer.name());
-                }
-                (t, false, Vec::new())
-            }
-        };
-        if finished {
-            ctx_timers.clear();
-        }
         let metadata = match parent {
             Some((meta, id)) => Metadata::derive(meta, id),
             None => {
@@ -1032,16 +997,60 @@ impl<D: ProcessDefinition> Runner<D> {
                 m
             }
         };
-        let mut raw = Vec::with_capacity(commands.len());
-        for (index, command) in commands.into_iter().enumerate() {
-            let id = uuid_v5(&format!("{}/{cause_id}/command/{index}", self.name));
-            let command = command.into_raw(id, metadata.clone()).map_err(|e| {
-                StepError::Retry(HandlerError::reject(format!(
-                    "process manager {} dispatched an invalid command: {e}",
-                    self.name
-                )))
-            })?;
-            raw.push(command);
+        // The handler's outcome, its commands checked: an invalid command fails the step
+        // as the handler failing would (it would be invalid again on a retry).
+        let outcome = match self.run_handler(&state, key, &timers, cause).await {
+            Ok((s, ctx)) => {
+                let mut raw = Vec::with_capacity(ctx.commands.len());
+                let mut invalid = None;
+                for (index, command) in ctx.commands.into_iter().enumerate() {
+                    let id = uuid_v5(&format!("{}/{cause_id}/command/{index}", self.name));
+                    match command.into_raw(id, metadata.clone()) {
+                        Ok(c) => raw.push(c),
+                        Err(e) => {
+                            invalid = Some(HandlerError::reject(format!(
+                                "process manager {} dispatched an invalid command: {e}",
+                                self.name
+                            )));
+                            break;
+                        }
+                    }
+                }
+                match invalid {
+                    None => Ok((s, ctx.timers, ctx.finished, raw)),
+                    Some(e) => Err((e, 1)),
+                }
+            }
+            Err(failure) => Err(failure),
+        };
+        let (new_state, mut ctx_timers, finished, raw) = match outcome {
+            Ok(done) => done,
+            Err((error, attempts)) => {
+                let reason = error.to_string();
+                match cause {
+                    // The instance keeps its state; the event goes to the dead letters.
+                    Cause::Event { recorded, .. } => {
+                        self.dead_letter(recorded, &reason, attempts)
+                            .await
+                            .map_err(StepError::Retry)?;
+                        return Ok(());
+                    }
+                    // A failed timer is recorded as fired (it would fail again), reported.
+                    Cause::Timer { timer, .. } => {
+                        let message = self.timer_message(key, *timer, &cause_id, &correlation);
+                        self.bus
+                            .dead_letter_from(&message, &self.handler, &reason, attempts)
+                            .await
+                            .map_err(|e| StepError::Retry(e.into()))?;
+                        let mut left = timers;
+                        left.remove(timer.name());
+                        (state, left, false, Vec::new())
+                    }
+                }
+            }
+        };
+        if finished {
+            ctx_timers.clear();
         }
         let last = match cause {
             Cause::Event { recorded, .. } => Some(recorded.position()),
@@ -1266,11 +1275,15 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     (due, index.next_due())
                 };
                 if !due.is_empty() {
-                    // Fired side by side: one slow handler does not hold the others back.
-                    let fires = due
-                        .into_iter()
-                        .map(|(at, key, name)| self.fire(at, key, name));
-                    futures_util::future::join_all(fires).await;
+                    // Fired side by side (up to 32 at once): one slow handler does not
+                    // hold the others back, and a backlog after downtime does not take
+                    // every connection of the store.
+                    use futures_util::StreamExt as _;
+                    futures_util::stream::iter(due)
+                        .for_each_concurrent(TIMER_CONCURRENCY, |(at, key, name)| {
+                            self.fire(at, key, name)
+                        })
+                        .await;
                     continue;
                 }
                 let wait = next.map_or(Duration::from_secs(1), |at| {
