@@ -528,6 +528,17 @@ async fn a_timer_due_during_downtime_fires_after_the_restart() {
     })
     .await;
     running.stop().await.unwrap();
+    // Stopping saved the timer index: the restart reads only the steps after it.
+    let saved = store
+        .load_snapshot(&format!("orkestra.process-timers/{name}"))
+        .await
+        .unwrap()
+        .expect("a timer snapshot");
+    assert!(
+        saved.state.contains(&order) && saved.state.contains("reminder"),
+        "{}",
+        saved.state
+    );
     drop(store);
 
     // Down for longer than the timer.

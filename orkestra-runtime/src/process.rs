@@ -43,6 +43,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ use crate::projection::{
     Erased, Projection, ProjectionContext, ProjectionError, ProjectionStatus, Projections,
     RunningProjections,
 };
-use crate::store::{EventData, ExpectedVersion, RecordedEvent, Store, StoreError};
+use crate::store::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
 
 /// The event type of a process manager's step records.
 pub const STEP_TYPE: &str = "orkestra.ProcessStep";
@@ -70,6 +71,13 @@ pub const DEFAULT_PROCESS_RETRIES: u32 = 3;
 pub const DEFAULT_PROCESS_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How many instances a runner keeps in memory between events.
 const CACHE_LIMIT: usize = 100_000;
+/// The shape tag of a timer-index snapshot.
+const TIMERS_SHAPE: &str = "orkestra.process-timers.v1";
+/// How often a runner saves its timer index (and when it stops).
+const TIMERS_SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+/// A timer-index snapshot entry: key, step version, pending timers.
+type SavedTimers = (String, u64, BTreeMap<String, i64>);
+
 /// How many due timers a runner fires at once.
 const TIMER_CONCURRENCY: usize = 32;
 /// How many times a step is tried again when another step was recorded first.
@@ -635,8 +643,13 @@ struct Runner<D: ProcessDefinition> {
     /// new instance reads nothing; and the steps whose commands this process dispatched
     /// right after recording them (the feed skips them when it reads them back).
     known: Mutex<HashSet<String>>,
+    /// Whether `known` holds every key (the start-up scan read the whole log).
+    known_complete: AtomicBool,
     dispatched: Mutex<HashSet<String>>,
     timers: Mutex<TimerIndex>,
+    /// The position of the event the feed was last offered: every step before it is in
+    /// the timer index (what a snapshot of the index may claim).
+    offered: AtomicU64,
     wake: Notify,
 }
 
@@ -730,7 +743,9 @@ impl<D: ProcessDefinition> Runner<D> {
             timers: Mutex::new(TimerIndex::default()),
             wake: Notify::new(),
             known: Mutex::new(HashSet::new()),
+            known_complete: AtomicBool::new(false),
             dispatched: Mutex::new(HashSet::new()),
+            offered: AtomicU64::new(0),
         }
     }
 
@@ -743,7 +758,11 @@ impl<D: ProcessDefinition> Runner<D> {
         if !fresh && let Some(found) = crate::sync::lock(&self.cache).get(key) {
             return Ok(Some(found.clone()));
         }
-        if !fresh && self.claims.is_none() && !crate::sync::lock(&self.known).contains(key) {
+        if !fresh
+            && self.claims.is_none()
+            && self.known_complete.load(Ordering::Acquire)
+            && !crate::sync::lock(&self.known).contains(key)
+        {
             return Ok(None);
         }
         let last = self
@@ -848,6 +867,38 @@ impl<D: ProcessDefinition> Runner<D> {
             self.step(&key, &cause).await
         })
         .await
+    }
+
+    /// The snapshot key of the timer index.
+    fn timers_key(&self) -> String {
+        format!("orkestra.process-timers/{}", self.name)
+    }
+
+    /// Saves the timer index as of the feed's position, so the next start reads only
+    /// the steps after it (a lost or stale snapshot only costs a longer read).
+    async fn save_timers(&self) {
+        let offered = self.offered.load(Ordering::Acquire);
+        let Some(position) = offered.checked_sub(1) else {
+            return;
+        };
+        let pending: Vec<SavedTimers> = crate::sync::lock(&self.timers)
+            .instances
+            .iter()
+            .filter(|(_, (_, timers))| !timers.is_empty())
+            .map(|(key, (version, timers))| (key.clone(), *version, timers.clone()))
+            .collect();
+        let Ok(state) = serde_json::to_string(&pending) else {
+            return;
+        };
+        let snapshot = Snapshot {
+            stream: self.timers_key(),
+            version: position,
+            shape: TIMERS_SHAPE.to_owned(),
+            state,
+        };
+        if let Err(e) = self.store.save_snapshot(snapshot).await {
+            tracing::warn!(orkestra = "process", process = &*self.name, error = %e, "cannot save the timer snapshot");
+        }
     }
 
     /// An event or timer that changes nothing, said at debug level.
@@ -1233,6 +1284,20 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
     fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut next = 0u64;
+            // The index as a snapshot saved it, then the steps after it.
+            let snapshot = self.store.load_snapshot(&self.timers_key()).await?;
+            if let Some(snapshot) = snapshot.filter(|s| s.shape == TIMERS_SHAPE)
+                && let Ok(saved) = serde_json::from_str::<Vec<SavedTimers>>(&snapshot.state)
+            {
+                let mut index = crate::sync::lock(&self.timers);
+                for (key, version, timers) in saved {
+                    index.record(&key, version, &timers, false);
+                }
+                next = snapshot.version.saturating_add(1);
+            } else {
+                // From the start: every instance key is seen on the way.
+                self.known_complete.store(true, Ordering::Release);
+            }
             loop {
                 let batch = self.store.read_all(next, 1_000).await?;
                 let Some(last) = batch.last() else {
@@ -1264,9 +1329,15 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
 
     fn run_timers(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            let mut saved_at = tokio::time::Instant::now();
             loop {
                 if *stop.borrow() {
+                    self.save_timers().await;
                     return;
+                }
+                if saved_at.elapsed() >= TIMERS_SNAPSHOT_EVERY {
+                    saved_at = tokio::time::Instant::now();
+                    self.save_timers().await;
                 }
                 let now = now_ms();
                 let (due, next) = {
@@ -1309,6 +1380,8 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         event: &'a RecordedEvent,
         _ctx: ProjectionContext<'a>,
     ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
+        // Events are offered in order, each once the one before it is done.
+        self.0.offered.store(event.position(), Ordering::Release);
         if event.event_type() == STEP_TYPE {
             if event.stream().starts_with(&self.0.stream) {
                 return Some(Box::pin(self.0.on_step(event)));
