@@ -358,7 +358,7 @@ async fn place(store: &Store, order: &str, amount: i64) -> orkestra_runtime::Rec
 
 /// The instance's last step, as JSON.
 async fn last_step(store: &Store, name: &str, order: &str) -> Option<Value> {
-    let stream = format!("pm-fulfilment-{}-{order}", name.to_lowercase());
+    let stream = format!("pm-fulfilment.{}-{order}", name.to_lowercase());
     let last = store
         .read_stream_backwards(&stream, u64::MAX, 1)
         .await
@@ -511,11 +511,15 @@ async fn a_timer_due_during_downtime_fires_after_the_restart() {
     bus.subscribe_all(world.subscriptions()).await.unwrap();
     let name = fresh_name(&store).await;
     let order = unique("downtime");
-    world
-        .scripts
-        .lock()
-        .unwrap()
-        .insert(order.clone(), vec![Pay::Silent]);
+    // Paid while the runner is down, before its timer was due: the payment wins.
+    let paid = unique("paid-in-downtime");
+    for o in [&order, &paid] {
+        world
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(o.clone(), vec![Pay::Silent]);
+    }
     let flow = Flow::default();
     let running = ProcessManagers::new(store.clone(), bus.clone())
         .add(manager(&flow, &store, &name))
@@ -523,11 +527,27 @@ async fn a_timer_due_during_downtime_fires_after_the_restart() {
         .await
         .unwrap();
     place(&store, &order, 100).await;
-    wait_until("the charge", Duration::from_secs(10), || async {
-        world.topics(&order) == ["ChargeCard"]
+    place(&store, &paid, 200).await;
+    wait_until("the charges", Duration::from_secs(10), || async {
+        world.topics(&order) == ["ChargeCard"] && world.topics(&paid) == ["ChargeCard"]
     })
     .await;
     running.stop().await.unwrap();
+    let payment = Event::new(
+        PaymentReceived {
+            order_id: paid.clone(),
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    store
+        .append(
+            &format!("order-{paid}"),
+            ExpectedVersion::Any,
+            vec![EventData::from_event(&payment).unwrap()],
+        )
+        .await
+        .unwrap();
     // Stopping saved the timer index: the restart reads only the steps after it.
     let saved = store
         .load_snapshot(&format!("orkestra.process-timers/{name}"))
@@ -563,6 +583,9 @@ async fn a_timer_due_during_downtime_fires_after_the_restart() {
         restarted.elapsed()
     );
     assert_eq!(world.topics(&order), ["ChargeCard", "CancelOrder"]);
+    // The timer waits for the feed to handle what was recorded before it came due.
+    wait_finished(&store, &name, &paid).await;
+    assert_eq!(world.topics(&paid), ["ChargeCard", "ShipOrder"]);
     running.stop().await.unwrap();
 }
 
@@ -779,6 +802,15 @@ async fn given_when_then() {
         matches!(&commands[..], [FulfilmentCommand::CancelOrder(c)] if c.reason == "payment timed out")
     );
     assert!(timers.is_empty());
+
+    // An event before the instance started changes nothing, as in the runtime.
+    let (state, commands, timers) = FulfilmentTest::given(Flow::default(), vec![])
+        .when(FulfilmentEvent::PaymentReceived(PaymentReceived {
+            order_id: "o-1".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(!state.paid && commands.is_empty() && timers.is_empty());
 
     // An `ends_on` event finishes the instance: nothing after it does anything.
     let shipped = FulfilmentEvent::OrderShipped(OrderShipped {

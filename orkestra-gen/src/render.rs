@@ -1163,10 +1163,7 @@ fn process_ctx(model: &Model, p: &ProcessManager, here: &str) -> ProcessCtx {
         test: format!("{name}Test"),
         fn_name: snake(&p.name),
         wire: str_lit(&p.name),
-        stream: str_lit(&format!(
-            "pm-{}",
-            snake(&p.name).trim_start_matches("r#").replace('_', "-")
-        )),
+        stream: str_lit(&crate::validate::stream_prefix(&p.name)),
         correlate_by: str_lit(&p.correlate_by),
         key_field: snake(&p.correlate_by),
         state,

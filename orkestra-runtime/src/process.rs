@@ -34,10 +34,11 @@
 //! ## Several runners
 //!
 //! On a distributed bus (RabbitMQ) several processes may run the same process manager
-//! over one store: each claims every event, step and timer in the store's inbox
-//! (PostgreSQL, SQLite) before acting, so each is acted on by exactly one runner while
-//! the others wait for its claim, then skip it. The work is shared, and a runner that
-//! dies releases its claims (its transaction ends).
+//! over one PostgreSQL store: each claims every event, step and timer in the store's
+//! inbox before acting, so each is acted on by exactly one runner while the others wait
+//! for its claim, then skip it. The work is shared, and a runner that dies releases its
+//! claims (its transaction ends). Other stores keep no inbox shared between processes:
+//! there, run one process of a process manager (a warning says so at start).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -56,7 +57,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::bus::{Bus, BusError};
 use crate::handler::{HandlerError, Inbox};
-use crate::message::{CommandEnvelope, Message, Metadata, PayloadError, RawCommand};
+use crate::message::{CommandEnvelope, Message, Metadata, PayloadError, RawCommand, new_id};
 use crate::projection::{
     Erased, Projection, ProjectionContext, ProjectionError, ProjectionStatus, Projections,
     RunningProjections,
@@ -78,6 +79,8 @@ const TIMERS_SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// A timer-index snapshot entry: key, step version, pending timers.
 type SavedTimers = (String, u64, BTreeMap<String, i64>);
 
+/// How many instances the feed handles side by side within a batch.
+const LANES: usize = 16;
 /// How many due timers a runner fires at once.
 const TIMER_CONCURRENCY: usize = 32;
 /// How many times a step is tried again when another step was recorded first.
@@ -245,10 +248,7 @@ impl<C, T: ProcessTimer> ProcessContext<C, T> {
     }
 
     fn timers_set(&self) -> Vec<T> {
-        self.timers
-            .keys()
-            .filter_map(|name| T::from_name(name))
-            .collect()
+        timer_list(&self.timers)
     }
 }
 
@@ -357,6 +357,13 @@ impl TimerIndex {
             };
             if self.is_current(&entry.1, &entry.2, entry.0) {
                 due.push(entry);
+            } else {
+                tracing::debug!(
+                    orkestra = "process",
+                    key = entry.1,
+                    timer = entry.2,
+                    "timer cleared, set again, or its instance finished; dropped"
+                );
             }
         }
         due
@@ -428,7 +435,7 @@ impl ProcessManager {
         self
     }
 
-    /// Runs it under another name: its own instance streams (`pm-<name>-<run name>-<key>`),
+    /// Runs it under another name: its own instance streams (`pm-<name>.<run name>-<key>`),
     /// feed checkpoint, claims and timers, beside the schema's (a second deployment on
     /// the same store, or a test sharing a database).
     #[must_use]
@@ -454,6 +461,8 @@ trait Runnable: Send + Sync {
     fn feed(self: Arc<Self>) -> Arc<dyn Erased>;
     /// Reads the steps in the log back into the timer index.
     fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Where the feed resumes: every event up to `checkpoint` was handled before.
+    fn resume_after(&self, checkpoint: Option<u64>);
     fn run_timers(self: Arc<Self>, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
 }
 
@@ -526,6 +535,13 @@ impl ProcessManagers {
     /// feed (from its checkpoint) and its timers.
     pub async fn start(self) -> Result<RunningProcessManagers, ProcessError> {
         let shared = self.bus.is_distributed();
+        if shared && self.store.adapter() != "postgres" && !self.managers.is_empty() {
+            tracing::warn!(
+                orkestra = "process",
+                adapter = self.store.adapter(),
+                "process managers on a distributed bus claim their work in the store's inbox, which only PostgreSQL shares between processes: run one process of them on this store"
+            );
+        }
         let mut projections = Projections::new(self.store.clone());
         let mut runnables = Vec::with_capacity(self.managers.len());
         for manager in self.managers {
@@ -543,6 +559,11 @@ impl ProcessManagers {
                 retry_delay: manager.retry_delay,
                 shared,
             });
+            runnable.resume_after(
+                self.store
+                    .load_checkpoint(&checkpoint_name(runnable.name()))
+                    .await?,
+            );
             runnable.load_timers().await?;
             projections = projections.add(
                 Projection::raw(checkpoint_name(runnable.name()), runnable.clone().feed())
@@ -659,12 +680,20 @@ enum StepError {
     Conflict,
     /// The store or the bus failed: the feed retries the event.
     Retry(HandlerError),
+    /// The step can never be recorded (too large, unreadable, refused): the cause goes
+    /// to the dead letters with this reason.
+    Fatal(String),
 }
 
 impl From<StoreError> for StepError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::WrongExpectedVersion { .. } => Self::Conflict,
+            e @ (StoreError::TooLarge { .. }
+            | StoreError::Invalid(_)
+            | StoreError::Encode(_)
+            | StoreError::Decode { .. }
+            | StoreError::DuplicateEvent { .. }) => Self::Fatal(e.to_string()),
             e => Self::Retry(HandlerError::fail(e.to_string())),
         }
     }
@@ -728,9 +757,11 @@ impl<D: ProcessDefinition> Runner<D> {
             handler: Arc::from(format!("pm:{name}")),
             step_claims: Arc::from(format!("pm:{name}:step")),
             timer_claims: Arc::from(format!("pm:{name}:timer")),
+            // A renamed run: `pm-fulfilment.blue-<key>` (a `.` no schema name makes, so
+            // no key of the schema's run can name the same stream).
             stream: match &*name {
                 n if n == D::NAME => D::STREAM.to_owned(),
-                n => format!("{}-{}", D::STREAM, n.to_lowercase()),
+                n => format!("{}.{}", D::STREAM, n.to_lowercase()),
             },
             name,
             definition,
@@ -780,6 +811,15 @@ impl<D: ProcessDefinition> Runner<D> {
                 recorded.stream()
             ))
         })?;
+        if *step.process != *self.name || step.key != key {
+            return Err(StoreError::Invalid(format!(
+                "stream {} holds a step of {} (instance {}), not of {} (instance {key})",
+                recorded.stream(),
+                step.process,
+                step.key,
+                self.name
+            )));
+        }
         let instance = Instance {
             version: recorded.version(),
             step,
@@ -839,20 +879,30 @@ impl<D: ProcessDefinition> Runner<D> {
     }
 
     /// Handles one event of this process manager.
-    async fn on_event(&self, recorded: &RecordedEvent, role: Role) -> Result<(), HandlerError> {
-        let data = match recorded.data() {
-            Ok(d) => d,
-            Err(e) => return self.dead_letter(recorded, &e.to_string(), 0).await,
-        };
-        let Some(key) = key_of(&data, D::CORRELATE_BY) else {
-            let reason = format!(
+    /// The instance an event belongs to (its `correlate_by` value), or why it has none.
+    fn event_key(&self, recorded: &RecordedEvent) -> Result<String, String> {
+        let data = recorded.data().map_err(|e| e.to_string())?;
+        key_of(&data, D::CORRELATE_BY).ok_or_else(|| {
+            format!(
                 "event {} ({}) has no `{}`: process manager {} correlates its instances by it",
                 recorded.id(),
                 recorded.event_type(),
                 D::CORRELATE_BY,
                 self.name
-            );
-            return self.dead_letter(recorded, &reason, 0).await;
+            )
+        })
+    }
+
+    /// Handles one event of this process manager (`key`: [`event_key`](Self::event_key)).
+    async fn on_event(
+        &self,
+        recorded: &RecordedEvent,
+        role: Role,
+        key: Result<String, String>,
+    ) -> Result<(), HandlerError> {
+        let key = match key {
+            Ok(key) => key,
+            Err(reason) => return self.dead_letter(recorded, &reason, 0).await,
         };
         let event = match D::decode(recorded) {
             Ok(event) => event,
@@ -869,6 +919,42 @@ impl<D: ProcessDefinition> Runner<D> {
         .await
     }
 
+    /// Waits until the feed has handled every event recorded until now, so a timer never
+    /// fires on a state that misses an event that came before its due time (after a
+    /// restart, or while the feed is behind). `false` when asked to stop first.
+    async fn caught_up(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        let head = loop {
+            match self.store.head().await {
+                Ok(head) => break head,
+                Err(e) => {
+                    tracing::warn!(orkestra = "process", process = &*self.name, error = %e, "cannot read the head; timers wait");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => return false,
+                    }
+                }
+            }
+        };
+        let Some(head) = head else {
+            return true;
+        };
+        while self.offered.load(Ordering::Acquire) <= head {
+            if *stop.borrow() {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        true
+    }
+
+    /// The id a timer's firing goes by (the cause of its step).
+    fn timer_cause_id(&self, key: &str, timer: D::Timer, due: i64) -> String {
+        uuid_v5(&format!("{}/{key}/timer/{}/{due}", self.name, timer.name()))
+    }
+
     /// The snapshot key of the timer index.
     fn timers_key(&self) -> String {
         format!("orkestra.process-timers/{}", self.name)
@@ -878,6 +964,7 @@ impl<D: ProcessDefinition> Runner<D> {
     /// the steps after it (a lost or stale snapshot only costs a longer read).
     async fn save_timers(&self) {
         let offered = self.offered.load(Ordering::Acquire);
+        // Every step before `offered` is in the index.
         let Some(position) = offered.checked_sub(1) else {
             return;
         };
@@ -954,6 +1041,24 @@ impl<D: ProcessDefinition> Runner<D> {
                 Err(StepError::Retry(e)) => {
                     self.forget(key);
                     return Err(e);
+                }
+                Err(StepError::Fatal(reason)) => {
+                    self.forget(key);
+                    let reason =
+                        format!("instance {key} of process manager {}: {reason}", self.name);
+                    return match cause {
+                        Cause::Event { recorded, .. } => {
+                            self.dead_letter(recorded, &reason, 1).await
+                        }
+                        Cause::Timer { timer, due } => {
+                            let id = self.timer_cause_id(key, *timer, *due);
+                            let message = self.timer_message(key, *timer, &id, &new_id());
+                            self.bus
+                                .dead_letter_from(&message, &self.handler, &reason, 1)
+                                .await
+                                .map_err(HandlerError::from)
+                        }
+                    };
                 }
             }
         }
@@ -1034,10 +1139,7 @@ impl<D: ProcessDefinition> Runner<D> {
                 recorded.id().to_owned(),
                 Some((recorded.metadata(), recorded.id())),
             ),
-            Cause::Timer { timer, due } => (
-                uuid_v5(&format!("{}/{key}/timer/{}/{due}", self.name, timer.name())),
-                None,
-            ),
+            Cause::Timer { timer, due } => (self.timer_cause_id(key, *timer, *due), None),
         };
         let step_id = uuid_v5(&format!("{}/{cause_id}", self.name));
         let metadata = match parent {
@@ -1147,8 +1249,12 @@ impl<D: ProcessDefinition> Runner<D> {
         self.remember(key, &Instance { version, step });
         if self.claims.is_none() {
             crate::sync::lock(&self.known).insert(key.to_owned());
-            // Alone on the store: dispatch now. Should the process die first, the feed
-            // dispatches them when it reads the step after the restart (the same ids).
+        }
+        // Alone on the store, a step of the feed's own (an event's) is dispatched now,
+        // before the feed reads it back: should the process die first, the feed dispatches
+        // it after the restart (the same ids). A timer's step is left to the feed, which
+        // may read it before a dispatch from here would end.
+        if self.claims.is_none() && matches!(cause, Cause::Event { .. }) {
             match self.dispatch_all(key, commands).await {
                 Ok(()) => {
                     crate::sync::lock(&self.dispatched).insert(step_id);
@@ -1240,7 +1346,7 @@ impl<D: ProcessDefinition> Runner<D> {
     }
 
     /// Fires one due timer.
-    async fn fire(&self, due: i64, key: String, name: String) {
+    async fn fire(&self, due: i64, key: String, name: String, stop: &watch::Receiver<bool>) {
         let Some(timer) = D::Timer::from_name(&name) else {
             tracing::debug!(
                 orkestra = "process",
@@ -1261,6 +1367,8 @@ impl<D: ProcessDefinition> Runner<D> {
                 .await;
             match result {
                 Ok(()) => return,
+                // Left set in the store: it fires after the next start.
+                Err(_) if *stop.borrow() => return,
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(orkestra = "process", process = &*self.name, key, timer = name, attempt, error = %e, "cannot fire a timer; retrying");
@@ -1279,6 +1387,11 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
 
     fn feed(self: Arc<Self>) -> Arc<dyn Erased> {
         Arc::new(Feed(self))
+    }
+
+    fn resume_after(&self, checkpoint: Option<u64>) {
+        let next = checkpoint.map_or(0, |c| c.saturating_add(1));
+        self.offered.store(next, Ordering::Release);
     }
 
     fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1340,6 +1453,10 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     self.save_timers().await;
                 }
                 let now = now_ms();
+                let first = crate::sync::lock(&self.timers).next_due();
+                if first.is_some_and(|at| at <= now) && !self.caught_up(&mut stop).await {
+                    continue;
+                }
                 let (due, next) = {
                     let mut index = crate::sync::lock(&self.timers);
                     let due = index.take_due(now);
@@ -1350,9 +1467,10 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     // hold the others back, and a backlog after downtime does not take
                     // every connection of the store.
                     use futures_util::StreamExt as _;
+                    let stopping = stop.clone();
                     futures_util::stream::iter(due)
                         .for_each_concurrent(TIMER_CONCURRENCY, |(at, key, name)| {
-                            self.fire(at, key, name)
+                            self.fire(at, key, name, &stopping)
                         })
                         .await;
                     continue;
@@ -1371,8 +1489,37 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
     }
 }
 
+/// The work of one recorded event.
+type Work<'a> = BoxFuture<'a, Result<(), HandlerError>>;
+
 /// The feed's handler: every recorded event goes through it.
 struct Feed<D: ProcessDefinition>(Arc<Runner<D>>);
+
+impl<D: ProcessDefinition> Feed<D> {
+    /// What the feed does with a recorded event: the instance stream it concerns (events
+    /// and steps of one instance are handled in order) and the work, or `None` when it
+    /// is not this process manager's.
+    fn work<'a>(
+        &'a self,
+        event: &'a RecordedEvent,
+    ) -> Option<(String, BoxFuture<'a, Result<(), HandlerError>>)> {
+        let runner = &self.0;
+        if event.event_type() == STEP_TYPE {
+            if !event.stream().starts_with(&runner.stream) {
+                return None;
+            }
+            return Some((event.stream().to_owned(), Box::pin(runner.on_step(event))));
+        }
+        let role = D::role(event.event_type())?;
+        let key = runner.event_key(event);
+        let lane = match &key {
+            Ok(key) => runner.stream(key),
+            // Dead-lettered on its own.
+            Err(_) => format!("\u{0}{}", event.id()),
+        };
+        Some((lane, Box::pin(runner.on_event(event, role, key))))
+    }
+}
 
 impl<D: ProcessDefinition> Erased for Feed<D> {
     fn handle<'a>(
@@ -1380,16 +1527,63 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         event: &'a RecordedEvent,
         _ctx: ProjectionContext<'a>,
     ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
-        // Events are offered in order, each once the one before it is done.
-        self.0.offered.store(event.position(), Ordering::Release);
-        if event.event_type() == STEP_TYPE {
-            if event.stream().starts_with(&self.0.stream) {
-                return Some(Box::pin(self.0.on_step(event)));
+        let (_, work) = self.work(event)?;
+        let offered = &self.0.offered;
+        Some(Box::pin(async move {
+            work.await?;
+            offered.store(event.position().saturating_add(1), Ordering::Release);
+            Ok(())
+        }))
+    }
+
+    /// The batch in lanes, one per instance: each lane in order, up to [`LANES`] side by
+    /// side (their appends share the store's group commits and connections).
+    fn handle_batch<'a>(
+        &'a self,
+        events: &'a [RecordedEvent],
+    ) -> Option<BoxFuture<'a, Result<(), (u64, HandlerError)>>> {
+        Some(Box::pin(async move {
+            let mut lanes: Vec<Vec<(u64, Work<'a>)>> = Vec::new();
+            let mut lane_of: HashMap<String, usize> = HashMap::new();
+            for event in events {
+                let Some((lane, work)) = self.work(event) else {
+                    continue;
+                };
+                let i = *lane_of.entry(lane).or_insert_with(|| {
+                    lanes.push(Vec::new());
+                    lanes.len() - 1
+                });
+                lanes[i].push((event.position(), work));
             }
-            return None;
-        }
-        let role = D::role(event.event_type())?;
-        Some(Box::pin(self.0.on_event(event, role)))
+            let failed: Mutex<Option<(u64, HandlerError)>> = Mutex::new(None);
+            use futures_util::StreamExt as _;
+            futures_util::stream::iter(lanes)
+                .for_each_concurrent(LANES, |lane| {
+                    let failed = &failed;
+                    async move {
+                        for (position, work) in lane {
+                            if let Err(e) = work.await {
+                                let mut first = crate::sync::lock(failed);
+                                if first.as_ref().is_none_or(|(p, _)| position < *p) {
+                                    *first = Some((position, e));
+                                }
+                                return;
+                            }
+                        }
+                    }
+                })
+                .await;
+            let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
+            let done = match &failed {
+                Some((position, _)) => *position,
+                None => events.last().map_or(0, |e| e.position().saturating_add(1)),
+            };
+            self.0.offered.store(done, Ordering::Release);
+            match failed {
+                Some(failure) => Err(failure),
+                None => Ok(()),
+            }
+        }))
     }
 }
 
@@ -1426,25 +1620,31 @@ impl<D: ProcessDefinition> ProcessTest<D> {
         }
     }
 
-    async fn replay(
-        &self,
-    ) -> Result<(D::State, BTreeMap<String, i64>, bool, Option<String>), HandlerError> {
-        let mut state = D::State::default();
-        let mut timers = BTreeMap::new();
-        let mut finished = false;
-        let mut key = None;
+    /// The instance after the given events, handled by the runtime's rules: an event
+    /// before a start, a second start and anything after the end change nothing.
+    async fn replay(&self) -> Result<Replayed<D>, HandlerError> {
+        let mut done = Replayed::<D> {
+            state: D::State::default(),
+            timers: BTreeMap::new(),
+            started: false,
+            finished: false,
+            key: None,
+        };
         for event in &self.given {
-            if finished {
-                break;
+            if !done.takes(D::event_role(event)) {
+                continue;
             }
-            let k = D::key(event);
-            let (next, ctx) = self.run(&state, timers, event, &k).await?;
-            state = next;
-            timers = ctx.timers;
-            finished = ctx.finished;
-            key = Some(k);
+            let key = D::key(event);
+            let (state, ctx) = self
+                .run(&done.state, done.timers.clone(), event, &key)
+                .await?;
+            done.state = state;
+            done.timers = ctx.timers;
+            done.finished = ctx.finished;
+            done.started = true;
+            done.key = Some(key);
         }
-        Ok((state, timers, finished, key))
+        Ok(done)
     }
 
     async fn run(
@@ -1465,33 +1665,32 @@ impl<D: ProcessDefinition> ProcessTest<D> {
     }
 
     /// Handles `event` after the given ones, as the runtime would: an `ends_on` event
-    /// finishes the instance (no timers left); an event after a finished instance, or a
-    /// `starts_on` event for one that exists, changes nothing.
+    /// finishes the instance (no timers left); an event before a start, a `starts_on`
+    /// event for an instance that exists and any event after the end change nothing.
     pub async fn when(&self, event: D::Event) -> Result<Then<D>, HandlerError> {
-        let (state, timers, finished, _) = self.replay().await?;
-        let started = !self.given.is_empty();
-        if finished || (started && D::event_role(&event) == Role::Start) {
-            return Ok((
-                state,
-                Vec::new(),
-                ProcessContext::<D::Command, D::Timer>::new(String::new(), timers, Utc::now())
-                    .timers_set(),
-            ));
+        let done = self.replay().await?;
+        if !done.takes(D::event_role(&event)) {
+            let timers = timer_list::<D::Timer>(&done.timers);
+            return Ok((done.state, Vec::new(), timers));
         }
         let key = D::key(&event);
-        let (state, ctx) = self.run(&state, timers, &event, &key).await?;
+        let (state, ctx) = self.run(&done.state, done.timers, &event, &key).await?;
         let set = ctx.timers_set();
         Ok((state, ctx.commands, set))
     }
 
-    /// Fires `timer` after the given events.
+    /// Fires `timer` after the given events (nothing happens to an instance that never
+    /// started or has finished).
     pub async fn when_timeout(&self, timer: D::Timer) -> Result<Then<D>, HandlerError> {
-        let (mut state, mut timers, finished, key) = self.replay().await?;
-        if finished {
-            return Ok((state, Vec::new(), Vec::new()));
+        let done = self.replay().await?;
+        if !done.started || done.finished {
+            let timers = timer_list::<D::Timer>(&done.timers);
+            return Ok((done.state, Vec::new(), timers));
         }
+        let mut timers = done.timers;
         timers.remove(timer.name());
-        let mut ctx = ProcessContext::new(key.unwrap_or_default(), timers, Utc::now());
+        let mut state = done.state;
+        let mut ctx = ProcessContext::new(done.key.unwrap_or_default(), timers, Utc::now());
         self.definition
             .on_timeout(&mut state, timer, &mut ctx)
             .await?;
@@ -1504,6 +1703,29 @@ impl<D: ProcessDefinition> ProcessTest<D> {
 
     /// The state after the given events.
     pub async fn state(&self) -> Result<D::State, HandlerError> {
-        Ok(self.replay().await?.0)
+        Ok(self.replay().await?.state)
     }
+}
+
+/// A [`ProcessTest`] instance after its given events.
+struct Replayed<D: ProcessDefinition> {
+    state: D::State,
+    timers: BTreeMap<String, i64>,
+    started: bool,
+    finished: bool,
+    key: Option<String>,
+}
+
+impl<D: ProcessDefinition> Replayed<D> {
+    /// Whether an event of `role` is handled, as the runtime decides.
+    fn takes(&self, role: Role) -> bool {
+        !self.finished && (self.started != (role == Role::Start))
+    }
+}
+
+fn timer_list<T: ProcessTimer>(timers: &BTreeMap<String, i64>) -> Vec<T> {
+    timers
+        .keys()
+        .filter_map(|name| T::from_name(name))
+        .collect()
 }

@@ -128,6 +128,18 @@ pub(crate) trait Erased: Send + Sync {
         event: &'a RecordedEvent,
         ctx: ProjectionContext<'a>,
     ) -> Option<BoxFuture<'a, Result<(), HandlerError>>>;
+
+    /// Handles a whole batch at once, when the handler can (a process manager runs the
+    /// events of different instances side by side): `Err((position, error))` when the
+    /// event at `position` failed, everything before it being done; the batch is then
+    /// read again from there after a pause. `None`: one event at a time.
+    #[allow(clippy::type_complexity, reason = "one signature, said once")]
+    fn handle_batch<'a>(
+        &'a self,
+        _events: &'a [RecordedEvent],
+    ) -> Option<BoxFuture<'a, Result<(), (u64, HandlerError)>>> {
+        None
+    }
 }
 
 struct Bound<H>(H);
@@ -521,6 +533,12 @@ impl Projections {
                         });
                     }
                     Outcome::Store(e) => return Err(e.into()),
+                    Outcome::Retry(error) => {
+                        return Err(ProjectionError::Failed {
+                            name: name.to_owned(),
+                            error,
+                        });
+                    }
                 }
                 runner.after_batch(next);
             }
@@ -743,6 +761,9 @@ enum Outcome {
     Failed(String),
     /// The store failed (saving a checkpoint, opening a transaction).
     Store(StoreError),
+    /// A batch handled whole stopped at an event that may pass later (its handler says
+    /// the store or the bus failed): read again from the checkpoint after a pause.
+    Retry(String),
 }
 
 struct Runner {
@@ -865,6 +886,15 @@ impl Runner {
                     tracing::error!(orkestra = "projection", projection = self.name(), error = %error, "projection stopped at a failing event");
                     break ProjectionState::Failed(error);
                 }
+                Outcome::Retry(error) => {
+                    tracing::warn!(orkestra = "projection", projection = self.name(), error = %error, "batch stopped; retrying from the checkpoint");
+                    next = self
+                        .shared
+                        .handled
+                        .borrow()
+                        .map_or(0, |c| c.saturating_add(1));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 Outcome::Store(e) => {
                     tracing::warn!(orkestra = "projection", projection = self.name(), error = %e, "store error; retrying the batch");
                     next = self
@@ -964,6 +994,10 @@ impl Runner {
                 newer
             });
         }
+        let handler = Arc::clone(&self.shared.projection.handler);
+        if let Some(run) = handler.handle_batch(batch) {
+            return self.handled_whole(batch, run).await;
+        }
         #[cfg(feature = "postgres")]
         if self.store.as_postgres().is_some() {
             return self.handle_batch_postgres(batch, stop).await;
@@ -998,6 +1032,40 @@ impl Runner {
             (Some(failed), _) => failed,
             (None, Some(last)) => Outcome::Done(last),
             (None, None) => Outcome::Done(batch.last().map_or(0, RecordedEvent::position)),
+        }
+    }
+
+    /// A batch the handler took whole: the checkpoint moves to the last event done.
+    async fn handled_whole(
+        &mut self,
+        batch: &[RecordedEvent],
+        run: BoxFuture<'_, Result<(), (u64, HandlerError)>>,
+    ) -> Outcome {
+        let (last_done, failure) = match run.await {
+            Ok(()) => (batch.last().map(RecordedEvent::position), None),
+            Err((failed_at, error)) => (
+                batch
+                    .iter()
+                    .map(RecordedEvent::position)
+                    .take_while(|p| *p < failed_at)
+                    .last(),
+                Some(format!("event at position {failed_at}: {error}")),
+            ),
+        };
+        if let Some(last) = last_done {
+            self.progress.done += batch.iter().filter(|e| e.position() <= last).count() as u64;
+            self.shared.handled.send_replace(Some(last));
+            if let Err(e) = self
+                .store
+                .save_checkpoint(&self.shared.projection.name, Some(last))
+                .await
+            {
+                return Outcome::Store(e);
+            }
+        }
+        match (failure, last_done) {
+            (Some(error), _) => Outcome::Retry(error),
+            (None, last) => Outcome::Done(last.unwrap_or_default()),
         }
     }
 

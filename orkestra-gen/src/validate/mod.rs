@@ -7,6 +7,7 @@ mod handlers;
 mod names;
 mod payloads;
 mod process_managers;
+pub(crate) use process_managers::stream_prefix;
 mod projections;
 mod shape;
 mod types;

@@ -29,7 +29,19 @@ const TIMEOUT_KEYS: &[&str] = &["after", "description"];
 /// The longest timer: 366 days.
 const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3_600_000;
 
+/// The prefix of a process manager's instance streams, as the generated code names it.
+pub(crate) fn stream_prefix(name: &str) -> String {
+    format!(
+        "pm-{}",
+        names::snake(name)
+            .trim_start_matches("r#")
+            .replace('_', "-")
+    )
+}
+
 /// Process manager names seen so far across namespaces (snake case → first name, span).
+/// Two names whose streams cannot overlap cannot generate the same items either (`X` and
+/// `XState` overlap).
 #[derive(Default)]
 pub(super) struct ProcessNames(HashMap<String, (String, Span)>);
 
@@ -178,7 +190,8 @@ impl Validator {
         })
     }
 
-    /// An identifier, unique across namespaces after case conversion.
+    /// An identifier, unique across namespaces after case conversion, whose instance
+    /// streams no other process manager's can be mistaken for.
     fn process_name(&mut self, key: &Key, seen: &mut ProcessNames) -> bool {
         if !names::is_identifier(&key.name) {
             self.error(
@@ -188,6 +201,7 @@ impl Validator {
             return false;
         }
         let snake = names::snake(&key.name);
+        let prefix = stream_prefix(&key.name);
         if let Some((first, span)) = seen.0.get(&snake) {
             let what = if *first == key.name {
                 format!(
@@ -197,15 +211,33 @@ impl Validator {
                 )
             } else {
                 format!(
-                    "collides with `{first}` (at {}:{}): both name the streams `pm-{}-<key>`",
+                    "collides with `{first}` (at {}:{}): both name the streams `{prefix}-<key>`",
                     span.file.display(),
-                    span.line,
-                    snake.replace('_', "-")
+                    span.line
                 )
             };
             self.error(
                 &key.span,
                 format!("process manager `{}` {what}; its instance streams and checkpoint are named after it", key.name),
+            );
+            return false;
+        }
+        // `pm-order-<key>` and `pm-order-shipping-<key>`: the key `shipping-42` of one is
+        // the key `42` of the other.
+        let overlapping = seen.0.iter().find(|(other, _)| {
+            let theirs = format!("pm-{}-", other.trim_start_matches("r#").replace('_', "-"));
+            let ours = format!("{prefix}-");
+            theirs.starts_with(&ours) || ours.starts_with(&theirs)
+        });
+        if let Some((_, (first, span))) = overlapping {
+            self.error(
+                &key.span,
+                format!(
+                    "process manager `{}` names its streams `{prefix}-<key>`, which can be the streams of `{first}` (at {}:{}) too; rename one so neither name starts with the other's words",
+                    key.name,
+                    span.file.display(),
+                    span.line
+                ),
             );
             return false;
         }
