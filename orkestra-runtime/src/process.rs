@@ -79,8 +79,9 @@ const TIMERS_SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// A timer-index snapshot entry: key, step version, pending timers.
 type SavedTimers = (String, u64, BTreeMap<String, i64>);
 
-/// How many instances the feed handles side by side within a batch.
-const LANES: usize = 16;
+/// How many instances the feed handles side by side within a batch unless
+/// [`ProcessManager::with_lanes`] says otherwise.
+pub const DEFAULT_LANES: usize = 16;
 /// How many due timers a runner fires at once.
 const TIMER_CONCURRENCY: usize = 32;
 /// How many times a step is tried again when another step was recorded first.
@@ -378,6 +379,7 @@ pub struct ProcessManager {
     retries: u32,
     retry_delay: Duration,
     batch: usize,
+    lanes: usize,
 }
 
 impl fmt::Debug for ProcessManager {
@@ -391,6 +393,7 @@ impl fmt::Debug for ProcessManager {
 
 struct Settings {
     name: Arc<str>,
+    lanes: usize,
     bus: Bus,
     retries: u32,
     retry_delay: Duration,
@@ -411,6 +414,7 @@ impl ProcessManager {
             retries: DEFAULT_PROCESS_RETRIES,
             retry_delay: DEFAULT_PROCESS_RETRY_DELAY,
             batch: crate::projection::DEFAULT_BATCH,
+            lanes: DEFAULT_LANES,
         }
     }
 
@@ -425,6 +429,14 @@ impl ProcessManager {
     #[must_use]
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
+        self
+    }
+
+    /// How many instances the feed handles side by side within a batch (at least 1; 1
+    /// handles every event in the log's order, commands of different instances too).
+    #[must_use]
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
         self
     }
 
@@ -554,6 +566,7 @@ impl ProcessManagers {
             }
             let runnable = (manager.build)(Settings {
                 name: Arc::from(manager.name.as_str()),
+                lanes: manager.lanes,
                 bus: self.bus.clone(),
                 retries: manager.retries,
                 retry_delay: manager.retry_delay,
@@ -659,6 +672,7 @@ struct Runner<D: ProcessDefinition> {
     timer_claims: Arc<str>,
     retries: u32,
     retry_delay: Duration,
+    lanes: usize,
     cache: Mutex<HashMap<String, Instance<D::State>>>,
     /// Alone on the store (no claims): every instance key with a stream, so starting a
     /// new instance reads nothing; and the steps whose commands this process dispatched
@@ -770,6 +784,7 @@ impl<D: ProcessDefinition> Runner<D> {
             claims,
             retries: settings.retries,
             retry_delay: settings.retry_delay,
+            lanes: settings.lanes,
             cache: Mutex::new(HashMap::new()),
             timers: Mutex::new(TimerIndex::default()),
             wake: Notify::new(),
@@ -1536,7 +1551,7 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         }))
     }
 
-    /// The batch in lanes, one per instance: each lane in order, up to [`LANES`] side by
+    /// The batch in lanes, one per instance: each lane in order, up to `lanes` side by
     /// side (their appends share the store's group commits and connections).
     fn handle_batch<'a>(
         &'a self,
@@ -1558,7 +1573,7 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
             let failed: Mutex<Option<(u64, HandlerError)>> = Mutex::new(None);
             use futures_util::StreamExt as _;
             futures_util::stream::iter(lanes)
-                .for_each_concurrent(LANES, |lane| {
+                .for_each_concurrent(self.0.lanes, |lane| {
                     let failed = &failed;
                     async move {
                         for (position, work) in lane {

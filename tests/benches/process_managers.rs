@@ -8,7 +8,9 @@
 //!   equivalent reading the same events in the same order from the same store: one table
 //!   of state rows (read the row, decide, upsert the row, dispatch the same commands, a
 //!   checkpoint per batch; on SQLite a WAL file with `synchronous=FULL`, as durable as the
-//!   embedded store). On SQLite and on PostgreSQL. Target ≥ 0.5×.
+//!   embedded store). On SQLite and on PostgreSQL, with the default 16 lanes (instances
+//!   handled side by side) and with one lane (the log's order, like the hand-written
+//!   loop). Target ≥ 0.5×.
 //! - `pm_timer_lateness`: during the SQLite run, 200 more instances set a 500 ms timer and
 //!   never pay; how late each timer fires after its due time. Target < 1 s.
 //!
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orkestra_runtime::process::checkpoint_name;
+use orkestra_runtime::process::{DEFAULT_LANES, checkpoint_name};
 use orkestra_runtime::{
     Bus, Command, CommandEnvelope, Event, EventData, ExpectedVersion, HandlerContext, HandlerError,
     Message, Metadata, ProcessManagers, RawCommand, SecretUrl, Store,
@@ -195,7 +197,7 @@ async fn until(count: &AtomicU64, target: u64) {
 }
 
 /// The process manager's run: events per second, and the timers' lateness.
-async fn run_pm(store: &Store, prefix: &str) -> (f64, Vec<Duration>) {
+async fn run_pm(store: &Store, prefix: &str, lanes: usize) -> (f64, Vec<Duration>) {
     let name = format!("Bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     store
         .save_checkpoint(&checkpoint_name(&name), store.head().await.unwrap())
@@ -214,7 +216,11 @@ async fn run_pm(store: &Store, prefix: &str) -> (f64, Vec<Duration>) {
     let flow = Flow::default();
     let started = Instant::now();
     let running = ProcessManagers::new(store.clone(), bus)
-        .add(pm::fulfilment(flow.clone(), store.clone()).named(&name))
+        .add(
+            pm::fulfilment(flow.clone(), store.clone())
+                .named(&name)
+                .with_lanes(lanes),
+        )
         .start()
         .await
         .unwrap();
@@ -395,13 +401,15 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("orkestra-pm-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::sqlite(dir.join("events.db")).await.unwrap();
-        let (ours, late) = run_pm(&store, "pm").await;
+        let (ours, late) = run_pm(&store, "pm", DEFAULT_LANES).await;
+        let (one_lane, _) = run_pm(&store, "pm1", 1).await;
         let connection = rusqlite::Connection::open(dir.join("state.db")).unwrap();
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; CREATE TABLE flows (key TEXT PRIMARY KEY, amount INTEGER, attempts INTEGER, done INTEGER)")
             .unwrap();
         let baseline = run_baseline(&store, "hand", SqliteTable(connection)).await;
         report("sqlite", ours, baseline);
+        report("sqlite/one-lane", one_lane, baseline);
         let mut late = late;
         late.sort();
         println!(
@@ -418,7 +426,8 @@ fn main() {
             println!("pm_throughput/postgres: skipped (PostgreSQL not reachable)");
             return;
         };
-        let (ours, _) = run_pm(&store, &format!("pm-{}", uuid::Uuid::new_v4().simple())).await;
+        let (ours, _) = run_pm(&store, &format!("pm-{}", uuid::Uuid::new_v4().simple()), DEFAULT_LANES).await;
+        let (one_lane, _) = run_pm(&store, &format!("pm1-{}", uuid::Uuid::new_v4().simple()), 1).await;
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         let table = format!("bench_flows_{}", uuid::Uuid::new_v4().simple());
@@ -428,6 +437,7 @@ fn main() {
             .unwrap();
         let baseline = run_baseline(&store, &format!("hand-{}", uuid::Uuid::new_v4().simple()), PgTable(client, table.clone())).await;
         report("postgres", ours, baseline);
+        report("postgres/one-lane", one_lane, baseline);
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         let _ = client.batch_execute(&format!("DROP TABLE {table}")).await;
