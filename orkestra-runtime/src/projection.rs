@@ -887,22 +887,10 @@ impl Runner {
                     break ProjectionState::Failed(error);
                 }
                 Outcome::Retry(error) => {
-                    tracing::warn!(orkestra = "projection", projection = self.name(), error = %error, "batch stopped; retrying from the checkpoint");
-                    next = self
-                        .shared
-                        .handled
-                        .borrow()
-                        .map_or(0, |c| c.saturating_add(1));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    next = self.rewind("batch stopped", &error).await;
                 }
                 Outcome::Store(e) => {
-                    tracing::warn!(orkestra = "projection", projection = self.name(), error = %e, "store error; retrying the batch");
-                    next = self
-                        .shared
-                        .handled
-                        .borrow()
-                        .map_or(0, |c| c.saturating_add(1));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    next = self.rewind("store error", &e).await;
                 }
             }
         };
@@ -918,6 +906,17 @@ impl Runner {
         }
         *crate::sync::lock(&self.shared.control) = None;
         self.shared.set_state(end_state);
+    }
+
+    /// After a batch that could not finish: a pause, then the position after the last
+    /// event handled, where the next read starts.
+    async fn rewind(&self, what: &str, error: &(dyn fmt::Display + Sync)) -> u64 {
+        tracing::warn!(orkestra = "projection", projection = self.name(), what, error = %error, "retrying from the checkpoint");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.shared
+            .handled
+            .borrow()
+            .map_or(0, |c| c.saturating_add(1))
     }
 
     /// Clears the checkpoint and replays up to `head`.

@@ -209,11 +209,7 @@ impl Validator {
 
     /// An identifier, unique across namespaces and after case conversion.
     fn aggregate_name(&mut self, key: &Key, seen: &mut AggregateNames) -> bool {
-        if !names::is_identifier(&key.name) {
-            self.error(
-                &key.span,
-                format!("`{}` is not a valid aggregate name: use letters, digits and `_`, starting with a letter", key.name),
-            );
+        if !self.identifier(key, "aggregate name") {
             return false;
         }
         let pascal = names::pascal(&key.name);

@@ -62,8 +62,7 @@ impl Validator {
         let mut seen: HashMap<String, String> = HashMap::new();
         let mut ok = true;
         for (key, spec) in entries {
-            if !names::is_identifier(&key.name) {
-                self.error(&key.span, format!("`{}` is not a valid field name: use letters, digits and `_`, starting with a letter", key.name));
+            if !self.identifier(key, "field name") {
                 ok = false;
                 continue;
             }

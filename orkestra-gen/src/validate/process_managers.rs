@@ -193,11 +193,7 @@ impl Validator {
     /// An identifier, unique across namespaces after case conversion, whose instance
     /// streams no other process manager's can be mistaken for.
     fn process_name(&mut self, key: &Key, seen: &mut ProcessNames) -> bool {
-        if !names::is_identifier(&key.name) {
-            self.error(
-                &key.span,
-                format!("`{}` is not a valid process manager name: use letters, digits and `_`, starting with a letter", key.name),
-            );
+        if !self.identifier(key, "process manager name") {
             return false;
         }
         let snake = names::snake(&key.name);
@@ -303,11 +299,7 @@ impl Validator {
         let mut out: Vec<Timeout> = Vec::new();
         let mut ok = true;
         for (key, value) in entries {
-            if !names::is_identifier(&key.name) {
-                self.error(
-                    &key.span,
-                    format!("`{}` is not a valid timer name in {owner}: use letters, digits and `_`, starting with a letter", key.name),
-                );
+            if !self.identifier(key, &format!("timer name in {owner}")) {
                 ok = false;
                 continue;
             }

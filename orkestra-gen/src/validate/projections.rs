@@ -134,14 +134,7 @@ impl Validator {
     /// generated items (`<Name>`, `<Name>Event`, `<name>()`) collide with no other
     /// projection's in the same namespace.
     fn projection_name(&mut self, decl: &Decl, key: &Key, seen: &mut ProjectionNames) -> bool {
-        if !names::is_identifier(&key.name) {
-            self.error(
-                &key.span,
-                format!(
-                    "`{}` is not a valid projection name: use letters, digits and `_`, starting with a letter",
-                    key.name
-                ),
-            );
+        if !self.identifier(key, "projection name") {
             return false;
         }
         if key.name == "Self" || key.name == "Other" {

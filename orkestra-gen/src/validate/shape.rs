@@ -186,6 +186,22 @@ impl Validator {
         }
     }
 
+    /// Whether `key` is an identifier; if not, says so for `what` (`aggregate`, `timer`
+    /// name in ...).
+    pub(super) fn identifier(&mut self, key: &Key, what: &str) -> bool {
+        if names::is_identifier(&key.name) {
+            return true;
+        }
+        self.error(
+            &key.span,
+            format!(
+                "`{}` is not a valid {what}: use letters, digits and `_`, starting with a letter",
+                key.name
+            ),
+        );
+        false
+    }
+
     pub(super) fn description(&mut self, map: &HashMap<&str, &Node>) -> Option<String> {
         map.get("description")
             .and_then(|n| self.string(n, "`description`"))
