@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orkestra_runtime::process::{ProcessManager, checkpoint_name};
+use orkestra_runtime::process::{ProcessManager, start_from_now};
 use orkestra_runtime::{
     Bus, Command, Event, EventData, EventPayload, ExpectedVersion, HandlerContext, HandlerError,
     Metadata, ProcessManagers, Store,
@@ -321,11 +321,7 @@ async fn fresh_name(store: &Store) -> String {
         "Fulfilment{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let head = store.head().await.unwrap();
-    store
-        .save_checkpoint(&checkpoint_name(&name), head)
-        .await
-        .unwrap();
+    start_from_now(store, &name).await.unwrap();
     name
 }
 

@@ -467,6 +467,34 @@ pub fn checkpoint_name(process: &str) -> String {
     format!("process-manager:{process}")
 }
 
+/// The snapshot key of a process manager's timer index.
+fn timers_key(process: &str) -> String {
+    format!("orkestra.process-timers/{process}")
+}
+
+/// Makes process manager `process` (its schema name, or a [`ProcessManager::named`]
+/// run's) start from the store's head instead of its first event: its feed's checkpoint
+/// and its timer index are set there, so history starts no instance and its first start
+/// reads no old event. For a process manager deployed onto a store that already holds
+/// the events it listens to; call it before its first [`ProcessManagers::start`].
+pub async fn start_from_now(store: &Store, process: &str) -> Result<(), StoreError> {
+    let head = store.head().await?;
+    store
+        .save_checkpoint(&checkpoint_name(process), head)
+        .await?;
+    if let Some(head) = head {
+        store
+            .save_snapshot(Snapshot {
+                stream: timers_key(process),
+                version: head,
+                shape: TIMERS_SHAPE.to_owned(),
+                state: "[]".to_owned(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// What [`ProcessManagers`] runs of a process manager, its types erased.
 trait Runnable: Send + Sync {
     fn name(&self) -> &str;
@@ -972,7 +1000,7 @@ impl<D: ProcessDefinition> Runner<D> {
 
     /// The snapshot key of the timer index.
     fn timers_key(&self) -> String {
-        format!("orkestra.process-timers/{}", self.name)
+        timers_key(&self.name)
     }
 
     /// Saves the timer index as of the feed's position, so the next start reads only

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orkestra_runtime::process::{DEFAULT_LANES, checkpoint_name};
+use orkestra_runtime::process::{DEFAULT_LANES, start_from_now};
 use orkestra_runtime::{
     Bus, Command, CommandEnvelope, Event, EventData, ExpectedVersion, HandlerContext, HandlerError,
     Message, Metadata, ProcessManagers, RawCommand, SecretUrl, Store,
@@ -199,10 +199,7 @@ async fn until(count: &AtomicU64, target: u64) {
 /// The process manager's run: events per second, and the timers' lateness.
 async fn run_pm(store: &Store, prefix: &str, lanes: usize) -> (f64, Vec<Duration>) {
     let name = format!("Bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    store
-        .save_checkpoint(&checkpoint_name(&name), store.head().await.unwrap())
-        .await
-        .unwrap();
+    start_from_now(store, &name).await.unwrap();
     store_events(store, prefix).await;
     let bus = Bus::in_process();
     let sink = Sink::default();
