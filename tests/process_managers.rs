@@ -495,96 +495,6 @@ async fn fulfilment_on_rabbitmq_with_postgres() {
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
-/// A timer that came due while no runner was up fires when one starts again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timer_due_during_downtime_fires_after_the_restart() {
-    let dir = std::env::temp_dir().join(unique("orkestra-pm"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("events.db");
-    let store = Store::sqlite(&path).await.unwrap();
-    let bus = Bus::in_process();
-    let world = World::new(store.clone());
-    bus.subscribe_all(world.subscriptions()).await.unwrap();
-    let name = fresh_name(&store).await;
-    let order = unique("downtime");
-    // Paid while the runner is down, before its timer was due: the payment wins.
-    let paid = unique("paid-in-downtime");
-    for o in [&order, &paid] {
-        world
-            .scripts
-            .lock()
-            .unwrap()
-            .insert(o.clone(), vec![Pay::Silent]);
-    }
-    let flow = Flow::default();
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&flow, &store, &name))
-        .start()
-        .await
-        .unwrap();
-    place(&store, &order, 100).await;
-    place(&store, &paid, 200).await;
-    wait_until("the charges", Duration::from_secs(10), || async {
-        world.topics(&order) == ["ChargeCard"] && world.topics(&paid) == ["ChargeCard"]
-    })
-    .await;
-    running.stop().await.unwrap();
-    let payment = Event::new(
-        PaymentReceived {
-            order_id: paid.clone(),
-        },
-        Metadata::new(),
-    )
-    .unwrap();
-    store
-        .append(
-            &format!("order-{paid}"),
-            ExpectedVersion::Any,
-            vec![EventData::from_event(&payment).unwrap()],
-        )
-        .await
-        .unwrap();
-    // Stopping saved the timer index: the restart reads only the steps after it.
-    let saved = store
-        .load_snapshot(&format!("orkestra.process-timers/{name}"))
-        .await
-        .unwrap()
-        .expect("a timer snapshot");
-    assert!(
-        saved.state.contains(&order) && saved.state.contains("reminder"),
-        "{}",
-        saved.state
-    );
-    drop(store);
-
-    // Down for longer than the timer.
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    let store = Store::sqlite(&path).await.unwrap();
-    let world2 = World {
-        store: store.clone(),
-        ..world.clone()
-    };
-    let bus = Bus::in_process();
-    bus.subscribe_all(world2.subscriptions()).await.unwrap();
-    let restarted = Instant::now();
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&flow, &store, &name))
-        .start()
-        .await
-        .unwrap();
-    wait_finished(&store, &name, &order).await;
-    assert!(
-        restarted.elapsed() < Duration::from_secs(2),
-        "fired right after the restart: {:?}",
-        restarted.elapsed()
-    );
-    assert_eq!(world.topics(&order), ["ChargeCard", "CancelOrder"]);
-    // The timer waits for the feed to handle what was recorded before it came due.
-    wait_finished(&store, &name, &paid).await;
-    assert_eq!(world.topics(&paid), ["ChargeCard", "ShipOrder"]);
-    running.stop().await.unwrap();
-}
-
 /// A panicking handler is retried, then its event dead-lettered; the instance keeps the
 /// state from before that event and goes on with the next one. An event without the
 /// `correlate_by` field is dead-lettered with that reason.
@@ -822,14 +732,175 @@ async fn given_when_then() {
     assert!(commands.is_empty() && timers.is_empty());
 }
 
-const CRASH_ROLE: &str = "ORKESTRA_PM_CRASH_ROLE";
+/// Where a test runs: the in-process bus with SQLite or PostgreSQL, or RabbitMQ with
+/// PostgreSQL. A child process of the crash test gets the same stack (and orders) through
+/// its environment.
+#[derive(Clone, Debug)]
+enum Stack {
+    Sqlite(std::path::PathBuf),
+    Postgres,
+    Rabbit(String),
+}
 
-/// The child of the crash test: runs the flow on SQLite; its payment service records the
-/// payment, prints the command id and kills the process (SIGKILL) before the dispatch
-/// returns, so the feed never saves its checkpoint past the step.
+impl Stack {
+    fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(unique("orkestra-pm"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::Sqlite(dir.join("events.db"))
+    }
+
+    fn rabbit() -> Self {
+        Self::Rabbit(services::rabbit_config().bus.prefix)
+    }
+
+    /// A fresh store and bus (a restart opens them again); `None` when the service is
+    /// not here (and not required).
+    async fn open(&self) -> Option<(Store, Bus)> {
+        match self {
+            Self::Sqlite(path) => Some((Store::sqlite(path).await.unwrap(), Bus::in_process())),
+            Self::Postgres => Some((services::postgres_store().await?, Bus::in_process())),
+            Self::Rabbit(prefix) => {
+                let store = services::postgres_store().await?;
+                let mut config = services::rabbit_config();
+                config.bus.prefix = prefix.clone();
+                Some((store, services::rabbit_bus_with(&config).await?))
+            }
+        }
+    }
+
+    fn to_env(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite:{}", path.display()),
+            Self::Postgres => "postgres".into(),
+            Self::Rabbit(prefix) => format!("rabbitmq:{prefix}"),
+        }
+    }
+
+    fn from_env(text: &str) -> Self {
+        match text.split_once(':') {
+            Some(("sqlite", path)) => Self::Sqlite(path.into()),
+            Some(("rabbitmq", prefix)) => Self::Rabbit(prefix.into()),
+            _ => Self::Postgres,
+        }
+    }
+
+    async fn stop(bus: &Bus) {
+        let _ = bus.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// A timer that came due while no runner was up fires when one starts again; a payment
+/// recorded during the downtime, before its timer was due, wins over the timer.
+async fn downtime(stack: Stack) {
+    let Some((store, bus)) = stack.open().await else {
+        return;
+    };
+    let world = World::new(store.clone());
+    bus.subscribe_all(world.subscriptions()).await.unwrap();
+    let name = fresh_name(&store).await;
+    let tag = unique("d");
+    let order = format!("{tag}-timed-out");
+    let paid = format!("{tag}-paid-in-downtime");
+    for o in [&order, &paid] {
+        world
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(o.clone(), vec![Pay::Silent]);
+    }
+    let flow = Flow::tagged(&tag);
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    place(&store, &order, 100).await;
+    place(&store, &paid, 200).await;
+    wait_until("the charges", Duration::from_secs(10), || async {
+        world.topics(&order) == ["ChargeCard"] && world.topics(&paid) == ["ChargeCard"]
+    })
+    .await;
+    running.stop().await.unwrap();
+    Stack::stop(&bus).await;
+    // Stopping saved the timer index: the restart reads only the steps after it.
+    let saved = store
+        .load_snapshot(&format!("orkestra.process-timers/{name}"))
+        .await
+        .unwrap()
+        .expect("a timer snapshot");
+    assert!(
+        saved.state.contains(&order) && saved.state.contains("reminder"),
+        "{}",
+        saved.state
+    );
+    let payment = Event::new(
+        PaymentReceived {
+            order_id: paid.clone(),
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    store
+        .append(
+            &format!("order-{paid}"),
+            ExpectedVersion::Any,
+            vec![EventData::from_event(&payment).unwrap()],
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    // Down for longer than the timer.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (store, bus) = stack.open().await.unwrap();
+    let world2 = World {
+        store: store.clone(),
+        ..world.clone()
+    };
+    bus.subscribe_all(world2.subscriptions()).await.unwrap();
+    let restarted = Instant::now();
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    wait_finished(&store, &name, &order).await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(3),
+        "fired right after the restart: {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(world.topics(&order), ["ChargeCard", "CancelOrder"]);
+    // The timer waits for the feed to handle what was recorded before it came due.
+    wait_finished(&store, &name, &paid).await;
+    assert_eq!(world.topics(&paid), ["ChargeCard", "ShipOrder"]);
+    running.stop().await.unwrap();
+    Stack::stop(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downtime_in_process_with_sqlite() {
+    downtime(Stack::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downtime_in_process_with_postgres() {
+    downtime(Stack::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downtime_on_rabbitmq_with_postgres() {
+    downtime(Stack::rabbit()).await;
+}
+
+const CRASH_STACK: &str = "ORKESTRA_PM_CRASH_STACK";
+
+/// The child of the crash tests: runs the flow on the stack its parent names; its payment
+/// service records the payment, prints the command id and kills the process (SIGKILL)
+/// before the dispatch returns, so the feed never saves its checkpoint past the step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Ok(path) = std::env::var(CRASH_ROLE) else {
+    let Ok(stack) = std::env::var(CRASH_STACK) else {
         return;
     };
     #[derive(Clone)]
@@ -849,9 +920,8 @@ async fn crash_child() {
             unreachable!("killed");
         }
     }
-    let store = Store::sqlite(&path).await.unwrap();
+    let (store, bus) = Stack::from_env(&stack).open().await.unwrap();
     let world = World::new(store.clone());
-    let bus = Bus::in_process();
     bus.subscribe_all(vec![
         handlers::charger(Dying(world.clone())),
         handlers::shipper(world.clone()),
@@ -860,30 +930,31 @@ async fn crash_child() {
     .await
     .unwrap();
     let name = std::env::var("ORKESTRA_PM_NAME").unwrap();
+    let order = std::env::var("ORKESTRA_PM_ORDER").unwrap();
+    let flow = Flow::tagged(&order);
     let _running = ProcessManagers::new(store.clone(), bus)
-        .add(manager(&Flow::default(), &store, &name))
+        .add(manager(&flow, &store, &name))
         .start()
         .await
         .unwrap();
-    place(&store, &std::env::var("ORKESTRA_PM_ORDER").unwrap(), 100).await;
+    place(&store, &order, 100).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
 }
 
 /// Killed between recording a step and dispatching its command: after the restart the
 /// command is dispatched again with the same id, and the idempotent payment service
 /// (its answer's id derives from the command id) pays once; the flow completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_recording_and_dispatching_the_command_is_handled_once() {
-    let dir = std::env::temp_dir().join(unique("orkestra-pm-crash"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("events.db");
-    let store = Store::sqlite(&path).await.unwrap();
+async fn crash(stack: Stack) {
+    let Some((store, bus)) = stack.open().await else {
+        return;
+    };
     let name = fresh_name(&store).await;
     drop(store);
+    Stack::stop(&bus).await;
     let order = unique("crash");
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CRASH_ROLE, &path)
+        .env(CRASH_STACK, stack.to_env())
         .env("ORKESTRA_PM_NAME", &name)
         .env("ORKESTRA_PM_ORDER", &order)
         .stderr(std::process::Stdio::null())
@@ -897,12 +968,11 @@ async fn killed_between_recording_and_dispatching_the_command_is_handled_once() 
         .unwrap_or_else(|| panic!("the child charged before dying: {stdout}"))
         .to_owned();
 
-    let store = Store::sqlite(&path).await.unwrap();
+    let (store, bus) = stack.open().await.unwrap();
     let world = World::new(store.clone());
-    let bus = Bus::in_process();
     bus.subscribe_all(world.subscriptions()).await.unwrap();
-    let running = ProcessManagers::new(store.clone(), bus)
-        .add(manager(&Flow::default(), &store, &name))
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&Flow::tagged(&order), &store, &name))
         .start()
         .await
         .unwrap();
@@ -922,4 +992,20 @@ async fn killed_between_recording_and_dispatching_the_command_is_handled_once() 
         .count();
     assert_eq!(payments, 1, "the payment was made once");
     running.stop().await.unwrap();
+    Stack::stop(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_recording_and_dispatching_in_process_with_sqlite() {
+    crash(Stack::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_recording_and_dispatching_in_process_with_postgres() {
+    crash(Stack::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_recording_and_dispatching_on_rabbitmq_with_postgres() {
+    crash(Stack::rabbit()).await;
 }
