@@ -467,33 +467,43 @@ async fn scenarios(store: Store, bus: Bus) {
     running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fulfilment_in_process_with_sqlite() {
-    let dir = std::env::temp_dir().join(unique("orkestra-pm"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::sqlite(dir.join("events.db")).await.unwrap();
-    scenarios(store, Bus::in_process()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fulfilment_in_process_with_postgres() {
-    let Some(store) = services::postgres_store().await else {
-        return;
-    };
-    scenarios(store, Bus::in_process()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fulfilment_on_rabbitmq_with_postgres() {
-    let Some(store) = services::postgres_store().await else {
-        return;
-    };
-    let Some(bus) = services::rabbit_bus().await else {
+/// The flow's scenarios on one stack.
+async fn fulfilment(stack: Stack) {
+    let Some((store, bus)) = stack.open().await else {
         return;
     };
     scenarios(store, bus.clone()).await;
-    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+    Stack::stop(&bus).await;
 }
+
+/// One test of `scenario` per stack: `<scenario>::in_process_with_sqlite`,
+/// `::in_process_with_postgres`, `::on_rabbitmq_with_postgres`.
+macro_rules! on_every_stack {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::Stack;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process_with_sqlite() {
+                super::$scenario(Stack::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process_with_postgres() {
+                super::$scenario(Stack::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_rabbitmq_with_postgres() {
+                super::$scenario(Stack::rabbit()).await;
+            }
+        }
+    };
+}
+
+on_every_stack!(fulfilment);
+on_every_stack!(downtime);
+on_every_stack!(crash);
 
 /// A panicking handler is retried, then its event dead-lettered; the instance keeps the
 /// state from before that event and goes on with the next one. An event without the
@@ -878,21 +888,6 @@ async fn downtime(stack: Stack) {
     Stack::stop(&bus).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downtime_in_process_with_sqlite() {
-    downtime(Stack::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downtime_in_process_with_postgres() {
-    downtime(Stack::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downtime_on_rabbitmq_with_postgres() {
-    downtime(Stack::rabbit()).await;
-}
-
 const CRASH_STACK: &str = "ORKESTRA_PM_CRASH_STACK";
 
 /// The child of the crash tests: runs the flow on the stack its parent names; its payment
@@ -993,19 +988,4 @@ async fn crash(stack: Stack) {
     assert_eq!(payments, 1, "the payment was made once");
     running.stop().await.unwrap();
     Stack::stop(&bus).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_recording_and_dispatching_in_process_with_sqlite() {
-    crash(Stack::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_recording_and_dispatching_in_process_with_postgres() {
-    crash(Stack::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_recording_and_dispatching_on_rabbitmq_with_postgres() {
-    crash(Stack::rabbit()).await;
 }
