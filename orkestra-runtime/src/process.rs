@@ -70,6 +70,9 @@ pub const STEP_TYPE: &str = "orkestra.ProcessStep";
 pub const DEFAULT_PROCESS_RETRIES: u32 = 3;
 /// The delay before the first retry of a failing handler (one more each retry).
 pub const DEFAULT_PROCESS_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// How many instance keys a runner alone on its store remembers, so that starting a new
+/// instance needs no read (past it, every start reads).
+const KNOWN_LIMIT: usize = 1_000_000;
 /// How many instances a runner keeps in memory between events.
 const CACHE_LIMIT: usize = 100_000;
 /// The shape tag of a timer-index snapshot.
@@ -299,9 +302,11 @@ type Due = Reverse<(i64, String, String)>;
 /// Every pending timer of a process manager, as its steps left them.
 #[derive(Default)]
 struct TimerIndex {
-    /// key → (step version, timers).
+    /// key → (step version, timers), for instances with timers set.
     instances: HashMap<String, (u64, BTreeMap<String, i64>)>,
     heap: BinaryHeap<Due>,
+    /// How many timers `instances` holds.
+    live: usize,
 }
 
 impl TimerIndex {
@@ -312,19 +317,36 @@ impl TimerIndex {
         {
             return;
         }
-        if finished || timers.is_empty() {
-            // Kept with no timers, so an older step read again later (the feed catching
-            // up behind the start-up scan) does not bring its timers back.
+        // Only instances with timers are kept, so the index is as large as what is
+        // pending. An older step read again later (the feed behind the start-up scan)
+        // may bring a timer back: firing reads the instance first and drops it.
+        let before = if finished || timers.is_empty() {
+            self.instances.remove(key)
+        } else {
+            for (name, due) in timers {
+                self.heap
+                    .push(Reverse((*due, key.to_owned(), name.clone())));
+            }
+            self.live += timers.len();
             self.instances
-                .insert(key.to_owned(), (version, BTreeMap::new()));
-            return;
+                .insert(key.to_owned(), (version, timers.clone()))
+        };
+        if let Some((_, old)) = before {
+            self.live -= old.len();
         }
-        for (name, due) in timers {
-            self.heap
-                .push(Reverse((*due, key.to_owned(), name.clone())));
+        // Cleared timers stay in the heap until they come due: rebuild it when they
+        // outnumber the live ones.
+        if self.heap.len() > 2 * self.live + 1024 {
+            self.heap = self
+                .instances
+                .iter()
+                .flat_map(|(key, (_, timers))| {
+                    timers
+                        .iter()
+                        .map(|(name, due)| Reverse((*due, key.clone(), name.clone())))
+                })
+                .collect();
         }
-        self.instances
-            .insert(key.to_owned(), (version, timers.clone()));
     }
 
     /// Whether `(key, name)` is still set to fire at `due`.
@@ -879,6 +901,19 @@ impl<D: ProcessDefinition> Runner<D> {
         cache.insert(key.to_owned(), instance.clone());
     }
 
+    /// Notes that `key` has a stream; past [`KNOWN_LIMIT`] keys the set is dropped and
+    /// a new instance costs a read again.
+    fn know(&self, key: &str) {
+        let mut known = crate::sync::lock(&self.known);
+        if known.len() >= KNOWN_LIMIT {
+            known.clear();
+            known.shrink_to_fit();
+            self.known_complete.store(false, Ordering::Release);
+        } else if self.known_complete.load(Ordering::Acquire) {
+            known.insert(key.to_owned());
+        }
+    }
+
     fn forget(&self, key: &str) {
         crate::sync::lock(&self.cache).remove(key);
     }
@@ -1291,7 +1326,7 @@ impl<D: ProcessDefinition> Runner<D> {
         let commands = step.commands.clone();
         self.remember(key, &Instance { version, step });
         if self.claims.is_none() {
-            crate::sync::lock(&self.known).insert(key.to_owned());
+            self.know(key);
         }
         // Alone on the store, a step of the feed's own (an event's) is dispatched now,
         // before the feed reads it back: should the process die first, the feed dispatches
@@ -1475,7 +1510,11 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     };
                     if *step.process == *self.name {
                         index.record(&step.key, recorded.version(), &step.timers, step.finished);
-                        known.insert(step.key);
+                        if known.len() < KNOWN_LIMIT {
+                            known.insert(step.key);
+                        } else {
+                            self.known_complete.store(false, Ordering::Release);
+                        }
                     }
                 }
             }
@@ -1771,4 +1810,51 @@ fn timer_list<T: ProcessTimer>(timers: &BTreeMap<String, i64>) -> Vec<T> {
         .keys()
         .filter_map(|name| T::from_name(name))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BTreeMap, TimerIndex};
+
+    fn timers(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        entries.iter().map(|(n, d)| ((*n).to_owned(), *d)).collect()
+    }
+
+    #[test]
+    fn the_timer_index_fires_what_is_current_only() {
+        let mut index = TimerIndex::default();
+        index.record("a", 0, &timers(&[("payment", 100)]), false);
+        index.record("b", 0, &timers(&[("payment", 50)]), false);
+        // `a` set again later, `b` cleared, an older step of `a` read again: ignored.
+        index.record("a", 1, &timers(&[("payment", 300)]), false);
+        index.record("b", 1, &timers(&[]), false);
+        index.record("a", 0, &timers(&[("payment", 100)]), false);
+        assert_eq!(index.next_due(), Some(300));
+        assert!(index.take_due(299).is_empty());
+        assert_eq!(
+            index.take_due(300),
+            [(300, "a".to_owned(), "payment".to_owned())]
+        );
+        // A finished instance leaves nothing behind.
+        index.record("a", 2, &timers(&[("payment", 900)]), true);
+        assert!(index.instances.is_empty() && index.live == 0);
+        assert_eq!(index.next_due(), None);
+    }
+
+    #[test]
+    fn cleared_timers_do_not_pile_up_in_the_heap() {
+        let mut index = TimerIndex::default();
+        for version in 0..10_000u64 {
+            // One instance whose timer is set again at every step.
+            index.record(
+                "a",
+                version,
+                &timers(&[("payment", 1_000_000 + version as i64)]),
+                false,
+            );
+        }
+        assert_eq!(index.live, 1);
+        assert!(index.heap.len() <= 2 + 1024, "{}", index.heap.len());
+        assert_eq!(index.next_due(), Some(1_000_000 + 9_999));
+    }
 }
