@@ -93,7 +93,12 @@ impl Validator {
             "event" => {
                 HandlerTarget::Event(self.reference(decl, target_node, &tables.events, "event")?)
             }
-            "events" => self.events_target(decl, key, target_node, &tables.events)?,
+            "events" => self.events_target(
+                decl,
+                &format!("handler `{}`", key.name),
+                target_node,
+                &tables.events,
+            )?,
             _ => self.topic_target(key, target_node, &tables.events)?,
         };
         let max_retries = match map.get("max_retries") {
@@ -250,11 +255,12 @@ impl Validator {
         Some(HandlerTarget::Command(r))
     }
 
-    /// `events: [A, B]`: distinct events with distinct names (variants are named after them).
-    fn events_target(
+    /// `events: [A, B]` of `owner` (`handler \`X\``, `projection \`X\``): a non-empty
+    /// list of distinct known events whose names can be variants.
+    pub(super) fn events_target(
         &mut self,
         decl: &Decl,
-        key: &Key,
+        owner: &str,
         node: &Node,
         events: &[Declared],
     ) -> Option<HandlerTarget> {
@@ -262,17 +268,14 @@ impl Validator {
             self.error(
                 &node.span,
                 format!(
-                    "`events` of handler `{}` must be a list of event names",
-                    key.name
+                    "`events` of {owner} must be a list of event names, found {}",
+                    node.kind()
                 ),
             );
             return None;
         };
         if items.is_empty() {
-            self.error(
-                &node.span,
-                format!("`events` of handler `{}` is empty", key.name),
-            );
+            self.error(&node.span, format!("`events` of {owner} is empty"));
             return None;
         }
         let mut refs: Vec<PayloadRef> = Vec::new();
@@ -286,7 +289,7 @@ impl Validator {
                 self.error(
                     &item.span,
                     format!(
-                        "two events named `{}` in one handler; variants are named after events",
+                        "two events named `{}` in {owner}; variants are named after events",
                         r.name
                     ),
                 );

@@ -83,7 +83,12 @@ impl Validator {
             ["event"] => self
                 .reference(decl, map["event"], &tables.events, "event")
                 .map(HandlerTarget::Event),
-            ["events"] => self.projection_events(decl, key, map["events"], &tables.events),
+            ["events"] => self.events_target(
+                decl,
+                &format!("projection `{}`", key.name),
+                map["events"],
+                &tables.events,
+            ),
             ["topic"] => self.projection_topic(key, map["topic"], &tables.events),
             several => {
                 let list = several
@@ -188,54 +193,6 @@ impl Validator {
             );
         }
         true
-    }
-
-    /// `events: [A, B]`: a non-empty list of distinct events with distinct names.
-    fn projection_events(
-        &mut self,
-        decl: &Decl,
-        key: &Key,
-        node: &Node,
-        events: &[Declared],
-    ) -> Option<HandlerTarget> {
-        let Value::Seq(items) = &node.value else {
-            self.error(
-                &node.span,
-                format!(
-                    "`events` of projection `{}` must be a list of event names, found {}",
-                    key.name,
-                    node.kind()
-                ),
-            );
-            return None;
-        };
-        if items.is_empty() {
-            self.error(
-                &node.span,
-                format!("`events` of projection `{}` is empty", key.name),
-            );
-            return None;
-        }
-        let mut refs: Vec<PayloadRef> = Vec::new();
-        for item in items {
-            let r = self.reference(decl, item, events, "event")?;
-            if refs.contains(&r) {
-                self.error(&item.span, format!("event `{}` is listed twice", r.name));
-                return None;
-            }
-            if refs.iter().any(|x| x.name == r.name) {
-                self.error(
-                    &item.span,
-                    format!(
-                        "two events named `{}` in projection `{}`; variants are named after events",
-                        r.name, key.name
-                    ),
-                );
-                return None;
-            }
-            refs.push(r);
-        }
-        Some(HandlerTarget::Events(refs))
     }
 
     /// `topic: "pattern"`: every known event it matches (a warning when none).

@@ -95,6 +95,25 @@ fn backend_error(e: kurrentdb::Error) -> StoreError {
 }
 
 impl EsdbStore {
+    /// The data of the last event of `stream` (`None`: no such stream, or empty): what a
+    /// snapshot or checkpoint stream holds.
+    async fn last_data(&self, stream: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let options = ReadStreamOptions::default()
+            .max_count(1)
+            .backwards()
+            .position(StreamPosition::End);
+        let mut read = match self.client.read_stream(stream, &options).await {
+            Ok(read) => read,
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
+            Err(e) => return Err(backend_error(e)),
+        };
+        match read.next().await {
+            Ok(Some(resolved)) => Ok(Some(resolved.get_original_event().data.to_vec())),
+            Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
+            Err(e) => Err(backend_error(e)),
+        }
+    }
+
     pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
         let unavailable = |e: Option<BoxError>| StoreError::unavailable(ADAPTER, url, e);
         let settings: ClientSettings = url
@@ -340,34 +359,17 @@ impl Backend for EsdbStore {
         stream: &'a str,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
         Box::pin(async move {
-            let options = ReadStreamOptions::default()
-                .max_count(1)
-                .backwards()
-                .position(StreamPosition::End);
-            let mut read = match self
-                .client
-                .read_stream(snapshot_stream(stream), &options)
-                .await
-            {
-                Ok(read) => read,
-                Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
-                Err(e) => return Err(backend_error(e)),
-            };
-            match read.next().await {
-                // An unreadable snapshot only costs a replay.
-                Ok(Some(resolved)) => Ok(serde_json::from_slice::<StoredSnapshot>(
-                    &resolved.get_original_event().data,
-                )
-                .ok()
+            // An unreadable snapshot only costs a replay.
+            Ok(self
+                .last_data(snapshot_stream(stream))
+                .await?
+                .and_then(|data| serde_json::from_slice::<StoredSnapshot>(&data).ok())
                 .map(|s| Snapshot {
                     stream: stream.to_owned(),
                     version: s.version,
                     shape: s.shape,
                     state: s.state,
-                })),
-                Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
-                Err(e) => Err(backend_error(e)),
-            }
+                }))
         })
     }
 
@@ -404,33 +406,20 @@ impl Backend for EsdbStore {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
-            let options = ReadStreamOptions::default()
-                .max_count(1)
-                .backwards()
-                .position(StreamPosition::End);
-            let mut read = match self
-                .client
-                .read_stream(checkpoint_stream(name), &options)
-                .await
-            {
-                Ok(read) => read,
-                Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
-                Err(e) => return Err(backend_error(e)),
-            };
-            match read.next().await {
-                // Unlike a snapshot, a checkpoint that cannot be read must not be
-                // mistaken for "none": that would replay everything.
-                Ok(Some(resolved)) => {
-                    serde_json::from_slice::<StoredCheckpoint>(&resolved.get_original_event().data)
+            // Unlike a snapshot, a checkpoint that cannot be read must not be mistaken
+            // for "none": that would replay everything.
+            self.last_data(checkpoint_stream(name))
+                .await?
+                .map(|data| {
+                    serde_json::from_slice::<StoredCheckpoint>(&data)
                         .map(|c| c.position)
                         .map_err(|e| StoreError::Corrupt {
                             location: checkpoint_stream(name),
                             message: format!("not an Orkestra checkpoint: {e}"),
                         })
-                }
-                Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
-                Err(e) => Err(backend_error(e)),
-            }
+                })
+                .transpose()
+                .map(Option::flatten)
         })
     }
 
