@@ -868,7 +868,7 @@ impl<D: ProcessDefinition> Runner<D> {
         let Some(recorded) = last.into_iter().next() else {
             return Ok(None);
         };
-        let step: Step<D::State> = serde_json::from_str(recorded.data_json()).map_err(|e| {
+        let mut step: Step<D::State> = serde_json::from_str(recorded.data_json()).map_err(|e| {
             StoreError::Invalid(format!(
                 "step {} of process manager {} (stream {}) cannot be read: {e}",
                 recorded.id(),
@@ -885,6 +885,8 @@ impl<D: ProcessDefinition> Runner<D> {
                 self.name
             )));
         }
+        // Its commands were dispatched (or are, by the feed): the next step needs none.
+        step.commands.clear();
         let instance = Instance {
             version: recorded.version(),
             step,
@@ -956,7 +958,6 @@ impl<D: ProcessDefinition> Runner<D> {
         }
     }
 
-    /// Handles one event of this process manager.
     /// The instance an event belongs to (its `correlate_by` value), or why it has none.
     fn event_key(&self, recorded: &RecordedEvent) -> Result<String, String> {
         let data = recorded.data().map_err(|e| e.to_string())?;
@@ -1049,7 +1050,6 @@ impl<D: ProcessDefinition> Runner<D> {
         let pending: Vec<SavedTimers> = crate::sync::lock(&self.timers)
             .instances
             .iter()
-            .filter(|(_, (_, timers))| !timers.is_empty())
             .map(|(key, (version, timers))| (key.clone(), *version, timers.clone()))
             .collect();
         let Ok(state) = serde_json::to_string(&pending) else {
@@ -1130,11 +1130,8 @@ impl<D: ProcessDefinition> Runner<D> {
                         }
                         Cause::Timer { timer, due } => {
                             let id = self.timer_cause_id(key, *timer, *due);
-                            let message = self.timer_message(key, *timer, &id, &new_id());
-                            self.bus
-                                .dead_letter_from(&message, &self.handler, &reason, 1)
+                            self.dead_letter_timer(key, *timer, &id, &new_id(), &reason, 1)
                                 .await
-                                .map_err(HandlerError::from)
                         }
                     };
                 }
@@ -1268,11 +1265,16 @@ impl<D: ProcessDefinition> Runner<D> {
                     }
                     // A failed timer is recorded as fired (it would fail again), reported.
                     Cause::Timer { timer, .. } => {
-                        let message = self.timer_message(key, *timer, &cause_id, &correlation);
-                        self.bus
-                            .dead_letter_from(&message, &self.handler, &reason, attempts)
-                            .await
-                            .map_err(|e| StepError::Retry(e.into()))?;
+                        self.dead_letter_timer(
+                            key,
+                            *timer,
+                            &cause_id,
+                            &correlation,
+                            &reason,
+                            attempts,
+                        )
+                        .await
+                        .map_err(StepError::Retry)?;
                         let mut left = timers;
                         left.remove(timer.name());
                         (state, left, false, Vec::new())
@@ -1323,7 +1325,9 @@ impl<D: ProcessDefinition> Runner<D> {
         let version = appended.last_version;
         crate::sync::lock(&self.timers).record(key, version, &step.timers, step.finished);
         self.wake.notify_one();
-        let commands = step.commands.clone();
+        let mut step = step;
+        // The cache keeps what the next step starts from; the commands leave here.
+        let commands = std::mem::take(&mut step.commands);
         self.remember(key, &Instance { version, step });
         if self.claims.is_none() {
             self.know(key);
@@ -1366,15 +1370,29 @@ impl<D: ProcessDefinition> Runner<D> {
         Ok(())
     }
 
-    fn timer_message(&self, key: &str, timer: D::Timer, id: &str, correlation: &str) -> Message {
-        Message::from_raw_event(crate::message::RawEvent {
+    /// Dead-letters a timer whose firing failed, as an `orkestra.ProcessTimer` message
+    /// naming the instance and the timer.
+    async fn dead_letter_timer(
+        &self,
+        key: &str,
+        timer: D::Timer,
+        id: &str,
+        correlation: &str,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), HandlerError> {
+        let message = Message::from_raw_event(crate::message::RawEvent {
             id: id.to_owned(),
             event_type: "orkestra.ProcessTimer".to_owned(),
             topic: format!("orkestra.process.{}.timer", self.name),
             version: 1,
             data: serde_json::json!({ "process": &*self.name, "key": key, "timer": timer.name() }),
             metadata: Metadata::new().with_correlation_id(correlation),
-        })
+        });
+        self.bus
+            .dead_letter_from(&message, &self.handler, reason, attempts)
+            .await
+            .map_err(HandlerError::from)
     }
 
     async fn dead_letter(
@@ -1496,7 +1514,6 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                 };
                 next = last.position().saturating_add(1);
                 let mut index = crate::sync::lock(&self.timers);
-                let mut known = crate::sync::lock(&self.known);
                 for recorded in &batch {
                     if recorded.event_type() != STEP_TYPE
                         || !recorded.stream().starts_with(&self.stream)
@@ -1510,11 +1527,7 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     };
                     if *step.process == *self.name {
                         index.record(&step.key, recorded.version(), &step.timers, step.finished);
-                        if known.len() < KNOWN_LIMIT {
-                            known.insert(step.key);
-                        } else {
-                            self.known_complete.store(false, Ordering::Release);
-                        }
+                        self.know(&step.key);
                     }
                 }
             }

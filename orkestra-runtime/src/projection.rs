@@ -205,13 +205,7 @@ impl fmt::Debug for Projection {
 impl Projection {
     /// Binds `handler` under `name` (the checkpoint's name: keep it stable).
     pub fn new<H: ProjectionHandler>(name: impl Into<String>, handler: H) -> Self {
-        Self {
-            name: name.into(),
-            handler: Arc::new(Bound(handler)),
-            batch: DEFAULT_BATCH,
-            max_retries: DEFAULT_PROJECTION_RETRIES,
-            retry_delay: DEFAULT_RETRY_DELAY,
-        }
+        Self::raw(name, Arc::new(Bound(handler)))
     }
 
     /// A projection of recorded events as they are (a process manager's feed).

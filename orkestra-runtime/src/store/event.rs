@@ -167,6 +167,7 @@ impl RecordedEvent {
     pub fn id(&self) -> &str {
         &self.id
     }
+
     /// Whether this is one of the runtime's own records (its type starts with
     /// [`INTERNAL_TYPE_PREFIX`]: a process manager's steps), not an application event.
     pub fn is_internal(&self) -> bool {

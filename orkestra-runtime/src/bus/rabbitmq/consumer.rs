@@ -853,12 +853,13 @@ async fn dead_letter(
         .or_else(|| headers::string(original, headers::X_FIRST_DEATH_EXCHANGE))
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| delivery.exchange.as_str().to_owned());
-    let mut table = FieldTable::default();
-    headers::put_str(&mut table, headers::ORIGINAL_EXCHANGE, &exchange);
-    headers::put_str(&mut table, headers::ORIGINAL_ROUTING_KEY, topic);
-    headers::put_str(&mut table, headers::HANDLER, letter.handler);
-    headers::put_int(&mut table, headers::ATTEMPTS, i64::from(letter.attempts));
-    headers::put_str(&mut table, headers::ERROR, letter.reason);
+    let mut table = headers::dead_letter(
+        &exchange,
+        topic,
+        letter.handler,
+        letter.attempts,
+        letter.reason,
+    );
     // Kept so a replay carries them again: the trace, the producer's own retry limit
     // (never the binding's), and that it was replayed before.
     for key in [

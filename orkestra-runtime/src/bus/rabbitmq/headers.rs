@@ -82,6 +82,24 @@ fn as_int(v: &AMQPValue) -> Option<i64> {
     })
 }
 
+/// The headers every dead letter carries: where it was first published, which handler
+/// gave up, after how many runs and why.
+pub(super) fn dead_letter(
+    exchange: &str,
+    routing_key: &str,
+    handler: &str,
+    attempts: u32,
+    reason: &str,
+) -> FieldTable {
+    let mut table = FieldTable::default();
+    put_str(&mut table, ORIGINAL_EXCHANGE, exchange);
+    put_str(&mut table, ORIGINAL_ROUTING_KEY, routing_key);
+    put_str(&mut table, HANDLER, handler);
+    put_int(&mut table, ATTEMPTS, i64::from(attempts));
+    put_str(&mut table, ERROR, reason);
+    table
+}
+
 /// Sets `key` to a long string.
 pub(super) fn put_str(headers: &mut FieldTable, key: &str, value: &str) {
     headers.insert(key.into(), AMQPValue::LongString(value.into()));

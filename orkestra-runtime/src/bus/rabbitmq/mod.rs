@@ -368,16 +368,13 @@ impl RabbitMq {
     ) -> Result<(), BusError> {
         super::run::log_dead_letter(handler, message.topic(), reason, attempts, SYSTEM);
         let body = wire::encode(message)?;
-        let mut table = FieldTable::default();
-        headers::put_str(
-            &mut table,
-            headers::ORIGINAL_EXCHANGE,
+        let table = headers::dead_letter(
             &self.shared.topology.names.events,
+            message.topic(),
+            handler,
+            attempts,
+            reason,
         );
-        headers::put_str(&mut table, headers::ORIGINAL_ROUTING_KEY, message.topic());
-        headers::put_str(&mut table, headers::HANDLER, handler);
-        headers::put_int(&mut table, headers::ATTEMPTS, i64::from(attempts));
-        headers::put_str(&mut table, headers::ERROR, reason);
         self.shared
             .publisher
             .publish_dead_letter(
