@@ -220,12 +220,12 @@ impl Validator {
         }
         // `pm-order-<key>` and `pm-order-shipping-<key>`: the key `shipping-42` of one is
         // the key `42` of the other.
-        let overlapping = seen.0.iter().find(|(other, _)| {
-            let theirs = format!("pm-{}-", other.trim_start_matches("r#").replace('_', "-"));
-            let ours = format!("{prefix}-");
+        let ours = format!("{prefix}-");
+        let overlapping = seen.0.values().find(|(other, _)| {
+            let theirs = format!("{}-", stream_prefix(other));
             theirs.starts_with(&ours) || ours.starts_with(&theirs)
         });
-        if let Some((_, (first, span))) = overlapping {
+        if let Some((first, span)) = overlapping {
             self.error(
                 &key.span,
                 format!(
