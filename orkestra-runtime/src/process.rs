@@ -197,6 +197,26 @@ impl<C, T: ProcessTimer> ProcessContext<C, T> {
         }
     }
 
+    /// The context an event of `role` is handled in: an `ends_on` event finishes.
+    fn for_event(key: String, timers: BTreeMap<String, i64>, role: Role) -> Self {
+        let mut ctx = Self::new(key, timers, Utc::now());
+        ctx.finished = role == Role::End;
+        ctx
+    }
+
+    /// The context `timer` fires in: it is no longer set.
+    fn for_timer(key: String, mut timers: BTreeMap<String, i64>, timer: T) -> Self {
+        timers.remove(timer.name());
+        Self::new(key, timers, Utc::now())
+    }
+
+    /// After the handler: a finished instance keeps no timers.
+    fn settle(&mut self) {
+        if self.finished {
+            self.timers.clear();
+        }
+    }
+
     /// This instance's `correlate_by` value.
     pub fn key(&self) -> &str {
         &self.key
@@ -931,21 +951,25 @@ impl<D: ProcessDefinition> Runner<D> {
         let mut attempt = 0u32;
         loop {
             let mut state = state.clone();
-            let mut ctx = ProcessContext::new(key.to_owned(), timers.clone(), Utc::now());
-            let run = match cause {
-                Cause::Event { event, role, .. } => {
-                    if *role == Role::End {
-                        ctx.finished = true;
-                    }
-                    self.definition.handle(&mut state, event, &mut ctx)
+            let mut ctx = match cause {
+                Cause::Event { role, .. } => {
+                    ProcessContext::for_event(key.to_owned(), timers.clone(), *role)
                 }
                 Cause::Timer { timer, .. } => {
-                    ctx.timers.remove(timer.name());
+                    ProcessContext::for_timer(key.to_owned(), timers.clone(), *timer)
+                }
+            };
+            let run = match cause {
+                Cause::Event { event, .. } => self.definition.handle(&mut state, event, &mut ctx),
+                Cause::Timer { timer, .. } => {
                     self.definition.on_timeout(&mut state, *timer, &mut ctx)
                 }
             };
             match crate::projection::run_caught(run).await {
-                Ok(()) => return Ok((state, ctx)),
+                Ok(()) => {
+                    ctx.settle();
+                    return Ok((state, ctx));
+                }
                 Err(e) => {
                     attempt += 1;
                     if !e.is_retryable() || attempt > self.retries {
@@ -1251,7 +1275,7 @@ impl<D: ProcessDefinition> Runner<D> {
             }
             Err(failure) => Err(failure),
         };
-        let (new_state, mut ctx_timers, finished, raw) = match outcome {
+        let (new_state, ctx_timers, finished, raw) = match outcome {
             Ok(done) => done,
             Err((error, attempts)) => {
                 let reason = error.to_string();
@@ -1282,9 +1306,6 @@ impl<D: ProcessDefinition> Runner<D> {
                 }
             }
         };
-        if finished {
-            ctx_timers.clear();
-        }
         let last = match cause {
             Cause::Event { recorded, .. } => Some(recorded.position()),
             Cause::Timer { .. } => last,
@@ -1750,12 +1771,9 @@ impl<D: ProcessDefinition> ProcessTest<D> {
         key: &str,
     ) -> Result<(D::State, ProcessContext<D::Command, D::Timer>), HandlerError> {
         let mut state = state.clone();
-        let mut ctx = ProcessContext::new(key.to_owned(), timers, Utc::now());
-        ctx.finished = D::event_role(event) == Role::End;
+        let mut ctx = ProcessContext::for_event(key.to_owned(), timers, D::event_role(event));
         self.definition.handle(&mut state, event, &mut ctx).await?;
-        if ctx.finished {
-            ctx.timers.clear();
-        }
+        ctx.settle();
         Ok((state, ctx))
     }
 
@@ -1782,16 +1800,12 @@ impl<D: ProcessDefinition> ProcessTest<D> {
             let timers = timer_list::<D::Timer>(&done.timers);
             return Ok((done.state, Vec::new(), timers));
         }
-        let mut timers = done.timers;
-        timers.remove(timer.name());
         let mut state = done.state;
-        let mut ctx = ProcessContext::new(done.key.unwrap_or_default(), timers, Utc::now());
+        let mut ctx = ProcessContext::for_timer(done.key.unwrap_or_default(), done.timers, timer);
         self.definition
             .on_timeout(&mut state, timer, &mut ctx)
             .await?;
-        if ctx.finished {
-            ctx.timers.clear();
-        }
+        ctx.settle();
         let set = ctx.timers_set();
         Ok((state, ctx.commands, set))
     }
