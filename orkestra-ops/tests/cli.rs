@@ -119,20 +119,19 @@ impl Setup {
     }
 
     fn redact(&self, text: &str) -> String {
-        let text = text.replace(&self.prefix, "[prefix]");
-        let text = regex::Regex::new(r#""age_seconds": \d+"#)
-            .unwrap()
-            .replace_all(&text, r#""age_seconds": "[age]""#);
-        regex::Regex::new(r"\b\d+[smhd]\b( ago)?")
-            .unwrap()
-            .replace_all(&text, "[age]$1")
-            .into_owned()
+        redact(&text.replace(&self.prefix, "[prefix]"))
     }
 
-    /// The ids `dlq list` shows.
+    /// The ids `dlq list` shows, read from the unredacted output.
     fn ids(&self) -> Vec<String> {
-        let listed: Value =
-            serde_json::from_str(&self.ok(&["dlq", "list", "--format", "json"])).unwrap();
+        let out = self.run(&["dlq", "list", "--format", "json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
         listed
             .as_array()
             .unwrap()
@@ -218,6 +217,32 @@ impl Setup {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Ages (`12s`, `3d ago`, `"age_seconds": 40`) become `[age]`, so snapshots hold
+/// still as time passes.
+fn redact(text: &str) -> String {
+    let text = regex::Regex::new(r#""age_seconds": \d+"#)
+        .unwrap()
+        .replace_all(text, r#""age_seconds": "[age]""#);
+    // An age stands alone, after a space or "(": never inside an id, where a uuid
+    // group such as `864d` would otherwise read as 864 days.
+    regex::Regex::new(r"(^|[\s(])\d+[smhd]( ago)?\b")
+        .unwrap()
+        .replace_all(&text, "$1[age]$2")
+        .into_owned()
+}
+
+#[test]
+fn redaction_takes_ages_and_leaves_ids_alone() {
+    assert_eq!(
+        redact("5ff62faa-864d-4a39-a550-19b7deba9b7f  4  12s  down (3d ago) 7m"),
+        "5ff62faa-864d-4a39-a550-19b7deba9b7f  4  [age]  down ([age] ago) [age]"
+    );
+    assert_eq!(
+        redact(r#"{"id": "cmd-10d", "age_seconds": 40}"#),
+        r#"{"id": "cmd-10d", "age_seconds": "[age]"}"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
