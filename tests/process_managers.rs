@@ -30,7 +30,7 @@ use orkestra_tests::process_managers::fulfil::process_managers::{
 use serde_json::{Value, json};
 
 /// The flow under test: charge, retry a failed payment once, cancel on the second
-/// failure or when no payment comes within the `reminder` timer (500 ms); ship once paid.
+/// failure or when no payment comes within the `reminder` timer (2 s); ship once paid.
 #[derive(Clone, Default)]
 struct Flow {
     /// Events and timers this runner handled.
@@ -437,7 +437,7 @@ async fn scenarios(store: Store, bus: Bus) {
     );
     assert_eq!(step["state"]["attempts"], json!(2));
 
-    // No payment: the reminder (500 ms) cancels.
+    // No payment: the reminder (2 s) cancels.
     let silent = unique("silent");
     world
         .scripts
@@ -451,7 +451,7 @@ async fn scenarios(store: Store, bus: Bus) {
     assert_eq!(world.topics(&silent), ["ChargeCard", "CancelOrder"]);
     assert_eq!(world.commands(&silent)[1].topic, "CancelOrder");
     assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_millis(2500),
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(8),
         "the timer fires near its due time: {waited:?}"
     );
 
@@ -591,6 +591,101 @@ async fn failures_are_dead_lettered_and_the_instance_keeps_its_state() {
         letter.reason()
     );
     running.stop().await.unwrap();
+}
+
+/// On PostgreSQL a commit joins the global order once every older transaction has
+/// ended. A payment committed before its timer came due, but kept out of the global order
+/// by an older transaction still open, beats the timer all the same: the timer waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_held_back_by_an_older_transaction_beats_its_timer() {
+    let Some(store) = services::postgres_store().await else {
+        return;
+    };
+    let bus = Bus::in_process();
+    let world = World::new(store.clone());
+    bus.subscribe_all(world.subscriptions()).await.unwrap();
+    let name = fresh_name(&store).await;
+    let tag = unique("h");
+    let order = format!("{tag}-held-back");
+    world
+        .scripts
+        .lock()
+        .unwrap()
+        .insert(order.clone(), vec![Pay::Silent]);
+    let flow = Flow::tagged(&tag);
+    let running = ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(&flow, &store, &name))
+        .start()
+        .await
+        .unwrap();
+    place(&store, &order, 100).await;
+    wait_until("the charge", Duration::from_secs(10), || async {
+        world.topics(&order) == ["ChargeCard"]
+    })
+    .await;
+    let due = last_step(&store, &name, &order).await.unwrap()["timers"]["reminder"]
+        .as_i64()
+        .expect("the reminder is set");
+    let until_due = |margin: i64| {
+        let now = now_ms();
+        Duration::from_millis(u64::try_from(due + margin - now).unwrap_or(0))
+    };
+    // Shortly before the timer is due: an older transaction takes a transaction id and
+    // stays open, then the payment commits behind it.
+    tokio::time::sleep(until_due(-1000)).await;
+    let (mut client, connection) =
+        tokio_postgres::connect(services::postgres_url().expose(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let older = client.transaction().await.unwrap();
+    older
+        .execute("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    let payment = Event::new(
+        PaymentReceived {
+            order_id: order.clone(),
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    store
+        .append(
+            &format!("order-{order}"),
+            ExpectedVersion::Any,
+            vec![EventData::from_event(&payment).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert!(
+        now_ms() < due,
+        "the payment committed before the timer came due"
+    );
+    // Well past the due time, the payment is still out of the global order: the timer
+    // has not fired.
+    tokio::time::sleep(until_due(600)).await;
+    assert_eq!(world.topics(&order), ["ChargeCard"]);
+    assert_eq!(flow.timeouts.load(Ordering::SeqCst), 0);
+    older.rollback().await.unwrap();
+
+    let step = wait_finished(&store, &name, &order).await;
+    assert_eq!(world.topics(&order), ["ChargeCard", "ShipOrder"]);
+    assert_eq!(step["state"]["paid"], json!(true));
+    assert_eq!(
+        flow.timeouts.load(Ordering::SeqCst),
+        0,
+        "the timer never fired"
+    );
+    running.stop().await.unwrap();
+}
+
+/// The wall clock in Unix milliseconds, as timers' due times are kept.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
 }
 
 /// Two runners over one PostgreSQL store on RabbitMQ: each event, step and timer is
@@ -861,7 +956,7 @@ async fn downtime(stack: Stack) {
     drop(store);
 
     // Down for longer than the timer.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     let (store, bus) = stack.open().await.unwrap();
     let world2 = World {
         store: store.clone(),
@@ -876,7 +971,7 @@ async fn downtime(stack: Stack) {
         .unwrap();
     wait_finished(&store, &name, &order).await;
     assert!(
-        restarted.elapsed() < Duration::from_secs(3),
+        restarted.elapsed() < Duration::from_secs(8),
         "fired right after the restart: {:?}",
         restarted.elapsed()
     );

@@ -1024,10 +1024,11 @@ impl<D: ProcessDefinition> Runner<D> {
 
     /// Waits until the feed has handled every event recorded until now, so a timer never
     /// fires on a state that misses an event that came before its due time (after a
-    /// restart, or while the feed is behind). `false` when asked to stop first.
+    /// restart, while the feed is behind, or while an older PostgreSQL transaction keeps
+    /// a commit out of the global order). `false` when asked to stop first.
     async fn caught_up(&self, stop: &mut watch::Receiver<bool>) -> bool {
         let head = loop {
-            match self.store.head().await {
+            match self.store.recorded_head().await {
                 Ok(head) => break head,
                 Err(e) => {
                     tracing::warn!(orkestra = "process", process = &*self.name, error = %e, "cannot read the head; timers wait");

@@ -11,8 +11,8 @@
 //!   embedded store). On SQLite and on PostgreSQL, with the default 16 lanes (instances
 //!   handled side by side) and with one lane (the log's order, like the hand-written
 //!   loop). Target ≥ 0.5×.
-//! - `pm_timer_lateness`: during the SQLite run, 200 more instances set a 500 ms timer and
-//!   never pay; how late each timer fires after its due time. Target < 1 s.
+//! - `pm_timer_lateness`: during the SQLite run, 200 more instances set the 2 s `reminder`
+//!   timer and never pay; how late each timer fires after its due time. Target < 1 s.
 //!
 //! `cargo bench -p orkestra-tests --bench process_managers`; PostgreSQL is skipped when
 //! it is not reachable. Prints one line per measure.
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orkestra_runtime::process::{DEFAULT_LANES, start_from_now};
+use orkestra_runtime::process::{DEFAULT_LANES, ProcessTimer as _, start_from_now};
 use orkestra_runtime::{
     Bus, Command, CommandEnvelope, Event, EventData, ExpectedVersion, HandlerContext, HandlerError,
     Message, Metadata, ProcessManagers, RawCommand, SecretUrl, Store,
@@ -77,7 +77,7 @@ impl Canceller for Sink {
 }
 
 /// Charge, charge again after a failure, ship once paid; orders named `t-…` wait for a
-/// 500 ms timer instead (their lateness is recorded).
+/// the `reminder` timer (2 s) instead (their lateness is recorded).
 #[derive(Clone, Default)]
 struct Flow {
     set_at: Arc<Mutex<HashMap<String, Instant>>>,
@@ -130,7 +130,7 @@ impl Fulfilment for Flow {
         ctx: &mut FulfilmentContext,
     ) -> Result<(), HandlerError> {
         if let Some(set) = self.set_at.lock().unwrap().get(ctx.key()) {
-            let due = *set + Duration::from_millis(500);
+            let due = *set + FulfilmentTimer::Reminder.after();
             self.late
                 .lock()
                 .unwrap()

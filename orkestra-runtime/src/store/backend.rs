@@ -50,6 +50,13 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The position of the last event a reader of the global order can see, `None` when
     /// there is none.
     fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    /// The position of the last event committed, `None` when there is none. Where a
+    /// commit can stay out of the global order until older transactions end
+    /// (PostgreSQL), this may be past [`head`](Self::head), which reaches it once they
+    /// have; elsewhere the two are the same.
+    fn recorded_head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        self.head()
+    }
     /// The checkpoint saved under `name`: the last global position its owner handled.
     fn load_checkpoint<'a>(
         &'a self,

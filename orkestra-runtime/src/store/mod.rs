@@ -266,6 +266,13 @@ impl Store {
         self.backend.head().await
     }
 
+    /// The global position of the last event committed: on PostgreSQL it may be past
+    /// [`head`](Self::head) while an older transaction is still open (the global order
+    /// shows a commit once every older one has ended); elsewhere it is the head.
+    pub(crate) async fn recorded_head(&self) -> Result<Option<u64>, StoreError> {
+        self.backend.recorded_head().await
+    }
+
     /// The checkpoint saved under `name`: the global position of the last event its
     /// owner (a projection, the relay) has handled; `None` when it has handled none.
     ///

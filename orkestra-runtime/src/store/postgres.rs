@@ -269,6 +269,20 @@ impl PostgresStore {
         self.pool.get().await.map_err(|e| unavailable(&self.url, e))
     }
 
+    /// The one position `sql` selects (`HEAD` or `RECORDED_HEAD`).
+    async fn max_position(&self, sql: &str) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
+        let row = client
+            .query_one(&statement, &[])
+            .await
+            .map_err(backend_error)?;
+        Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(backend_error)?
+            .map(|p| p as u64))
+    }
+
     /// One attempt: the outer error is the driver's, the inner one a refusal. The fast
     /// path is one call of `orkestra_append` (one round trip, its own transaction); only
     /// when it declines does the client look at the stored ids to explain why.
@@ -431,6 +445,9 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
 /// `read_all`: a checkpoint can always reach it).
 const HEAD: &str = "SELECT max(position) FROM orkestra_events \
                     WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())";
+
+/// The last position committed, seen or not yet seen by readers of the global order.
+const RECORDED_HEAD: &str = "SELECT max(position) FROM orkestra_events";
 
 /// The checkpoint `name`, read through `client` (a pooled connection or a transaction).
 pub(crate) async fn load_checkpoint_in(
@@ -635,18 +652,11 @@ impl Backend for PostgresStore {
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            let statement = client.prepare_cached(HEAD).await.map_err(backend_error)?;
-            let row = client
-                .query_one(&statement, &[])
-                .await
-                .map_err(backend_error)?;
-            Ok(row
-                .try_get::<_, Option<i64>>(0)
-                .map_err(backend_error)?
-                .map(|p| p as u64))
-        })
+        Box::pin(self.max_position(HEAD))
+    }
+
+    fn recorded_head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(self.max_position(RECORDED_HEAD))
     }
 
     fn load_checkpoint<'a>(
