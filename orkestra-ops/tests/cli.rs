@@ -225,11 +225,12 @@ fn redact(text: &str) -> String {
     let text = regex::Regex::new(r#""age_seconds": \d+"#)
         .unwrap()
         .replace_all(text, r#""age_seconds": "[age]""#);
-    // An age stands alone, after a space or "(": never inside an id, where a uuid
-    // group such as `864d` would otherwise read as 864 days.
-    regex::Regex::new(r"(^|[\s(])\d+[smhd]( ago)?\b")
+    // An age stands alone, between a space or "(" and a space, ")" or the end: never
+    // part of an id, where a uuid group such as `864d` or `1234567d` would otherwise read
+    // as days.
+    regex::Regex::new(r"(^|[\s(])\d+[smhd]( ago)?([\s)]|$)")
         .unwrap()
-        .replace_all(&text, "$1[age]$2")
+        .replace_all(&text, "$1[age]$2$3")
         .into_owned()
 }
 
@@ -238,6 +239,10 @@ fn redaction_takes_ages_and_leaves_ids_alone() {
     assert_eq!(
         redact("5ff62faa-864d-4a39-a550-19b7deba9b7f  4  12s  down (3d ago) 7m"),
         "5ff62faa-864d-4a39-a550-19b7deba9b7f  4  [age]  down ([age] ago) [age]"
+    );
+    assert_eq!(
+        redact("  1234567d-89ab-4cde-8f01-23456789abcd\n  2h\n"),
+        "  1234567d-89ab-4cde-8f01-23456789abcd\n  [age]\n"
     );
     assert_eq!(
         redact(r#"{"id": "cmd-10d", "age_seconds": 40}"#),

@@ -57,7 +57,9 @@ async fn backoff_delays_are_observed_within_tolerance() {
         .collect();
     for (gap, expected) in gaps.iter().zip([1.0, 2.0, 4.0, 4.0]) {
         assert!(
-            (expected - 0.1..expected + 0.8).contains(gap),
+            // Late by up to half again (a busy broker or scheduler), never as late as
+            // the next doubling.
+            (expected - 0.1..expected * 1.5 + 0.4).contains(gap),
             "waits {gaps:?}, expected about 1, 2, 4, 4 s"
         );
     }
@@ -97,5 +99,6 @@ async fn a_fixed_retry_delay_per_binding_replaces_the_bus_delay() {
     }
     let runs = runs.lock().unwrap().clone();
     let gap = (runs[1] - runs[0]).as_secs_f64();
-    assert!((1.4..2.3).contains(&gap), "waited {gap} s");
+    // The binding's 1.5 s, not the bus's 100 ms (late by up to 2 s on a busy machine).
+    assert!((1.4..3.5).contains(&gap), "waited {gap} s");
 }

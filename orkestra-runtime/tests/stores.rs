@@ -170,29 +170,30 @@ async fn kill_dash_nine_mid_write_loses_no_acknowledged_batch_and_splits_none() 
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut acked = Vec::new();
+    let (tx, acks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(stream) = line.strip_prefix("acked ") {
-                acked.push(stream.to_owned());
+                let _ = tx.send(stream.to_owned());
             }
         }
-        acked
     });
-    // Let it write for a while, then kill it without warning in the middle of batches.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(1500) {
-        std::thread::sleep(Duration::from_millis(50));
+    // Let it write a while (at least 25 acknowledged batches, however slow the disk),
+    // then kill it without warning in the middle of batches.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut acked = Vec::new();
+    while acked.len() < 25 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match acks.recv_timeout(left) {
+            Ok(stream) => acked.push(stream),
+            Err(e) => panic!("the child acknowledged only {} batches: {e}", acked.len()),
+        }
     }
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
-    let acked = reader.join().unwrap();
-    assert!(
-        acked.len() > 20,
-        "the child acknowledged only {} batches",
-        acked.len()
-    );
+    // What it acknowledged before dying.
+    acked.extend(acks.iter());
 
     let store = Store::sqlite(&path).await.unwrap();
     for stream in &acked {

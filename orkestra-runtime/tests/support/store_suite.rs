@@ -42,6 +42,25 @@ async fn head(store: &Store) -> u64 {
     marker.last_position + 1
 }
 
+/// Waits until readers of the global order see `position`. On PostgreSQL a commit joins
+/// the global order once every older transaction has ended, and tests that share the
+/// database keep some open (one holds a transaction for most of a second on purpose).
+async fn visible(store: &Store, position: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store
+        .head()
+        .await
+        .unwrap()
+        .is_none_or(|head| head < position)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "position {position} never joined the global order"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn next_event(sub: &mut orkestra_runtime::AllSubscription) -> RecordedEvent {
     tokio::time::timeout(Duration::from_secs(30), sub.next())
         .await
@@ -102,6 +121,7 @@ pub async fn append_then_read_back(store: Store) {
             .is_empty()
     );
 
+    visible(&store, result.last_position).await;
     let all = store.read_all(read[0].position(), 10_000).await.unwrap();
     let mine: Vec<_> = all
         .iter()
@@ -417,7 +437,8 @@ pub async fn decoding_checks_the_type(store: Store) {
         schema_version: 1,
         data: json!({"order_id": 5}),
         metadata: Metadata::new(),
-        topic: None,
+        // A topic no projection or subscriber of a shared database listens to.
+        topic: Some("test.decode.unreadable".into()),
     };
     store
         .append(&stream, ExpectedVersion::Exact(0), vec![raw])
@@ -578,8 +599,9 @@ pub async fn head_is_the_last_position(store: Store) {
         )
         .await
         .unwrap();
-    // Other tests may share the database: the head is at least this append, and is
-    // exactly the last position a reader sees.
+    // Other tests may share the database: the head reaches this append (once older
+    // transactions end), and is exactly the last position a reader sees.
+    visible(&store, appended.last_position).await;
     let head = store.head().await.unwrap().expect("a head after an append");
     assert!(head >= appended.last_position, "{head} < {appended:?}");
     assert!(before.is_none_or(|b| b < head));
@@ -639,6 +661,7 @@ pub async fn topics_are_recorded(store: Store) {
     let events = store.read_stream(&stream, 0, 10).await.unwrap();
     assert_eq!(events[0].topic(), Some("orders.events.order_placed"));
     assert_eq!(events[1].topic(), None);
+    visible(&store, events[1].position()).await;
     let all = store.read_all(events[0].position(), 2).await.unwrap();
     assert_eq!(all[0].topic(), Some("orders.events.order_placed"));
 }
