@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orkestra_runtime::process::{ProcessManager, start_from_now};
+use orkestra_runtime::process::{ProcessManager, RunningProcessManagers, start_from_now};
 use orkestra_runtime::{
     Bus, Command, Event, EventData, EventPayload, ExpectedVersion, HandlerContext, HandlerError,
     Metadata, ProcessManagers, Store,
@@ -196,6 +196,11 @@ impl World {
         Ok(Value::Null)
     }
 
+    /// What the payment service answers for `order`'s charges, in turn (then `Ok`).
+    fn script(&self, order: &str, pays: Vec<Pay>) {
+        self.scripts.lock().unwrap().insert(order.to_owned(), pays);
+    }
+
     fn commands(&self, order: &str) -> Vec<Seen> {
         self.seen
             .lock()
@@ -331,6 +336,34 @@ fn manager(flow: &Flow, store: &Store, name: &str) -> ProcessManager {
         .with_retry_delay(Duration::from_millis(20))
 }
 
+/// The flow running as process manager `name` on `store` and `bus`.
+async fn run(flow: &Flow, store: &Store, bus: &Bus, name: &str) -> RunningProcessManagers {
+    ProcessManagers::new(store.clone(), bus.clone())
+        .add(manager(flow, store, name))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Appends the payment of `order`, as the payment service would.
+async fn pay(store: &Store, order: &str) {
+    let payment = Event::new(
+        PaymentReceived {
+            order_id: order.to_owned(),
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    store
+        .append(
+            &format!("order-{order}"),
+            ExpectedVersion::Any,
+            vec![EventData::from_event(&payment).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
 async fn place(store: &Store, order: &str, amount: i64) -> orkestra_runtime::RecordedEvent {
     let event = Event::new(
         OrderPlaced {
@@ -396,11 +429,7 @@ async fn scenarios(store: Store, bus: Bus) {
     let tag = unique("s");
     let unique = |kind: &str| format!("{tag}-{kind}");
     let flow = Flow::tagged(&tag);
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&flow, &store, &name))
-        .start()
-        .await
-        .unwrap();
+    let running = run(&flow, &store, &bus, &name).await;
 
     // The happy flow: charged, paid, shipped, finished; the reminder, cleared in time,
     // never fires.
@@ -424,11 +453,7 @@ async fn scenarios(store: Store, bus: Bus) {
 
     // Fails twice, then cancels.
     let twice = unique("twice");
-    world
-        .scripts
-        .lock()
-        .unwrap()
-        .insert(twice.clone(), vec![Pay::Fail, Pay::Fail]);
+    world.script(&twice, vec![Pay::Fail, Pay::Fail]);
     place(&store, &twice, 700).await;
     let step = wait_finished(&store, &name, &twice).await;
     assert_eq!(
@@ -439,11 +464,7 @@ async fn scenarios(store: Store, bus: Bus) {
 
     // No payment: the reminder (2 s) cancels.
     let silent = unique("silent");
-    world
-        .scripts
-        .lock()
-        .unwrap()
-        .insert(silent.clone(), vec![Pay::Silent]);
+    world.script(&silent, vec![Pay::Silent]);
     let started = Instant::now();
     place(&store, &silent, 900).await;
     wait_finished(&store, &name, &silent).await;
@@ -524,11 +545,7 @@ async fn failures_are_dead_lettered_and_the_instance_keeps_its_state() {
         .unwrap();
 
     let order = unique("panics");
-    world
-        .scripts
-        .lock()
-        .unwrap()
-        .insert(order.clone(), vec![Pay::Panic, Pay::Silent]);
+    world.script(&order, vec![Pay::Panic, Pay::Silent]);
     place(&store, &order, 300).await;
     let letter = tokio::time::timeout(Duration::from_secs(10), dead.recv())
         .await
@@ -607,17 +624,9 @@ async fn a_payment_held_back_by_an_older_transaction_beats_its_timer() {
     let name = fresh_name(&store).await;
     let tag = unique("h");
     let order = format!("{tag}-held-back");
-    world
-        .scripts
-        .lock()
-        .unwrap()
-        .insert(order.clone(), vec![Pay::Silent]);
+    world.script(&order, vec![Pay::Silent]);
     let flow = Flow::tagged(&tag);
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&flow, &store, &name))
-        .start()
-        .await
-        .unwrap();
+    let running = run(&flow, &store, &bus, &name).await;
     place(&store, &order, 100).await;
     wait_until("the charge", Duration::from_secs(10), || async {
         world.topics(&order) == ["ChargeCard"]
@@ -643,21 +652,7 @@ async fn a_payment_held_back_by_an_older_transaction_beats_its_timer() {
         .execute("SELECT pg_current_xact_id()", &[])
         .await
         .unwrap();
-    let payment = Event::new(
-        PaymentReceived {
-            order_id: order.clone(),
-        },
-        Metadata::new(),
-    )
-    .unwrap();
-    store
-        .append(
-            &format!("order-{order}"),
-            ExpectedVersion::Any,
-            vec![EventData::from_event(&payment).unwrap()],
-        )
-        .await
-        .unwrap();
+    pay(&store, &order).await;
     assert!(
         now_ms() < due,
         "the payment committed before the timer came due"
@@ -726,7 +721,7 @@ async fn two_runners_on_rabbitmq_share_the_work() {
             1 => vec![Pay::Fail, Pay::Ok],
             _ => vec![Pay::Silent],
         };
-        world.scripts.lock().unwrap().insert(order.clone(), script);
+        world.script(&order, script);
         place(&store, &order, 100 + i).await;
         orders.push(order);
     }
@@ -907,18 +902,10 @@ async fn downtime(stack: Stack) {
     let order = format!("{tag}-timed-out");
     let paid = format!("{tag}-paid-in-downtime");
     for o in [&order, &paid] {
-        world
-            .scripts
-            .lock()
-            .unwrap()
-            .insert(o.clone(), vec![Pay::Silent]);
+        world.script(o, vec![Pay::Silent]);
     }
     let flow = Flow::tagged(&tag);
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&flow, &store, &name))
-        .start()
-        .await
-        .unwrap();
+    let running = run(&flow, &store, &bus, &name).await;
     place(&store, &order, 100).await;
     place(&store, &paid, 200).await;
     wait_until("the charges", Duration::from_secs(10), || async {
@@ -938,21 +925,7 @@ async fn downtime(stack: Stack) {
         "{}",
         saved.state
     );
-    let payment = Event::new(
-        PaymentReceived {
-            order_id: paid.clone(),
-        },
-        Metadata::new(),
-    )
-    .unwrap();
-    store
-        .append(
-            &format!("order-{paid}"),
-            ExpectedVersion::Any,
-            vec![EventData::from_event(&payment).unwrap()],
-        )
-        .await
-        .unwrap();
+    pay(&store, &paid).await;
     drop(store);
 
     // Down for longer than the timer.
@@ -964,11 +937,7 @@ async fn downtime(stack: Stack) {
     };
     bus.subscribe_all(world2.subscriptions()).await.unwrap();
     let restarted = Instant::now();
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&flow, &store, &name))
-        .start()
-        .await
-        .unwrap();
+    let running = run(&flow, &store, &bus, &name).await;
     wait_finished(&store, &name, &order).await;
     assert!(
         restarted.elapsed() < Duration::from_secs(8),
@@ -1061,11 +1030,7 @@ async fn crash(stack: Stack) {
     let (store, bus) = stack.open().await.unwrap();
     let world = World::new(store.clone());
     bus.subscribe_all(world.subscriptions()).await.unwrap();
-    let running = ProcessManagers::new(store.clone(), bus.clone())
-        .add(manager(&Flow::tagged(&order), &store, &name))
-        .start()
-        .await
-        .unwrap();
+    let running = run(&Flow::tagged(&order), &store, &bus, &name).await;
     wait_finished(&store, &name, &order).await;
     let commands = world.commands(&order);
     assert_eq!(
