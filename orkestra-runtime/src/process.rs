@@ -509,6 +509,9 @@ pub fn checkpoint_name(process: &str) -> String {
     format!("process-manager:{process}")
 }
 
+/// How long due timers wait for the feed before a warning says so.
+const TIMERS_WAIT_WARNING: Duration = Duration::from_secs(30);
+
 /// The snapshot key of a process manager's timer index.
 fn timers_key(process: &str) -> String {
     format!("orkestra.process-timers/{process}")
@@ -1042,9 +1045,19 @@ impl<D: ProcessDefinition> Runner<D> {
         let Some(head) = head else {
             return true;
         };
+        let (since, mut warned) = (tokio::time::Instant::now(), false);
         while self.offered.load(Ordering::Acquire) <= head {
             if *stop.borrow() {
                 return false;
+            }
+            if !warned && since.elapsed() >= TIMERS_WAIT_WARNING {
+                warned = true;
+                tracing::warn!(
+                    orkestra = "process",
+                    process = &*self.name,
+                    position = head,
+                    "due timers wait for the feed to reach this position (a failing feed, or on PostgreSQL a long-running transaction, holds it back)"
+                );
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
