@@ -77,7 +77,7 @@ impl Canceller for Sink {
     }
 }
 
-/// Charge, charge again after a failure, ship once paid; orders named `t-…` wait for a
+/// Charge, charge again after a failure, ship once paid; orders named `t-…` wait for
 /// the `reminder` timer (2 s) instead (their lateness is recorded).
 #[derive(Clone, Default)]
 struct Flow {
@@ -411,15 +411,16 @@ impl Best {
         hand_first: bool,
         baseline: F,
     ) {
-        let (baseline, (ours, late), (one_lane, _)) = if hand_first {
-            let b = baseline.await;
-            let o = run_pm(store, &format!("{prefix}-pm"), DEFAULT_LANES).await;
-            (b, o, run_pm(store, &format!("{prefix}-pm1"), 1).await)
-        } else {
-            let o = run_pm(store, &format!("{prefix}-pm"), DEFAULT_LANES).await;
-            let one = run_pm(store, &format!("{prefix}-pm1"), 1).await;
-            (baseline.await, o, one)
-        };
+        let mut hand = Some(baseline);
+        let mut baseline = 0.0;
+        if hand_first && let Some(run) = hand.take() {
+            baseline = run.await;
+        }
+        let (ours, late) = run_pm(store, &format!("{prefix}-pm"), DEFAULT_LANES).await;
+        let (one_lane, _) = run_pm(store, &format!("{prefix}-pm1"), 1).await;
+        if let Some(run) = hand {
+            baseline = run.await;
+        }
         self.ours = self.ours.max(ours);
         self.one_lane = self.one_lane.max(one_lane);
         self.baseline = self.baseline.max(baseline);
