@@ -1364,14 +1364,15 @@ impl<D: ProcessDefinition> Runner<D> {
         // The cache keeps what the next step starts from; the commands leave here.
         let commands = std::mem::take(&mut step.commands);
         self.remember(key, &Instance { version, step });
-        if self.claims.is_none() {
-            self.know(key);
+        if self.claims.is_some() {
+            return Ok(());
         }
+        self.know(key);
         // Alone on the store, a step of the feed's own (an event's) is dispatched now,
         // before the feed reads it back: should the process die first, the feed dispatches
         // it after the restart (the same ids). A timer's step is left to the feed, which
         // may read it before a dispatch from here would end.
-        if self.claims.is_none() && matches!(cause, Cause::Event { .. }) {
+        if matches!(cause, Cause::Event { .. }) {
             match self.dispatch_all(key, commands).await {
                 Ok(()) => {
                     crate::sync::lock(&self.dispatched).insert(step_id);
@@ -1629,10 +1630,7 @@ impl<D: ProcessDefinition> Feed<D> {
     /// What the feed does with a recorded event: the instance stream it concerns (events
     /// and steps of one instance are handled in order) and the work, or `None` when it
     /// is not this process manager's.
-    fn work<'a>(
-        &'a self,
-        event: &'a RecordedEvent,
-    ) -> Option<(String, BoxFuture<'a, Result<(), HandlerError>>)> {
+    fn work<'a>(&'a self, event: &'a RecordedEvent) -> Option<(String, Work<'a>)> {
         let runner = &self.0;
         if event.event_type() == STEP_TYPE {
             if !event.stream().starts_with(&runner.stream) {
@@ -1756,7 +1754,6 @@ impl<D: ProcessDefinition> ProcessTest<D> {
         let mut done = Replayed::<D> {
             state: D::State::default(),
             timers: BTreeMap::new(),
-            started: false,
             finished: false,
             key: None,
         };
@@ -1771,7 +1768,6 @@ impl<D: ProcessDefinition> ProcessTest<D> {
             done.state = state;
             done.timers = ctx.timers;
             done.finished = ctx.finished;
-            done.started = true;
             done.key = Some(key);
         }
         Ok(done)
@@ -1810,12 +1806,15 @@ impl<D: ProcessDefinition> ProcessTest<D> {
     /// started or has finished).
     pub async fn when_timeout(&self, timer: D::Timer) -> Result<Then<D>, HandlerError> {
         let done = self.replay().await?;
-        if !done.started || done.finished {
-            let timers = timer_list::<D::Timer>(&done.timers);
-            return Ok((done.state, Vec::new(), timers));
-        }
+        let key = match done.key {
+            Some(key) if !done.finished => key,
+            _ => {
+                let timers = timer_list::<D::Timer>(&done.timers);
+                return Ok((done.state, Vec::new(), timers));
+            }
+        };
         let mut state = done.state;
-        let mut ctx = ProcessContext::for_timer(done.key.unwrap_or_default(), done.timers, timer);
+        let mut ctx = ProcessContext::for_timer(key, done.timers, timer);
         self.definition
             .on_timeout(&mut state, timer, &mut ctx)
             .await?;
@@ -1834,15 +1833,15 @@ impl<D: ProcessDefinition> ProcessTest<D> {
 struct Replayed<D: ProcessDefinition> {
     state: D::State,
     timers: BTreeMap<String, i64>,
-    started: bool,
     finished: bool,
+    /// The instance's key, once an event started it.
     key: Option<String>,
 }
 
 impl<D: ProcessDefinition> Replayed<D> {
     /// Whether an event of `role` is handled, as the runtime decides.
     fn takes(&self, role: Role) -> bool {
-        !self.finished && (self.started != (role == Role::Start))
+        !self.finished && (self.key.is_some() != (role == Role::Start))
     }
 }
 

@@ -520,19 +520,13 @@ impl Projections {
                 }
                 match runner.handle_batch(&batch, &stop).await {
                     Outcome::Done(last) => next = last.saturating_add(1),
-                    Outcome::Failed(error) => {
+                    Outcome::Failed(error) | Outcome::Retry(error) => {
                         return Err(ProjectionError::Failed {
                             name: name.to_owned(),
                             error,
                         });
                     }
                     Outcome::Store(e) => return Err(e.into()),
-                    Outcome::Retry(error) => {
-                        return Err(ProjectionError::Failed {
-                            name: name.to_owned(),
-                            error,
-                        });
-                    }
                 }
                 runner.after_batch(next);
             }
@@ -1034,19 +1028,17 @@ impl Runner {
         batch: &[RecordedEvent],
         run: BoxFuture<'_, Result<(), (u64, HandlerError)>>,
     ) -> Outcome {
-        let (last_done, failure) = match run.await {
-            Ok(()) => (batch.last().map(RecordedEvent::position), None),
+        // Positions only go up within a batch: the events done are a prefix of it.
+        let (done, failure) = match run.await {
+            Ok(()) => (batch.len(), None),
             Err((failed_at, error)) => (
-                batch
-                    .iter()
-                    .map(RecordedEvent::position)
-                    .take_while(|p| *p < failed_at)
-                    .last(),
+                batch.partition_point(|e| e.position() < failed_at),
                 Some(format!("event at position {failed_at}: {error}")),
             ),
         };
+        let last_done = batch[..done].last().map(RecordedEvent::position);
         if let Some(last) = last_done {
-            self.progress.done += batch.iter().filter(|e| e.position() <= last).count() as u64;
+            self.progress.done += done as u64;
             self.shared.handled.send_replace(Some(last));
             if let Err(e) = self
                 .store
@@ -1056,9 +1048,9 @@ impl Runner {
                 return Outcome::Store(e);
             }
         }
-        match (failure, last_done) {
-            (Some(error), _) => Outcome::Retry(error),
-            (None, last) => Outcome::Done(last.unwrap_or_default()),
+        match failure {
+            Some(error) => Outcome::Retry(error),
+            None => Outcome::Done(last_done.unwrap_or_default()),
         }
     }
 
