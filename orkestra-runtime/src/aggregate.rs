@@ -543,26 +543,42 @@ where
 }
 
 /// The name of the stream a command of `aggregate` goes to, from the template's parts:
-/// literal text and the command's param values. An empty value is a rejection (the
-/// stream would be `account-`), never a write.
+/// literal text and the command's param values (`(param name, Some(value))`). An empty
+/// value is a rejection (the stream would be `account-`), never a write.
+///
+/// Two commands name one stream only when their values are equal: a value followed by
+/// another placeholder may not run into the text that separates them. With
+/// `account-{a}-{b}`, `a = "x-y", b = "z"` and `a = "x", b = "y-z"` would both name
+/// `account-x-y-z`, so the first is refused (the rejection names `a`). The rule: the
+/// separator's first occurrence in `value + separator` is where the value ends, which
+/// the name can then be split by. The last placeholder may hold anything: the text after
+/// it is the end of the name (a single `account-{id}` takes ids with dashes, as uuids).
 pub fn stream_name(
     aggregate: &str,
     parts: &[(&str, Option<&dyn fmt::Display>)],
 ) -> Result<String, HandlerError> {
     let mut name = String::new();
-    for (text, value) in parts {
-        match value {
-            None => name.push_str(text),
-            Some(value) => {
-                let value = value.to_string();
-                if value.is_empty() {
-                    return Err(HandlerError::reject(format!(
-                        "param `{text}` is empty, so the command names no {aggregate} stream"
-                    )));
-                }
-                name.push_str(&value);
-            }
+    for (index, (text, value)) in parts.iter().enumerate() {
+        let Some(value) = value else {
+            name.push_str(text);
+            continue;
+        };
+        let value = value.to_string();
+        if value.is_empty() {
+            return Err(HandlerError::reject(format!(
+                "param `{text}` is empty, so the command names no {aggregate} stream"
+            )));
         }
+        // A separator is the literal text between this placeholder and the next one.
+        if let [(separator, None), (next, Some(_)), ..] = parts.get(index + 1..).unwrap_or(&[])
+            && !separator.is_empty()
+            && format!("{value}{separator}").find(separator) != Some(value.len())
+        {
+            return Err(HandlerError::reject(format!(
+                "param `{text}` is {value:?}, which runs into the `{separator}` that separates it from `{next}` in the {aggregate} stream name, so two different commands could name the same stream; use values without `{separator}`"
+            )));
+        }
+        name.push_str(&value);
     }
     Ok(name)
 }
@@ -605,5 +621,75 @@ impl<A: Aggregate, H: Send + Sync> Given<A, H> {
         decide: Decide<H, A, P>,
     ) -> Result<Vec<A::Event>, HandlerError> {
         decide(&self.aggregate, &self.state, command).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(template: &[(&str, Option<&str>)]) -> Result<String, HandlerError> {
+        let parts: Vec<(&str, Option<&dyn fmt::Display>)> = template
+            .iter()
+            .map(|(text, value)| (*text, value.as_ref().map(|v| v as &dyn fmt::Display)))
+            .collect();
+        stream_name("Account", &parts)
+    }
+
+    fn two(a: &str, separator: &str, b: &str) -> Result<String, HandlerError> {
+        name(&[
+            ("account-", None),
+            ("a", Some(a)),
+            (separator, None),
+            ("b", Some(b)),
+        ])
+    }
+
+    #[test]
+    fn values_that_would_name_the_same_stream_are_refused_naming_the_param() {
+        assert_eq!(two("x", "-", "y-z").unwrap(), "account-x-y-z");
+        let refused = two("x-y", "-", "z").unwrap_err();
+        assert!(matches!(refused, HandlerError::Reject(_)), "{refused:?}");
+        let reason = refused.to_string();
+        assert!(reason.contains("param `a`") && reason.contains("`b`"), "{reason}");
+        // A value ending in part of a longer separator runs into it too: x- then -- reads
+        // as x then --- .
+        assert_eq!(two("x", "--", "-y").unwrap(), "account-x---y");
+        assert!(two("x-", "--", "y").is_err());
+        assert!(two("x--y", "--", "z").is_err());
+        assert_eq!(two("x-y", "--", "z").unwrap(), "account-x-y--z");
+    }
+
+    #[test]
+    fn the_last_placeholder_takes_any_value() {
+        let id = "7f3c2a9e-1b4d-4c6e-9a8b-0d1e2f3a4b5c";
+        assert_eq!(
+            name(&[("account-", None), ("id", Some(id))]).unwrap(),
+            format!("account-{id}")
+        );
+        assert_eq!(
+            name(&[("a-", None), ("id", Some("x-y")), ("-end", None)]).unwrap(),
+            "a-x-y-end"
+        );
+    }
+
+    #[test]
+    fn an_empty_value_is_a_rejection() {
+        assert!(matches!(two("", "-", "z"), Err(HandlerError::Reject(_))));
+        assert!(matches!(two("x", "-", ""), Err(HandlerError::Reject(_))));
+    }
+
+    proptest::proptest! {
+        /// Accepted names are injective: two accepted value pairs that give one name are
+        /// the same pair.
+        #[test]
+        fn accepted_names_are_injective(
+            a1 in "[xy-]{1,4}", b1 in "[xy-]{1,4}", a2 in "[xy-]{1,4}", b2 in "[xy-]{1,4}",
+            separator in "[-x]{1,2}",
+        ) {
+            if let (Ok(n1), Ok(n2)) = (two(&a1, &separator, &b1), two(&a2, &separator, &b2)) {
+                proptest::prop_assert!(n1 != n2 || (a1 == a2 && b1 == b2), "{n1}: {a1}/{b1} vs {a2}/{b2}");
+            }
+        }
     }
 }
