@@ -525,6 +525,151 @@ async fn a_redelivery_hidden_by_a_snapshot_is_refused_by_the_event_ids() {
     assert_eq!(repo.replay(&stream).await.unwrap().0.balance, 7);
 }
 
+/// The bank's account with a snapshot after every event: each command's own events are
+/// behind the snapshot it leaves.
+struct SnapshotEveryEvent;
+
+impl Aggregate for SnapshotEveryEvent {
+    const NAME: &'static str = "Account";
+    const SHAPE: &'static str = <aggregates::AccountAggregate<Bank> as Aggregate>::SHAPE;
+    const SNAPSHOT_EVERY: Option<u64> = Some(1);
+    const CONFLICT_RETRIES: u32 = 5;
+    type State = AccountState;
+    type Event = AccountEvent;
+    fn apply(state: &mut AccountState, event: &AccountEvent) {
+        <aggregates::AccountAggregate<Bank> as Aggregate>::apply(state, event)
+    }
+}
+
+/// A command whose events were stored and snapshotted, then delivered again (its process
+/// died before publishing and acknowledging, or publishing failed), is recognised, not
+/// decided on the state that already holds its effect (where `open_account` refuses
+/// "already open"), and its stored events are published: on every store.
+#[tokio::test]
+async fn a_redelivery_behind_its_own_snapshot_is_recognised_and_published() {
+    for (name, store) in stores().await {
+        let bus = Bus::in_process();
+        let published = Published::default();
+        published.subscribe(&bus).await;
+        let account = new_id();
+        let stream = format!("account-{account}");
+        let repo = Repository::<SnapshotEveryEvent>::new(store.clone());
+        let cmd = open(&account);
+        // The first delivery stores the event and its snapshot, then "dies": no publish.
+        let first = repo
+            .execute(&stream, &cmd, None, &Bank, |a, s, c| {
+                Box::pin(a.open_account(s, c))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .load_snapshot(&stream)
+                .await
+                .unwrap()
+                .map(|s| s.version),
+            Some(0),
+            "{name}: the snapshot covers the command's event"
+        );
+        assert!(published.counts().is_empty(), "{name}");
+        let again = repo
+            .execute(&stream, &cmd, Some(&bus), &Bank, |a, s, c| {
+                Box::pin(a.open_account(s, c))
+            })
+            .await;
+        assert_eq!(again.as_ref().ok(), Some(&first), "{name}: {again:?}");
+        let opened = store.read_stream(&stream, 0, 10).await.unwrap();
+        assert_eq!(opened.len(), 1, "{name}");
+        assert_eq!(
+            published.counts(),
+            HashMap::from([(opened[0].id().to_owned(), 1)]),
+            "{name}: the stored event is published by the redelivery"
+        );
+        // Through a bus as well: the same command id dispatched again.
+        let bus_with_account = Bus::in_process();
+        bus_with_account
+            .subscribe_all(vec![orkestra_runtime::aggregate::command_subscription(
+                "OpenAccount",
+                Arc::new(Bank),
+                repo.clone(),
+                |c: &Command<OpenAccount>| Ok(format!("account-{}", c.account_id)),
+                |a, s, c| Box::pin(a.open_account(s, c)),
+            )])
+            .await
+            .unwrap();
+        let receipt = bus_with_account
+            .dispatch(CommandEnvelope::wrap(cmd.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            receipt.status(),
+            CommandStatus::Succeeded,
+            "{name}: {:?}",
+            receipt.error()
+        );
+        assert_eq!(receipt.reply(), Some(&first.reply()), "{name}");
+    }
+}
+
+/// A command delivered again after a later command ran (and snapshotted): deciding again
+/// refuses (the balance is spent), yet the command had succeeded, so its first outcome
+/// stands and nothing is appended.
+#[tokio::test]
+async fn a_redelivery_behind_a_later_snapshot_keeps_its_first_outcome() {
+    for (name, store) in stores().await {
+        let account = new_id();
+        let stream = format!("account-{account}");
+        let repo = Repository::<SnapshotEveryEvent>::new(store.clone());
+        repo.execute(&stream, &open(&account), None, &Bank, |a, s, c| {
+            Box::pin(a.open_account(s, c))
+        })
+        .await
+        .unwrap();
+        repo.execute(&stream, &deposit(&account, 10), None, &Bank, |a, s, c| {
+            Box::pin(a.deposit(s, c))
+        })
+        .await
+        .unwrap();
+        let withdraw = command(Withdraw {
+            account_id: account.clone(),
+            amount: 10,
+        });
+        let first = repo
+            .execute(&stream, &withdraw, None, &Bank, |a, s, c| {
+                Box::pin(a.withdraw(s, c))
+            })
+            .await
+            .unwrap();
+        repo.execute(&stream, &deposit(&account, 1), None, &Bank, |a, s, c| {
+            Box::pin(a.deposit(s, c))
+        })
+        .await
+        .unwrap();
+        let again = repo
+            .execute(&stream, &withdraw, None, &Bank, |a, s, c| {
+                Box::pin(a.withdraw(s, c))
+            })
+            .await;
+        assert_eq!(again.as_ref().ok(), Some(&first), "{name}: {again:?}");
+        let (state, version) = repo.load(&stream).await.unwrap();
+        assert_eq!((state.balance, version), (1, Some(3)), "{name}");
+        // A command that never ran is still refused on that state.
+        let fresh = command(Withdraw {
+            account_id: account.clone(),
+            amount: 10,
+        });
+        let refused = repo
+            .execute(&stream, &fresh, None, &Bank, |a, s, c| {
+                Box::pin(a.withdraw(s, c))
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(HandlerError::Reject(_))),
+            "{name}: {refused:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_empty_stream_param_is_rejected_not_written() {
     let store = Store::memory();

@@ -25,8 +25,11 @@
 //! A command delivered again after its events were stored (the process died before the
 //! acknowledgement, or publishing failed) is recognised, not decided twice: the events it
 //! caused are found in the stream (their causation id is the command id), published again
-//! and replied to. Where a snapshot hides them, the derived event ids make the store
-//! refuse a second copy ([`StoreError::DuplicateEvent`]) and the stored ones are used.
+//! and replied to. Where a snapshot hides them (taken right after them, or by a later
+//! command), the derived event ids tell: a decision that appends again is refused by the
+//! store ([`StoreError::DuplicateEvent`]), and one that appends nothing or rejects (it
+//! saw its own effect: "already open") looks its first event up by id
+//! ([`Store::version_of`]); either way the stored events are used.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -93,12 +96,14 @@ pub trait AggregateEvent: Sized + Send + Sync + 'static {
     ) -> Result<Message, PayloadError>;
 }
 
-/// A stream loaded: the state, the version it is at, and the events of the tail that a
-/// given command caused (a redelivery).
+/// A stream loaded: the state, the version it is at, the events of the tail that a
+/// given command caused (a redelivery), and whether a snapshot stood for the events
+/// before that tail (which the tail scan then did not see).
 struct Loaded<A: Aggregate> {
     state: A::State,
     version: Option<u64>,
     caused: Vec<RecordedEvent>,
+    from_snapshot: bool,
 }
 
 /// What a command did to its stream.
@@ -222,7 +227,9 @@ impl<A: Aggregate> Repository<A> {
             Some((state, version)) => (state, Some(version)),
             None => (A::State::default(), None),
         };
-        self.fold(stream, state, version, command_id).await
+        let mut loaded = self.fold(stream, state, version, command_id).await?;
+        loaded.from_snapshot = version.is_some();
+        Ok(loaded)
     }
 
     /// The stored snapshot when it is this state's shape and readable; anything else
@@ -274,6 +281,7 @@ impl<A: Aggregate> Repository<A> {
                     state,
                     version,
                     caused,
+                    from_snapshot: false,
                 });
             }
         }
@@ -303,14 +311,34 @@ impl<A: Aggregate> Repository<A> {
             if !loaded.caused.is_empty() {
                 return self.redelivered(stream, loaded.caused, bus).await;
             }
-            let events = decide(handler, &loaded.state, command).await?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    stream: stream.to_owned(),
-                    version: None,
-                    position: None,
-                });
-            }
+            let events = match decide(handler, &loaded.state, command).await {
+                Ok(events) if !events.is_empty() => events,
+                // A rejection or nothing to append: on the state a snapshot gave, this may be
+                // a redelivery whose events the snapshot already holds (snapshotted right
+                // after them): deciding again saw its own effects. Its first event, by its
+                // derived id, tells.
+                outcome => {
+                    if loaded.from_snapshot
+                        && let Some(version) = self
+                            .store
+                            .version_of(stream, &event_id(&command.id, 0))
+                            .await
+                            .map_err(|e| fail(stream, e))?
+                    {
+                        let caused = self
+                            .caused_from(stream, version, &command.id)
+                            .await
+                            .map_err(|e| fail(stream, e))?;
+                        return self.redelivered(stream, caused, bus).await;
+                    }
+                    outcome?;
+                    return Ok(Executed {
+                        stream: stream.to_owned(),
+                        version: None,
+                        position: None,
+                    });
+                }
+            };
             let length = loaded.version.map_or(0, |v| v.saturating_add(1));
             let added = events.len() as u64;
             let mut snapshot = A::SNAPSHOT_EVERY
@@ -651,7 +679,10 @@ mod tests {
         let refused = two("x-y", "-", "z").unwrap_err();
         assert!(matches!(refused, HandlerError::Reject(_)), "{refused:?}");
         let reason = refused.to_string();
-        assert!(reason.contains("param `a`") && reason.contains("`b`"), "{reason}");
+        assert!(
+            reason.contains("param `a`") && reason.contains("`b`"),
+            "{reason}"
+        );
         // A value ending in part of a longer separator runs into it too: x- then -- reads
         // as x then --- .
         assert_eq!(two("x", "--", "-y").unwrap(), "account-x---y");

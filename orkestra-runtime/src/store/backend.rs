@@ -57,6 +57,31 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     fn recorded_head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         self.head()
     }
+    /// The version at which `stream` holds the event `id`, `None` when it holds no such
+    /// event. Adapters with an index of event ids look it up; this default reads the
+    /// stream from the start (EventStoreDB has no lookup by id).
+    fn version_of<'a>(
+        &'a self,
+        stream: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            const PAGE: usize = 1024;
+            let mut from = 0;
+            loop {
+                let page = self
+                    .read_stream(stream, from, PAGE, Direction::Forwards)
+                    .await?;
+                if let Some(found) = page.iter().find(|e| e.id == id) {
+                    return Ok(Some(found.version));
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE => from = last.version.saturating_add(1),
+                    _ => return Ok(None),
+                }
+            }
+        })
+    }
     /// The checkpoint saved under `name`: the last global position its owner handled.
     fn load_checkpoint<'a>(
         &'a self,

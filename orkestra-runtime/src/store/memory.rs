@@ -174,6 +174,21 @@ impl Backend for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    fn version_of<'a>(
+        &'a self,
+        stream: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let state = crate::sync::lock(&self.state);
+        let found = state
+            .ids
+            .get(id)
+            .map(|&i| &state.log[i])
+            .filter(|e| &*e.stream == stream)
+            .map(|e| e.version);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
     fn load_snapshot<'a>(
         &'a self,
         stream: &'a str,

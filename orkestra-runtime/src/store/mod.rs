@@ -259,6 +259,13 @@ impl Store {
         self.backend.load_snapshot(stream).await
     }
 
+    /// The version at which `stream` holds the event `id` (`None`: it holds none). An
+    /// index lookup on memory, SQLite and PostgreSQL; EventStoreDB, which cannot look an
+    /// event up by id, reads the stream.
+    pub async fn version_of(&self, stream: &str, id: &str) -> Result<Option<u64>, StoreError> {
+        self.backend.version_of(stream, id).await
+    }
+
     /// The global position of the last event a reader can see (what
     /// [`read_all`](Self::read_all) and [`subscribe_all`](Self::subscribe_all) reach),
     /// `None` for an empty store.

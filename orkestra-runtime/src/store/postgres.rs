@@ -623,6 +623,26 @@ impl Backend for PostgresStore {
         })
     }
 
+    fn version_of<'a>(
+        &'a self,
+        stream: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT version FROM orkestra_events WHERE id = $1 AND stream = $2")
+                .await
+                .map_err(backend_error)?;
+            let row = client
+                .query_opt(&statement, &[&id, &stream])
+                .await
+                .map_err(backend_error)?;
+            row.map(|row| Ok(row.try_get::<_, i64>(0).map_err(backend_error)? as u64))
+                .transpose()
+        })
+    }
+
     fn load_snapshot<'a>(
         &'a self,
         stream: &'a str,

@@ -520,6 +520,24 @@ impl Backend for SqliteStore {
         }))
     }
 
+    fn version_of<'a>(
+        &'a self,
+        stream: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let (stream, id) = (stream.to_owned(), id.to_owned());
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT version FROM orkestra_events WHERE id = ?1 AND stream = ?2")
+                .map_err(backend_error)?;
+            let mut rows = stmt.query([&id, &stream]).map_err(backend_error)?;
+            match rows.next().map_err(backend_error)? {
+                Some(row) => Ok(Some(row.get::<_, i64>(0).map_err(backend_error)? as u64)),
+                None => Ok(None),
+            }
+        }))
+    }
+
     fn load_snapshot<'a>(
         &'a self,
         stream: &'a str,

@@ -666,6 +666,28 @@ pub async fn topics_are_recorded(store: Store) {
     assert_eq!(all[0].topic(), Some("orders.events.order_placed"));
 }
 
+pub async fn events_are_found_by_id_in_their_stream(store: Store) {
+    let stream = unique("by-id");
+    let events: Vec<EventData> = (0..3).map(|i| placed("o", i + 1)).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    for (version, id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.version_of(&stream, id).await.unwrap(),
+            Some(version as u64)
+        );
+    }
+    assert_eq!(store.version_of(&stream, "no-such-id").await.unwrap(), None);
+    // Only in the stream asked about.
+    assert_eq!(
+        store.version_of(&unique("other"), &ids[0]).await.unwrap(),
+        None
+    );
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($make_store:expr) => {
@@ -699,6 +721,7 @@ macro_rules! store_suite {
             case!(head_is_the_last_position);
             case!(topics_are_recorded);
             case!(checkpoints_are_saved_replaced_and_cleared);
+            case!(events_are_found_by_id_in_their_stream);
         }
     };
 }
