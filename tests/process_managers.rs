@@ -147,6 +147,8 @@ struct World {
     scripts: Arc<Mutex<HashMap<String, Vec<Pay>>>>,
     outcomes: Arc<Mutex<HashMap<String, Pay>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// How often each command id was delivered (`seen` keeps each once).
+    deliveries: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl World {
@@ -156,12 +158,19 @@ impl World {
             scripts: Arc::default(),
             outcomes: Arc::default(),
             seen: Arc::default(),
+            deliveries: Arc::default(),
         }
     }
 
     /// Records a command once per id: a broker may deliver it again (a handler retried
     /// after a slow store), and the services are idempotent, as the design asks.
     fn see<P>(&self, topic: &'static str, command: &Command<P>, order: &str) {
+        *self
+            .deliveries
+            .lock()
+            .unwrap()
+            .entry(command.id.clone())
+            .or_default() += 1;
         let mut seen = self.seen.lock().unwrap();
         if seen.iter().any(|s| s.id == command.id) {
             return;
@@ -608,6 +617,106 @@ async fn failures_are_dead_lettered_and_the_instance_keeps_its_state() {
         letter.reason()
     );
     running.stop().await.unwrap();
+}
+
+/// When one lane of a batch fails (here: a step's command has no handler yet, so the feed
+/// stops there and reads the batch again every half second), the work other lanes finished
+/// is not done again: their steps' commands are dispatched once and their dead letters
+/// are not repeated, however often the failing lane is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_lane_does_not_repeat_what_other_lanes_did() {
+    let dir = std::env::temp_dir().join(unique("orkestra-pm-lanes"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::sqlite(dir.join("events.db")).await.unwrap();
+    let bus = Bus::in_process();
+    let world = World::new(store.clone());
+    // No `ShipOrder` handler yet.
+    bus.subscribe(handlers::charger(world.clone()))
+        .await
+        .unwrap();
+    bus.subscribe(handlers::canceller(world.clone()))
+        .await
+        .unwrap();
+    let mut dead = bus.dead_letters().await.unwrap();
+    let name = fresh_name(&store).await;
+    let flow = Flow::default();
+    let running = run(&flow, &store, &bus, &name).await;
+
+    // Order A is paid: its step dispatches `ShipOrder`, which nobody takes, so A's lane
+    // fails from there on.
+    let a = unique("lanes-a");
+    world.script(&a, vec![Pay::Silent]);
+    place(&store, &a, 100).await;
+    pay(&store, &a).await;
+    wait_until("A's shipping step", Duration::from_secs(20), || async {
+        last_step(&store, &name, &a)
+            .await
+            .is_some_and(|s| s["state"]["paid"] == json!(true))
+    })
+    .await;
+    // Behind it, while the feed keeps failing there: an event with no `order_id` (a dead
+    // letter) and order B (a step that dispatches `ChargeCard`).
+    let keyless = EventData {
+        id: orkestra_runtime::new_id(),
+        event_type: "Shop.Fulfil.OrderPlaced".into(),
+        schema_version: 1,
+        data: json!({ "amount_cents": 5 }),
+        metadata: Metadata::new(),
+        topic: Some("fulfil.events.order_placed".into()),
+    };
+    let keyless_id = keyless.id.clone();
+    store
+        .append(
+            &unique("order-nameless"),
+            ExpectedVersion::Any,
+            vec![keyless],
+        )
+        .await
+        .unwrap();
+    let b = unique("lanes-b");
+    world.script(&b, vec![Pay::Silent]);
+    place(&store, &b, 200).await;
+    wait_until("B's charge", Duration::from_secs(20), || async {
+        world.topics(&b) == ["ChargeCard"]
+    })
+    .await;
+    // Several rounds of the failing batch (one each 500 ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b_charges: Vec<u32> = world
+        .commands(&b)
+        .iter()
+        .map(|s| world.deliveries.lock().unwrap()[&s.id])
+        .collect();
+    assert_eq!(b_charges, [1], "B's ChargeCard, dispatched once");
+    let mut letters = Vec::new();
+    while let Some(letter) = dead.try_recv() {
+        letters.push(letter.message_id().to_owned());
+    }
+    assert_eq!(
+        letters,
+        [keyless_id],
+        "one dead letter for the keyless event"
+    );
+    assert!(world.commands(&a).iter().all(|s| s.topic != "ShipOrder"));
+
+    // The missing handler arrives: A ships, and nothing of B's is repeated.
+    bus.subscribe(handlers::shipper(world.clone()))
+        .await
+        .unwrap();
+    wait_until("A's shipping", Duration::from_secs(20), || async {
+        world.topics(&a) == ["ChargeCard", "ShipOrder"]
+    })
+    .await;
+    running.stop().await.unwrap();
+    let deliveries = world.deliveries.lock().unwrap().clone();
+    for seen in world.commands(&a).iter().chain(&world.commands(&b)) {
+        assert_eq!(
+            deliveries[&seen.id], 1,
+            "{} of {} delivered once",
+            seen.topic, seen.order
+        );
+    }
+    assert!(dead.try_recv().is_none(), "no dead letter repeated");
 }
 
 /// On PostgreSQL a commit joins the global order once every older transaction has

@@ -1518,7 +1518,10 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
     }
 
     fn feed(self: Arc<Self>) -> Arc<dyn Erased> {
-        Arc::new(Feed(self))
+        Arc::new(Feed {
+            runner: self,
+            done_ahead: Mutex::default(),
+        })
     }
 
     fn resume_after(&self, checkpoint: Option<u64>) {
@@ -1624,14 +1627,20 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
 type Work<'a> = BoxFuture<'a, Result<(), HandlerError>>;
 
 /// The feed's handler: every recorded event goes through it.
-struct Feed<D: ProcessDefinition>(Arc<Runner<D>>);
+struct Feed<D: ProcessDefinition> {
+    runner: Arc<Runner<D>>,
+    /// Positions past a failed batch's failure that other lanes finished: the batch is
+    /// read again from the failure, and these are not done twice (their commands
+    /// dispatched again, their dead letters repeated). At most one batch of them.
+    done_ahead: Mutex<HashSet<u64>>,
+}
 
 impl<D: ProcessDefinition> Feed<D> {
     /// What the feed does with a recorded event: the instance stream it concerns (events
     /// and steps of one instance are handled in order) and the work, or `None` when it
     /// is not this process manager's.
     fn work<'a>(&'a self, event: &'a RecordedEvent) -> Option<(String, Work<'a>)> {
-        let runner = &self.0;
+        let runner = &self.runner;
         if event.event_type() == STEP_TYPE {
             if !event.stream().starts_with(&runner.stream) {
                 return None;
@@ -1655,8 +1664,11 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         event: &'a RecordedEvent,
         _ctx: ProjectionContext<'a>,
     ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
+        if crate::sync::lock(&self.done_ahead).remove(&event.position()) {
+            return None;
+        }
         let (_, work) = self.work(event)?;
-        let offered = &self.0.offered;
+        let offered = &self.runner.offered;
         Some(Box::pin(async move {
             work.await?;
             offered.store(event.position().saturating_add(1), Ordering::Release);
@@ -1673,7 +1685,11 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         Some(Box::pin(async move {
             let mut lanes: Vec<Vec<(u64, Work<'a>)>> = Vec::new();
             let mut lane_of: HashMap<String, usize> = HashMap::new();
+            let mut ahead = std::mem::take(&mut *crate::sync::lock(&self.done_ahead));
             for event in events {
+                if ahead.contains(&event.position()) {
+                    continue;
+                }
                 let Some((lane, work)) = self.work(event) else {
                     continue;
                 };
@@ -1684,10 +1700,11 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
                 lanes[i].push((event.position(), work));
             }
             let failed: Mutex<Option<(u64, HandlerError)>> = Mutex::new(None);
+            let finished: Mutex<Vec<u64>> = Mutex::default();
             use futures_util::StreamExt as _;
             futures_util::stream::iter(lanes)
-                .for_each_concurrent(self.0.lanes, |lane| {
-                    let failed = &failed;
+                .for_each_concurrent(self.runner.lanes, |lane| {
+                    let (failed, finished) = (&failed, &finished);
                     async move {
                         for (position, work) in lane {
                             if let Err(e) = work.await {
@@ -1697,6 +1714,7 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
                                 }
                                 return;
                             }
+                            crate::sync::lock(finished).push(position);
                         }
                     }
                 })
@@ -1706,7 +1724,14 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
                 Some((position, _)) => *position,
                 None => events.last().map_or(0, |e| e.position().saturating_add(1)),
             };
-            self.0.offered.store(done, Ordering::Release);
+            // The next read starts at `done`: what is finished from there on (this time, or
+            // skipped this time as finished before) is not done again.
+            if failed.is_some() {
+                ahead.extend(finished.into_inner().unwrap_or_else(|p| p.into_inner()));
+            }
+            ahead.retain(|&p| p >= done);
+            *crate::sync::lock(&self.done_ahead) = ahead;
+            self.runner.offered.store(done, Ordering::Release);
             match failed {
                 Some(failure) => Err(failure),
                 None => Ok(()),
