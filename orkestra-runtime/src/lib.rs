@@ -80,7 +80,7 @@ pub mod codegen;
 pub use tokio_postgres;
 
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
-pub use config::{Config, ConfigError, PublishMode, SecretUrl};
+pub use config::{Config, ConfigError, InboxMode, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};
 pub use message::topic;

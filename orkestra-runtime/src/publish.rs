@@ -1,9 +1,33 @@
-//! Layer 5, built on a bus and a store: appending events and then publishing them.
+//! Layer 5, built on a bus and a store: appending events and then publishing them, and a
+//! bus given the store it works with (its inbox, when `bus.inbox = "store"`).
 
 use crate::bus::Bus;
-use crate::config::PublishMode;
+use crate::config::{InboxMode, PublishMode};
 use crate::message::EventEnvelope;
 use crate::store::{AppendResult, EventData, ExpectedVersion, Store, StoreError};
+
+impl Bus {
+    /// The store this bus works with. With `bus.inbox = "store"` (env
+    /// `ORKESTRA_BUS_INBOX`), `once: true` handlers record what they handled in its inbox
+    /// ([`with_inbox`](Self::with_inbox)); with the default `memory`, the store is not
+    /// used for it. So the inbox is switched by configuration alone:
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use orkestra_runtime::{Bus, Config, Store};
+    /// let config = Config::load()?;
+    /// let store = Store::from_config(&config).await?;
+    /// let bus = Bus::from_config(&config).await?.with_store(&store);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_store(self, store: &Store) -> Self {
+        match self.inbox_mode() {
+            InboxMode::Store => self.with_inbox(store),
+            _ => self,
+        }
+    }
+}
 
 impl Store {
     /// Appends `events` to `stream`, then publishes them on `bus`, in that order: an event

@@ -140,6 +140,77 @@ async fn sqlite_inbox_survives_a_restart() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// `[bus] inbox = "store"` switches the inbox by configuration alone: the same code
+/// (`Bus::from_config(..).with_store(&store)`) keeps the record in the store (a restart
+/// still knows) with it, and in memory (a restart forgets) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_inbox_is_chosen_by_configuration() {
+    let path = std::env::temp_dir().join(format!("orkestra-inbox-{}.db", new_id()));
+    let config = |inbox: &str| {
+        orkestra_runtime::Config::from_toml_str(&format!(
+            "[bus]\ninbox = \"{inbox}\"\n[store]\nurl = {:?}\n",
+            path.display().to_string()
+        ))
+        .unwrap()
+    };
+    // What a service's main does, twice (a restart), handling one message each time.
+    let runs_after_restart = async |config: &orkestra_runtime::Config| {
+        let runs = Arc::new(AtomicU32::new(0));
+        let id = new_id();
+        for _ in 0..2 {
+            let store = Store::from_config(config).await.unwrap();
+            let bus = Bus::from_config(config).await.unwrap().with_store(&store);
+            bus.subscribe(counting(
+                &format!("configured-{id}"),
+                runs.clone(),
+                Arc::default(),
+            ))
+            .await
+            .unwrap();
+            publish(&bus, &id).await;
+        }
+        runs.load(Ordering::SeqCst)
+    };
+    assert_eq!(
+        runs_after_restart(&config("store")).await,
+        1,
+        "kept in the store"
+    );
+    assert_eq!(
+        runs_after_restart(&config("memory")).await,
+        2,
+        "kept in memory"
+    );
+
+    // The env override, and a value it does not know.
+    let from_env = config("memory")
+        .with_env_overrides(|name| (name == "ORKESTRA_BUS_INBOX").then(|| "store".into()))
+        .unwrap();
+    assert_eq!(from_env.bus.inbox, orkestra_runtime::InboxMode::Store);
+    let bad = config("memory")
+        .with_env_overrides(|name| (name == "ORKESTRA_BUS_INBOX").then(|| "redis".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("bus.inbox") && bad.contains("ORKESTRA_BUS_INBOX"),
+        "{bad}"
+    );
+
+    // With "store", a once handler subscribed before a store is given is refused, naming
+    // the setting, rather than silently remembering in memory.
+    let bus = Bus::from_config(&config("store")).await.unwrap();
+    let refused = bus
+        .subscribe(counting("too-early", Arc::default(), Arc::default()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("bus.inbox") && refused.contains("with_store"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_inbox() {
     let Some(store) = postgres_store().await else {

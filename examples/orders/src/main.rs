@@ -578,6 +578,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::from_config(&config)
         .await?
         .with_publish(PublishMode::Relay);
+    // With `[bus] inbox = "store"`, once-handlers keep their record in this store.
+    let bus = bus.with_store(&store);
     println!(
         "bus: {}, store: {}",
         config.bus.adapter.name(),

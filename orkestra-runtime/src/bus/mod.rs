@@ -23,7 +23,7 @@ pub use context::HandlerContext;
 pub(crate) use subscription::Input;
 pub use subscription::{Subscription, Target};
 
-use crate::config::{BusAdapter, Config, ConfigError};
+use crate::config::{BusAdapter, Config, ConfigError, InboxMode};
 use crate::handler::{DeadLetter, HandlerError, Inbox};
 use crate::message::{CommandEnvelope, EventEnvelope, Message, MessageKind, TransitionError};
 
@@ -130,13 +130,19 @@ struct Backend {
     adapter: Adapter,
     /// Where `once: true` handlers record what they handled.
     inbox: std::sync::RwLock<Inbox>,
+    /// `bus.inbox`: with `Store`, `once: true` handlers wait for a store's inbox.
+    inbox_mode: InboxMode,
+    /// Whether [`Bus::with_inbox`] gave an inbox.
+    inbox_given: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
-    fn new(adapter: Adapter) -> Arc<Self> {
+    fn new(adapter: Adapter, inbox_mode: InboxMode) -> Arc<Self> {
         Arc::new(Self {
             adapter,
             inbox: std::sync::RwLock::new(Inbox::default()),
+            inbox_mode,
+            inbox_given: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -170,20 +176,26 @@ impl fmt::Debug for Bus {
 impl Bus {
     /// An in-process bus: handlers run in the dispatching task, nothing is serialized.
     pub fn in_process() -> Self {
+        Self::in_process_with(InboxMode::Memory)
+    }
+
+    fn in_process_with(inbox: InboxMode) -> Self {
         Self {
-            backend: Backend::new(Adapter::InProcess(in_process::InProcess::new())),
+            backend: Backend::new(Adapter::InProcess(in_process::InProcess::new()), inbox),
         }
     }
 
-    /// The bus chosen by `config.bus`.
+    /// The bus chosen by `config.bus`. With `bus.inbox = "store"`, give it the store
+    /// with [`with_store`](Self::with_store) before subscribing `once: true` handlers.
     pub async fn from_config(config: &Config) -> Result<Self, BusError> {
         match config.bus.adapter {
-            BusAdapter::InProcess => Ok(Self::in_process()),
+            BusAdapter::InProcess => Ok(Self::in_process_with(config.bus.inbox)),
             #[cfg(feature = "rabbitmq")]
             BusAdapter::RabbitMq => Ok(Self {
-                backend: Backend::new(Adapter::RabbitMq(Arc::new(
-                    rabbitmq::RabbitMq::connect(&config.bus).await?,
-                ))),
+                backend: Backend::new(
+                    Adapter::RabbitMq(Arc::new(rabbitmq::RabbitMq::connect(&config.bus).await?)),
+                    config.bus.inbox,
+                ),
             }),
             #[cfg(not(feature = "rabbitmq"))]
             BusAdapter::RabbitMq => Err(BusError::AdapterUnavailable {
@@ -202,7 +214,37 @@ impl Bus {
     #[must_use]
     pub fn with_inbox(self, inbox: impl Into<Inbox>) -> Self {
         *crate::sync::write(&self.backend.inbox) = inbox.into();
+        self.backend
+            .inbox_given
+            .store(true, std::sync::atomic::Ordering::Release);
         self
+    }
+
+    /// `bus.inbox` as configured.
+    pub(crate) fn inbox_mode(&self) -> InboxMode {
+        self.backend.inbox_mode
+    }
+
+    /// With `bus.inbox = "store"`, a `once: true` handler needs the store's inbox.
+    fn check_inbox(&self, subscription: &Subscription) -> Result<(), BusError> {
+        if subscription.once
+            && self.backend.inbox_mode == InboxMode::Store
+            && !self
+                .backend
+                .inbox_given
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(BusError::Config(ConfigError::Invalid {
+                setting: "bus.inbox",
+                origin: "configuration".into(),
+                message: format!(
+                    "is \"store\", but {:?} (once: true) was subscribed before the bus was given a store: \
+                     build it with `Bus::from_config(&config).await?.with_store(&store)`",
+                    subscription.handler()
+                ),
+            }));
+        }
+        Ok(())
     }
 
     /// The inbox of `once: true` handlers.
@@ -213,6 +255,7 @@ impl Bus {
     /// Adds a handler. A second handler for one command type, or a second handler with
     /// the same name, is an error.
     pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
+        self.check_inbox(&subscription)?;
         match &self.backend.adapter {
             Adapter::InProcess(b) => {
                 if b.lifecycle.is_stopping() {

@@ -5,6 +5,7 @@
 //! [bus]
 //! adapter = "rabbitmq"          # "in_process" (default) | "rabbitmq"
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! inbox = "store"               # "memory" (default) | "store": once-handlers' record in the store
 //! [store]
 //! adapter = "postgres"          # "sqlite" (default) | "memory" | "postgres" | "eventstoredb"
 //! url = "postgres://postgres@127.0.0.1:5432/test"
@@ -124,6 +125,29 @@ impl PublishMode {
     }
 }
 
+/// Where `once: true` handlers record the messages they handled (`bus.inbox`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InboxMode {
+    /// A bounded set in memory: lost at a restart, not shared between processes.
+    #[default]
+    Memory,
+    /// The event store's `orkestra_inbox` (SQLite, PostgreSQL): the bus takes it from the
+    /// store given to `Bus::with_store`, and refuses to subscribe a `once: true` handler
+    /// until one is given.
+    Store,
+}
+
+impl InboxMode {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("memory", Self::Memory), ("store", Self::Store)];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
 fn name_of<T: PartialEq + Copy>(names: &[(&'static str, T)], value: T) -> &'static str {
     names
         .iter()
@@ -164,6 +188,9 @@ pub struct BusConfig {
     /// Delete work and wait queues unused for this long (RabbitMQ `x-expires`); off by
     /// default. For tests and short-lived environments.
     pub queue_expiry_ms: Option<u32>,
+    /// Where `once: true` handlers record what they handled: `memory` (default) or
+    /// `store` (env `ORKESTRA_BUS_INBOX`).
+    pub inbox: InboxMode,
 }
 
 impl Default for BusConfig {
@@ -180,6 +207,7 @@ impl Default for BusConfig {
             max_message_bytes: 4 * 1024 * 1024,
             prefix: "orkestra".to_owned(),
             queue_expiry_ms: None,
+            inbox: InboxMode::Memory,
         }
     }
 }
@@ -240,7 +268,8 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads `./orkestra.toml` when it exists, then applies the `ORKESTRA_BUS_ADAPTER`,
-    /// `ORKESTRA_BUS_URL`, `ORKESTRA_STORE_ADAPTER` and `ORKESTRA_STORE_URL` overrides.
+    /// `ORKESTRA_BUS_URL`, `ORKESTRA_BUS_INBOX`, `ORKESTRA_STORE_ADAPTER`,
+    /// `ORKESTRA_STORE_URL` and `ORKESTRA_STORE_PUBLISH` overrides.
     pub fn load() -> Result<Self, ConfigError> {
         let path = Path::new(DEFAULT_FILE);
         let config = if path.exists() {
@@ -284,6 +313,10 @@ impl Config {
         }
         if let Some(value) = var("ORKESTRA_STORE_URL") {
             self.store.url = Some(SecretUrl::new(value));
+        }
+        if let Some(value) = var("ORKESTRA_BUS_INBOX") {
+            let origin = "env ORKESTRA_BUS_INBOX".to_owned();
+            self.bus.inbox = choice("bus.inbox", InboxMode::NAMES, &value, origin)?;
         }
         if let Some(value) = var("ORKESTRA_STORE_PUBLISH") {
             let origin = "env ORKESTRA_STORE_PUBLISH".to_owned();
@@ -404,6 +437,10 @@ impl Config {
                 }
                 config.bus.prefix = p.into_inner();
             }
+            if let Some(i) = bus.inbox {
+                config.bus.inbox =
+                    choice("bus.inbox", InboxMode::NAMES, i.get_ref(), at(i.span()))?;
+            }
         }
         if let Some(store) = raw.store {
             if let Some(a) = store.adapter {
@@ -501,6 +538,7 @@ struct RawSection {
     max_message_bytes: Option<Spanned<i64>>,
     prefix: Option<Spanned<String>>,
     queue_expiry_ms: Option<Spanned<i64>>,
+    inbox: Option<Spanned<String>>,
 }
 
 fn adapter<T: Copy>(
@@ -633,6 +671,18 @@ mod tests {
             e.to_string()
                 .starts_with("store.publish (env ORKESTRA_STORE_PUBLISH)"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn bus_inbox_is_memory_or_store_with_located_errors() {
+        assert_eq!(Config::default().bus.inbox, InboxMode::Memory);
+        let c = Config::from_toml_str("[bus]\ninbox = \"store\"\n").unwrap();
+        assert_eq!(c.bus.inbox, InboxMode::Store);
+        let e = Config::from_toml_str("[bus]\ninbox = \"redis\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bus.inbox (orkestra.toml:2:9): unknown value \"redis\"; expected one of: memory, store"
         );
     }
 
