@@ -6,6 +6,13 @@
 //! custom metadata. The server enforces expected versions and deduplicates event ids
 //! itself (an idempotent repeat reports `written: true`, the server does not say).
 //!
+//! Snapshots and checkpoints live in streams of their own, `orkestra.snapshot-<stream>`
+//! and `orkestra.checkpoint-<name>`: names an ordinary user may write (a secured server
+//! lets only `$admins` write `$` streams), kept out of the global order like system
+//! events, and trimmed by the server to their last few events (`$maxCount`, set when
+//! the stream is first written). A checkpoint an older release saved in
+//! `$checkpoint-<name>` is still read when the new stream has none.
+//!
 //! No server runs on our build machines: this adapter is compiled in CI and its
 //! conformance tests run when `ORKESTRA_ESDB_URL` is set.
 
@@ -30,10 +37,12 @@ use crate::message::Metadata;
 
 const ADAPTER: &str = "eventstoredb";
 
-/// The type of the events of a `$snapshot-<stream>` stream.
+/// The type of the events of an `orkestra.snapshot-<stream>` stream.
 const SNAPSHOT_TYPE: &str = "orkestra.snapshot";
+const SNAPSHOT_PREFIX: &str = "orkestra.snapshot-";
 
-/// A snapshot as the data of one event of `$snapshot-<stream>` (the newest one counts).
+/// A snapshot as the data of one event of `orkestra.snapshot-<stream>` (the newest one
+/// counts).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     version: u64,
@@ -42,21 +51,41 @@ struct StoredSnapshot {
 }
 
 fn snapshot_stream(stream: &str) -> String {
-    format!("$snapshot-{stream}")
+    format!("{SNAPSHOT_PREFIX}{stream}")
 }
 
-/// The type of the events of a `$checkpoint-<name>` stream.
+/// The type of the events of an `orkestra.checkpoint-<name>` stream.
 const CHECKPOINT_TYPE: &str = "orkestra.checkpoint";
+const CHECKPOINT_PREFIX: &str = "orkestra.checkpoint-";
 
-/// A checkpoint as the data of one event of `$checkpoint-<name>` (the newest one counts;
-/// `None` records a reset).
+/// How many events the server keeps of a snapshot or checkpoint stream (the newest one
+/// counts; a few more cost nothing and help whoever looks into one).
+const KEEP: u64 = 5;
+
+/// A checkpoint as the data of one event of `orkestra.checkpoint-<name>` (the newest one
+/// counts; `None` records a reset).
 #[derive(Serialize, Deserialize)]
 struct StoredCheckpoint {
     position: Option<u64>,
 }
 
 fn checkpoint_stream(name: &str) -> String {
+    format!("{CHECKPOINT_PREFIX}{name}")
+}
+
+/// Where releases before 0.1 kept checkpoints (only `$admins` may write there on a
+/// secured server); still read.
+fn legacy_checkpoint_stream(name: &str) -> String {
     format!("$checkpoint-{name}")
+}
+
+/// Whether an event stays out of the global order: the server's own (`$` types and
+/// streams) and the snapshots and checkpoints kept here.
+fn hidden(event_type: &str, stream: &str) -> bool {
+    event_type.starts_with('$')
+        || stream.starts_with('$')
+        || (event_type == SNAPSHOT_TYPE && stream.starts_with(SNAPSHOT_PREFIX))
+        || (event_type == CHECKPOINT_TYPE && stream.starts_with(CHECKPOINT_PREFIX))
 }
 
 /// What travels as the event's custom metadata.
@@ -73,6 +102,8 @@ pub(crate) struct EsdbStore {
     url: SecretUrl,
     changes: watch::Sender<u64>,
     watcher: tokio::task::JoinHandle<()>,
+    /// Checkpoint streams this process has set `$maxCount` on.
+    trimmed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for EsdbStore {
@@ -114,6 +145,19 @@ impl EsdbStore {
         }
     }
 
+    /// Asks the server to keep only the last [`KEEP`] events of `stream`. A refusal
+    /// (an ACL that keeps stream metadata to admins) only costs disk: logged, not fatal.
+    async fn trim(&self, stream: &str) {
+        let metadata = kurrentdb::StreamMetadata::builder().max_count(KEEP).build();
+        if let Err(e) = self
+            .client
+            .set_stream_metadata(stream, &AppendToStreamOptions::default(), &metadata)
+            .await
+        {
+            tracing::warn!(orkestra = "store", adapter = ADAPTER, stream, error = %e, "cannot set $maxCount; the stream keeps every event");
+        }
+    }
+
     pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
         let unavailable = |e: Option<BoxError>| StoreError::unavailable(ADAPTER, url, e);
         let settings: ClientSettings = url
@@ -142,6 +186,7 @@ impl EsdbStore {
             url: url.clone(),
             changes,
             watcher,
+            trimmed: std::sync::Mutex::default(),
         })
     }
 }
@@ -214,8 +259,7 @@ async fn collect(
         match read.next().await {
             Ok(Some(resolved)) => {
                 let event = resolved.get_original_event();
-                if event.event_type.starts_with('$')
-                    || event.stream_id().starts_with('$')
+                if hidden(&event.event_type, event.stream_id())
                     || event.position.commit < from_position
                 {
                     continue;
@@ -328,10 +372,15 @@ impl Backend for EsdbStore {
 
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            if let Some(stored) = self.load_snapshot(&snapshot.stream).await?
-                && !snapshot.replaces(&stored)
+            let stored = self.load_snapshot(&snapshot.stream).await?;
+            if let Some(stored) = &stored
+                && !snapshot.replaces(stored)
             {
                 return Ok(());
+            }
+            let stream = snapshot_stream(&snapshot.stream);
+            if stored.is_none() {
+                self.trim(&stream).await;
             }
             let data = kurrentdb::EventData::json(
                 SNAPSHOT_TYPE,
@@ -343,11 +392,7 @@ impl Backend for EsdbStore {
             )
             .map_err(|e| StoreError::Encode(e.to_string()))?;
             self.client
-                .append_to_stream(
-                    snapshot_stream(&snapshot.stream),
-                    &AppendToStreamOptions::default(),
-                    data,
-                )
+                .append_to_stream(stream, &AppendToStreamOptions::default(), data)
                 .await
                 .map(drop)
                 .map_err(backend_error)
@@ -389,8 +434,7 @@ impl Backend for EsdbStore {
                 match read.next().await {
                     Ok(Some(resolved)) => {
                         let event = resolved.get_original_event();
-                        if !event.event_type.starts_with('$') && !event.stream_id().starts_with('$')
-                        {
+                        if !hidden(&event.event_type, event.stream_id()) {
                             return Ok(Some(event.position.commit));
                         }
                     }
@@ -408,18 +452,29 @@ impl Backend for EsdbStore {
         Box::pin(async move {
             // Unlike a snapshot, a checkpoint that cannot be read must not be mistaken
             // for "none": that would replay everything.
-            self.last_data(checkpoint_stream(name))
-                .await?
-                .map(|data| {
-                    serde_json::from_slice::<StoredCheckpoint>(&data)
-                        .map(|c| c.position)
-                        .map_err(|e| StoreError::Corrupt {
-                            location: checkpoint_stream(name),
-                            message: format!("not an Orkestra checkpoint: {e}"),
-                        })
-                })
-                .transpose()
-                .map(Option::flatten)
+            let mut location = checkpoint_stream(name);
+            let mut data = self.last_data(location.clone()).await?;
+            if data.is_none() {
+                location = legacy_checkpoint_stream(name);
+                data = match self.last_data(location.clone()).await {
+                    Ok(data) => data,
+                    // Not readable to this user: there is nothing of ours there.
+                    Err(e) => {
+                        tracing::debug!(orkestra = "store", adapter = ADAPTER, stream = location, error = %e, "cannot read an older release's checkpoint stream");
+                        None
+                    }
+                };
+            }
+            data.map(|data| {
+                serde_json::from_slice::<StoredCheckpoint>(&data)
+                    .map(|c| c.position)
+                    .map_err(|e| StoreError::Corrupt {
+                        location,
+                        message: format!("not an Orkestra checkpoint: {e}"),
+                    })
+            })
+            .transpose()
+            .map(Option::flatten)
         })
     }
 
@@ -431,12 +486,12 @@ impl Backend for EsdbStore {
         Box::pin(async move {
             let data = kurrentdb::EventData::json(CHECKPOINT_TYPE, &StoredCheckpoint { position })
                 .map_err(|e| StoreError::Encode(e.to_string()))?;
+            let stream = checkpoint_stream(name);
+            if crate::sync::lock(&self.trimmed).insert(stream.clone()) {
+                self.trim(&stream).await;
+            }
             self.client
-                .append_to_stream(
-                    checkpoint_stream(name),
-                    &AppendToStreamOptions::default(),
-                    data,
-                )
+                .append_to_stream(stream, &AppendToStreamOptions::default(), data)
                 .await
                 .map(drop)
                 .map_err(backend_error)
@@ -449,5 +504,25 @@ impl Backend for EsdbStore {
 
     fn poll_interval(&self) -> Option<Duration> {
         Some(Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_and_checkpoints_use_streams_a_user_may_write_and_stay_out_of_the_order() {
+        for stream in [snapshot_stream("account-1"), checkpoint_stream("Tally")] {
+            assert!(!stream.starts_with('$'), "{stream}");
+        }
+        assert!(hidden(SNAPSHOT_TYPE, &snapshot_stream("account-1")));
+        assert!(hidden(CHECKPOINT_TYPE, &checkpoint_stream("Tally")));
+        assert!(hidden("$metadata", "$$account-1"));
+        assert!(hidden("Shop.Orders.OrderPlaced", "$ce-order"));
+        // Ordinary events keep their place, also one named like ours in a user stream.
+        assert!(!hidden("Shop.Orders.OrderPlaced", "order-1"));
+        assert!(!hidden(SNAPSHOT_TYPE, "account-1"));
+        assert!(!hidden("orkestra.ProcessStep", "pm-fulfilment-o1"));
     }
 }

@@ -284,7 +284,7 @@ impl Store {
     /// owner (a projection, the relay) has handled; `None` when it has handled none.
     ///
     /// Checkpoints live beside the events: `orkestra_checkpoints` on SQLite and
-    /// PostgreSQL, a `$checkpoint-<name>` stream on EventStoreDB, memory for memory.
+    /// PostgreSQL, an `orkestra.checkpoint-<name>` stream on EventStoreDB, memory for memory.
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
         check_checkpoint_name(name)?;
         self.backend.load_checkpoint(name).await

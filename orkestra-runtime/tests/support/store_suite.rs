@@ -666,6 +666,65 @@ pub async fn topics_are_recorded(store: Store) {
     assert_eq!(all[0].topic(), Some("orders.events.order_placed"));
 }
 
+/// Snapshots and checkpoints never show up in the global order or move the head (on
+/// EventStoreDB they are streams of their own, filtered out).
+pub async fn snapshots_and_checkpoints_stay_out_of_the_global_order(store: Store) {
+    let stream = unique("kept-apart");
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, vec![placed("k", 1)])
+        .await
+        .unwrap();
+    store
+        .save_snapshot(orkestra_runtime::Snapshot {
+            stream: stream.clone(),
+            version: 0,
+            shape: "s".into(),
+            state: "{}".into(),
+        })
+        .await
+        .unwrap();
+    let checkpoint = unique("kept-apart-checkpoint");
+    store
+        .save_checkpoint(&checkpoint, Some(first.last_position))
+        .await
+        .unwrap();
+    let last = store
+        .append(&stream, ExpectedVersion::Exact(0), vec![placed("k", 2)])
+        .await
+        .unwrap();
+    visible(&store, last.last_position).await;
+    let ours: Vec<RecordedEvent> = store
+        .read_all(first.last_position, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.position() <= last.last_position)
+        .collect();
+    let of_stream: Vec<u64> = ours
+        .iter()
+        .filter(|e| e.stream() == stream)
+        .map(|e| e.version())
+        .collect();
+    assert_eq!(of_stream, [0, 1]);
+    let kinds: Vec<&str> = ours.iter().map(|e| e.event_type()).collect();
+    assert!(
+        !kinds.contains(&"orkestra.snapshot") && !kinds.contains(&"orkestra.checkpoint"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        store.load_checkpoint(&checkpoint).await.unwrap(),
+        Some(first.last_position)
+    );
+    assert_eq!(
+        store
+            .load_snapshot(&stream)
+            .await
+            .unwrap()
+            .map(|s| s.version),
+        Some(0)
+    );
+}
+
 pub async fn events_are_found_by_id_in_their_stream(store: Store) {
     let stream = unique("by-id");
     let events: Vec<EventData> = (0..3).map(|i| placed("o", i + 1)).collect();
@@ -722,6 +781,7 @@ macro_rules! store_suite {
             case!(topics_are_recorded);
             case!(checkpoints_are_saved_replaced_and_cleared);
             case!(events_are_found_by_id_in_their_stream);
+            case!(snapshots_and_checkpoints_stay_out_of_the_global_order);
         }
     };
 }
