@@ -68,10 +68,10 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     let writer = buffer.clone();
+    // The format `Telemetry` installs for `Logs::Json`.
     tracing_subscriber::fmt::layer()
         .json()
-        .with_current_span(true)
-        .with_span_list(false)
+        .event_format(orkestra_runtime::telemetry::JsonLines::default())
         .with_writer(move || writer.clone())
 }
 
@@ -137,4 +137,52 @@ async fn unsampled_flows_log_their_ids_beside_an_opentelemetry_layer() {
         .with(json_logs(&logs));
     let _guard = tracing::subscriber::set_default(subscriber);
     dispatch_and_check(&logs).await;
+}
+
+/// A handler that opens spans of its own: every line it writes, however deep, still has
+/// the message's ids at the top level (the current span is the handler's own).
+#[tokio::test]
+async fn lines_inside_a_handlers_own_spans_keep_its_ids() {
+    set_sampling_ratio(0.0);
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::registry().with(json_logs(&logs));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bus = Bus::in_process();
+    bus.subscribe(Subscription::command(
+        "PlaceOrderHandler",
+        |_: Command<PlaceOrder>, _| async move {
+            let charging = tracing::info_span!("charging", card = "visa");
+            let _outer = charging.enter();
+            tracing::info!(amount = 3, "charging the card");
+            let retry = tracing::info_span!("retrying", attempt = 2);
+            let _inner = retry.enter();
+            tracing::warn!("card network slow");
+            Ok(json!(null))
+        },
+    ))
+    .await
+    .unwrap();
+    let traced = command(Some(TraceContext {
+        traceparent: format!("00-{TRACE_ID}-{SPAN_ID}-00"),
+        tracestate: String::new(),
+    }));
+    let correlation = traced.metadata.correlation_id.clone();
+    bus.dispatch(CommandEnvelope::wrap(traced)).await.unwrap();
+    tracing::info!("outside any handler");
+    let lines = logs.json_lines();
+    for (message, span) in [
+        ("charging the card", "charging"),
+        ("card network slow", "retrying"),
+    ] {
+        let line = line(&lines, message);
+        assert_eq!(line["span"]["name"], span, "{line}");
+        assert_eq!(line["correlation_id"], correlation.as_str(), "{line}");
+        assert_eq!(line["actor_id"], "user_3", "{line}");
+        assert_eq!(line["trace_id"], TRACE_ID, "{line}");
+        assert_eq!(line["span_id"], SPAN_ID, "{line}");
+    }
+    assert_eq!(line(&lines, "charging the card")["fields"]["amount"], 3);
+    assert_eq!(line(&lines, "card network slow")["span"]["attempt"], 2);
+    let outside = line(&lines, "outside any handler");
+    assert!(outside.get("correlation_id").is_none(), "{outside}");
 }

@@ -31,6 +31,10 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+mod json_logs;
+
+pub use json_logs::JsonLines;
+
 /// Where spans go.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -53,7 +57,9 @@ pub enum Logs {
     /// Human-readable, one line each, with span fields.
     #[default]
     Pretty,
-    /// One JSON object per line, with the current span's fields.
+    /// One JSON object per line ([`JsonLines`]): the current span's fields, and inside
+    /// a handler its `correlation_id`, `causation_id`, `actor_id`, `trace_id` and
+    /// `span_id` at the top level, also under spans the handler opens.
     Json,
 }
 
@@ -207,8 +213,7 @@ impl Telemetry {
         let fmt_json = (self.logs == Logs::Json).then(|| {
             tracing_subscriber::fmt::layer()
                 .json()
-                .with_current_span(true)
-                .with_span_list(false)
+                .event_format(JsonLines)
                 .with_writer(std::io::stderr)
         });
         tracing_subscriber::registry()
