@@ -24,8 +24,11 @@ use crate::trace::LOG_CONTEXT_TARGET;
 ///
 /// ```
 /// use orkestra_runtime::telemetry::JsonLines;
-/// let layer = tracing_subscriber::fmt::layer().json().event_format(JsonLines::default());
-/// # let _ = layer;
+/// use tracing_subscriber::prelude::*;
+///
+/// let subscriber = tracing_subscriber::registry()
+///     .with(tracing_subscriber::fmt::layer().json().event_format(JsonLines::default()));
+/// # let _ = subscriber;
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 #[non_exhaustive]
