@@ -105,6 +105,10 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     fn inbox(&self) -> Option<Arc<dyn crate::handler::InboxBackend>> {
         None
     }
+    /// The leases of this store (memory, SQLite, PostgreSQL); `None`: it keeps none.
+    fn leases(&self) -> Option<Arc<dyn super::lease::LeaseBackend>> {
+        None
+    }
     /// How often a live subscription re-reads even without a change notice (adapters
     /// whose notices can be missed or delayed).
     fn poll_interval(&self) -> Option<Duration> {

@@ -110,6 +110,32 @@ pub enum StoreError {
         /// The cargo feature that builds it.
         feature: &'static str,
     },
+    /// A write through a lease whose holding has ended: another copy holds the
+    /// partition now (a newer fencing token); nothing was written.
+    #[error(
+        "partition {partition} of {worker:?} is held by another copy now (fencing token {token} is stale); nothing was written"
+    )]
+    Fenced {
+        /// The worker.
+        worker: String,
+        /// The partition.
+        partition: u32,
+        /// The token the write carried.
+        token: u64,
+    },
+    /// A worker started with another number of partitions than the store records for
+    /// it: events were assigned to the old partitions, so the new count needs a rebuild.
+    #[error(
+        "{worker:?} has {stored} partitions in the store but {configured} are configured; changing the count needs a rebuild of {worker:?} (or keep partitions: {stored})"
+    )]
+    PartitionsChanged {
+        /// The worker.
+        worker: String,
+        /// The count the store holds.
+        stored: u32,
+        /// The count this copy was started with.
+        configured: u32,
+    },
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -24,6 +24,7 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct MemoryStore {
     state: Mutex<State>,
+    leases: std::sync::Arc<super::lease::MemoryLeases>,
     changes: watch::Sender<u64>,
 }
 
@@ -31,6 +32,7 @@ impl MemoryStore {
     pub(crate) fn new() -> Self {
         Self {
             state: Mutex::default(),
+            leases: std::sync::Arc::default(),
             changes: watch::Sender::new(0),
         }
     }
@@ -206,6 +208,10 @@ impl Backend for MemoryStore {
             .last()
             .map(|e| e.position);
         Box::pin(std::future::ready(Ok(head)))
+    }
+
+    fn leases(&self) -> Option<std::sync::Arc<dyn super::lease::LeaseBackend>> {
+        Some(self.leases.clone())
     }
 
     fn load_checkpoint<'a>(

@@ -18,6 +18,7 @@ mod error;
 mod event;
 #[cfg(feature = "eventstoredb")]
 mod eventstoredb;
+mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -38,6 +39,7 @@ pub use event::{
     AppendResult, DEFAULT_MAX_EVENT_BYTES, EventData, ExpectedVersion, INTERNAL_TYPE_PREFIX,
     RecordedEvent,
 };
+pub use lease::{Lease, LeaseRecord, Leases, MAX_PARTITIONS, default_owner};
 pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
 
@@ -298,6 +300,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         check_checkpoint_name(name)?;
         self.backend.save_checkpoint(name, position).await
+    }
+
+    /// The leases of this store: what the workers of several copies of a service hold
+    /// their partitions by (see [`Leases`]). EventStoreDB keeps none yet: an error.
+    pub async fn leases(&self) -> Result<Leases, StoreError> {
+        match self.backend.leases() {
+            Some(backend) => Ok(Leases::new(backend)),
+            None => Err(StoreError::Invalid(format!(
+                "the {} store keeps no leases; run workers on memory, SQLite or PostgreSQL",
+                self.backend.name()
+            ))),
+        }
     }
 
     /// A counter bumped after every commit this process sees.

@@ -679,6 +679,12 @@ impl Backend for PostgresStore {
         Box::pin(self.max_position(RECORDED_HEAD))
     }
 
+    fn leases(&self) -> Option<Arc<dyn super::lease::LeaseBackend>> {
+        Some(Arc::new(super::lease::PostgresLeases::new(
+            self.pool.clone(),
+        )))
+    }
+
     fn load_checkpoint<'a>(
         &'a self,
         name: &'a str,

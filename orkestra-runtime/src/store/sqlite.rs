@@ -88,6 +88,7 @@ pub(crate) struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     changes: watch::Sender<u64>,
     inbox: Arc<SqliteInbox>,
+    leases: Arc<super::lease::SqliteLeases>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -103,7 +104,7 @@ fn backend_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Stor
     StoreError::backend(ADAPTER, e)
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| {
         StoreError::unavailable(
             ADAPTER,
@@ -155,6 +156,7 @@ impl SqliteStore {
             .spawn(move || writer(conn, rx, notify))
             .map_err(backend_error)?;
         Ok(Self {
+            leases: Arc::new(super::lease::SqliteLeases::new(path.clone())),
             inbox: Arc::new(SqliteInbox {
                 path: path.clone(),
                 conn: Arc::new(Mutex::new(None)),
@@ -571,6 +573,10 @@ impl Backend for SqliteStore {
             .map(|p| p.map(|p| p as u64))
             .map_err(backend_error)
         }))
+    }
+
+    fn leases(&self) -> Option<Arc<dyn super::lease::LeaseBackend>> {
+        Some(self.leases.clone())
     }
 
     fn load_checkpoint<'a>(

@@ -747,6 +747,220 @@ pub async fn events_are_found_by_id_in_their_stream(store: Store) {
     );
 }
 
+/// The store's leases, or `None` on an adapter that keeps none (EventStoreDB, whose
+/// refusal must say so).
+async fn leases_of(store: &Store) -> Option<orkestra_runtime::store::Leases> {
+    match store.leases().await {
+        Ok(leases) => Some(leases),
+        Err(e) if store.adapter() == "eventstoredb" => {
+            assert!(e.to_string().contains("keeps no leases"), "{e}");
+            None
+        }
+        Err(e) => panic!("{}: {e}", store.adapter()),
+    }
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+pub async fn leases_are_exclusive_and_fenced(store: Store) {
+    let Some(leases) = leases_of(&store).await else {
+        return;
+    };
+    let worker = unique("Tally");
+    leases.register(&worker, 2).await.unwrap();
+    let a = leases
+        .acquire(&worker, 0, "a", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        leases
+            .acquire(&worker, 0, "b", LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live lease is not taken"
+    );
+    let again = leases
+        .acquire(&worker, 0, "a", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.token, a.token, "the holder extends its own lease");
+    leases.save_checkpoint(&a, Some(5)).await.unwrap();
+    assert_eq!(leases.checkpoint(&worker, 0).await.unwrap(), Some(5));
+
+    assert!(leases.release(&a).await.unwrap());
+    let b = leases
+        .acquire(&worker, 0, "b", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.token, a.token + 1, "a new holding, a new token");
+    match leases.save_checkpoint(&a, Some(9)).await {
+        Err(StoreError::Fenced {
+            worker: w,
+            partition: 0,
+            token,
+        }) if w == worker && token == a.token => {}
+        other => panic!("a stale token must be refused: {other:?}"),
+    }
+    assert_eq!(
+        leases.checkpoint(&worker, 0).await.unwrap(),
+        Some(5),
+        "nothing written"
+    );
+    assert!(leases.renew(&a, LONG).await.unwrap().is_none());
+    assert!(!leases.release(&a).await.unwrap());
+    leases.save_checkpoint(&b, Some(7)).await.unwrap();
+
+    let mine: Vec<_> = leases
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.worker == worker)
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0].partition, 0);
+    assert_eq!(mine[0].owner.as_deref(), Some("b"));
+    assert_eq!(mine[0].token, b.token);
+    assert_eq!(mine[0].checkpoint, Some(7));
+    assert_eq!(mine[0].partitions, Some(2));
+    assert!(mine[0].expires_at.is_some());
+    assert_eq!((mine[1].partition, mine[1].owner.as_ref()), (1, None));
+}
+
+pub async fn an_expired_lease_is_taken_with_a_new_token(store: Store) {
+    let Some(leases) = leases_of(&store).await else {
+        return;
+    };
+    let worker = unique("Relay");
+    let short = Duration::from_millis(300);
+    let a = leases
+        .acquire(&worker, 0, "a", short)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        leases.renew(&a, short).await.unwrap().is_some(),
+        "live: renewed"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        leases.renew(&a, short).await.unwrap().is_none(),
+        "an expired lease is not renewed: its holder stops"
+    );
+    let b = leases
+        .acquire(&worker, 0, "b", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.token, a.token + 1);
+    assert!(matches!(
+        leases.save_checkpoint(&a, Some(1)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // The same owner coming back after its lease ran out holds it anew: a new token, so
+    // whatever it still had in hand from before is fenced too.
+    let c = leases
+        .acquire(&worker, 1, "c", short)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let c2 = leases
+        .acquire(&worker, 1, "c", short)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c2.token, c.token + 1);
+}
+
+pub async fn racing_copies_take_a_partition_once(store: Store) {
+    let Some(leases) = leases_of(&store).await else {
+        return;
+    };
+    let worker = unique("Race");
+    leases.register(&worker, 1).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (leases, worker) = (leases.clone(), worker.clone());
+            tokio::spawn(async move {
+                leases
+                    .acquire(&worker, 0, &format!("copy-{i}"), LONG)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for t in tasks {
+        if let Some(lease) = t.await.unwrap() {
+            won.push(lease);
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one copy holds it: {won:?}");
+    assert_eq!(won[0].token, 1);
+}
+
+pub async fn partition_counts_must_agree(store: Store) {
+    let Some(leases) = leases_of(&store).await else {
+        return;
+    };
+    let worker = unique("Counts");
+    leases.register(&worker, 3).await.unwrap();
+    leases.register(&worker, 3).await.unwrap();
+    let err = leases.register(&worker, 4).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::PartitionsChanged {
+                stored: 3,
+                configured: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("3 partitions")
+            && text.contains("4 are configured")
+            && text.contains("rebuild"),
+        "{text}"
+    );
+    assert!(matches!(
+        leases.register(&worker, 0).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+pub async fn live_copies_are_counted_by_heartbeat(store: Store) {
+    let Some(leases) = leases_of(&store).await else {
+        return;
+    };
+    let worker = unique("Members");
+    let short = Duration::from_millis(300);
+    assert_eq!(leases.heartbeat(&worker, "a", LONG).await.unwrap(), ["a"]);
+    assert_eq!(
+        leases.heartbeat(&worker, "b", short).await.unwrap(),
+        ["a", "b"]
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        leases.heartbeat(&worker, "a", LONG).await.unwrap(),
+        ["a"],
+        "b went silent"
+    );
+    leases.leave(&worker, "a").await.unwrap();
+    assert_eq!(
+        leases.heartbeat(&worker, "c", LONG).await.unwrap(),
+        ["c"],
+        "a left"
+    );
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($make_store:expr) => {
@@ -782,6 +996,11 @@ macro_rules! store_suite {
             case!(checkpoints_are_saved_replaced_and_cleared);
             case!(events_are_found_by_id_in_their_stream);
             case!(snapshots_and_checkpoints_stay_out_of_the_global_order);
+            case!(leases_are_exclusive_and_fenced);
+            case!(an_expired_lease_is_taken_with_a_new_token);
+            case!(racing_copies_take_a_partition_once);
+            case!(partition_counts_must_agree);
+            case!(live_copies_are_counted_by_heartbeat);
         }
     };
 }
