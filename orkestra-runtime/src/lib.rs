@@ -60,6 +60,8 @@ mod handler;
 // Layer 4: buses and stores.
 pub mod bus;
 pub mod store;
+// Layer 4.5: what workers share across copies of a service.
+mod runner;
 // Layer 5: built on a bus and a store.
 pub mod aggregate;
 pub mod process;

@@ -15,6 +15,8 @@ fn layer(module: &str) -> Option<u8> {
         "trace" => 20,
         "handler" => 30,
         "bus" | "store" => 40,
+        // Leases kept, partitions shared: on the store, under the workers.
+        "runner" => 45,
         "publish" | "aggregate" | "projection" | "relay" => 50,
         // Process managers feed on projections.
         "process" => 55,

@@ -953,7 +953,9 @@ pub async fn live_copies_are_counted_by_heartbeat(store: Store) {
         ["a"],
         "b went silent"
     );
+    assert_eq!(leases.members(&worker).await.unwrap(), ["a"]);
     leases.leave(&worker, "a").await.unwrap();
+    assert!(leases.members(&worker).await.unwrap().is_empty());
     assert_eq!(
         leases.heartbeat(&worker, "c", LONG).await.unwrap(),
         ["c"],

@@ -219,6 +219,22 @@ impl LeaseBackend for MemoryLeases {
         Box::pin(async move { Ok(live) })
     }
 
+    fn members<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let live = self.with(|state, now| {
+            let mut live: Vec<String> = state
+                .members
+                .get(worker)
+                .into_iter()
+                .flatten()
+                .filter(|(_, at)| **at > now)
+                .map(|(owner, _)| owner.clone())
+                .collect();
+            live.sort();
+            live
+        });
+        Box::pin(async move { Ok(live) })
+    }
+
     fn leave<'a>(
         &'a self,
         worker: &'a str,

@@ -117,6 +117,8 @@ pub(crate) trait LeaseBackend: Send + Sync + fmt::Debug + 'static {
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    /// The live copies of `worker` (sorted), announcing none.
+    fn members<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
     /// Withdraws `owner` from `worker`'s live copies.
     fn leave<'a>(
         &'a self,
@@ -265,6 +267,11 @@ impl Leases {
         check_worker(worker)?;
         check_ttl(ttl)?;
         self.backend.heartbeat(worker, owner, ttl).await
+    }
+
+    /// The live copies of `worker`, sorted, without announcing this one.
+    pub async fn members(&self, worker: &str) -> Result<Vec<String>, StoreError> {
+        self.backend.members(worker).await
     }
 
     /// Withdraws `owner` from the live copies of `worker` (a graceful stop).

@@ -341,6 +341,19 @@ impl LeaseBackend for PostgresLeases {
         })
     }
 
+    fn members<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    "SELECT owner FROM orkestra_runner_members \
+                     WHERE worker = $1 AND expires_at > clock_timestamp() ORDER BY owner",
+                    &[&worker],
+                )
+                .await?;
+            rows.iter().map(|row| get(row, 0)).collect()
+        })
+    }
+
     fn leave<'a>(
         &'a self,
         worker: &'a str,

@@ -316,6 +316,22 @@ impl LeaseBackend for SqliteLeases {
         }))
     }
 
+    fn members<'a>(&'a self, worker: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let worker = worker.to_owned();
+        Box::pin(self.run(move |c, now| {
+            let mut statement = c
+                .prepare_cached(
+                    "SELECT owner FROM orkestra_runner_members \
+                     WHERE worker = ?1 AND expires_at > ?2 ORDER BY owner",
+                )
+                .map_err(backend_error)?;
+            let rows = statement
+                .query_map(params![worker, ms(now)], |r| r.get(0))
+                .map_err(backend_error)?;
+            rows.collect::<Result<_, _>>().map_err(backend_error)
+        }))
+    }
+
     fn leave<'a>(
         &'a self,
         worker: &'a str,
