@@ -308,6 +308,77 @@ async fn postgres_writes_share_the_inbox_transaction() {
         .unwrap();
 }
 
+/// A `once` handler that swallows the error of its own statement on `ctx.postgres()` and
+/// returns `Ok` has lost its writes: its run fails (and is dead-lettered after its
+/// retries). Its connection must not go back to the pool inside the aborted transaction:
+/// the 200 messages after it are all handled, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_inbox_commit_leaves_the_pool_clean() {
+    let Some(store) = postgres_store().await else {
+        return;
+    };
+    let bus = Bus::in_process().with_inbox(&store);
+    let mut dead = bus.dead_letters().await.unwrap();
+    let handled = Arc::new(AtomicU32::new(0));
+    let bad = new_id();
+    let subscription = {
+        let handled = handled.clone();
+        let bad = bad.clone();
+        Subscription::events::<Event<OrderPlaced>, _, _>(
+            format!("swallow-{}", new_id()),
+            move |event, ctx: HandlerContext| {
+                let handled = handled.clone();
+                let bad = bad.clone();
+                async move {
+                    let tx = ctx.postgres().expect("a PostgreSQL inbox transaction");
+                    if event.id == bad {
+                        // The handler's bug: the error is caught and dropped.
+                        let failed = tx
+                            .execute("SELECT * FROM orkestra_no_such_table", &[])
+                            .await;
+                        assert!(failed.is_err());
+                        return Ok(());
+                    }
+                    tx.execute("SELECT 1", &[])
+                        .await
+                        .map_err(HandlerError::fail)?;
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+        )
+        .with_once()
+        .with_max_retries(2)
+    };
+    bus.subscribe(subscription).await.unwrap();
+    publish(&bus, &bad).await;
+    let letter = tokio::time::timeout(Duration::from_secs(30), dead.recv())
+        .await
+        .expect("the swallowed failure is dead-lettered")
+        .unwrap();
+    assert_eq!(letter.message_id(), bad);
+
+    let mut dead_letters = Vec::new();
+    for _ in 0..200 {
+        publish(&bus, &new_id()).await;
+        while let Some(letter) = dead.try_recv() {
+            dead_letters.push(letter.reason().to_owned());
+        }
+    }
+    assert!(
+        dead_letters.is_empty(),
+        "{} of 200 messages dead-lettered, the first: {:?}",
+        dead_letters.len(),
+        dead_letters.first()
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 200, "every message handled");
+    assert!(
+        letter.reason().contains("aborted"),
+        "the reason names the aborted transaction: {}",
+        letter.reason()
+    );
+}
+
 #[tokio::test]
 async fn a_bounded_memory_inbox_forgets_the_oldest() {
     let bus = Bus::in_process().with_inbox(Inbox::memory(2));

@@ -14,7 +14,7 @@ pub struct HandlerContext {
     attempt: u32,
     /// The connection holding the inbox claim's transaction (`once: true` on PostgreSQL).
     #[cfg(feature = "postgres")]
-    postgres: Option<Arc<deadpool_postgres::Object>>,
+    postgres: Option<Arc<crate::store::postgres::ClaimConnection>>,
 }
 
 impl HandlerContext {
@@ -31,7 +31,10 @@ impl HandlerContext {
 
     /// With the connection of the inbox claim's open transaction.
     #[cfg(feature = "postgres")]
-    pub(crate) fn with_postgres(mut self, client: Option<Arc<deadpool_postgres::Object>>) -> Self {
+    pub(crate) fn with_postgres(
+        mut self,
+        client: Option<Arc<crate::store::postgres::ClaimConnection>>,
+    ) -> Self {
         self.postgres = client;
         self
     }
@@ -43,7 +46,7 @@ impl HandlerContext {
     /// again): the writes happen exactly once. `None` for other handlers and inboxes.
     #[cfg(feature = "postgres")]
     pub fn postgres(&self) -> Option<&tokio_postgres::Client> {
-        self.postgres.as_deref().map(|object| &***object)
+        self.postgres.as_deref().and_then(|c| c.client())
     }
 
     /// The metadata of the message being handled.

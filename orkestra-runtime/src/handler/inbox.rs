@@ -66,7 +66,7 @@ pub(crate) trait OpenClaim: Send + Sync {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
     /// The connection whose open transaction holds the claim (PostgreSQL).
     #[cfg(feature = "postgres")]
-    fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
+    fn postgres(&self) -> Option<Arc<crate::store::postgres::ClaimConnection>> {
         None
     }
 }
@@ -90,7 +90,7 @@ impl fmt::Debug for Claim {
 impl Claim {
     /// The connection of the claim's PostgreSQL transaction, for the handler's writes.
     #[cfg(feature = "postgres")]
-    pub(crate) fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
+    pub(crate) fn postgres(&self) -> Option<Arc<crate::store::postgres::ClaimConnection>> {
         self.open.as_ref().and_then(|o| o.postgres())
     }
 

@@ -727,12 +727,110 @@ struct PostgresInbox {
 /// How long handled message ids are kept.
 const INBOX_KEEP: &str = "7 days";
 
-struct PostgresClaim {
-    client: Arc<deadpool_postgres::Object>,
+/// The connection of an inbox claim. It goes back to the pool only when its transaction
+/// ended (a `COMMIT` or `ROLLBACK` that succeeded); dropped in any other state (a failed
+/// rollback, a claim dropped mid-way), it is closed instead, so the server rolls back
+/// and no later claim gets a connection inside an open or aborted transaction.
+pub(crate) struct ClaimConnection {
+    object: Option<deadpool_postgres::Object>,
+    /// No transaction is open (or it ended): the connection may be pooled again.
+    clean: std::sync::atomic::AtomicBool,
 }
 
+impl ClaimConnection {
+    fn new(object: deadpool_postgres::Object) -> Self {
+        Self {
+            object: Some(object),
+            clean: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The connection, for the handler's statements (`HandlerContext::postgres`).
+    pub(crate) fn client(&self) -> Option<&tokio_postgres::Client> {
+        self.object.as_deref().map(|wrapper| &**wrapper)
+    }
+
+    fn checked(&self) -> Result<&tokio_postgres::Client, crate::handler::InboxError> {
+        self.client()
+            .ok_or_else(|| inbox_error("the claim's connection is already closed"))
+    }
+
+    /// Opens the claim's transaction: until it ends, the connection is closed rather than
+    /// pooled when dropped.
+    async fn begin(&self) -> Result<(), crate::handler::InboxError> {
+        self.clean.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.checked()?
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| inbox_pg_error(&e))
+    }
+
+    /// `COMMIT` or `ROLLBACK`: once it succeeded the connection may be pooled again.
+    async fn end(&self, sql: &str) -> Result<(), crate::handler::InboxError> {
+        self.checked()?
+            .batch_execute(sql)
+            .await
+            .map_err(|e| inbox_pg_error(&e))?;
+        self.clean.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Rolls back, on every failed path. When even that fails the connection is closed
+    /// when dropped.
+    async fn rollback(&self) {
+        if let Err(e) = self.end("ROLLBACK").await {
+            tracing::warn!(
+                orkestra = "inbox",
+                error = %e,
+                "Inbox claim could not roll back; its connection is closed instead of pooled"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for ClaimConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimConnection")
+            .field("clean", &self.clean)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ClaimConnection {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take()
+            && !*self.clean.get_mut()
+        {
+            // Out of the pool; dropping the client closes the connection.
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+struct PostgresClaim {
+    connection: Arc<ClaimConnection>,
+}
+
+/// `postgres: ` and the error with its causes (the driver's `db error` alone says
+/// nothing; its cause names the statement's failure).
 fn inbox_error(e: impl std::fmt::Display) -> crate::handler::InboxError {
     crate::handler::InboxError(format!("{ADAPTER}: {e}"))
+}
+
+fn inbox_pg_error(e: &tokio_postgres::Error) -> crate::handler::InboxError {
+    inbox_error(pg_text(e))
+}
+
+/// A driver error with its causes, one sentence.
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl crate::handler::InboxBackend for PostgresInbox {
@@ -743,7 +841,10 @@ impl crate::handler::InboxBackend for PostgresInbox {
     ) -> BoxFuture<'a, Result<Option<Box<dyn crate::handler::OpenClaim>>, crate::handler::InboxError>>
     {
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(inbox_error)?;
+            let connection = Arc::new(ClaimConnection::new(
+                self.pool.get().await.map_err(inbox_error)?,
+            ));
+            let client = connection.checked()?;
             if self
                 .claims
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -755,9 +856,12 @@ impl crate::handler::InboxBackend for PostgresInbox {
                         &[],
                     )
                     .await
-                    .map_err(inbox_error)?;
+                    .map_err(|e| inbox_pg_error(&e))?;
             }
-            client.batch_execute("BEGIN").await.map_err(inbox_error)?;
+            if let Err(e) = connection.begin().await {
+                connection.rollback().await;
+                return Err(e);
+            }
             let inserted = client
                 .execute(
                     "INSERT INTO orkestra_inbox (handler, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -766,19 +870,16 @@ impl crate::handler::InboxBackend for PostgresInbox {
                 .await;
             match inserted {
                 Ok(1) => Ok(Some(Box::new(PostgresClaim {
-                    client: Arc::new(client),
+                    connection: connection.clone(),
                 })
                     as Box<dyn crate::handler::OpenClaim>)),
                 Ok(_) => {
-                    client
-                        .batch_execute("ROLLBACK")
-                        .await
-                        .map_err(inbox_error)?;
+                    connection.end("ROLLBACK").await?;
                     Ok(None)
                 }
                 Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    Err(inbox_error(e))
+                    connection.rollback().await;
+                    Err(inbox_pg_error(&e))
                 }
             }
         })
@@ -788,26 +889,31 @@ impl crate::handler::InboxBackend for PostgresInbox {
 impl crate::handler::OpenClaim for PostgresClaim {
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), crate::handler::InboxError>> {
         Box::pin(async move {
+            let connection = &self.connection;
             // COMMIT of a transaction a failed statement aborted rolls back without an
             // error: ask first, so a handler's lost writes are a failure (run again),
-            // never a silent success.
-            self.client.batch_execute("SELECT 1").await.map_err(|e| {
-                inbox_error(format_args!("the handler's transaction is aborted: {e}"))
-            })?;
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(inbox_error)
+            // never a silent success. Every failed path rolls back.
+            if let Err(e) = connection.checked()?.batch_execute("SELECT 1").await {
+                connection.rollback().await;
+                return Err(inbox_error(format_args!(
+                    "the handler's transaction is aborted (a statement on ctx.postgres() failed \
+                     and the handler still returned Ok), so its writes are lost: {}",
+                    pg_text(&e)
+                )));
+            }
+            if let Err(e) = connection.end("COMMIT").await {
+                connection.rollback().await;
+                return Err(e);
+            }
+            Ok(())
         })
     }
 
     fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let _ = self.client.batch_execute("ROLLBACK").await;
-        })
+        Box::pin(async move { self.connection.rollback().await })
     }
 
-    fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
-        Some(self.client.clone())
+    fn postgres(&self) -> Option<Arc<ClaimConnection>> {
+        Some(self.connection.clone())
     }
 }
