@@ -50,7 +50,7 @@ pub struct InboxError(pub(crate) String);
 /// What a store implements to keep an inbox.
 pub(crate) trait InboxBackend: Send + Sync + fmt::Debug + 'static {
     /// `None` when the pair is recorded; else an open claim (for PostgreSQL, an open
-    /// transaction holding the inserted row).
+    /// transaction holding an advisory lock on the pair; the row is inserted at commit).
     fn claim<'a>(
         &'a self,
         handler: &'a str,

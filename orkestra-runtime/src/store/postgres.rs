@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
@@ -713,11 +714,17 @@ impl Backend for PostgresStore {
     }
 }
 
-/// The inbox of `once: true` handlers: a claim is an open transaction holding the
-/// inserted `(handler, message_id)` row, so a concurrent copy of the message waits on the
-/// row and then finds it (or takes over when the first run rolled back), and the handler's
-/// own writes through `HandlerContext::postgres` (the bus layer) commit
-/// with it. Rows older than 7 days are deleted now and then.
+/// The inbox of `once: true` handlers. A claim is an open transaction that holds a
+/// transaction-level advisory lock keyed on `(handler, message_id)` and found no row for
+/// the pair; the `orkestra_inbox` row is inserted when the handler succeeded, in the same
+/// transaction as the handler's own writes through `HandlerContext::postgres` (the bus
+/// layer), then committed. A copy of the message claimed meanwhile (another process)
+/// waits on the lock, then finds the row (or takes over when the first run rolled back).
+///
+/// Neither the lock nor the lookup assigns a transaction id, so a handler that runs for
+/// long without writing does not hold back readers of the global order (they wait for the
+/// oldest open transaction id, see the module's documentation): only its own writes do,
+/// from the first write to the commit. Rows older than 7 days are deleted now and then.
 #[derive(Debug)]
 struct PostgresInbox {
     pool: Pool,
@@ -809,7 +816,20 @@ impl Drop for ClaimConnection {
 
 struct PostgresClaim {
     connection: Arc<ClaimConnection>,
+    handler: String,
+    message_id: String,
 }
+
+/// Waits for the pair's claim: a transaction-level advisory lock (released at COMMIT or
+/// ROLLBACK), keyed on a 64-bit hash of the pair (two pairs sharing a key only take
+/// turns). No transaction id is assigned.
+const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($2, hashtext($1)))";
+/// Whether the pair is recorded: run after the lock is granted, so (read committed) it
+/// sees the row a run that held the lock before committed.
+const CLAIM_DONE: &str = "SELECT 1 FROM orkestra_inbox WHERE handler = $1 AND message_id = $2";
+/// Records the pair, in the handler's transaction, when the handler succeeded.
+const CLAIM_RECORD: &str = "INSERT INTO orkestra_inbox (handler, message_id) VALUES ($1, $2) \
+                            ON CONFLICT DO NOTHING";
 
 /// `postgres: ` and the error with its causes (the driver's `db error` alone says
 /// nothing; its cause names the statement's failure).
@@ -862,15 +882,19 @@ impl crate::handler::InboxBackend for PostgresInbox {
                 connection.rollback().await;
                 return Err(e);
             }
-            let inserted = client
-                .execute(
-                    "INSERT INTO orkestra_inbox (handler, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&handler, &message_id],
-                )
-                .await;
-            match inserted {
-                Ok(1) => Ok(Some(Box::new(PostgresClaim {
+            // The lock, then the lookup, sent together (one round trip, run in order);
+            // unnamed statements, planned with their values each time.
+            let pair: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+                [(&handler, Type::TEXT), (&message_id, Type::TEXT)];
+            let (locked, done) = tokio::join!(
+                client.query_typed(CLAIM_LOCK, &pair),
+                client.query_typed(CLAIM_DONE, &pair)
+            );
+            match locked.and(done) {
+                Ok(rows) if rows.is_empty() => Ok(Some(Box::new(PostgresClaim {
                     connection: connection.clone(),
+                    handler: handler.to_owned(),
+                    message_id: message_id.to_owned(),
                 })
                     as Box<dyn crate::handler::OpenClaim>)),
                 Ok(_) => {
@@ -890,16 +914,41 @@ impl crate::handler::OpenClaim for PostgresClaim {
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), crate::handler::InboxError>> {
         Box::pin(async move {
             let connection = &self.connection;
-            // COMMIT of a transaction a failed statement aborted rolls back without an
-            // error: ask first, so a handler's lost writes are a failure (run again),
-            // never a silent success. Every failed path rolls back.
-            if let Err(e) = connection.checked()?.batch_execute("SELECT 1").await {
-                connection.rollback().await;
-                return Err(inbox_error(format_args!(
-                    "the handler's transaction is aborted (a statement on ctx.postgres() failed \
-                     and the handler still returned Ok), so its writes are lost: {}",
-                    pg_text(&e)
-                )));
+            // The row goes in with the handler's writes. When a statement of the handler
+            // failed, the transaction is aborted and this insert fails: COMMIT would roll
+            // back without an error, so the handler's lost writes are a failure (run
+            // again), never a silent success. Every failed path rolls back.
+            let recorded = connection
+                .checked()?
+                .execute_typed(
+                    CLAIM_RECORD,
+                    &[(&self.handler, Type::TEXT), (&self.message_id, Type::TEXT)],
+                )
+                .await;
+            match recorded {
+                Ok(1) => {}
+                Ok(_) => {
+                    // Only a run that did not take the lock (a process of an older release,
+                    // which inserted the row when it claimed) can have recorded it.
+                    connection.rollback().await;
+                    return Err(inbox_error(format_args!(
+                        "message {} was recorded for {} by another process meanwhile; this \
+                         run's writes are rolled back",
+                        self.message_id, self.handler
+                    )));
+                }
+                Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                    connection.rollback().await;
+                    return Err(inbox_error(format_args!(
+                        "the handler's transaction is aborted (a statement on ctx.postgres() failed \
+                         and the handler still returned Ok), so its writes are lost: {}",
+                        pg_text(&e)
+                    )));
+                }
+                Err(e) => {
+                    connection.rollback().await;
+                    return Err(inbox_pg_error(&e));
+                }
             }
             if let Err(e) = connection.end("COMMIT").await {
                 connection.rollback().await;
