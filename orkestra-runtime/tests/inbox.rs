@@ -308,6 +308,170 @@ async fn postgres_writes_share_the_inbox_transaction() {
         .unwrap();
 }
 
+/// A `once` handler that swallows the error of its own statement on `ctx.postgres()` and
+/// returns `Ok` has lost its writes: its run fails (and is dead-lettered after its
+/// retries). Its connection must not go back to the pool inside the aborted transaction:
+/// the 200 messages after it are all handled, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_inbox_commit_leaves_the_pool_clean() {
+    let Some(store) = postgres_store().await else {
+        return;
+    };
+    let bus = Bus::in_process().with_inbox(&store);
+    let mut dead = bus.dead_letters().await.unwrap();
+    let handled = Arc::new(AtomicU32::new(0));
+    let bad = new_id();
+    let subscription = {
+        let handled = handled.clone();
+        let bad = bad.clone();
+        Subscription::events::<Event<OrderPlaced>, _, _>(
+            format!("swallow-{}", new_id()),
+            move |event, ctx: HandlerContext| {
+                let handled = handled.clone();
+                let bad = bad.clone();
+                async move {
+                    let tx = ctx.postgres().expect("a PostgreSQL inbox transaction");
+                    if event.id == bad {
+                        // The handler's bug: the error is caught and dropped.
+                        let failed = tx
+                            .execute("SELECT * FROM orkestra_no_such_table", &[])
+                            .await;
+                        assert!(failed.is_err());
+                        return Ok(());
+                    }
+                    tx.execute("SELECT 1", &[])
+                        .await
+                        .map_err(HandlerError::fail)?;
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+        )
+        .with_once()
+        .with_max_retries(2)
+    };
+    bus.subscribe(subscription).await.unwrap();
+    publish(&bus, &bad).await;
+    let letter = tokio::time::timeout(Duration::from_secs(30), dead.recv())
+        .await
+        .expect("the swallowed failure is dead-lettered")
+        .unwrap();
+    assert_eq!(letter.message_id(), bad);
+
+    let mut dead_letters = Vec::new();
+    for _ in 0..200 {
+        publish(&bus, &new_id()).await;
+        while let Some(letter) = dead.try_recv() {
+            dead_letters.push(letter.reason().to_owned());
+        }
+    }
+    assert!(
+        dead_letters.is_empty(),
+        "{} of 200 messages dead-lettered, the first: {:?}",
+        dead_letters.len(),
+        dead_letters.first()
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 200, "every message handled");
+    assert!(
+        letter.reason().contains("aborted"),
+        "the reason names the aborted transaction: {}",
+        letter.reason()
+    );
+}
+
+/// A slow `once` handler that writes nothing holds no transaction id, so readers of the
+/// global order (projections, the relay, timers wait on the same horizon) see events
+/// appended meanwhile at once. Its claim still makes it run once: a copy of the message
+/// delivered by another process at the same time waits for it and is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_once_handler_does_not_hold_readers_back() {
+    let Some(store) = postgres_store().await else {
+        return;
+    };
+    let other = Store::postgres(&support::services::postgres_url())
+        .await
+        .unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = format!("slow-{}", new_id());
+    let slow = |started: Arc<tokio::sync::Notify>, runs: Arc<AtomicU32>| {
+        Subscription::events::<Event<OrderPlaced>, _, _>(handler.clone(), move |_, _| {
+            let started = started.clone();
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                started.notify_one();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(())
+            }
+        })
+        .with_once()
+    };
+    // Two processes: two buses, each with its own inbox on its own store handle.
+    let a = Bus::in_process().with_inbox(&store);
+    let b = Bus::in_process().with_inbox(&other);
+    a.subscribe(slow(started.clone(), runs.clone()))
+        .await
+        .unwrap();
+    b.subscribe(slow(started.clone(), runs.clone()))
+        .await
+        .unwrap();
+    let id = new_id();
+    let first = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { publish(&a, &id).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the handler starts");
+    let copy = tokio::spawn({
+        let (b, id) = (b.clone(), id.clone());
+        async move { publish(&b, &id).await }
+    });
+
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let appended = store
+            .append(
+                &support::store_suite::unique("meanwhile"),
+                orkestra_runtime::ExpectedVersion::NoStream,
+                vec![support::store_suite::placed("m", 1)],
+            )
+            .await
+            .unwrap();
+        let appended_at = std::time::Instant::now();
+        loop {
+            let seen = store.read_all(appended.last_position, 1).await.unwrap();
+            if seen
+                .first()
+                .is_some_and(|e| e.position() == appended.last_position)
+            {
+                break;
+            }
+            assert!(
+                appended_at.elapsed() < Duration::from_secs(3),
+                "an event appended while the once handler runs is not visible to readers after 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        delays.push(appended_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("visible after {delays:?}");
+    delays.sort();
+    assert!(
+        delays[2] < Duration::from_millis(100),
+        "readers are held back by the running handler: {delays:?}"
+    );
+    first.await.unwrap();
+    copy.await.unwrap();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the copy delivered meanwhile by another process is skipped"
+    );
+}
+
 #[tokio::test]
 async fn a_bounded_memory_inbox_forgets_the_oldest() {
     let bus = Bus::in_process().with_inbox(Inbox::memory(2));

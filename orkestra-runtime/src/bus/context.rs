@@ -14,7 +14,7 @@ pub struct HandlerContext {
     attempt: u32,
     /// The connection holding the inbox claim's transaction (`once: true` on PostgreSQL).
     #[cfg(feature = "postgres")]
-    postgres: Option<Arc<deadpool_postgres::Object>>,
+    postgres: Option<Arc<crate::store::postgres::ClaimConnection>>,
 }
 
 impl HandlerContext {
@@ -31,19 +31,25 @@ impl HandlerContext {
 
     /// With the connection of the inbox claim's open transaction.
     #[cfg(feature = "postgres")]
-    pub(crate) fn with_postgres(mut self, client: Option<Arc<deadpool_postgres::Object>>) -> Self {
+    pub(crate) fn with_postgres(
+        mut self,
+        client: Option<Arc<crate::store::postgres::ClaimConnection>>,
+    ) -> Self {
         self.postgres = client;
         self
     }
 
     /// For a `once: true` handler on a bus whose inbox is a PostgreSQL store: the
-    /// connection whose open transaction already holds this message's inbox row. Write
-    /// through it and the handler's writes commit together with that row when the
-    /// handler succeeds, or roll back with it when it fails (then the message is handled
-    /// again): the writes happen exactly once. `None` for other handlers and inboxes.
+    /// connection whose open transaction holds this message's claim. Write through it and
+    /// the handler's writes commit together with the message's inbox row (inserted when
+    /// the handler succeeds), or roll back when it fails (then the message is handled
+    /// again): the writes happen exactly once. The claim itself takes no transaction id;
+    /// the first write does, and from then until the commit it holds back every reader
+    /// of the global order, so write late in a long handler. `None` for other handlers
+    /// and inboxes.
     #[cfg(feature = "postgres")]
     pub fn postgres(&self) -> Option<&tokio_postgres::Client> {
-        self.postgres.as_deref().map(|object| &***object)
+        self.postgres.as_deref().and_then(|c| c.client())
     }
 
     /// The metadata of the message being handled.

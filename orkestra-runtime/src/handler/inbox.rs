@@ -50,7 +50,7 @@ pub struct InboxError(pub(crate) String);
 /// What a store implements to keep an inbox.
 pub(crate) trait InboxBackend: Send + Sync + fmt::Debug + 'static {
     /// `None` when the pair is recorded; else an open claim (for PostgreSQL, an open
-    /// transaction holding the inserted row).
+    /// transaction holding an advisory lock on the pair; the row is inserted at commit).
     fn claim<'a>(
         &'a self,
         handler: &'a str,
@@ -66,7 +66,7 @@ pub(crate) trait OpenClaim: Send + Sync {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
     /// The connection whose open transaction holds the claim (PostgreSQL).
     #[cfg(feature = "postgres")]
-    fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
+    fn postgres(&self) -> Option<Arc<crate::store::postgres::ClaimConnection>> {
         None
     }
 }
@@ -90,7 +90,7 @@ impl fmt::Debug for Claim {
 impl Claim {
     /// The connection of the claim's PostgreSQL transaction, for the handler's writes.
     #[cfg(feature = "postgres")]
-    pub(crate) fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
+    pub(crate) fn postgres(&self) -> Option<Arc<crate::store::postgres::ClaimConnection>> {
         self.open.as_ref().and_then(|o| o.postgres())
     }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
@@ -166,6 +167,8 @@ pub(crate) struct PostgresStore {
     wake: Arc<Notify>,
     notifier: tokio::task::JoinHandle<()>,
     inbox: Arc<PostgresInbox>,
+    /// Warns when readers are held back behind an open transaction.
+    horizon: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -180,6 +183,7 @@ impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
         self.notifier.abort();
+        self.horizon.abort();
     }
 }
 
@@ -254,8 +258,14 @@ impl PostgresStore {
                 .map_err(|e| unavailable(url, e))?,
             claims: std::sync::atomic::AtomicU64::new(0),
         });
+        let horizon = tokio::spawn(watch_horizon(
+            pool.clone(),
+            changes.clone(),
+            HorizonTiming::default(),
+        ));
         Ok(Self {
             inbox,
+            horizon,
             pool,
             url: url.clone(),
             changes,
@@ -719,11 +729,209 @@ impl Backend for PostgresStore {
     }
 }
 
-/// The inbox of `once: true` handlers: a claim is an open transaction holding the
-/// inserted `(handler, message_id)` row, so a concurrent copy of the message waits on the
-/// row and then finds it (or takes over when the first run rolled back), and the handler's
-/// own writes through `HandlerContext::postgres` (the bus layer) commit
-/// with it. Rows older than 7 days are deleted now and then.
+/// When readers of the global order count as held back, and how often that is told.
+#[derive(Clone, Copy, Debug)]
+struct HorizonTiming {
+    /// How long the horizon may stay put with committed events waiting behind it before
+    /// a warning names the oldest open transaction.
+    after: Duration,
+    /// At most one warning per this long.
+    every: Duration,
+    /// How often the horizon is looked at (only while this process has live readers).
+    check: Duration,
+}
+
+impl Default for HorizonTiming {
+    fn default() -> Self {
+        Self {
+            after: Duration::from_secs(30),
+            every: Duration::from_secs(60),
+            check: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What readers can see and what is committed, in one snapshot.
+const HORIZON: &str = "SELECT (SELECT max(position) FROM orkestra_events \
+                        WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())), \
+                       (SELECT max(position) FROM orkestra_events)";
+
+/// The open transaction with the oldest transaction id in the whole cluster (the
+/// horizon is cluster-wide): a session's, or a prepared transaction.
+const OLDEST_TRANSACTION: &str = "SELECT database, pid, \
+       EXTRACT(EPOCH FROM now() - since)::float8, state, application FROM ( \
+     SELECT datname::text AS database, pid, xact_start AS since, state, \
+            application_name AS application, age(backend_xid) AS xid_age \
+     FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+     UNION ALL \
+     SELECT database::text, NULL::int4, prepared, 'prepared transaction ' || quote_literal(gid), \
+            NULL::text, age(transaction) \
+     FROM pg_prepared_xacts \
+   ) t ORDER BY xid_age DESC LIMIT 1";
+
+/// Whether the horizon has held readers back long enough to say so.
+#[derive(Debug, Default)]
+struct HorizonState {
+    /// The visible head while events wait behind it, and since when it has not moved.
+    held: Option<(Option<u64>, std::time::Instant)>,
+    warned: Option<std::time::Instant>,
+}
+
+impl HorizonState {
+    /// How long readers have been held back, when a warning is due now.
+    fn observe(
+        &mut self,
+        head: Option<u64>,
+        recorded: Option<u64>,
+        now: std::time::Instant,
+        timing: HorizonTiming,
+    ) -> Option<Duration> {
+        if recorded <= head {
+            self.held = None;
+            return None;
+        }
+        let since = match self.held {
+            Some((held_head, since)) if held_head == head => since,
+            _ => {
+                self.held = Some((head, now));
+                now
+            }
+        };
+        let held_for = now.duration_since(since);
+        if held_for < timing.after
+            || self
+                .warned
+                .is_some_and(|warned| now.duration_since(warned) < timing.every)
+        {
+            return None;
+        }
+        self.warned = Some(now);
+        Some(held_for)
+    }
+}
+
+/// The transaction readers wait for, as `pg_stat_activity` shows it.
+#[derive(Debug)]
+struct OldestTransaction {
+    database: Option<String>,
+    pid: Option<i32>,
+    age: Option<f64>,
+    state: Option<String>,
+    application: Option<String>,
+}
+
+impl OldestTransaction {
+    async fn find(client: &tokio_postgres::Client) -> Result<Option<Self>, tokio_postgres::Error> {
+        Ok(client
+            .query_opt(OLDEST_TRANSACTION, &[])
+            .await?
+            .map(|row| Self {
+                database: row.try_get(0).ok().flatten(),
+                pid: row.try_get(1).ok().flatten(),
+                age: row.try_get(2).ok().flatten(),
+                state: row.try_get(3).ok().flatten(),
+                application: row
+                    .try_get::<_, Option<String>>(4)
+                    .ok()
+                    .flatten()
+                    .filter(|a| !a.is_empty()),
+            }))
+    }
+}
+
+impl std::fmt::Display for OldestTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}")?,
+            None => f.write_str("a transaction")?,
+        }
+        if let Some(database) = &self.database {
+            write!(f, " in database \"{database}\"")?;
+        }
+        if let Some(age) = self.age {
+            write!(f, ", open for {age:.1} s")?;
+        }
+        if let Some(state) = &self.state {
+            write!(f, ", {state}")?;
+        }
+        if let Some(application) = &self.application {
+            write!(f, ", application \"{application}\"")?;
+        }
+        Ok(())
+    }
+}
+
+/// Logs a warning, at most once per `timing.every`, when readers of the global order
+/// (projections, the relay, process timers) have waited more than `timing.after` behind
+/// one open transaction: the horizon has not moved while committed events wait behind
+/// it. It names the oldest open transaction of the cluster. Only looks while this
+/// process has live readers (receivers of `changes`).
+async fn watch_horizon(pool: Pool, changes: watch::Sender<u64>, timing: HorizonTiming) {
+    let mut state = HorizonState::default();
+    let mut tick = tokio::time::interval(timing.check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if changes.receiver_count() == 0 {
+            state.held = None;
+            continue;
+        }
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let Ok(row) = client.query_one(HORIZON, &[]).await else {
+            continue;
+        };
+        let position = |i| {
+            row.try_get::<_, Option<i64>>(i)
+                .ok()
+                .flatten()
+                .map(|p| p as u64)
+        };
+        let (head, recorded) = (position(0), position(1));
+        let Some(held_for) = state.observe(head, recorded, std::time::Instant::now(), timing)
+        else {
+            continue;
+        };
+        let found = OldestTransaction::find(&client).await;
+        let oldest = match &found {
+            Ok(Some(oldest)) => oldest.to_string(),
+            Ok(None) => "none is visible to this role (seeing other roles' sessions in \
+                         pg_stat_activity needs pg_read_all_stats)"
+                .to_owned(),
+            Err(e) => format!("it could not be looked up: {}", pg_text(e)),
+        };
+        let found = found.ok().flatten();
+        let pid = found.as_ref().and_then(|o| o.pid);
+        let end_it = match pid {
+            Some(pid) => format!(" (`SELECT pg_terminate_backend({pid})` ends it)"),
+            None => String::new(),
+        };
+        tracing::warn!(
+            orkestra = "store",
+            held_seconds = held_for.as_secs_f64(),
+            oldest_pid = pid,
+            oldest_database = found.as_ref().and_then(|o| o.database.as_deref()),
+            oldest_age_seconds = found.as_ref().and_then(|o| o.age),
+            "PostgreSQL readers held back for {:.1} s: events committed since wait behind the \
+             oldest open transaction of the cluster, {oldest}; projections, the relay and \
+             process timers see nothing newer until it ends{end_it}",
+            held_for.as_secs_f64()
+        );
+    }
+}
+
+/// The inbox of `once: true` handlers. A claim is an open transaction that holds a
+/// transaction-level advisory lock keyed on `(handler, message_id)` and found no row for
+/// the pair; the `orkestra_inbox` row is inserted when the handler succeeded, in the same
+/// transaction as the handler's own writes through `HandlerContext::postgres` (the bus
+/// layer), then committed. A copy of the message claimed meanwhile (another process)
+/// waits on the lock, then finds the row (or takes over when the first run rolled back).
+///
+/// Neither the lock nor the lookup assigns a transaction id, so a handler that runs for
+/// long without writing does not hold back readers of the global order (they wait for the
+/// oldest open transaction id, see the module's documentation): only its own writes do,
+/// from the first write to the commit. Rows older than 7 days are deleted now and then.
 #[derive(Debug)]
 struct PostgresInbox {
     pool: Pool,
@@ -733,12 +941,123 @@ struct PostgresInbox {
 /// How long handled message ids are kept.
 const INBOX_KEEP: &str = "7 days";
 
-struct PostgresClaim {
-    client: Arc<deadpool_postgres::Object>,
+/// The connection of an inbox claim. It goes back to the pool only when its transaction
+/// ended (a `COMMIT` or `ROLLBACK` that succeeded); dropped in any other state (a failed
+/// rollback, a claim dropped mid-way), it is closed instead, so the server rolls back
+/// and no later claim gets a connection inside an open or aborted transaction.
+pub(crate) struct ClaimConnection {
+    object: Option<deadpool_postgres::Object>,
+    /// No transaction is open (or it ended): the connection may be pooled again.
+    clean: std::sync::atomic::AtomicBool,
 }
 
+impl ClaimConnection {
+    fn new(object: deadpool_postgres::Object) -> Self {
+        Self {
+            object: Some(object),
+            clean: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The connection, for the handler's statements (`HandlerContext::postgres`).
+    pub(crate) fn client(&self) -> Option<&tokio_postgres::Client> {
+        self.object.as_deref().map(|wrapper| &**wrapper)
+    }
+
+    fn checked(&self) -> Result<&tokio_postgres::Client, crate::handler::InboxError> {
+        self.client()
+            .ok_or_else(|| inbox_error("the claim's connection is already closed"))
+    }
+
+    /// Opens the claim's transaction: until it ends, the connection is closed rather than
+    /// pooled when dropped.
+    async fn begin(&self) -> Result<(), crate::handler::InboxError> {
+        self.clean.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.checked()?
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| inbox_pg_error(&e))
+    }
+
+    /// `COMMIT` or `ROLLBACK`: once it succeeded the connection may be pooled again.
+    async fn end(&self, sql: &str) -> Result<(), crate::handler::InboxError> {
+        self.checked()?
+            .batch_execute(sql)
+            .await
+            .map_err(|e| inbox_pg_error(&e))?;
+        self.clean.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Rolls back, on every failed path. When even that fails the connection is closed
+    /// when dropped.
+    async fn rollback(&self) {
+        if let Err(e) = self.end("ROLLBACK").await {
+            tracing::warn!(
+                orkestra = "inbox",
+                error = %e,
+                "Inbox claim could not roll back; its connection is closed instead of pooled"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for ClaimConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimConnection")
+            .field("clean", &self.clean)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ClaimConnection {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take()
+            && !*self.clean.get_mut()
+        {
+            // Out of the pool; dropping the client closes the connection.
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+struct PostgresClaim {
+    connection: Arc<ClaimConnection>,
+    handler: String,
+    message_id: String,
+}
+
+/// Waits for the pair's claim: a transaction-level advisory lock (released at COMMIT or
+/// ROLLBACK), keyed on a 64-bit hash of the pair (two pairs sharing a key only take
+/// turns). No transaction id is assigned.
+const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($2, hashtext($1)))";
+/// Whether the pair is recorded: run after the lock is granted, so (read committed) it
+/// sees the row a run that held the lock before committed.
+const CLAIM_DONE: &str = "SELECT 1 FROM orkestra_inbox WHERE handler = $1 AND message_id = $2";
+/// Records the pair, in the handler's transaction, when the handler succeeded.
+const CLAIM_RECORD: &str = "INSERT INTO orkestra_inbox (handler, message_id) VALUES ($1, $2) \
+                            ON CONFLICT DO NOTHING";
+
+/// `postgres: ` and the error with its causes (the driver's `db error` alone says
+/// nothing; its cause names the statement's failure).
 fn inbox_error(e: impl std::fmt::Display) -> crate::handler::InboxError {
     crate::handler::InboxError(format!("{ADAPTER}: {e}"))
+}
+
+fn inbox_pg_error(e: &tokio_postgres::Error) -> crate::handler::InboxError {
+    inbox_error(pg_text(e))
+}
+
+/// A driver error with its causes, one sentence.
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl crate::handler::InboxBackend for PostgresInbox {
@@ -749,7 +1068,10 @@ impl crate::handler::InboxBackend for PostgresInbox {
     ) -> BoxFuture<'a, Result<Option<Box<dyn crate::handler::OpenClaim>>, crate::handler::InboxError>>
     {
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(inbox_error)?;
+            let connection = Arc::new(ClaimConnection::new(
+                self.pool.get().await.map_err(inbox_error)?,
+            ));
+            let client = connection.checked()?;
             if self
                 .claims
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -761,30 +1083,34 @@ impl crate::handler::InboxBackend for PostgresInbox {
                         &[],
                     )
                     .await
-                    .map_err(inbox_error)?;
+                    .map_err(|e| inbox_pg_error(&e))?;
             }
-            client.batch_execute("BEGIN").await.map_err(inbox_error)?;
-            let inserted = client
-                .execute(
-                    "INSERT INTO orkestra_inbox (handler, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&handler, &message_id],
-                )
-                .await;
-            match inserted {
-                Ok(1) => Ok(Some(Box::new(PostgresClaim {
-                    client: Arc::new(client),
+            if let Err(e) = connection.begin().await {
+                connection.rollback().await;
+                return Err(e);
+            }
+            // The lock, then the lookup, sent together (one round trip, run in order);
+            // unnamed statements, planned with their values each time.
+            let pair: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+                [(&handler, Type::TEXT), (&message_id, Type::TEXT)];
+            let (locked, done) = tokio::join!(
+                client.query_typed(CLAIM_LOCK, &pair),
+                client.query_typed(CLAIM_DONE, &pair)
+            );
+            match locked.and(done) {
+                Ok(rows) if rows.is_empty() => Ok(Some(Box::new(PostgresClaim {
+                    connection: connection.clone(),
+                    handler: handler.to_owned(),
+                    message_id: message_id.to_owned(),
                 })
                     as Box<dyn crate::handler::OpenClaim>)),
                 Ok(_) => {
-                    client
-                        .batch_execute("ROLLBACK")
-                        .await
-                        .map_err(inbox_error)?;
+                    connection.end("ROLLBACK").await?;
                     Ok(None)
                 }
                 Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    Err(inbox_error(e))
+                    connection.rollback().await;
+                    Err(inbox_pg_error(&e))
                 }
             }
         })
@@ -794,26 +1120,214 @@ impl crate::handler::InboxBackend for PostgresInbox {
 impl crate::handler::OpenClaim for PostgresClaim {
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), crate::handler::InboxError>> {
         Box::pin(async move {
-            // COMMIT of a transaction a failed statement aborted rolls back without an
-            // error: ask first, so a handler's lost writes are a failure (run again),
-            // never a silent success.
-            self.client.batch_execute("SELECT 1").await.map_err(|e| {
-                inbox_error(format_args!("the handler's transaction is aborted: {e}"))
-            })?;
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(inbox_error)
+            let connection = &self.connection;
+            // The row goes in with the handler's writes. When a statement of the handler
+            // failed, the transaction is aborted and this insert fails: COMMIT would roll
+            // back without an error, so the handler's lost writes are a failure (run
+            // again), never a silent success. Every failed path rolls back.
+            let recorded = connection
+                .checked()?
+                .execute_typed(
+                    CLAIM_RECORD,
+                    &[(&self.handler, Type::TEXT), (&self.message_id, Type::TEXT)],
+                )
+                .await;
+            match recorded {
+                Ok(1) => {}
+                Ok(_) => {
+                    // Only a run that did not take the lock (a process of an older release,
+                    // which inserted the row when it claimed) can have recorded it.
+                    connection.rollback().await;
+                    return Err(inbox_error(format_args!(
+                        "message {} was recorded for {} by another process meanwhile; this \
+                         run's writes are rolled back",
+                        self.message_id, self.handler
+                    )));
+                }
+                Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                    connection.rollback().await;
+                    return Err(inbox_error(format_args!(
+                        "the handler's transaction is aborted (a statement on ctx.postgres() failed \
+                         and the handler still returned Ok), so its writes are lost: {}",
+                        pg_text(&e)
+                    )));
+                }
+                Err(e) => {
+                    connection.rollback().await;
+                    return Err(inbox_pg_error(&e));
+                }
+            }
+            if let Err(e) = connection.end("COMMIT").await {
+                connection.rollback().await;
+                return Err(e);
+            }
+            Ok(())
         })
     }
 
     fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let _ = self.client.batch_execute("ROLLBACK").await;
-        })
+        Box::pin(async move { self.connection.rollback().await })
     }
 
-    fn postgres(&self) -> Option<Arc<deadpool_postgres::Object>> {
-        Some(self.client.clone())
+    fn postgres(&self) -> Option<Arc<ClaimConnection>> {
+        Some(self.connection.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+
+    const TIMING: HorizonTiming = HorizonTiming {
+        after: Duration::from_millis(300),
+        every: Duration::from_secs(60),
+        check: Duration::from_millis(50),
+    };
+
+    #[test]
+    fn readers_count_as_held_back_once_the_horizon_stays_put_behind_committed_events() {
+        let mut state = HorizonState::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Nothing waits: never held.
+        assert_eq!(state.observe(Some(5), Some(5), at(0), TIMING), None);
+        assert_eq!(state.observe(None, None, at(1000), TIMING), None);
+        // Events wait behind the horizon: a warning after `after`, then not again
+        // within `every`.
+        assert_eq!(state.observe(Some(5), Some(9), at(1000), TIMING), None);
+        assert_eq!(state.observe(Some(5), Some(9), at(1200), TIMING), None);
+        assert_eq!(
+            state.observe(Some(5), Some(12), at(1300), TIMING),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(state.observe(Some(5), Some(12), at(30_000), TIMING), None);
+        assert_eq!(
+            state.observe(Some(5), Some(12), at(61_300), TIMING),
+            Some(Duration::from_millis(60_300))
+        );
+        // The horizon moved (another transaction holds it now): the wait starts again.
+        assert_eq!(state.observe(Some(9), Some(12), at(200_000), TIMING), None);
+        assert_eq!(state.observe(Some(9), Some(12), at(200_200), TIMING), None);
+        assert!(
+            state
+                .observe(Some(9), Some(12), at(200_400), TIMING)
+                .is_some()
+        );
+        // Caught up: not held.
+        assert_eq!(state.observe(Some(12), Some(12), at(300_000), TIMING), None);
+        assert_eq!(state.held, None);
+    }
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            crate::sync::lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn url() -> SecretUrl {
+        SecretUrl::new(
+            std::env::var("ORKESTRA_PG_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        )
+    }
+
+    /// A transaction left open in another session (with a transaction id) holds back an
+    /// event committed after it: the watcher names that session (database, pid, age,
+    /// state) in one warning. The current-thread runtime keeps the spawned watcher under
+    /// the test's log subscriber.
+    #[tokio::test]
+    async fn a_transaction_left_open_is_named_when_it_holds_readers_back() {
+        let url = url();
+        let store = match crate::Store::postgres(&url).await {
+            Ok(store) => store,
+            Err(e) if std::env::var("ORKESTRA_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
+                panic!("PostgreSQL is required (ORKESTRA_REQUIRE_SERVICES=1): {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: PostgreSQL is unavailable ({e})");
+                return;
+            }
+        };
+        let Some(pg) = store.backend.as_postgres() else {
+            panic!("a PostgreSQL store");
+        };
+        let (holder, connection) = tokio_postgres::connect(url.expose(), NoTls).await.unwrap();
+        tokio::spawn(connection);
+        holder
+            .batch_execute(
+                "SET application_name = 'forgotten-session'; BEGIN; SELECT pg_current_xact_id()",
+            )
+            .await
+            .unwrap();
+        let row = holder
+            .query_one("SELECT pg_backend_pid(), current_database()", &[])
+            .await
+            .unwrap();
+        let (pid, database): (i32, String) = (row.get(0), row.get(1));
+        let appended = store
+            .append(
+                &format!("horizon-{}", crate::new_id()),
+                crate::ExpectedVersion::NoStream,
+                vec![crate::EventData::from_raw(crate::RawEvent {
+                    id: crate::new_id(),
+                    event_type: "Test.Held".into(),
+                    version: 1,
+                    topic: "test.held".into(),
+                    data: serde_json::json!({}),
+                    metadata: crate::Metadata::new(),
+                })],
+            )
+            .await
+            .unwrap();
+        assert!(
+            store.head().await.unwrap() < Some(appended.last_position),
+            "the open transaction keeps the event from readers"
+        );
+
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let reader = pg.changes.subscribe();
+        let watcher = tokio::spawn(watch_horizon(pg.pool.clone(), pg.changes.clone(), TIMING));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        watcher.abort();
+        drop(reader);
+        holder.batch_execute("COMMIT").await.unwrap();
+
+        let text = String::from_utf8(crate::sync::lock(&logs.0).clone()).unwrap();
+        let warnings: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("readers held back"))
+            .collect();
+        eprintln!("{warnings:#?}");
+        assert_eq!(warnings.len(), 1, "one warning per minute: {text}");
+        let warning = warnings[0];
+        for part in [
+            "WARN",
+            "PostgreSQL readers held back for 0.",
+            &format!("pid {pid} in database \"{database}\", open for "),
+            "idle in transaction",
+            "application \"forgotten-session\"",
+            &format!("(`SELECT pg_terminate_backend({pid})` ends it)"),
+        ] {
+            assert!(warning.contains(part), "{part:?} in {warning}");
+        }
     }
 }
