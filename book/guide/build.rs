@@ -51,7 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
             }
-            std::fs::write(out.join("book").join(path.file_name().ok_or("a file")?), expanded)?;
+            std::fs::write(
+                out.join("book").join(path.file_name().ok_or("a file")?),
+                expanded,
+            )?;
         }
     }
     Ok(())

@@ -8,8 +8,8 @@ use std::time::Duration;
 use orders::commands::PlaceOrder;
 use orders::events::OrderPlaced;
 use orkestra_runtime::{
-    Bus, Command, CommandEnvelope, Config, Event, EventEnvelope, ExpectedVersion,
-    HandlerContext, HandlerError, Metadata, Store,
+    Bus, Command, CommandEnvelope, Config, Event, EventEnvelope, ExpectedVersion, HandlerContext,
+    HandlerError, Metadata, Store,
 };
 use serde_json::{Value, json};
 
@@ -121,7 +121,10 @@ mod tests {
         )
         .unwrap();
         let receipt = bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
-        let order_id = receipt.reply().unwrap()["order_id"].as_str().unwrap().to_owned();
+        let order_id = receipt.reply().unwrap()["order_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let stored = store
             .read_stream(&format!("order-{order_id}"), 0, 10)
             .await
