@@ -45,6 +45,8 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, Span};
 pub use export::{Export, Exported};
 pub use validate::Source;
+#[doc(hidden)]
+pub use validate::{BASE_TYPES, SCHEMA_KEYS};
 
 /// The file name build.rs output gets in `$OUT_DIR`.
 pub const GENERATED_FILE: &str = "orkestra_generated.rs";

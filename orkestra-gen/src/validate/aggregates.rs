@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::names;
 use crate::yaml::{Key, Node, Value};
 
-const AGGREGATE_KEYS: &[&str] = &[
+pub(super) const AGGREGATE_KEYS: &[&str] = &[
     "description",
     "stream",
     "state",

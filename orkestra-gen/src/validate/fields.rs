@@ -10,7 +10,7 @@ use crate::model::*;
 use crate::names;
 use crate::yaml::{Key, Node, Value};
 
-const FIELD_KEYS: &[&str] = &[
+pub(super) const FIELD_KEYS: &[&str] = &[
     "type",
     "required",
     "default",

@@ -9,7 +9,7 @@ use crate::model::*;
 use crate::topic;
 use crate::yaml::{Key, Node, Value};
 
-const HANDLER_KEYS: &[&str] = &[
+pub(super) const HANDLER_KEYS: &[&str] = &[
     "command",
     "event",
     "events",

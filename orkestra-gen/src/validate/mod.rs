@@ -16,6 +16,27 @@ mod upcast;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// Every key the schema language accepts, by where it is written, and every base type:
+/// the validator's own tables, for the guide's reference test (not a stable API).
+#[doc(hidden)]
+pub const SCHEMA_KEYS: &[(&str, &[&str])] = &[
+    ("top level", shape::TOP_KEYS),
+    ("type", types::TYPE_KEYS),
+    ("field", fields::FIELD_KEYS),
+    ("command", payloads::COMMAND_KEYS),
+    ("event", payloads::EVENT_KEYS),
+    ("upcast step", upcast::STEP_KEYS),
+    ("handler", handlers::HANDLER_KEYS),
+    ("aggregate", aggregates::AGGREGATE_KEYS),
+    ("projection", projections::PROJECTION_KEYS),
+    ("process manager", process_managers::PROCESS_KEYS),
+    ("timeout", process_managers::TIMEOUT_KEYS),
+];
+
+/// The base types a field's `type` may name (besides `list<T>`, `map<T>` and named types).
+#[doc(hidden)]
+pub const BASE_TYPES: &[&str] = types::BASE_TYPES;
+
 use crate::diagnostic::{Diagnostic, Diagnostics, Span};
 use crate::model::*;
 use crate::yaml::{self, Key, Node};

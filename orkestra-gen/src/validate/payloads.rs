@@ -18,23 +18,27 @@ struct Syntax {
     section: &'static str,
 }
 
+pub(super) const COMMAND_KEYS: &[&str] = &["description", "params", "validate", "topic"];
+
+pub(super) const EVENT_KEYS: &[&str] = &[
+    "description",
+    "fields",
+    "version",
+    "upcast",
+    "validate",
+    "topic",
+];
+
 const COMMAND: Syntax = Syntax {
     what: "command",
-    keys: &["description", "params", "validate", "topic"],
+    keys: COMMAND_KEYS,
     fields_key: "params",
     section: "Commands",
 };
 
 const EVENT: Syntax = Syntax {
     what: "event",
-    keys: &[
-        "description",
-        "fields",
-        "version",
-        "upcast",
-        "validate",
-        "topic",
-    ],
+    keys: EVENT_KEYS,
     fields_key: "fields",
     section: "Events",
 };

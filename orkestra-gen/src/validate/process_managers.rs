@@ -13,7 +13,7 @@ use crate::model::*;
 use crate::names;
 use crate::yaml::{Key, Node, Value};
 
-const PROCESS_KEYS: &[&str] = &[
+pub(super) const PROCESS_KEYS: &[&str] = &[
     "description",
     "correlate_by",
     "state",
@@ -24,7 +24,7 @@ const PROCESS_KEYS: &[&str] = &[
     "timeouts",
 ];
 
-const TIMEOUT_KEYS: &[&str] = &["after", "description"];
+pub(super) const TIMEOUT_KEYS: &[&str] = &["after", "description"];
 
 /// The longest timer: 366 days.
 const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3_600_000;

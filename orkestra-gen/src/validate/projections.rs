@@ -15,7 +15,7 @@ use crate::names;
 use crate::topic;
 use crate::yaml::{Key, Node, Value};
 
-const PROJECTION_KEYS: &[&str] = &[
+pub(super) const PROJECTION_KEYS: &[&str] = &[
     "event",
     "events",
     "topic",

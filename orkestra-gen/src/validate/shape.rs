@@ -10,7 +10,7 @@ use crate::names;
 use crate::topic;
 use crate::yaml::{Key, Node, Value};
 
-const TOP_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &[
     "namespace",
     "description",
     "types",

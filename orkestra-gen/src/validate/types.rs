@@ -8,8 +8,8 @@ use crate::model::*;
 use crate::names;
 use crate::yaml::{Key, Node, Value};
 
-const TYPE_KEYS: &[&str] = &["description", "fields", "enum"];
-const BASE_TYPES: &[&str] = &[
+pub(super) const TYPE_KEYS: &[&str] = &["description", "fields", "enum"];
+pub(super) const BASE_TYPES: &[&str] = &[
     "string", "integer", "float", "boolean", "datetime", "date", "uuid", "decimal", "json",
 ];
 

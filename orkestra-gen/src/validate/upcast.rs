@@ -11,7 +11,7 @@ use crate::diagnostic::{Diagnostic, Span};
 use crate::model::*;
 use crate::yaml::{Key, Node, Value};
 
-const STEP_KEYS: &[&str] = &["renamed", "removed", "added"];
+pub(super) const STEP_KEYS: &[&str] = &["renamed", "removed", "added"];
 
 /// The fields of one version: their names and, where known, their types (a field only
 /// an older version has, brought back by `removed`, has no known type).
