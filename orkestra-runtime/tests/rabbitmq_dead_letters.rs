@@ -225,3 +225,77 @@ async fn a_failing_dead_letter_handler_produces_no_further_dead_letter() {
     );
     conn.close(200, "done".into()).await.unwrap();
 }
+
+/// When the broker opened the connection of the bus whose prefix is `prefix`
+/// (`rabbitmqctl list_connections client_properties connected_at`); `None` without `rabbitmqctl`.
+fn connected_at(prefix: &str) -> Option<String> {
+    let out = support::services::rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "client_properties",
+        "connected_at",
+    ])?;
+    let found: Vec<&str> = out.lines().filter(|l| l.contains(prefix)).collect();
+    assert_eq!(found.len(), 1, "one connection for {prefix}: {out}");
+    Some(found[0].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mebibyte_failure_reason_is_cut_and_the_connection_stays_up() {
+    let config = rabbit_config();
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    bus.subscribe(Subscription::dead_letters(
+        "Alarm",
+        move |letter: DeadLetter, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Seen::from(&letter)).unwrap();
+                Ok(())
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    bus.subscribe(
+        Subscription::command("Verbose", |_: Command<PlaceOrder>, _| async {
+            Err(HandlerError::fail("x".repeat(1 << 20)))
+        })
+        .with_max_retries(0),
+    )
+    .await
+    .unwrap();
+    let opened = connected_at(&config.bus.prefix);
+
+    for _ in 0..2 {
+        let cmd = order();
+        let id = cmd.id.clone();
+        bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
+        let letter = recv(&mut seen).await;
+        assert_eq!(
+            (letter.handler.as_str(), letter.message_id.as_str()),
+            ("Verbose", id.as_str())
+        );
+        assert!(
+            letter.reason.len() <= 4096,
+            "the reason is cut to a few KiB, not {} bytes",
+            letter.reason.len()
+        );
+        assert!(
+            letter.reason.starts_with("xxxxxxxx")
+                && letter.reason.ends_with("[cut: 1048576 bytes in all]"),
+            "the cut reason keeps its start and says it was cut: …{}",
+            &letter.reason[letter.reason.len().saturating_sub(60)..]
+        );
+    }
+    assert_quiet(&mut seen).await;
+    if let Some(opened) = opened {
+        assert_eq!(
+            connected_at(&config.bus.prefix),
+            Some(opened),
+            "the bus kept its connection"
+        );
+    }
+}

@@ -870,7 +870,7 @@ async fn dead_letter(
         headers::REPLAY_OF_TRACESTATE,
     ] {
         if let Some(value) = headers::string(original, key) {
-            headers::put_str(&mut table, key, &value);
+            headers::put_text(&mut table, key, &value);
         }
     }
     if let Some(max) = headers::int(original, headers::MAX_RETRIES) {
