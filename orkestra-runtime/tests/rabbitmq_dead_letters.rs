@@ -1,6 +1,6 @@
 //! Dead-letter subscriptions on the real broker: a `Subscription::dead_letters` handler
-//! receives every dead letter of the bus (a rejected command, an event handler out of
-//! retries) with its topic, handler, reason and attempts; a dead-letter handler that
+//! receives every dead letter of the bus (a command or an event whose handler is out of
+//! retries; never a rejection, which is an answer) with its topic, handler, reason and attempts; a dead-letter handler that
 //! fails is retried, then dropped, and never produces another dead letter.
 
 mod support;
@@ -83,15 +83,16 @@ fn order_placed() -> Event<OrderPlaced> {
     .unwrap()
 }
 
-/// A command handler that rejects every command.
+/// A command handler that fails every command, with no retries: dead-lettered at once.
 fn refuser() -> Subscription {
     Subscription::command("Refuser", |_: Command<PlaceOrder>, _| async {
-        Err(HandlerError::reject("out of stock"))
+        Err(HandlerError::fail("out of stock"))
     })
+    .with_max_retries(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_handler_receives_rejected_commands_and_exhausted_events() {
+async fn a_dead_letter_handler_receives_failed_commands_and_exhausted_events() {
     let config = rabbit_config();
     let Some(bus) = rabbit_bus_with(&config).await else {
         return;
@@ -132,7 +133,7 @@ async fn a_dead_letter_handler_receives_rejected_commands_and_exhausted_events()
             message_id: cmd_id,
             message_type: PlaceOrder::TYPE_NAME.into(),
         },
-        "a rejection is dead-lettered at once"
+        "a failure with no retries left is dead-lettered at once"
     );
 
     let event = order_placed();
@@ -298,4 +299,63 @@ async fn a_one_mebibyte_failure_reason_is_cut_and_the_connection_stays_up() {
             "the bus kept its connection"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_leaves_the_catch_all_dead_letter_queue_empty() {
+    let config = rabbit_config();
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    bus.subscribe(Subscription::command(
+        "Lending",
+        |_: Command<PlaceOrder>, _| async { Err(HandlerError::reject("book already lent")) },
+    ))
+    .await
+    .unwrap();
+    let receipt = bus
+        .call(CommandEnvelope::wrap(order()), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(receipt.status(), orkestra_runtime::CommandStatus::Rejected);
+    assert_eq!(receipt.error(), Some("book already lent"));
+    // A dispatched (not called) rejection settles the same way.
+    bus.dispatch(CommandEnvelope::wrap(order())).await.unwrap();
+    tokio::time::sleep(QUIET).await;
+
+    let conn = Connection::connect(amqp_url().expose(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let catch_all = channel
+        .queue_declare(
+            format!("{}.deadletter.all", config.bus.prefix)
+                .as_str()
+                .into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        catch_all.message_count(),
+        0,
+        "a rejection is not a dead letter"
+    );
+    let work = channel
+        .queue_declare(
+            format!("{}.cmd.{}", config.bus.prefix, PlaceOrder::TOPIC)
+                .as_str()
+                .into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(work.message_count(), 0, "the rejected command was settled");
+    conn.close(200, "done".into()).await.unwrap();
 }
