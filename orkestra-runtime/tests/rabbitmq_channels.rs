@@ -34,20 +34,10 @@ fn channels_of(prefix: &str) -> Option<u32> {
     Some(counts[0])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_publishes_do_not_leak_channels() {
-    let mut config = rabbit_config();
-    config.bus.confirm_timeout_ms = 2_000;
-    let Some(bus) = rabbit_bus_with(&config).await else {
-        return;
-    };
-    if rabbitmqctl(&["list_connections", "-q", "name"]).is_none() {
-        support::services::unavailable("rabbitmqctl", &"not installed or not allowed");
-        return;
-    }
-    let prefix = config.bus.prefix.clone();
-    // A queue that refuses every message (length 0, reject-publish) on the PlaceOrder
-    // topic: each dispatch is nacked, and the bus stops using its publishing channel.
+/// Declares a queue that refuses every message (length 0, `reject-publish`) bound to
+/// the PlaceOrder topic of the bus with this prefix: each dispatch of one is nacked, and
+/// the bus stops using its publishing channel. The connection keeps it declared.
+async fn refuse_place_order(prefix: &str) -> Connection {
     let conn = Connection::connect(amqp_url().expose(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -72,6 +62,22 @@ async fn refused_publishes_do_not_leak_channels() {
     )
     .await
     .unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_publishes_do_not_leak_channels() {
+    let mut config = rabbit_config();
+    config.bus.confirm_timeout_ms = 2_000;
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    if rabbitmqctl(&["list_connections", "-q", "name"]).is_none() {
+        support::services::unavailable("rabbitmqctl", &"not installed or not allowed");
+        return;
+    }
+    let prefix = config.bus.prefix.clone();
+    let conn = refuse_place_order(&prefix).await;
     bus.subscribe(Subscription::command(
         "CreateAccountHandler",
         |_: Command<CreateAccount>, _| async { Ok(json!("created")) },
@@ -113,5 +119,46 @@ async fn refused_publishes_do_not_leak_channels() {
         .await
         .unwrap();
     assert_eq!(receipt.status(), CommandStatus::Succeeded);
+    conn.close(200, "done".into()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_a_retired_channel_still_gets_its_reply() {
+    let mut config = rabbit_config();
+    config.bus.confirm_timeout_ms = 2_000;
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    let conn = refuse_place_order(&config.bus.prefix).await;
+    bus.subscribe(Subscription::command(
+        "SlowAccounts",
+        |_: Command<CreateAccount>, _| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(json!("created"))
+        },
+    ))
+    .await
+    .unwrap();
+    let create = Command::<CreateAccount>::from_json(
+        json!({"email": "a@example.com", "name": "A"}),
+        Metadata::new(),
+    )
+    .unwrap();
+    let caller = bus.clone();
+    let call = tokio::spawn(async move {
+        caller
+            .call(CommandEnvelope::wrap(create), Duration::from_secs(20))
+            .await
+    });
+    // While the handler runs, the channel the call went out on is retired.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = bus.dispatch(CommandEnvelope::wrap(order())).await;
+    assert!(matches!(refused, Err(BusError::Broker(_))), "{refused:?}");
+    let receipt = call.await.unwrap().unwrap();
+    assert_eq!(
+        receipt.status(),
+        CommandStatus::Succeeded,
+        "the reply came back on the retired channel"
+    );
     conn.close(200, "done".into()).await.unwrap();
 }
