@@ -1,6 +1,6 @@
 //! A namespace wired all at once (`handlers::Handlers { .. }.subscriptions()` and
 //! `Bus::subscribe_all`) on the in-process bus, with a dead-letter binding that receives
-//! the dead letter of a rejecting handler and, failing itself, produces no other.
+//! the dead letter of a failing handler and, failing itself, produces no other.
 
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ impl handlers::ChargeCardHandler for Charger {
     }
 }
 
-/// Rejects every receipt: no retry, dead-lettered at once.
+/// Fails every receipt (`max_retries: 0`): dead-lettered at once.
 struct JammedPrinter;
 impl handlers::ReceiptPrinter for JammedPrinter {
     async fn handle_event(
@@ -35,7 +35,7 @@ impl handlers::ReceiptPrinter for JammedPrinter {
         _: Event<CardCharged>,
         _: HandlerContext,
     ) -> Result<(), HandlerError> {
-        Err(HandlerError::reject("printer jammed"))
+        Err(HandlerError::fail("printer jammed"))
     }
 }
 
@@ -84,7 +84,7 @@ async fn handlers_struct_subscribes_every_binding_and_dead_letters_reach_their_b
     let receipt = bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
     assert_eq!(receipt.status(), CommandStatus::Succeeded);
 
-    // The rejected receipt is the bus's one dead letter...
+    // The failed receipt is the bus's one dead letter...
     let recorded = tokio::time::timeout(Duration::from_secs(5), dead.recv())
         .await
         .expect("a dead letter")
@@ -95,7 +95,7 @@ async fn handlers_struct_subscribes_every_binding_and_dead_letters_reach_their_b
     assert_eq!(letter.handler(), "ReceiptPrinter");
     assert_eq!(letter.topic(), CardCharged::TOPIC);
     assert_eq!(letter.reason(), "printer jammed");
-    assert_eq!(letter.attempts(), 1, "a rejection is not retried");
+    assert_eq!(letter.attempts(), 1, "max_retries: 0 is one run");
 
     // The alarm fails: it is retried up to its limit (1), then only logged. No dead
     // letter names it, so nothing loops.

@@ -192,7 +192,17 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
     let format = args.format;
     match &args.command {
         Cmd::Dlq(Dlq::List { handler, limit }) => {
-            let letters = admin.list(handler.as_deref(), *limit).await?;
+            // One letter in memory at a time; a row keeps no body and no headers.
+            let mut letters = Vec::new();
+            admin
+                .browse(handler.as_deref(), &mut |mut letter| {
+                    if limit.is_none_or(|l| letters.len() < l) {
+                        letter.body = Vec::new();
+                        letter.headers.clear();
+                        letters.push(letter);
+                    }
+                })
+                .await?;
             print::list(format, admin.queue(), &letters);
         }
         Cmd::Dlq(Dlq::Show { id }) => {

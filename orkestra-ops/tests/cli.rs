@@ -45,6 +45,11 @@ struct Setup {
 impl Setup {
     /// `None` (skip) when the broker is not reachable and not required.
     async fn new() -> Option<Self> {
+        Self::with_settings("").await
+    }
+
+    /// As [`Setup::new`], with more `[bus]` settings (TOML lines).
+    async fn with_settings(settings: &str) -> Option<Self> {
         let connection =
             match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
                 Ok(c) => c,
@@ -68,7 +73,7 @@ impl Setup {
         std::fs::write(
             dir.join("orkestra.toml"),
             format!(
-                "[bus]\nadapter = \"rabbitmq\"\nprefix = \"{prefix}\"\nretry_delay_ms = 100\nqueue_expiry_ms = 120000\n"
+                "[bus]\nadapter = \"rabbitmq\"\nprefix = \"{prefix}\"\nretry_delay_ms = 100\nqueue_expiry_ms = 120000\n{settings}"
             ),
         )
         .unwrap();
@@ -524,5 +529,143 @@ async fn topology_from_the_schemas_names_every_binding_and_wait_queue() {
             )
             .await;
     }
+    setup.cleanup().await;
+}
+
+/// Runs `rabbitmqctl`: `None` when it is not installed or failed.
+fn rabbitmqctl(args: &[&str]) -> Option<String> {
+    Process::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_lists_of_a_quorum_dead_letter_queue_keep_every_letter() {
+    let Some(setup) = Setup::with_settings("queue_type = \"quorum\"\n").await else {
+        return;
+    };
+    // RabbitMQ 4.x gives quorum queues a delivery limit of 20; on 3.x a policy does
+    // the same to this test's dead-letter queue only.
+    let policy = format!("{}-delivery-limit", setup.prefix);
+    let limited = rabbitmqctl(&[
+        "set_policy",
+        &policy,
+        &format!("^{}\\.deadletter\\.all$", regex::escape(&setup.prefix)),
+        r#"{"delivery-limit": 20}"#,
+        "--apply-to",
+        "queues",
+        "--priority",
+        "100",
+    ])
+    .is_some();
+    eprintln!("delivery limit 20 by policy: {limited}");
+    /// Clears the policy however the test ends.
+    struct Cleared(Option<String>);
+    impl Drop for Cleared {
+        fn drop(&mut self) {
+            if let Some(policy) = self.0.take() {
+                rabbitmqctl(&["clear_policy", &policy]);
+            }
+        }
+    }
+    let _cleared = Cleared(limited.then(|| policy.clone()));
+    let planted: Vec<String> = (1..=5).map(|i| format!("cmd-{i}")).collect();
+    for id in &planted {
+        setup.plant(id, "Orders").await;
+    }
+    for run in 1..=50 {
+        let ids = setup.ids();
+        assert_eq!(ids, planted, "dlq list run {run} lost letters");
+    }
+    let shown = setup.ok(&["dlq", "show", "cmd-3"]);
+    assert!(shown.contains("cmd-3"), "{shown}");
+    assert_eq!(setup.ids(), planted, "after 50 lists and a show");
+    setup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_on_twenty_thousand_letters_stays_under_100_mb() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    const LETTERS: usize = 20_000;
+    let filler = "x".repeat(6 * 1024);
+    let prefix = &setup.prefix;
+    let mut confirms = Vec::new();
+    for i in 0..LETTERS {
+        let id = format!("letter-{i}");
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-orkestra-handler".into(),
+            AMQPValue::LongString("Orders".into()),
+        );
+        let body = json!({"id": id, "filler": filler});
+        confirms.push(
+            setup
+                .channel
+                .basic_publish(
+                    format!("{prefix}.deadletter").as_str().into(),
+                    PlaceOrder::TOPIC.into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&body).unwrap(),
+                    BasicProperties::default()
+                        .with_message_id(id.as_str().into())
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await
+                .unwrap(),
+        );
+        if confirms.len() == 1000 {
+            for c in confirms.drain(..) {
+                c.await.unwrap();
+            }
+        }
+    }
+    for c in confirms.drain(..) {
+        c.await.unwrap();
+    }
+    let mut child = Process::new(env!("CARGO_BIN_EXE_orkestra"))
+        .args(["dlq", "show", "letter-10000", "--format", "json"])
+        .current_dir(&setup.dir)
+        .env("ORKESTRA_BUS_URL", amqp_url())
+        .env_remove("ORKESTRA_BUS_ADAPTER")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The peak resident size, as the kernel keeps it (VmHWM), read until it exits.
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(kb) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        }) {
+            peak_kb = peak_kb.max(kb);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "dlq show failed");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown[0]["id"], "letter-10000");
+    eprintln!(
+        "dlq show over {LETTERS} letters of 6 KiB: peak RSS {} MB in {:.1} s",
+        peak_kb / 1024,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        peak_kb > 0 && peak_kb < 100 * 1024,
+        "dlq show peaked at {} MB",
+        peak_kb / 1024
+    );
     setup.cleanup().await;
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use orkestra_runtime::{
     Bus, BusError, Command, CommandEnvelope, CommandStatus, Event, EventEnvelope, EventStatus,
-    HandlerError, HandlerOutcome, Metadata, Subscription,
+    HandlerError, HandlerOutcome, Metadata, Payload, Subscription,
 };
 use serde_json::json;
 use support::payloads::*;
@@ -102,6 +102,48 @@ async fn a_handler_that_recovers_on_retry_succeeds() {
     assert!(
         dead.try_recv().is_none(),
         "a recovered command is no dead letter"
+    );
+}
+
+#[tokio::test]
+async fn a_rejection_is_logged_at_info_with_the_handler_and_the_reason() {
+    let logs = support::logs::LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bus = Bus::in_process();
+    let mut dead = bus.dead_letters().await.unwrap();
+    bus.subscribe(Subscription::command(
+        "Lending",
+        |_: Command<PlaceOrder>, _| async { Err(HandlerError::reject("book already lent")) },
+    ))
+    .await
+    .unwrap();
+    let receipt = bus
+        .dispatch(CommandEnvelope::wrap(place_order(1)))
+        .await
+        .unwrap();
+    assert_eq!(receipt.status(), CommandStatus::Rejected);
+    assert!(dead.try_recv().is_none(), "a rejection is no dead letter");
+    let lines = logs.json_lines();
+    let rejected: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "Handler rejected the message")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{lines:#?}");
+    assert_eq!(rejected[0]["level"], "INFO");
+    assert_eq!(rejected[0]["fields"]["handler"], "Lending");
+    assert_eq!(rejected[0]["fields"]["reason"], "book already lent");
+    assert_eq!(rejected[0]["fields"]["topic"], PlaceOrder::TOPIC);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "Dead letter recorded"),
+        "{lines:#?}"
     );
 }
 

@@ -1,6 +1,6 @@
 //! Dead-letter subscriptions on the real broker: a `Subscription::dead_letters` handler
-//! receives every dead letter of the bus (a rejected command, an event handler out of
-//! retries) with its topic, handler, reason and attempts; a dead-letter handler that
+//! receives every dead letter of the bus (a command or an event whose handler is out of
+//! retries; never a rejection, which is an answer) with its topic, handler, reason and attempts; a dead-letter handler that
 //! fails is retried, then dropped, and never produces another dead letter.
 
 mod support;
@@ -83,15 +83,16 @@ fn order_placed() -> Event<OrderPlaced> {
     .unwrap()
 }
 
-/// A command handler that rejects every command.
+/// A command handler that fails every command, with no retries: dead-lettered at once.
 fn refuser() -> Subscription {
     Subscription::command("Refuser", |_: Command<PlaceOrder>, _| async {
-        Err(HandlerError::reject("out of stock"))
+        Err(HandlerError::fail("out of stock"))
     })
+    .with_max_retries(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_handler_receives_rejected_commands_and_exhausted_events() {
+async fn a_dead_letter_handler_receives_failed_commands_and_exhausted_events() {
     let config = rabbit_config();
     let Some(bus) = rabbit_bus_with(&config).await else {
         return;
@@ -132,7 +133,7 @@ async fn a_dead_letter_handler_receives_rejected_commands_and_exhausted_events()
             message_id: cmd_id,
             message_type: PlaceOrder::TYPE_NAME.into(),
         },
-        "a rejection is dead-lettered at once"
+        "a failure with no retries left is dead-lettered at once"
     );
 
     let event = order_placed();
@@ -223,5 +224,138 @@ async fn a_failing_dead_letter_handler_produces_no_further_dead_letter() {
         1,
         "one letter per original message"
     );
+    conn.close(200, "done".into()).await.unwrap();
+}
+
+/// When the broker opened the connection of the bus whose prefix is `prefix`
+/// (`rabbitmqctl list_connections client_properties connected_at`); `None` without `rabbitmqctl`.
+fn connected_at(prefix: &str) -> Option<String> {
+    let out = support::services::rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "client_properties",
+        "connected_at",
+    ])?;
+    let found: Vec<&str> = out.lines().filter(|l| l.contains(prefix)).collect();
+    assert_eq!(found.len(), 1, "one connection for {prefix}: {out}");
+    Some(found[0].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mebibyte_failure_reason_is_cut_and_the_connection_stays_up() {
+    let config = rabbit_config();
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    bus.subscribe(Subscription::dead_letters(
+        "Alarm",
+        move |letter: DeadLetter, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Seen::from(&letter)).unwrap();
+                Ok(())
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    bus.subscribe(
+        Subscription::command("Verbose", |_: Command<PlaceOrder>, _| async {
+            Err(HandlerError::fail("x".repeat(1 << 20)))
+        })
+        .with_max_retries(0),
+    )
+    .await
+    .unwrap();
+    let opened = connected_at(&config.bus.prefix);
+
+    for _ in 0..2 {
+        let cmd = order();
+        let id = cmd.id.clone();
+        bus.dispatch(CommandEnvelope::wrap(cmd)).await.unwrap();
+        let letter = recv(&mut seen).await;
+        assert_eq!(
+            (letter.handler.as_str(), letter.message_id.as_str()),
+            ("Verbose", id.as_str())
+        );
+        assert!(
+            letter.reason.len() <= 4096,
+            "the reason is cut to a few KiB, not {} bytes",
+            letter.reason.len()
+        );
+        assert!(
+            letter.reason.starts_with("xxxxxxxx")
+                && letter.reason.ends_with("[cut: 1048576 bytes in all]"),
+            "the cut reason keeps its start and says it was cut: …{}",
+            &letter.reason[letter.reason.len().saturating_sub(60)..]
+        );
+    }
+    assert_quiet(&mut seen).await;
+    if let Some(opened) = opened {
+        assert_eq!(
+            connected_at(&config.bus.prefix),
+            Some(opened),
+            "the bus kept its connection"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_leaves_the_catch_all_dead_letter_queue_empty() {
+    let config = rabbit_config();
+    let Some(bus) = rabbit_bus_with(&config).await else {
+        return;
+    };
+    bus.subscribe(Subscription::command(
+        "Lending",
+        |_: Command<PlaceOrder>, _| async { Err(HandlerError::reject("book already lent")) },
+    ))
+    .await
+    .unwrap();
+    let receipt = bus
+        .call(CommandEnvelope::wrap(order()), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(receipt.status(), orkestra_runtime::CommandStatus::Rejected);
+    assert_eq!(receipt.error(), Some("book already lent"));
+    // A dispatched (not called) rejection settles the same way.
+    bus.dispatch(CommandEnvelope::wrap(order())).await.unwrap();
+    tokio::time::sleep(QUIET).await;
+
+    let conn = Connection::connect(amqp_url().expose(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let catch_all = channel
+        .queue_declare(
+            format!("{}.deadletter.all", config.bus.prefix)
+                .as_str()
+                .into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        catch_all.message_count(),
+        0,
+        "a rejection is not a dead letter"
+    );
+    let work = channel
+        .queue_declare(
+            format!("{}.cmd.{}", config.bus.prefix, PlaceOrder::TOPIC)
+                .as_str()
+                .into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(work.message_count(), 0, "the rejected command was settled");
     conn.close(200, "done".into()).await.unwrap();
 }

@@ -249,10 +249,12 @@ async fn an_event_goes_back_only_to_the_handler_that_gave_up_with_its_id_and_a_f
         return;
     };
     let p = config.bus.prefix.clone();
-    bus.subscribe(Subscription::events(
-        "Indexer",
-        |_: Event<OrderPlaced>, _| async { Err(HandlerError::reject("bad shape")) },
-    ))
+    bus.subscribe(
+        Subscription::events("Indexer", |_: Event<OrderPlaced>, _| async {
+            Err(HandlerError::fail("bad shape"))
+        })
+        .with_max_retries(0),
+    )
     .await
     .unwrap();
     bus.subscribe(Subscription::events(

@@ -12,7 +12,7 @@ use support::logs::LogBuffer;
 
 use orkestra_runtime::{Command, CommandEnvelope, HandlerError, Metadata, Payload, Subscription};
 use serde_json::{Value, json};
-use support::payloads::{OrderAuditEvent, PlaceOrder};
+use support::payloads::{CreateAccount, OrderAuditEvent, PlaceOrder};
 use support::services::{rabbit_bus_with, rabbit_config};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
@@ -140,5 +140,47 @@ async fn the_seed_log_lines_with_their_fields() {
             "reason": "timeout",
             "orkestra": "rabbitmq",
         }),
+    );
+
+    // A rejection is an answer: one INFO line with the handler and the reason.
+    bus.subscribe(Subscription::command(
+        "Accounts",
+        |_: Command<CreateAccount>, _| async { Err(HandlerError::reject("email taken")) },
+    ))
+    .await
+    .unwrap();
+    let create = Command::<CreateAccount>::from_json(
+        json!({"email": "a@example.com", "name": "A"}),
+        Metadata::new(),
+    )
+    .unwrap();
+    let receipt = bus
+        .call(CommandEnvelope::wrap(create), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(receipt.error(), Some("email taken"));
+    let lines = bus_lines(&logs);
+    let rejected: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "Handler rejected the message")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{lines:#?}");
+    assert_line(
+        rejected[0],
+        "INFO",
+        "Handler rejected the message",
+        &json!({
+            "handler": "Accounts",
+            "topic": CreateAccount::TOPIC,
+            "reason": "email taken",
+            "orkestra": "rabbitmq",
+        }),
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "Dead letter recorded"
+                && l["fields"]["handler"] == "Accounts"),
+        "a rejection is not a dead letter: {lines:#?}"
     );
 }

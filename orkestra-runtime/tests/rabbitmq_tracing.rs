@@ -376,19 +376,19 @@ async fn a_replayed_dead_letter_starts_a_new_trace_linked_to_the_original() {
     let healed = Arc::new(AtomicBool::new(false));
     let flag = healed.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    bus.subscribe(Subscription::command(
-        "Replayed",
-        move |cmd: Command<PlaceOrder>, _| {
+    bus.subscribe(
+        Subscription::command("Replayed", move |cmd: Command<PlaceOrder>, _| {
             let (tx, healed) = (tx.clone(), flag.load(Ordering::SeqCst));
             async move {
                 if !healed {
-                    return Err(HandlerError::reject("not yet"));
+                    return Err(HandlerError::fail("not yet"));
                 }
                 tx.send(cmd.id.clone()).unwrap();
                 Ok(json!(null))
             }
-        },
-    ))
+        })
+        .with_max_retries(0),
+    )
     .await
     .unwrap();
     let cmd = Command::<PlaceOrder>::from_json(

@@ -1,6 +1,7 @@
 //! Orders and accounts with code generated from `schemas/`: commands, the events their
 //! handlers publish, the handlers that react (single-event, multi-event and wildcard
-//! bindings), one that keeps failing until it is dead-lettered, a dead-letter alarm, and
+//! bindings), one that keeps failing until it is dead-lettered, a dead-letter alarm (for
+//! that failure only: a refusal is an answer, never a dead letter), and
 //! the correlation and causation ids that tie it all together; then an aggregate
 //! (`ledger::aggregates::Account`, from `schemas/ledger.yaml`) whose balance is the fold
 //! of its own stream, with a withdrawal it refuses; its events reach the bus through the
@@ -25,9 +26,9 @@ use orkestra_runtime::projection::{ProjectionContext, Projections};
 use orkestra_runtime::relay::{RELAY_CHECKPOINT, Relay};
 use orkestra_runtime::telemetry::{Logs, Telemetry, TraceTree};
 use orkestra_runtime::{
-    ActorType, Bus, Command, CommandEnvelope, Config, DeadLetter, Event, EventEnvelope,
-    ExpectedVersion, HandlerContext, HandlerError, Metadata, PublishMode, Store, Validate,
-    ValidationError,
+    ActorType, Bus, Command, CommandEnvelope, CommandStatus, Config, DeadLetter, Event,
+    EventEnvelope, ExpectedVersion, HandlerContext, HandlerError, Metadata, PublishMode, Store,
+    Validate, ValidationError,
 };
 use serde_json::{Value, json};
 
@@ -672,12 +673,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     ];
     for command in commands {
         let topic = command.topic().to_owned();
-        let receipt = bus.dispatch(command).await?;
-        match receipt.reply() {
-            Some(reply) => println!("  {topic}: {:?}, reply {reply}", receipt.status()),
-            None => println!(
-                "  {topic}: {:?}: {}",
-                receipt.status(),
+        // `call` waits for the outcome on any bus. A refusal is the aggregate's answer:
+        // `Rejected` with its reason, logged at info; no retry, no dead letter, no alarm.
+        let receipt = bus
+            .call(command, std::time::Duration::from_secs(10))
+            .await?;
+        match (receipt.status(), receipt.reply()) {
+            (CommandStatus::Rejected, _) => println!(
+                "  {topic}: Rejected: {} (an answer: no dead letter, no alarm)",
+                receipt.error().unwrap_or_default()
+            ),
+            (status, Some(reply)) => println!("  {topic}: {status:?}, reply {reply}"),
+            (status, None) => println!(
+                "  {topic}: {status:?}: {}",
                 receipt.error().unwrap_or_default()
             ),
         }

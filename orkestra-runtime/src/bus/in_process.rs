@@ -94,6 +94,14 @@ impl Registry {
     }
 }
 
+/// How an event handler's runs for one event ended.
+enum EventRun {
+    Succeeded,
+    /// The handler refused the event: its answer, not a dead letter.
+    Rejected,
+    DeadLettered,
+}
+
 pub(crate) struct InProcess {
     registry: RwLock<Arc<Registry>>,
     dead_letters: Mutex<Vec<mpsc::Sender<DeadLetter>>>,
@@ -195,8 +203,13 @@ impl InProcess {
                     .await;
                 let transition = match outcome {
                     Outcome::Succeeded(reply) => envelope.try_mark_succeeded(reply),
+                    // A refusal is the handler's answer: no retry, no dead letter.
                     Outcome::Rejected(reason) => {
                         trace::record_error(&Span::current(), "rejected", &reason);
+                        envelope.try_mark_rejected(reason)
+                    }
+                    Outcome::Undecodable(reason) => {
+                        trace::record_error(&Span::current(), "undecodable", &reason);
                         self.dead_letter(&runner, &subscription, &message, &reason, attempt)
                             .await;
                         envelope.try_mark_rejected(reason)
@@ -239,12 +252,15 @@ impl InProcess {
                 .run_with_retries(&runner, subscription, &message)
                 .instrument(span.clone())
                 .await;
-            let recorded = if outcome {
-                envelope.try_mark_handler_succeeded(&subscription.handler)
-            } else {
-                let reason = format!("handler {} dead-lettered the event", subscription.handler);
-                trace::record_error(&span, "dead_letter", &reason);
-                envelope.try_mark_handler_failed(&subscription.handler)
+            let recorded = match outcome {
+                EventRun::Succeeded => envelope.try_mark_handler_succeeded(&subscription.handler),
+                EventRun::Rejected => envelope.try_mark_handler_failed(&subscription.handler),
+                EventRun::DeadLettered => {
+                    let reason =
+                        format!("handler {} dead-lettered the event", subscription.handler);
+                    trace::record_error(&span, "dead_letter", &reason);
+                    envelope.try_mark_handler_failed(&subscription.handler)
+                }
             };
             if let Err(error) = recorded {
                 // Only possible when an envelope is published again after a handler had
@@ -255,14 +271,14 @@ impl InProcess {
         Ok(envelope)
     }
 
-    /// Runs an event handler until it succeeds, rejects or runs out of retries.
-    /// Returns whether it succeeded.
+    /// Runs an event handler until it succeeds, rejects or runs out of retries (then
+    /// dead-letters the event).
     async fn run_with_retries(
         &self,
         runner: &Runner<'_>,
         subscription: &Subscription,
         message: &Message,
-    ) -> bool {
+    ) -> EventRun {
         let max_retries = subscription.max_retries;
         let mut attempt = 1;
         loop {
@@ -270,15 +286,16 @@ impl InProcess {
                 .attempt(subscription, Input::Message(message), attempt, max_retries)
                 .await
             {
-                Outcome::Succeeded(_) => return true,
+                Outcome::Succeeded(_) => return EventRun::Succeeded,
+                Outcome::Rejected(_) => return EventRun::Rejected,
                 Outcome::Failed(reason) if attempt <= max_retries => {
                     log_retry(subscription, attempt, max_retries, &reason, COMPONENT);
                     attempt += 1;
                 }
-                Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+                Outcome::Failed(reason) | Outcome::Undecodable(reason) => {
                     self.dead_letter(runner, subscription, message, &reason, attempt)
                         .await;
-                    return false;
+                    return EventRun::DeadLettered;
                 }
             }
         }

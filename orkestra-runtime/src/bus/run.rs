@@ -8,15 +8,22 @@ use serde_json::Value;
 use tracing::{Instrument, Span};
 
 use super::Bus;
+use super::subscription::RunError;
 use super::{HandlerContext, Input, Subscription, Target};
 use crate::handler::{DeadLetter, HandlerError};
+use crate::message::Message;
 use crate::trace;
 
 /// What one handler run (or all of them, with retries) came to.
 pub(crate) enum Outcome {
     Succeeded(Value),
+    /// The handler refused the message (`HandlerError::Reject`): an answer, never
+    /// retried nor dead-lettered.
     Rejected(String),
+    /// A failure: retried up to the limit, then dead-lettered.
     Failed(String),
+    /// The message cannot be given to the handler: dead-lettered at once.
+    Undecodable(String),
 }
 
 /// What every run of handlers for one message shares: the bus, how its spans and log
@@ -125,13 +132,18 @@ impl Runner<'_> {
                     Err(e) => Outcome::Failed(e.to_string()),
                 },
             },
-            Ok(Err(HandlerError::Reject(reason))) => Outcome::Rejected(reason),
-            Ok(Err(HandlerError::Fail(reason))) => Outcome::Failed(reason),
+            Ok(Err(RunError::Handler(HandlerError::Reject(reason)))) => {
+                log_rejected(subscription, message, &reason, self.component);
+                Outcome::Rejected(reason)
+            }
+            Ok(Err(RunError::Handler(HandlerError::Fail(reason)))) => Outcome::Failed(reason),
+            Ok(Err(RunError::Undecodable(reason))) => Outcome::Undecodable(reason),
             Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
         };
         let (error_type, reason) = match &outcome {
             Outcome::Rejected(reason) => ("rejected", reason),
             Outcome::Failed(reason) => ("failed", reason),
+            Outcome::Undecodable(reason) => ("undecodable", reason),
             Outcome::Succeeded(_) => return outcome,
         };
         trace::record_error(&span, error_type, reason);
@@ -159,7 +171,9 @@ impl Runner<'_> {
                     );
                     attempt += 1;
                 }
-                Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+                Outcome::Failed(reason)
+                | Outcome::Rejected(reason)
+                | Outcome::Undecodable(reason) => {
                     tracing::error!(
                         handler = %handler.handler,
                         message_id = letter.message_id(),
@@ -191,6 +205,19 @@ pub(crate) fn log_retry(
         reason,
         orkestra = component,
         "Handler nack, requeuing"
+    );
+}
+
+/// `INFO Handler rejected the message`: a business refusal, the handler's answer (not
+/// retried, not dead-lettered).
+fn log_rejected(subscription: &Subscription, message: &Message, reason: &str, component: &str) {
+    tracing::info!(
+        handler = %subscription.handler,
+        topic = message.topic(),
+        message_id = message.id(),
+        reason,
+        orkestra = component,
+        "Handler rejected the message"
     );
 }
 

@@ -13,7 +13,18 @@ use super::HandlerContext;
 use crate::handler::{DeadLetter, EventSet, HandlerError};
 use crate::message::{Command, CommandPayload, DEFAULT_MAX_RETRIES, Message, PayloadError};
 
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, RunError>> + Send>>;
+
+/// Why a handler run did not succeed, as a bus sees it: the handler's own answer, or a
+/// message it could not be given (undecodable, or of the wrong kind), which is
+/// dead-lettered at once and never retried.
+#[derive(Debug)]
+pub(crate) enum RunError {
+    /// What the handler returned.
+    Handler(HandlerError),
+    /// The message cannot be decoded into what the handler takes.
+    Undecodable(String),
+}
 
 /// What a bus hands a subscription: a message, or (to a dead-letter binding) a letter.
 #[derive(Clone, Copy)]
@@ -52,7 +63,10 @@ where
             return Box::pin(std::future::ready(Err(not_a_message())));
         };
         match message.command::<P>() {
-            Ok(command) => Box::pin((self.f)(command, ctx)),
+            Ok(command) => {
+                let fut = (self.f)(command, ctx);
+                Box::pin(async move { fut.await.map_err(RunError::Handler) })
+            }
             Err(e) => Box::pin(std::future::ready(Err(undecodable(e)))),
         }
     }
@@ -76,7 +90,7 @@ where
         match E::from_message(message) {
             Ok(events) => {
                 let fut = (self.f)(events, ctx);
-                Box::pin(async move { fut.await.map(|()| Value::Null) })
+                Box::pin(async move { fut.await.map(|()| Value::Null).map_err(RunError::Handler) })
             }
             Err(e) => Box::pin(std::future::ready(Err(undecodable(e)))),
         }
@@ -94,23 +108,23 @@ where
 {
     fn call(&self, input: Input<'_>, ctx: HandlerContext) -> HandlerFuture {
         let Input::DeadLetter(letter) = input else {
-            return Box::pin(std::future::ready(Err(HandlerError::Reject(
+            return Box::pin(std::future::ready(Err(RunError::Undecodable(
                 "a dead-letter handler only receives dead letters".into(),
             ))));
         };
         let fut = (self.f)(letter.clone(), ctx);
-        Box::pin(async move { fut.await.map(|()| Value::Null) })
+        Box::pin(async move { fut.await.map(|()| Value::Null).map_err(RunError::Handler) })
     }
 }
 
 #[cold]
-fn not_a_message() -> HandlerError {
-    HandlerError::Reject("a message handler was given a dead letter".into())
+fn not_a_message() -> RunError {
+    RunError::Undecodable("a message handler was given a dead letter".into())
 }
 
 #[cold]
-fn undecodable(e: PayloadError) -> HandlerError {
-    HandlerError::Reject(format!("undecodable message: {e}"))
+fn undecodable(e: PayloadError) -> RunError {
+    RunError::Undecodable(format!("undecodable message: {e}"))
 }
 
 /// What a binding handles.

@@ -7,8 +7,9 @@ use crate::message::PayloadError;
 /// Why a handler did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// The message can never succeed (bad data, a broken business rule): no retry; the
-    /// message is dead-lettered at once.
+    /// A business refusal ("book already lent"): the handler's answer, not a fault.
+    /// Never retried and never dead-lettered; the caller of `Bus::call` gets
+    /// `Rejected` with the reason, and the bus logs it at info.
     #[error("rejected: {0}")]
     Reject(String),
     /// A failure that may pass (a timeout, a busy resource): retried up to the limit, then

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use orkestra_runtime::{
-    ActorType, Bus, BusError, Command, CommandEnvelope, Event, EventEnvelope, HandlerError,
-    Metadata, Payload, Subscription,
+    ActorType, Bus, BusError, Command, CommandEnvelope, CommandStatus, Event, EventEnvelope,
+    HandlerError, Metadata, Payload, Subscription,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -321,19 +321,50 @@ pub async fn failing_handler_is_retried_then_dead_lettered(bus: Bus) {
     assert_eq!(runs.load(Ordering::SeqCst), 6);
 }
 
-pub async fn rejection_is_dead_lettered_without_retry(bus: Bus) {
+/// A business refusal (`HandlerError::Reject`) is an answer: the caller gets `Rejected`
+/// with the reason; it is never retried and never dead-lettered (no letter for a
+/// receiver, no run of a dead-letter binding), for a command as for an event.
+pub async fn a_rejection_is_an_answer_not_a_dead_letter(bus: Bus) {
     let mut dead = bus.dead_letters().await.unwrap();
-    let runs = Arc::new(AtomicU32::new(0));
-    let r = runs.clone();
-    bus.subscribe(Subscription::events(
-        "Picky",
-        move |_: Event<OrderCancelled>, _| {
-            r.fetch_add(1, Ordering::SeqCst);
-            async { Err(HandlerError::reject("order unknown")) }
-        },
-    ))
+    let alarms = Arc::new(AtomicU32::new(0));
+    let a = alarms.clone();
+    bus.subscribe(Subscription::dead_letters("Alarm", move |_, _| {
+        a.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    }))
     .await
     .unwrap();
+    let command_runs = Arc::new(AtomicU32::new(0));
+    let c = command_runs.clone();
+    bus.subscribe(
+        Subscription::command("Lending", move |_: Command<PlaceOrder>, _| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::reject("book already lent")) }
+        })
+        .with_max_retries(3),
+    )
+    .await
+    .unwrap();
+    let event_runs = Arc::new(AtomicU32::new(0));
+    let e = event_runs.clone();
+    bus.subscribe(
+        Subscription::events("Picky", move |_: Event<OrderCancelled>, _| {
+            e.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::reject("order unknown")) }
+        })
+        .with_max_retries(3),
+    )
+    .await
+    .unwrap();
+
+    let receipt = bus
+        .call(CommandEnvelope::wrap(place_order(1)), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(receipt.status(), CommandStatus::Rejected);
+    assert_eq!(receipt.error(), Some("book already lent"));
+    assert_eq!(receipt.attempts(), 1, "a rejection is not retried");
+
     let ev = Event::new(
         OrderCancelled {
             order_id: "o9".into(),
@@ -342,15 +373,24 @@ pub async fn rejection_is_dead_lettered_without_retry(bus: Bus) {
     )
     .unwrap();
     bus.publish(EventEnvelope::wrap(ev)).await.unwrap();
-    let letter = tokio::time::timeout(WAIT, dead.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(letter.topic(), "orders.events.order_cancelled");
-    assert_eq!(letter.handler(), "Picky");
-    assert_eq!(letter.reason(), "order unknown");
-    assert_eq!(letter.attempts(), 1);
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while event_runs.load(Ordering::SeqCst) < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Ok(Ok(letter)) = tokio::time::timeout(Duration::from_millis(800), dead.recv()).await {
+        panic!(
+            "a rejection was dead-lettered: handler {:?}, reason {:?}",
+            letter.handler(),
+            letter.reason()
+        );
+    }
+    assert_eq!(command_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(event_runs.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(
+        alarms.load(Ordering::SeqCst),
+        0,
+        "no dead-letter binding runs for a rejection"
+    );
 }
 
 pub async fn a_failing_subscriber_does_not_affect_the_others(bus: Bus) {
@@ -516,10 +556,12 @@ pub async fn dead_letter_handlers_receive_every_dead_letter_once(bus: Bus) {
     )
     .await
     .unwrap();
-    bus.subscribe(Subscription::command(
-        "No",
-        |_: Command<PlaceOrder>, _| async { Err(HandlerError::reject("sold out")) },
-    ))
+    bus.subscribe(
+        Subscription::command("No", |_: Command<PlaceOrder>, _| async {
+            Err(HandlerError::fail("sold out"))
+        })
+        .with_max_retries(0),
+    )
     .await
     .unwrap();
     // A dead-letter binding is a handler name like any other.
@@ -582,7 +624,7 @@ macro_rules! bus_suite {
             case!(events_reach_every_matching_subscriber);
             case!(events_published_by_handlers_carry_the_chain);
             case!(failing_handler_is_retried_then_dead_lettered);
-            case!(rejection_is_dead_lettered_without_retry);
+            case!(a_rejection_is_an_answer_not_a_dead_letter);
             case!(a_failing_subscriber_does_not_affect_the_others);
             case!(a_panicking_handler_is_a_failure_and_the_bus_survives);
             case!(ctx_publish_derives_metadata_from_the_handled_message);

@@ -7,14 +7,21 @@
 //! says so, never a new empty topology.
 //!
 //! **Reading a queue.** AMQP 0-9-1 cannot read a message without taking it, so every
-//! operation takes the queue's messages with `basic.get` (unacknowledged, all on one
-//! channel), at most as many as the queue held when it began: letters that arrive
-//! meanwhile (a replayed message that fails again, say) are never taken twice. What it
-//! does not settle goes back with one `basic.nack` (requeue) at the end, and if the
-//! connection dies first the broker requeues it anyway: nothing is ever lost. RabbitMQ
-//! puts requeued messages of a classic queue back in their original position, so the
-//! queue keeps its order (a quorum queue keeps the messages, not necessarily their
-//! order).
+//! operation takes the queue's messages with `basic.get` (unacknowledged, one at a
+//! time, on one channel), at most as many as the queue held when it began: letters
+//! that arrive meanwhile (a replayed message that fails again, say) are never taken
+//! twice. A letter that stays is not handed back with a requeue: on a quorum queue each
+//! requeue counts as a delivery, and RabbitMQ 4.x drops a message past its delivery
+//! limit (20 by default), so about twenty `dlq list` runs would lose every letter.
+//! Instead an exact copy (body, properties, headers) is published to the end of the
+//! queue with a publisher confirm, and only then is the letter taken removed. A pass
+//! goes through the whole queue, so the letters keep their order (those that arrived
+//! during it come first); a copy starts with a delivery count of zero. Only what the
+//! operation could not copy goes back with one `basic.nack` (requeue), and if the
+//! connection dies first the broker requeues it anyway: nothing is ever lost (a crash
+//! between a copy's confirm and the removal of its letter leaves both, never neither).
+//! Letters are handed over one at a time ([`DeadLetterAdmin::browse`]): memory does not
+//! grow with the queue.
 //!
 //! **Replay** publishes each chosen letter with publisher confirms and `mandatory`, and
 //! acks (removes) it only once the broker confirmed the replay was queued; a nack, an
@@ -353,37 +360,61 @@ impl DeadLetterAdmin {
         .await;
     }
 
-    /// The letters in queue order (of `handler` only, when given), at most `limit`;
-    /// every letter stays in the queue.
-    pub async fn list(
+    /// Hands every letter (of `handler` only, when given) to `visit`, one at a time, in
+    /// queue order; returns how many letters the queue held. Every letter stays in the
+    /// queue (see the module docs: nothing counts as a delivery), and memory does not
+    /// grow with the queue.
+    pub async fn browse(
         &self,
         handler: Option<&str>,
-        limit: Option<usize>,
-    ) -> Result<Vec<StoredDeadLetter>, AdminError> {
+        visit: &mut (dyn FnMut(StoredDeadLetter) + Send),
+    ) -> Result<u64, AdminError> {
         let mut taken = self.take().await?;
-        let mut letters = Vec::new();
         let read = async {
-            while limit.is_none_or(|l| letters.len() < l) {
-                let Some(delivery) = taken.next().await? else {
-                    break;
-                };
+            while let Some(delivery) = taken.next().await? {
                 let letter = read_letter(&delivery);
+                taken.keep(&delivery).await?;
+                drop(delivery);
                 if handler.is_none_or(|h| h == letter.handler) {
-                    letters.push(letter);
+                    visit(letter);
                 }
             }
             Ok::<_, AdminError>(())
         }
         .await;
         taken.put_back().await;
-        read.map(|()| letters)
+        read.map(|()| u64::from(taken.total))
+    }
+
+    /// The letters in queue order (of `handler` only, when given), at most `limit`;
+    /// every letter stays in the queue. Each letter holds its body: for a large queue,
+    /// [`DeadLetterAdmin::browse`] keeps only one at a time.
+    pub async fn list(
+        &self,
+        handler: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredDeadLetter>, AdminError> {
+        let mut letters = Vec::new();
+        self.browse(handler, &mut |letter| {
+            if limit.is_none_or(|l| letters.len() < l) {
+                letters.push(letter);
+            }
+        })
+        .await?;
+        Ok(letters)
     }
 
     /// Every letter with this id (an event dead-lettered by two handlers is two);
-    /// [`AdminError::NotFound`] when there is none. Every letter stays in the queue.
+    /// [`AdminError::NotFound`] when there is none. Every letter stays in the queue;
+    /// only those with the id are kept in memory.
     pub async fn show(&self, id: &str) -> Result<Vec<StoredDeadLetter>, AdminError> {
-        let mut letters = self.list(None, None).await?;
-        letters.retain(|l| l.id == id);
+        let mut letters = Vec::new();
+        self.browse(None, &mut |letter| {
+            if letter.id == id {
+                letters.push(letter);
+            }
+        })
+        .await?;
         if letters.is_empty() {
             return Err(AdminError::NotFound {
                 queue: self.queue().to_owned(),
@@ -415,6 +446,10 @@ impl DeadLetterAdmin {
 
     async fn take(&self) -> Result<Taken, AdminError> {
         let channel = self.channel().await?;
+        // Copies of the letters that stay are published on it, with confirms.
+        within(channel.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .map_err(|e| AdminError::Bus(e.into_bus()))?;
         let queue = self.queue().to_owned();
         let declared = within(channel.queue_declare(
             queue.as_str().into(),
@@ -441,6 +476,8 @@ impl DeadLetterAdmin {
             total,
             left: total,
             outstanding: BTreeSet::new(),
+            copies: VecDeque::new(),
+            confirm_timeout: self.confirm_timeout,
         })
     }
 
@@ -456,6 +493,31 @@ impl DeadLetterAdmin {
         action: Action,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Settlement, AdminError> {
+        if !selection.ids.is_empty() {
+            // Ids: every one must be there before anything is touched. A first pass
+            // looks (changing nothing, the order included); the second settles.
+            let mut found = HashSet::new();
+            self.browse(selection.handler.as_deref(), &mut |letter| {
+                if selection.matches(&letter) {
+                    found.insert(letter.id);
+                }
+            })
+            .await?;
+            let mut missing: Vec<String> = selection
+                .ids
+                .iter()
+                .filter(|id| !found.contains(*id))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                missing.dedup();
+                return Err(AdminError::NotFound {
+                    queue: self.queue().to_owned(),
+                    ids: missing,
+                    handler: selection.handler.clone(),
+                });
+            }
+        }
         let publisher = match action {
             Action::Replay => {
                 let channel = self.channel().await?;
@@ -499,51 +561,17 @@ impl DeadLetterAdmin {
                 done: 0,
             },
         };
-        if selection.ids.is_empty() {
-            // All (of a handler): settled as they are taken.
-            while let Some(delivery) = taken.next().await? {
-                run.progress.seen += 1;
-                let letter = read_letter(&delivery);
-                if selection.matches(&letter) {
-                    run.push(taken, delivery, letter).await?;
-                } else {
-                    run.settlement.kept += 1;
-                }
-                progress(run.progress);
-            }
-        } else {
-            // Ids: every one must be there before anything is touched.
-            let mut chosen = Vec::new();
-            let mut found = HashSet::new();
-            while let Some(delivery) = taken.next().await? {
-                run.progress.seen += 1;
-                let letter = read_letter(&delivery);
-                if selection.matches(&letter) {
-                    found.insert(letter.id.clone());
-                    chosen.push((delivery, letter));
-                } else {
-                    run.settlement.kept += 1;
-                }
-                progress(run.progress);
-            }
-            let mut missing: Vec<String> = selection
-                .ids
-                .iter()
-                .filter(|id| !found.contains(*id))
-                .cloned()
-                .collect();
-            if !missing.is_empty() {
-                missing.dedup();
-                return Err(AdminError::NotFound {
-                    queue: self.queue().to_owned(),
-                    ids: missing,
-                    handler: selection.handler.clone(),
-                });
-            }
-            for (delivery, letter) in chosen {
+        // Settled as they are taken (ids were all found by a first pass, in `settle`).
+        while let Some(delivery) = taken.next().await? {
+            run.progress.seen += 1;
+            let letter = read_letter(&delivery);
+            if selection.matches(&letter) {
                 run.push(taken, delivery, letter).await?;
-                progress(run.progress);
+            } else {
+                taken.keep(&delivery).await?;
+                run.settlement.kept += 1;
             }
+            progress(run.progress);
         }
         run.drain(taken).await?;
         progress(run.progress);
@@ -638,17 +666,17 @@ impl DeadLetterAdmin {
             .map(|h| n.event_queue(h))
             .chain(known.command_topics.iter().map(|t| n.command_queue(t)))
             .collect();
-        match self.list(None, None).await {
-            Ok(letters) => {
-                for letter in letters {
-                    if letter.original_exchange == n.commands {
-                        commands.insert(letter.topic);
-                    } else if !letter.handler.is_empty() {
-                        handlers.insert(letter.handler);
-                    }
+        let browsed = self
+            .browse(None, &mut |letter| {
+                if letter.original_exchange == n.commands {
+                    commands.insert(letter.topic);
+                } else if !letter.handler.is_empty() {
+                    handlers.insert(letter.handler);
                 }
-            }
-            Err(AdminError::NoQueue { .. }) => {}
+            })
+            .await;
+        match browsed {
+            Ok(_) | Err(AdminError::NoQueue { .. }) => {}
             Err(e) => return Err(e),
         }
         let mut queues = Vec::new();
@@ -940,6 +968,10 @@ struct Taken {
     left: u32,
     /// Delivery tags taken and not yet settled.
     outstanding: BTreeSet<u64>,
+    /// Copies of kept letters published and not yet confirmed, oldest first, with the
+    /// delivery tag of the letter each replaces.
+    copies: VecDeque<(u64, PublisherConfirm)>,
+    confirm_timeout: Duration,
 }
 
 impl Taken {
@@ -979,9 +1011,60 @@ impl Taken {
         Ok(())
     }
 
-    /// Puts back every message not removed (one `basic.nack`, requeue) and closes the
-    /// channel (which requeues them too, should the nack fail).
+    /// Keeps a letter without a requeue (see the module docs): publishes an exact copy
+    /// to the end of the queue; the letter is removed once the copy is confirmed.
+    async fn keep(&mut self, delivery: &lapin::message::Delivery) -> Result<(), AdminError> {
+        let mut properties = delivery.properties.clone();
+        if let Some(found) = delivery.properties.headers() {
+            let mut headers = FieldTable::default();
+            for (key, value) in found.inner() {
+                // The broker's count of this letter's deliveries: the copy starts anew.
+                if key.as_str() != "x-delivery-count" {
+                    headers.insert(key.clone(), value.clone());
+                }
+            }
+            properties = properties.with_headers(headers);
+        }
+        let confirm = within(self.channel.basic_publish(
+            "".into(),
+            self.queue.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        ))
+        .await
+        .map_err(|e| AdminError::Bus(e.into_bus()))?;
+        self.copies.push_back((delivery.delivery_tag, confirm));
+        if self.copies.len() >= CONFIRM_WINDOW {
+            self.confirm_copy().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest copy's confirm and removes its letter; a copy the broker
+    /// did not take leaves its letter to go back with the requeue at the end.
+    async fn confirm_copy(&mut self) -> Result<(), AdminError> {
+        let Some((tag, confirm)) = self.copies.pop_front() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => self.remove(tag).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts back every message not removed: waits for the copies still unconfirmed,
+    /// then requeues what is left (one `basic.nack`) and closes the channel (which
+    /// requeues it too, should the nack fail).
     async fn put_back(&mut self) {
+        while !self.copies.is_empty() {
+            if self.confirm_copy().await.is_err() {
+                self.copies.clear();
+            }
+        }
         if let Some(last) = self.outstanding.last().copied() {
             let _ = within(self.channel.basic_nack(
                 last,

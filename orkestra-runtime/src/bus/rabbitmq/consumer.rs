@@ -455,7 +455,7 @@ const ACK_IDLE: Duration = Duration::from_micros(500);
 enum Settled {
     /// Settled by the task (acked, retried or dead-lettered).
     Done,
-    /// Succeeded; the worker acks it in a batch.
+    /// Finished (succeeded, or rejected by its handler); the worker acks it in a batch.
     Succeeded,
     /// Not handled: the worker stops (the bus or the receiver is gone).
     Stop,
@@ -668,8 +668,8 @@ impl Lanes {
 }
 
 /// Handles one delivery and settles it: reject into the retry path, dead letter, or,
-/// for a success, ack (at once when a caller waits for the reply, else in the worker's
-/// next batch: [`Settled::Succeeded`]).
+/// for a success or a rejection (an answer), ack (at once when a caller waits for the
+/// reply, else in the worker's next batch: [`Settled::Succeeded`]).
 async fn handle_delivery(
     shared: &Shared,
     bus: &Bus,
@@ -726,18 +726,22 @@ async fn handle_delivery(
                 .instrument(span.clone())
                 .await
         }
-        Err(reason) => Outcome::Rejected(reason.clone()),
+        Err(reason) => Outcome::Undecodable(reason.clone()),
     };
     let reply = reply_for(&outcome, attempt, max_retries)
         .filter(|_| delivery.properties.reply_to().is_some());
     let settled = match outcome {
-        Outcome::Succeeded(_) if reply.is_none() => return Settled::Succeeded,
-        Outcome::Succeeded(_) => ack(&delivery).await,
+        // A refusal is the handler's answer: settled like a success, never retried
+        // nor dead-lettered.
+        Outcome::Succeeded(_) | Outcome::Rejected(_) if reply.is_none() => {
+            return Settled::Succeeded;
+        }
+        Outcome::Succeeded(_) | Outcome::Rejected(_) => ack(&delivery).await,
         Outcome::Failed(reason) if attempt <= max_retries => {
             log_retry(subscription, attempt, max_retries, &reason, SYSTEM);
             reject(&delivery, false).await
         }
-        Outcome::Failed(reason) | Outcome::Rejected(reason) => {
+        Outcome::Failed(reason) | Outcome::Undecodable(reason) => {
             let letter = Letter {
                 message: decoded.as_ref().ok(),
                 handler: &subscription.handler,
@@ -789,7 +793,9 @@ fn reply_for(outcome: &Outcome, attempt: u32, max_retries: u32) -> Option<Reply>
         Outcome::Succeeded(value) => ("succeeded", value.clone(), None),
         Outcome::Failed(_) if attempt <= max_retries => return None,
         Outcome::Failed(reason) => ("failed", serde_json::Value::Null, Some(reason.clone())),
-        Outcome::Rejected(reason) => ("rejected", serde_json::Value::Null, Some(reason.clone())),
+        Outcome::Rejected(reason) | Outcome::Undecodable(reason) => {
+            ("rejected", serde_json::Value::Null, Some(reason.clone()))
+        }
     };
     Some(Reply {
         status: status.to_owned(),
@@ -870,7 +876,7 @@ async fn dead_letter(
         headers::REPLAY_OF_TRACESTATE,
     ] {
         if let Some(value) = headers::string(original, key) {
-            headers::put_str(&mut table, key, &value);
+            headers::put_text(&mut table, key, &value);
         }
     }
     if let Some(max) = headers::int(original, headers::MAX_RETRIES) {

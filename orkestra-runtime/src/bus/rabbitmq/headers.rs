@@ -96,13 +96,37 @@ pub(super) fn dead_letter(
     put_str(&mut table, ORIGINAL_ROUTING_KEY, routing_key);
     put_str(&mut table, HANDLER, handler);
     put_int(&mut table, ATTEMPTS, i64::from(attempts));
-    put_str(&mut table, ERROR, reason);
+    put_text(&mut table, ERROR, reason);
     table
 }
 
 /// Sets `key` to a long string.
 pub(super) fn put_str(headers: &mut FieldTable, key: &str, value: &str) {
     headers.insert(key.into(), AMQPValue::LongString(value.into()));
+}
+
+/// The most bytes a header built from free text (a failure reason) keeps. Headers
+/// travel in one frame: a header frame over the connection's `frame_max` (128 KiB by
+/// default) makes the broker close the whole connection.
+pub(super) const MAX_TEXT_BYTES: usize = 4096;
+
+/// Sets `key` to free text, cut to [`MAX_TEXT_BYTES`] ([`cut`]).
+pub(super) fn put_text(headers: &mut FieldTable, key: &str, value: &str) {
+    put_str(headers, key, &cut(value, MAX_TEXT_BYTES));
+}
+
+/// `text` if it fits in `limit` bytes; else its start, cut on a character boundary,
+/// followed by a mark that says it was cut and how long it was, all within `limit`.
+pub(super) fn cut(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= limit {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mark = format!("… [cut: {} bytes in all]", text.len());
+    let mut end = limit.saturating_sub(mark.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{mark}", &text[..end]))
 }
 
 /// Sets `key` to a 64-bit integer.
@@ -158,5 +182,20 @@ impl opentelemetry::propagation::Extractor for TraceExtractor<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.inner().keys().map(ShortString::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_text_is_cut_on_a_char_boundary_and_marked() {
+        assert_eq!(cut("short", 64), "short");
+        let long = "é".repeat(10_000);
+        let cut = cut(&long, MAX_TEXT_BYTES);
+        assert!(cut.len() <= MAX_TEXT_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("… [cut: 20000 bytes in all]"), "{cut}");
+        assert!(cut.starts_with("éé"));
     }
 }

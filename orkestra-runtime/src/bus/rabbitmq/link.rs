@@ -10,6 +10,7 @@
 //! leave the old one and consume again on the new one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -31,6 +32,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// The longest pause between two rounds of reconnection attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a retired publishing channel looks whether it can close.
+const RETIRE_POLL: Duration = Duration::from_millis(100);
 /// How often a reconnecting bus, or a consumer waiting for it, logs that it still waits.
 pub(super) const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -52,16 +55,46 @@ pub(super) struct Live {
     pub(super) connection: Connection,
     /// Which URL of the list it is connected to.
     pub(super) url: usize,
-    publisher: std::sync::RwLock<Option<Channel>>,
+    publisher: std::sync::RwLock<Option<Publishing>>,
     opening: tokio::sync::Mutex<()>,
     replies: Arc<Replies>,
+}
+
+/// The publishing channel, and how many publishes use it right now.
+#[derive(Clone, Debug)]
+struct Publishing {
+    channel: Channel,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The publishing channel, held by one publish: while any is held, a retired channel
+/// stays open (its confirm is still to come).
+pub(super) struct InUse {
+    pub(super) channel: Channel,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Publishing {
+    fn use_it(&self) -> InUse {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InUse {
+            channel: self.channel.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
 }
 
 impl Live {
     /// The publishing channel (in confirm mode), opened again if it was closed (a
     /// channel-level error closes a channel, not the connection). The open channel is
     /// read without waiting; only opening one is serialized.
-    pub(super) async fn publish_channel(&self) -> Result<Channel, BusError> {
+    pub(super) async fn publish_channel(&self) -> Result<InUse, BusError> {
         if let Some(channel) = self.open_channel() {
             return Ok(channel);
         }
@@ -79,25 +112,69 @@ impl Live {
             .await
             .map_err(broker_error)?;
         self.replies.listen(&channel).await?;
-        *crate::sync::write(&self.publisher) = Some(channel.clone());
-        Ok(channel)
+        let publishing = Publishing {
+            channel,
+            in_flight: Arc::default(),
+        };
+        let in_use = publishing.use_it();
+        *crate::sync::write(&self.publisher) = Some(publishing);
+        Ok(in_use)
     }
 
     /// Stops publishing on `channel` (it refused a message): the next publish opens a
     /// new one. A channel whose queue clients went bad after a cluster node was lost
-    /// keeps nacking; a new channel does not. Publishes still waiting on it finish.
+    /// keeps nacking; a new channel does not. The old channel, and the reply consumer
+    /// on it, is closed once the publishes still waiting on it have finished and no
+    /// call published through it still waits for its reply (replies come back on the
+    /// channel that sent the request), so a long incident does not leak channels.
     pub(super) fn forget_channel(&self, channel: &Channel) {
-        let mut slot = crate::sync::write(&self.publisher);
-        if slot.as_ref().is_some_and(|c| c.id() == channel.id()) {
-            *slot = None;
-        }
+        let retired = {
+            let mut slot = crate::sync::write(&self.publisher);
+            if slot
+                .as_ref()
+                .is_some_and(|p| p.channel.id() == channel.id())
+            {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        // Calls registered up to now may have published on the retired channel; later
+        // ones cannot (the slot is empty or holds a new channel).
+        let Some(retired) = retired else { return };
+        let calls_before = self.replies.last_call();
+        let replies = self.replies.clone();
+        tokio::spawn(async move {
+            while retired.channel.status().connected()
+                && (retired.in_flight.load(Ordering::SeqCst) > 0
+                    || replies.waits_from(calls_before))
+            {
+                tokio::time::sleep(RETIRE_POLL).await;
+            }
+            if retired.channel.status().connected() {
+                let closed = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    retired.channel.close(200, "retired".into()),
+                )
+                .await;
+                if !matches!(closed, Ok(Ok(()))) {
+                    tracing::debug!(
+                        orkestra = "rabbitmq",
+                        channel = retired.channel.id(),
+                        "retired publishing channel did not close cleanly"
+                    );
+                }
+            }
+        });
     }
 
-    fn open_channel(&self) -> Option<Channel> {
+    fn open_channel(&self) -> Option<InUse> {
+        // Taken under the read lock, so a channel being retired is never taken after
+        // its retirement started counting the publishes on it.
         crate::sync::read(&self.publisher)
             .as_ref()
-            .filter(|c| c.status().connected())
-            .cloned()
+            .filter(|p| p.channel.status().connected())
+            .map(Publishing::use_it)
     }
 
     pub(super) fn connected(&self) -> bool {
@@ -136,7 +213,8 @@ impl Link {
             replies: replies.clone(),
         };
         let channel = live.publish_channel().await?;
-        topology.declare_exchanges(&channel).await?;
+        topology.declare_exchanges(&channel.channel).await?;
+        drop(channel);
         let (state, _) = watch::channel(State::Up(Arc::new(live)));
         Ok(Arc::new(Self {
             replies,
@@ -319,7 +397,7 @@ impl Link {
                     };
                     let declared = tokio::time::timeout(CONNECT_TIMEOUT, async {
                         let channel = live.publish_channel().await?;
-                        topology.declare_exchanges(&channel).await
+                        topology.declare_exchanges(&channel.channel).await
                     })
                     .await;
                     match declared {

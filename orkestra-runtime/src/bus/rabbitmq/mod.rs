@@ -21,8 +21,10 @@
 //! `x-death` is never republished). The retry limit is the binding's, unless the
 //! producer set one (`CommandEnvelope::with_max_retries`), which travels in
 //! `x-max-retries`; a producer never writes a default there, since it cannot know the
-//! limits of the bindings that will handle the message. An exhausted, rejected or
-//! undecodable message is published with confirm to `orkestra.deadletter` (routing key:
+//! limits of the bindings that will handle the message. A message its handler rejects
+//! (`HandlerError::Reject`) is acked: a rejection is an answer (sent to a waiting
+//! caller), never retried nor dead-lettered. An exhausted or undecodable message is
+//! published with confirm to `orkestra.deadletter` (routing key:
 //! its original one) with the original exchange, routing key, handler, attempts, error,
 //! `traceparent` and the producer's `x-max-retries` in headers and the time in
 //! `timestamp`, then acked. [`DeadLetterAdmin`] lists, shows, replays and purges them.

@@ -161,9 +161,10 @@ impl Publisher {
         };
         let mut used = None;
         let sent = tokio::time::timeout_at(deadline, async {
-            let channel = live.publish_channel().await?;
-            used = Some(channel.clone());
-            let confirm = channel
+            let in_use = live.publish_channel().await?;
+            used = Some(in_use.channel.clone());
+            let confirm = in_use
+                .channel
                 .basic_publish(
                     out.exchange.into(),
                     out.routing_key.into(),
@@ -173,7 +174,9 @@ impl Publisher {
                 )
                 .await
                 .map_err(broker_error)?;
-            confirmed(confirm, purpose).await
+            let result = confirmed(confirm, purpose).await;
+            drop(in_use);
+            result
         })
         .await;
         let result = sent.unwrap_or(Err(BusError::Timeout(match purpose {

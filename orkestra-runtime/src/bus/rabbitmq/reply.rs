@@ -4,6 +4,7 @@
 //! outcome is final, publishes the outcome to that address. No queue is declared.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -42,7 +43,10 @@ pub(super) struct Reply {
 /// Calls waiting for their reply, by correlation id.
 #[derive(Debug, Default)]
 pub(super) struct Replies {
-    waiting: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    /// By correlation id: the call's number (in registration order) and its sender.
+    waiting: Mutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>,
+    /// The number of the last call registered.
+    last: AtomicU64,
 }
 
 /// A registered call; dropping it forgets the call (its reply, if any, is dropped).
@@ -61,7 +65,8 @@ impl Drop for Waiting<'_> {
 impl Replies {
     pub(super) fn wait_for(&self, id: String) -> Waiting<'_> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(id.clone(), tx);
+        let number = self.last.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.waiting).insert(id.clone(), (number, tx));
         Waiting {
             replies: self,
             id,
@@ -69,8 +74,18 @@ impl Replies {
         }
     }
 
+    /// The number of the last call registered so far.
+    pub(super) fn last_call(&self) -> u64 {
+        self.last.load(Ordering::SeqCst)
+    }
+
+    /// Whether a call registered at or before call number `last` still waits.
+    pub(super) fn waits_from(&self, last: u64) -> bool {
+        lock(&self.waiting).values().any(|(n, _)| *n <= last)
+    }
+
     fn deliver(&self, id: &str, reply: Reply) {
-        if let Some(tx) = lock(&self.waiting).remove(id) {
+        if let Some((_, tx)) = lock(&self.waiting).remove(id) {
             let _ = tx.send(reply);
         }
     }
