@@ -14,7 +14,7 @@ pub struct HandlerContext {
     attempt: u32,
     /// The connection holding the inbox claim's transaction (`once: true` on PostgreSQL).
     #[cfg(feature = "postgres")]
-    postgres: Option<Arc<crate::store::postgres::ClaimConnection>>,
+    postgres: Option<Arc<dyn crate::handler::PostgresClaimConnection>>,
 }
 
 impl HandlerContext {
@@ -33,7 +33,7 @@ impl HandlerContext {
     #[cfg(feature = "postgres")]
     pub(crate) fn with_postgres(
         mut self,
-        client: Option<Arc<crate::store::postgres::ClaimConnection>>,
+        client: Option<Arc<dyn crate::handler::PostgresClaimConnection>>,
     ) -> Self {
         self.postgres = client;
         self

@@ -58,6 +58,14 @@ pub(crate) trait InboxBackend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Option<Box<dyn OpenClaim>>, InboxError>>;
 }
 
+/// The connection whose open transaction holds a PostgreSQL claim, as a handler sees it
+/// (the store keeps the rest: whether it may go back to the pool).
+#[cfg(feature = "postgres")]
+pub(crate) trait PostgresClaimConnection: Send + Sync + fmt::Debug {
+    /// The connection, while it is open.
+    fn client(&self) -> Option<&tokio_postgres::Client>;
+}
+
 /// A claim in a store: committed when the handler succeeded, dropped otherwise.
 pub(crate) trait OpenClaim: Send + Sync {
     /// Records the pair for good.
@@ -66,7 +74,7 @@ pub(crate) trait OpenClaim: Send + Sync {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
     /// The connection whose open transaction holds the claim (PostgreSQL).
     #[cfg(feature = "postgres")]
-    fn postgres(&self) -> Option<Arc<crate::store::postgres::ClaimConnection>> {
+    fn postgres(&self) -> Option<Arc<dyn PostgresClaimConnection>> {
         None
     }
 }
@@ -90,7 +98,7 @@ impl fmt::Debug for Claim {
 impl Claim {
     /// The connection of the claim's PostgreSQL transaction, for the handler's writes.
     #[cfg(feature = "postgres")]
-    pub(crate) fn postgres(&self) -> Option<Arc<crate::store::postgres::ClaimConnection>> {
+    pub(crate) fn postgres(&self) -> Option<Arc<dyn PostgresClaimConnection>> {
         self.open.as_ref().and_then(|o| o.postgres())
     }
 

@@ -13,4 +13,6 @@ pub use event_set::EventSet;
 pub(crate) use inbox::InboxBackend;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use inbox::OpenClaim;
+#[cfg(feature = "postgres")]
+pub(crate) use inbox::PostgresClaimConnection;
 pub use inbox::{DEFAULT_MEMORY_INBOX, Inbox, InboxError};

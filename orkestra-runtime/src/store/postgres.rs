@@ -959,13 +959,8 @@ impl ClaimConnection {
         }
     }
 
-    /// The connection, for the handler's statements (`HandlerContext::postgres`).
-    pub(crate) fn client(&self) -> Option<&tokio_postgres::Client> {
-        self.object.as_deref().map(|wrapper| &**wrapper)
-    }
-
     fn checked(&self) -> Result<&tokio_postgres::Client, crate::handler::InboxError> {
-        self.client()
+        crate::handler::PostgresClaimConnection::client(self)
             .ok_or_else(|| inbox_error("the claim's connection is already closed"))
     }
 
@@ -999,6 +994,13 @@ impl ClaimConnection {
                 "Inbox claim could not roll back; its connection is closed instead of pooled"
             );
         }
+    }
+}
+
+impl crate::handler::PostgresClaimConnection for ClaimConnection {
+    /// The connection, for the handler's statements (`HandlerContext::postgres`).
+    fn client(&self) -> Option<&tokio_postgres::Client> {
+        self.object.as_deref().map(|wrapper| &**wrapper)
     }
 }
 
@@ -1169,7 +1171,7 @@ impl crate::handler::OpenClaim for PostgresClaim {
         Box::pin(async move { self.connection.rollback().await })
     }
 
-    fn postgres(&self) -> Option<Arc<ClaimConnection>> {
+    fn postgres(&self) -> Option<Arc<dyn crate::handler::PostgresClaimConnection>> {
         Some(self.connection.clone())
     }
 }
