@@ -875,10 +875,10 @@ impl Runner {
                     break ProjectionState::Failed(error);
                 }
                 Outcome::Retry(error) => {
-                    next = self.rewind("batch stopped", &error).await;
+                    next = self.rewind("batch stopped", &error, &stop).await;
                 }
                 Outcome::Store(e) => {
-                    next = self.rewind("store error", &e).await;
+                    next = self.rewind("store error", &e, &stop).await;
                 }
             }
         };
@@ -898,9 +898,41 @@ impl Runner {
 
     /// After a batch that could not finish: a pause, then the position after the last
     /// event handled, where the next read starts.
-    async fn rewind(&self, what: &str, error: &(dyn fmt::Display + Sync)) -> u64 {
+    ///
+    /// The store's checkpoint decides, not the one in memory: a COMMIT whose answer was
+    /// lost (the connection dropped after the server committed) moved the stored
+    /// checkpoint with the read model's writes, and reading from the one in memory would
+    /// apply that batch twice. Stores without transactions save the checkpoint after the
+    /// batch, so theirs may trail the one in memory: the later of the two is kept.
+    async fn rewind(
+        &self,
+        what: &str,
+        error: &(dyn fmt::Display + Sync),
+        stop: &watch::Receiver<bool>,
+    ) -> u64 {
         tracing::warn!(orkestra = "projection", projection = self.name(), what, error = %error, "retrying from the checkpoint");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if *stop.borrow() {
+                break;
+            }
+            match self.store.load_checkpoint(self.name()).await {
+                Ok(stored) => {
+                    self.shared.handled.send_if_modified(|handled| {
+                        let later = stored > *handled;
+                        if later {
+                            tracing::info!(orkestra = "projection", projection = self.name(), checkpoint = stored, "the store's checkpoint is past the last commit seen here (a commit whose answer was lost); going on from it");
+                            *handled = stored;
+                        }
+                        later
+                    });
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(orkestra = "projection", projection = self.name(), error = %e, "cannot read the checkpoint; retrying");
+                }
+            }
+        }
         self.shared
             .handled
             .borrow()
