@@ -189,6 +189,26 @@ async fn crash_child() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        // Rebuilds a projection slowly until killed.
+        "rebuild" => {
+            let store = Store::sqlite(env("ORKESTRA_CRASH_DB")).await.unwrap();
+            let name = env("ORKESTRA_CRASH_CHECKPOINT");
+            let projections = Projections::new(store).add(
+                Projection::new(
+                    name.clone(),
+                    Replays {
+                        seen: Arc::default(),
+                        say: true,
+                    },
+                )
+                .with_batch(10),
+            );
+            projections.rebuild(&name).await.unwrap();
+            say("rebuilt");
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -609,4 +629,144 @@ async fn a_sqlite_idempotent_projection_killed_mid_batch_folds_every_event_once(
         .unwrap();
     let events: usize = store.read_all(0, 10_000_000).await.unwrap().len();
     assert_eq!(applied as usize, events, "each event applied once");
+}
+
+/// Records each event's position and `is_replay()`; in the child, slowly, saying so.
+#[derive(Clone)]
+struct Replays {
+    seen: Arc<Mutex<Vec<(u64, bool)>>>,
+    say: bool,
+}
+
+impl ProjectionHandler for Replays {
+    type Event = Event<OrderPlaced>;
+
+    async fn handle(
+        &self,
+        _event: Event<OrderPlaced>,
+        ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((ctx.position(), ctx.is_replay()));
+        if self.say {
+            say(&format!("replayed {} {}", ctx.position(), ctx.is_replay()));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+}
+
+/// A rebuild killed half-way: after the restart the events it had not reached yet still
+/// arrive with `is_replay() == true` (handlers that suppress side effects in a rebuild
+/// keep suppressing them), and the first event after the rebuild's target does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
+    let path = temp_db("events.db");
+    let store = Store::sqlite(&path).await.unwrap();
+    let prefix = unique("r");
+    for chunk in 0..20 {
+        let events = (0..50)
+            .map(|i| EventData::from_event(&order_event(&prefix, chunk * 50 + i)).unwrap())
+            .collect();
+        store
+            .append(
+                &format!("{prefix}-{chunk}"),
+                ExpectedVersion::NoStream,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+    let head = store.head().await.unwrap().unwrap();
+    let name = unique("rebuilt");
+    // Up to date before the rebuild.
+    store.save_checkpoint(&name, Some(head)).await.unwrap();
+    let (child, rx) = spawn_child(
+        "rebuild",
+        &[
+            ("ORKESTRA_CRASH_DB", path.display().to_string()),
+            ("ORKESTRA_CRASH_CHECKPOINT", name.clone()),
+        ],
+    );
+    wait_lines(&rx, "replayed", 200);
+    sigkill(child);
+    let checkpoint = store.load_checkpoint(&name).await.unwrap();
+    assert!(
+        checkpoint.is_some_and(|c| c < head),
+        "killed half-way: checkpoint {checkpoint:?}, head {head}"
+    );
+    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let running = Projections::new(store.clone())
+        .add(Projection::new(
+            name.clone(),
+            Replays {
+                seen: seen.clone(),
+                say: false,
+            },
+        ))
+        .start()
+        .await
+        .unwrap();
+    running.wait_for(&name, head).await.unwrap();
+    let after = store
+        .append(
+            &format!("{prefix}-after"),
+            ExpectedVersion::NoStream,
+            vec![EventData::from_event(&order_event(&prefix, 1000)).unwrap()],
+        )
+        .await
+        .unwrap()
+        .last_position;
+    running.wait_for(&name, after).await.unwrap();
+    running.stop().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let (old, new): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(p, _)| *p <= head);
+    assert!(
+        !old.is_empty(),
+        "the rest of the rebuild ran after the restart"
+    );
+    assert!(
+        old.iter().all(|(_, replay)| *replay),
+        "events up to the rebuild's target are replays after the restart: {:?}",
+        old.iter().filter(|s| !s.1).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(new, vec![(after, false)], "a new event is not a replay");
+    // The finished rebuild left no target behind: another restart replays nothing.
+    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let running = Projections::new(store.clone())
+        .add(Projection::new(
+            name.clone(),
+            Replays {
+                seen: seen.clone(),
+                say: false,
+            },
+        ))
+        .start()
+        .await
+        .unwrap();
+    let last = store
+        .append(
+            &format!("{prefix}-last"),
+            ExpectedVersion::NoStream,
+            vec![EventData::from_event(&order_event(&prefix, 1001)).unwrap()],
+        )
+        .await
+        .unwrap()
+        .last_position;
+    running.wait_for(&name, last).await.unwrap();
+    running.stop().await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(last, false)]);
+}
+
+fn order_event(prefix: &str, i: usize) -> Event<OrderPlaced> {
+    Event::new(
+        OrderPlaced {
+            order_id: format!("{prefix}-{i:06}"),
+            quantity: 1,
+        },
+        Metadata::new(),
+    )
+    .unwrap()
 }

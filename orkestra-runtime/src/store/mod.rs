@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use backend::sql_int;
-pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_version};
+pub(crate) use backend::{Backend, Backlog, Direction, StoredId, check_append, next_version};
 pub use error::StoreError;
 pub(crate) use event::Encoded;
 pub use event::{
@@ -342,6 +342,34 @@ impl Store {
     ) -> Result<(), StoreError> {
         check_checkpoint_name(name)?;
         self.backend.save_checkpoint(name, position).await
+    }
+
+    /// The events after position `after` up to `until`, and when the first of them was
+    /// recorded (a projection's lag).
+    pub(crate) async fn backlog(
+        &self,
+        after: Option<u64>,
+        until: u64,
+    ) -> Result<Backlog, StoreError> {
+        self.backend.backlog(after, until).await
+    }
+
+    /// The target of the rebuild under way for checkpoint `name` (the head when it
+    /// began), kept with the checkpoint so a restart mid-rebuild still replays.
+    pub(crate) async fn load_replay_until(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.load_replay_until(name).await
+    }
+
+    /// Saves checkpoint `name` with its rebuild target (`None`: no rebuild under way).
+    pub(crate) async fn save_replay(
+        &self,
+        name: &str,
+        position: Option<u64>,
+        until: Option<u64>,
+    ) -> Result<(), StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.save_replay(name, position, until).await
     }
 
     /// A counter bumped after every commit this process sees.
