@@ -103,7 +103,10 @@ fn the_bindings_carry_the_schema_settings() {
     let m = Memory::default();
     assert_eq!(projections::balances(m.clone()).name(), "Balances");
     let text = format!("{:?}", projections::credit_count(m.clone()));
-    assert!(text.contains("max_retries: 5"), "{text}");
+    assert!(
+        text.contains("max_retries: 5") && text.contains("checkpoint: \"none\""),
+        "{text}"
+    );
     let text = format!("{:?}", projections::ledger_audit(m));
     assert!(
         text.contains("batch: 100") && text.contains("max_retries: 0"),
@@ -163,9 +166,6 @@ async fn generated_projections_fold_the_store_on_memory() {
     running.stop().await.unwrap();
 }
 
-/// Balances as a PostgreSQL table, written in the transaction that advances the
-/// checkpoint.
-#[derive(Clone)]
 /// An event a newer release wrote (a type this build does not know) on a topic the
 /// `ledger.events.#` projection is bound to reaches it as `Other(RawEvent)`, as it would
 /// reach a handler bound to the same pattern on the bus; one off the pattern does not.
@@ -238,6 +238,9 @@ async fn unknown_types_on_a_bound_topic_arrive_as_other_on_postgres() {
     unknown_types_on_a_bound_topic_arrive_as_other(store, true).await;
 }
 
+/// Balances as a PostgreSQL table, written in the transaction that advances the
+/// checkpoint.
+#[derive(Clone)]
 struct Postgres {
     table: String,
 }
