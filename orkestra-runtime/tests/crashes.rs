@@ -191,7 +191,12 @@ async fn crash_child() {
         }
         // Rebuilds a projection slowly until killed.
         "rebuild" => {
-            let store = Store::sqlite(env("ORKESTRA_CRASH_DB")).await.unwrap();
+            let store = match std::env::var("ORKESTRA_CRASH_DB") {
+                Ok(path) => Store::sqlite(path).await.unwrap(),
+                Err(_) => Store::postgres(&support::services::postgres_url())
+                    .await
+                    .unwrap(),
+            };
             let name = env("ORKESTRA_CRASH_CHECKPOINT");
             let projections = Projections::new(store).add(
                 Projection::new(
@@ -631,25 +636,25 @@ async fn a_sqlite_idempotent_projection_killed_mid_batch_folds_every_event_once(
     assert_eq!(applied as usize, events, "each event applied once");
 }
 
-/// Records each event's position and `is_replay()`; in the child, slowly, saying so.
+/// Records each ping's position, `is_replay()` and number; in the child, slowly, saying so.
 #[derive(Clone)]
 struct Replays {
-    seen: Arc<Mutex<Vec<(u64, bool)>>>,
+    seen: Arc<Mutex<Vec<(u64, bool, i64)>>>,
     say: bool,
 }
 
 impl ProjectionHandler for Replays {
-    type Event = Event<OrderPlaced>;
+    type Event = Event<Ping>;
 
     async fn handle(
         &self,
-        _event: Event<OrderPlaced>,
+        event: Event<Ping>,
         ctx: ProjectionContext<'_>,
     ) -> Result<(), HandlerError> {
         self.seen
             .lock()
             .unwrap()
-            .push((ctx.position(), ctx.is_replay()));
+            .push((ctx.position(), ctx.is_replay(), event.data.n));
         if self.say {
             say(&format!("replayed {} {}", ctx.position(), ctx.is_replay()));
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -658,18 +663,20 @@ impl ProjectionHandler for Replays {
     }
 }
 
+fn ping(n: i64) -> EventData {
+    EventData::from_event(&Event::new(Ping { n }, Metadata::new()).unwrap()).unwrap()
+}
+
 /// A rebuild killed half-way: after the restart the events it had not reached yet still
 /// arrive with `is_replay() == true` (handlers that suppress side effects in a rebuild
 /// keep suppressing them), and the first event after the rebuild's target does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
-    let path = temp_db("events.db");
-    let store = Store::sqlite(&path).await.unwrap();
+/// `vars` tell the child where the store is.
+async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
+    // This test's pings: numbers no other test uses.
+    let base = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as i64 * 10_000 + 1_000_000_000;
     let prefix = unique("r");
     for chunk in 0..20 {
-        let events = (0..50)
-            .map(|i| EventData::from_event(&order_event(&prefix, chunk * 50 + i)).unwrap())
-            .collect();
+        let events = (0..50).map(|i| ping(base + chunk * 50 + i)).collect();
         store
             .append(
                 &format!("{prefix}-{chunk}"),
@@ -683,13 +690,9 @@ async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
     let name = unique("rebuilt");
     // Up to date before the rebuild.
     store.save_checkpoint(&name, Some(head)).await.unwrap();
-    let (child, rx) = spawn_child(
-        "rebuild",
-        &[
-            ("ORKESTRA_CRASH_DB", path.display().to_string()),
-            ("ORKESTRA_CRASH_CHECKPOINT", name.clone()),
-        ],
-    );
+    let mut all = vars.to_vec();
+    all.push(("ORKESTRA_CRASH_CHECKPOINT", name.clone()));
+    let (child, rx) = spawn_child("rebuild", &all);
     wait_lines(&rx, "replayed", 200);
     sigkill(child);
     let checkpoint = store.load_checkpoint(&name).await.unwrap();
@@ -697,7 +700,15 @@ async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
         checkpoint.is_some_and(|c| c < head),
         "killed half-way: checkpoint {checkpoint:?}, head {head}"
     );
-    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let ours = |seen: &Arc<Mutex<Vec<(u64, bool, i64)>>>| -> Vec<(u64, bool)> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.2 >= base && s.2 < base + 10_000)
+            .map(|s| (s.0, s.1))
+            .collect()
+    };
+    let seen: Arc<Mutex<Vec<(u64, bool, i64)>>> = Arc::default();
     let running = Projections::new(store.clone())
         .add(Projection::new(
             name.clone(),
@@ -714,15 +725,14 @@ async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
         .append(
             &format!("{prefix}-after"),
             ExpectedVersion::NoStream,
-            vec![EventData::from_event(&order_event(&prefix, 1000)).unwrap()],
+            vec![ping(base + 5000)],
         )
         .await
         .unwrap()
         .last_position;
     running.wait_for(&name, after).await.unwrap();
     running.stop().await.unwrap();
-    let seen = seen.lock().unwrap().clone();
-    let (old, new): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(p, _)| *p <= head);
+    let (old, new): (Vec<_>, Vec<_>) = ours(&seen).into_iter().partition(|(p, _)| *p <= head);
     assert!(
         !old.is_empty(),
         "the rest of the rebuild ran after the restart"
@@ -734,7 +744,7 @@ async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
     );
     assert_eq!(new, vec![(after, false)], "a new event is not a replay");
     // The finished rebuild left no target behind: another restart replays nothing.
-    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(u64, bool, i64)>>> = Arc::default();
     let running = Projections::new(store.clone())
         .add(Projection::new(
             name.clone(),
@@ -750,23 +760,27 @@ async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
         .append(
             &format!("{prefix}-last"),
             ExpectedVersion::NoStream,
-            vec![EventData::from_event(&order_event(&prefix, 1001)).unwrap()],
+            vec![ping(base + 5001)],
         )
         .await
         .unwrap()
         .last_position;
     running.wait_for(&name, last).await.unwrap();
     running.stop().await.unwrap();
-    assert_eq!(*seen.lock().unwrap(), vec![(last, false)]);
+    assert_eq!(ours(&seen), vec![(last, false)]);
 }
 
-fn order_event(prefix: &str, i: usize) -> Event<OrderPlaced> {
-    Event::new(
-        OrderPlaced {
-            order_id: format!("{prefix}-{i:06}"),
-            quantity: 1,
-        },
-        Metadata::new(),
-    )
-    .unwrap()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
+    let path = temp_db("events.db");
+    let store = Store::sqlite(&path).await.unwrap();
+    rebuild_crash(store, &[("ORKESTRA_CRASH_DB", path.display().to_string())]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
+    let Some(store) = support::services::postgres_store().await else {
+        return;
+    };
+    rebuild_crash(store, &[]).await;
 }
