@@ -30,7 +30,7 @@ use orkestra_runtime::config::BusAdapter;
 #[command(
     name = "orkestra",
     version,
-    about = "Operate an Orkestra RabbitMQ bus: dead letters and topology"
+    about = "Operate an Orkestra RabbitMQ bus: dead letters, topology and the relay"
 )]
 struct Args {
     /// Output style.
