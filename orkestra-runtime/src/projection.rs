@@ -286,8 +286,8 @@ pub struct ProjectionStatus {
     /// The store's head when last looked at.
     pub head: Option<u64>,
     /// How many events it has still to handle up to the head (every event of the
-    /// global order, its own or not), as last counted (recounted at most every 250 ms
-    /// while it changes).
+    /// global order, its own or not), as last counted: recounted while it changes, at
+    /// most every 250 ms and at most a tenth of the time (a long count waits longer).
     pub lag: u64,
     /// How long ago the oldest event it has still to handle was recorded (`None`: it is
     /// at the head).
@@ -377,6 +377,8 @@ struct CountedBacklog {
     head: u64,
     backlog: crate::store::Backlog,
     at: Instant,
+    /// How long the count took: a long backlog is counted less often.
+    took: Duration,
 }
 
 enum Control {
@@ -656,7 +658,8 @@ fn check_not_ahead(
     }
 }
 
-/// How often a projection's backlog is counted again at most while it changes.
+/// How often a projection's backlog is counted again at most while it changes (and at
+/// most a tenth of the time: a count that took 100 ms waits a second).
 const BACKLOG_RECOUNT: Duration = Duration::from_millis(250);
 
 /// Counts the backlog of each projection behind `head` (positions are not counts: on
@@ -671,11 +674,13 @@ async fn count_backlogs(store: &Store, entries: &[Arc<Shared>], head: Option<u64
             continue;
         }
         let due = crate::sync::lock(&entry.backlog).as_ref().is_none_or(|b| {
-            (b.checkpoint, b.head) != (checkpoint, head) && b.at.elapsed() >= BACKLOG_RECOUNT
+            (b.checkpoint, b.head) != (checkpoint, head)
+                && b.at.elapsed() >= BACKLOG_RECOUNT.max(b.took.saturating_mul(10))
         });
         if !due {
             continue;
         }
+        let started = Instant::now();
         match store.backlog(checkpoint, head).await {
             Ok(backlog) => {
                 *crate::sync::lock(&entry.backlog) = Some(CountedBacklog {
@@ -683,6 +688,7 @@ async fn count_backlogs(store: &Store, entries: &[Arc<Shared>], head: Option<u64
                     head,
                     backlog,
                     at: Instant::now(),
+                    took: started.elapsed(),
                 });
             }
             Err(e) => {
