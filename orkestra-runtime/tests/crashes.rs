@@ -675,18 +675,28 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
     // This test's pings: numbers no other test uses.
     let base = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as i64 * 10_000 + 1_000_000_000;
     let prefix = unique("r");
+    let mut appended = 0;
     for chunk in 0..20 {
         let events = (0..50).map(|i| ping(base + chunk * 50 + i)).collect();
-        store
+        appended = store
             .append(
                 &format!("{prefix}-{chunk}"),
                 ExpectedVersion::NoStream,
                 events,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .last_position;
     }
-    let head = store.head().await.unwrap().unwrap();
+    // On PostgreSQL the head reaches an append once older transactions (anywhere in the
+    // cluster) have ended: the rebuild's target must cover every ping of this test.
+    let head = loop {
+        let head = store.head().await.unwrap().unwrap();
+        if head >= appended {
+            break head;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let name = unique("rebuilt");
     // Up to date before the rebuild.
     store.save_checkpoint(&name, Some(head)).await.unwrap();
