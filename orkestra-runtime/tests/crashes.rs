@@ -636,10 +636,13 @@ async fn a_sqlite_idempotent_projection_killed_mid_batch_folds_every_event_once(
     assert_eq!(applied as usize, events, "each event applied once");
 }
 
+/// (position, `is_replay()`, ping number) of each ping handled.
+type Seen = Arc<Mutex<Vec<(u64, bool, i64)>>>;
+
 /// Records each ping's position, `is_replay()` and number; in the child, slowly, saying so.
 #[derive(Clone)]
 struct Replays {
-    seen: Arc<Mutex<Vec<(u64, bool, i64)>>>,
+    seen: Seen,
     say: bool,
 }
 
@@ -710,7 +713,7 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
         checkpoint.is_some_and(|c| c < head),
         "killed half-way: checkpoint {checkpoint:?}, head {head}"
     );
-    let ours = |seen: &Arc<Mutex<Vec<(u64, bool, i64)>>>| -> Vec<(u64, bool)> {
+    let ours = |seen: &Seen| -> Vec<(u64, bool)> {
         seen.lock()
             .unwrap()
             .iter()
@@ -718,7 +721,7 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
             .map(|s| (s.0, s.1))
             .collect()
     };
-    let seen: Arc<Mutex<Vec<(u64, bool, i64)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let running = Projections::new(store.clone())
         .add(Projection::new(
             name.clone(),
@@ -754,7 +757,7 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
     );
     assert_eq!(new, vec![(after, false)], "a new event is not a replay");
     // The finished rebuild left no target behind: another restart replays nothing.
-    let seen: Arc<Mutex<Vec<(u64, bool, i64)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let running = Projections::new(store.clone())
         .add(Projection::new(
             name.clone(),
