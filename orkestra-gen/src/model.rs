@@ -371,6 +371,9 @@ pub struct Projection {
     pub batch: Option<u32>,
     /// Retry limit, when set.
     pub max_retries: Option<u32>,
+    /// Whether it keeps a checkpoint in the store (`checkpoint: none`: no, it replays
+    /// from the start at each launch).
+    pub checkpoint: bool,
 }
 
 /// A handler binding.

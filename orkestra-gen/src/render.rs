@@ -116,6 +116,8 @@ struct ProjectionCtx {
     /// The private adapter from the trait to `ProjectionHandler`.
     adapter: String,
     batch: Option<u32>,
+    /// `checkpoint: none` makes it false.
+    checkpoint: bool,
 }
 
 /// An aggregate: its state, event enum, trait, command trait and the runtime glue.
@@ -432,6 +434,7 @@ fn projection_ctx(model: &Model, p: &Projection, here: &str) -> ProjectionCtx {
     ProjectionCtx {
         adapter: format!("{}Binding", h.name.trim_start_matches("r#")),
         batch: p.batch,
+        checkpoint: p.checkpoint,
         h,
     }
 }

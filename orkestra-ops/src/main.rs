@@ -9,6 +9,7 @@
 //! orkestra dlq replay ID... | --all [--handler H]
 //! orkestra dlq purge  ID... | --all [--handler H]
 //! orkestra topology   [--handler H]... [--command TOPIC]...
+//! orkestra relay skip POSITION [--checkpoint NAME]
 //! ```
 //! Every command takes `--format human|json`. Exit codes: 0 success, 1 failure (an id
 //! not found, a replay not confirmed, the broker or the configuration), 2 usage errors.
@@ -29,7 +30,7 @@ use orkestra_runtime::config::BusAdapter;
 #[command(
     name = "orkestra",
     version,
-    about = "Operate an Orkestra RabbitMQ bus: dead letters and topology"
+    about = "Operate an Orkestra RabbitMQ bus: dead letters, topology and the relay"
 )]
 struct Args {
     /// Output style.
@@ -57,6 +58,9 @@ enum Cmd {
     /// The dead letters of the catch-all queue `<prefix>.deadletter.all`.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// The relay of the configured store (`[store]`).
+    #[command(subcommand)]
+    Relay(RelayCmd),
     /// The exchanges and queues Orkestra declares under the configured prefix, with
     /// their bindings and depths.
     Topology {
@@ -74,6 +78,21 @@ enum Cmd {
         /// The schemas' namespace prefix (as given to the generator).
         #[arg(long, default_value = "", requires = "schemas")]
         app_prefix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RelayCmd {
+    /// Move the relay's checkpoint past the event at POSITION without publishing it:
+    /// for an event the bus refuses for good (the relay stopped on it, naming its
+    /// position). POSITION must be the next event to publish. Logged; run it while the
+    /// relay is stopped.
+    Skip {
+        /// The event's global position (as the relay's error names it).
+        position: u64,
+        /// The relay's checkpoint name.
+        #[arg(long, value_name = "NAME", default_value = orkestra_runtime::relay::RELAY_CHECKPOINT)]
+        checkpoint: String,
     },
 }
 
@@ -165,6 +184,13 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
 
 async fn run(args: &Args) -> Result<ExitCode, String> {
     let config = load_config(args.config.as_ref())?;
+    if let Cmd::Relay(RelayCmd::Skip {
+        position,
+        checkpoint,
+    }) = &args.command
+    {
+        return relay_skip(&config, *position, checkpoint).await;
+    }
     let admin = DeadLetterAdmin::connect(&config.bus)
         .await
         .map_err(|e| e.to_string())?;
@@ -174,6 +200,27 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
         Failure::Admin(e) => e.to_string(),
         Failure::Schemas(message) => message,
     })
+}
+
+/// `relay skip`: works on the store alone (no broker needed).
+async fn relay_skip(config: &Config, position: u64, checkpoint: &str) -> Result<ExitCode, String> {
+    // The skip is logged like the relay's own lines, on standard error.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let store = orkestra_runtime::Store::from_config(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    orkestra_runtime::relay::Relay::new(store, orkestra_runtime::Bus::in_process())
+        .with_checkpoint(checkpoint)
+        .skip(position)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "relay checkpoint {checkpoint:?} moved past position {position}; that event will not be published"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Why a command failed.
@@ -230,6 +277,8 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
             let done = done?;
             print::settled(format, "purged", admin.queue(), &done);
         }
+        // Handled by `run` before it connects to the broker.
+        Cmd::Relay(_) => {}
         Cmd::Topology {
             handler,
             command,

@@ -669,3 +669,92 @@ async fn show_on_twenty_thousand_letters_stays_under_100_mb() {
     );
     setup.cleanup().await;
 }
+
+/// `orkestra relay skip POSITION` moves the relay's checkpoint past the next event only
+/// (logged, on the store alone: no broker needed); any other position is refused with
+/// the next one named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_skip_moves_past_the_next_event_only() {
+    use orkestra_runtime::{EventData, ExpectedVersion, Store};
+    let dir = std::env::temp_dir().join(format!(
+        "orkestra-cli-relay-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("events.db");
+    std::fs::write(
+        dir.join("orkestra.toml"),
+        format!(
+            "[bus]\nadapter = \"rabbitmq\"\n[store]\nadapter = \"sqlite\"\nurl = {:?}\npublish = \"relay\"\n",
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let store = Store::sqlite(&db).await.unwrap();
+    let mut positions = Vec::new();
+    for i in 0..3 {
+        let event = Event::new(
+            OrderPlaced {
+                order_id: format!("o{i}"),
+                quantity: 1,
+            },
+            Metadata::new(),
+        )
+        .unwrap();
+        positions.push(
+            store
+                .append(
+                    &format!("order-{i}"),
+                    ExpectedVersion::NoStream,
+                    vec![EventData::from_event(&event).unwrap()],
+                )
+                .await
+                .unwrap()
+                .last_position,
+        );
+    }
+    store
+        .save_checkpoint("orkestra.relay", Some(positions[0]))
+        .await
+        .unwrap();
+    let run = |args: &[&str]| {
+        Process::new(env!("CARGO_BIN_EXE_orkestra"))
+            .args(args)
+            .current_dir(&dir)
+            .env("ORKESTRA_BUS_URL", amqp_url())
+            .env_remove("ORKESTRA_BUS_ADAPTER")
+            .env_remove("ORKESTRA_STORE_ADAPTER")
+            .env_remove("ORKESTRA_STORE_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["relay", "skip", &positions[2].to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the next event to publish is at position {}",
+            positions[1]
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        store.load_checkpoint("orkestra.relay").await.unwrap(),
+        Some(positions[0])
+    );
+    let out = run(&["relay", "skip", &positions[1].to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("skipped deliberately") && stderr.contains("order-1"),
+        "logged: {stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&positions[1].to_string()),
+        "{out:?}"
+    );
+    assert_eq!(
+        store.load_checkpoint("orkestra.relay").await.unwrap(),
+        Some(positions[1])
+    );
+}

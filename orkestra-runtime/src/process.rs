@@ -777,6 +777,7 @@ impl From<StoreError> for StepError {
         match e {
             StoreError::WrongExpectedVersion { .. } => Self::Conflict,
             e @ (StoreError::TooLarge { .. }
+            | StoreError::TooLargeForBus { .. }
             | StoreError::Invalid(_)
             | StoreError::Encode(_)
             | StoreError::Decode { .. }

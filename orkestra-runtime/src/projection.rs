@@ -190,6 +190,8 @@ pub struct Projection {
     batch: usize,
     max_retries: u32,
     retry_delay: Duration,
+    /// Whether the checkpoint is kept in the store (`false`: `checkpoint: none`).
+    stored: bool,
 }
 
 impl fmt::Debug for Projection {
@@ -198,6 +200,7 @@ impl fmt::Debug for Projection {
             .field("name", &self.name)
             .field("batch", &self.batch)
             .field("max_retries", &self.max_retries)
+            .field("checkpoint", &if self.stored { "store" } else { "none" })
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +219,7 @@ impl Projection {
             batch: DEFAULT_BATCH,
             max_retries: DEFAULT_PROJECTION_RETRIES,
             retry_delay: DEFAULT_RETRY_DELAY,
+            stored: true,
         }
     }
 
@@ -237,6 +241,19 @@ impl Projection {
     #[must_use]
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
+        self
+    }
+
+    /// Keeps no checkpoint in the store (`checkpoint: none` in the schema), for a read
+    /// model held in memory: each start handles every event from the start of the
+    /// global order, those up to the head at the start with
+    /// [`ProjectionContext::is_replay`] true. It never reads or writes a stored
+    /// checkpoint, so other copies of it (other processes) and a checkpoint saved under
+    /// the same name are left alone. [`Projections::wait_until`], which reads stored
+    /// checkpoints, does not see it: use [`RunningProjections::wait_for`].
+    #[must_use]
+    pub fn without_checkpoint(mut self) -> Self {
+        self.stored = false;
         self
     }
 
@@ -268,9 +285,13 @@ pub struct ProjectionStatus {
     pub checkpoint: Option<u64>,
     /// The store's head when last looked at.
     pub head: Option<u64>,
-    /// How far behind the head it is, in positions (positions can have gaps: this is an
-    /// upper bound on the number of events).
+    /// How many events it has still to handle up to the head (every event of the
+    /// global order, its own or not), as last counted: recounted while it changes, at
+    /// most every 250 ms and at most a tenth of the time (a long count waits longer).
     pub lag: u64,
+    /// How long ago the oldest event it has still to handle was recorded (`None`: it is
+    /// at the head).
+    pub oldest_unhandled_age: Option<Duration>,
     /// Its state.
     pub state: ProjectionState,
 }
@@ -346,6 +367,18 @@ struct Shared {
     state: Mutex<ProjectionState>,
     /// Requests to a running runner.
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
+    /// The backlog last counted, for `status()`.
+    backlog: Mutex<Option<CountedBacklog>>,
+}
+
+/// A backlog as counted for a checkpoint and a head.
+struct CountedBacklog {
+    checkpoint: Option<u64>,
+    head: u64,
+    backlog: crate::store::Backlog,
+    at: Instant,
+    /// How long the count took: a long backlog is counted less often.
+    took: Duration,
 }
 
 enum Control {
@@ -411,6 +444,7 @@ impl Projections {
             handled: watch::Sender::new(None),
             state: Mutex::new(ProjectionState::Stopped),
             control: Mutex::new(None),
+            backlog: Mutex::new(None),
         }));
         self
     }
@@ -436,14 +470,28 @@ impl Projections {
             if crate::sync::lock(&entry.control).is_some() {
                 return Err(ProjectionError::AlreadyRunning(name.clone()));
             }
+            if !entry.projection.stored {
+                // From the start, the history up to the head being a replay.
+                starts.push((None, head));
+                continue;
+            }
             let checkpoint = self.store.load_checkpoint(name).await?;
             check_not_ahead(name, checkpoint, head)?;
-            starts.push(checkpoint);
+            // A rebuild a crash interrupted goes on as one: its events are still replays.
+            let until = self
+                .store
+                .load_replay_until(name)
+                .await?
+                .filter(|&until| checkpoint.is_none_or(|c| c < until));
+            if let Some(until) = until {
+                tracing::info!(orkestra = "projection", projection = %name, checkpoint, until, "rebuild resumed");
+            }
+            starts.push((checkpoint, until));
         }
         let (stop, _) = watch::channel(false);
         let head_tx = watch::Sender::new(head);
         let mut tasks = Vec::with_capacity(self.entries.len());
-        for (entry, checkpoint) in self.entries.iter().zip(starts) {
+        for (entry, (checkpoint, replay_until)) in self.entries.iter().zip(starts) {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
             *crate::sync::lock(&entry.control) = Some(control_tx);
             entry.handled.send_replace(checkpoint);
@@ -452,7 +500,7 @@ impl Projections {
                 store: self.store.clone(),
                 shared: entry.clone(),
                 head: head_tx.clone(),
-                replay_until: None,
+                replay_until,
                 progress: Progress::new(),
             };
             tasks.push(tokio::spawn(runner.run(
@@ -461,7 +509,12 @@ impl Projections {
                 control_rx,
             )));
         }
-        let head_task = tokio::spawn(watch_head(self.store.clone(), head_tx.clone()));
+        count_backlogs(&self.store, &self.entries, head).await;
+        let head_task = tokio::spawn(watch_head(
+            self.store.clone(),
+            head_tx.clone(),
+            self.entries.clone(),
+        ));
         Ok(RunningProjections {
             entries: self.entries.clone(),
             stop,
@@ -516,6 +569,7 @@ impl Projections {
                     .read_all(next, entry.projection.batch.min(remaining(next, until)))
                     .await?;
                 if batch.is_empty() {
+                    runner.replay_done().await;
                     break;
                 }
                 match runner.handle_batch(&batch, &stop).await {
@@ -528,7 +582,7 @@ impl Projections {
                     }
                     Outcome::Store(e) => return Err(e.into()),
                 }
-                runner.after_batch(next);
+                runner.after_batch(next).await;
             }
             Ok(())
         }
@@ -604,17 +658,49 @@ fn check_not_ahead(
     }
 }
 
-fn lag(checkpoint: Option<u64>, head: Option<u64>) -> u64 {
-    match (checkpoint, head) {
-        (_, None) => 0,
-        (None, Some(h)) => h.saturating_add(1),
-        (Some(c), Some(h)) => h.saturating_sub(c),
+/// How often a projection's backlog is counted again at most while it changes (and at
+/// most a tenth of the time: a count that took 100 ms waits a second).
+const BACKLOG_RECOUNT: Duration = Duration::from_millis(250);
+
+/// Counts the backlog of each projection behind `head` (positions are not counts: on
+/// PostgreSQL one event is over a million positions past the one before).
+async fn count_backlogs(store: &Store, entries: &[Arc<Shared>], head: Option<u64>) {
+    let Some(head) = head else {
+        return;
+    };
+    for entry in entries {
+        let checkpoint = *entry.handled.borrow();
+        if checkpoint.is_some_and(|c| c >= head) {
+            continue;
+        }
+        let due = crate::sync::lock(&entry.backlog).as_ref().is_none_or(|b| {
+            (b.checkpoint, b.head) != (checkpoint, head)
+                && b.at.elapsed() >= BACKLOG_RECOUNT.max(b.took.saturating_mul(10))
+        });
+        if !due {
+            continue;
+        }
+        let started = Instant::now();
+        match store.backlog(checkpoint, head).await {
+            Ok(backlog) => {
+                *crate::sync::lock(&entry.backlog) = Some(CountedBacklog {
+                    checkpoint,
+                    head,
+                    backlog,
+                    at: Instant::now(),
+                    took: started.elapsed(),
+                });
+            }
+            Err(e) => {
+                tracing::debug!(orkestra = "projection", projection = %entry.projection.name, error = %e, "cannot count the backlog");
+            }
+        }
     }
 }
 
-/// Keeps the head current for `status()`: re-read after change notices, at most every
-/// 50 ms, and on the store's poll interval.
-async fn watch_head(store: Store, head: watch::Sender<Option<u64>>) {
+/// Keeps the head and the backlogs current for `status()`: re-read after change
+/// notices, at most every 50 ms, and on the store's poll interval.
+async fn watch_head(store: Store, head: watch::Sender<Option<u64>>, entries: Vec<Arc<Shared>>) {
     let mut changes = store.changes();
     let poll = store.poll_interval().unwrap_or(Duration::from_secs(1));
     loop {
@@ -627,6 +713,8 @@ async fn watch_head(store: Store, head: watch::Sender<Option<u64>>) {
                 newer
             });
         }
+        let current = *head.borrow();
+        count_backlogs(&store, &entries, current).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = tokio::time::timeout(poll, changes.changed()).await;
     }
@@ -666,11 +754,23 @@ impl RunningProjections {
                     (Some(h), Some(c)) => Some(h.max(c)),
                     (h, c) => h.or(c),
                 };
+                let behind = head.is_some_and(|h| checkpoint.is_none_or(|c| c < h));
+                let (lag, oldest_unhandled_age) = match &*crate::sync::lock(&e.backlog) {
+                    Some(counted) if behind => (
+                        counted.backlog.events,
+                        counted
+                            .backlog
+                            .oldest
+                            .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default()),
+                    ),
+                    _ => (0, None),
+                };
                 ProjectionStatus {
                     name: e.projection.name.clone(),
                     checkpoint,
                     head,
-                    lag: lag(checkpoint, head),
+                    lag,
+                    oldest_unhandled_age,
                     state: crate::sync::lock(&e.state).clone(),
                 }
             })
@@ -820,7 +920,7 @@ impl Runner {
                 }
             };
             if batch.is_empty() {
-                self.replay_done();
+                self.replay_done().await;
                 // Caught up: is the head where we are? (A restored backup puts it behind.)
                 match self.store.head().await {
                     Ok(head) => {
@@ -868,17 +968,17 @@ impl Runner {
             match self.handle_batch(&batch, &stop).await {
                 Outcome::Done(last) => {
                     next = last.saturating_add(1);
-                    self.after_batch(next);
+                    self.after_batch(next).await;
                 }
                 Outcome::Failed(error) => {
                     tracing::error!(orkestra = "projection", projection = self.name(), error = %error, "projection stopped at a failing event");
                     break ProjectionState::Failed(error);
                 }
                 Outcome::Retry(error) => {
-                    next = self.rewind("batch stopped", &error).await;
+                    next = self.rewind("batch stopped", &error, &stop).await;
                 }
                 Outcome::Store(e) => {
-                    next = self.rewind("store error", &e).await;
+                    next = self.rewind("store error", &e, &stop).await;
                 }
             }
         };
@@ -898,20 +998,55 @@ impl Runner {
 
     /// After a batch that could not finish: a pause, then the position after the last
     /// event handled, where the next read starts.
-    async fn rewind(&self, what: &str, error: &(dyn fmt::Display + Sync)) -> u64 {
+    ///
+    /// The store's checkpoint decides, not the one in memory: a COMMIT whose answer was
+    /// lost (the connection dropped after the server committed) moved the stored
+    /// checkpoint with the read model's writes, and reading from the one in memory would
+    /// apply that batch twice. Stores without transactions save the checkpoint after the
+    /// batch, so theirs may trail the one in memory: the later of the two is kept.
+    async fn rewind(
+        &self,
+        what: &str,
+        error: &(dyn fmt::Display + Sync),
+        stop: &watch::Receiver<bool>,
+    ) -> u64 {
         tracing::warn!(orkestra = "projection", projection = self.name(), what, error = %error, "retrying from the checkpoint");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if *stop.borrow() || !self.shared.projection.stored {
+                break;
+            }
+            match self.store.load_checkpoint(self.name()).await {
+                Ok(stored) => {
+                    self.shared.handled.send_if_modified(|handled| {
+                        let later = stored > *handled;
+                        if later {
+                            tracing::info!(orkestra = "projection", projection = self.name(), checkpoint = stored, "the store's checkpoint is past the last commit seen here (a commit whose answer was lost); going on from it");
+                            *handled = stored;
+                        }
+                        later
+                    });
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(orkestra = "projection", projection = self.name(), error = %e, "cannot read the checkpoint; retrying");
+                }
+            }
+        }
         self.shared
             .handled
             .borrow()
             .map_or(0, |c| c.saturating_add(1))
     }
 
-    /// Clears the checkpoint and replays up to `head`.
+    /// Clears the checkpoint and replays up to `head`. The target is saved with the
+    /// checkpoint: a restart before the replay reaches it goes on replaying.
     async fn start_replay(&mut self, head: Option<u64>) -> Result<(), ProjectionError> {
-        self.store
-            .save_checkpoint(&self.shared.projection.name, None)
-            .await?;
+        if self.shared.projection.stored {
+            self.store
+                .save_replay(&self.shared.projection.name, None, head)
+                .await?;
+        }
         self.shared.handled.send_replace(None);
         self.replay_until = head;
         self.progress = Progress::new();
@@ -925,8 +1060,16 @@ impl Runner {
         Ok(())
     }
 
-    fn replay_done(&mut self) {
+    async fn replay_done(&mut self) {
         if self.replay_until.take().is_some() {
+            // A target left behind is harmless (the checkpoint is past it); clear it
+            // anyway so the row says no rebuild is under way.
+            let handled = *self.shared.handled.borrow();
+            if self.shared.projection.stored
+                && let Err(e) = self.store.save_replay(self.name(), handled, None).await
+            {
+                tracing::warn!(orkestra = "projection", projection = self.name(), error = %e, "cannot clear the finished rebuild's target");
+            }
             let elapsed = self.progress.started.elapsed();
             tracing::info!(
                 orkestra = "projection",
@@ -938,12 +1081,12 @@ impl Runner {
         }
     }
 
-    fn after_batch(&mut self, next: u64) {
+    async fn after_batch(&mut self, next: u64) {
         let Some(until) = self.replay_until else {
             return;
         };
         if next > until {
-            self.replay_done();
+            self.replay_done().await;
             return;
         }
         if self.progress.last_log.elapsed() >= Duration::from_secs(1) {
@@ -1008,6 +1151,7 @@ impl Runner {
             }
         }
         if let Some(last) = last_done
+            && self.shared.projection.stored
             && let Err(e) = self
                 .store
                 .save_checkpoint(&self.shared.projection.name, Some(last))
@@ -1040,10 +1184,11 @@ impl Runner {
         if let Some(last) = last_done {
             self.progress.done += done as u64;
             self.shared.handled.send_replace(Some(last));
-            if let Err(e) = self
-                .store
-                .save_checkpoint(&self.shared.projection.name, Some(last))
-                .await
+            if self.shared.projection.stored
+                && let Err(e) = self
+                    .store
+                    .save_checkpoint(&self.shared.projection.name, Some(last))
+                    .await
             {
                 return Outcome::Store(e);
             }
@@ -1191,8 +1336,14 @@ impl Runner {
         let Some(last) = last else {
             return Ok(Ok(0));
         };
-        crate::store::postgres::save_checkpoint_in(&tx, &self.shared.projection.name, Some(last))
+        if self.shared.projection.stored {
+            crate::store::postgres::save_checkpoint_in(
+                &tx,
+                &self.shared.projection.name,
+                Some(last),
+            )
             .await?;
+        }
         tx.commit().await.map_err(pg_error)?;
         self.progress.done += done;
         self.shared.handled.send_replace(Some(last));

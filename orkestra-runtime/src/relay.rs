@@ -12,6 +12,18 @@
 //! for rows without one (appended without a topic, or by a release that did not record
 //! topics) the relay asks [`Relay::with_topics`]. An event whose topic nobody knows stops
 //! the relay with [`RelayError::UnknownTopic`]: it is never skipped.
+//!
+//! A bus error that cannot pass by waiting (an event over `bus.max_message_bytes`, one
+//! that cannot be encoded) stops the relay with [`RelayError::Unpublishable`], naming
+//! the event's position, stream and the reason, logged once and kept in
+//! [`RunningRelay::status`]; it is not retried. An operator moves past it deliberately
+//! with [`Relay::skip`] (`orkestra relay skip POSITION`), which logs what it skipped.
+//! Other bus errors (the broker down, a timeout) are retried until they pass.
+//!
+//! The trace context recorded with an event (the span that appended it, usually its
+//! command's `orkestra.command.handle`) is the parent of the relay's
+//! `orkestra.event.publish`: a flow is one trace whether its events are published
+//! directly or by the relay.
 
 use std::fmt;
 use std::sync::Arc;
@@ -64,9 +76,65 @@ pub enum RelayError {
         /// The store's head.
         head: Option<u64>,
     },
+    /// The bus refused an event for good (too large, cannot be encoded): the relay
+    /// stopped before it. Fix the cause, or move past it with [`Relay::skip`].
+    #[error(
+        "event {id} ({event_type}) of stream {stream:?} at position {position} cannot be published: \
+         {reason}; the relay stopped before it (to move past it: `orkestra relay skip {position}` \
+         or Relay::skip({position}))"
+    )]
+    Unpublishable {
+        /// The event id.
+        id: String,
+        /// Its type.
+        event_type: String,
+        /// Its stream.
+        stream: String,
+        /// Its position.
+        position: u64,
+        /// Why the bus refused it.
+        reason: String,
+    },
+    /// [`Relay::skip`] was given another position than the next event to publish.
+    #[error(
+        "relay checkpoint {name:?}: the next event to publish is {}, not position {position}; \
+         nothing was skipped",
+        match .next { Some(n) => format!("at position {n}"), None => "not there (every stored event is published)".to_owned() }
+    )]
+    NotNext {
+        /// The checkpoint name.
+        name: String,
+        /// The position asked for.
+        position: u64,
+        /// The next event to publish.
+        next: Option<u64>,
+    },
     /// The relay task ended abnormally.
     #[error("the relay task ended abnormally: {0}")]
     Task(String),
+}
+
+impl RelayError {
+    fn unpublishable(event: &RecordedEvent, reason: impl fmt::Display) -> Self {
+        Self::Unpublishable {
+            id: event.id().to_owned(),
+            event_type: event.event_type().to_owned(),
+            stream: event.stream().to_owned(),
+            position: event.position(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Whether waiting cannot make the bus take a message it refused with `e`.
+fn refused_for_good(e: &BusError) -> bool {
+    matches!(
+        e,
+        BusError::TooLarge { .. }
+            | BusError::Encode(_)
+            | BusError::WrongKind(_)
+            | BusError::Envelope(_)
+    )
 }
 
 /// Publishes every stored event on a bus, from a checkpoint. Configure, then
@@ -144,12 +212,55 @@ impl Relay {
         }
         let (stop, stop_rx) = watch::channel(false);
         let published = watch::Sender::new(checkpoint);
-        let task = tokio::spawn(self.run(checkpoint, stop_rx, published.clone()));
+        let error = Arc::new(std::sync::Mutex::new(None));
+        let run = self.run(checkpoint, stop_rx, published.clone());
+        let slot = error.clone();
+        let task = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                *crate::sync::lock(&slot) = Some(e.to_string());
+            }
+            result
+        });
         Ok(RunningRelay {
             stop,
             published,
+            error,
             task: Some(task),
         })
+    }
+
+    /// Moves the checkpoint past the event at `position`, which must be the next one
+    /// to publish, without publishing it: what an operator does, deliberately, about an
+    /// event the bus refuses for good ([`RelayError::Unpublishable`]). Logged at warn
+    /// with the event's id, type and stream. Run it while the relay is stopped (it stops
+    /// itself on such an event); [`RelayError::NotNext`] when `position` is not next.
+    pub async fn skip(&self, position: u64) -> Result<(), RelayError> {
+        let checkpoint = self.store.load_checkpoint(&self.checkpoint).await?;
+        let from = checkpoint.map_or(0, |c| c.saturating_add(1));
+        let event = match self.store.read_all(from, 1).await?.into_iter().next() {
+            Some(event) if event.position() == position => event,
+            other => {
+                return Err(RelayError::NotNext {
+                    name: self.checkpoint.clone(),
+                    position,
+                    next: other.as_ref().map(RecordedEvent::position),
+                });
+            }
+        };
+        self.store
+            .save_checkpoint(&self.checkpoint, Some(position))
+            .await?;
+        tracing::warn!(
+            orkestra = "relay",
+            checkpoint = %self.checkpoint,
+            position,
+            id = event.id(),
+            event_type = event.event_type(),
+            stream = event.stream(),
+            "event skipped deliberately: the relay will not publish it"
+        );
+        Ok(())
     }
 
     async fn run(
@@ -218,6 +329,7 @@ impl Relay {
                 next = last.saturating_add(1);
             }
             if let Some(e) = failure {
+                // Logged once, here; the error stays in `RunningRelay::status`.
                 tracing::error!(orkestra = "relay", error = %e, "relay stopped");
                 return Err(e);
             }
@@ -241,12 +353,20 @@ impl Relay {
                 }
             })?,
         };
-        let raw = event.to_raw(topic)?;
+        let mut raw = event
+            .to_raw(topic)
+            .map_err(|e| RelayError::unpublishable(event, e))?;
+        // The publish span continues the trace recorded with the event; the message then
+        // carries the publish span's context, as a direct publish's does.
+        let origin = raw.metadata.trace_context.take();
         let mut backoff = Duration::from_millis(100);
         loop {
             let envelope = EventEnvelope::from_message(Message::from_raw_event(raw.clone()));
-            match self.bus.publish(envelope).await {
+            match crate::trace::continuing(origin.clone(), self.bus.publish(envelope)).await {
                 Ok(_) => return Ok(true),
+                Err(e) if refused_for_good(&e) => {
+                    return Err(RelayError::unpublishable(event, e));
+                }
                 Err(e) => {
                     log_publish_failure(event, &e);
                     if *stop.borrow() {
@@ -290,10 +410,30 @@ fn log_publish_failure(event: &RecordedEvent, e: &BusError) {
 pub struct RunningRelay {
     stop: watch::Sender<bool>,
     published: watch::Sender<Option<u64>>,
+    /// Why the relay stopped on its own.
+    error: Arc<std::sync::Mutex<Option<String>>>,
     task: Option<tokio::task::JoinHandle<Result<(), RelayError>>>,
 }
 
+/// Where a relay is: what it published, and why it stopped if it stopped on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The position of the last event published (and checkpointed).
+    pub published: Option<u64>,
+    /// The error it stopped on (an unpublishable event names its position, stream and
+    /// reason); `None` while it runs.
+    pub error: Option<String>,
+}
+
 impl RunningRelay {
+    /// What it published, and the error it stopped on, if any.
+    pub fn status(&self) -> RelayStatus {
+        RelayStatus {
+            published: self.published(),
+            error: crate::sync::lock(&self.error).clone(),
+        }
+    }
+
     /// The position of the last event published (and checkpointed).
     pub fn published(&self) -> Option<u64> {
         *self.published.borrow()

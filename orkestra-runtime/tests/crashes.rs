@@ -189,6 +189,31 @@ async fn crash_child() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        // Rebuilds a projection slowly until killed.
+        "rebuild" => {
+            let store = match std::env::var("ORKESTRA_CRASH_DB") {
+                Ok(path) => Store::sqlite(path).await.unwrap(),
+                Err(_) => Store::postgres(&support::services::postgres_url())
+                    .await
+                    .unwrap(),
+            };
+            let name = env("ORKESTRA_CRASH_CHECKPOINT");
+            let projections = Projections::new(store).add(
+                Projection::new(
+                    name.clone(),
+                    Replays {
+                        seen: Arc::default(),
+                        say: true,
+                    },
+                )
+                .with_batch(10),
+            );
+            projections.rebuild(&name).await.unwrap();
+            say("rebuilt");
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -609,4 +634,166 @@ async fn a_sqlite_idempotent_projection_killed_mid_batch_folds_every_event_once(
         .unwrap();
     let events: usize = store.read_all(0, 10_000_000).await.unwrap().len();
     assert_eq!(applied as usize, events, "each event applied once");
+}
+
+/// (position, `is_replay()`, ping number) of each ping handled.
+type Seen = Arc<Mutex<Vec<(u64, bool, i64)>>>;
+
+/// Records each ping's position, `is_replay()` and number; in the child, slowly, saying so.
+#[derive(Clone)]
+struct Replays {
+    seen: Seen,
+    say: bool,
+}
+
+impl ProjectionHandler for Replays {
+    type Event = Event<Ping>;
+
+    async fn handle(
+        &self,
+        event: Event<Ping>,
+        ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((ctx.position(), ctx.is_replay(), event.data.n));
+        if self.say {
+            say(&format!("replayed {} {}", ctx.position(), ctx.is_replay()));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+}
+
+fn ping(n: i64) -> EventData {
+    EventData::from_event(&Event::new(Ping { n }, Metadata::new()).unwrap()).unwrap()
+}
+
+/// A rebuild killed half-way: after the restart the events it had not reached yet still
+/// arrive with `is_replay() == true` (handlers that suppress side effects in a rebuild
+/// keep suppressing them), and the first event after the rebuild's target does not.
+/// `vars` tell the child where the store is.
+async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
+    // This test's pings: numbers no other test uses.
+    let base = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as i64 * 10_000 + 1_000_000_000;
+    let prefix = unique("r");
+    let mut appended = 0;
+    for chunk in 0..20 {
+        let events = (0..50).map(|i| ping(base + chunk * 50 + i)).collect();
+        appended = store
+            .append(
+                &format!("{prefix}-{chunk}"),
+                ExpectedVersion::NoStream,
+                events,
+            )
+            .await
+            .unwrap()
+            .last_position;
+    }
+    // On PostgreSQL the head reaches an append once older transactions (anywhere in the
+    // cluster) have ended: the rebuild's target must cover every ping of this test.
+    let head = loop {
+        let head = store.head().await.unwrap().unwrap();
+        if head >= appended {
+            break head;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let name = unique("rebuilt");
+    // Up to date before the rebuild.
+    store.save_checkpoint(&name, Some(head)).await.unwrap();
+    let mut all = vars.to_vec();
+    all.push(("ORKESTRA_CRASH_CHECKPOINT", name.clone()));
+    let (child, rx) = spawn_child("rebuild", &all);
+    wait_lines(&rx, "replayed", 200);
+    sigkill(child);
+    let checkpoint = store.load_checkpoint(&name).await.unwrap();
+    assert!(
+        checkpoint.is_some_and(|c| c < head),
+        "killed half-way: checkpoint {checkpoint:?}, head {head}"
+    );
+    let ours = |seen: &Seen| -> Vec<(u64, bool)> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.2 >= base && s.2 < base + 10_000)
+            .map(|s| (s.0, s.1))
+            .collect()
+    };
+    let seen: Seen = Arc::default();
+    let running = Projections::new(store.clone())
+        .add(Projection::new(
+            name.clone(),
+            Replays {
+                seen: seen.clone(),
+                say: false,
+            },
+        ))
+        .start()
+        .await
+        .unwrap();
+    running.wait_for(&name, head).await.unwrap();
+    let after = store
+        .append(
+            &format!("{prefix}-after"),
+            ExpectedVersion::NoStream,
+            vec![ping(base + 5000)],
+        )
+        .await
+        .unwrap()
+        .last_position;
+    running.wait_for(&name, after).await.unwrap();
+    running.stop().await.unwrap();
+    let (old, new): (Vec<_>, Vec<_>) = ours(&seen).into_iter().partition(|(p, _)| *p <= head);
+    assert!(
+        !old.is_empty(),
+        "the rest of the rebuild ran after the restart"
+    );
+    assert!(
+        old.iter().all(|(_, replay)| *replay),
+        "events up to the rebuild's target are replays after the restart: {:?}",
+        old.iter().filter(|s| !s.1).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(new, vec![(after, false)], "a new event is not a replay");
+    // The finished rebuild left no target behind: another restart replays nothing.
+    let seen: Seen = Arc::default();
+    let running = Projections::new(store.clone())
+        .add(Projection::new(
+            name.clone(),
+            Replays {
+                seen: seen.clone(),
+                say: false,
+            },
+        ))
+        .start()
+        .await
+        .unwrap();
+    let last = store
+        .append(
+            &format!("{prefix}-last"),
+            ExpectedVersion::NoStream,
+            vec![ping(base + 5001)],
+        )
+        .await
+        .unwrap()
+        .last_position;
+    running.wait_for(&name, last).await.unwrap();
+    running.stop().await.unwrap();
+    assert_eq!(ours(&seen), vec![(last, false)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
+    let path = temp_db("events.db");
+    let store = Store::sqlite(&path).await.unwrap();
+    rebuild_crash(store, &[("ORKESTRA_CRASH_DB", path.display().to_string())]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_rebuild_killed_half_way_goes_on_as_a_replay_after_a_restart() {
+    let Some(store) = support::services::postgres_store().await else {
+        return;
+    };
+    rebuild_crash(store, &[]).await;
 }

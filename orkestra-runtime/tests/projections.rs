@@ -351,8 +351,169 @@ async fn a_checkpoint_ahead_of_the_head_is_an_error(store: Store) {
     assert!(matches!(err, ProjectionError::Duplicate(_)), "{err}");
 }
 
+/// Waits at `{prefix}-block` until opened.
+#[derive(Clone)]
+struct Gate {
+    prefix: String,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl ProjectionHandler for Gate {
+    type Event = Event<OrderPlaced>;
+
+    async fn handle(
+        &self,
+        event: Event<OrderPlaced>,
+        _ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if event.data.order_id == format!("{}-block", self.prefix) {
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        Ok(())
+    }
+}
+
+/// The lag is a number of events (not of positions, which on PostgreSQL are over a
+/// million apart for two events), with the age of the oldest event not yet handled.
+async fn lag_is_counted_in_events_with_the_age_of_the_oldest(store: Store) {
+    let p = unique("lag");
+    let name = unique("lagging");
+    if let Some(h) = store.head().await.unwrap() {
+        store.save_checkpoint(&name, Some(h)).await.unwrap();
+    }
+    let gate = Gate {
+        prefix: p.clone(),
+        open: Arc::new(tokio::sync::watch::Sender::new(false)),
+    };
+    let running = Projections::new(store.clone())
+        .add(Projection::new(name.clone(), gate.clone()).with_batch(1))
+        .start()
+        .await
+        .unwrap();
+    append(&store, vec![placed(&format!("{p}-block"), 1)]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = append(
+        &store,
+        vec![placed(&format!("{p}-b"), 1), placed(&format!("{p}-c"), 1)],
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let status = running.status().remove(0);
+        if status.head >= Some(last) && status.lag >= 3 {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Other tests may append to a shared database meanwhile: a few more, not millions.
+    assert!(status.lag < 100, "the lag is in events: {status:?}");
+    let age = status.oldest_unhandled_age.expect("an event is waiting");
+    assert!(
+        age >= Duration::from_secs(1) && age < Duration::from_secs(60),
+        "the oldest waiting event was recorded over a second ago: {status:?}"
+    );
+    gate.open.send_replace(true);
+    running.wait_for(&name, last).await.unwrap();
+    let status = running.status().remove(0);
+    if status.head == status.checkpoint {
+        assert_eq!((status.lag, status.oldest_unhandled_age), (0, None));
+    }
+    running.stop().await.unwrap();
+}
+
+/// `checkpoint: none`: each launch replays from the start (history as replays, live
+/// events not), nothing is stored under its name (a checkpoint saved there stays as it
+/// was, and wait_until does not see it), and a stored projection beside it keeps its
+/// own checkpoint and resumes from it.
+async fn without_a_checkpoint_each_launch_replays_from_the_start(store: Store) {
+    let p = unique("n");
+    let name = unique("in-memory");
+    let stored = unique("stored");
+    let first = append(&store, vec![placed(&format!("{p}-a"), 1)]).await;
+    let second = append(&store, vec![placed(&format!("{p}-b"), 2)]).await;
+    // Another copy's checkpoint under the same name, and where the stored one begins.
+    store.save_checkpoint(&name, Some(first)).await.unwrap();
+    store.save_checkpoint(&stored, Some(second)).await.unwrap();
+    let mut launches = Vec::new();
+    for launch in 0..2 {
+        let memory = Totals::new(&p);
+        let kept = Totals::new(&p);
+        let running = Projections::new(store.clone())
+            .add(Projection::new(name.clone(), memory.clone()).without_checkpoint())
+            .add(Projection::new(stored.clone(), kept.clone()))
+            .start()
+            .await
+            .unwrap();
+        let live = append(&store, vec![placed(&format!("{p}-live{launch}"), 3)]).await;
+        running.wait_for(&name, live).await.unwrap();
+        running.wait_for(&stored, live).await.unwrap();
+        if launch == 1 {
+            // A rebuild replays in memory too, and stores nothing either.
+            projections_rebuild(&store, &name, &memory).await;
+        }
+        running.stop().await.unwrap();
+        assert_eq!(
+            store.load_checkpoint(&name).await.unwrap(),
+            Some(first),
+            "nothing is stored under the name"
+        );
+        assert_eq!(store.load_checkpoint(&stored).await.unwrap(), Some(live));
+        launches.push((memory.seen.lock().unwrap().clone(), kept.positions(), live));
+    }
+    let (seen, kept, live0) = &launches[0];
+    assert_eq!(
+        seen,
+        &vec![(first, true), (second, true), (*live0, false)],
+        "the first launch from the start"
+    );
+    assert_eq!(kept, &vec![*live0]);
+    let (seen, kept, live1) = &launches[1];
+    assert_eq!(
+        seen[..4].to_vec(),
+        vec![
+            (first, true),
+            (second, true),
+            (*live0, true),
+            (*live1, false)
+        ],
+        "the second launch from the start again"
+    );
+    assert_eq!(
+        kept,
+        &vec![*live1],
+        "the stored one resumed from its checkpoint"
+    );
+    let err = Projections::wait_until(&store, &name, *live1, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Timeout { .. }), "{err}");
+}
+
+/// Rebuilds `name` alone (a projection set of its own, not running).
+async fn projections_rebuild(store: &Store, name: &str, totals: &Totals) {
+    let before = totals.positions().len();
+    Projections::new(store.clone())
+        .add(Projection::new(name, totals.clone()).without_checkpoint())
+        .rebuild(name)
+        .await
+        .unwrap();
+    assert!(totals.positions().len() > before);
+}
+
 mod memory {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_is_counted_in_events_with_the_age_of_the_oldest() {
+        super::lag_is_counted_in_events_with_the_age_of_the_oldest(Store::memory()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_checkpoint_each_launch_replays_from_the_start() {
+        super::without_a_checkpoint_each_launch_replays_from_the_start(Store::memory()).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catch_up_then_live_and_resume() {
@@ -418,6 +579,18 @@ mod memory {
 
 mod sqlite {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_is_counted_in_events_with_the_age_of_the_oldest() {
+        let store = Store::sqlite(temp_db()).await.unwrap();
+        super::lag_is_counted_in_events_with_the_age_of_the_oldest(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_checkpoint_each_launch_replays_from_the_start() {
+        let store = Store::sqlite(temp_db()).await.unwrap();
+        super::without_a_checkpoint_each_launch_replays_from_the_start(store).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catch_up_then_live_and_resume() {
@@ -516,11 +689,230 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_is_counted_in_events_with_the_age_of_the_oldest() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        super::lag_is_counted_in_events_with_the_age_of_the_oldest(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_checkpoint_ahead_of_the_head_is_an_error() {
         let Some(store) = support::services::postgres_store().await else {
             return;
         };
         super::a_checkpoint_ahead_of_the_head_is_an_error(store).await;
+    }
+
+    /// A proxy in front of PostgreSQL that, once armed, lets the next `COMMIT` through
+    /// to the server but holds back everything the server answers from then on: the
+    /// commit happens, its answer never arrives. The connection ends when the server
+    /// side does (the test terminates the backend).
+    struct CommitEater {
+        port: u16,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+        eaten: Arc<tokio::sync::Notify>,
+        accept: tokio::task::AbortHandle,
+    }
+
+    impl CommitEater {
+        async fn start(upstream: String) -> Self {
+            use std::sync::atomic::AtomicBool;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let armed = Arc::new(AtomicBool::new(false));
+            let eaten = Arc::new(tokio::sync::Notify::new());
+            let (a, n) = (armed.clone(), eaten.clone());
+            let accept = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream.clone()).await else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let swallow = Arc::new(AtomicBool::new(false));
+                    let (a, n, s) = (a.clone(), n.clone(), swallow.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        // A simple query message: 'Q', its length (4 + 7), "COMMIT\0".
+                        let commit = b"Q\0\0\0\x0bCOMMIT\0";
+                        while let Ok(read) = client_read.read(&mut buf).await {
+                            if read == 0 {
+                                break;
+                            }
+                            let chunk = &buf[..read];
+                            if chunk.windows(commit.len()).any(|w| w == commit)
+                                && a.swap(false, Ordering::SeqCst)
+                            {
+                                s.store(true, Ordering::SeqCst);
+                                n.notify_one();
+                            }
+                            if server_write.write_all(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(read) = server_read.read(&mut buf).await {
+                            if read == 0 {
+                                break;
+                            }
+                            if swallow.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if client_write.write_all(&buf[..read]).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The server side ended: so does the client's.
+                        let _ = client_write.shutdown().await;
+                    });
+                }
+            })
+            .abort_handle();
+            Self {
+                port,
+                armed,
+                eaten,
+                accept,
+            }
+        }
+    }
+
+    impl Drop for CommitEater {
+        fn drop(&mut self) {
+            self.accept.abort();
+        }
+    }
+
+    /// `ORKESTRA_PG_URL` through `port` (host:port swapped), and the original host:port.
+    fn through(port: u16, application_name: &str) -> (orkestra_runtime::SecretUrl, String) {
+        let url = support::services::postgres_url().expose().to_owned();
+        let at = url
+            .find('@')
+            .map_or(url.find("://").unwrap() + 3, |i| i + 1);
+        let end = url[at..].find('/').map_or(url.len(), |i| at + i);
+        let upstream = url[at..end].to_owned();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let proxied = format!(
+            "{}127.0.0.1:{port}{}{sep}application_name={application_name}",
+            &url[..at],
+            &url[end..]
+        );
+        (orkestra_runtime::SecretUrl::new(proxied), upstream)
+    }
+
+    /// Counts each event a projection applies (a row per application, no key).
+    #[derive(Clone)]
+    struct Applied {
+        prefix: String,
+        table: String,
+    }
+
+    impl ProjectionHandler for Applied {
+        type Event = Event<OrderPlaced>;
+
+        async fn handle(
+            &self,
+            event: Event<OrderPlaced>,
+            ctx: ProjectionContext<'_>,
+        ) -> Result<(), HandlerError> {
+            if !event.data.order_id.starts_with(&self.prefix) {
+                return Ok(());
+            }
+            let tx = ctx
+                .postgres()
+                .ok_or_else(|| HandlerError::reject("not on PostgreSQL"))?;
+            tx.execute(
+                &format!("INSERT INTO {} (event_id) VALUES ($1)", self.table),
+                &[&event.id],
+            )
+            .await
+            .map_err(HandlerError::fail)?;
+            Ok(())
+        }
+    }
+
+    /// An ambiguous COMMIT: the server commits a batch with its checkpoint, the answer
+    /// is lost as the backend is terminated (`pg_terminate_backend`). The projection must
+    /// go on from the checkpoint the store holds, not apply the batch again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ambiguous_commit_does_not_apply_a_batch_twice() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        let pg = client().await;
+        let table = format!("applied_{}", uuid::Uuid::new_v4().simple());
+        pg.batch_execute(&format!("CREATE TABLE {table} (event_id TEXT NOT NULL)"))
+            .await
+            .unwrap();
+        let p = unique("amb");
+        let name = unique("ambiguous");
+        if let Some(h) = store.head().await.unwrap() {
+            store.save_checkpoint(&name, Some(h)).await.unwrap();
+        }
+        let mut last = 0;
+        for n in 0..5 {
+            last = append(&store, vec![placed(&format!("{p}-{n}"), 1)]).await;
+        }
+        let application = format!("amb{}", uuid::Uuid::new_v4().simple());
+        let (_, upstream) = through(0, &application);
+        let eater = CommitEater::start(upstream).await;
+        let (url, _) = through(eater.port, &application);
+        let proxied = Store::postgres(&url).await.unwrap();
+        eater.armed.store(true, Ordering::SeqCst);
+        let running = Projections::new(proxied.clone())
+            .add(Projection::new(
+                name.clone(),
+                Applied {
+                    prefix: p.clone(),
+                    table: table.clone(),
+                },
+            ))
+            .start()
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, eater.eaten.notified())
+            .await
+            .expect("the projection's COMMIT went through the proxy");
+        // The server committed (the checkpoint moved); its answer is held back.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while store.load_checkpoint(&name).await.unwrap() < Some(last) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the batch never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application],
+        )
+        .await
+        .unwrap();
+        running.wait_for(&name, last).await.unwrap();
+        // Let a wrong rewind show itself: it reads the batch again after a pause.
+        let more = append(&store, vec![placed(&format!("{p}-after"), 1)]).await;
+        running.wait_for(&name, more).await.unwrap();
+        running.stop().await.unwrap();
+        let row = pg
+            .query_one(
+                &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let (applied, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            (applied, distinct),
+            (6, 6),
+            "each event applied exactly once (the committed batch is not applied again)"
+        );
+        pg.batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
     }
 
     /// The read model and the checkpoint commit together: a failure inside a batch

@@ -8,7 +8,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orkestra_runtime::relay::{Relay, RelayError};
+use orkestra_runtime::relay::{RELAY_CHECKPOINT, Relay, RelayError};
 use orkestra_runtime::{
     Bus, Config, Event, EventData, EventEnvelope, ExpectedVersion, Metadata, PublishMode, Store,
     Subscription,
@@ -242,4 +242,173 @@ async fn the_relay_publishes_to_rabbitmq_with_confirms() {
         sorted_got, sorted_ids,
         "every event, the event id as message id"
     );
+}
+
+/// Logs of this thread's tasks (the relay runs on the test's current-thread runtime).
+fn capture_logs() -> (support::logs::LogBuffer, tracing::subscriber::DefaultGuard) {
+    let logs = support::logs::LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+fn big(order: &str, bytes: usize) -> EventData {
+    EventData::from_event(
+        &Event::new(
+            OrderPlaced {
+                order_id: format!("{order}-{}", "x".repeat(bytes)),
+                quantity: 1,
+            },
+            Metadata::new(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// An event over `bus.max_message_bytes` stops the relay at once (not retried), with an
+/// error naming its position, stream and the reason, logged once and kept in the
+/// status; `Relay::skip` refuses any other position than the next, moves past that one
+/// (logged), and the relay then publishes the rest.
+#[tokio::test]
+async fn an_event_the_bus_refuses_stops_the_relay_until_it_is_skipped() {
+    let mut config = support::services::rabbit_config();
+    config.bus.max_message_bytes = 4096;
+    let Some(bus) = support::services::rabbit_bus_with(&config).await else {
+        return;
+    };
+    let (logs, _guard) = capture_logs();
+    // Stored before the limit was known (no relay limit on this store).
+    let store = Store::memory();
+    let prefix = unique("big");
+    let seen = recorder(&bus, &unique("BigRecorder"), &prefix).await;
+    let append = |stream: String, data: EventData| {
+        let store = store.clone();
+        async move {
+            store
+                .append(&stream, ExpectedVersion::NoStream, vec![data])
+                .await
+                .unwrap()
+                .last_position
+        }
+    };
+    let before = append(unique("s"), placed(&format!("{prefix}-before"), 1)).await;
+    let stream = unique("huge");
+    let huge = append(stream.clone(), big(&prefix, 10_000)).await;
+    let after = append(unique("s"), placed(&format!("{prefix}-after"), 1)).await;
+
+    let mut relay = Relay::new(store.clone(), bus.clone())
+        .start()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(20), relay.wait_for(after))
+        .await
+        .expect("the relay stops on an event the bus refuses for good, it does not retry it")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, RelayError::Unpublishable { position, stream: s, .. } if *position == huge && *s == stream),
+        "{text}"
+    );
+    for part in [
+        huge.to_string(),
+        stream.clone(),
+        "bus.max_message_bytes".to_owned(),
+        format!("orkestra relay skip {huge}"),
+    ] {
+        assert!(text.contains(&part), "{part:?} in {text}");
+    }
+    let status = relay.status();
+    assert_eq!(status.published, Some(before));
+    assert_eq!(status.error.as_deref(), Some(text.as_str()));
+    let _ = relay.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = logs.text();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "logged once: {log}"
+    );
+    assert!(!log.contains("retrying"), "not retried: {log}");
+
+    // Only the next event can be skipped.
+    let err = Relay::new(store.clone(), bus.clone())
+        .skip(after)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RelayError::NotNext { next: Some(n), .. } if n == huge),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&huge.to_string()), "{err}");
+    Relay::new(store.clone(), bus.clone())
+        .skip(huge)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_checkpoint(RELAY_CHECKPOINT).await.unwrap(),
+        Some(huge)
+    );
+    let log = logs.text();
+    assert!(
+        log.contains("skipped deliberately") && log.contains(&stream),
+        "{log}"
+    );
+    let mut relay = Relay::new(store.clone(), bus.clone())
+        .start()
+        .await
+        .unwrap();
+    relay.wait_for(after).await.unwrap();
+    wait_len(&seen, 2).await;
+    relay.stop().await.unwrap();
+    let orders: Vec<String> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+    assert_eq!(
+        orders,
+        vec![format!("{prefix}-before"), format!("{prefix}-after")]
+    );
+}
+
+/// Where the relay publishes to RabbitMQ, an event its message limit would refuse is
+/// refused at append, naming the setting; publishing directly, the bus refuses it at
+/// publish as before.
+#[tokio::test]
+async fn an_event_over_the_bus_limit_is_refused_at_append_in_relay_mode() {
+    let toml = |publish: &str| {
+        format!(
+            "[bus]\nadapter = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+             max_message_bytes = 4096\n[store]\nadapter = \"memory\"\npublish = \"{publish}\"\n"
+        )
+    };
+    let store = Store::from_config(&Config::from_toml_str(&toml("relay")).unwrap())
+        .await
+        .unwrap();
+    let err = store
+        .append("big", ExpectedVersion::NoStream, vec![big("b", 10_000)])
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            orkestra_runtime::StoreError::TooLargeForBus { limit: 4096, .. }
+        ),
+        "{text}"
+    );
+    assert!(text.contains("bus.max_message_bytes"), "{text}");
+    assert_eq!(store.head().await.unwrap(), None, "nothing stored");
+    store
+        .append("small", ExpectedVersion::NoStream, vec![big("s", 100)])
+        .await
+        .unwrap();
+    let direct = Store::from_config(&Config::from_toml_str(&toml("direct")).unwrap())
+        .await
+        .unwrap();
+    direct
+        .append("big", ExpectedVersion::NoStream, vec![big("b", 10_000)])
+        .await
+        .unwrap();
 }

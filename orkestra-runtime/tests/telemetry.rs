@@ -431,3 +431,92 @@ fn malformed_trace_context_is_ignored() {
         "no subscriber: no context"
     );
 }
+
+/// Published by the relay, an event's `orkestra.event.publish` continues the trace
+/// recorded with it: a child of the `orkestra.command.handle` that appended it, as when
+/// the handler publishes directly, and its handlers' spans sit below it.
+#[tokio::test]
+async fn the_relay_continues_the_trace_recorded_with_the_event() {
+    use orkestra_runtime::relay::Relay;
+    use orkestra_runtime::{EventEnvelope, ExpectedVersion, PublishMode, Store};
+
+    let cap = capture();
+    let store = Store::memory().with_publish(PublishMode::Relay);
+    let bus = Bus::in_process();
+    let s = store.clone();
+    bus.subscribe(Subscription::command(
+        "PlaceOrderHandler",
+        move |cmd: Command<PlaceOrder>, ctx| {
+            let store = s.clone();
+            async move {
+                let event = Event::from_command(
+                    &cmd,
+                    OrderPlaced {
+                        order_id: "o1".into(),
+                        quantity: cmd.quantity,
+                    },
+                )?;
+                store
+                    .append_and_publish(
+                        ctx.bus(),
+                        "order-o1",
+                        ExpectedVersion::NoStream,
+                        vec![EventEnvelope::wrap(event)],
+                    )
+                    .await
+                    .map_err(HandlerError::fail)?;
+                Ok(json!(null))
+            }
+        },
+    ))
+    .await
+    .unwrap();
+    bus.subscribe(Subscription::events(
+        "Confirm",
+        |_: Event<OrderPlaced>, _| async { Ok(()) },
+    ))
+    .await
+    .unwrap();
+    bus.dispatch(CommandEnvelope::wrap(command()))
+        .await
+        .unwrap();
+    assert!(
+        named(&cap.spans(), "orkestra.event.publish").is_empty(),
+        "relay mode: the handler only appends"
+    );
+    let mut relay = Relay::new(store.clone(), bus.clone())
+        .start()
+        .await
+        .unwrap();
+    relay
+        .wait_for(store.head().await.unwrap().unwrap())
+        .await
+        .unwrap();
+    relay.stop().await.unwrap();
+    let spans = cap.spans();
+    let handle = named(&spans, "orkestra.command.handle");
+    let publish = named(&spans, "orkestra.event.publish");
+    let event_handle = named(&spans, "orkestra.event.handle");
+    assert_eq!((handle.len(), publish.len(), event_handle.len()), (1, 1, 1));
+    let (handle, publish, event_handle) = (handle[0], publish[0], event_handle[0]);
+    assert_eq!(
+        publish.span_context.trace_id(),
+        handle.span_context.trace_id(),
+        "one trace through the relay"
+    );
+    assert_eq!(
+        publish.parent_span_id,
+        handle.span_context.span_id(),
+        "the publish is a child of the command's handle span"
+    );
+    assert_eq!(event_handle.parent_span_id, publish.span_context.span_id());
+    assert_eq!(
+        spans
+            .iter()
+            .map(|s| s.span_context.trace_id())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1,
+        "every span in one trace"
+    );
+}

@@ -1,5 +1,6 @@
 //! Projections: the events a read model receives from the store (`event`, `events` or
-//! `topic`, as handler bindings), `batch`, `max_retries`; names unique across namespaces
+//! `topic`, as handler bindings), `batch`, `max_retries`, `checkpoint` (`store` or
+//! `none`); names unique across namespaces
 //! (a projection's name is its checkpoint's) and free of collisions among the items
 //! generated in `<namespace>::projections`.
 
@@ -21,6 +22,7 @@ pub(super) const PROJECTION_KEYS: &[&str] = &[
     "topic",
     "batch",
     "max_retries",
+    "checkpoint",
     "description",
 ];
 
@@ -122,6 +124,24 @@ impl Validator {
             Some(Some(n)) => Some(n as u32),
             None => None,
         };
+        let checkpoint = match map.get("checkpoint") {
+            None => true,
+            Some(n) => match &n.value {
+                Value::Str(s) if s == "store" => true,
+                Value::Str(s) if s == "none" => false,
+                _ => {
+                    self.error(
+                        &n.span,
+                        format!(
+                            "`checkpoint` of projection `{}` must be `store` (the default: resume from a checkpoint kept in the store) or `none` (replay from the start at each launch, for a read model kept in memory), found {}",
+                            key.name,
+                            describe(n)
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
         if !name_ok {
             return None;
         }
@@ -132,6 +152,7 @@ impl Validator {
             target: target?,
             batch,
             max_retries,
+            checkpoint,
         })
     }
 

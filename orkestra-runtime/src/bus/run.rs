@@ -117,8 +117,7 @@ impl Runner<'_> {
         let ctx = ctx.with_postgres(claim.as_ref().and_then(|c| c.postgres()));
         let logs = trace::log_context_span(message, &span);
         let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
-        let outcome = match run
-            .catch_unwind()
+        let outcome = match trace::handling(&span, run.catch_unwind())
             .instrument(logs)
             .instrument(span.clone())
             .await

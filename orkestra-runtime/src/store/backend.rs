@@ -93,6 +93,58 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         name: &'a str,
         position: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// How many events lie after position `after` up to `until` (both as readers of the
+    /// global order see them), and when the first of them was recorded: a reader's
+    /// backlog. This default reads them (at most [`BACKLOG_READ_LIMIT`]; a longer
+    /// backlog counts as that many); adapters with an index count it.
+    fn backlog(
+        &self,
+        after: Option<u64>,
+        until: u64,
+    ) -> BoxFuture<'_, Result<Backlog, StoreError>> {
+        Box::pin(async move {
+            let mut backlog = Backlog::default();
+            let mut from = after.map_or(0, |a| a.saturating_add(1));
+            while backlog.events < BACKLOG_READ_LIMIT as u64 {
+                let page = self.read_all(from, 1000).await?;
+                let Some(last) = page.last().map(|e| e.position) else {
+                    break;
+                };
+                for e in page.iter().filter(|e| e.position <= until) {
+                    backlog.oldest.get_or_insert(e.recorded_at);
+                    backlog.events += 1;
+                }
+                if last >= until || page.len() < 1000 {
+                    break;
+                }
+                from = last.saturating_add(1);
+            }
+            Ok(backlog)
+        })
+    }
+    /// The target of the rebuild under way for checkpoint `name` (the head when it
+    /// began), `None` when there is none. Adapters with a checkpoint table keep it in
+    /// the checkpoint's row; this default keeps it as a checkpoint of its own.
+    fn load_replay_until<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move { self.load_checkpoint(&replay_key(name)).await })
+    }
+    /// Saves checkpoint `name` and its rebuild target together. This default writes the
+    /// target first: a crash between the two writes leaves a target with the old
+    /// checkpoint (events up to the target then count as replays).
+    fn save_replay<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+        until: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.save_checkpoint(&replay_key(name), until).await?;
+            self.save_checkpoint(name, position).await
+        })
+    }
     /// The PostgreSQL adapter, for work that shares its transactions (projections).
     #[cfg(feature = "postgres")]
     fn as_postgres(&self) -> Option<&super::postgres::PostgresStore> {
@@ -114,6 +166,21 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     fn poll_interval(&self) -> Option<Duration> {
         None
     }
+}
+
+/// How many events the default [`Backend::backlog`] reads at most.
+pub(crate) const BACKLOG_READ_LIMIT: usize = 100_000;
+
+/// A reader's backlog: the events after its position, and when the first was recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Backlog {
+    pub(crate) events: u64,
+    pub(crate) oldest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where the default [`Backend::save_replay`] keeps a rebuild's target.
+fn replay_key(name: &str) -> String {
+    format!("{name}#replay-until")
 }
 
 /// An event id of an append that is already stored, and where.

@@ -42,6 +42,20 @@ pub enum StoreError {
         /// The limit.
         limit: usize,
     },
+    /// An event whose message would be over the bus's limit, appended where the relay
+    /// publishes (which could never publish it); nothing was written.
+    #[error(
+        "event {id} would be a message of about {size} bytes, over bus.max_message_bytes ({limit}); \
+         the relay could never publish it, so it is not stored"
+    )]
+    TooLargeForBus {
+        /// The event id.
+        id: String,
+        /// Its size as a message, estimated.
+        size: usize,
+        /// `bus.max_message_bytes`.
+        limit: usize,
+    },
     /// The request itself is invalid (an empty stream name, an empty append).
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -214,6 +214,24 @@ impl Backend for MemoryStore {
         Some(self.leases.clone())
     }
 
+    fn backlog(
+        &self,
+        after: Option<u64>,
+        until: u64,
+    ) -> BoxFuture<'_, Result<super::Backlog, StoreError>> {
+        let state = crate::sync::lock(&self.state);
+        let mut backlog = super::Backlog::default();
+        for e in state
+            .log
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.position > a) && e.position <= until)
+        {
+            backlog.oldest.get_or_insert(e.recorded_at);
+            backlog.events += 1;
+        }
+        Box::pin(std::future::ready(Ok(backlog)))
+    }
+
     fn load_checkpoint<'a>(
         &'a self,
         name: &'a str,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use backend::sql_int;
-pub(crate) use backend::{Backend, Direction, StoredId, check_append, next_version};
+pub(crate) use backend::{Backend, Backlog, Direction, StoredId, check_append, next_version};
 pub use error::StoreError;
 pub(crate) use event::Encoded;
 pub use event::{
@@ -51,7 +51,13 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     max_event_bytes: usize,
     publish: PublishMode,
+    /// The bus's largest message, checked at append when the relay publishes.
+    bus_message_limit: Option<usize>,
 }
+
+/// What a published message adds to an event's stored size (the envelope's keys, kind
+/// and version, the trace context), counted against the bus's limit at append.
+const WIRE_OVERHEAD: usize = 256;
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,6 +73,7 @@ impl Store {
             backend,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             publish: PublishMode::Direct,
+            bus_message_limit: None,
         }
     }
 
@@ -100,10 +107,29 @@ impl Store {
     }
 
     /// The store chosen by `config.store`.
+    /// With `store.publish = "relay"` and the RabbitMQ bus, an event the bus would
+    /// refuse (over `bus.max_message_bytes`) is refused at append
+    /// ([`StoreError::TooLargeForBus`]).
     pub async fn from_config(config: &Config) -> Result<Self, StoreError> {
-        Ok(Self::from_config_adapter(config)
+        let store = Self::from_config_adapter(config)
             .await?
-            .with_publish(config.store.publish))
+            .with_publish(config.store.publish);
+        Ok(match config.bus.adapter {
+            crate::config::BusAdapter::RabbitMq => {
+                store.with_bus_message_limit(config.bus.max_message_bytes)
+            }
+            _ => store,
+        })
+    }
+
+    /// The largest message the bus takes (`bus.max_message_bytes`): with
+    /// [`PublishMode::Relay`], an append holding an event whose message would be larger
+    /// is refused ([`StoreError::TooLargeForBus`]), since the relay could never publish
+    /// it. [`from_config`](Self::from_config) sets it for the RabbitMQ bus.
+    #[must_use]
+    pub fn with_bus_message_limit(mut self, limit: usize) -> Self {
+        self.bus_message_limit = Some(limit);
+        self
     }
 
     async fn from_config_adapter(config: &Config) -> Result<Self, StoreError> {
@@ -184,12 +210,19 @@ impl Store {
             ));
         }
         let mut encoded = Vec::with_capacity(events.len());
-        for e in events {
+        // Where the events were produced (a command's handle span), so the relay's
+        // publish continues that trace.
+        let here = crate::trace::producing();
+        for mut e in events {
             if e.id.is_empty() || e.event_type.is_empty() {
                 return Err(StoreError::Invalid(
                     "an event needs an id and a type".into(),
                 ));
             }
+            if e.metadata.trace_context.is_none() {
+                e.metadata.trace_context.clone_from(&here);
+            }
+            let topic_len = e.topic.as_ref().map_or(0, String::len);
             let e = e.encode()?;
             let size = e.size();
             if size > self.max_event_bytes {
@@ -197,6 +230,17 @@ impl Store {
                     id: e.event.id,
                     size,
                     limit: self.max_event_bytes,
+                });
+            }
+            // The relay could never publish it: refuse it now, not at publish time.
+            if self.publish == PublishMode::Relay
+                && let Some(limit) = self.bus_message_limit
+                && size + topic_len + WIRE_OVERHEAD > limit
+            {
+                return Err(StoreError::TooLargeForBus {
+                    id: e.event.id,
+                    size: size + topic_len + WIRE_OVERHEAD,
+                    limit,
                 });
             }
             encoded.push(e);
@@ -312,6 +356,34 @@ impl Store {
                 self.backend.name()
             ))),
         }
+    }
+
+    /// The events after position `after` up to `until`, and when the first of them was
+    /// recorded (a projection's lag).
+    pub(crate) async fn backlog(
+        &self,
+        after: Option<u64>,
+        until: u64,
+    ) -> Result<Backlog, StoreError> {
+        self.backend.backlog(after, until).await
+    }
+
+    /// The target of the rebuild under way for checkpoint `name` (the head when it
+    /// began), kept with the checkpoint so a restart mid-rebuild still replays.
+    pub(crate) async fn load_replay_until(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.load_replay_until(name).await
+    }
+
+    /// Saves checkpoint `name` with its rebuild target (`None`: no rebuild under way).
+    pub(crate) async fn save_replay(
+        &self,
+        name: &str,
+        position: Option<u64>,
+        until: Option<u64>,
+    ) -> Result<(), StoreError> {
+        check_checkpoint_name(name)?;
+        self.backend.save_replay(name, position, until).await
     }
 
     /// A counter bumped after every commit this process sees.

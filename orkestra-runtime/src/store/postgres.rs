@@ -96,6 +96,15 @@ CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
     position   BIGINT,     -- the last position handled; NULL: none yet
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- A rebuild's target (the head when it began), so a restart mid-rebuild still replays.
+-- Looked up first: an ALTER would wait for every open transaction on the table.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'orkestra_checkpoints' AND column_name = 'replay_until'
+                     AND table_schema = current_schema()) THEN
+        ALTER TABLE orkestra_checkpoints ADD COLUMN replay_until BIGINT;
+    END IF;
+END $$;
 -- The fast path of an append, in one round trip: when no id is already stored and the
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
@@ -502,6 +511,53 @@ pub(crate) async fn save_checkpoint_in(
         .map_err(backend_error)
 }
 
+/// The rebuild target kept with checkpoint `name`.
+async fn load_replay_until_in(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT replay_until FROM orkestra_checkpoints WHERE name = $1")
+        .await
+        .map_err(backend_error)?;
+    let row = client
+        .query_opt(&statement, &[&name])
+        .await
+        .map_err(backend_error)?;
+    match row {
+        Some(row) => Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(backend_error)?
+            .map(|p| p as u64)),
+        None => Ok(None),
+    }
+}
+
+/// Saves checkpoint `name` with its rebuild target, in one statement.
+async fn save_replay_in(
+    client: &impl deadpool_postgres::GenericClient,
+    name: &str,
+    position: Option<u64>,
+    until: Option<u64>,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO orkestra_checkpoints (name, position, replay_until) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+             replay_until = excluded.replay_until, updated_at = now()",
+        )
+        .await
+        .map_err(backend_error)?;
+    client
+        .execute(
+            &statement,
+            &[&name, &position.map(sql_int), &until.map(sql_int)],
+        )
+        .await
+        .map(drop)
+        .map_err(backend_error)
+}
+
 impl PostgresStore {
     /// A pooled connection, for work that opens its own transaction.
     pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -713,6 +769,56 @@ impl Backend for PostgresStore {
         Box::pin(async move {
             let client = self.client().await?;
             save_checkpoint_in(&client, name, position).await
+        })
+    }
+
+    fn backlog(
+        &self,
+        after: Option<u64>,
+        until: u64,
+    ) -> BoxFuture<'_, Result<super::Backlog, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            // A range of the primary key: an index scan whatever the table's size.
+            let statement = client
+                .prepare_cached(
+                    "SELECT count(*), min(recorded_at) FROM orkestra_events \
+                     WHERE position > $1 AND position <= $2",
+                )
+                .await
+                .map_err(backend_error)?;
+            let row = client
+                .query_one(&statement, &[&after.map_or(-1, sql_int), &sql_int(until)])
+                .await
+                .map_err(backend_error)?;
+            let events: i64 = row.try_get(0).map_err(backend_error)?;
+            let oldest: Option<std::time::SystemTime> = row.try_get(1).map_err(backend_error)?;
+            Ok(super::Backlog {
+                events: events.max(0) as u64,
+                oldest: oldest.map(chrono::DateTime::<chrono::Utc>::from),
+            })
+        })
+    }
+
+    fn load_replay_until<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            load_replay_until_in(&client, name).await
+        })
+    }
+
+    fn save_replay<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+        until: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            save_replay_in(&client, name, position, until).await
         })
     }
 

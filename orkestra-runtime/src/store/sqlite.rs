@@ -72,6 +72,15 @@ fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
     if !has_topic {
         conn.execute_batch("ALTER TABLE orkestra_events ADD COLUMN topic TEXT")?;
     }
+    // A rebuild's target (the head when it began), so a restart mid-rebuild still replays.
+    let has_replay: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('orkestra_checkpoints') WHERE name = 'replay_until')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_replay {
+        conn.execute_batch("ALTER TABLE orkestra_checkpoints ADD COLUMN replay_until INTEGER")?;
+    }
     Ok(())
 }
 
@@ -616,6 +625,77 @@ impl Backend for SqliteStore {
                 stmt.execute(params![
                     name,
                     position.map(sql_int),
+                    chrono::Utc::now().timestamp_micros(),
+                ])
+            })
+            .map(drop)
+            .map_err(backend_error)
+        }))
+    }
+
+    fn backlog(
+        &self,
+        after: Option<u64>,
+        until: u64,
+    ) -> BoxFuture<'_, Result<super::Backlog, StoreError>> {
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT count(*), min(recorded_at) FROM orkestra_events \
+                     WHERE position > ?1 AND position <= ?2",
+                )
+                .map_err(backend_error)?;
+            let (events, oldest) = stmt
+                .query_row(params![after.map_or(-1, sql_int), sql_int(until)], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                })
+                .map_err(backend_error)?;
+            Ok(super::Backlog {
+                events: events.max(0) as u64,
+                oldest: oldest.and_then(chrono::DateTime::from_timestamp_micros),
+            })
+        }))
+    }
+
+    fn load_replay_until<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT replay_until FROM orkestra_checkpoints WHERE name = ?1")
+                .map_err(backend_error)?;
+            let mut rows = stmt.query([&name]).map_err(backend_error)?;
+            match rows.next().map_err(backend_error)? {
+                Some(row) => Ok(row
+                    .get::<_, Option<i64>>(0)
+                    .map_err(backend_error)?
+                    .map(|p| p as u64)),
+                None => Ok(None),
+            }
+        }))
+    }
+
+    fn save_replay<'a>(
+        &'a self,
+        name: &'a str,
+        position: Option<u64>,
+        until: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.read(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO orkestra_checkpoints (name, position, replay_until, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE SET \
+                 position = excluded.position, replay_until = excluded.replay_until, \
+                 updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    name,
+                    position.map(sql_int),
+                    until.map(sql_int),
                     chrono::Utc::now().timestamp_micros(),
                 ])
             })

@@ -33,6 +33,6 @@ pub(crate) use sampling::should_trace;
 pub use sampling::{samples, sampling_ratio, set_sampling_ratio};
 pub use spans::LOG_CONTEXT_TARGET;
 pub(crate) use spans::{
-    Flow, begin, dispatch_span, handle_span, log_context_span, publish_span, record_error,
-    retry_span,
+    Flow, begin, continuing, dispatch_span, handle_span, handling, log_context_span, producing,
+    publish_span, record_error, retry_span,
 };

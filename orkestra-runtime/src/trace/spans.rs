@@ -16,20 +16,71 @@ pub(crate) fn begin(
     system: &'static str,
     make: fn(&Message, &'static str) -> Span,
 ) -> Flow {
-    let traced = should_trace(message);
+    // A trace to continue (the relay publishing a stored event) decides as a parent.
+    let origin = CONTINUES
+        .try_with(std::cell::Cell::take)
+        .ok()
+        .flatten()
+        .filter(|o| o.span_context().is_valid());
+    let traced = match &origin {
+        Some(o) => o.span_context().is_sampled(),
+        None => should_trace(message),
+    };
     let span = if traced {
         make(message, system)
     } else {
         Span::none()
     };
+    if let Some(o) = &origin
+        && !span.is_disabled()
+    {
+        let parent = opentelemetry::Context::new().with_remote_span_context(o.span_context());
+        let _ = span.set_parent(parent);
+    }
     let foreign_origin = message.metadata().trace_context.is_some();
     if !foreign_origin {
-        message.set_trace_context_if_absent(|| TraceContext::of(&span));
+        message.set_trace_context_if_absent(|| TraceContext::of(&span).or(origin));
     }
     Flow {
         span,
         traced,
         foreign_origin,
+    }
+}
+
+tokio::task_local! {
+    /// The trace the next flow begun in this task continues (taken by the first).
+    static CONTINUES: std::cell::Cell<Option<TraceContext>>;
+    /// The handle span of the handler running in this task: the current span inside a
+    /// handler is `orkestra.log_context`, which OpenTelemetry layers leave out.
+    static HANDLING: Span;
+}
+
+/// Runs a handler's `work` with `span` (its `orkestra.command.handle` or
+/// `orkestra.event.handle`) known to [`producing`].
+pub(crate) async fn handling<F: Future>(span: &Span, work: F) -> F::Output {
+    HANDLING.scope(span.clone(), work).await
+}
+
+/// The trace context work done now belongs to: the current span's, or inside a handler
+/// (whose current span is its log-only `orkestra.log_context`) the handle span's. What an
+/// append records with its events.
+pub(crate) fn producing() -> Option<TraceContext> {
+    TraceContext::current().or_else(|| HANDLING.try_with(TraceContext::of).ok().flatten())
+}
+
+/// Runs `work` (a publish) so that the flow it begins continues `origin`: its outer span
+/// is a child of the span `origin` names, even with no span current (the relay's task).
+/// Only the first flow begun takes it; flows begun by handlers inside stay children of
+/// their handler's span.
+pub(crate) async fn continuing<F: Future>(origin: Option<TraceContext>, work: F) -> F::Output {
+    match origin {
+        Some(origin) => {
+            CONTINUES
+                .scope(std::cell::Cell::new(Some(origin)), work)
+                .await
+        }
+        None => work.await,
     }
 }
 
