@@ -16,6 +16,18 @@
 //! Events are append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Appends notify
 //! `orkestra_events` so live subscribers wake at once; they also poll, since a horizon
 //! can move without a notice.
+//!
+//! ## Plans made for the table as it is
+//!
+//! PostgreSQL caches the plan of a named statement and of every statement inside a
+//! PL/pgSQL function per connection, and after five runs may keep a generic plan costed
+//! for the table as it was then: made while `orkestra_events` held a page, that plan reads
+//! the whole table at every call, so appends slow down linearly (quadratic in all) for as
+//! long as the pooled connection lives (without autovacuum, nothing replans it). The
+//! append function runs with `plan_cache_mode = force_custom_plan`, and lookups by stream
+//! or id from here are unnamed statements, planned at each call; `tests/postgres_scale.rs`
+//! holds both to a fresh database growing to 500,000 events. Checkpoints keep a cached
+//! plan: their table holds one row per projection or relay and never grows with traffic.
 
 use std::time::Duration;
 
@@ -25,6 +37,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
@@ -104,7 +117,11 @@ CREATE OR REPLACE FUNCTION orkestra_append(
     p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
     p_data text[], p_metadata text[]
 ) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plan every statement for the table as it is now: PL/pgSQL caches its plans per
+-- connection, and a generic plan made while the table was small reads it whole.
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     cur bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
@@ -130,7 +147,11 @@ CREATE OR REPLACE FUNCTION orkestra_append(
     p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
     p_data text[], p_metadata text[], p_topics text[]
 ) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plan every statement for the table as it is now: PL/pgSQL caches its plans per
+-- connection, and a generic plan made while the table was small reads it whole.
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     cur bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
@@ -272,9 +293,9 @@ impl PostgresStore {
     /// The one position `sql` selects (`HEAD` or `RECORDED_HEAD`).
     async fn max_position(&self, sql: &str) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
+        // Unnamed, so planned for the table as it is now (see `version_of`).
         let row = client
-            .query_one(&statement, &[])
+            .query_typed_one(sql, &[])
             .await
             .map_err(backend_error)?;
         Ok(row
@@ -630,12 +651,15 @@ impl Backend for PostgresStore {
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached("SELECT version FROM orkestra_events WHERE id = $1 AND stream = $2")
-                .await
-                .map_err(backend_error)?;
+            // An unnamed statement, planned at each call: a named one switches to a
+            // generic plan after five runs, and one made while the table was small reads
+            // it whole for as long as the connection lives (the same holds for the
+            // snapshot and head lookups).
             let row = client
-                .query_opt(&statement, &[&id, &stream])
+                .query_typed_opt(
+                    "SELECT version FROM orkestra_events WHERE id = $1 AND stream = $2",
+                    &[(&id, Type::TEXT), (&stream, Type::TEXT)],
+                )
                 .await
                 .map_err(backend_error)?;
             row.map(|row| Ok(row.try_get::<_, i64>(0).map_err(backend_error)? as u64))
@@ -649,14 +673,11 @@ impl Backend for PostgresStore {
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT version, shape, state FROM orkestra_snapshots WHERE stream = $1",
-                )
-                .await
-                .map_err(backend_error)?;
             let row = client
-                .query_opt(&statement, &[&stream])
+                .query_typed_opt(
+                    "SELECT version, shape, state FROM orkestra_snapshots WHERE stream = $1",
+                    &[(&stream, Type::TEXT)],
+                )
                 .await
                 .map_err(backend_error)?;
             row.map(|row| {
