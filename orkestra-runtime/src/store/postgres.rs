@@ -13,6 +13,15 @@
 //! ended (a long-running transaction delays it, never reorders it). At most 2^20 events
 //! per append; positions stay below 2^63 until the cluster has used 2^43 transaction ids.
 //!
+//! A logical move (`pg_dump` and restore, a logical-replication switch-over) lands the
+//! rows in a cluster whose transaction ids may be far below the stored ones: readers
+//! would see no history and new events would get smaller positions. So the ids are the
+//! cluster's plus an offset kept in `orkestra_position_offset` (0 until a move), used by
+//! the append function and the readers' horizon alike, and every new connection runs
+//! `orkestra_move_positions`: a stored position whose id lies above its snapshot's
+//! `xmax` cannot come from this cluster, and the offset is raised past it (a warning in
+//! the server log says so). Rows keep their ids; only new ones start higher.
+//!
 //! Events are append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Appends notify
 //! `orkestra_events` so live subscribers wake at once; they also poll, since a horizon
 //! can move without a notice.
@@ -31,7 +40,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
@@ -108,6 +117,41 @@ CREATE TABLE IF NOT EXISTS orkestra_checkpoints (
     position   BIGINT,     -- the last position handled; NULL: none yet
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Positions come from transaction ids plus this offset. After a logical move (pg_dump
+-- and restore, logical replication) the new cluster's ids may be far below the stored
+-- ones; orkestra_move_positions raises the offset so positions keep growing.
+CREATE TABLE IF NOT EXISTS orkestra_position_offset (
+    one        BOOLEAN     PRIMARY KEY DEFAULT true CHECK (one),
+    xid_offset BIGINT      NOT NULL DEFAULT 0,
+    moved_at   TIMESTAMPTZ
+);
+INSERT INTO orkestra_position_offset (one) VALUES (true) ON CONFLICT DO NOTHING;
+-- Every row a snapshot sees was written below the snapshot's xmax (plus the offset): a
+-- newer one came from another cluster. Then the offset moves the ids past the newest
+-- stored one. Run on every new connection, before it appends; returns the offset.
+CREATE OR REPLACE FUNCTION orkestra_move_positions() RETURNS bigint
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    newest bigint;
+    next_id bigint;
+    off bigint;
+BEGIN
+    SELECT e.position >> 20 INTO newest FROM orkestra_events e ORDER BY e.position DESC LIMIT 1;
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint + o.xid_offset, o.xid_offset
+      INTO next_id, off FROM orkestra_position_offset o;
+    IF newest IS NULL OR newest < next_id THEN
+        RETURN off;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7385214413);
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint + o.xid_offset, o.xid_offset
+      INTO next_id, off FROM orkestra_position_offset o;
+    IF newest >= next_id THEN
+        off := off + (newest - next_id) + 1;
+        UPDATE orkestra_position_offset SET xid_offset = off, moved_at = now();
+        RAISE WARNING 'orkestra: the events were written in another cluster (a logical restore or replication switch-over); positions now continue after %', (newest << 20);
+    END IF;
+    RETURN off;
+END $$;
 -- The fast path of an append, in one round trip: when no id is already stored and the
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
@@ -124,6 +168,7 @@ SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     cur bigint;
+    me bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
 BEGIN
     SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
@@ -134,12 +179,14 @@ BEGIN
         RETURN QUERY SELECT false, cur, NULL::bigint;
         RETURN;
     END IF;
-    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata)
-    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+    me := pg_current_xact_id()::text::bigint
+          + coalesce((SELECT o.xid_offset FROM orkestra_position_offset o), 0);
+    INSERT INTO orkestra_events (position, tx_id, stream, version, id, event_type, schema_version, data, metadata)
+    SELECT (me << 20) + t.ord - 1, me::text::xid8, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
            t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb
     FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata)
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord);
-    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (me << 20) + n - 1;
 END $$;
 -- The same with each event's topic. The seven-argument form above stays for processes of
 -- an older release sharing the database (PostgreSQL overloads by arity).
@@ -154,6 +201,7 @@ SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     cur bigint;
+    me bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
 BEGIN
     SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
@@ -164,12 +212,14 @@ BEGIN
         RETURN QUERY SELECT false, cur, NULL::bigint;
         RETURN;
     END IF;
-    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata, topic)
-    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+    me := pg_current_xact_id()::text::bigint
+          + coalesce((SELECT o.xid_offset FROM orkestra_position_offset o), 0);
+    INSERT INTO orkestra_events (position, tx_id, stream, version, id, event_type, schema_version, data, metadata, topic)
+    SELECT (me << 20) + t.ord - 1, me::text::xid8, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
            t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb, t.topic
     FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata, p_topics)
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, topic, ord);
-    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (me << 20) + n - 1;
 END $$;
 "#;
 
@@ -245,16 +295,35 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(|e| unavailable(url, e))?;
-        let client = pool.get().await.map_err(|e| unavailable(url, e))?;
-        client
-            .batch_execute(&format!("BEGIN; {SCHEMA} COMMIT;"))
+        // The schema first, on a connection of its own: every pooled connection checks
+        // for a move of the store (`orkestra_move_positions`) when it is made.
+        let (client, connection) = config
+            .connect(NoTls)
             .await
             .map_err(|e| unavailable(url, e))?;
+        let driver = tokio::spawn(connection);
+        let created = client
+            .batch_execute(&format!(
+                "BEGIN; {SCHEMA} SELECT orkestra_move_positions(); COMMIT;"
+            ))
+            .await;
         drop(client);
+        let _ = driver.await;
+        created.map_err(|e| unavailable(url, e))?;
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    // A database moved under a running process (a restore behind the same
+                    // URL) is adjusted before this connection appends.
+                    client
+                        .batch_execute("SELECT orkestra_move_positions()")
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| unavailable(url, e))?;
         let changes = watch::Sender::new(0);
         let listener = tokio::spawn(listen(config.clone(), changes.clone()));
         let wake = Arc::new(Notify::new());
@@ -462,10 +531,21 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// Rows below it are committed or rolled back: the oldest transaction still running, as
+/// an id of `tx_id` (the cluster's id plus the store's offset). Evaluated once per query.
+macro_rules! horizon {
+    () => {
+        "(SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint + o.xid_offset)::text::xid8 \
+          FROM orkestra_position_offset o)"
+    };
+}
+
 /// The last position a reader of the global order can see (the same horizon as
 /// `read_all`: a checkpoint can always reach it).
-const HEAD: &str = "SELECT max(position) FROM orkestra_events \
-                    WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())";
+const HEAD: &str = concat!(
+    "SELECT max(position) FROM orkestra_events WHERE tx_id < ",
+    horizon!()
+);
 
 /// The last position committed, seen or not yet seen by readers of the global order.
 const RECORDED_HEAD: &str = "SELECT max(position) FROM orkestra_events";
@@ -599,8 +679,9 @@ impl Backend for PostgresStore {
                 .query(
                     &format!(
                         "SELECT {COLUMNS} FROM orkestra_events \
-                         WHERE position >= $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                         ORDER BY position ASC LIMIT $2"
+                         WHERE position >= $1 AND tx_id < {} \
+                         ORDER BY position ASC LIMIT $2",
+                        horizon!()
                     ),
                     &[&sql_int(from_position), &sql_int(max as u64)],
                 )
