@@ -44,7 +44,7 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
@@ -54,7 +54,7 @@ use super::{
     AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
     StoredId, check_append, sql_int,
 };
-use crate::config::SecretUrl;
+use crate::config::{SecretUrl, StoreConfig};
 
 const ADAPTER: &str = "postgres";
 const CHANNEL: &str = "orkestra_events";
@@ -228,6 +228,13 @@ const COLUMNS: &str = "position, stream, version, id, event_type, schema_version
 
 pub(crate) struct PostgresStore {
     pool: Pool,
+    /// `store.pool_size` and `store.pool_timeout_ms`, for the error of a wait that gave up.
+    pool_size: u32,
+    pool_timeout: Duration,
+    /// Projection batches hold a connection each for a whole transaction: they take a
+    /// slot first, and there are fewer slots than connections, so appends and reads
+    /// (a projection handler's own among them) always find one.
+    projection_slots: Arc<Semaphore>,
     url: SecretUrl,
     changes: watch::Sender<u64>,
     listener: tokio::task::JoinHandle<()>,
@@ -279,7 +286,7 @@ fn unavailable(
 }
 
 impl PostgresStore {
-    pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &SecretUrl, settings: &StoreConfig) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|e: tokio_postgres::Error| {
                 StoreError::unavailable(
@@ -310,8 +317,14 @@ impl PostgresStore {
         drop(client);
         let _ = driver.await;
         created.map_err(|e| unavailable(url, e))?;
+        let pool_size = settings.pool_size.max(2);
+        let pool_timeout = Duration::from_millis(u64::from(settings.pool_timeout_ms.max(1)));
+        // Projection batches may hold three quarters of the connections, never all.
+        let projection_slots = pool_size - (pool_size / 4).max(1);
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(pool_size as usize)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(pool_timeout))
             .post_create(Hook::async_fn(|client, _| {
                 Box::pin(async move {
                     // A database moved under a running process (a restore behind the same
@@ -347,6 +360,9 @@ impl PostgresStore {
         Ok(Self {
             inbox,
             pool,
+            pool_size,
+            pool_timeout,
+            projection_slots: Arc::new(Semaphore::new(projection_slots as usize)),
             url: url.clone(),
             changes,
             listener,
@@ -356,7 +372,23 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| unavailable(&self.url, e))
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                StoreError::Unavailable {
+                    adapter: ADAPTER,
+                    setting: "store.pool_timeout_ms",
+                    message: format!(
+                        "no connection was free within {} ms: all {} of the pool (store.pool_size) \
+                         were in use; raise store.pool_size (the server's max_connections \
+                         permitting) or store.pool_timeout_ms",
+                        self.pool_timeout.as_millis(),
+                        self.pool_size
+                    ),
+                    source: None,
+                }
+            }
+            e => unavailable(&self.url, e),
+        })
     }
 
     /// The one position `sql` selects (`HEAD` or `RECORDED_HEAD`).
@@ -593,10 +625,39 @@ pub(crate) async fn save_checkpoint_in(
         .map_err(backend_error)
 }
 
+/// A pooled connection held for a projection's batch, with its projection slot.
+pub(crate) struct ProjectionConnection {
+    // Dropped first: the connection goes back to the pool before the slot is freed.
+    client: deadpool_postgres::Object,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for ProjectionConnection {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for ProjectionConnection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
 impl PostgresStore {
-    /// A pooled connection, for work that opens its own transaction.
-    pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.client().await
+    /// A pooled connection for a projection batch's transaction: it waits for a
+    /// projection slot first (without a timeout: projections take turns), then for a
+    /// connection (with `store.pool_timeout_ms`).
+    pub(crate) async fn connection(&self) -> Result<ProjectionConnection, StoreError> {
+        let slot = Arc::clone(&self.projection_slots)
+            .acquire_owned()
+            .await
+            .map_err(backend_error)?;
+        Ok(ProjectionConnection {
+            client: self.client().await?,
+            _slot: slot,
+        })
     }
 }
 
