@@ -74,10 +74,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let dir = std::env::temp_dir().join(format!(
-            "orkestra-scale-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("orkestra-scale-{}", uuid::Uuid::new_v4().simple()));
         let store = Store::sqlite(dir.join("events.db")).await.unwrap();
         let (rates, stopped) = run(&store, total, budget).await;
         drop(store);

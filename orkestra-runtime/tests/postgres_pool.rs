@@ -34,7 +34,9 @@ impl ProjectionHandler for Reader {
         let tx = ctx
             .postgres()
             .ok_or_else(|| HandlerError::fail("not on PostgreSQL"))?;
-        tx.execute("SELECT 1", &[]).await.map_err(HandlerError::fail)?;
+        tx.execute("SELECT 1", &[])
+            .await
+            .map_err(HandlerError::fail)?;
         let read = self
             .store
             .read_stream(&stream, 0, 10)
@@ -102,7 +104,11 @@ async fn twenty_projections_catching_up_leave_room_for_appends_and_handler_reads
             for i in 0..200 {
                 let started = Instant::now();
                 last = store
-                    .append(&format!("live-{i}"), ExpectedVersion::NoStream, vec![placed("live", i)])
+                    .append(
+                        &format!("live-{i}"),
+                        ExpectedVersion::NoStream,
+                        vec![placed("live", i)],
+                    )
                     .await
                     .unwrap()
                     .last_position;
@@ -121,7 +127,10 @@ async fn twenty_projections_catching_up_leave_room_for_appends_and_handler_reads
         })
         .unwrap();
     eprintln!("slowest of 200 appends during the catch-up: {slowest:?}");
-    assert!(slowest < Duration::from_secs(10), "an append waited {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(10),
+        "an append waited {slowest:?}"
+    );
     for p in 0..20 {
         tokio::time::timeout(
             Duration::from_secs(120),
@@ -162,7 +171,11 @@ async fn a_wait_for_a_connection_times_out_naming_the_settings() {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .append(&format!("blocked-{i}"), ExpectedVersion::NoStream, vec![placed("b", i)])
+                    .append(
+                        &format!("blocked-{i}"),
+                        ExpectedVersion::NoStream,
+                        vec![placed("b", i)],
+                    )
                     .await
             })
         })

@@ -60,7 +60,10 @@ impl Cluster {
         if !Path::new(BIN).join("initdb").exists() {
             return Err(format!("{BIN}/initdb is not installed"));
         }
-        let dir = std::env::temp_dir().join(format!("orkestra-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "orkestra-cluster-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         // Owned by postgres when we are root; the guard deletes it from here on.
         let _ = Command::new("chown")
@@ -74,14 +77,27 @@ impl Cluster {
         let data = cluster.data().display().to_string();
         Self::as_postgres(
             "initdb",
-            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         )?;
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             cluster.dir.display()
         );
         let log = cluster.dir.join("server.log").display().to_string();
-        Self::as_postgres("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "start"])?;
+        Self::as_postgres(
+            "pg_ctl",
+            &["-D", &data, "-o", &options, "-l", &log, "-w", "start"],
+        )?;
         Ok(cluster)
     }
 
@@ -128,7 +144,11 @@ async fn positions_keep_growing_after_a_dump_and_restore_into_a_new_cluster() {
     let mut last_old = 0;
     for i in 0..5 {
         last_old = old
-            .append(&stream, ExpectedVersion::Any, vec![placed(&format!("o{i}"), i)])
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![placed(&format!("o{i}"), i)],
+            )
             .await
             .unwrap()
             .last_position;
@@ -160,7 +180,10 @@ async fn positions_keep_growing_after_a_dump_and_restore_into_a_new_cluster() {
         "the restored history is visible in the global order"
     );
     assert_eq!(moved.head().await.unwrap(), Some(last_old));
-    assert_eq!(moved.load_checkpoint("reader").await.unwrap(), Some(last_old));
+    assert_eq!(
+        moved.load_checkpoint("reader").await.unwrap(),
+        Some(last_old)
+    );
     let new = moved
         .append(&stream, ExpectedVersion::Exact(4), vec![placed("n", 9)])
         .await

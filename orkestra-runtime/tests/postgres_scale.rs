@@ -81,7 +81,11 @@ async fn postgres_appends_keep_their_rate_and_their_indexes_on_a_growing_table()
         next += count;
         rates.push(rate(&times));
         medians.push(median_rate(&times));
-        eprintln!("throughput {}; at the median append {}", line(&rates), line(&medians));
+        eprintln!(
+            "throughput {}; at the median append {}",
+            line(&rates),
+            line(&medians)
+        );
         if step == 0 {
             scans_after_first = seq_scans(&stats, "orkestra_events").await;
         }

@@ -765,8 +765,7 @@ mod tests {
     fn store_pool_size_and_timeout_are_read_and_checked_with_located_errors() {
         let c = Config::default();
         assert_eq!((c.store.pool_size, c.store.pool_timeout_ms), (16, 30_000));
-        let c =
-            Config::from_toml_str("[store]\npool_size = 40\npool_timeout_ms = 2500\n").unwrap();
+        let c = Config::from_toml_str("[store]\npool_size = 40\npool_timeout_ms = 2500\n").unwrap();
         assert_eq!((c.store.pool_size, c.store.pool_timeout_ms), (40, 2500));
         let e = Config::from_toml_str("[store]\npool_size = 1\n").unwrap_err();
         assert_eq!(

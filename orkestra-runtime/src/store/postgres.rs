@@ -286,7 +286,10 @@ fn unavailable(
 }
 
 impl PostgresStore {
-    pub(crate) async fn connect(url: &SecretUrl, settings: &StoreConfig) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(
+        url: &SecretUrl,
+        settings: &StoreConfig,
+    ) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|e: tokio_postgres::Error| {
                 StoreError::unavailable(

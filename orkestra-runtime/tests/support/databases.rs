@@ -53,7 +53,9 @@ impl FreshDatabase {
 
     /// A plain connection to the database (statistics, direct SQL).
     pub async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.config).await.expect("connect to the fresh database")
+        connect(&self.config)
+            .await
+            .expect("connect to the fresh database")
     }
 }
 
@@ -92,7 +94,10 @@ impl Drop for FreshDatabase {
 /// (backends report their counts at most once a second).
 pub async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
     let read = || async {
-        client.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
         client
             .query_opt(
                 "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1",
