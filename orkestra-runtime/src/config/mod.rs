@@ -10,6 +10,8 @@
 //! adapter = "postgres"          # "sqlite" (default) | "memory" | "postgres" | "eventstoredb"
 //! url = "postgres://postgres@127.0.0.1:5432/test"
 //! publish = "relay"             # "direct" (default) | "relay": appends only, the relay publishes
+//! pool_size = 16                # PostgreSQL connections; projection batches hold at most 3/4
+//! pool_timeout_ms = 30000       # how long a call waits for a free connection
 //! ```
 //!
 //! Every error names the setting (`bus.adapter`) and where its value came from (a file
@@ -213,7 +215,7 @@ impl Default for BusConfig {
 }
 
 /// The `[store]` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreConfig {
     /// The adapter.
@@ -222,6 +224,24 @@ pub struct StoreConfig {
     pub url: Option<SecretUrl>,
     /// Who publishes stored events.
     pub publish: PublishMode,
+    /// Connections for appends, reads and projection batches (PostgreSQL), default 16
+    /// (env `ORKESTRA_STORE_POOL_SIZE`); projection batches hold at most three quarters.
+    pub pool_size: u32,
+    /// How long a store call waits for a free connection before it fails naming this
+    /// setting (PostgreSQL), default 30,000 ms (env `ORKESTRA_STORE_POOL_TIMEOUT_MS`).
+    pub pool_timeout_ms: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            adapter: StoreAdapter::default(),
+            url: None,
+            publish: PublishMode::default(),
+            pool_size: 16,
+            pool_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// The whole configuration. `Config::default()` is the in-process bus and the embedded store.
@@ -269,7 +289,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads `./orkestra.toml` when it exists, then applies the `ORKESTRA_BUS_ADAPTER`,
     /// `ORKESTRA_BUS_URL`, `ORKESTRA_BUS_INBOX`, `ORKESTRA_STORE_ADAPTER`,
-    /// `ORKESTRA_STORE_URL` and `ORKESTRA_STORE_PUBLISH` overrides.
+    /// `ORKESTRA_STORE_URL`, `ORKESTRA_STORE_PUBLISH`, `ORKESTRA_STORE_POOL_SIZE` and
+    /// `ORKESTRA_STORE_POOL_TIMEOUT_MS` overrides.
     pub fn load() -> Result<Self, ConfigError> {
         let path = Path::new(DEFAULT_FILE);
         let config = if path.exists() {
@@ -321,6 +342,15 @@ impl Config {
         if let Some(value) = var("ORKESTRA_STORE_PUBLISH") {
             let origin = "env ORKESTRA_STORE_PUBLISH".to_owned();
             self.store.publish = choice("store.publish", PublishMode::NAMES, &value, origin)?;
+        }
+        if let Some(value) = var("ORKESTRA_STORE_POOL_SIZE") {
+            let origin = "env ORKESTRA_STORE_POOL_SIZE".to_owned();
+            self.store.pool_size = number("store.pool_size", &value, POOL_SIZES, origin)?;
+        }
+        if let Some(value) = var("ORKESTRA_STORE_POOL_TIMEOUT_MS") {
+            let origin = "env ORKESTRA_STORE_POOL_TIMEOUT_MS".to_owned();
+            self.store.pool_timeout_ms =
+                number("store.pool_timeout_ms", &value, POOL_TIMEOUTS, origin)?;
         }
         self.check_urls(&|setting| match setting {
             "bus.url" if var("ORKESTRA_BUS_URL").is_some() => Some("env ORKESTRA_BUS_URL".into()),
@@ -463,6 +493,24 @@ impl Config {
                     at(p.span()),
                 )?;
             }
+            for (setting, value, range, target) in [
+                (
+                    "store.pool_size",
+                    store.pool_size,
+                    POOL_SIZES,
+                    &mut config.store.pool_size,
+                ),
+                (
+                    "store.pool_timeout_ms",
+                    store.pool_timeout_ms,
+                    POOL_TIMEOUTS,
+                    &mut config.store.pool_timeout_ms,
+                ),
+            ] {
+                if let Some(v) = value {
+                    *target = in_range(setting, *v.get_ref(), range, at(v.span()))?;
+                }
+            }
         }
         config.check_urls(&|setting| {
             url_origins
@@ -522,6 +570,45 @@ struct RawStoreSection {
     adapter: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
     publish: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
+    pool_timeout_ms: Option<Spanned<i64>>,
+}
+
+/// `store.pool_size`: at least 2, so projection batches always leave one connection.
+const POOL_SIZES: (u32, u32) = (2, 1_000);
+/// `store.pool_timeout_ms`.
+const POOL_TIMEOUTS: (u32, u32) = (1, 3_600_000);
+
+/// `value` when it lies in `range`, else an error naming `setting` and `origin`.
+fn in_range(
+    setting: &'static str,
+    value: i64,
+    (min, max): (u32, u32),
+    origin: String,
+) -> Result<u32, ConfigError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| ConfigError::Invalid {
+            setting,
+            origin,
+            message: format!("{value} is out of range; expected {min} to {max}"),
+        })
+}
+
+/// An environment variable's number for `setting`, checked against `range`.
+fn number(
+    setting: &'static str,
+    value: &str,
+    range: (u32, u32),
+    origin: String,
+) -> Result<u32, ConfigError> {
+    let parsed: i64 = value.trim().parse().map_err(|_| ConfigError::Invalid {
+        setting,
+        origin: origin.clone(),
+        message: format!("{value:?} is not a whole number"),
+    })?;
+    in_range(setting, parsed, range, origin)
 }
 
 #[derive(Deserialize)]
@@ -671,6 +758,50 @@ mod tests {
             e.to_string()
                 .starts_with("store.publish (env ORKESTRA_STORE_PUBLISH)"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn store_pool_size_and_timeout_are_read_and_checked_with_located_errors() {
+        let c = Config::default();
+        assert_eq!((c.store.pool_size, c.store.pool_timeout_ms), (16, 30_000));
+        let c = Config::from_toml_str("[store]\npool_size = 40\npool_timeout_ms = 2500\n").unwrap();
+        assert_eq!((c.store.pool_size, c.store.pool_timeout_ms), (40, 2500));
+        let e = Config::from_toml_str("[store]\npool_size = 1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "store.pool_size (orkestra.toml:2:13): 1 is out of range; expected 2 to 1000"
+        );
+        let e = Config::from_toml_str("[store]\npool_timeout_ms = -5\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "store.pool_timeout_ms (orkestra.toml:2:19): -5 is out of range; expected 1 to 3600000"
+        );
+        let e = Config::from_toml_str("[store]\npool_size = \"big\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(e.to_string().contains("pool_size"), "{e}");
+        let e = Config::from_toml_str("[store]\npool_sise = 4\n").unwrap_err();
+        assert!(e.to_string().contains("pool_sise"), "{e}");
+        let env = |name: &str| match name {
+            "ORKESTRA_STORE_POOL_SIZE" => Some("8".to_owned()),
+            "ORKESTRA_STORE_POOL_TIMEOUT_MS" => Some("750".to_owned()),
+            _ => None,
+        };
+        let c = Config::default().with_env_overrides(env).unwrap();
+        assert_eq!((c.store.pool_size, c.store.pool_timeout_ms), (8, 750));
+        let e = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_STORE_POOL_SIZE").then(|| "lots".to_owned()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "store.pool_size (env ORKESTRA_STORE_POOL_SIZE): \"lots\" is not a whole number"
+        );
+        let e = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_STORE_POOL_TIMEOUT_MS").then(|| "0".to_owned()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "store.pool_timeout_ms (env ORKESTRA_STORE_POOL_TIMEOUT_MS): 0 is out of range; expected 1 to 3600000"
         );
     }
 

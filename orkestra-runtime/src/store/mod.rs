@@ -90,11 +90,22 @@ impl Store {
         )))
     }
 
-    /// A PostgreSQL store (the schema is created on first use).
+    /// A PostgreSQL store (the schema is created on first use), with the default pool
+    /// (16 connections, waits give up after 30 s).
     #[cfg(feature = "postgres")]
     pub async fn postgres(url: &crate::config::SecretUrl) -> Result<Self, StoreError> {
+        Self::postgres_with(url, &crate::config::StoreConfig::default()).await
+    }
+
+    /// A PostgreSQL store whose pool follows `settings.pool_size` and
+    /// `settings.pool_timeout_ms` (the URL is `url`, not `settings.url`).
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_with(
+        url: &crate::config::SecretUrl,
+        settings: &crate::config::StoreConfig,
+    ) -> Result<Self, StoreError> {
         Ok(Self::new(Arc::new(
-            postgres::PostgresStore::connect(url).await?,
+            postgres::PostgresStore::connect(url, settings).await?,
         )))
     }
 
@@ -147,7 +158,7 @@ impl Store {
             }
             #[cfg(feature = "postgres")]
             StoreAdapter::Postgres => match url {
-                Some(url) => Self::postgres(url).await,
+                Some(url) => Self::postgres_with(url, &config.store).await,
                 None => Err(missing_url("postgres")),
             },
             #[cfg(feature = "eventstoredb")]

@@ -13,17 +13,38 @@
 //! ended (a long-running transaction delays it, never reorders it). At most 2^20 events
 //! per append; positions stay below 2^63 until the cluster has used 2^43 transaction ids.
 //!
+//! A logical move (`pg_dump` and restore, a logical-replication switch-over) lands the
+//! rows in a cluster whose transaction ids may be far below the stored ones: readers
+//! would see no history and new events would get smaller positions. So the ids are the
+//! cluster's plus an offset kept in `orkestra_position_offset` (0 until a move), used by
+//! the append function and the readers' horizon alike, and every new connection runs
+//! `orkestra_move_positions`: a stored position whose id lies above its snapshot's
+//! `xmax` cannot come from this cluster, and the offset is raised past it (a warning in
+//! the server log says so). Rows keep their ids; only new ones start higher.
+//!
 //! Events are append-only: a trigger refuses UPDATE, DELETE and TRUNCATE. Appends notify
 //! `orkestra_events` so live subscribers wake at once; they also poll, since a horizon
 //! can move without a notice.
+//!
+//! ## Plans made for the table as it is
+//!
+//! PostgreSQL caches the plan of a named statement and of every statement inside a
+//! PL/pgSQL function per connection, and after five runs may keep a generic plan costed
+//! for the table as it was then: made while `orkestra_events` held a page, that plan reads
+//! the whole table at every call, so appends slow down linearly (quadratic in all) for as
+//! long as the pooled connection lives (without autovacuum, nothing replans it). The
+//! append function runs with `plan_cache_mode = force_custom_plan`, and lookups by stream
+//! or id from here are unnamed statements, planned at each call; `tests/postgres_scale.rs`
+//! holds both to a fresh database growing to 500,000 events. Checkpoints keep a cached
+//! plan: their table holds one row per projection or relay and never grows with traffic.
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
@@ -33,7 +54,7 @@ use super::{
     AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
     StoredId, check_append, sql_int,
 };
-use crate::config::SecretUrl;
+use crate::config::{SecretUrl, StoreConfig};
 
 const ADAPTER: &str = "postgres";
 const CHANNEL: &str = "orkestra_events";
@@ -105,6 +126,41 @@ DO $$ BEGIN
         ALTER TABLE orkestra_checkpoints ADD COLUMN replay_until BIGINT;
     END IF;
 END $$;
+-- Positions come from transaction ids plus this offset. After a logical move (pg_dump
+-- and restore, logical replication) the new cluster's ids may be far below the stored
+-- ones; orkestra_move_positions raises the offset so positions keep growing.
+CREATE TABLE IF NOT EXISTS orkestra_position_offset (
+    one        BOOLEAN     PRIMARY KEY DEFAULT true CHECK (one),
+    xid_offset BIGINT      NOT NULL DEFAULT 0,
+    moved_at   TIMESTAMPTZ
+);
+INSERT INTO orkestra_position_offset (one) VALUES (true) ON CONFLICT DO NOTHING;
+-- Every row a snapshot sees was written below the snapshot's xmax (plus the offset): a
+-- newer one came from another cluster. Then the offset moves the ids past the newest
+-- stored one. Run on every new connection, before it appends; returns the offset.
+CREATE OR REPLACE FUNCTION orkestra_move_positions() RETURNS bigint
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    newest bigint;
+    next_id bigint;
+    off bigint;
+BEGIN
+    SELECT e.position >> 20 INTO newest FROM orkestra_events e ORDER BY e.position DESC LIMIT 1;
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint + o.xid_offset, o.xid_offset
+      INTO next_id, off FROM orkestra_position_offset o;
+    IF newest IS NULL OR newest < next_id THEN
+        RETURN off;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7385214413);
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint + o.xid_offset, o.xid_offset
+      INTO next_id, off FROM orkestra_position_offset o;
+    IF newest >= next_id THEN
+        off := off + (newest - next_id) + 1;
+        UPDATE orkestra_position_offset SET xid_offset = off, moved_at = now();
+        RAISE WARNING 'orkestra: the events were written in another cluster (a logical restore or replication switch-over); positions now continue after %', (newest << 20);
+    END IF;
+    RETURN off;
+END $$;
 -- The fast path of an append, in one round trip: when no id is already stored and the
 -- expectation holds, insert and notify; otherwise report the stream's version and let
 -- the client decide (a stale expectation, an idempotent repeat or a duplicate id).
@@ -114,9 +170,14 @@ CREATE OR REPLACE FUNCTION orkestra_append(
     p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
     p_data text[], p_metadata text[]
 ) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plan every statement for the table as it is now: PL/pgSQL caches its plans per
+-- connection, and a generic plan made while the table was small reads it whole.
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     cur bigint;
+    me bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
 BEGIN
     SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
@@ -127,12 +188,14 @@ BEGIN
         RETURN QUERY SELECT false, cur, NULL::bigint;
         RETURN;
     END IF;
-    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata)
-    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+    me := pg_current_xact_id()::text::bigint
+          + coalesce((SELECT o.xid_offset FROM orkestra_position_offset o), 0);
+    INSERT INTO orkestra_events (position, tx_id, stream, version, id, event_type, schema_version, data, metadata)
+    SELECT (me << 20) + t.ord - 1, me::text::xid8, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
            t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb
     FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata)
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, ord);
-    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (me << 20) + n - 1;
 END $$;
 -- The same with each event's topic. The seven-argument form above stays for processes of
 -- an older release sharing the database (PostgreSQL overloads by arity).
@@ -140,9 +203,14 @@ CREATE OR REPLACE FUNCTION orkestra_append(
     p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
     p_data text[], p_metadata text[], p_topics text[]
 ) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plan every statement for the table as it is now: PL/pgSQL caches its plans per
+-- connection, and a generic plan made while the table was small reads it whole.
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     cur bigint;
+    me bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
 BEGIN
     SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
@@ -153,12 +221,14 @@ BEGIN
         RETURN QUERY SELECT false, cur, NULL::bigint;
         RETURN;
     END IF;
-    INSERT INTO orkestra_events (position, stream, version, id, event_type, schema_version, data, metadata, topic)
-    SELECT (pg_current_xact_id()::text::bigint << 20) + t.ord - 1, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+    me := pg_current_xact_id()::text::bigint
+          + coalesce((SELECT o.xid_offset FROM orkestra_position_offset o), 0);
+    INSERT INTO orkestra_events (position, tx_id, stream, version, id, event_type, schema_version, data, metadata, topic)
+    SELECT (me << 20) + t.ord - 1, me::text::xid8, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
            t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb, t.topic
     FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata, p_topics)
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, topic, ord);
-    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (pg_current_xact_id()::text::bigint << 20) + n - 1;
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (me << 20) + n - 1;
 END $$;
 "#;
 
@@ -167,6 +237,13 @@ const COLUMNS: &str = "position, stream, version, id, event_type, schema_version
 
 pub(crate) struct PostgresStore {
     pool: Pool,
+    /// `store.pool_size` and `store.pool_timeout_ms`, for the error of a wait that gave up.
+    pool_size: u32,
+    pool_timeout: Duration,
+    /// Projection batches hold a connection each for a whole transaction: they take a
+    /// slot first, and there are fewer slots than connections, so appends and reads
+    /// (a projection handler's own among them) always find one.
+    projection_slots: Arc<Semaphore>,
     url: SecretUrl,
     changes: watch::Sender<u64>,
     listener: tokio::task::JoinHandle<()>,
@@ -221,7 +298,10 @@ fn unavailable(
 }
 
 impl PostgresStore {
-    pub(crate) async fn connect(url: &SecretUrl) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(
+        url: &SecretUrl,
+        settings: &StoreConfig,
+    ) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|e: tokio_postgres::Error| {
                 StoreError::unavailable(
@@ -237,16 +317,41 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(|e| unavailable(url, e))?;
-        let client = pool.get().await.map_err(|e| unavailable(url, e))?;
-        client
-            .batch_execute(&format!("BEGIN; {SCHEMA} COMMIT;"))
+        // The schema first, on a connection of its own: every pooled connection checks
+        // for a move of the store (`orkestra_move_positions`) when it is made.
+        let (client, connection) = config
+            .connect(NoTls)
             .await
             .map_err(|e| unavailable(url, e))?;
+        let driver = tokio::spawn(connection);
+        let created = client
+            .batch_execute(&format!(
+                "BEGIN; {SCHEMA} SELECT orkestra_move_positions(); COMMIT;"
+            ))
+            .await;
         drop(client);
+        let _ = driver.await;
+        created.map_err(|e| unavailable(url, e))?;
+        let pool_size = settings.pool_size.max(2);
+        let pool_timeout = Duration::from_millis(u64::from(settings.pool_timeout_ms.max(1)));
+        // Projection batches may hold three quarters of the connections, never all.
+        let projection_slots = pool_size - (pool_size / 4).max(1);
+        let pool = Pool::builder(manager)
+            .max_size(pool_size as usize)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(pool_timeout))
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    // A database moved under a running process (a restore behind the same
+                    // URL) is adjusted before this connection appends.
+                    client
+                        .batch_execute("SELECT orkestra_move_positions()")
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| unavailable(url, e))?;
         let changes = watch::Sender::new(0);
         let listener = tokio::spawn(listen(config.clone(), changes.clone()));
         let wake = Arc::new(Notify::new());
@@ -276,6 +381,9 @@ impl PostgresStore {
             inbox,
             horizon,
             pool,
+            pool_size,
+            pool_timeout,
+            projection_slots: Arc::new(Semaphore::new(projection_slots as usize)),
             url: url.clone(),
             changes,
             listener,
@@ -285,15 +393,31 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| unavailable(&self.url, e))
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                StoreError::Unavailable {
+                    adapter: ADAPTER,
+                    setting: "store.pool_timeout_ms",
+                    message: format!(
+                        "no connection was free within {} ms: all {} of the pool (store.pool_size) \
+                         were in use; raise store.pool_size (the server's max_connections \
+                         permitting) or store.pool_timeout_ms",
+                        self.pool_timeout.as_millis(),
+                        self.pool_size
+                    ),
+                    source: None,
+                }
+            }
+            e => unavailable(&self.url, e),
+        })
     }
 
     /// The one position `sql` selects (`HEAD` or `RECORDED_HEAD`).
     async fn max_position(&self, sql: &str) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
+        // Unnamed, so planned for the table as it is now (see `version_of`).
         let row = client
-            .query_one(&statement, &[])
+            .query_typed_one(sql, &[])
             .await
             .map_err(backend_error)?;
         Ok(row
@@ -460,10 +584,21 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// Rows below it are committed or rolled back: the oldest transaction still running, as
+/// an id of `tx_id` (the cluster's id plus the store's offset). Evaluated once per query.
+macro_rules! horizon {
+    () => {
+        "(SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint + o.xid_offset)::text::xid8 \
+          FROM orkestra_position_offset o)"
+    };
+}
+
 /// The last position a reader of the global order can see (the same horizon as
 /// `read_all`: a checkpoint can always reach it).
-const HEAD: &str = "SELECT max(position) FROM orkestra_events \
-                    WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())";
+const HEAD: &str = concat!(
+    "SELECT max(position) FROM orkestra_events WHERE tx_id < ",
+    horizon!()
+);
 
 /// The last position committed, seen or not yet seen by readers of the global order.
 const RECORDED_HEAD: &str = "SELECT max(position) FROM orkestra_events";
@@ -558,10 +693,39 @@ async fn save_replay_in(
         .map_err(backend_error)
 }
 
+/// A pooled connection held for a projection's batch, with its projection slot.
+pub(crate) struct ProjectionConnection {
+    // Dropped first: the connection goes back to the pool before the slot is freed.
+    client: deadpool_postgres::Object,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for ProjectionConnection {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for ProjectionConnection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
 impl PostgresStore {
-    /// A pooled connection, for work that opens its own transaction.
-    pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.client().await
+    /// A pooled connection for a projection batch's transaction: it waits for a
+    /// projection slot first (without a timeout: projections take turns), then for a
+    /// connection (with `store.pool_timeout_ms`).
+    pub(crate) async fn connection(&self) -> Result<ProjectionConnection, StoreError> {
+        let slot = Arc::clone(&self.projection_slots)
+            .acquire_owned()
+            .await
+            .map_err(backend_error)?;
+        Ok(ProjectionConnection {
+            client: self.client().await?,
+            _slot: slot,
+        })
     }
 }
 
@@ -644,8 +808,9 @@ impl Backend for PostgresStore {
                 .query(
                     &format!(
                         "SELECT {COLUMNS} FROM orkestra_events \
-                         WHERE position >= $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                         ORDER BY position ASC LIMIT $2"
+                         WHERE position >= $1 AND tx_id < {} \
+                         ORDER BY position ASC LIMIT $2",
+                        horizon!()
                     ),
                     &[&sql_int(from_position), &sql_int(max as u64)],
                 )
@@ -696,12 +861,15 @@ impl Backend for PostgresStore {
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached("SELECT version FROM orkestra_events WHERE id = $1 AND stream = $2")
-                .await
-                .map_err(backend_error)?;
+            // An unnamed statement, planned at each call: a named one switches to a
+            // generic plan after five runs, and one made while the table was small reads
+            // it whole for as long as the connection lives (the same holds for the
+            // snapshot and head lookups).
             let row = client
-                .query_opt(&statement, &[&id, &stream])
+                .query_typed_opt(
+                    "SELECT version FROM orkestra_events WHERE id = $1 AND stream = $2",
+                    &[(&id, Type::TEXT), (&stream, Type::TEXT)],
+                )
                 .await
                 .map_err(backend_error)?;
             row.map(|row| Ok(row.try_get::<_, i64>(0).map_err(backend_error)? as u64))
@@ -715,14 +883,11 @@ impl Backend for PostgresStore {
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT version, shape, state FROM orkestra_snapshots WHERE stream = $1",
-                )
-                .await
-                .map_err(backend_error)?;
             let row = client
-                .query_opt(&statement, &[&stream])
+                .query_typed_opt(
+                    "SELECT version, shape, state FROM orkestra_snapshots WHERE stream = $1",
+                    &[(&stream, Type::TEXT)],
+                )
                 .await
                 .map_err(backend_error)?;
             row.map(|row| {
@@ -858,9 +1023,11 @@ impl Default for HorizonTiming {
 }
 
 /// What readers can see and what is committed, in one snapshot.
-const HORIZON: &str = "SELECT (SELECT max(position) FROM orkestra_events \
-                        WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())), \
-                       (SELECT max(position) FROM orkestra_events)";
+const HORIZON: &str = concat!(
+    "SELECT (SELECT max(position) FROM orkestra_events WHERE tx_id < ",
+    horizon!(),
+    "), (SELECT max(position) FROM orkestra_events)"
+);
 
 /// The open transaction with the oldest transaction id in the whole cluster (the
 /// horizon is cluster-wide): a session's, or a prepared transaction.

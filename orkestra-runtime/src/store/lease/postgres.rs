@@ -15,7 +15,7 @@ use crate::store::{StoreError, sql_int};
 const ADAPTER: &str = "postgres";
 
 const SCHEMA: &str = r#"
-SELECT pg_advisory_xact_lock(7385214413);
+SELECT pg_advisory_xact_lock(7385214414);
 CREATE TABLE IF NOT EXISTS orkestra_workers (
     worker     TEXT    PRIMARY KEY,
     partitions INTEGER NOT NULL
