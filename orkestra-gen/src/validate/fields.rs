@@ -423,14 +423,17 @@ impl Validator {
 pub(super) fn literal(n: &Node, ty: &Ty) -> Result<Literal, String> {
     let wrong = || Err(format!("must be {}, found {}", ty_name(ty), describe(n)));
     match (ty, &n.value) {
-        (Ty::String, Value::Str(s)) => Ok(Literal::Str(s.clone())),
+        (Ty::String, Value::Str(_) | Value::Bool(_)) if n.as_text().is_some() => {
+            Ok(Literal::Str(n.as_text().unwrap_or_default().to_owned()))
+        }
         (Ty::Integer, Value::Int(i)) => Ok(Literal::Int(*i)),
         (Ty::Float, Value::Int(i)) => Ok(Literal::Float(*i as f64)),
         (Ty::Float, Value::Float(f)) if f.is_finite() => Ok(Literal::Float(*f)),
         (Ty::Boolean, Value::Bool(b)) => Ok(Literal::Bool(*b)),
-        (Ty::Named(t), Value::Str(s)) if t.is_enum => {
-            if t.variants.contains(s) {
-                Ok(Literal::Str(s.clone()))
+        (Ty::Named(t), Value::Str(_) | Value::Bool(_)) if t.is_enum && n.as_text().is_some() => {
+            let s = n.as_text().unwrap_or_default();
+            if t.variants.iter().any(|v| v == s) {
+                Ok(Literal::Str(s.to_owned()))
             } else {
                 Err(format!(
                     "must be one of the values of `{}` ({}), found \"{s}\"",
