@@ -1172,8 +1172,9 @@ fn process_ctx(model: &Model, p: &ProcessManager, here: &str) -> ProcessCtx {
 }
 
 /// A tag of an aggregate's state shape: FNV-1a over each field's name, type (named
-/// struct types by their own fields, enums by their values) and default. Snapshots
-/// written under another tag are ignored.
+/// struct types by their own fields, enums by their values) and default, then
+/// `/v<snapshot_version>` when the schema bumped it (version 1 keeps the bare tag, so
+/// existing snapshots stay valid). Snapshots written under another tag are ignored.
 fn state_shape(model: &Model, a: &Aggregate) -> String {
     fn ty_text(model: &Model, ty: &Ty, depth: usize) -> String {
         ty.schema_text(&|t: &TypeRef| {
@@ -1216,5 +1217,8 @@ fn state_shape(model: &Model, a: &Aggregate) -> String {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("fnv1a64:{hash:016x}")
+    match a.snapshot_version {
+        1 => format!("fnv1a64:{hash:016x}"),
+        v => format!("fnv1a64:{hash:016x}/v{v}"),
+    }
 }
