@@ -481,6 +481,24 @@ fn literal_expr(lit: &Literal, ty: &Ty, here: &str) -> String {
     let list = |items: Vec<String>| items.join(", ");
     match (lit, ty) {
         (Literal::Str(s), Ty::Named(_)) => format!("{}::{}", rust_ty(ty, here), pascal(s)),
+        // The text forms were checked at generation time: the fallbacks never run.
+        (Literal::Str(s), Ty::DateTime) => format!(
+            "{CG}::chrono::DateTime::parse_from_rfc3339({}).map_or_else(|_| ::core::default::Default::default(), |t| t.with_timezone(&{CG}::chrono::Utc))",
+            str_lit(s)
+        ),
+        (Literal::Str(s), Ty::Date) => {
+            let mut parts = s.split('-').map(|p| p.trim_start_matches('0'));
+            let mut next = || parts.next().filter(|p| !p.is_empty()).unwrap_or("0");
+            let (y, m, d) = (next(), next(), next());
+            format!("{CG}::chrono::NaiveDate::from_ymd_opt({y}, {m}, {d}).unwrap_or_default()")
+        }
+        (Literal::Str(s), Ty::Uuid) => format!(
+            "{CG}::uuid::Uuid::from_u128(0x{}u128)",
+            s.replace('-', "").to_ascii_lowercase()
+        ),
+        (Literal::Str(s), Ty::Decimal) => {
+            format!("{RT}::Decimal::parse({}).unwrap_or_default()", str_lit(s))
+        }
         (Literal::Str(s), _) => format!("::std::string::String::from({})", str_lit(s)),
         (Literal::Int(i), _) => format!("{i}i64"),
         (Literal::Float(f), _) => format!("{f:?}f64"),

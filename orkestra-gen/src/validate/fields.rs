@@ -452,8 +452,27 @@ pub(super) fn literal(n: &Node, ty: &Ty) -> Result<Literal, String> {
             .map(|(k, v)| literal(v, inner).map(|l| (k.name.clone(), l)))
             .collect::<Result<_, _>>()
             .map(Literal::Map),
-        (Ty::DateTime | Ty::Date | Ty::Uuid | Ty::Decimal | Ty::Json, _) => Err(format!(
-            "is not supported: defaults are for strings, numbers, booleans, enums and lists or maps of those; `{}` has none",
+        // Checked here, so the generated code builds the typed value without a failure path.
+        (Ty::DateTime, Value::Str(s)) => {
+            super::text_forms::datetime(s).map(|()| Literal::Str(s.clone()))
+        }
+        (Ty::Date, Value::Str(s)) => super::text_forms::date(s).map(|()| Literal::Str(s.clone())),
+        (Ty::Uuid, Value::Str(s)) => super::text_forms::uuid(s).map(|_| Literal::Str(s.clone())),
+        (Ty::Decimal, Value::Str(s)) => {
+            super::text_forms::decimal(s).map(|()| Literal::Str(s.clone()))
+        }
+        (Ty::Decimal, Value::Int(i)) => Ok(Literal::Str(i.to_string())),
+        (Ty::Decimal, Value::Float(_)) => Err(format!(
+            "must be quoted decimal text (like \"12.50\"), so no digit is lost, found {}",
+            describe(n)
+        )),
+        (Ty::DateTime | Ty::Date | Ty::Uuid, _) => Err(format!(
+            "must be {} written as quoted text, found {}",
+            ty_name(ty),
+            describe(n)
+        )),
+        (Ty::Json, _) => Err(format!(
+            "is not supported: defaults are for strings, numbers, booleans, enums, datetimes, dates, uuids, decimals and lists or maps of those; `{}` has none",
             ty_name(ty)
         )),
         (Ty::Named(t), _) if !t.is_enum => Err(format!(
