@@ -503,8 +503,12 @@ fn literal_expr(lit: &Literal, ty: &Ty, here: &str) -> String {
         (Literal::Int(i), _) => format!("{i}i64"),
         (Literal::Float(f), _) => format!("{f:?}f64"),
         (Literal::Bool(b), _) => b.to_string(),
+        // `Vec::from([..])`, not `vec![..]`: prettyplease formats a call, not a macro body.
+        (Literal::List(items), Ty::List(_)) if items.is_empty() => {
+            "::std::vec::Vec::new()".into()
+        }
         (Literal::List(items), Ty::List(inner)) => format!(
-            "::std::vec![{}]",
+            "::std::vec::Vec::from([{}])",
             list(items.iter().map(|i| literal_expr(i, inner, here)).collect())
         ),
         (Literal::Map(entries), Ty::Map(inner)) => format!(
@@ -809,8 +813,9 @@ fn json_expr(lit: &Literal) -> String {
         Literal::Int(i) => format!("{value}::from({i}i64)"),
         Literal::Float(f) => format!("{value}::from({f:?}f64)"),
         Literal::Bool(b) => format!("{value}::Bool({b})"),
+        Literal::List(items) if items.is_empty() => format!("{value}::Array(::std::vec::Vec::new())"),
         Literal::List(items) => format!(
-            "{value}::Array(::std::vec![{}])",
+            "{value}::Array(::std::vec::Vec::from([{}]))",
             items.iter().map(json_expr).collect::<Vec<_>>().join(", ")
         ),
         Literal::Map(entries) => format!(
