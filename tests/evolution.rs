@@ -485,10 +485,7 @@ fn a_required_datetime_is_added_by_an_upcast_step_and_text_defaults_are_typed() 
     assert_eq!(e.order_id, "o-1");
     assert_eq!(e.placed_at.to_rfc3339(), "2024-01-01T08:30:00+00:00");
     assert_eq!(e.placed_on.to_string(), "2024-02-29");
-    assert_eq!(
-        e.r#ref.to_string(),
-        "6f9619ff-8b86-d011-b42d-00c04fc964ff"
-    );
+    assert_eq!(e.r#ref.to_string(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
     assert_eq!(e.fee.as_str(), "12.50");
     assert_eq!(e.units.as_str(), "3");
     // Version 2 must carry its own.

@@ -60,6 +60,35 @@ struct ModuleCtx {
     aggregates: Vec<AggregateCtx>,
     projections: Vec<ProjectionCtx>,
     process_managers: Vec<ProcessCtx>,
+    /// The namespace's `Wiring` struct (every binding); absent when it has none.
+    all_wiring: Option<AllWiringCtx>,
+}
+
+/// `Wiring`: one public field per binding of every kind (handlers, aggregates,
+/// projections, process managers), so leaving one out does not compile, and `start`.
+#[derive(Serialize)]
+struct AllWiringCtx {
+    doc: String,
+    fields: Vec<AllWiringField>,
+    /// Statements adding each handler's and aggregate's subscriptions to `subscriptions`.
+    subscribe: Vec<String>,
+    /// One expression per projection, then per process manager.
+    projections: Vec<String>,
+    process_managers: Vec<String>,
+}
+
+/// A field of `Wiring`.
+#[derive(Serialize)]
+struct AllWiringField {
+    ident: String,
+    param: String,
+    /// The trait, from the namespace module (`handlers::PlaceOrderHandler`).
+    bound: String,
+    /// The binding fn, from the namespace module (`handlers::place_order_handler`).
+    ctor: String,
+    /// `handler`, `aggregate`, `projection` or `process_manager`.
+    kind: &'static str,
+    doc: String,
 }
 
 /// A process manager: state, event, command and timer enums, context, trait and glue.
@@ -405,7 +434,119 @@ impl ModuleCtx {
                 .iter()
                 .map(|p| process_ctx(model, p, here))
                 .collect(),
+            all_wiring: None,
         }
+        .with_all_wiring(module)
+    }
+
+    /// The `Wiring` struct over every binding rendered above. Field and parameter names
+    /// are the binding fns and traits; one taken by another kind gets the kind appended.
+    fn with_all_wiring(mut self, module: &Module) -> Self {
+        let mut bindings: Vec<(&'static str, &'static str, String, String)> = Vec::new();
+        bindings.extend(
+            self.handlers
+                .iter()
+                .map(|h| ("handler", "handlers", h.name.clone(), h.fn_name.clone())),
+        );
+        bindings.extend(
+            self.aggregates
+                .iter()
+                .map(|a| ("aggregate", "aggregates", a.name.clone(), a.fn_name.clone())),
+        );
+        bindings.extend(self.projections.iter().map(|p| {
+            (
+                "projection",
+                "projections",
+                p.h.name.clone(),
+                p.h.fn_name.clone(),
+            )
+        }));
+        bindings.extend(self.process_managers.iter().map(|p| {
+            (
+                "process_manager",
+                "process_managers",
+                p.name.clone(),
+                p.fn_name.clone(),
+            )
+        }));
+        if bindings.is_empty() {
+            return self;
+        }
+        let mut idents = std::collections::HashSet::new();
+        let mut params = std::collections::HashSet::new();
+        let mut fields = Vec::new();
+        for (kind, section, name, ctor) in bindings {
+            let bare = ctor.trim_start_matches("r#").to_owned();
+            let ident = if idents.insert(ctor.clone()) {
+                ctor.clone()
+            } else {
+                let renamed = format!("{bare}_{kind}");
+                idents.insert(renamed.clone());
+                renamed
+            };
+            let trait_name = name.trim_start_matches("r#");
+            let mut param = format!("{trait_name}Impl");
+            if !params.insert(param.clone()) {
+                param = format!("{trait_name}{}Impl", pascal(kind));
+                params.insert(param.clone());
+            }
+            let what = match kind {
+                "handler" => "handler binding",
+                "aggregate" => "aggregate",
+                "projection" => "projection",
+                _ => "process manager",
+            };
+            fields.push(AllWiringField {
+                doc: doc_attrs(&format!(
+                    "The implementation of [`{section}::{trait_name}`], the {what}."
+                )),
+                ident,
+                param,
+                bound: format!("{section}::{name}"),
+                ctor: format!("{section}::{ctor}"),
+                kind,
+            });
+        }
+        let list = fields
+            .iter()
+            .map(|f| format!("`{}`", f.bound))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let of_kind = |kind: &str, shape: &dyn Fn(&AllWiringField) -> String| {
+            fields
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(shape)
+                .collect::<Vec<_>>()
+        };
+        let mut subscribe = of_kind("handler", &|f| {
+            format!("subscriptions.push(self::{}(self.{}));", f.ctor, f.ident)
+        });
+        subscribe.extend(of_kind("aggregate", &|f| {
+            format!(
+                "subscriptions.extend(self::{}(self.{}, store.clone()));",
+                f.ctor, f.ident
+            )
+        }));
+        let projections = of_kind("projection", &|f| {
+            format!("self::{}(self.{})", f.ctor, f.ident)
+        });
+        let process_managers = of_kind("process_manager", &|f| {
+            format!("self::{}(self.{}, store.clone())", f.ctor, f.ident)
+        });
+        self.all_wiring = Some(AllWiringCtx {
+            doc: doc_attrs(&format!(
+                "Every binding of `{}`, one field each ({list}): a missing field is a compile error.\n\n\
+                 `Wiring {{ .. }}.start(&bus, &store).await?` subscribes the handlers and aggregates, then starts the projections and process managers; \
+                 stop what it returns to stop them.",
+                module.namespace
+            )),
+            fields,
+            subscribe,
+            projections,
+            process_managers,
+        });
+        self
     }
 }
 
@@ -504,9 +645,7 @@ fn literal_expr(lit: &Literal, ty: &Ty, here: &str) -> String {
         (Literal::Float(f), _) => format!("{f:?}f64"),
         (Literal::Bool(b), _) => b.to_string(),
         // `Vec::from([..])`, not `vec![..]`: prettyplease formats a call, not a macro body.
-        (Literal::List(items), Ty::List(_)) if items.is_empty() => {
-            "::std::vec::Vec::new()".into()
-        }
+        (Literal::List(items), Ty::List(_)) if items.is_empty() => "::std::vec::Vec::new()".into(),
         (Literal::List(items), Ty::List(inner)) => format!(
             "::std::vec::Vec::from([{}])",
             list(items.iter().map(|i| literal_expr(i, inner, here)).collect())
@@ -813,7 +952,9 @@ fn json_expr(lit: &Literal) -> String {
         Literal::Int(i) => format!("{value}::from({i}i64)"),
         Literal::Float(f) => format!("{value}::from({f:?}f64)"),
         Literal::Bool(b) => format!("{value}::Bool({b})"),
-        Literal::List(items) if items.is_empty() => format!("{value}::Array(::std::vec::Vec::new())"),
+        Literal::List(items) if items.is_empty() => {
+            format!("{value}::Array(::std::vec::Vec::new())")
+        }
         Literal::List(items) => format!(
             "{value}::Array(::std::vec::Vec::from([{}]))",
             items.iter().map(json_expr).collect::<Vec<_>>().join(", ")

@@ -167,7 +167,12 @@ fn a_required_field_rename_names_the_safe_path_and_that_path_passes() {
         "{text}"
     );
     let json = serde_json::to_value(&changes).unwrap();
-    assert!(json[0]["help"].as_str().is_some_and(|h| h.contains("deploy")), "{json}");
+    assert!(
+        json[0]["help"]
+            .as_str()
+            .is_some_and(|h| h.contains("deploy")),
+        "{json}"
+    );
     // Release 1 → 2 (both names, both optional) → 3 (the old name gone, a `renamed` step).
     let step = |from: &str, to: &str| {
         orkestra_gen::check_compatibility(

@@ -1,8 +1,8 @@
 //! YAML 1.1's boolean words are names and text in schemas: a field or param called `n`,
 //! `on` or `yes` keeps its name, and a string field's `default: no` is the string "no".
 
-use orkestra_gen::model::Literal;
 use orkestra_gen::Source;
+use orkestra_gen::model::Literal;
 
 /// Every spelling YAML 1.1 reads as a boolean.
 const WORDS: &[&str] = &[
@@ -40,7 +40,10 @@ fn boolean_words_are_names_as_keys_and_text_as_string_defaults() {
         );
         let said = &module.events[0];
         assert_eq!(said.fields[0].name, *word, "field name");
-        assert_eq!(said.fields[1].default, Some(Literal::Str((*word).to_owned())));
+        assert_eq!(
+            said.fields[1].default,
+            Some(Literal::Str((*word).to_owned()))
+        );
         assert_eq!(
             said.fields[2].default,
             Some(Literal::List(vec![Literal::Str((*word).to_owned())]))
@@ -55,7 +58,8 @@ fn two_boolean_words_for_the_same_value_are_two_fields() {
         text: "namespace: Shop.Words\nevents:\n  Said:\n    fields:\n      n: string\n      no: string\n      off: string\n      y: integer\n      on: boolean\n"
             .into(),
     }];
-    let out = orkestra_gen::generate_from_sources(&sources, "Shop").unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        orkestra_gen::generate_from_sources(&sources, "Shop").unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<_> = out.model.modules[0].events[0]
         .fields
         .iter()
@@ -71,7 +75,8 @@ fn a_boolean_field_still_takes_true_and_false() {
         text: "namespace: Shop.Words\nevents:\n  Said:\n    fields:\n      flag: { type: boolean, default: true }\n      other: { type: boolean, default: False }\n"
             .into(),
     }];
-    let out = orkestra_gen::generate_from_sources(&sources, "Shop").unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        orkestra_gen::generate_from_sources(&sources, "Shop").unwrap_or_else(|e| panic!("{e}"));
     let fields = &out.model.modules[0].events[0].fields;
     assert_eq!(fields[0].default, Some(Literal::Bool(true)));
     assert_eq!(fields[1].default, Some(Literal::Bool(false)));

@@ -106,7 +106,10 @@ impl Error for DriverError {
 
 /// Writes `error` as a user reads it, the form `anyhow` prints: its sentence, then each
 /// cause it does not already spell out, one per line.
-fn write_human(error: &(dyn Error + 'static), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+pub(crate) fn write_human(
+    error: &(dyn Error + 'static),
+    f: &mut fmt::Formatter<'_>,
+) -> fmt::Result {
     let mut shown = error.to_string();
     f.write_str(&shown)?;
     let mut cause = error.source();
@@ -123,31 +126,20 @@ fn write_human(error: &(dyn Error + 'static), f: &mut fmt::Formatter<'_>) -> fmt
 }
 
 /// `Debug` as the human form for the errors a service's `main` returns with `?`: a
-/// `main` returning `Result` prints `Error: {:?}`, which must read as a sentence.
+/// `main` returning `Result` prints `Error: {:?}`, which must read as a sentence. Used
+/// at the crate root, which sits above every layer.
 macro_rules! human_debug {
     ($($ty:ty),* $(,)?) => {
         $(
-            impl fmt::Debug for $ty {
-                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    write_human(self, f)
+            impl ::std::fmt::Debug for $ty {
+                fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                    $crate::error::write_human(self, f)
                 }
             }
         )*
     };
 }
-
-human_debug!(
-    crate::config::ConfigError,
-    crate::bus::BusError,
-    crate::store::StoreError,
-    crate::projection::ProjectionError,
-    crate::process::ProcessError,
-    crate::relay::RelayError,
-);
-#[cfg(feature = "telemetry")]
-human_debug!(crate::telemetry::TelemetryError);
-#[cfg(feature = "rabbitmq")]
-human_debug!(crate::bus::rabbitmq::AdminError);
+pub(crate) use human_debug;
 
 #[cfg(test)]
 mod tests {
@@ -194,29 +186,25 @@ mod tests {
         assert!(texts.iter().all(|t| !t.contains("hunter2")), "{texts:?}");
         assert!(e.downcast_ref::<Outer>().is_some());
         assert!(
-            e.to_string().starts_with("dial postgres://app:***@db/x: refused (connect failed)"),
+            e.to_string()
+                .starts_with("dial postgres://app:***@db/x: refused (connect failed)"),
             "the root cause first: {e}"
         );
     }
 
     #[test]
     fn debug_of_a_public_error_is_its_sentence_with_causes() {
-        let e = crate::StoreError::unavailable(
-            "postgres",
-            "postgres://db/x",
-            Some(Box::new(Outer(std::io::Error::other(
-                "database \"x\" does not exist",
-            )))),
-        );
-        let debug = format!("{e:?}");
-        assert_eq!(
-            debug,
-            "postgres store unavailable (store.url): postgres://db/x: database \"x\" does not exist (connect failed)"
-        );
         let e = crate::config::ConfigError::Io {
             path: "orkestra.toml".into(),
             message: "denied".into(),
         };
         assert_eq!(format!("{e:?}"), "cannot read orkestra.toml: denied");
+        let driver = DriverError::new(Outer(std::io::Error::other(
+            "database \"x\" does not exist",
+        )));
+        assert_eq!(
+            driver.to_string(),
+            "database \"x\" does not exist (connect failed)"
+        );
     }
 }

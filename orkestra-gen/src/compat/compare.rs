@@ -200,11 +200,15 @@ impl<'a> Comparer<'a> {
                 let (how, safe) = match renamed.get(old_name) {
                     Some(to) => (
                         format!("was renamed to `{to}`"),
-                        format!("add `{to}` as an optional field and make `{old_name}` optional but keep writing it, deploy, then remove `{old_name}` in the next release"),
+                        format!(
+                            "add `{to}` as an optional field and make `{old_name}` optional but keep writing it, deploy, then remove `{old_name}` in the next release"
+                        ),
                     ),
                     None => (
                         "was removed".to_owned(),
-                        format!("make `{old_name}` optional but keep writing it, deploy, then remove it in the next release"),
+                        format!(
+                            "make `{old_name}` optional but keep writing it, deploy, then remove it in the next release"
+                        ),
                     ),
                 };
                 self.report_with_help(

@@ -23,8 +23,8 @@ pub(super) fn datetime(text: &str) -> Result<(), String> {
     };
     let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
     let parts: Vec<&str> = hms.split(':').collect();
-    let fraction_ok = !clock.contains('.')
-        || (!fraction.is_empty() && fraction.len() <= 9 && digits(fraction));
+    let fraction_ok =
+        !clock.contains('.') || (!fraction.is_empty() && fraction.len() <= 9 && digits(fraction));
     let zone_ok = matches!(zone, "Z" | "z")
         || zone
             .strip_prefix(['+', '-'])
@@ -43,9 +43,9 @@ pub(super) fn datetime(text: &str) -> Result<(), String> {
 
 /// A calendar date: `2024-02-29`.
 pub(super) fn date(text: &str) -> Result<(), String> {
-    calendar_date(text).map(|_| ()).ok_or_else(|| {
-        format!("must be a calendar date like \"2024-01-31\", found \"{text}\"")
-    })
+    calendar_date(text)
+        .map(|_| ())
+        .ok_or_else(|| format!("must be a calendar date like \"2024-01-31\", found \"{text}\""))
 }
 
 /// A UUID in its hyphenated form, either case: `6f9619ff-8b86-d011-b42d-00c04fc964ff`.
