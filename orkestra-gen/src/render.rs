@@ -70,8 +70,10 @@ struct ModuleCtx {
 struct AllWiringCtx {
     doc: String,
     fields: Vec<AllWiringField>,
-    /// Statements adding each handler's and aggregate's subscriptions to `subscriptions`.
-    subscribe: Vec<String>,
+    /// One subscription expression per handler binding.
+    handler_subscriptions: Vec<String>,
+    /// One expression per aggregate (its subscriptions, extended onto the handlers').
+    aggregate_subscriptions: Vec<String>,
     /// One expression per projection, then per process manager.
     projections: Vec<String>,
     process_managers: Vec<String>,
@@ -519,15 +521,12 @@ impl ModuleCtx {
                 .map(shape)
                 .collect::<Vec<_>>()
         };
-        let mut subscribe = of_kind("handler", &|f| {
-            format!("subscriptions.push(self::{}(self.{}));", f.ctor, f.ident)
+        let handler_subscriptions = of_kind("handler", &|f| {
+            format!("self::{}(self.{})", f.ctor, f.ident)
         });
-        subscribe.extend(of_kind("aggregate", &|f| {
-            format!(
-                "subscriptions.extend(self::{}(self.{}, store.clone()));",
-                f.ctor, f.ident
-            )
-        }));
+        let aggregate_subscriptions = of_kind("aggregate", &|f| {
+            format!("self::{}(self.{}, store.clone())", f.ctor, f.ident)
+        });
         let projections = of_kind("projection", &|f| {
             format!("self::{}(self.{})", f.ctor, f.ident)
         });
@@ -542,7 +541,8 @@ impl ModuleCtx {
                 module.namespace
             )),
             fields,
-            subscribe,
+            handler_subscriptions,
+            aggregate_subscriptions,
             projections,
             process_managers,
         });
