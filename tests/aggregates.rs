@@ -986,3 +986,80 @@ async fn in_relay_mode_the_aggregate_appends_and_the_relay_publishes() {
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
 }
+
+/// The `const SHAPE` tags in the code generated from `schema`.
+fn generated_shapes(schema: &str) -> Vec<String> {
+    let output = orkestra_gen::generate_from_sources(
+        &[orkestra_gen::Source {
+            path: "bank.yaml".into(),
+            text: schema.to_owned(),
+        }],
+        "Shop",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    output
+        .code
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("const SHAPE: &'static str = \""))
+        .map(|l| l.trim_end_matches("\";").to_owned())
+        .collect()
+}
+
+/// `snapshot_version: 2` on `Account` (bumped because `apply` changed) is part of the
+/// snapshot tag: a snapshot the same state shape got from the previous `apply` (the
+/// schema without the bump) is ignored and the stream replayed, on every store; one under
+/// the current tag is used.
+#[tokio::test]
+async fn a_bumped_snapshot_version_ignores_snapshots_of_the_previous_apply() {
+    let schema = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../orkestra-gen/tests/golden/aggregates/bank.yaml"
+    ))
+    .unwrap();
+    assert!(schema.contains("    snapshot_version: 2\n"));
+    let current = <aggregates::AccountAggregate<Bank> as Aggregate>::SHAPE;
+    let now = generated_shapes(&schema);
+    assert!(now.iter().any(|s| s == current), "{now:?} / {current}");
+    let before: Vec<String> = generated_shapes(&schema.replace("    snapshot_version: 2\n", ""))
+        .into_iter()
+        .filter(|s| !now.contains(s))
+        .collect();
+    assert_eq!(before.len(), 1, "only Account's tag changes: {before:?}");
+    let previous = &before[0];
+    assert_ne!(previous, current);
+
+    for (name, store) in stores().await {
+        let account = new_id();
+        let stream = format!("account-{account}");
+        let repo = AccountRepository::<Bank>::new(store.clone());
+        repo.execute(&stream, &open(&account), None, &Bank, |a, s, c| {
+            Box::pin(a.open_account(s, c))
+        })
+        .await
+        .unwrap();
+        repo.execute(&stream, &deposit(&account, 5), None, &Bank, |a, s, c| {
+            Box::pin(a.deposit(s, c))
+        })
+        .await
+        .unwrap();
+        let replayed = repo.replay(&stream).await.unwrap();
+        assert_eq!(replayed.0.balance, 5, "{name}");
+        // What the previous `apply` folded the stream to, under its tag.
+        let mut stale = replayed.0.clone();
+        stale.balance = 1_000_000;
+        for (tag, expected) in [(previous.as_str(), 5), (current, 1_000_000)] {
+            store
+                .save_snapshot(Snapshot {
+                    stream: stream.clone(),
+                    version: 1,
+                    shape: tag.to_owned(),
+                    state: serde_json::to_string(&stale).unwrap(),
+                })
+                .await
+                .unwrap();
+            let (state, version) = repo.load(&stream).await.unwrap();
+            assert_eq!(version, Some(1), "{name}");
+            assert_eq!(state.balance, expected, "{name}: snapshot tagged {tag}");
+        }
+    }
+}

@@ -472,3 +472,34 @@ mod fast_paths_agree_with_the_tree {
         }
     }
 }
+
+/// A required `placed_at` added in version 2, with a step that gives version-1 events
+/// one: written as RFC 3339 text in the schema, a typed datetime in Rust. Defaults of
+/// `date`, `uuid` and `decimal` are text too, built as typed values.
+#[test]
+fn a_required_datetime_is_added_by_an_upcast_step_and_text_defaults_are_typed() {
+    use orkestra_tests::evolution::inventory::events::OrderPlaced;
+    let e = raw(OrderPlaced::TYPE_NAME, 1, json!({"order_id": "o-1"}))
+        .decode::<OrderPlaced>()
+        .unwrap();
+    assert_eq!(e.order_id, "o-1");
+    assert_eq!(e.placed_at.to_rfc3339(), "2024-01-01T08:30:00+00:00");
+    assert_eq!(e.placed_on.to_string(), "2024-02-29");
+    assert_eq!(e.r#ref.to_string(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+    assert_eq!(e.fee.as_str(), "12.50");
+    assert_eq!(e.units.as_str(), "3");
+    // Version 2 must carry its own.
+    let missing = raw(OrderPlaced::TYPE_NAME, 2, json!({"order_id": "o-2"}))
+        .decode::<OrderPlaced>()
+        .unwrap_err();
+    assert_eq!(missing, PayloadError::MissingParams(vec!["placed_at"]));
+    let own = raw(
+        OrderPlaced::TYPE_NAME,
+        2,
+        json!({"order_id": "o-3", "placed_at": "2025-06-01T12:00:00Z", "fee": "0.10"}),
+    )
+    .decode::<OrderPlaced>()
+    .unwrap();
+    assert_eq!(own.placed_at.to_rfc3339(), "2025-06-01T12:00:00+00:00");
+    assert_eq!(own.fee.as_str(), "0.10");
+}

@@ -104,6 +104,20 @@ fn generate_writes_the_golden_output() {
 }
 
 #[test]
+fn an_app_prefix_that_matches_no_namespace_warns_and_check_still_passes() {
+    let out = run(&[
+        "check",
+        "--schemas",
+        "../orkestra-cli/tests/fixtures/lending.yaml",
+        "--app-prefix",
+        "Library",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1 schema file(s) OK\n");
+    insta::assert_snapshot!(text(&out.stderr));
+}
+
+#[test]
 fn a_missing_directory_is_a_usage_error() {
     let out = run(&["check", "--schemas", "no/such/dir"]);
     assert_eq!(out.status.code(), Some(2));

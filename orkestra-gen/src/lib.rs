@@ -52,7 +52,11 @@ pub use validate::{BASE_TYPES, SCHEMA_KEYS};
 pub const GENERATED_FILE: &str = "orkestra_generated.rs";
 
 /// Why generation failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is the same sentence as its `Display` (every diagnostic, located, one per
+/// line), then the causes it does not already spell out: a build.rs whose `main` returns
+/// `Result` prints that, not a struct dump, when `generate()?` fails.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The schemas have errors; Display lists every diagnostic, one per line.
@@ -75,6 +79,24 @@ pub enum Error {
     /// The compatibility gate found breaking changes (`check_against`).
     #[error("{}", .0.iter().map(|c| c.to_diagnostic().to_string()).collect::<Vec<_>>().join("\n"))]
     Incompatible(Vec<compat::Change>),
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut shown = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !shown.contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+                shown.push('\n');
+                shown.push_str(&text);
+            }
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 /// The result of [`Generator::generate`].

@@ -101,6 +101,9 @@ pub struct Aggregate {
     pub events: Vec<PayloadRef>,
     /// Snapshot each time a stream's length crosses a multiple of this.
     pub snapshot_every: Option<u64>,
+    /// Part of the snapshot tag: bumped when `apply` changes, so snapshots folded by the
+    /// previous `apply` are ignored (1 unless the schema says otherwise).
+    pub snapshot_version: u32,
     /// How often a command is decided again after a concurrent append.
     pub conflict_retries: u32,
 }

@@ -60,6 +60,37 @@ struct ModuleCtx {
     aggregates: Vec<AggregateCtx>,
     projections: Vec<ProjectionCtx>,
     process_managers: Vec<ProcessCtx>,
+    /// The namespace's `Wiring` struct (every binding); absent when it has none.
+    all_wiring: Option<AllWiringCtx>,
+}
+
+/// `Wiring`: one public field per binding of every kind (handlers, aggregates,
+/// projections, process managers), so leaving one out does not compile, and `start`.
+#[derive(Serialize)]
+struct AllWiringCtx {
+    doc: String,
+    fields: Vec<AllWiringField>,
+    /// One subscription expression per handler binding.
+    handler_subscriptions: Vec<String>,
+    /// One expression per aggregate (its subscriptions, extended onto the handlers').
+    aggregate_subscriptions: Vec<String>,
+    /// One expression per projection, then per process manager.
+    projections: Vec<String>,
+    process_managers: Vec<String>,
+}
+
+/// A field of `Wiring`.
+#[derive(Serialize)]
+struct AllWiringField {
+    ident: String,
+    param: String,
+    /// The trait, from the namespace module (`handlers::PlaceOrderHandler`).
+    bound: String,
+    /// The binding fn, from the namespace module (`handlers::place_order_handler`).
+    ctor: String,
+    /// `handler`, `aggregate`, `projection` or `process_manager`.
+    kind: &'static str,
+    doc: String,
 }
 
 /// A process manager: state, event, command and timer enums, context, trait and glue.
@@ -407,7 +438,117 @@ impl ModuleCtx {
                 .iter()
                 .map(|p| process_ctx(model, p, here))
                 .collect(),
+            all_wiring: None,
         }
+        .with_all_wiring(module)
+    }
+
+    /// The `Wiring` struct over every binding rendered above. Field and parameter names
+    /// are the binding fns and traits; one taken by another kind gets the kind appended.
+    fn with_all_wiring(mut self, module: &Module) -> Self {
+        let mut bindings: Vec<(&'static str, &'static str, String, String)> = Vec::new();
+        bindings.extend(
+            self.handlers
+                .iter()
+                .map(|h| ("handler", "handlers", h.name.clone(), h.fn_name.clone())),
+        );
+        bindings.extend(
+            self.aggregates
+                .iter()
+                .map(|a| ("aggregate", "aggregates", a.name.clone(), a.fn_name.clone())),
+        );
+        bindings.extend(self.projections.iter().map(|p| {
+            (
+                "projection",
+                "projections",
+                p.h.name.clone(),
+                p.h.fn_name.clone(),
+            )
+        }));
+        bindings.extend(self.process_managers.iter().map(|p| {
+            (
+                "process_manager",
+                "process_managers",
+                p.name.clone(),
+                p.fn_name.clone(),
+            )
+        }));
+        if bindings.is_empty() {
+            return self;
+        }
+        let mut idents = std::collections::HashSet::new();
+        let mut params = std::collections::HashSet::new();
+        let mut fields = Vec::new();
+        for (kind, section, name, ctor) in bindings {
+            let bare = ctor.trim_start_matches("r#").to_owned();
+            let ident = if idents.insert(ctor.clone()) {
+                ctor.clone()
+            } else {
+                let renamed = format!("{bare}_{kind}");
+                idents.insert(renamed.clone());
+                renamed
+            };
+            let trait_name = name.trim_start_matches("r#");
+            let mut param = format!("{trait_name}Impl");
+            if !params.insert(param.clone()) {
+                param = format!("{trait_name}{}Impl", pascal(kind));
+                params.insert(param.clone());
+            }
+            let what = match kind {
+                "handler" => "handler binding",
+                "aggregate" => "aggregate",
+                "projection" => "projection",
+                _ => "process manager",
+            };
+            fields.push(AllWiringField {
+                doc: doc_attrs(&format!(
+                    "The implementation of [`{section}::{trait_name}`], the {what}."
+                )),
+                ident,
+                param,
+                bound: format!("{section}::{name}"),
+                ctor: format!("{section}::{ctor}"),
+                kind,
+            });
+        }
+        let list = fields
+            .iter()
+            .map(|f| format!("`{}`", f.bound))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let of_kind = |kind: &str, shape: &dyn Fn(&AllWiringField) -> String| {
+            fields
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(shape)
+                .collect::<Vec<_>>()
+        };
+        let handler_subscriptions = of_kind("handler", &|f| {
+            format!("self::{}(self.{})", f.ctor, f.ident)
+        });
+        let aggregate_subscriptions = of_kind("aggregate", &|f| {
+            format!("self::{}(self.{}, store.clone())", f.ctor, f.ident)
+        });
+        let projections = of_kind("projection", &|f| {
+            format!("self::{}(self.{})", f.ctor, f.ident)
+        });
+        let process_managers = of_kind("process_manager", &|f| {
+            format!("self::{}(self.{}, store.clone())", f.ctor, f.ident)
+        });
+        self.all_wiring = Some(AllWiringCtx {
+            doc: doc_attrs(&format!(
+                "Every binding of `{}`, one field each ({list}): a missing field is a compile error.\n\n\
+                 `Wiring {{ .. }}.start(&bus, &store).await?` subscribes the handlers and aggregates, then starts the projections and process managers; \
+                 stop what it returns to stop them.",
+                module.namespace
+            )),
+            fields,
+            handler_subscriptions,
+            aggregate_subscriptions,
+            projections,
+            process_managers,
+        });
+        self
     }
 }
 
@@ -484,12 +625,32 @@ fn literal_expr(lit: &Literal, ty: &Ty, here: &str) -> String {
     let list = |items: Vec<String>| items.join(", ");
     match (lit, ty) {
         (Literal::Str(s), Ty::Named(_)) => format!("{}::{}", rust_ty(ty, here), pascal(s)),
+        // The text forms were checked at generation time: the fallbacks never run.
+        (Literal::Str(s), Ty::DateTime) => format!(
+            "{CG}::chrono::DateTime::parse_from_rfc3339({}).map_or_else(|_| ::core::default::Default::default(), |t| t.with_timezone(&{CG}::chrono::Utc))",
+            str_lit(s)
+        ),
+        (Literal::Str(s), Ty::Date) => {
+            let mut parts = s.split('-').map(|p| p.trim_start_matches('0'));
+            let mut next = || parts.next().filter(|p| !p.is_empty()).unwrap_or("0");
+            let (y, m, d) = (next(), next(), next());
+            format!("{CG}::chrono::NaiveDate::from_ymd_opt({y}, {m}, {d}).unwrap_or_default()")
+        }
+        (Literal::Str(s), Ty::Uuid) => format!(
+            "{CG}::uuid::Uuid::from_u128(0x{}u128)",
+            s.replace('-', "").to_ascii_lowercase()
+        ),
+        (Literal::Str(s), Ty::Decimal) => {
+            format!("{RT}::Decimal::parse({}).unwrap_or_default()", str_lit(s))
+        }
         (Literal::Str(s), _) => format!("::std::string::String::from({})", str_lit(s)),
         (Literal::Int(i), _) => format!("{i}i64"),
         (Literal::Float(f), _) => format!("{f:?}f64"),
         (Literal::Bool(b), _) => b.to_string(),
+        // `Vec::from([..])`, not `vec![..]`: prettyplease formats a call, not a macro body.
+        (Literal::List(items), Ty::List(_)) if items.is_empty() => "::std::vec::Vec::new()".into(),
         (Literal::List(items), Ty::List(inner)) => format!(
-            "::std::vec![{}]",
+            "::std::vec::Vec::from([{}])",
             list(items.iter().map(|i| literal_expr(i, inner, here)).collect())
         ),
         (Literal::Map(entries), Ty::Map(inner)) => format!(
@@ -794,8 +955,11 @@ fn json_expr(lit: &Literal) -> String {
         Literal::Int(i) => format!("{value}::from({i}i64)"),
         Literal::Float(f) => format!("{value}::from({f:?}f64)"),
         Literal::Bool(b) => format!("{value}::Bool({b})"),
+        Literal::List(items) if items.is_empty() => {
+            format!("{value}::Array(::std::vec::Vec::new())")
+        }
         Literal::List(items) => format!(
-            "{value}::Array(::std::vec![{}])",
+            "{value}::Array(::std::vec::Vec::from([{}]))",
             items.iter().map(json_expr).collect::<Vec<_>>().join(", ")
         ),
         Literal::Map(entries) => format!(
@@ -1175,8 +1339,9 @@ fn process_ctx(model: &Model, p: &ProcessManager, here: &str) -> ProcessCtx {
 }
 
 /// A tag of an aggregate's state shape: FNV-1a over each field's name, type (named
-/// struct types by their own fields, enums by their values) and default. Snapshots
-/// written under another tag are ignored.
+/// struct types by their own fields, enums by their values) and default, then
+/// `/v<snapshot_version>` when the schema bumped it (version 1 keeps the bare tag, so
+/// existing snapshots stay valid). Snapshots written under another tag are ignored.
 fn state_shape(model: &Model, a: &Aggregate) -> String {
     fn ty_text(model: &Model, ty: &Ty, depth: usize) -> String {
         ty.schema_text(&|t: &TypeRef| {
@@ -1219,5 +1384,8 @@ fn state_shape(model: &Model, a: &Aggregate) -> String {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("fnv1a64:{hash:016x}")
+    match a.snapshot_version {
+        1 => format!("fnv1a64:{hash:016x}"),
+        v => format!("fnv1a64:{hash:016x}/v{v}"),
+    }
 }

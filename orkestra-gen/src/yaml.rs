@@ -47,6 +47,10 @@ pub struct Node {
     pub value: Value,
     /// Where it is.
     pub span: Span,
+    /// A boolean's spelling in the file (`no`, `On`, `TRUE`): YAML 1.1 reads these words
+    /// as booleans, but where the schema expects text (a string field's default) the
+    /// word is what the author wrote.
+    pub spelling: Option<String>,
 }
 
 impl Node {
@@ -70,6 +74,16 @@ impl Node {
             _ => None,
         }
     }
+
+    /// The value as text where text is expected: a string, or a boolean word as written
+    /// (`default: no` on a string field is the string "no").
+    pub fn as_text(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            Value::Bool(_) => self.spelling.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// What serde-saphyr hands us: values wrapped in `Spanned` at every level.
@@ -85,18 +99,25 @@ struct RawKey(String);
 
 impl<'de> Deserialize<'de> for RawKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Keys are strings in schemas; a number or boolean key is read as its text.
-        let raw = Raw::deserialize(d)?;
-        Ok(RawKey(match raw.0 {
-            Value::Str(s) => s,
-            Value::Int(i) => i.to_string(),
-            Value::Float(f) => f.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => "null".into(),
-            Value::Seq(_) | Value::Map(_) => {
-                return Err(de::Error::custom("a mapping key must be a plain scalar"));
-            }
-        }))
+        // Keys are names: read as the text written, never resolved, so `n:`, `on:` or
+        // `1:` are the names "n", "on" and "1" (YAML 1.1 would read `n` as false).
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = RawKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping key that is a plain scalar")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<RawKey, E> {
+        Ok(RawKey(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<RawKey, E> {
+        Ok(RawKey(v))
     }
 }
 
@@ -190,6 +211,7 @@ impl From<Spanned<Raw>> for PendingNode {
         PendingNode(Node {
             value: s.value.0,
             span: pending_span(&s.referenced),
+            spelling: None,
         })
     }
 }
@@ -206,18 +228,35 @@ fn pending_span(location: &serde_saphyr::Location) -> Span {
     }
 }
 
-fn set_file(node: &mut Node, file: &Path) {
+/// Fills in the file of every span and the spelling of every boolean (read from the
+/// text at its offset; a boolean reached through an alias or a tag keeps none).
+fn set_file(node: &mut Node, file: &Path, text: &str) {
     node.span.file = file.to_owned();
     match &mut node.value {
-        Value::Seq(items) => items.iter_mut().for_each(|n| set_file(n, file)),
+        Value::Seq(items) => items.iter_mut().for_each(|n| set_file(n, file, text)),
         Value::Map(entries) => {
             for (k, v) in entries {
                 k.span.file = file.to_owned();
-                set_file(v, file);
+                set_file(v, file, text);
             }
         }
+        Value::Bool(_) => node.spelling = boolean_word_at(text, node.span.offset),
         _ => {}
     }
+}
+
+/// The YAML 1.1 boolean word that starts at `offset`, if one does.
+fn boolean_word_at(text: &str, offset: Option<usize>) -> Option<String> {
+    let rest = text.get(offset?..)?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let word = &rest[..end];
+    const WORDS: &[&str] = &["y", "yes", "n", "no", "true", "false", "on", "off"];
+    WORDS
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(word))
+        .then(|| word.to_owned())
 }
 
 /// Parses one YAML document. A syntax error is one located diagnostic.
@@ -226,7 +265,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Node, Box<Diagnostic>> {
     match result {
         Ok(root) => {
             let mut node = PendingNode::from(root).0;
-            set_file(&mut node, file);
+            set_file(&mut node, file, text);
             Ok(node)
         }
         Err(e) => {

@@ -146,3 +146,51 @@ fn build_rs_fails_on_a_breaking_change() {
     );
     let _ = std::fs::remove_file(&out);
 }
+
+/// A renamed (or removed) required field names the safe path in its diagnostic, and the
+/// two releases of that path each pass the gate.
+#[test]
+fn a_required_field_rename_names_the_safe_path_and_that_path_passes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    let case = root.join("event_required_field_removed");
+    let changes = orkestra_gen::check_compatibility(
+        &sources(&case.join("old"), "old"),
+        &sources(&case.join("new"), "new"),
+        "Shop",
+        &[],
+    )
+    .unwrap();
+    let text = changes[0].to_diagnostic().to_string();
+    assert!(
+        text.contains("add `count` as an optional field")
+            && text.contains("--allow EVENT_REQUIRED_FIELD_REMOVED"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&changes).unwrap();
+    assert!(
+        json[0]["help"]
+            .as_str()
+            .is_some_and(|h| h.contains("deploy")),
+        "{json}"
+    );
+    // Release 1 → 2 (both names, both optional) → 3 (the old name gone, a `renamed` step).
+    let step = |from: &str, to: &str| {
+        orkestra_gen::check_compatibility(
+            &sources(&root.join(from), "old"),
+            &sources(&root.join(to), "new"),
+            "Shop",
+            &[],
+        )
+        .unwrap()
+    };
+    let first = step(
+        "event_required_field_removed/old",
+        "pass_rename_in_two_releases/old",
+    );
+    assert!(first.is_empty(), "{first:#?}");
+    let second = step(
+        "pass_rename_in_two_releases/old",
+        "pass_rename_in_two_releases/new",
+    );
+    assert!(second.is_empty(), "{second:#?}");
+}

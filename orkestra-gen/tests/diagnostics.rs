@@ -65,3 +65,25 @@ fn projection_names_are_unique_across_namespaces() {
     let diags = orkestra_gen::check_sources(&[a, b], "Shop");
     insta::assert_snapshot!(diags.to_string());
 }
+
+#[test]
+fn an_app_prefix_that_strips_nothing_from_a_namespace_is_a_warning_at_the_namespace() {
+    let lending = Source {
+        path: "lending.yaml".into(),
+        text: "namespace: Lib.Lending\ncommands:\n  LendBook: {}\n".into(),
+    };
+    let members = Source {
+        path: "members.yaml".into(),
+        text: "namespace: Library.Members\ncommands:\n  Join: {}\n".into(),
+    };
+    let diags = orkestra_gen::check_sources(&[lending, members], "Library");
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(diags.warnings().count(), 1, "{diags}");
+    insta::assert_snapshot!(diags.to_string());
+    // Without a prefix there is nothing to strip, so nothing to warn about.
+    let plain = Source {
+        path: "lending.yaml".into(),
+        text: "namespace: Lib.Lending\ncommands:\n  LendBook: {}\n".into(),
+    };
+    assert!(orkestra_gen::check_sources(&[plain], "").is_empty());
+}

@@ -130,3 +130,34 @@ fn output_is_written_only_when_it_changes() {
     );
     std::fs::remove_dir_all(tmp).ok();
 }
+
+/// Generated code reads like hand-written code everywhere: no `vec![..]`, whose body
+/// prettyplease cannot format (it leaves run-on lines such as
+/// `< super::commands::OpenAccount as self::AccountCommand >::stream`).
+#[test]
+fn no_macro_bodies_left_unformatted() {
+    for fixture in [
+        "../schemas",
+        "tests/golden/nasty",
+        "tests/golden/wiring",
+        "tests/golden/formats",
+        "tests/golden/evolution",
+        "tests/golden/aggregates",
+        "tests/golden/process_managers",
+        "tests/golden/projections",
+    ] {
+        let code = generate(&dir(fixture));
+        for (i, line) in code.lines().enumerate() {
+            assert!(
+                !line.contains("vec!["),
+                "{fixture}:{}: a macro body prettyplease leaves as written: {line}",
+                i + 1
+            );
+            assert!(
+                !line.contains("< super::") && !line.contains("& aggregate"),
+                "{fixture}:{}: token-stream spacing of an unformatted macro body: {line}",
+                i + 1
+            );
+        }
+    }
+}

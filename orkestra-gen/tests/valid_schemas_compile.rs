@@ -31,6 +31,27 @@ const COMMANDS: &[&str] = &["Create", "Update", "Remove"];
 const EVENTS: &[&str] = &["Created", "Updated", "Removed"];
 const NAMESPACES: &[&str] = &["Alpha", "Beta"];
 
+/// YAML 1.1 reads these keys and values as booleans; in a schema they are names and text.
+const BOOLEAN_WORDS: &str = "namespace: Shop.Words
+commands:
+  Say:
+    params:
+      y: { type: string, default: Yes }
+      n: { type: string, default: no }
+      on: { type: boolean, default: true }
+      off: { type: string, default: OFF }
+events:
+  Said:
+    fields:
+      yes: { type: string, required: true }
+      no: { type: string, default: N }
+      true: { type: string, default: False }
+      false: { type: \"list<string>\", default: [on, Off, y] }
+handlers:
+  WordsSayHandler: { command: Say, emits: [Said] }
+  WordsOnSaid: { event: Said }
+";
+
 /// A field type: a base type, a container of one, or a named type.
 fn field_type(named: Vec<String>) -> impl Strategy<Value = String> {
     let base = prop::sample::select(vec![
@@ -282,6 +303,19 @@ fn every_valid_schema_set_compiles() {
         "only {} of {attempts} generated sets validated: the strategy drifted from the language",
         valid.len()
     );
+
+    // YAML 1.1's boolean words as names and string defaults (see `yaml_booleans.rs`).
+    let words = [BOOLEAN_WORDS.to_owned()];
+    let output = orkestra_gen::generate_from_sources(
+        &[Source {
+            path: "words.yaml".into(),
+            text: words[0].clone(),
+        }],
+        "Shop",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    exports_render(&output.model);
+    valid.push((words.to_vec(), output.code));
 
     eprintln!("{SETS} valid schema sets from {attempts} generated");
     let dir = std::env::temp_dir().join(format!("orkestra-schema-probe-{}", std::process::id()));

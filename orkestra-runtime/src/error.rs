@@ -11,8 +11,10 @@ type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
 /// An error from a database driver or broker client.
 ///
-/// Its `Display` is the client's message with any password in a URL replaced by `***`,
-/// so it can be logged, and so is every error of its `source()` chain (a copy of the
+/// Its `Display` is the client's message, led by the root cause of the client's chain
+/// (`FATAL: database "x" does not exist (Error occurred while creating a new object: db
+/// error)`), with any password in a URL replaced by `***`, so it can be logged, and so is
+/// every error of its `source()` chain (a copy of the
 /// client's chain, each text cleaned the same way). The original error is kept:
 /// [`DriverError::get_ref`] and [`DriverError::downcast_ref`] reach it (for example a
 /// `tokio_postgres::Error` to read its SQLSTATE).
@@ -66,9 +68,25 @@ impl DriverError {
     }
 }
 
+/// The root cause first, then what the client said around it when that adds anything:
+/// `FATAL: database "x" does not exist (Error occurred while creating a new object: db
+/// error)`, not the wrapper's words alone.
 impl fmt::Display for DriverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        let mut root = None;
+        let mut next = self.next.as_deref();
+        while let Some(cause) = next {
+            root = Some(cause);
+            next = cause.next.as_deref();
+        }
+        match root {
+            // Only the head of the chain leads with the root: each cause (a `source()`)
+            // reads as the client wrote it, so a printer walking the chain repeats nothing.
+            Some(root) if self.inner.is_some() && !self.text.contains(&root.text) => {
+                write!(f, "{} ({})", root.text, self.text)
+            }
+            _ => f.write_str(&self.text),
+        }
     }
 }
 
@@ -85,6 +103,43 @@ impl Error for DriverError {
             .map(|next| next as &(dyn Error + 'static))
     }
 }
+
+/// Writes `error` as a user reads it, the form `anyhow` prints: its sentence, then each
+/// cause it does not already spell out, one per line.
+pub(crate) fn write_human(
+    error: &(dyn Error + 'static),
+    f: &mut fmt::Formatter<'_>,
+) -> fmt::Result {
+    let mut shown = error.to_string();
+    f.write_str(&shown)?;
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !shown.contains(&text) {
+            write!(f, "\n  caused by: {text}")?;
+            shown.push('\n');
+            shown.push_str(&text);
+        }
+        cause = c.source();
+    }
+    Ok(())
+}
+
+/// `Debug` as the human form for the errors a service's `main` returns with `?`: a
+/// `main` returning `Result` prints `Error: {:?}`, which must read as a sentence. Used
+/// at the crate root, which sits above every layer.
+macro_rules! human_debug {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            impl ::std::fmt::Debug for $ty {
+                fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                    $crate::error::write_human(self, f)
+                }
+            }
+        )*
+    };
+}
+pub(crate) use human_debug;
 
 #[cfg(test)]
 mod tests {
@@ -130,5 +185,26 @@ mod tests {
         assert!(texts[1].contains("postgres://app:***@db/x"), "{texts:?}");
         assert!(texts.iter().all(|t| !t.contains("hunter2")), "{texts:?}");
         assert!(e.downcast_ref::<Outer>().is_some());
+        assert!(
+            e.to_string()
+                .starts_with("dial postgres://app:***@db/x: refused (connect failed)"),
+            "the root cause first: {e}"
+        );
+    }
+
+    #[test]
+    fn debug_of_a_public_error_is_its_sentence_with_causes() {
+        let e = crate::config::ConfigError::Io {
+            path: "orkestra.toml".into(),
+            message: "denied".into(),
+        };
+        assert_eq!(format!("{e:?}"), "cannot read orkestra.toml: denied");
+        let driver = DriverError::new(Outer(std::io::Error::other(
+            "database \"x\" does not exist",
+        )));
+        assert_eq!(
+            driver.to_string(),
+            "database \"x\" does not exist (connect failed)"
+        );
     }
 }

@@ -68,6 +68,7 @@ pub mod process;
 pub mod projection;
 mod publish;
 pub mod relay;
+pub mod wiring;
 // Layer 6: process-wide telemetry setup.
 #[cfg(feature = "telemetry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
@@ -75,6 +76,19 @@ pub mod telemetry;
 
 #[doc(hidden)]
 pub mod codegen;
+
+error::human_debug!(
+    config::ConfigError,
+    bus::BusError,
+    store::StoreError,
+    projection::ProjectionError,
+    process::ProcessError,
+    relay::RelayError,
+);
+#[cfg(feature = "telemetry")]
+error::human_debug!(telemetry::TelemetryError);
+#[cfg(feature = "rabbitmq")]
+error::human_debug!(bus::rabbitmq::AdminError);
 
 /// The PostgreSQL client the store uses, for projections that write their read model in
 /// [`projection::ProjectionContext::postgres`]'s transaction.

@@ -552,7 +552,7 @@ trait Runnable: Send + Sync {
 }
 
 /// Why a process manager call did not succeed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ProcessError {
     /// The store failed.

@@ -297,7 +297,7 @@ pub struct ProjectionStatus {
 }
 
 /// Why a projection call did not succeed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ProjectionError {
     /// The store failed.

@@ -43,7 +43,7 @@ pub const DEFAULT_RELAY_BATCH: usize = 500;
 type TopicFn = dyn Fn(&RecordedEvent) -> Option<String> + Send + Sync;
 
 /// Why the relay stopped or could not start.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
     /// The store failed.

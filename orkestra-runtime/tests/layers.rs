@@ -20,6 +20,8 @@ fn layer(module: &str) -> Option<u8> {
         "publish" | "aggregate" | "projection" | "relay" => 50,
         // Process managers feed on projections.
         "process" => 55,
+        // A namespace's bindings started at once: handlers, projections, process managers.
+        "wiring" => 56,
         "telemetry" => 60,
         "lib" => 70,
         _ => return None,

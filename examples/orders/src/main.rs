@@ -22,7 +22,7 @@ use ledger::aggregates::{AccountEvent, AccountRepository, AccountState};
 use orders::commands::{CancelOrder, PlaceOrder};
 use orders::events::{OrderCancelled, OrderPlaced};
 use orders::handlers::{OrderAuditEvent, OrderProjectorEvent};
-use orkestra_runtime::projection::{ProjectionContext, Projections};
+use orkestra_runtime::projection::ProjectionContext;
 use orkestra_runtime::relay::{RELAY_CHECKPOINT, Relay};
 use orkestra_runtime::telemetry::{Logs, Telemetry, TraceTree};
 use orkestra_runtime::{
@@ -479,19 +479,15 @@ async fn fulfilment(store: &Store, bus: &Bus) -> Result<(), Box<dyn std::error::
         store: store.clone(),
         charged: Default::default(),
     };
-    bus.subscribe_all([
-        fulfil::handlers::payments(services.clone()),
-        fulfil::handlers::warehouse(services.clone()),
-        fulfil::handlers::cancellations(services.clone()),
-    ])
+    // The handlers and the process manager, one struct, one call.
+    let running = fulfil::Wiring {
+        payments: services.clone(),
+        warehouse: services.clone(),
+        cancellations: services.clone(),
+        fulfilment: Fulfilment,
+    }
+    .start(bus, store)
     .await?;
-    let running = orkestra_runtime::ProcessManagers::new(store.clone(), bus.clone())
-        .add(fulfil::process_managers::fulfilment(
-            Fulfilment,
-            store.clone(),
-        ))
-        .start()
-        .await?;
     let orders = [
         (format!("ord_{}", short(&orkestra_runtime::new_id())), 4_200),
         (format!("ord_{}", short(&orkestra_runtime::new_id())), 13),
@@ -587,22 +583,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         store.adapter()
     );
     // Every binding of the namespace at once: leaving one out does not compile.
-    bus.subscribe_all(
-        orders::handlers::Handlers {
-            place_order_handler: Orders {
-                store: store.clone(),
-            },
-            cancel_order_handler: Orders {
-                store: store.clone(),
-            },
-            send_order_confirmation: Mailer,
-            order_projector: Projector,
-            order_audit: Audit,
-            update_search_index: SearchIndex,
-            dead_letter_alarm: Alarm,
-        }
-        .subscriptions(),
-    )
+    orders::Wiring {
+        place_order_handler: Orders {
+            store: store.clone(),
+        },
+        cancel_order_handler: Orders {
+            store: store.clone(),
+        },
+        send_order_confirmation: Mailer,
+        order_projector: Projector,
+        order_audit: Audit,
+        update_search_index: SearchIndex,
+        dead_letter_alarm: Alarm,
+    }
+    .start(&bus, &store)
     .await?;
 
     // A store that already holds events published the direct way (an older release, or
@@ -643,14 +637,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // The aggregate: one subscription per command, each loading the account's stream,
     // deciding, appending with the expected version and replying; the relay publishes.
-    bus.subscribe_all(ledger::aggregates::account(Ledger, store.clone()))
-        .await?;
+    // `ledger::Wiring` has a field per binding (the aggregate, the projection, the
+    // handler) and starts them all.
     let balances = Balances::default();
-    let projections =
-        Projections::new(store.clone()).add(ledger::projections::balances(balances.clone()));
-    let running = projections.start().await?;
-    bus.subscribe(ledger::handlers::large_withdrawal_alert(WithdrawalAlert))
-        .await?;
+    let ledger_started = ledger::Wiring {
+        account: Ledger,
+        balances: balances.clone(),
+        large_withdrawal_alert: WithdrawalAlert,
+    }
+    .start(&bus, &store)
+    .await?;
+    let running = ledger_started
+        .projections()
+        .ok_or("the ledger namespace declares a projection")?;
     let account = format!("acc_{}", short(&orkestra_runtime::new_id()));
     println!("ledger account {account}:");
     let commands = [
@@ -706,7 +705,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("  relay published up to position {:?}", relay.published());
-    running.stop().await?;
+    ledger_started.stop().await?;
     relay.stop().await?;
     let (state, version) = AccountRepository::<Ledger>::new(store.clone())
         .load(&format!("ledger-{account}"))

@@ -69,7 +69,23 @@ impl<'a> Comparer<'a> {
             span: span.clone(),
             message,
             subject,
+            help: None,
         });
+    }
+
+    /// Like `report`, with how to make the change safely.
+    fn report_with_help(
+        &mut self,
+        rule: Rule,
+        span: &Span,
+        subject: Subject,
+        message: String,
+        help: String,
+    ) {
+        self.report(rule, span, subject, message);
+        if let Some(last) = self.changes.last_mut() {
+            last.help = Some(help);
+        }
     }
 
     pub(super) fn run(&mut self) {
@@ -180,15 +196,27 @@ impl<'a> Comparer<'a> {
         for of in &o.fields {
             let same = n.fields.iter().find(|f| f.name == of.name);
             if of.required && of.default.is_none() && same.is_none() {
-                let how = match renamed.get(&of.name) {
-                    Some(to) => format!("was renamed to `{to}`"),
-                    None => "was removed".to_owned(),
+                let old_name = &of.name;
+                let (how, safe) = match renamed.get(old_name) {
+                    Some(to) => (
+                        format!("was renamed to `{to}`"),
+                        format!(
+                            "add `{to}` as an optional field and make `{old_name}` optional but keep writing it, deploy, then remove `{old_name}` in the next release"
+                        ),
+                    ),
+                    None => (
+                        "was removed".to_owned(),
+                        format!(
+                            "make `{old_name}` optional but keep writing it, deploy, then remove it in the next release"
+                        ),
+                    ),
                 };
-                self.report(
+                self.report_with_help(
                     Rule::EventRequiredFieldRemoved,
                     &of.span,
-                    subject(Some(&of.name)),
-                    format!("required field `{}` of event `{name}` {how}: the previous release cannot read events this one writes", of.name),
+                    subject(Some(old_name)),
+                    format!("required field `{old_name}` of event `{name}` {how}: the previous release cannot read events this one writes"),
+                    format!("the safe path: {safe}; or `--allow EVENT_REQUIRED_FIELD_REMOVED` when no older release still runs"),
                 );
             }
         }

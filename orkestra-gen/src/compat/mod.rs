@@ -27,6 +27,8 @@ pub struct Change {
     pub message: String,
     /// The command, event or handler it is about.
     pub subject: Subject,
+    /// How to make the change safely, when there is a known way.
+    pub help: Option<String>,
 }
 
 /// What a change is about.
@@ -62,12 +64,16 @@ impl Change {
             Severity::Error => Diagnostic::error(&self.span, self.message.clone()),
             Severity::Warning => Diagnostic::warning(&self.span, self.message.clone()),
         };
-        d.with_rule(self.rule.id())
+        let d = d.with_rule(self.rule.id());
+        match &self.help {
+            Some(help) => d.with_help(help.clone()),
+            None => d,
+        }
     }
 }
 
 /// The JSON form `--format json` prints: `{rule, severity, message, file, line, column,
-/// kind, name, field}`.
+/// kind, name, field}`, and `help` when the change has a known safe path.
 impl Serialize for Change {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
@@ -87,6 +93,10 @@ impl Serialize for Change {
         st.serialize_field("kind", self.subject.kind)?;
         st.serialize_field("name", &self.subject.name)?;
         st.serialize_field("field", &self.subject.field)?;
+        match &self.help {
+            Some(help) => st.serialize_field("help", help)?,
+            None => st.skip_field("help")?,
+        }
         st.end()
     }
 }

@@ -19,6 +19,7 @@ pub(super) const AGGREGATE_KEYS: &[&str] = &[
     "commands",
     "events",
     "snapshot_every",
+    "snapshot_version",
     "conflict_retries",
 ];
 
@@ -112,6 +113,22 @@ impl Validator {
                 }
             },
         };
+        let snapshot_version = match map.get("snapshot_version") {
+            None => Some(1),
+            Some(n) => match n.value {
+                Value::Int(i) if (1..=i64::from(u32::MAX)).contains(&i) => Some(i as u32),
+                _ => {
+                    self.error(
+                        &n.span,
+                        format!(
+                            "`snapshot_version` of aggregate `{name}` must be a positive integer (bump it when `apply` changes), found {}",
+                            describe(n)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let conflict_retries = match map.get("conflict_retries") {
             None => Some(DEFAULT_CONFLICT_RETRIES),
             Some(n) => match n.value {
@@ -181,6 +198,7 @@ impl Validator {
             Some((events, _)),
             Some(state),
             Some(snapshot_every),
+            Some(snapshot_version),
             Some(conflict_retries),
         ) = (
             stream,
@@ -188,6 +206,7 @@ impl Validator {
             events,
             state,
             snapshot_every,
+            snapshot_version,
             conflict_retries,
         )
         else {
@@ -203,6 +222,7 @@ impl Validator {
             commands,
             events,
             snapshot_every,
+            snapshot_version,
             conflict_retries,
         })
     }

@@ -423,14 +423,17 @@ impl Validator {
 pub(super) fn literal(n: &Node, ty: &Ty) -> Result<Literal, String> {
     let wrong = || Err(format!("must be {}, found {}", ty_name(ty), describe(n)));
     match (ty, &n.value) {
-        (Ty::String, Value::Str(s)) => Ok(Literal::Str(s.clone())),
+        (Ty::String, Value::Str(_) | Value::Bool(_)) if n.as_text().is_some() => {
+            Ok(Literal::Str(n.as_text().unwrap_or_default().to_owned()))
+        }
         (Ty::Integer, Value::Int(i)) => Ok(Literal::Int(*i)),
         (Ty::Float, Value::Int(i)) => Ok(Literal::Float(*i as f64)),
         (Ty::Float, Value::Float(f)) if f.is_finite() => Ok(Literal::Float(*f)),
         (Ty::Boolean, Value::Bool(b)) => Ok(Literal::Bool(*b)),
-        (Ty::Named(t), Value::Str(s)) if t.is_enum => {
-            if t.variants.contains(s) {
-                Ok(Literal::Str(s.clone()))
+        (Ty::Named(t), Value::Str(_) | Value::Bool(_)) if t.is_enum && n.as_text().is_some() => {
+            let s = n.as_text().unwrap_or_default();
+            if t.variants.iter().any(|v| v == s) {
+                Ok(Literal::Str(s.to_owned()))
             } else {
                 Err(format!(
                     "must be one of the values of `{}` ({}), found \"{s}\"",
@@ -449,8 +452,27 @@ pub(super) fn literal(n: &Node, ty: &Ty) -> Result<Literal, String> {
             .map(|(k, v)| literal(v, inner).map(|l| (k.name.clone(), l)))
             .collect::<Result<_, _>>()
             .map(Literal::Map),
-        (Ty::DateTime | Ty::Date | Ty::Uuid | Ty::Decimal | Ty::Json, _) => Err(format!(
-            "is not supported: defaults are for strings, numbers, booleans, enums and lists or maps of those; `{}` has none",
+        // Checked here, so the generated code builds the typed value without a failure path.
+        (Ty::DateTime, Value::Str(s)) => {
+            super::text_forms::datetime(s).map(|()| Literal::Str(s.clone()))
+        }
+        (Ty::Date, Value::Str(s)) => super::text_forms::date(s).map(|()| Literal::Str(s.clone())),
+        (Ty::Uuid, Value::Str(s)) => super::text_forms::uuid(s).map(|_| Literal::Str(s.clone())),
+        (Ty::Decimal, Value::Str(s)) => {
+            super::text_forms::decimal(s).map(|()| Literal::Str(s.clone()))
+        }
+        (Ty::Decimal, Value::Int(i)) => Ok(Literal::Str(i.to_string())),
+        (Ty::Decimal, Value::Float(_)) => Err(format!(
+            "must be quoted decimal text (like \"12.50\"), so no digit is lost, found {}",
+            describe(n)
+        )),
+        (Ty::DateTime | Ty::Date | Ty::Uuid, _) => Err(format!(
+            "must be {} written as quoted text, found {}",
+            ty_name(ty),
+            describe(n)
+        )),
+        (Ty::Json, _) => Err(format!(
+            "is not supported: defaults are for strings, numbers, booleans, enums, datetimes, dates, uuids, decimals and lists or maps of those; `{}` has none",
             ty_name(ty)
         )),
         (Ty::Named(t), _) if !t.is_enum => Err(format!(

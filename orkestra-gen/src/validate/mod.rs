@@ -10,6 +10,7 @@ mod process_managers;
 pub(crate) use process_managers::stream_prefix;
 mod projections;
 mod shape;
+mod text_forms;
 mod types;
 mod upcast;
 

@@ -72,6 +72,29 @@ impl Validator {
             );
             return None;
         }
+        if !self.app_prefix.is_empty() && qualifier == namespace {
+            // A prefix that strips nothing silently renames every module and topic.
+            let first = segments[0];
+            let rest = segments[1..].join(".");
+            let suggestion = if rest.is_empty() {
+                format!("`namespace: {}.{namespace}`", self.app_prefix)
+            } else {
+                format!("`namespace: {}.{rest}`", self.app_prefix)
+            };
+            self.diags.push(
+                Diagnostic::warning(
+                    &ns_node.span,
+                    format!(
+                        "namespace `{namespace}` does not start with the app prefix `{}`, so nothing is stripped: its topics start with `{}.`",
+                        self.app_prefix,
+                        topic::derive(&namespace, "")
+                    ),
+                )
+                .with_help(format!(
+                    "did you mean app prefix `{first}`, or {suggestion}?"
+                )),
+            );
+        }
         let ident = names::ident(
             &qualifier
                 .split('.')

@@ -89,7 +89,7 @@ impl Validator {
                                 Value::Seq(items) => Some(
                                     items
                                         .iter()
-                                        .filter_map(|i| i.as_str().map(str::to_owned))
+                                        .filter_map(|i| i.as_text().map(str::to_owned))
                                         .collect(),
                                 ),
                                 _ => None,
@@ -153,7 +153,7 @@ impl Validator {
                 let mut variants = Vec::new();
                 let mut seen: HashMap<String, String> = HashMap::new();
                 for item in items {
-                    let Some(s) = item.as_str() else {
+                    let Some(s) = item.as_text() else {
                         self.error(
                             &item.span,
                             format!("enum values must be strings, found {}", item.kind()),

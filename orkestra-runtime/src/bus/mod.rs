@@ -29,7 +29,7 @@ use crate::message::{CommandEnvelope, EventEnvelope, Message, MessageKind, Trans
 
 /// Why a bus operation failed. Handler failures are not bus errors: they are recorded in
 /// the envelope and, once retries are exhausted, in a [`DeadLetter`].
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
     /// A command was dispatched on a topic no handler is subscribed to.

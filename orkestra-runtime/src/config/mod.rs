@@ -255,7 +255,7 @@ pub struct Config {
 }
 
 /// Why a configuration was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file is not valid TOML or has a key or type the configuration does not know.

@@ -42,6 +42,13 @@ impl Decimal {
     }
 }
 
+/// Zero (`"0"`).
+impl Default for Decimal {
+    fn default() -> Self {
+        Self("0".to_owned())
+    }
+}
+
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -9,7 +9,7 @@ use crate::config::ConfigError;
 use crate::message::PayloadError;
 
 /// Why a store operation failed. URLs and passwords never appear in these messages.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The stream was not at the expected version; nothing was written.

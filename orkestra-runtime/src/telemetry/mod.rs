@@ -64,7 +64,7 @@ pub enum Logs {
 }
 
 /// Why telemetry could not be installed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
     /// A global `tracing` subscriber was installed already.

@@ -69,7 +69,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 const CONFIRM_WINDOW: usize = 256;
 
 /// Why an admin operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
     /// The broker could not be reached, or failed an operation (passwords hidden).
