@@ -88,6 +88,10 @@ fn rust_side() -> BTreeMap<&'static str, Verdict> {
             "Inventory.PriceChanged",
             check::<evolution::inventory::events::PriceChanged>,
         ),
+        (
+            "Inventory.OrderPlaced",
+            check::<evolution::inventory::events::OrderPlaced>,
+        ),
     ])
 }
 
