@@ -128,11 +128,7 @@ impl PostgresLeases {
         Ok(client)
     }
 
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
+    async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
         client
@@ -144,6 +140,25 @@ impl PostgresLeases {
 
 fn partition_param(partition: u32) -> i32 {
     i32::try_from(partition).unwrap_or(i32::MAX)
+}
+
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// A holding's partition and token as SQL values, kept while its parameters are borrowed.
+struct HeldKey(i32, i64);
+
+impl HeldKey {
+    fn of(lease: &Lease) -> Self {
+        Self(partition_param(lease.partition), sql_int(lease.token))
+    }
+
+    /// `$1..$4` of every statement on a holding (worker, partition, token, owner), then
+    /// `more` from `$5`.
+    fn params<'a>(&'a self, lease: &'a Lease, more: &[Param<'a>]) -> Vec<Param<'a>> {
+        let mut params: Vec<Param<'a>> = vec![&lease.worker, &self.0, &self.1, &lease.owner];
+        params.extend_from_slice(more);
+        params
+    }
 }
 
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
@@ -222,18 +237,8 @@ impl LeaseBackend for PostgresLeases {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<Lease>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .query(
-                    RENEW,
-                    &[
-                        &lease.worker,
-                        &partition_param(lease.partition),
-                        &sql_int(lease.token),
-                        &lease.owner,
-                        &millis(ttl),
-                    ],
-                )
-                .await?;
+            let (key, ttl) = (HeldKey::of(lease), millis(ttl));
+            let rows = self.query(RENEW, &key.params(lease, &[&ttl])).await?;
             rows.first()
                 .map(|row| {
                     Ok(Lease {
@@ -252,16 +257,9 @@ impl LeaseBackend for PostgresLeases {
                 .prepare_cached(RELEASE)
                 .await
                 .map_err(backend_error)?;
+            let key = HeldKey::of(lease);
             let n = client
-                .execute(
-                    &statement,
-                    &[
-                        &lease.worker,
-                        &partition_param(lease.partition),
-                        &sql_int(lease.token),
-                        &lease.owner,
-                    ],
-                )
+                .execute(&statement, &key.params(lease, &[]))
                 .await
                 .map_err(backend_error)?;
             Ok(n == 1)
@@ -383,17 +381,9 @@ pub(crate) async fn save_checkpoint_in(
         .prepare_cached(SAVE_CHECKPOINT)
         .await
         .map_err(backend_error)?;
+    let (key, position) = (HeldKey::of(lease), position.map(sql_int));
     let n = client
-        .execute(
-            &statement,
-            &[
-                &lease.worker,
-                &partition_param(lease.partition),
-                &sql_int(lease.token),
-                &lease.owner,
-                &position.map(sql_int),
-            ],
-        )
+        .execute(&statement, &key.params(lease, &[&position]))
         .await
         .map_err(backend_error)?;
     Ok(n == 1)
