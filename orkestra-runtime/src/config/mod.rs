@@ -244,6 +244,70 @@ impl Default for StoreConfig {
     }
 }
 
+/// The `[runners]` section: how the long-running workers of several copies of a service
+/// (projections, the relay, process managers) hold their partitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunnersConfig {
+    /// How long a copy holds a partition without renewing it (it renews every third):
+    /// after a copy dies, its partitions wait this long for another. Default 10 s, from
+    /// 1 s to 10 min (env `ORKESTRA_RUNNERS_LEASE`, written `"10s"`, `"1500ms"`, `"2m"`).
+    pub lease: std::time::Duration,
+}
+
+impl Default for RunnersConfig {
+    fn default() -> Self {
+        Self {
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// `runners.lease` unless configured.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `runners.lease`'s bounds: long enough to renew through a hiccup, short enough that a
+/// dead copy's work does not wait for long.
+const LEASES: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(600),
+);
+
+/// A lease written `"10s"`, `"1500ms"` or `"2m"`, within [`LEASES`].
+fn lease(value: &str, origin: String) -> Result<std::time::Duration, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        setting: "runners.lease",
+        origin: origin.clone(),
+        message,
+    };
+    let text = value.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| {
+        invalid(format!(
+            "{value:?} is not a duration; write a whole number with ms, s or m, like \"10s\""
+        ))
+    })?;
+    let duration = match unit.trim() {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" | "min" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        _ => {
+            return Err(invalid(format!(
+                "{value:?} is not a duration; write a whole number with ms, s or m, like \"10s\""
+            )));
+        }
+    };
+    if !(LEASES.0..=LEASES.1).contains(&duration) {
+        return Err(invalid(format!(
+            "{value:?} is out of range; a lease lasts from 1s to 10m"
+        )));
+    }
+    Ok(duration)
+}
+
 /// The whole configuration. `Config::default()` is the in-process bus and the embedded store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -252,6 +316,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// The event store.
     pub store: StoreConfig,
+    /// The workers' leases.
+    pub runners: RunnersConfig,
 }
 
 /// Why a configuration was refused.
@@ -290,7 +356,7 @@ impl Config {
     /// Reads `./orkestra.toml` when it exists, then applies the `ORKESTRA_BUS_ADAPTER`,
     /// `ORKESTRA_BUS_URL`, `ORKESTRA_BUS_INBOX`, `ORKESTRA_STORE_ADAPTER`,
     /// `ORKESTRA_STORE_URL`, `ORKESTRA_STORE_PUBLISH`, `ORKESTRA_STORE_POOL_SIZE` and
-    /// `ORKESTRA_STORE_POOL_TIMEOUT_MS` overrides.
+    /// `ORKESTRA_STORE_POOL_TIMEOUT_MS` and `ORKESTRA_RUNNERS_LEASE` overrides.
     pub fn load() -> Result<Self, ConfigError> {
         let path = Path::new(DEFAULT_FILE);
         let config = if path.exists() {
@@ -346,6 +412,9 @@ impl Config {
         if let Some(value) = var("ORKESTRA_STORE_POOL_SIZE") {
             let origin = "env ORKESTRA_STORE_POOL_SIZE".to_owned();
             self.store.pool_size = number("store.pool_size", &value, POOL_SIZES, origin)?;
+        }
+        if let Some(value) = var("ORKESTRA_RUNNERS_LEASE") {
+            self.runners.lease = lease(&value, "env ORKESTRA_RUNNERS_LEASE".to_owned())?;
         }
         if let Some(value) = var("ORKESTRA_STORE_POOL_TIMEOUT_MS") {
             let origin = "env ORKESTRA_STORE_POOL_TIMEOUT_MS".to_owned();
@@ -512,6 +581,11 @@ impl Config {
                 }
             }
         }
+        if let Some(runners) = raw.runners
+            && let Some(l) = runners.lease
+        {
+            config.runners.lease = lease(l.get_ref(), at(l.span()))?;
+        }
         config.check_urls(&|setting| {
             url_origins
                 .iter()
@@ -562,6 +636,13 @@ impl Config {
 struct RawConfig {
     bus: Option<RawSection>,
     store: Option<RawStoreSection>,
+    runners: Option<RawRunnersSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunnersSection {
+    lease: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -757,6 +838,50 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("store.publish (env ORKESTRA_STORE_PUBLISH)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_runners_lease_is_read_and_checked_with_located_errors() {
+        use std::time::Duration;
+        assert_eq!(Config::default().runners.lease, Duration::from_secs(10));
+        for (text, want) in [
+            ("10s", Duration::from_secs(10)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("10m", Duration::from_secs(600)),
+        ] {
+            let c = Config::from_toml_str(&format!("[runners]\nlease = \"{text}\"\n")).unwrap();
+            assert_eq!(c.runners.lease, want, "{text}");
+        }
+        let e = Config::from_toml_str("[runners]\nlease = \"500ms\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "runners.lease (orkestra.toml:2:9): \"500ms\" is out of range; a lease lasts from 1s to 10m"
+        );
+        let e = Config::from_toml_str("[runners]\nlease = \"11m\"\n").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = Config::from_toml_str("[runners]\nlease = \"soon\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("runners.lease (orkestra.toml:2:9): \"soon\" is not a duration"),
+            "{e}"
+        );
+        let e = Config::from_toml_str("[runners]\nlease = 10\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = Config::from_toml_str("[runners]\nleese = \"10s\"\n").unwrap_err();
+        assert!(e.to_string().contains("leese"), "{e}");
+        let c = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_RUNNERS_LEASE").then(|| "3s".to_owned()))
+            .unwrap();
+        assert_eq!(c.runners.lease, Duration::from_secs(3));
+        let e = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_RUNNERS_LEASE").then(|| "0s".to_owned()))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("runners.lease (env ORKESTRA_RUNNERS_LEASE)"),
             "{e}"
         );
     }
