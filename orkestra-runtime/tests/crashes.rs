@@ -666,6 +666,25 @@ impl ProjectionHandler for Replays {
     }
 }
 
+/// Starts the projection `name` recording into `seen` (the parent's, quietly).
+async fn start_replays(
+    store: &Store,
+    name: &str,
+    seen: &Seen,
+) -> orkestra_runtime::projection::RunningProjections {
+    Projections::new(store.clone())
+        .add(Projection::new(
+            name.to_owned(),
+            Replays {
+                seen: seen.clone(),
+                say: false,
+            },
+        ))
+        .start()
+        .await
+        .unwrap()
+}
+
 fn ping(n: i64) -> EventData {
     EventData::from_event(&Event::new(Ping { n }, Metadata::new()).unwrap()).unwrap()
 }
@@ -722,17 +741,7 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
             .collect()
     };
     let seen: Seen = Arc::default();
-    let running = Projections::new(store.clone())
-        .add(Projection::new(
-            name.clone(),
-            Replays {
-                seen: seen.clone(),
-                say: false,
-            },
-        ))
-        .start()
-        .await
-        .unwrap();
+    let running = start_replays(&store, &name, &seen).await;
     running.wait_for(&name, head).await.unwrap();
     let after = store
         .append(
@@ -758,17 +767,7 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
     assert_eq!(new, vec![(after, false)], "a new event is not a replay");
     // The finished rebuild left no target behind: another restart replays nothing.
     let seen: Seen = Arc::default();
-    let running = Projections::new(store.clone())
-        .add(Projection::new(
-            name.clone(),
-            Replays {
-                seen: seen.clone(),
-                say: false,
-            },
-        ))
-        .start()
-        .await
-        .unwrap();
+    let running = start_replays(&store, &name, &seen).await;
     let last = store
         .append(
             &format!("{prefix}-last"),

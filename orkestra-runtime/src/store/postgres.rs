@@ -608,10 +608,21 @@ pub(crate) async fn load_checkpoint_in(
     client: &impl deadpool_postgres::GenericClient,
     name: &str,
 ) -> Result<Option<u64>, StoreError> {
-    let statement = client
-        .prepare_cached("SELECT position FROM orkestra_checkpoints WHERE name = $1")
-        .await
-        .map_err(backend_error)?;
+    checkpoint_position_in(
+        client,
+        "SELECT position FROM orkestra_checkpoints WHERE name = $1",
+        name,
+    )
+    .await
+}
+
+/// The position `sql` selects from checkpoint `name`'s row (`None`: no row, or none).
+async fn checkpoint_position_in(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
     let row = client
         .query_opt(&statement, &[&name])
         .await
@@ -651,21 +662,12 @@ async fn load_replay_until_in(
     client: &impl deadpool_postgres::GenericClient,
     name: &str,
 ) -> Result<Option<u64>, StoreError> {
-    let statement = client
-        .prepare_cached("SELECT replay_until FROM orkestra_checkpoints WHERE name = $1")
-        .await
-        .map_err(backend_error)?;
-    let row = client
-        .query_opt(&statement, &[&name])
-        .await
-        .map_err(backend_error)?;
-    match row {
-        Some(row) => Ok(row
-            .try_get::<_, Option<i64>>(0)
-            .map_err(backend_error)?
-            .map(|p| p as u64)),
-        None => Ok(None),
-    }
+    checkpoint_position_in(
+        client,
+        "SELECT replay_until FROM orkestra_checkpoints WHERE name = $1",
+        name,
+    )
+    .await
 }
 
 /// Saves checkpoint `name` with its rebuild target, in one statement.

@@ -592,20 +592,10 @@ impl Backend for SqliteStore {
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        let name = name.to_owned();
-        Box::pin(self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT position FROM orkestra_checkpoints WHERE name = ?1")
-                .map_err(backend_error)?;
-            let mut rows = stmt.query([&name]).map_err(backend_error)?;
-            match rows.next().map_err(backend_error)? {
-                Some(row) => Ok(row
-                    .get::<_, Option<i64>>(0)
-                    .map_err(backend_error)?
-                    .map(|p| p as u64)),
-                None => Ok(None),
-            }
-        }))
+        Box::pin(self.read(checkpoint_column(
+            "SELECT position FROM orkestra_checkpoints WHERE name = ?1",
+            name.to_owned(),
+        )))
     }
 
     fn save_checkpoint<'a>(
@@ -661,20 +651,10 @@ impl Backend for SqliteStore {
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        let name = name.to_owned();
-        Box::pin(self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT replay_until FROM orkestra_checkpoints WHERE name = ?1")
-                .map_err(backend_error)?;
-            let mut rows = stmt.query([&name]).map_err(backend_error)?;
-            match rows.next().map_err(backend_error)? {
-                Some(row) => Ok(row
-                    .get::<_, Option<i64>>(0)
-                    .map_err(backend_error)?
-                    .map(|p| p as u64)),
-                None => Ok(None),
-            }
-        }))
+        Box::pin(self.read(checkpoint_column(
+            "SELECT replay_until FROM orkestra_checkpoints WHERE name = ?1",
+            name.to_owned(),
+        )))
     }
 
     fn save_replay<'a>(
@@ -711,6 +691,24 @@ impl Backend for SqliteStore {
     fn poll_interval(&self) -> Option<std::time::Duration> {
         // Another process may write the same file; its commits send no notice here.
         Some(std::time::Duration::from_millis(500))
+    }
+}
+
+/// Reads the position `sql` selects from checkpoint `name`'s row (`None`: no row, or none).
+fn checkpoint_column(
+    sql: &'static str,
+    name: String,
+) -> impl FnOnce(&Connection) -> Result<Option<u64>, StoreError> + Send + 'static {
+    move |conn| {
+        let mut stmt = conn.prepare_cached(sql).map_err(backend_error)?;
+        let mut rows = stmt.query([&name]).map_err(backend_error)?;
+        match rows.next().map_err(backend_error)? {
+            Some(row) => Ok(row
+                .get::<_, Option<i64>>(0)
+                .map_err(backend_error)?
+                .map(|p| p as u64)),
+            None => Ok(None),
+        }
     }
 }
 
