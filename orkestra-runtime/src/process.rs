@@ -422,6 +422,7 @@ pub struct ProcessManager {
     retry_delay: Duration,
     batch: usize,
     lanes: usize,
+    partitions: u32,
 }
 
 impl fmt::Debug for ProcessManager {
@@ -457,6 +458,7 @@ impl ProcessManager {
             retry_delay: DEFAULT_PROCESS_RETRY_DELAY,
             batch: crate::projection::DEFAULT_BATCH,
             lanes: DEFAULT_LANES,
+            partitions: 1,
         }
     }
 
@@ -486,6 +488,16 @@ impl ProcessManager {
     #[must_use]
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Spreads its instances over `partitions` partitions by their key (FNV-1a), each
+    /// held by one copy of the service at a time, which alone handles those instances'
+    /// events and fires their timers. From 1 (the default) to
+    /// [`MAX_PARTITIONS`](crate::store::MAX_PARTITIONS).
+    #[must_use]
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
         self
     }
 

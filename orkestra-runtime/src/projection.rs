@@ -192,6 +192,8 @@ pub struct Projection {
     retry_delay: Duration,
     /// Whether the checkpoint is kept in the store (`false`: `checkpoint: none`).
     stored: bool,
+    /// How many partitions its events are spread over (by their stream).
+    partitions: u32,
 }
 
 impl fmt::Debug for Projection {
@@ -201,6 +203,7 @@ impl fmt::Debug for Projection {
             .field("batch", &self.batch)
             .field("max_retries", &self.max_retries)
             .field("checkpoint", &if self.stored { "store" } else { "none" })
+            .field("partitions", &self.partitions)
             .finish_non_exhaustive()
     }
 }
@@ -220,7 +223,25 @@ impl Projection {
             max_retries: DEFAULT_PROJECTION_RETRIES,
             retry_delay: DEFAULT_RETRY_DELAY,
             stored: true,
+            partitions: 1,
         }
+    }
+
+    /// Spreads its events over `partitions` partitions by their stream (FNV-1a of the
+    /// stream name: one stream's events stay in order in one partition), each with its
+    /// own checkpoint and lease, so copies of the service share the work and one copy
+    /// handles partitions side by side. From 1 (the default) to
+    /// [`MAX_PARTITIONS`](crate::store::MAX_PARTITIONS); a count other than the one the
+    /// store holds for it is refused at start until the projection is rebuilt.
+    #[must_use]
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// How many partitions it has.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
     }
 
     /// How many events per batch (per transaction on PostgreSQL); at least 1.
@@ -397,6 +418,7 @@ pub struct Projections {
     store: Store,
     entries: Vec<Arc<Shared>>,
     duplicate: Option<String>,
+    leases: crate::runner::partition::LeaseSettings,
 }
 
 impl fmt::Debug for Projections {
@@ -422,7 +444,25 @@ impl Projections {
             store,
             entries: Vec::new(),
             duplicate: None,
+            leases: Default::default(),
         }
+    }
+
+    /// How long this copy holds each partition it works without renewing (it renews
+    /// every third): after a copy dies, its partitions wait this long for another. The
+    /// store's `[runners] lease` (10 s) unless set.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.leases.lease = Some(lease);
+        self
+    }
+
+    /// This copy's name in the leases and in `orkestra status` (`<hostname>:<pid>` unless
+    /// set; each copy needs its own).
+    #[must_use]
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.leases.owner = Some(owner.into());
+        self
     }
 
     /// Adds a projection (a name used twice is reported by [`start`](Self::start)).

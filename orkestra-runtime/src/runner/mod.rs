@@ -11,3 +11,5 @@
 // are used by its tests only.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod keeper;
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod partition;

@@ -53,6 +53,8 @@ pub struct Store {
     publish: PublishMode,
     /// The bus's largest message, checked at append when the relay publishes.
     bus_message_limit: Option<usize>,
+    /// `[runners] lease`: how long the workers over this store hold their partitions.
+    runner_lease: Option<std::time::Duration>,
 }
 
 /// What a published message adds to an event's stored size (the envelope's keys, kind
@@ -74,6 +76,7 @@ impl Store {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             publish: PublishMode::Direct,
             bus_message_limit: None,
+            runner_lease: None,
         }
     }
 
@@ -124,7 +127,8 @@ impl Store {
     pub async fn from_config(config: &Config) -> Result<Self, StoreError> {
         let store = Self::from_config_adapter(config)
             .await?
-            .with_publish(config.store.publish);
+            .with_publish(config.store.publish)
+            .with_runner_lease(config.runners.lease);
         Ok(match config.bus.adapter {
             crate::config::BusAdapter::RabbitMq => {
                 store.with_bus_message_limit(config.bus.max_message_bytes)
@@ -188,6 +192,21 @@ impl Store {
     pub fn with_publish(mut self, mode: PublishMode) -> Self {
         self.publish = mode;
         self
+    }
+
+    /// How long the workers over this store (projections, the relay, process managers)
+    /// hold each partition's lease unless they are given one
+    /// ([`Projections::with_lease`](crate::Projections::with_lease) and the like):
+    /// `[runners] lease`, which [`from_config`](Self::from_config) sets.
+    #[must_use]
+    pub fn with_runner_lease(mut self, lease: std::time::Duration) -> Self {
+        self.runner_lease = Some(lease);
+        self
+    }
+
+    /// The lease the workers over this store hold partitions by, unless given their own.
+    pub fn runner_lease(&self) -> std::time::Duration {
+        self.runner_lease.unwrap_or(crate::config::DEFAULT_LEASE)
     }
 
     /// Who publishes what this store appends.

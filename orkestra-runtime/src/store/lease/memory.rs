@@ -75,6 +75,7 @@ impl LeaseBackend for MemoryLeases {
         &'a self,
         worker: &'a str,
         partitions: u32,
+        initial: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let result = self.with(|state, _| {
             let stored = *state.workers.entry(worker.to_owned()).or_insert(partitions);
@@ -86,11 +87,45 @@ impl LeaseBackend for MemoryLeases {
                 });
             }
             for p in 0..partitions {
-                state.rows.entry((worker.to_owned(), p)).or_default();
+                state
+                    .rows
+                    .entry((worker.to_owned(), p))
+                    .or_insert_with(|| Row {
+                        checkpoint: initial,
+                        ..Row::default()
+                    });
             }
             Ok(())
         });
         Box::pin(async move { result })
+    }
+
+    fn reset<'a>(
+        &'a self,
+        worker: &'a str,
+        partitions: u32,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.with(|state, _| {
+            let next = state
+                .rows
+                .range((worker.to_owned(), 0)..=(worker.to_owned(), u32::MAX))
+                .map(|(_, r)| r.token)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            state.rows.retain(|(w, _), _| w != worker);
+            state.workers.insert(worker.to_owned(), partitions);
+            for p in 0..partitions {
+                state.rows.insert(
+                    (worker.to_owned(), p),
+                    Row {
+                        token: next,
+                        ..Row::default()
+                    },
+                );
+            }
+        });
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn acquire<'a>(

@@ -69,9 +69,18 @@ pub struct LeaseRecord {
 
 /// What each store keeps of leases. Futures are boxed, as in the store's own backend.
 pub(crate) trait LeaseBackend: Send + Sync + fmt::Debug + 'static {
-    /// Records that `worker` has `partitions` partitions (with a free lease each), or
-    /// refuses with [`StoreError::PartitionsChanged`] when the store holds another count.
+    /// Records that `worker` has `partitions` partitions (with a free lease each, whose
+    /// checkpoint starts at `initial`), or refuses with [`StoreError::PartitionsChanged`]
+    /// when the store holds another count.
     fn register<'a>(
+        &'a self,
+        worker: &'a str,
+        partitions: u32,
+        initial: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Starts `worker` over with `partitions` partitions: every checkpoint cleared, every
+    /// lease ended with a token past every earlier one (so their holders are fenced).
+    fn reset<'a>(
         &'a self,
         worker: &'a str,
         partitions: u32,
@@ -164,6 +173,15 @@ fn check_worker(worker: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn check_partitions(worker: &str, partitions: u32) -> Result<(), StoreError> {
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(StoreError::Invalid(format!(
+            "worker {worker:?}: {partitions} partitions is out of range (1 to {MAX_PARTITIONS})"
+        )));
+    }
+    Ok(())
+}
+
 fn check_ttl(ttl: Duration) -> Result<(), StoreError> {
     if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
         return Err(StoreError::Invalid(format!(
@@ -182,13 +200,30 @@ impl Leases {
     /// count for it refuses with [`StoreError::PartitionsChanged`] (both counts named):
     /// events were assigned to the old partitions, so a new count needs a rebuild.
     pub async fn register(&self, worker: &str, partitions: u32) -> Result<(), StoreError> {
+        self.register_from(worker, partitions, None).await
+    }
+
+    /// [`register`](Self::register), the checkpoints of a worker new to the leases
+    /// starting at `initial` (a worker that kept one checkpoint before it had
+    /// partitions: every event up to it was handled, whatever its partition).
+    pub async fn register_from(
+        &self,
+        worker: &str,
+        partitions: u32,
+        initial: Option<u64>,
+    ) -> Result<(), StoreError> {
         check_worker(worker)?;
-        if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(StoreError::Invalid(format!(
-                "worker {worker:?}: {partitions} partitions is out of range (1 to {MAX_PARTITIONS})"
-            )));
-        }
-        self.backend.register(worker, partitions).await
+        check_partitions(worker, partitions)?;
+        self.backend.register(worker, partitions, initial).await
+    }
+
+    /// Starts `worker` over with `partitions` partitions (a rebuild, or a new partition
+    /// count): every checkpoint cleared and every lease ended, with a fencing token past
+    /// every earlier one, so whichever copy held a partition writes nothing more to it.
+    pub async fn reset(&self, worker: &str, partitions: u32) -> Result<(), StoreError> {
+        check_worker(worker)?;
+        check_partitions(worker, partitions)?;
+        self.backend.reset(worker, partitions).await
     }
 
     /// Takes `partition` of `worker` for `owner` when it is free, released or expired

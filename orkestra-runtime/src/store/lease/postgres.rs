@@ -170,9 +170,11 @@ impl LeaseBackend for PostgresLeases {
         &'a self,
         worker: &'a str,
         partitions: u32,
+        initial: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let count = partition_param(partitions);
+            let initial = initial.map(sql_int);
             let rows = self
                 .query(
                     "WITH ins AS (INSERT INTO orkestra_workers (worker, partitions) VALUES ($1, $2) \
@@ -194,12 +196,51 @@ impl LeaseBackend for PostgresLeases {
                 });
             }
             self.query(
-                "INSERT INTO orkestra_leases (worker, partition) \
-                 SELECT $1, p FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
-                &[&worker, &count],
+                "INSERT INTO orkestra_leases (worker, partition, checkpoint) \
+                 SELECT $1, p, $3 FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
+                &[&worker, &count, &initial],
             )
             .await?;
             Ok(())
+        })
+    }
+
+    fn reset<'a>(
+        &'a self,
+        worker: &'a str,
+        partitions: u32,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let count = partition_param(partitions);
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(backend_error)?;
+            // The worker's row is locked first: a concurrent register waits for the reset.
+            tx.execute(
+                "INSERT INTO orkestra_workers (worker, partitions) VALUES ($1, $2) \
+                 ON CONFLICT (worker) DO UPDATE SET partitions = excluded.partitions",
+                &[&worker, &count],
+            )
+            .await
+            .map_err(backend_error)?;
+            let next: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(token), 0) + 1 FROM orkestra_leases WHERE worker = $1",
+                    &[&worker],
+                )
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(backend_error)?;
+            tx.execute("DELETE FROM orkestra_leases WHERE worker = $1", &[&worker])
+                .await
+                .map_err(backend_error)?;
+            tx.execute(
+                "INSERT INTO orkestra_leases (worker, partition, token) \
+                 SELECT $1, p, $3 FROM generate_series(0, $2 - 1) AS p",
+                &[&worker, &count, &next],
+            )
+            .await
+            .map_err(backend_error)?;
+            tx.commit().await.map_err(backend_error)
         })
     }
 

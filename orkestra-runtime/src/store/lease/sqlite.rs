@@ -92,8 +92,10 @@ impl LeaseBackend for SqliteLeases {
         &'a self,
         worker: &'a str,
         partitions: u32,
+        initial: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let worker = worker.to_owned();
+        let initial = initial.map(sql_int);
         Box::pin(self.run(move |c, _| {
             c.execute(
                 "INSERT INTO orkestra_workers (worker, partitions) VALUES (?1, ?2) \
@@ -117,14 +119,50 @@ impl LeaseBackend for SqliteLeases {
             }
             let mut insert = c
                 .prepare_cached(
-                    "INSERT INTO orkestra_leases (worker, partition) VALUES (?1, ?2) \
-                     ON CONFLICT DO NOTHING",
+                    "INSERT INTO orkestra_leases (worker, partition, checkpoint) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 )
                 .map_err(backend_error)?;
             for p in 0..partitions {
-                insert.execute(params![worker, p]).map_err(backend_error)?;
+                insert
+                    .execute(params![worker, p, initial])
+                    .map_err(backend_error)?;
             }
             Ok(())
+        }))
+    }
+
+    fn reset<'a>(
+        &'a self,
+        worker: &'a str,
+        partitions: u32,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let worker = worker.to_owned();
+        Box::pin(self.run(move |c, _| {
+            let tx = c.unchecked_transaction().map_err(backend_error)?;
+            let next: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(token), 0) + 1 FROM orkestra_leases WHERE worker = ?1",
+                    [&worker],
+                    |r| r.get(0),
+                )
+                .map_err(backend_error)?;
+            tx.execute("DELETE FROM orkestra_leases WHERE worker = ?1", [&worker])
+                .map_err(backend_error)?;
+            tx.execute(
+                "INSERT INTO orkestra_workers (worker, partitions) VALUES (?1, ?2) \
+                 ON CONFLICT (worker) DO UPDATE SET partitions = excluded.partitions",
+                params![worker, partitions],
+            )
+            .map_err(backend_error)?;
+            for p in 0..partitions {
+                tx.execute(
+                    "INSERT INTO orkestra_leases (worker, partition, token) VALUES (?1, ?2, ?3)",
+                    params![worker, p, next],
+                )
+                .map_err(backend_error)?;
+            }
+            tx.commit().map_err(backend_error)
         }))
     }
 
