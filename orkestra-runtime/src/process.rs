@@ -59,7 +59,7 @@ use crate::bus::{Bus, BusError};
 use crate::handler::{HandlerError, Inbox};
 use crate::message::{CommandEnvelope, Message, Metadata, PayloadError, RawCommand, new_id};
 use crate::projection::{
-    Erased, Projection, ProjectionContext, ProjectionError, ProjectionStatus, Projections,
+    Erased, Holding, Projection, ProjectionContext, ProjectionError, ProjectionStatus, Projections,
     RunningProjections,
 };
 use crate::store::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
@@ -387,6 +387,13 @@ impl TimerIndex {
         None
     }
 
+    /// Puts back timers taken due but not fired here (another copy holds them).
+    fn put_back(&mut self, timers: Vec<(i64, String, String)>) {
+        for timer in timers {
+            self.heap.push(Reverse(timer));
+        }
+    }
+
     /// The current timers due at `now`, removed from the heap.
     fn take_due(&mut self, now: i64) -> Vec<(i64, String, String)> {
         let mut due = Vec::new();
@@ -437,6 +444,7 @@ impl fmt::Debug for ProcessManager {
 struct Settings {
     name: Arc<str>,
     lanes: usize,
+    partitions: u32,
     bus: Bus,
     retries: u32,
     retry_delay: Duration,
@@ -521,6 +529,10 @@ pub fn checkpoint_name(process: &str) -> String {
     format!("process-manager:{process}")
 }
 
+/// How often due timers of instances whose partition another copy holds are looked at
+/// again (the holder fires them; this copy does if it takes the partition over).
+const TIMERS_ELSEWHERE_LOOK: Duration = Duration::from_millis(250);
+
 /// How long due timers wait for the feed before a warning says so.
 const TIMERS_WAIT_WARNING: Duration = Duration::from_secs(30);
 
@@ -560,7 +572,11 @@ trait Runnable: Send + Sync {
     fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Where the feed resumes: every event up to `checkpoint` was handled before.
     fn resume_after(&self, checkpoint: Option<u64>);
-    fn run_timers(self: Arc<Self>, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+    fn run_timers(
+        self: Arc<Self>,
+        stop: watch::Receiver<bool>,
+        holding: Holding,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// Why a process manager call did not succeed.
@@ -595,6 +611,7 @@ pub struct ProcessManagers {
     store: Store,
     bus: Bus,
     managers: Vec<ProcessManager>,
+    leases: crate::runner::partition::LeaseSettings,
 }
 
 impl fmt::Debug for ProcessManagers {
@@ -614,7 +631,24 @@ impl ProcessManagers {
             store,
             bus,
             managers: Vec::new(),
+            leases: Default::default(),
         }
+    }
+
+    /// How long this copy holds each partition it works without renewing (it renews
+    /// every third): after a copy dies, its instances wait this long for another. The
+    /// store's `[runners] lease` (10 s) unless set.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.leases.lease = Some(lease);
+        self
+    }
+
+    /// This copy's name in the leases (`<hostname>:<pid>` unless set).
+    #[must_use]
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.leases.owner = Some(owner.into());
+        self
     }
 
     /// Adds a process manager (a generated binding's value).
@@ -652,19 +686,19 @@ impl ProcessManagers {
             let runnable = (manager.build)(Settings {
                 name: Arc::from(manager.name.as_str()),
                 lanes: manager.lanes,
+                partitions: manager.partitions,
                 bus: self.bus.clone(),
                 retries: manager.retries,
                 retry_delay: manager.retry_delay,
                 shared,
             });
             runnable.resume_after(
-                self.store
-                    .load_checkpoint(&checkpoint_name(runnable.name()))
-                    .await?,
+                Projections::checkpoint(&self.store, &checkpoint_name(runnable.name())).await?,
             );
             runnable.load_timers().await?;
             projections = projections.add(
                 Projection::raw(checkpoint_name(runnable.name()), runnable.clone().feed())
+                    .with_partitions(manager.partitions)
                     .with_batch(manager.batch)
                     // Handler failures are dead-lettered inside; what reaches the feed is
                     // the store or the bus failing, which waits for them to come back.
@@ -673,12 +707,24 @@ impl ProcessManagers {
             );
             runnables.push(runnable);
         }
+        if let Some(lease) = self.leases.lease {
+            projections = projections.with_lease(lease);
+        }
+        if let Some(owner) = &self.leases.owner {
+            projections = projections.with_owner(owner.clone());
+        }
         let feeds = projections.start().await?;
         let (stop, _) = watch::channel(false);
-        let timers = runnables
-            .iter()
-            .map(|r| tokio::spawn(r.clone().run_timers(stop.subscribe())))
-            .collect();
+        let mut timers = Vec::with_capacity(runnables.len());
+        for r in &runnables {
+            // Only this copy's partitions' timers fire here.
+            let Some(holding) = feeds.holding(&checkpoint_name(r.name())) else {
+                continue;
+            };
+            timers.push(tokio::spawn(
+                r.clone().run_timers(stop.subscribe(), holding),
+            ));
+        }
         Ok(RunningProcessManagers {
             names: runnables.iter().map(|r| r.name().to_owned()).collect(),
             feeds: Some(feeds),
@@ -767,9 +813,12 @@ struct Runner<D: ProcessDefinition> {
     known_complete: AtomicBool,
     dispatched: Mutex<HashSet<String>>,
     timers: Mutex<TimerIndex>,
-    /// The position of the event the feed was last offered: every step before it is in
-    /// the timer index (what a snapshot of the index may claim).
-    offered: AtomicU64,
+    /// Per partition of the feed, the position of the event it was last offered: every
+    /// step of the partition before it is in the timer index (what a snapshot of the
+    /// index may claim: the lowest of them).
+    offered: Vec<AtomicU64>,
+    /// How many partitions the instances are spread over (by key).
+    partitions: u32,
     wake: Notify,
 }
 
@@ -877,8 +926,31 @@ impl<D: ProcessDefinition> Runner<D> {
             known: Mutex::new(HashSet::new()),
             known_complete: AtomicBool::new(false),
             dispatched: Mutex::new(HashSet::new()),
-            offered: AtomicU64::new(0),
+            offered: (0..settings.partitions.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            partitions: settings.partitions.max(1),
         }
+    }
+
+    /// The partition of the instance `key`.
+    fn partition(&self, key: &str) -> u32 {
+        crate::runner::partition::partition_of(key, self.partitions)
+    }
+
+    /// What partition `p` of the feed was last offered.
+    fn offered(&self, partition: u32) -> u64 {
+        self.offered
+            .get(partition as usize)
+            .map_or(0, |o| o.load(Ordering::Acquire))
+    }
+
+    /// The instance key of a step record of this process manager (its stream's suffix).
+    fn step_key<'a>(&self, recorded: &'a RecordedEvent) -> Option<&'a str> {
+        recorded
+            .stream()
+            .strip_prefix(self.stream.as_str())?
+            .strip_prefix('-')
     }
 
     fn stream(&self, key: &str) -> String {
@@ -1042,7 +1114,7 @@ impl<D: ProcessDefinition> Runner<D> {
     /// fires on a state that misses an event that came before its due time (after a
     /// restart, while the feed is behind, or while an older PostgreSQL transaction keeps
     /// a commit out of the global order). `false` when asked to stop first.
-    async fn caught_up(&self, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn caught_up(&self, partition: u32, stop: &mut watch::Receiver<bool>) -> bool {
         let head = loop {
             match self.store.recorded_head().await {
                 Ok(head) => break head,
@@ -1059,7 +1131,7 @@ impl<D: ProcessDefinition> Runner<D> {
             return true;
         };
         let (since, mut warned) = (tokio::time::Instant::now(), false);
-        while self.offered.load(Ordering::Acquire) <= head {
+        while self.offered(partition) <= head {
             if *stop.borrow() {
                 return false;
             }
@@ -1093,7 +1165,10 @@ impl<D: ProcessDefinition> Runner<D> {
     /// Saves the timer index as of the feed's position, so the next start reads only
     /// the steps after it (a lost or stale snapshot only costs a longer read).
     async fn save_timers(&self) {
-        let offered = self.offered.load(Ordering::Acquire);
+        let offered = (0..self.partitions)
+            .map(|p| self.offered(p))
+            .min()
+            .unwrap_or(0);
         // Every step before `offered` is in the index.
         let Some(position) = offered.checked_sub(1) else {
             return;
@@ -1533,13 +1608,16 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
     fn feed(self: Arc<Self>) -> Arc<dyn Erased> {
         Arc::new(Feed {
             runner: self,
+            partition: 0,
             done_ahead: Mutex::default(),
         })
     }
 
     fn resume_after(&self, checkpoint: Option<u64>) {
         let next = checkpoint.map_or(0, |c| c.saturating_add(1));
-        self.offered.store(next, Ordering::Release);
+        for offered in &self.offered {
+            offered.store(next, Ordering::Release);
+        }
     }
 
     fn load_timers(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1587,7 +1665,11 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
         })
     }
 
-    fn run_timers(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+    fn run_timers(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        holding: Holding,
+    ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let mut saved_at = tokio::time::Instant::now();
             loop {
@@ -1600,15 +1682,45 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     self.save_timers().await;
                 }
                 let now = now_ms();
-                let first = crate::sync::lock(&self.timers).next_due();
-                if first.is_some_and(|at| at <= now) && !self.caught_up(&mut stop).await {
-                    continue;
-                }
                 let (due, next) = {
                     let mut index = crate::sync::lock(&self.timers);
                     let due = index.take_due(now);
                     (due, index.next_due())
                 };
+                // A timer fires in the copy that holds its instance's partition, once the
+                // partition's feed has caught up; the others are put back for later (the
+                // holder's step clears them, or this copy takes the partition over).
+                let (mut ours, mut later) = (Vec::new(), Vec::new());
+                for timer in due {
+                    let partition = self.partition(&timer.1);
+                    if holding.holds(partition) {
+                        ours.push((partition, timer));
+                    } else {
+                        later.push(timer);
+                    }
+                }
+                let mut fire = Vec::with_capacity(ours.len());
+                let mut ready: HashMap<u32, bool> = HashMap::new();
+                for (partition, timer) in ours {
+                    let caught_up = match ready.get(&partition) {
+                        Some(&r) => r,
+                        None => {
+                            let r = self.caught_up(partition, &mut stop).await;
+                            ready.insert(partition, r);
+                            r
+                        }
+                    };
+                    if caught_up {
+                        fire.push(timer);
+                    } else {
+                        later.push(timer);
+                    }
+                }
+                let waiting = !later.is_empty();
+                if waiting {
+                    crate::sync::lock(&self.timers).put_back(later);
+                }
+                let due = fire;
                 if !due.is_empty() {
                     // Fired side by side (up to 32 at once): one slow handler does not
                     // hold the others back, and a backlog after downtime does not take
@@ -1622,10 +1734,15 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                         .await;
                     continue;
                 }
-                let wait = next.map_or(Duration::from_secs(1), |at| {
-                    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
-                        .min(Duration::from_secs(1))
-                });
+                let wait = match next {
+                    // Due timers of partitions held elsewhere: look again shortly.
+                    _ if waiting => TIMERS_ELSEWHERE_LOOK,
+                    None => Duration::from_secs(1),
+                    Some(at) => {
+                        Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                            .min(Duration::from_secs(1))
+                    }
+                };
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = self.wake.notified() => {}
@@ -1642,6 +1759,8 @@ type Work<'a> = BoxFuture<'a, Result<(), HandlerError>>;
 /// The feed's handler: every recorded event goes through it.
 struct Feed<D: ProcessDefinition> {
     runner: Arc<Runner<D>>,
+    /// The partition of the instances it feeds (one feed per partition this copy works).
+    partition: u32,
     /// Positions past a failed batch's failure that other lanes finished: the batch is
     /// read again from the failure, and these are not done twice (their commands
     /// dispatched again, their dead letters repeated). At most one batch of them.
@@ -1681,12 +1800,60 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
             return None;
         }
         let (_, work) = self.work(event)?;
-        let offered = &self.runner.offered;
+        let offered = self.runner.offered.get(self.partition as usize);
         Some(Box::pin(async move {
             work.await?;
-            offered.store(event.position().saturating_add(1), Ordering::Release);
+            if let Some(offered) = offered {
+                offered.store(event.position().saturating_add(1), Ordering::Release);
+            }
             Ok(())
         }))
+    }
+
+    fn for_partition(&self, partition: u32) -> Option<Arc<dyn Erased>> {
+        Some(Arc::new(Feed {
+            runner: self.runner.clone(),
+            partition,
+            done_ahead: Mutex::default(),
+        }))
+    }
+
+    /// An instance's events and steps go to the partition of its key.
+    fn partition_key<'a>(&self, event: &'a RecordedEvent) -> std::borrow::Cow<'a, str> {
+        let runner = &self.runner;
+        if event.event_type() == STEP_TYPE
+            && let Some(key) = runner.step_key(event)
+        {
+            return std::borrow::Cow::Borrowed(key);
+        }
+        if D::role(event.event_type()).is_some()
+            && let Ok(key) = runner.event_key(event)
+        {
+            return std::borrow::Cow::Owned(key);
+        }
+        std::borrow::Cow::Borrowed(event.stream())
+    }
+
+    /// Another partition's step: its timers go to the index all the same, so a timer
+    /// is known here when this copy takes its partition over.
+    fn observe(&self, event: &RecordedEvent) {
+        let runner = &self.runner;
+        if event.event_type() != STEP_TYPE || runner.step_key(event).is_none() {
+            return;
+        }
+        let Ok(step) = serde_json::from_str::<Step<serde::de::IgnoredAny>>(event.data_json())
+        else {
+            return;
+        };
+        if *step.process == *runner.name {
+            crate::sync::lock(&runner.timers).record(
+                &step.key,
+                event.version(),
+                &step.timers,
+                step.finished,
+            );
+            runner.know(&step.key);
+        }
     }
 
     /// The batch in lanes, one per instance: each lane in order, up to `lanes` side by
@@ -1744,7 +1911,9 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
             }
             ahead.retain(|&p| p >= done);
             *crate::sync::lock(&self.done_ahead) = ahead;
-            self.runner.offered.store(done, Ordering::Release);
+            if let Some(offered) = self.runner.offered.get(self.partition as usize) {
+                offered.store(done, Ordering::Release);
+            }
             match failed {
                 Some(failure) => Err(failure),
                 None => Ok(()),

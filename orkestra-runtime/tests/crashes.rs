@@ -49,6 +49,9 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// A child's projection lease: short, so the parent takes over soon after the kill.
+const CHILD_LEASE: Duration = Duration::from_secs(1);
+
 /// Starts the child with `role` and `vars`; its stdout lines arrive on the receiver.
 fn spawn_child(role: &str, vars: &[(&str, String)]) -> (Child, std::sync::mpsc::Receiver<String>) {
     let mut command = Command::new(std::env::current_exe().unwrap());
@@ -178,6 +181,7 @@ async fn crash_child() {
                 (store, Fold::sqlite(prefix, &env("ORKESTRA_CRASH_MODEL")))
             };
             let running = Projections::new(store)
+                .with_lease(CHILD_LEASE)
                 .add(Projection::new(env("ORKESTRA_CRASH_CHECKPOINT"), handler).with_batch(500))
                 .start()
                 .await
@@ -198,7 +202,7 @@ async fn crash_child() {
                     .unwrap(),
             };
             let name = env("ORKESTRA_CRASH_CHECKPOINT");
-            let projections = Projections::new(store).add(
+            let projections = Projections::new(store).with_lease(CHILD_LEASE).add(
                 Projection::new(
                     name.clone(),
                     Replays {
@@ -543,7 +547,10 @@ async fn projection_crash(
         .unwrap();
     running.wait_for(checkpoint, head).await.unwrap();
     running.stop().await.unwrap();
-    let saved = store.load_checkpoint(checkpoint).await.unwrap().unwrap();
+    let saved = Projections::checkpoint(store, checkpoint)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(saved >= head, "checkpoint {saved} short of the head {head}");
     saved
 }
@@ -727,7 +734,7 @@ async fn rebuild_crash(store: Store, vars: &[(&str, String)]) {
     let (child, rx) = spawn_child("rebuild", &all);
     wait_lines(&rx, "replayed", 200);
     sigkill(child);
-    let checkpoint = store.load_checkpoint(&name).await.unwrap();
+    let checkpoint = Projections::checkpoint(&store, &name).await.unwrap();
     assert!(
         checkpoint.is_some_and(|c| c < head),
         "killed half-way: checkpoint {checkpoint:?}, head {head}"

@@ -212,7 +212,7 @@ async fn catch_up_then_live_and_resume(store: Store, from_start: bool) {
     let status = &running.status()[0];
     assert!(status.checkpoint >= Some(last));
     running.stop().await.unwrap();
-    assert!(store.load_checkpoint(&name).await.unwrap() >= Some(last));
+    assert!(Projections::checkpoint(&store, &name).await.unwrap() >= Some(last));
 
     // A restart resumes after the checkpoint: nothing handled twice.
     let before = totals.positions().len();
@@ -248,7 +248,7 @@ async fn catch_up_then_live_and_resume(store: Store, from_start: bool) {
     // And while stopped.
     projections.rebuild(&name).await.unwrap();
     assert_eq!(totals.positions().len(), 3 * (before + 1));
-    assert!(store.load_checkpoint(&name).await.unwrap() >= Some(last));
+    assert!(Projections::checkpoint(&store, &name).await.unwrap() >= Some(last));
 }
 
 async fn a_failing_event_stops_only_its_projection(store: Store, panic: bool) {
@@ -296,7 +296,9 @@ async fn a_failing_event_stops_only_its_projection(store: Store, panic: bool) {
         "1 try + 2 retries"
     );
     // Never skipped: the checkpoint is right before the failing event.
-    let checkpoint = store.load_checkpoint(&failing_name).await.unwrap();
+    let checkpoint = Projections::checkpoint(&store, &failing_name)
+        .await
+        .unwrap();
     assert!(
         checkpoint >= Some(good) && checkpoint < Some(bad_at),
         "{checkpoint:?}"
@@ -455,11 +457,14 @@ async fn without_a_checkpoint_each_launch_replays_from_the_start(store: Store) {
         }
         running.stop().await.unwrap();
         assert_eq!(
-            store.load_checkpoint(&name).await.unwrap(),
+            Projections::checkpoint(&store, &name).await.unwrap(),
             Some(first),
             "nothing is stored under the name"
         );
-        assert_eq!(store.load_checkpoint(&stored).await.unwrap(), Some(live));
+        assert_eq!(
+            Projections::checkpoint(&store, &stored).await.unwrap(),
+            Some(live)
+        );
         launches.push((memory.seen.lock().unwrap().clone(), kept.positions(), live));
     }
     let (seen, kept, live0) = &launches[0];
@@ -557,7 +562,7 @@ mod memory {
         append(&store, vec![placed("r", 1)]).await;
         wait_state(&running, "r", |s| matches!(s, ProjectionState::Failed(_))).await;
         assert_eq!(failing.attempts.load(Ordering::SeqCst), 1);
-        assert_eq!(store.load_checkpoint("r").await.unwrap(), None);
+        assert_eq!(Projections::checkpoint(&store, "r").await.unwrap(), None);
         running.stop().await.unwrap();
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -879,7 +884,7 @@ mod postgres {
             .expect("the projection's COMMIT went through the proxy");
         // The server committed (the checkpoint moved); its answer is held back.
         let deadline = tokio::time::Instant::now() + WAIT;
-        while store.load_checkpoint(&name).await.unwrap() < Some(last) {
+        while Projections::checkpoint(&store, &name).await.unwrap() < Some(last) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the batch never committed"
@@ -957,7 +962,7 @@ mod postgres {
         wait_state(&running, &name, |s| matches!(s, ProjectionState::Failed(_))).await;
         running.stop().await.unwrap();
         assert_eq!(
-            store.load_checkpoint(&name).await.unwrap(),
+            Projections::checkpoint(&store, &name).await.unwrap(),
             Some(positions[2])
         );
         let rows = pg

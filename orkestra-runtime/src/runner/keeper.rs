@@ -19,8 +19,24 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// What runs one partition while this copy holds it. The future ends when `stop` turns
 /// `true` (after finishing what it has in hand) or on its own (its lease was fenced, or
 /// it failed): the keeper then gives the partition back.
+///
+/// `until` is when the lease may end by this process's clock, moved on at each renewal
+/// (a margin before the store's expiry). Work that finds it past (the process was
+/// paused: SIGSTOP, a long GC, a frozen VM) must start nothing more: another copy may
+/// hold the partition by now, and on a store whose writes are not fenced in one
+/// transaction with the checkpoint, a side effect would land twice.
 pub(crate) trait PartitionWork: Send + Sync + 'static {
-    fn run(&self, lease: Lease, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+    fn run(
+        &self,
+        lease: Lease,
+        stop: watch::Receiver<bool>,
+        until: watch::Receiver<Instant>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// Whether a partition's lease may have ended by this process's clock.
+pub(crate) fn expired(until: &watch::Receiver<Instant>) -> bool {
+    Instant::now() >= *until.borrow()
 }
 
 /// A worker's settings for the keeper.
@@ -37,6 +53,8 @@ struct Held {
     lease: Lease,
     /// When the last renewal succeeded (this process's clock).
     renewed: Instant,
+    /// When the lease may end by this process's clock, for the work.
+    until: watch::Sender<Instant>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -45,14 +63,30 @@ struct Held {
 /// partition back at once.
 pub(crate) struct RunningKeeper {
     stop: watch::Sender<bool>,
+    #[cfg_attr(not(test), allow(dead_code))]
     held: watch::Receiver<Vec<u32>>,
+    rounds: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
 
 impl RunningKeeper {
     /// The partitions this copy holds now.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn held(&self) -> watch::Receiver<Vec<u32>> {
         self.held.clone()
+    }
+
+    /// Waits until the keeper has looked once for partitions to take: a copy alone then
+    /// holds them all (or the store could not be reached).
+    pub(crate) async fn first_round(&self) {
+        let mut rounds = self.rounds.clone();
+        let _ = rounds.wait_for(|r| *r >= 1).await;
+    }
+
+    /// Asks the keeper to stop without waiting for it (a drop): it stops the work and
+    /// releases the leases on its own.
+    pub(crate) fn request_stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Stops every partition's work (each finishes what it has in hand), releases the
@@ -83,8 +117,14 @@ pub(crate) async fn start(
     leases.register(&config.worker, config.partitions).await?;
     let (stop, stop_rx) = watch::channel(false);
     let (held_tx, held) = watch::channel(Vec::new());
-    let task = tokio::spawn(keep(leases, config, work, stop_rx, held_tx));
-    Ok(RunningKeeper { stop, held, task })
+    let (rounds_tx, rounds) = watch::channel(0);
+    let task = tokio::spawn(keep(leases, config, work, stop_rx, held_tx, rounds_tx));
+    Ok(RunningKeeper {
+        stop,
+        held,
+        rounds,
+        task,
+    })
 }
 
 async fn keep(
@@ -93,6 +133,7 @@ async fn keep(
     work: Arc<dyn PartitionWork>,
     mut stop: watch::Receiver<bool>,
     held_tx: watch::Sender<Vec<u32>>,
+    rounds: watch::Sender<u64>,
 ) {
     let renew_every = config.lease / 3;
     let mut held: BTreeMap<u32, Held> = BTreeMap::new();
@@ -134,6 +175,7 @@ async fn keep(
             *now = keys;
             true
         });
+        rounds.send_modify(|r| *r += 1);
         tokio::select! {
             _ = tokio::time::sleep(LOOK_EVERY) => {}
             _ = stop.wait_for(|s| *s) => break,
@@ -148,17 +190,29 @@ async fn keep(
     }
 }
 
+/// How long after asking for a lease (or its renewal) this copy counts on it: a sixth
+/// short of its length, for clocks that drift and the store's answer's way back.
+fn safe_for(lease: Duration) -> Duration {
+    lease.saturating_sub(lease / 6)
+}
+
 /// Renews every held lease. A lease lost (taken after it expired) stops its work at
 /// once; one that cannot be renewed stops before it can expire, so a copy never works a
 /// partition past its lease.
 async fn renew(leases: &Leases, config: &KeeperConfig, held: &mut BTreeMap<u32, Held>) {
-    let deadline = config.lease.saturating_sub(config.lease / 6);
+    let deadline = safe_for(config.lease);
     let mut lost = Vec::new();
     for (partition, h) in held.iter_mut() {
+        if h.task.is_finished() {
+            // Its work ended on its own (and said why): it is given back next.
+            continue;
+        }
+        let asked = Instant::now();
         match leases.renew(&h.lease, config.lease).await {
             Ok(Some(lease)) => {
                 h.lease = lease;
-                h.renewed = Instant::now();
+                h.renewed = asked;
+                h.until.send_replace(asked + deadline);
             }
             Ok(None) => lost.push((*partition, true)),
             Err(e) => {
@@ -238,19 +292,22 @@ async fn balance(
         if held.len() >= share {
             break;
         }
+        let asked = Instant::now();
         match leases
             .acquire(&config.worker, partition, &config.owner, config.lease)
             .await
         {
             Ok(Some(lease)) => {
                 let (stop, stop_rx) = watch::channel(false);
-                let task = tokio::spawn(work.run(lease.clone(), stop_rx));
+                let (until, until_rx) = watch::channel(asked + safe_for(config.lease));
+                let task = tokio::spawn(work.run(lease.clone(), stop_rx, until_rx));
                 tracing::debug!(worker = %config.worker, partition = lease.partition, token = lease.token, "took a partition");
                 held.insert(
                     lease.partition,
                     Held {
                         lease,
-                        renewed: Instant::now(),
+                        renewed: asked,
+                        until,
                         stop,
                         task,
                     },
@@ -311,7 +368,12 @@ mod tests {
     }
 
     impl PartitionWork for Recorder {
-        fn run(&self, lease: Lease, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        fn run(
+            &self,
+            lease: Lease,
+            mut stop: watch::Receiver<bool>,
+            _until: watch::Receiver<Instant>,
+        ) -> BoxFuture<'static, ()> {
             crate::sync::lock(&self.log).push((self.copy, lease.partition, lease.token));
             Box::pin(async move {
                 let _ = stop.wait_for(|s| *s).await;

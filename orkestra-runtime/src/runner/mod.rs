@@ -7,9 +7,5 @@
 //! every write it makes for the partition carries the lease's fencing token, so a copy
 //! paused past its lease writes nothing when it resumes.
 
-// The workers move onto the keeper one by one (issue 24); until each has, parts of it
-// are used by its tests only.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod keeper;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod partition;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::store::{MAX_PARTITIONS, Store, default_owner};
+use crate::store::{Store, default_owner};
 
 /// The partition of `key` (a stream name, a process instance's key) among `partitions`:
 /// FNV-1a of its bytes, so every copy of every build agrees, and one stream's events all
@@ -39,16 +39,6 @@ impl LeaseSettings {
     }
 }
 
-/// A partition count out of range, said with the worker's name.
-pub(crate) fn check_partitions(worker: &str, partitions: u32) -> Result<(), String> {
-    if partitions == 0 || partitions > MAX_PARTITIONS {
-        return Err(format!(
-            "{worker:?}: {partitions} partitions is out of range (1 to {MAX_PARTITIONS})"
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +57,10 @@ mod tests {
         for i in 0..8_000 {
             counts[partition_of(&format!("account-{i}"), 8) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(partition_of("account-1", 1), 0);
     }
 }

@@ -18,7 +18,7 @@ mod error;
 mod event;
 #[cfg(feature = "eventstoredb")]
 mod eventstoredb;
-mod lease;
+pub(crate) mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

@@ -19,7 +19,7 @@ mod sqlite;
 
 pub(crate) use memory::MemoryLeases;
 #[cfg(feature = "postgres")]
-pub(crate) use postgres::PostgresLeases;
+pub(crate) use postgres::{PostgresLeases, save_checkpoint_in};
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::SqliteLeases;
 
