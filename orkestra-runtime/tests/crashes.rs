@@ -458,12 +458,13 @@ impl ProjectionHandler for Fold {
     }
 }
 
-/// 4 writers appending events of `prefix` until `stop`.
+/// 4 writers appending events of `prefix` until `stop`; each returns the position of
+/// its last event.
 fn writers(
     store: &Store,
     prefix: &str,
     stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<tokio::task::JoinHandle<u64>> {
     (0..4)
         .map(|w| {
             let store = store.clone();
@@ -471,6 +472,7 @@ fn writers(
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut i = 0;
+                let mut last = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let events: Vec<EventData> = (0..5)
                         .map(|n| {
@@ -480,16 +482,18 @@ fn writers(
                             )
                         })
                         .collect();
-                    store
+                    last = store
                         .append(
                             &format!("{prefix}-w{w}-{i}"),
                             ExpectedVersion::NoStream,
                             events,
                         )
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .last_position;
                     i += 1;
                 }
+                last
             })
         })
         .collect()
@@ -536,10 +540,19 @@ async fn projection_crash(
     sigkill(child);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
+    let mut appended = 0;
     for t in tasks {
-        t.await.unwrap();
+        appended = appended.max(t.await.unwrap());
     }
-    let head = store.head().await.unwrap().unwrap();
+    // On PostgreSQL the head reaches an append once older transactions (of other tests
+    // too) have ended: wait until it covers every event of this test.
+    let head = loop {
+        let head = store.head().await.unwrap().unwrap();
+        if head >= appended {
+            break head;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let running = Projections::new(store.clone())
         .add(Projection::new(checkpoint, fold).with_batch(500))
         .start()

@@ -398,12 +398,17 @@ struct Entry {
     parts: Mutex<BTreeMap<u32, Arc<Shared>>>,
     /// Whether it runs in this copy (started, or rebuilt while not started).
     running: AtomicBool,
+    /// Whether its partitions are held through leases: a stored checkpoint on a store
+    /// that keeps leases. Otherwise it runs whole here (EventStoreDB: by the checkpoint
+    /// of its name).
+    leased: bool,
 }
 
 impl Entry {
-    /// How many partitions this copy may work (one without a stored checkpoint).
+    /// How many partitions this copy may work (one without a stored checkpoint, or on
+    /// a store that keeps no leases).
     fn partitions(&self) -> u32 {
-        if self.projection.stored {
+        if self.leased {
             self.projection.partitions
         } else {
             1
@@ -576,10 +581,15 @@ impl Projections {
         {
             self.duplicate.get_or_insert(projection.name.clone());
         }
+        let leased = projection.stored && self.store.keeps_leases();
+        if projection.stored && !leased && projection.partitions > 1 {
+            tracing::warn!(orkestra = "projection", projection = %projection.name, adapter = self.store.adapter(), partitions = projection.partitions, "this store keeps no leases: the projection runs as one partition in each copy; run one copy of it");
+        }
         self.entries.push(Arc::new(Entry {
             projection,
             parts: Mutex::new(BTreeMap::new()),
             running: AtomicBool::new(false),
+            leased,
         }));
         self
     }
@@ -610,13 +620,13 @@ impl Projections {
             }
         }
         let head = self.store.head().await?;
-        let stored = self.entries.iter().any(|e| e.projection.stored);
+        let stored = self.entries.iter().any(|e| e.leased);
         let leases = match stored {
             true => Some(self.store.leases().await?),
             false => None,
         };
         if let Some(leases) = &leases {
-            for entry in self.entries.iter().filter(|e| e.projection.stored) {
+            for entry in self.entries.iter().filter(|e| e.leased) {
                 let name = &entry.projection.name;
                 // A projection that kept one checkpoint before it had partitions: every
                 // event up to it was handled, whatever its partition.
@@ -630,7 +640,7 @@ impl Projections {
                 if self
                     .entries
                     .iter()
-                    .any(|e| e.projection.stored && e.projection.name == record.worker)
+                    .any(|e| e.leased && e.projection.name == record.worker)
                 {
                     check_not_ahead(&record.worker, record.checkpoint, head)?;
                 }
@@ -645,7 +655,7 @@ impl Projections {
             entry.running.store(true, Ordering::SeqCst);
             crate::sync::lock(&entry.parts).clear();
             match &leases {
-                Some(leases) if entry.projection.stored => {
+                Some(leases) if entry.leased => {
                     let work = PartitionRun {
                         store: self.store.clone(),
                         leases: leases.clone(),
@@ -673,19 +683,24 @@ impl Projections {
                     }
                 }
                 _ => {
-                    // From the start, the history up to the head being a replay.
+                    let (checkpoint, replay_until) = match entry.projection.stored {
+                        // A store without leases: from the checkpoint of its name.
+                        true => self.local_start(entry, head).await?,
+                        // From the start, the history up to the head being a replay.
+                        false => (None, head),
+                    };
                     let shared = Arc::new(Shared::new(entry.projection.clone(), 0, None));
                     let (control_tx, control_rx) = mpsc::unbounded_channel();
                     *crate::sync::lock(&shared.control) = Some(control_tx);
+                    shared.handled.send_replace(checkpoint);
                     shared.set_state(ProjectionState::CatchingUp);
                     entry.insert(shared.clone());
-                    let runner = Runner::new(self.store.clone(), shared, head_tx.clone(), None);
-                    let mut runner = runner;
-                    runner.replay_until = head;
+                    let mut runner = Runner::new(self.store.clone(), shared, head_tx.clone(), None);
+                    runner.replay_until = replay_until;
                     let entry = entry.clone();
                     let stop = stop.subscribe();
                     tasks.push(tokio::spawn(async move {
-                        runner.run(None, stop, control_rx).await;
+                        runner.run(checkpoint, stop, control_rx).await;
                         entry.running.store(false, Ordering::SeqCst);
                     }));
                 }
@@ -713,6 +728,27 @@ impl Projections {
         })
     }
 
+    /// Where a stored projection over a store without leases starts: its checkpoint by
+    /// name, and the target of a rebuild a crash interrupted.
+    async fn local_start(
+        &self,
+        entry: &Entry,
+        head: Option<u64>,
+    ) -> Result<(Option<u64>, Option<u64>), ProjectionError> {
+        let name = &entry.projection.name;
+        let checkpoint = self.store.load_checkpoint(name).await?;
+        check_not_ahead(name, checkpoint, head)?;
+        let until = self
+            .store
+            .load_replay_until(name)
+            .await?
+            .filter(|&until| checkpoint.is_none_or(|c| c < until));
+        if let Some(until) = until {
+            tracing::info!(orkestra = "projection", projection = %name, checkpoint, until, "rebuild resumed");
+        }
+        Ok((checkpoint, until))
+    }
+
     /// Replays a projection from the start: every event up to the current head is
     /// handled again with [`ProjectionContext::is_replay`] true. Returns once the
     /// replay reached that head. Progress (events done, total, rate) is logged at most
@@ -726,7 +762,7 @@ impl Projections {
     /// stored checkpoint the replay happens in this copy, running or not.
     pub async fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
         let entry = self.entry(name)?;
-        if entry.projection.stored {
+        if entry.leased {
             return self.rebuild_stored(entry).await;
         }
         if let Some(shared) = entry.part(0) {
@@ -755,7 +791,7 @@ impl Projections {
                 watch::Sender::new(head),
                 None,
             );
-            runner.start_replay(head);
+            runner.start_replay(head).await?;
             let (_stop_tx, stop) = watch::channel(false);
             let mut next = 0;
             while let Some(until) = runner.replay_until {
@@ -793,15 +829,31 @@ impl Projections {
         result
     }
 
+    /// Sets projection `name` up to be rebuilt with `partitions` partitions, from any
+    /// process sharing the store (`orkestra projection rebuild`): every partition's
+    /// checkpoint goes back to none and every lease ends (whichever copy held a
+    /// partition is fenced), and the store's head is the rebuild's target, so the copies
+    /// running it, or the next to start it, replay every event up to that head with
+    /// [`ProjectionContext::is_replay`] true. Also how its partition count changes.
+    /// Returns the target (`None`: an empty store).
+    pub async fn prepare_rebuild(
+        store: &Store,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let leases = store.leases().await?;
+        let head = store.head().await?;
+        // The target first: a partition taken after the reset replays up to it.
+        store.save_replay(name, None, head).await?;
+        leases.reset(name, partitions).await?;
+        tracing::info!(orkestra = "projection", projection = %name, head, partitions, "rebuild started");
+        Ok(head)
+    }
+
     /// A rebuild of a projection whose checkpoints are in the store's leases.
     async fn rebuild_stored(&self, entry: &Arc<Entry>) -> Result<(), ProjectionError> {
         let name = &entry.projection.name;
-        let leases = self.store.leases().await?;
-        let head = self.store.head().await?;
-        // The target first: a partition taken after the reset replays up to it.
-        self.store.save_replay(name, None, head).await?;
-        leases.reset(name, entry.projection.partitions).await?;
-        tracing::info!(orkestra = "projection", projection = %name, head, partitions = entry.projection.partitions, "rebuild started");
+        let head = Self::prepare_rebuild(&self.store, name, entry.projection.partitions).await?;
         // This copy's runners of it are fenced now: let them go at once rather than at
         // their next write, so the keeper takes their partitions afresh.
         for shared in entry.parts() {

@@ -155,6 +155,12 @@ impl Runner {
     async fn save_checkpoint(&self, last: u64) -> Result<(), StoreError> {
         match &self.lease {
             Some((leases, lease)) => leases.save_checkpoint(lease, Some(last)).await,
+            // A store without leases keeps the checkpoint by name.
+            None if self.shared.projection.stored => {
+                self.store
+                    .save_checkpoint(&self.shared.projection.name, Some(last))
+                    .await
+            }
             None => Ok(()),
         }
     }
@@ -322,14 +328,17 @@ impl Runner {
             let _ = reply.send(Ok(()));
             return true;
         }
-        match self.store.head().await {
-            Ok(head) => {
-                self.start_replay(head);
+        let started = match self.store.head().await {
+            Ok(head) => self.start_replay(head).await,
+            Err(e) => Err(e.into()),
+        };
+        match started {
+            Ok(()) => {
                 *next = 0;
                 rebuilds.push(reply);
             }
             Err(e) => {
-                let _ = reply.send(Err(e.into()));
+                let _ = reply.send(Err(e));
             }
         }
         false
@@ -352,13 +361,14 @@ impl Runner {
         tracing::warn!(orkestra = "projection", projection = self.name(), what, error = %error, "retrying from the checkpoint");
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let Some((leases, lease)) = &self.lease else {
-                break;
-            };
-            if *stop.borrow() {
+            if *stop.borrow() || !self.shared.projection.stored {
                 break;
             }
-            match leases.checkpoint(&lease.worker, lease.partition).await {
+            let stored = match &self.lease {
+                Some((leases, lease)) => leases.checkpoint(&lease.worker, lease.partition).await,
+                None => self.store.load_checkpoint(self.name()).await,
+            };
+            match stored {
                 Ok(stored) => {
                     self.shared.handled.send_if_modified(|handled| {
                         let later = stored > *handled;
@@ -383,9 +393,15 @@ impl Runner {
 
     /// Clears the checkpoint and replays up to `head`. The target is saved with the
     /// checkpoint: a restart before the replay reaches it goes on replaying.
-    /// Replays from the start up to `head`, in this copy (a projection without a stored
-    /// checkpoint: one with a stored one is rebuilt through its leases).
-    pub(super) fn start_replay(&mut self, head: Option<u64>) {
+    /// Replays from the start up to `head`, in this copy (a projection without leases;
+    /// one with them is rebuilt through its leases). A checkpoint kept by name (a store
+    /// without leases) saves the target with it: a restart goes on replaying.
+    pub(super) async fn start_replay(&mut self, head: Option<u64>) -> Result<(), ProjectionError> {
+        if self.shared.projection.stored {
+            self.store
+                .save_replay(&self.shared.projection.name, None, head)
+                .await?;
+        }
         self.shared.handled.send_replace(None);
         self.replay_until = head;
         self.progress = Progress::new();
@@ -396,6 +412,7 @@ impl Runner {
             head,
             "rebuild started"
         );
+        Ok(())
     }
 
     /// The replay reached its target. A stored target is left in place: other
