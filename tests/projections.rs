@@ -101,7 +101,14 @@ impl LedgerAudit for Memory {
 #[test]
 fn the_bindings_carry_the_schema_settings() {
     let m = Memory::default();
-    assert_eq!(projections::balances(m.clone()).name(), "Balances");
+    let balances = projections::balances(m.clone());
+    assert_eq!(balances.name(), "Balances");
+    assert_eq!(balances.partitions(), 4, "`partitions: 4` in the schema");
+    assert_eq!(
+        projections::credit_count(m.clone()).partitions(),
+        1,
+        "1 when the schema says nothing"
+    );
     let text = format!("{:?}", projections::credit_count(m.clone()));
     assert!(
         text.contains("max_retries: 5") && text.contains("checkpoint: \"none\""),

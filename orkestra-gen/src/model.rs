@@ -65,6 +65,9 @@ pub struct ProcessManager {
     pub dispatches: Vec<PayloadRef>,
     /// Named timers.
     pub timeouts: Vec<Timeout>,
+    /// How many partitions its instances are spread over, by key (`partitions`; 1 by
+    /// default): each held by one copy of the service at a time.
+    pub partitions: u32,
 }
 
 /// A named timer of a process manager.
@@ -377,6 +380,9 @@ pub struct Projection {
     /// Whether it keeps a checkpoint in the store (`checkpoint: none`: no, it replays
     /// from the start at each launch).
     pub checkpoint: bool,
+    /// How many partitions its events are spread over, by stream (`partitions`; 1 by
+    /// default): each with its own checkpoint, held by one copy of the service at a time.
+    pub partitions: u32,
 }
 
 /// A handler binding.

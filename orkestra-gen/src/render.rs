@@ -119,6 +119,8 @@ struct ProcessCtx {
     correlate_by: String,
     /// The Rust field of `correlate_by` in each event.
     key_field: String,
+    /// `partitions`, when not 1 (the binding calls `with_partitions` only then).
+    partitions: Option<u32>,
 }
 
 /// An event of a process manager, with its role.
@@ -149,6 +151,8 @@ struct ProjectionCtx {
     batch: Option<u32>,
     /// `checkpoint: none` makes it false.
     checkpoint: bool,
+    /// `partitions`, when not 1 (the binding calls `with_partitions` only then).
+    partitions: Option<u32>,
 }
 
 /// An aggregate: its state, event enum, trait, command trait and the runtime glue.
@@ -576,6 +580,7 @@ fn projection_ctx(model: &Model, p: &Projection, here: &str) -> ProjectionCtx {
         adapter: format!("{}Binding", h.name.trim_start_matches("r#")),
         batch: p.batch,
         checkpoint: p.checkpoint,
+        partitions: (p.partitions != 1).then_some(p.partitions),
         h,
     }
 }
@@ -1333,6 +1338,7 @@ fn process_ctx(model: &Model, p: &ProcessManager, here: &str) -> ProcessCtx {
         stream: str_lit(&crate::validate::stream_prefix(&p.name)),
         correlate_by: str_lit(&p.correlate_by),
         key_field: snake(&p.correlate_by),
+        partitions: (p.partitions != 1).then_some(p.partitions),
         state,
         name,
     }

@@ -194,3 +194,65 @@ fn a_required_field_rename_names_the_safe_path_and_that_path_passes() {
     );
     assert!(second.is_empty(), "{second:#?}");
 }
+
+/// A changed partition count is reported at the projection or process manager, whose
+/// kind and full name the JSON form carries, with both counts and the safe path; with
+/// the rule allowed, the change passes.
+#[test]
+fn a_changed_partition_count_names_the_worker_and_both_counts() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/partitions_changed");
+    let check = |allowed: &[Rule]| {
+        orkestra_gen::check_compatibility(
+            &sources(&case.join("old"), "old"),
+            &sources(&case.join("new"), "new"),
+            "Shop",
+            allowed,
+        )
+        .unwrap()
+    };
+    let changes = check(&[]);
+    let json = serde_json::to_value(&changes).unwrap();
+    let subjects: Vec<(&str, &str, &str)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["rule"].as_str().unwrap(),
+                c["kind"].as_str().unwrap(),
+                c["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            ("PARTITIONS_CHANGED", "projection", "Shop.Orders.Tally"),
+            ("PARTITIONS_CHANGED", "projection", "Shop.Orders.Totals"),
+            (
+                "PARTITIONS_CHANGED",
+                "process_manager",
+                "Shop.Orders.Delivery"
+            ),
+        ],
+        "`Unchanged` keeps its 2 partitions: {json}"
+    );
+    let tally = &changes[0];
+    assert_eq!(tally.severity(), Severity::Error);
+    assert!(
+        tally.message.contains("from 1 to 8")
+            && tally.message.contains("refuse to start")
+            && tally.message.contains("rebuilt"),
+        "{}",
+        tally.message
+    );
+    assert!(
+        tally
+            .help
+            .as_deref()
+            .is_some_and(|h| h.contains("keep `partitions: 1`")),
+        "{:?}",
+        tally.help
+    );
+    assert!(check(&[Rule::PartitionsChanged]).is_empty());
+}

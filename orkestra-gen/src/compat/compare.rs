@@ -133,6 +133,7 @@ impl<'a> Comparer<'a> {
             }
         }
         self.handlers();
+        self.partitions();
         self.changes
             .sort_by(|a, b| (&a.span, a.rule, &a.message).cmp(&(&b.span, b.rule, &b.message)));
     }
@@ -433,6 +434,56 @@ impl<'a> Comparer<'a> {
         }
     }
 
+    /// A projection or process manager on both sides whose partition count changed: the
+    /// store holds checkpoints per partition of the old count and refuses the new one.
+    fn partitions(&mut self) {
+        let old = workers(self.old);
+        let new = workers(self.new);
+        for (key, n) in &new {
+            let Some(o) = old.get(key) else { continue };
+            if o.partitions == n.partitions {
+                continue;
+            }
+            let (from, to) = (o.partitions, n.partitions);
+            let counted = |count: u32| {
+                if count == 1 {
+                    "1 partition".to_owned()
+                } else {
+                    format!("{count} partitions")
+                }
+            };
+            let (message, rebuilt) = match n.kind {
+                "projection" => (
+                    format!(
+                        "`partitions` of projection `{}` changed from {from} to {to}: its stored checkpoints were assigned to {}, so the runtime will refuse to start it with {to} until the projection is rebuilt",
+                        n.full_name,
+                        counted(from)
+                    ),
+                    format!("a rebuild of `{}`", n.name),
+                ),
+                _ => (
+                    format!(
+                        "`partitions` of process manager `{}` changed from {from} to {to}: the stored checkpoints of its feed `process-manager:{}` were assigned to {}, so the runtime will refuse to start it with {to} until the feed is rebuilt",
+                        n.full_name,
+                        n.name,
+                        counted(from)
+                    ),
+                    format!("a rebuild of its feed `process-manager:{}`", n.name),
+                ),
+            };
+            self.report_with_help(
+                Rule::PartitionsChanged,
+                n.span,
+                Subject::new(n.kind, &n.full_name, None),
+                message,
+                format!(
+                    "the safe path: keep `partitions: {from}`; or plan {rebuilt} over {} with this deploy and `--allow PARTITIONS_CHANGED`",
+                    counted(to)
+                ),
+            );
+        }
+    }
+
     fn handlers(&mut self) {
         let new: BTreeSet<(&str, &str)> = self
             .new
@@ -461,6 +512,53 @@ impl<'a> Comparer<'a> {
             );
         }
     }
+}
+
+/// A worker whose partitions the store records: a projection that keeps a checkpoint, or
+/// a process manager (whose feed always does), by the name its checkpoints are kept under.
+struct Worker<'a> {
+    /// `projection` or `process_manager`.
+    kind: &'static str,
+    /// `Namespace.Name`, for the subject.
+    full_name: String,
+    /// The schema's name.
+    name: &'a str,
+    partitions: u32,
+    span: &'a Span,
+}
+
+/// Every worker of a model with stored checkpoints, by (kind, name): projection names
+/// are unique across namespaces (a projection that moves to another namespace keeps its
+/// checkpoint), and so are process manager names.
+fn workers(model: &Model) -> BTreeMap<(&'static str, &str), Worker<'_>> {
+    let mut out = BTreeMap::new();
+    for m in &model.modules {
+        for p in m.projections.iter().filter(|p| p.checkpoint) {
+            out.insert(
+                ("projection", p.name.as_str()),
+                Worker {
+                    kind: "projection",
+                    full_name: format!("{}.{}", m.namespace, p.name),
+                    name: &p.name,
+                    partitions: p.partitions,
+                    span: &p.span,
+                },
+            );
+        }
+        for p in &m.process_managers {
+            out.insert(
+                ("process_manager", p.name.as_str()),
+                Worker {
+                    kind: "process_manager",
+                    full_name: format!("{}.{}", m.namespace, p.name),
+                    name: &p.name,
+                    partitions: p.partitions,
+                    span: &p.span,
+                },
+            );
+        }
+    }
+    out
 }
 
 fn payloads(model: &Model) -> BTreeMap<&str, &Payload> {

@@ -25,7 +25,7 @@ pub struct Change {
     pub span: Span,
     /// What changed and why it breaks, in a sentence.
     pub message: String,
-    /// The command, event or handler it is about.
+    /// The command, event, handler, projection or process manager it is about.
     pub subject: Subject,
     /// How to make the change safely, when there is a known way.
     pub help: Option<String>,
@@ -34,7 +34,7 @@ pub struct Change {
 /// What a change is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subject {
-    /// `event`, `command` or `handler`.
+    /// `event`, `command`, `handler`, `projection` or `process_manager`.
     pub kind: &'static str,
     /// Its full name (`Shop.Orders.OrderPlaced`).
     pub name: String,

@@ -82,6 +82,8 @@ rules! {
         "An optional param becomes required.";
     CommandRuleTightened = "COMMAND_RULE_TIGHTENED", Error,
         "`min` up, `max` down, a length bound tightened, `pattern` or `format` added or changed, a `one_of` or enum value removed.";
+    PartitionsChanged = "PARTITIONS_CHANGED", Error,
+        "A projection's or process manager's `partitions` changes: its stored checkpoints were assigned to the old count, so the runtime refuses to start it until it is rebuilt (a projection with `checkpoint: none` keeps none and may change freely).";
     HandlerRemoved = "HANDLER_REMOVED", Warning,
         "A handler binding disappears: on RabbitMQ its queue keeps messages nobody reads.";
 }

@@ -1,7 +1,7 @@
 //! Process managers: `correlate_by` (a required field of every event it listens to),
 //! typed state, the events that start, drive and end an instance (each in one list),
 //! the commands it dispatches and named timers with durations (`500ms`, `30s`, `30m`,
-//! `2h`). Names are unique across namespaces: the instance streams and the feed's
+//! `2h`) and `partitions` (as a projection's). Names are unique across namespaces: the instance streams and the feed's
 //! checkpoint are named after them.
 
 use std::collections::HashMap;
@@ -22,6 +22,7 @@ pub(super) const PROCESS_KEYS: &[&str] = &[
     "ends_on",
     "dispatches",
     "timeouts",
+    "partitions",
 ];
 
 pub(super) const TIMEOUT_KEYS: &[&str] = &["after", "description"];
@@ -160,18 +161,24 @@ impl Validator {
             None => Some(Vec::new()),
             Some(n) => self.timeouts(&owner, n),
         };
+        let partitions = match map.get("partitions") {
+            None => Some(1),
+            Some(n) => self.partitions(&owner, n),
+        };
         let (
             Some(correlate_by),
             Some(state),
             [Some((starts_on, _)), Some((handles, _)), Some((ends_on, _))],
             Some((dispatches, _)),
             Some(timeouts),
+            Some(partitions),
         ) = (
             correlate_by,
             state,
             <[_; 3]>::try_from(lists).ok()?,
             dispatches,
             timeouts,
+            partitions,
         )
         else {
             return None;
@@ -187,6 +194,7 @@ impl Validator {
             ends_on,
             dispatches,
             timeouts,
+            partitions,
         })
     }
 

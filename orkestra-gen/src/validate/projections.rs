@@ -1,6 +1,6 @@
 //! Projections: the events a read model receives from the store (`event`, `events` or
 //! `topic`, as handler bindings), `batch`, `max_retries`, `checkpoint` (`store` or
-//! `none`); names unique across namespaces
+//! `none`), `partitions` (as a process manager's); names unique across namespaces
 //! (a projection's name is its checkpoint's) and free of collisions among the items
 //! generated in `<namespace>::projections`.
 
@@ -23,6 +23,7 @@ pub(super) const PROJECTION_KEYS: &[&str] = &[
     "batch",
     "max_retries",
     "checkpoint",
+    "partitions",
     "description",
 ];
 
@@ -31,6 +32,10 @@ const TARGET_KEYS: [&str; 3] = ["event", "events", "topic"];
 
 /// The largest `batch`: one PostgreSQL transaction per batch must stay reasonable.
 const MAX_BATCH: i64 = 100_000;
+
+/// The most partitions a worker may have: the runtime's `store::MAX_PARTITIONS` (a unit
+/// test holds the two equal; this crate does not depend on the runtime).
+pub(super) const MAX_PARTITIONS: i64 = 1024;
 
 /// Projection names seen so far, across namespaces (the checkpoint's name), and the
 /// generated items of each namespace: the name and span of what claimed them.
@@ -114,6 +119,10 @@ impl Validator {
         let max_retries = map
             .get("max_retries")
             .map(|n| self.projection_int(key, n, "max_retries", 0, i64::from(u32::MAX)));
+        let partitions = match map.get("partitions") {
+            None => Some(1),
+            Some(n) => self.partitions(&format!("projection `{}`", key.name), n),
+        };
         let batch = match batch {
             Some(None) => return None,
             Some(Some(b)) => Some(b as u32),
@@ -153,6 +162,7 @@ impl Validator {
             batch,
             max_retries,
             checkpoint,
+            partitions: partitions?,
         })
     }
 
@@ -263,6 +273,58 @@ impl Validator {
         Some(HandlerTarget::Topic { pattern, matched })
     }
 
+    /// `partitions` of a projection or a process manager (`owner` names it): an integer
+    /// from 1 to [`MAX_PARTITIONS`]. Each mistake gets its own sentence, and a help line
+    /// with the range (or the unquoted number, for one written as text).
+    pub(super) fn partitions(&mut self, owner: &str, n: &Node) -> Option<u32> {
+        let range = format!(
+            "use an integer from 1 to {MAX_PARTITIONS}; the default, 1, runs it as one partition"
+        );
+        let (problem, help) = match &n.value {
+            Value::Int(i) if (1..=MAX_PARTITIONS).contains(i) => return u32::try_from(*i).ok(),
+            Value::Int(0) => (
+                format!("`partitions` of {owner} is 0: a worker needs at least one partition"),
+                range,
+            ),
+            Value::Int(i) if *i < 0 => (
+                format!(
+                    "`partitions` of {owner} is negative ({i}): a worker needs at least one partition"
+                ),
+                range,
+            ),
+            Value::Int(i) => (
+                format!(
+                    "`partitions` of {owner} is {i}, out of range: a worker has 1 to {MAX_PARTITIONS} partitions"
+                ),
+                range,
+            ),
+            Value::Str(text)
+                if text
+                    .trim()
+                    .parse::<i64>()
+                    .is_ok_and(|i| (1..=MAX_PARTITIONS).contains(&i)) =>
+            {
+                (
+                    format!(
+                        "`partitions` of {owner} must be a number, found {}",
+                        describe(n)
+                    ),
+                    format!("write it without quotes: `partitions: {}`", text.trim()),
+                )
+            }
+            _ => (
+                format!(
+                    "`partitions` of {owner} must be a whole number, found {}",
+                    describe(n)
+                ),
+                range,
+            ),
+        };
+        self.diags
+            .push(Diagnostic::error(&n.span, problem).with_help(help));
+        None
+    }
+
     /// An integer setting in `min..=max`.
     fn projection_int(
         &mut self,
@@ -286,5 +348,16 @@ impl Validator {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_partition_limit_is_the_runtime_s() {
+        assert_eq!(
+            super::MAX_PARTITIONS,
+            i64::from(orkestra_runtime::store::MAX_PARTITIONS)
+        );
     }
 }
