@@ -14,3 +14,4 @@ pub(crate) mod keeper;
 // Its own tests use the hash only, so its settings are unused in test builds too.
 #[allow(dead_code)]
 pub(crate) mod partition;
+pub(crate) mod status;
