@@ -1,7 +1,8 @@
-//! `orkestra`: operate the RabbitMQ bus a configuration names (`orkestra.toml` in the
-//! working directory, or `--config FILE`, then the `ORKESTRA_*` environment, exactly as
-//! `orkestra_runtime::Config::load` reads them). Argument parsing and printing only;
-//! the work is `orkestra_runtime::bus::rabbitmq::DeadLetterAdmin`'s.
+//! `orkestra`: operate the RabbitMQ bus and the store a configuration names
+//! (`orkestra.toml` in the working directory, or `--config FILE`, then the `ORKESTRA_*`
+//! environment, exactly as `orkestra_runtime::Config::load` reads them). Argument parsing
+//! and printing only; the work is `orkestra_runtime::bus::rabbitmq::DeadLetterAdmin`'s,
+//! the relay's and `orkestra_runtime::runners::status`'s.
 //!
 //! ```text
 //! orkestra dlq list   [--handler H] [--limit N]
@@ -10,13 +11,16 @@
 //! orkestra dlq purge  ID... | --all [--handler H]
 //! orkestra topology   [--handler H]... [--command TOPIC]...
 //! orkestra relay skip POSITION [--checkpoint NAME]
+//! orkestra status
 //! ```
-//! Every command takes `--format human|json`. Exit codes: 0 success, 1 failure (an id
-//! not found, a replay not confirmed, the broker or the configuration), 2 usage errors.
+//! Every command takes `--format human|json` (`table` is another name for `human`). Exit
+//! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
+//! store or the configuration), 2 usage errors.
 
 mod print;
 mod progress;
 mod schema;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +34,7 @@ use orkestra_runtime::config::BusAdapter;
 #[command(
     name = "orkestra",
     version,
-    about = "Operate an Orkestra RabbitMQ bus: dead letters, topology and the relay"
+    about = "Operate an Orkestra service: dead letters, topology, the relay and the status of its workers"
 )]
 struct Args {
     /// Output style.
@@ -48,6 +52,7 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
     /// Tables and text for a terminal.
+    #[value(alias = "table")]
     Human,
     /// One JSON document on standard output.
     Json,
@@ -61,6 +66,10 @@ enum Cmd {
     /// The relay of the configured store (`[store]`).
     #[command(subcommand)]
     Relay(RelayCmd),
+    /// Every worker (projections, the relay, process managers) and partition of the
+    /// configured store (`[store]`), across every copy of the service: its owner,
+    /// checkpoint, lag in events and in seconds, and when its lease expires.
+    Status,
     /// The exchanges and queues Orkestra declares under the configured prefix, with
     /// their bindings and depths.
     Topology {
@@ -167,12 +176,17 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
-    let config = match path {
+    match path {
         Some(path) => Config::from_file(path)
             .and_then(|c| c.with_env_overrides(|name| std::env::var(name).ok())),
         None => Config::load(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// The configuration, refused unless it names a RabbitMQ bus.
+fn load_bus_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    let config = load_config(path)?;
     if config.bus.adapter != BusAdapter::RabbitMq {
         return Err(format!(
             "bus.adapter is {:?}: `orkestra` works on a RabbitMQ bus (set bus.adapter = \"rabbitmq\" in orkestra.toml or ORKESTRA_BUS_ADAPTER=rabbitmq)",
@@ -183,7 +197,12 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 async fn run(args: &Args) -> Result<ExitCode, String> {
-    let config = load_config(args.config.as_ref())?;
+    if let Cmd::Status = &args.command {
+        // The store alone: any bus, no broker needed.
+        let config = load_config(args.config.as_ref())?;
+        return status::run(&config, args.format).await;
+    }
+    let config = load_bus_config(args.config.as_ref())?;
     if let Cmd::Relay(RelayCmd::Skip {
         position,
         checkpoint,
@@ -278,7 +297,7 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
             print::settled(format, "purged", admin.queue(), &done);
         }
         // Handled by `run` before it connects to the broker.
-        Cmd::Relay(_) => {}
+        Cmd::Relay(_) | Cmd::Status => {}
         Cmd::Topology {
             handler,
             command,

@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use orkestra_runtime::bus::rabbitmq::{Settlement, StoredDeadLetter, TopologyReport};
+use orkestra_runtime::runners::RunnerStatus;
 use serde_json::{Value, json};
 
 use crate::Format;
@@ -199,6 +200,72 @@ pub(crate) fn topology(format: Format, report: &TopologyReport) {
             println!("    dead-letters to {}", clean(to));
         }
     }
+}
+
+/// `status`: one row per partition of each worker, by worker then partition.
+pub(crate) fn status(format: Format, statuses: &[RunnerStatus]) {
+    let now = Utc::now();
+    let expires_in = |s: &RunnerStatus| {
+        s.expires_at
+            .map(|t| u64::try_from((t - now).num_milliseconds()).map_or(0, |ms| ms.div_ceil(1000)))
+    };
+    if format == Format::Json {
+        let rows: Vec<Value> = statuses
+            .iter()
+            .map(|s| {
+                json!({
+                    "worker": s.name,
+                    "partition": s.partition,
+                    "partitions": s.partitions,
+                    "owner": s.owner,
+                    "checkpoint": s.checkpoint,
+                    "head": s.head,
+                    "lag_events": s.lag_events,
+                    "lag_seconds": seconds(s.lag),
+                    "expires_at": s.expires_at.map(|t| t.to_rfc3339()),
+                    "expires_in_seconds": expires_in(s),
+                })
+            })
+            .collect();
+        emit(&Value::Array(rows));
+        return;
+    }
+    if statuses.is_empty() {
+        println!("no workers have run yet: the store holds no leases");
+        return;
+    }
+    let dash = || "-".to_owned();
+    let rows: Vec<[String; 7]> = statuses
+        .iter()
+        .map(|s| {
+            [
+                clean(&s.name),
+                format!("{}/{}", s.partition, s.partitions),
+                s.owner.as_deref().map_or_else(dash, clean),
+                s.checkpoint.map_or_else(dash, |c| c.to_string()),
+                s.lag_events.to_string(),
+                format!("{:.1}", seconds(s.lag)),
+                expires_in(s).map_or_else(dash, |n| format!("in {n}s")),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "WORKER",
+            "PARTITION",
+            "OWNER",
+            "CHECKPOINT",
+            "LAG EVENTS",
+            "LAG SECONDS",
+            "LEASE EXPIRES",
+        ],
+        &rows,
+    );
+}
+
+/// Seconds to the millisecond.
+fn seconds(d: std::time::Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
 }
 
 fn emit(value: &Value) {

@@ -2,6 +2,7 @@
 //! has its own prefix (an `orkestra.toml` in a directory of its own, the broker URL in
 //! `ORKESTRA_BUS_URL`) and deletes its queues after. Without a broker the tests skip,
 //! unless `ORKESTRA_REQUIRE_SERVICES=1`, where they fail.
+//! `relay skip` and `status` work on a SQLite store the test prepares, with no broker.
 
 #[allow(dead_code)]
 #[path = "../../orkestra-runtime/tests/support/payloads.rs"]
@@ -756,5 +757,230 @@ async fn relay_skip_moves_past_the_next_event_only() {
     assert_eq!(
         store.load_checkpoint("orkestra.relay").await.unwrap(),
         Some(positions[1])
+    );
+}
+
+/// A directory of its own with an `orkestra.toml` whose `[store]` is `store` (TOML
+/// lines), and `orkestra` run in it with no `ORKESTRA_*` store or bus setting.
+struct StoreDir {
+    dir: PathBuf,
+}
+
+impl StoreDir {
+    fn new(store: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "orkestra-cli-status-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("orkestra.toml"), format!("[store]\n{store}\n")).unwrap();
+        Self { dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Process::new(env!("CARGO_BIN_EXE_orkestra"))
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("ORKESTRA_BUS_ADAPTER")
+            .env_remove("ORKESTRA_STORE_ADAPTER")
+            .env_remove("ORKESTRA_STORE_URL")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `orkestra` and expects exit 0; its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for StoreDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What varies from run to run in `status`: a lag other than zero (`[lag]`, the
+/// table's column kept as wide), the lease's expiry and the seconds left.
+fn redact_status(text: &str) -> String {
+    let text = regex::Regex::new(r#""lag_seconds": ([0-9.]+)"#)
+        .unwrap()
+        .replace_all(text, |c: &regex::Captures<'_>| {
+            if &c[1] == "0.0" {
+                c[0].to_owned()
+            } else {
+                r#""lag_seconds": "[lag]""#.to_owned()
+            }
+        });
+    let text = regex::Regex::new(r#""expires_at": "[^"]+""#)
+        .unwrap()
+        .replace_all(&text, r#""expires_at": "[time]""#);
+    let text = regex::Regex::new(r#""expires_in_seconds": \d+"#)
+        .unwrap()
+        .replace_all(&text, r#""expires_in_seconds": "[seconds]""#);
+    // The table: a lag cell with the spaces after it, as wide as it was.
+    let text = regex::Regex::new(r"  (\d+\.\d)( +)in ")
+        .unwrap()
+        .replace_all(&text, |c: &regex::Captures<'_>| {
+            let cell = if &c[1] == "0.0" { "0.0" } else { "[lag]" };
+            let width = c[1].len() + c[2].len();
+            format!("  {cell:<width$}in ")
+        });
+    let text = regex::Regex::new(r"(?m)  (\d+\.\d)( +)-$")
+        .unwrap()
+        .replace_all(&text, |c: &regex::Captures<'_>| {
+            let cell = if &c[1] == "0.0" { "0.0" } else { "[lag]" };
+            let width = c[1].len() + c[2].len();
+            format!("  {cell:<width$}-")
+        });
+    regex::Regex::new(r"in \d+s")
+        .unwrap()
+        .replace_all(&text, "in [N]s")
+        .into_owned()
+}
+
+#[test]
+fn status_redaction_keeps_zero_lags_and_the_columns() {
+    assert_eq!(
+        redact_status("x  0.0          in 30s\ny  12.5         in 9s\nz  0.1          -\n"),
+        "x  0.0          in [N]s\ny  [lag]        in [N]s\nz  [lag]        -\n"
+    );
+    assert_eq!(
+        redact_status(r#""lag_seconds": 0.0, "lag_seconds": 0.051, "expires_in_seconds": 30"#),
+        r#""lag_seconds": 0.0, "lag_seconds": "[lag]", "expires_in_seconds": "[seconds]""#
+    );
+}
+
+/// `orkestra status` on a SQLite store the test prepared: two workers, partitions held
+/// by two owners, one free, one released, one never run; checkpoints at, before and far
+/// before the head. Table and JSON; the store alone (no broker, any bus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_every_worker_and_partition() {
+    use orkestra_runtime::{EventData, ExpectedVersion, Store};
+    let dir = StoreDir::new("adapter = \"sqlite\"\nurl = \"events.db\"");
+    let store = Store::sqlite(dir.dir.join("events.db")).await.unwrap();
+    let empty = dir.ok(&["status"]);
+    assert_eq!(
+        empty,
+        "no workers have run yet: the store holds no leases\n"
+    );
+    assert_eq!(dir.ok(&["status", "--format", "json"]), "[]\n");
+
+    let mut p = Vec::new();
+    for i in 0..4 {
+        let event = Event::new(
+            OrderPlaced {
+                order_id: format!("o{i}"),
+                quantity: 1,
+            },
+            Metadata::new(),
+        )
+        .unwrap();
+        p.push(
+            store
+                .append(
+                    &format!("order-{i}"),
+                    ExpectedVersion::NoStream,
+                    vec![EventData::from_event(&event).unwrap()],
+                )
+                .await
+                .unwrap()
+                .last_position,
+        );
+    }
+    let leases = store.leases().await.unwrap();
+    let live = Duration::from_secs(30);
+    leases.register("Tally", 3).await.unwrap();
+    leases.register("orkestra.relay", 1).await.unwrap();
+    let lease = leases
+        .acquire("Tally", 0, "web-1:41", live)
+        .await
+        .unwrap()
+        .unwrap();
+    leases.save_checkpoint(&lease, Some(p[3])).await.unwrap();
+    let lease = leases
+        .acquire("Tally", 1, "web-2:7", live)
+        .await
+        .unwrap()
+        .unwrap();
+    leases.save_checkpoint(&lease, Some(p[1])).await.unwrap();
+    assert!(leases.release(&lease).await.unwrap());
+    let lease = leases
+        .acquire("orkestra.relay", 0, "web-2:7", live)
+        .await
+        .unwrap()
+        .unwrap();
+    leases.save_checkpoint(&lease, Some(p[0])).await.unwrap();
+    // Every unhandled event at least this old.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let table = dir.ok(&["status"]);
+    insta::assert_snapshot!("status_table", redact_status(&table));
+    assert_eq!(dir.ok(&["status", "--format", "table"]).lines().count(), 5);
+    let json = dir.ok(&["status", "--format", "json"]);
+    insta::assert_snapshot!("status_json", redact_status(&json));
+
+    let rows: Value = serde_json::from_str(&json).unwrap();
+    let rows = rows.as_array().unwrap();
+    for row in rows {
+        let lag = row["lag_seconds"].as_f64().unwrap();
+        if row["lag_events"] == 0 {
+            assert_eq!(lag, 0.0, "{row}");
+        } else {
+            assert!((0.15..60.0).contains(&lag), "{row}");
+        }
+        match row["owner"].as_str() {
+            Some(_) => {
+                let left = row["expires_in_seconds"].as_u64().unwrap();
+                assert!((25..=30).contains(&left), "{row}");
+                let at = chrono::DateTime::parse_from_rfc3339(row["expires_at"].as_str().unwrap());
+                assert!(at.is_ok(), "RFC 3339: {row}");
+            }
+            None => assert!(row["expires_at"].is_null() && row["expires_in_seconds"].is_null()),
+        }
+    }
+}
+
+/// A store `status` cannot read is one line naming it, the password hidden; a SQLite
+/// file that does not exist is reported, not created; a memory store is refused.
+#[test]
+fn status_names_the_store_it_cannot_read() {
+    let dir =
+        StoreDir::new("adapter = \"postgres\"\nurl = \"postgres://app:hunter2@127.0.0.1:1/app\"");
+    let out = dir.run(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot open the configured store: ")
+            && stderr.contains("(store.url)")
+            && stderr.contains("app:***@127.0.0.1:1/app"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let dir = StoreDir::new("adapter = \"sqlite\"\nurl = \"missing.db\"");
+    let out = dir.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: store sqlite \"missing.db\": no such file (store.url, or ORKESTRA_STORE_URL, names the service's SQLite file)\n"
+    );
+    assert!(!dir.dir.join("missing.db").exists(), "not created");
+
+    let dir = StoreDir::new("adapter = \"memory\"");
+    let out = dir.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("store.adapter is \"memory\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -24,7 +24,8 @@
 //! Each module uses only the ones above it in this list (see `ARCHITECTURE.md`):
 //! [`config`] and [`DriverError`] → messages and payloads (the root re-exports,
 //! [`topic`]) → [`trace`] (context, sampling, spans) → handler types ([`HandlerError`],
-//! [`EventSet`], [`DeadLetter`]) → [`bus`] and [`store`] → appending and publishing
+//! [`EventSet`], [`DeadLetter`]) → [`bus`] and [`store`] → the workers' leases and their
+//! [`runners::status`] → appending and publishing
 //! together ([`Store::append_and_publish`], [`aggregate`], [`projection`], [`relay`]) → [`telemetry`](crate#cargo-features).
 //!
 //! ## Cargo features
@@ -62,6 +63,12 @@ pub mod bus;
 pub mod store;
 // Layer 4.5: what workers share across copies of a service.
 mod runner;
+/// The workers of every copy of a service (projections, the relay, process managers), as
+/// the store's leases and checkpoints show them: [`runners::status`] is what
+/// `orkestra status` prints.
+pub mod runners {
+    pub use crate::runner::status::{RunnerStatus, status};
+}
 // Layer 5: built on a bus and a store.
 pub mod aggregate;
 pub mod process;

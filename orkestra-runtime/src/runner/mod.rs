@@ -9,3 +9,4 @@
 
 pub(crate) mod keeper;
 pub(crate) mod partition;
+pub(crate) mod status;
