@@ -63,6 +63,9 @@ enum Cmd {
     /// The dead letters of the catch-all queue `<prefix>.deadletter.all`.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// The projections of the configured store (`[store]`).
+    #[command(subcommand)]
+    Projection(ProjectionCmd),
     /// The relay of the configured store (`[store]`).
     #[command(subcommand)]
     Relay(RelayCmd),
@@ -87,6 +90,22 @@ enum Cmd {
         /// The schemas' namespace prefix (as given to the generator).
         #[arg(long, default_value = "", requires = "schemas")]
         app_prefix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectionCmd {
+    /// Set projection NAME up to be rebuilt: every partition's checkpoint goes back to
+    /// none and every lease ends (a copy working it is fenced and lets go), with
+    /// PARTITIONS partitions from now on; the copies running it, or the next one to
+    /// start it, replay every event up to the store's current head as a replay. How a
+    /// projection changes its partition count.
+    Rebuild {
+        /// The projection's name (its checkpoint's).
+        name: String,
+        /// Its partition count from now on (the schema's `partitions`).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        partitions: u32,
     },
 }
 
@@ -202,6 +221,10 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
         let config = load_config(args.config.as_ref())?;
         return status::run(&config, args.format).await;
     }
+    if let Cmd::Projection(ProjectionCmd::Rebuild { name, partitions }) = &args.command {
+        let config = load_config(args.config.as_ref())?;
+        return status::rebuild(&config, name, *partitions).await;
+    }
     let config = load_bus_config(args.config.as_ref())?;
     if let Cmd::Relay(RelayCmd::Skip {
         position,
@@ -297,7 +320,7 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
             print::settled(format, "purged", admin.queue(), &done);
         }
         // Handled by `run` before it connects to the broker.
-        Cmd::Relay(_) | Cmd::Status => {}
+        Cmd::Relay(_) | Cmd::Status | Cmd::Projection(_) => {}
         Cmd::Topology {
             handler,
             command,

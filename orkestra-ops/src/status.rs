@@ -19,6 +19,34 @@ pub(crate) async fn run(config: &Config, format: Format) -> Result<ExitCode, Str
     Ok(ExitCode::SUCCESS)
 }
 
+/// `projection rebuild`: resets the projection's partitions in the store (every lease
+/// ended, every checkpoint cleared, the head as the rebuild's target).
+pub(crate) async fn rebuild(
+    config: &Config,
+    name: &str,
+    partitions: u32,
+) -> Result<ExitCode, String> {
+    let store = open(config).await?;
+    let target =
+        orkestra_runtime::projection::Projections::prepare_rebuild(&store, name, partitions)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: cannot set projection {name:?} up for a rebuild: {e}",
+                    location(config)
+                )
+            })?;
+    match target {
+        Some(head) => println!(
+            "projection {name:?}: {partitions} partition(s), every checkpoint cleared; the copies running it, or the next to start it, replay every event up to position {head}"
+        ),
+        None => println!(
+            "projection {name:?}: {partitions} partition(s), every checkpoint cleared; the store holds no events yet"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The store, opened only when it can hold something to report: a memory store lives
 /// and dies with its process, and a SQLite file that does not exist would be created
 /// empty (a mistyped path would then read as "nothing has run").

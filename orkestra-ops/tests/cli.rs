@@ -984,3 +984,76 @@ fn status_names_the_store_it_cannot_read() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `projection rebuild`: a held projection's partitions are reset in the store (its
+/// holder fenced), with the new count, and the head is the replay's target.
+#[tokio::test]
+async fn projection_rebuild_resets_every_partition_with_the_new_count() {
+    use orkestra_runtime::projection::Projections;
+    use orkestra_runtime::{EventData, ExpectedVersion, Store, StoreError};
+    let dir = StoreDir::new("adapter = \"sqlite\"\nurl = \"events.db\"");
+    let store = Store::sqlite(dir.dir.join("events.db")).await.unwrap();
+    let event = Event::new(
+        OrderPlaced {
+            order_id: "o1".into(),
+            quantity: 1,
+        },
+        Metadata::new(),
+    )
+    .unwrap();
+    let head = store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![EventData::from_event(&event).unwrap()],
+        )
+        .await
+        .unwrap()
+        .last_position;
+    let leases = store.leases().await.unwrap();
+    leases.register("Tally", 2).await.unwrap();
+    let held = leases
+        .acquire("Tally", 0, "web-1:41", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    leases.save_checkpoint(&held, Some(head)).await.unwrap();
+
+    let out = dir.ok(&["projection", "rebuild", "Tally", "--partitions", "4"]);
+    assert_eq!(
+        out,
+        format!(
+            "projection \"Tally\": 4 partition(s), every checkpoint cleared; the copies running it, or the next to start it, replay every event up to position {head}\n"
+        )
+    );
+    let records: Vec<_> = leases
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.worker == "Tally")
+        .collect();
+    assert_eq!(records.len(), 4);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.partitions == Some(4) && r.owner.is_none() && r.checkpoint.is_none())
+    );
+    assert_eq!(
+        Projections::checkpoint(&store, "Tally").await.unwrap(),
+        None
+    );
+    // The copy that held partition 0 is fenced.
+    assert!(matches!(
+        leases.save_checkpoint(&held, Some(head)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // A count out of range is refused, naming it.
+    let out = dir.run(&["projection", "rebuild", "Tally", "--partitions", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 partitions is out of range (1 to 1024)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -376,14 +376,14 @@ impl Store {
         self.backend.save_checkpoint(name, position).await
     }
 
-    /// The leases of this store: what the workers of several copies of a service hold
-    /// their partitions by (see [`Leases`]). EventStoreDB keeps none yet: an error.
     /// Whether the store keeps leases (every adapter but EventStoreDB): workers over a
     /// store without them run whole in each copy, checkpointed by name.
     pub fn keeps_leases(&self) -> bool {
         self.backend.leases().is_some()
     }
 
+    /// The leases of this store: what the workers of several copies of a service hold
+    /// their partitions by (see [`Leases`]). EventStoreDB keeps none yet: an error.
     pub async fn leases(&self) -> Result<Leases, StoreError> {
         match self.backend.leases() {
             Some(backend) => Ok(Leases::new(backend)),
