@@ -107,8 +107,22 @@ async fn relay_mode_appends_only_and_the_relay_publishes_in_order() {
     assert_eq!(got, expected, "in order, the event id as message id");
     relay.stop().await.unwrap();
     assert_eq!(
-        store.load_checkpoint("orkestra.relay").await.unwrap(),
+        Relay::new(store.clone(), bus.clone())
+            .checkpoint()
+            .await
+            .unwrap(),
         Some(head)
+    );
+    assert_eq!(
+        store
+            .leases()
+            .await
+            .unwrap()
+            .checkpoint(RELAY_CHECKPOINT, 0)
+            .await
+            .unwrap(),
+        Some(head),
+        "the checkpoint lives with the relay's lease"
     );
 
     // Live, and a restart resumes after the checkpoint: nothing twice.
@@ -160,7 +174,10 @@ async fn an_unknown_topic_stops_the_relay_before_the_event() {
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(
-        store.load_checkpoint("orkestra.relay").await.unwrap(),
+        Relay::new(store.clone(), bus.clone())
+            .checkpoint()
+            .await
+            .unwrap(),
         Some(first.last_position),
         "checkpoint before the event it could not publish"
     );
@@ -350,7 +367,10 @@ async fn an_event_the_bus_refuses_stops_the_relay_until_it_is_skipped() {
         .await
         .unwrap();
     assert_eq!(
-        store.load_checkpoint(RELAY_CHECKPOINT).await.unwrap(),
+        Relay::new(store.clone(), bus.clone())
+            .checkpoint()
+            .await
+            .unwrap(),
         Some(huge)
     );
     let log = logs.text();
