@@ -94,7 +94,9 @@ pub enum RelayError {
     /// The checkpoint is beyond the store's last event (a store restored from a backup).
     #[error(
         "relay checkpoint {name:?} is at position {checkpoint}, but the store's head is {}; \
-         was the store restored from a backup? Clear the checkpoint to publish everything again",
+         was the store restored from a backup? To publish everything again, reset it: \
+         `store.leases().await?.reset({name:?}, 1)` (`store.save_checkpoint({name:?}, None)` on \
+         a store without leases)",
         match .head { Some(h) => format!("at position {h}"), None => "empty".to_owned() }
     )]
     AheadOfStore {
@@ -346,11 +348,9 @@ impl Relay {
             ))
             .into());
         }
-        let leases = self.leases_registered().await?;
-        let checkpoint = match &leases {
-            Some(leases) => leases.checkpoint(&self.checkpoint, 0).await?,
-            None => self.store.load_checkpoint(&self.checkpoint).await?,
-        };
+        // Checked before registering: an older checkpoint ahead of the head is not
+        // carried into the leases.
+        let checkpoint = self.checkpoint().await?;
         let head = self.store.head().await?;
         if let Some(c) = checkpoint
             && head.is_none_or(|h| c > h)
@@ -361,6 +361,11 @@ impl Relay {
                 head,
             });
         }
+        let leases = self.leases_registered().await?;
+        let checkpoint = match &leases {
+            Some(leases) => leases.checkpoint(&self.checkpoint, 0).await?,
+            None => checkpoint,
+        };
         let owner = self.leases.owner();
         let name = self.checkpoint.clone();
         let shared = Arc::new(Shared::new(checkpoint));
