@@ -254,12 +254,16 @@ async fn a_checkpoint_ahead_of_the_head_is_refused() {
         "{err}"
     );
     leases.reset(RELAY_CHECKPOINT, 1).await.unwrap();
-    let relay = Relay::new(store.clone(), Bus::in_process())
-        .start()
-        .await
-        .unwrap();
-    assert_eq!(relay.published(), None, "from the start after a reset");
-    relay.stop().await.unwrap();
+    let relay = Relay::new(store.clone(), Bus::in_process());
+    assert_eq!(relay.checkpoint().await.unwrap(), None, "reset");
+    let mut running = relay.clone().start().await.unwrap();
+    running.wait_for(0).await.unwrap();
+    running.stop().await.unwrap();
+    assert_eq!(
+        relay.checkpoint().await.unwrap(),
+        Some(0),
+        "published again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
