@@ -113,8 +113,9 @@ enum ProjectionCmd {
 enum RelayCmd {
     /// Move the relay's checkpoint past the event at POSITION without publishing it:
     /// for an event the bus refuses for good (the relay stopped on it, naming its
-    /// position). POSITION must be the next event to publish. Logged; run it while the
-    /// relay is stopped.
+    /// position). POSITION must be the next event to publish. Logged. It takes the
+    /// relay's lease for the move, so it is refused while a copy of the service holds
+    /// the relay (every copy stops on such an event and gives the lease back).
     Skip {
         /// The event's global position (as the relay's error names it).
         position: u64,

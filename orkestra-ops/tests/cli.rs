@@ -739,10 +739,13 @@ async fn relay_skip_moves_past_the_next_event_only() {
         )),
         "{stderr}"
     );
-    assert_eq!(
-        store.load_checkpoint("orkestra.relay").await.unwrap(),
-        Some(positions[0])
-    );
+    let relay_checkpoint = || async {
+        orkestra_runtime::relay::Relay::new(store.clone(), orkestra_runtime::Bus::in_process())
+            .checkpoint()
+            .await
+            .unwrap()
+    };
+    assert_eq!(relay_checkpoint().await, Some(positions[0]));
     let out = run(&["relay", "skip", &positions[1].to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -754,10 +757,36 @@ async fn relay_skip_moves_past_the_next_event_only() {
         String::from_utf8_lossy(&out.stdout).contains(&positions[1].to_string()),
         "{out:?}"
     );
+    assert_eq!(relay_checkpoint().await, Some(positions[1]));
     assert_eq!(
-        store.load_checkpoint("orkestra.relay").await.unwrap(),
-        Some(positions[1])
+        store
+            .leases()
+            .await
+            .unwrap()
+            .checkpoint("orkestra.relay", 0)
+            .await
+            .unwrap(),
+        Some(positions[1]),
+        "moved in the relay's lease, which began at its older checkpoint"
     );
+
+    // While a copy holds the relay, the skip is refused and names it.
+    let relay =
+        orkestra_runtime::relay::Relay::new(store.clone(), orkestra_runtime::Bus::in_process())
+            .with_owner("holder-copy")
+            .start()
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !relay.holding() {
+        assert!(std::time::Instant::now() < deadline, "the relay never held");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = run(&["relay", "skip", &positions[2].to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("held by \"holder-copy\""), "{stderr}");
+    relay.stop().await.unwrap();
 }
 
 /// A directory of its own with an `orkestra.toml` whose `[store]` is `store` (TOML

@@ -1,12 +1,34 @@
 //! Layer 5, built on a bus and a store: the relay (transactional outbox,
-//! `design/projections.md`).
+//! `design/projections.md`; several copies: `design/replicas.md`).
 //!
 //! A command handler only appends (`store.publish = "relay"`); the [`Relay`] tails the
-//! store's global order from its checkpoint (`orkestra.relay`) and publishes every event
-//! on the bus, in order, saving the checkpoint after each published batch. On RabbitMQ
-//! every publish waits for the broker's confirm, so an event is only counted once the
-//! broker has it. After a crash the events after the last checkpoint are published again:
-//! delivery is at least once, and the message id is the event id, so consumers can tell.
+//! store's global order from its checkpoint (named `orkestra.relay` unless
+//! [`Relay::with_checkpoint`] says otherwise) and publishes every event on the bus, in
+//! order, saving the checkpoint after each published batch. On RabbitMQ every publish
+//! waits for the broker's confirm, so an event is only counted once the broker has it.
+//!
+//! # One copy publishes at a time
+//!
+//! Every copy of a service may start the relay: it is a worker of one partition on the
+//! runner keeper (`runner/keeper.rs`), and only the copy holding the partition's lease
+//! publishes. The checkpoint lives with the lease (`orkestra_leases` on SQLite and
+//! PostgreSQL, in memory for the memory store) and every save carries the lease's
+//! fencing token: a copy that lost the lease (paused past it, cut off from the store) has
+//! its save refused ([`StoreError::Fenced`]), stops publishing at once and logs it once,
+//! naming the new owner. A graceful [`RunningRelay::stop`] finishes the batch in hand,
+//! saves it and releases the lease, and another copy takes over within about a quarter
+//! of a second; a copy that dies loses the relay when its lease ends, after which another
+//! takes over within a renewal period (a third of the lease: [`Relay::with_lease`], else
+//! the store's `[runners] lease`). The new owner publishes from the last saved
+//! checkpoint: the events its predecessor published after it are published again, at
+//! most one batch ([`Relay::with_batch`]). Delivery is at least once, and the message id
+//! is the event id, so consumers can tell; nothing is skipped, and since the relay
+//! publishes in global order, each stream's events go out in order.
+//!
+//! Upgrading: a relay whose name is new to the leases starts them at the checkpoint it
+//! kept before (`orkestra_checkpoints`, [`Store::load_checkpoint`]), so an upgrade neither
+//! publishes again nor skips. On a store that keeps no leases (EventStoreDB) the relay
+//! runs as before, from that older checkpoint and as if alone: run one copy of it there.
 //!
 //! Stored events carry the topic they were appended with ([`RecordedEvent::topic`]);
 //! for rows without one (appended without a topic, or by a release that did not record
@@ -16,8 +38,10 @@
 //! A bus error that cannot pass by waiting (an event over `bus.max_message_bytes`, one
 //! that cannot be encoded) stops the relay with [`RelayError::Unpublishable`], naming
 //! the event's position, stream and the reason, logged once and kept in
-//! [`RunningRelay::status`]; it is not retried. An operator moves past it deliberately
-//! with [`Relay::skip`] (`orkestra relay skip POSITION`), which logs what it skipped.
+//! [`RunningRelay::status`]; it is not retried. The copy that stopped releases the lease,
+//! so each copy that takes the relay over stops at the same event. An operator moves
+//! past it deliberately with [`Relay::skip`] (`orkestra relay skip POSITION`), which
+//! takes the lease itself (refused while a copy holds it) and logs what it skipped.
 //! Other bus errors (the broker down, a timeout) are retried until they pass.
 //!
 //! The trace context recorded with an event (the span that appended it, usually its
@@ -26,14 +50,19 @@
 //! directly or by the relay.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, BusError};
 use crate::message::{EventEnvelope, Message};
-use crate::store::{RecordedEvent, Store, StoreError};
+use crate::runner::keeper::{self, KeeperConfig, PartitionWork, RunningKeeper};
+use crate::runner::partition::LeaseSettings;
+use crate::store::{Lease, Leases, RecordedEvent, Store, StoreError};
 
 /// The relay's checkpoint name unless [`Relay::with_checkpoint`] says otherwise.
 pub const RELAY_CHECKPOINT: &str = "orkestra.relay";
@@ -65,7 +94,9 @@ pub enum RelayError {
     /// The checkpoint is beyond the store's last event (a store restored from a backup).
     #[error(
         "relay checkpoint {name:?} is at position {checkpoint}, but the store's head is {}; \
-         was the store restored from a backup? Clear the checkpoint to publish everything again",
+         was the store restored from a backup? To publish everything again, reset it: \
+         `store.leases().await?.reset({name:?}, 1)` (`store.save_checkpoint({name:?}, None)` on \
+         a store without leases)",
         match .head { Some(h) => format!("at position {h}"), None => "empty".to_owned() }
     )]
     AheadOfStore {
@@ -109,6 +140,19 @@ pub enum RelayError {
         /// The next event to publish.
         next: Option<u64>,
     },
+    /// [`Relay::skip`] found the relay held by a running copy: it moves the checkpoint
+    /// only while no copy publishes.
+    #[error(
+        "relay checkpoint {name:?} is held by {owner:?}, which may be publishing; nothing was \
+         skipped: stop that copy's relay (it stops on its own at an event it cannot publish) \
+         and skip again"
+    )]
+    Held {
+        /// The checkpoint name.
+        name: String,
+        /// The copy holding the relay.
+        owner: String,
+    },
     /// The relay task ended abnormally.
     #[error("the relay task ended abnormally: {0}")]
     Task(String),
@@ -137,8 +181,87 @@ fn refused_for_good(e: &BusError) -> bool {
     )
 }
 
-/// Publishes every stored event on a bus, from a checkpoint. Configure, then
-/// [`start`](Self::start).
+/// Where a batch's checkpoint is saved.
+enum SaveTo<'a> {
+    /// Through the relay's lease: refused once another copy holds it. The lease may
+    /// have ended by this process's clock at the instant given (a resumed process
+    /// publishes nothing more).
+    Lease(
+        &'a Leases,
+        &'a Lease,
+        &'a watch::Receiver<tokio::time::Instant>,
+    ),
+    /// The named checkpoint of a store that keeps no leases.
+    Named(&'a str),
+}
+
+/// Why publishing stopped before it was asked to.
+enum Halt {
+    /// Another copy holds the relay now: this one's checkpoint save was refused.
+    Fenced,
+    /// This process was paused past the lease (its clock says so): it publishes nothing
+    /// more until the keeper has the lease again.
+    Expired,
+    /// An event that cannot be published: the relay stops before it.
+    Failed(RelayError),
+}
+
+/// What one copy's relay shares between its handle, its supervisor and the work of the
+/// partition it holds.
+#[derive(Debug)]
+struct Shared {
+    /// The last position published and checkpointed (by this copy, or the one it took
+    /// over from).
+    published: watch::Sender<Option<u64>>,
+    /// Whether this copy holds the relay and publishes.
+    holding: AtomicBool,
+    /// The error it stopped on, for [`RunningRelay::status`].
+    error: Mutex<Option<String>>,
+    /// The same error, for [`RunningRelay::stop`] and [`RunningRelay::wait_for`].
+    failure: Mutex<Option<RelayError>>,
+    /// Turns `true` when the relay stopped on an error: its supervisor stops the keeper.
+    failed: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn new(checkpoint: Option<u64>) -> Self {
+        Self {
+            published: watch::Sender::new(checkpoint),
+            holding: AtomicBool::new(false),
+            error: Mutex::new(None),
+            failure: Mutex::new(None),
+            failed: watch::Sender::new(false),
+        }
+    }
+
+    /// Records the error the relay stopped on (logged once, here) and tells the
+    /// supervisor.
+    fn fail(&self, e: RelayError) {
+        tracing::error!(orkestra = "relay", error = %e, "relay stopped");
+        *crate::sync::lock(&self.error) = Some(e.to_string());
+        *crate::sync::lock(&self.failure) = Some(e);
+        self.failed.send_replace(true);
+    }
+}
+
+/// Marks this copy as publishing while it lives.
+struct Holding<'a>(&'a AtomicBool);
+
+impl<'a> Holding<'a> {
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Self(flag)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Publishes every stored event on a bus, from a checkpoint, in one copy of a service
+/// at a time. Configure, then [`start`](Self::start).
 #[derive(Clone)]
 pub struct Relay {
     store: Store,
@@ -146,6 +269,7 @@ pub struct Relay {
     checkpoint: String,
     batch: usize,
     topics: Option<Arc<TopicFn>>,
+    leases: LeaseSettings,
 }
 
 impl fmt::Debug for Relay {
@@ -154,6 +278,8 @@ impl fmt::Debug for Relay {
             .field("store", &self.store)
             .field("checkpoint", &self.checkpoint)
             .field("batch", &self.batch)
+            .field("lease", &self.leases.lease)
+            .field("owner", &self.leases.owner)
             .finish_non_exhaustive()
     }
 }
@@ -167,10 +293,12 @@ impl Relay {
             checkpoint: RELAY_CHECKPOINT.to_owned(),
             batch: DEFAULT_RELAY_BATCH,
             topics: None,
+            leases: LeaseSettings::default(),
         }
     }
 
     /// Another checkpoint name (one per relay publishing the same store to another bus).
+    /// It is also the relay's worker name in the leases and in `orkestra status`.
     #[must_use]
     pub fn with_checkpoint(mut self, name: impl Into<String>) -> Self {
         self.checkpoint = name.into();
@@ -178,9 +306,28 @@ impl Relay {
     }
 
     /// Events per batch: the checkpoint is saved after each published batch (at least 1).
+    /// After a takeover at most one batch is published again.
     #[must_use]
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// How long the copy that publishes holds the relay without renewing (it renews every
+    /// third): after it dies, the relay waits this long for another copy. The store's
+    /// `[runners] lease` (10 s) unless set.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.leases.lease = Some(lease);
+        self
+    }
+
+    /// This copy's name in the leases and in `orkestra status` (`<hostname>:<pid>` unless
+    /// set; each copy needs its own: two relays of one name in one process would both
+    /// publish).
+    #[must_use]
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.leases.owner = Some(owner.into());
         self
     }
 
@@ -196,10 +343,23 @@ impl Relay {
         self
     }
 
-    /// Starts tailing the store from the checkpoint. Refuses a checkpoint ahead of the
-    /// store's head ([`RelayError::AheadOfStore`]).
+    /// Registers the relay in the store's leases (starting at its older checkpoint when
+    /// the leases do not know it yet) and starts keeping it: this copy publishes while
+    /// it holds the relay's lease. Refuses a checkpoint ahead of the store's head
+    /// ([`RelayError::AheadOfStore`]) and a lease out of range (more than zero, at most
+    /// a day).
     pub async fn start(self) -> Result<RunningRelay, RelayError> {
-        let checkpoint = self.store.load_checkpoint(&self.checkpoint).await?;
+        let lease = self.leases.lease(&self.store);
+        if lease.is_zero() || lease > Duration::from_secs(24 * 3600) {
+            return Err(StoreError::Invalid(format!(
+                "relay {:?}: a lease of {lease:?} is out of range (more than zero, at most a day)",
+                self.checkpoint
+            ))
+            .into());
+        }
+        // Checked before registering: an older checkpoint ahead of the head is not
+        // carried into the leases.
+        let checkpoint = self.checkpoint().await?;
         let head = self.store.head().await?;
         if let Some(c) = checkpoint
             && head.is_none_or(|h| c > h)
@@ -210,65 +370,284 @@ impl Relay {
                 head,
             });
         }
+        let leases = self.leases_registered().await?;
+        let checkpoint = match &leases {
+            Some(leases) => leases.checkpoint(&self.checkpoint, 0).await?,
+            None => checkpoint,
+        };
+        let owner = self.leases.owner();
+        let name = self.checkpoint.clone();
+        let shared = Arc::new(Shared::new(checkpoint));
         let (stop, stop_rx) = watch::channel(false);
-        let published = watch::Sender::new(checkpoint);
-        let error = Arc::new(std::sync::Mutex::new(None));
-        let run = self.run(checkpoint, stop_rx, published.clone());
-        let slot = error.clone();
-        let task = tokio::spawn(async move {
-            let result = run.await;
-            if let Err(e) = &result {
-                *crate::sync::lock(&slot) = Some(e.to_string());
+        let task = match &leases {
+            Some(leases) => {
+                let config = KeeperConfig {
+                    worker: self.checkpoint.clone(),
+                    partitions: 1,
+                    owner: owner.clone(),
+                    lease,
+                };
+                let work = Arc::new(RelayWork {
+                    relay: self,
+                    leases: leases.clone(),
+                    shared: shared.clone(),
+                });
+                let keeper = keeper::start(leases.clone(), config, work).await?;
+                tokio::spawn(supervise(keeper, stop_rx, shared.clone()))
             }
-            result
-        });
+            None => {
+                tracing::info!(
+                    orkestra = "relay",
+                    checkpoint = %self.checkpoint,
+                    "this store keeps no leases: the relay publishes as if it were the only copy"
+                );
+                tokio::spawn(self.run_alone(checkpoint, stop_rx, shared.clone()))
+            }
+        };
         Ok(RunningRelay {
             stop,
-            published,
-            error,
+            shared,
+            name,
+            owner,
+            leases,
             task: Some(task),
         })
+    }
+
+    /// The store's leases with this relay registered (its older checkpoint as the start
+    /// when they did not know it); `None` when the store keeps no leases (EventStoreDB).
+    async fn leases_registered(&self) -> Result<Option<Leases>, RelayError> {
+        // `Store::leases` fails only for a store without leases.
+        let Ok(leases) = self.store.leases().await else {
+            return Ok(None);
+        };
+        let older = self.store.load_checkpoint(&self.checkpoint).await?;
+        leases.register_from(&self.checkpoint, 1, older).await?;
+        Ok(Some(leases))
+    }
+
+    /// The relay's checkpoint: the position of the last event published and saved, by
+    /// whichever copy held the relay (the checkpoint its lease keeps; before the relay
+    /// first ran with leases, the one it kept before).
+    pub async fn checkpoint(&self) -> Result<Option<u64>, RelayError> {
+        if let Ok(leases) = self.store.leases().await
+            && let Some(record) = leases
+                .list()
+                .await?
+                .into_iter()
+                .find(|r| r.worker == self.checkpoint && r.partition == 0)
+        {
+            return Ok(record.checkpoint);
+        }
+        Ok(self.store.load_checkpoint(&self.checkpoint).await?)
     }
 
     /// Moves the checkpoint past the event at `position`, which must be the next one
     /// to publish, without publishing it: what an operator does, deliberately, about an
     /// event the bus refuses for good ([`RelayError::Unpublishable`]). Logged at warn
-    /// with the event's id, type and stream. Run it while the relay is stopped (it stops
-    /// itself on such an event); [`RelayError::NotNext`] when `position` is not next.
+    /// with the event's id, type and stream. [`RelayError::NotNext`] when `position` is
+    /// not next.
+    ///
+    /// It takes the relay's lease itself (a new fencing token) for the move and releases
+    /// it right after, so it only moves the checkpoint while no copy publishes, and a copy
+    /// that held the relay earlier can never save over it. While a copy holds the relay
+    /// it is refused with [`RelayError::Held`], naming that copy: stop it first (a relay
+    /// stops on its own at an unpublishable event, and gives the lease back).
     pub async fn skip(&self, position: u64) -> Result<(), RelayError> {
-        let checkpoint = self.store.load_checkpoint(&self.checkpoint).await?;
-        let from = checkpoint.map_or(0, |c| c.saturating_add(1));
-        let event = match self.store.read_all(from, 1).await?.into_iter().next() {
-            Some(event) if event.position() == position => event,
-            other => {
-                return Err(RelayError::NotNext {
+        let Some(leases) = self.leases_registered().await? else {
+            let checkpoint = self.store.load_checkpoint(&self.checkpoint).await?;
+            let event = self.next_is(checkpoint, position).await?;
+            self.store
+                .save_checkpoint(&self.checkpoint, Some(position))
+                .await?;
+            self.log_skip(&event);
+            return Ok(());
+        };
+        // Not the owner name of any relay: a running relay's lease is never extended.
+        let owner = format!("{} (relay skip)", self.leases.owner());
+        let lease = match leases
+            .acquire(&self.checkpoint, 0, &owner, self.leases.lease(&self.store))
+            .await?
+        {
+            Some(lease) => lease,
+            None => {
+                let holder = leases
+                    .list()
+                    .await?
+                    .into_iter()
+                    .find(|r| r.worker == self.checkpoint && r.partition == 0)
+                    .and_then(|r| r.owner);
+                return Err(RelayError::Held {
                     name: self.checkpoint.clone(),
-                    position,
-                    next: other.as_ref().map(RecordedEvent::position),
+                    owner: holder.unwrap_or_else(|| "another copy".to_owned()),
                 });
             }
         };
-        self.store
-            .save_checkpoint(&self.checkpoint, Some(position))
-            .await?;
+        let moved = async {
+            let checkpoint = leases.checkpoint(&self.checkpoint, 0).await?;
+            let event = self.next_is(checkpoint, position).await?;
+            leases.save_checkpoint(&lease, Some(position)).await?;
+            Ok::<_, RelayError>(event)
+        }
+        .await;
+        if let Err(e) = leases.release(&lease).await {
+            tracing::debug!(orkestra = "relay", checkpoint = %self.checkpoint, error = %e, "could not release the skip's lease; it expires on its own");
+        }
+        self.log_skip(&moved?);
+        Ok(())
+    }
+
+    /// The event at `position` when it is the next after `checkpoint`.
+    async fn next_is(
+        &self,
+        checkpoint: Option<u64>,
+        position: u64,
+    ) -> Result<RecordedEvent, RelayError> {
+        let from = checkpoint.map_or(0, |c| c.saturating_add(1));
+        match self.store.read_all(from, 1).await?.into_iter().next() {
+            Some(event) if event.position() == position => Ok(event),
+            other => Err(RelayError::NotNext {
+                name: self.checkpoint.clone(),
+                position,
+                next: other.as_ref().map(RecordedEvent::position),
+            }),
+        }
+    }
+
+    fn log_skip(&self, event: &RecordedEvent) {
         tracing::warn!(
             orkestra = "relay",
             checkpoint = %self.checkpoint,
-            position,
+            position = event.position(),
             id = event.id(),
             event_type = event.event_type(),
             stream = event.stream(),
             "event skipped deliberately: the relay will not publish it"
         );
-        Ok(())
     }
 
-    async fn run(
+    /// On a store without leases: publishes from `checkpoint` until stopped or failed.
+    async fn run_alone(
         self,
         checkpoint: Option<u64>,
         mut stop: watch::Receiver<bool>,
-        published: watch::Sender<Option<u64>>,
+        shared: Arc<Shared>,
     ) -> Result<(), RelayError> {
+        let holding = Holding::new(&shared.holding);
+        let result = self
+            .tail(
+                checkpoint,
+                &mut stop,
+                &shared,
+                &SaveTo::Named(&self.checkpoint),
+            )
+            .await;
+        drop(holding);
+        match result {
+            Err(Halt::Failed(e)) => {
+                shared.fail(e);
+                match crate::sync::lock(&shared.failure).take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            }
+            // Without a lease nothing is fenced.
+            Ok(()) | Err(Halt::Fenced | Halt::Expired) => Ok(()),
+        }
+    }
+
+    /// While this copy holds the relay's `lease`: publishes from the checkpoint the lease
+    /// keeps until told to stop, fenced or failed.
+    async fn hold(
+        self,
+        leases: Leases,
+        lease: Lease,
+        mut stop: watch::Receiver<bool>,
+        until: watch::Receiver<tokio::time::Instant>,
+        shared: Arc<Shared>,
+    ) {
+        if *shared.failed.borrow() {
+            // Stopped for good: the supervisor is stopping the keeper.
+            let _ = stop.wait_for(|s| *s).await;
+            return;
+        }
+        let checkpoint = loop {
+            match leases.checkpoint(&lease.worker, lease.partition).await {
+                Ok(checkpoint) => break checkpoint,
+                Err(e) => {
+                    tracing::warn!(orkestra = "relay", worker = %lease.worker, error = %e, "cannot read the relay's checkpoint; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        };
+        let holding = Holding::new(&shared.holding);
+        shared.published.send_replace(checkpoint);
+        tracing::info!(
+            orkestra = "relay",
+            worker = %lease.worker,
+            owner = %lease.owner,
+            token = lease.token,
+            checkpoint = ?checkpoint,
+            "this copy holds the relay: publishing after its checkpoint"
+        );
+        let result = self
+            .tail(
+                checkpoint,
+                &mut stop,
+                &shared,
+                &SaveTo::Lease(&leases, &lease, &until),
+            )
+            .await;
+        drop(holding);
+        match result {
+            Ok(()) => {}
+            Err(Halt::Fenced) => {
+                // A stop requested first came from the keeper, which logged why.
+                if !*stop.borrow() {
+                    let owner = leases
+                        .list()
+                        .await
+                        .ok()
+                        .and_then(|all| {
+                            all.into_iter().find(|r| {
+                                r.worker == lease.worker && r.partition == lease.partition
+                            })
+                        })
+                        .and_then(|r| r.owner);
+                    tracing::warn!(
+                        orkestra = "relay",
+                        worker = %lease.worker,
+                        partition = lease.partition,
+                        token = lease.token,
+                        new_owner = owner.as_deref().unwrap_or("none"),
+                        "another copy took the relay over: this copy stopped publishing"
+                    );
+                }
+            }
+            Err(Halt::Expired) => {
+                tracing::debug!(orkestra = "relay", worker = %lease.worker, "this copy was paused past the relay's lease; it publishes nothing more until it holds it again");
+            }
+            Err(Halt::Failed(e)) => {
+                shared.fail(e);
+                // Held until the supervisor stops the keeper, which then releases it:
+                // the keeper must not start this partition's work again meanwhile.
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        }
+    }
+
+    /// Publishes from after `checkpoint`, saving the checkpoint per batch, until `stop`
+    /// turns `true` (the batch in hand finished and saved) or it halts.
+    async fn tail(
+        &self,
+        checkpoint: Option<u64>,
+        stop: &mut watch::Receiver<bool>,
+        shared: &Shared,
+        save_to: &SaveTo<'_>,
+    ) -> Result<(), Halt> {
         let mut next = checkpoint.map_or(0, |c| c.saturating_add(1));
         let mut changes = self.store.changes();
         let poll = self.store.poll_interval();
@@ -281,7 +660,10 @@ impl Relay {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::warn!(orkestra = "relay", error = %e, "cannot read events; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => {}
+                    }
                     continue;
                 }
             };
@@ -304,9 +686,16 @@ impl Relay {
             }
             let mut last = None;
             let mut failure = None;
+            let mut expired = false;
             for event in &batch {
                 // Between events: a stop finishes the event in hand and saves the batch.
                 if *stop.borrow() {
+                    break;
+                }
+                if let SaveTo::Lease(_, _, until) = save_to
+                    && crate::runner::keeper::expired(until)
+                {
+                    expired = true;
                     break;
                 }
                 // The runtime's own records (a process manager's steps) are not messages.
@@ -314,7 +703,7 @@ impl Relay {
                     last = Some(event.position());
                     continue;
                 }
-                match self.publish(event, &stop).await {
+                match self.publish(event, stop).await {
                     Ok(true) => last = Some(event.position()),
                     Ok(false) => break,
                     Err(e) => {
@@ -324,14 +713,15 @@ impl Relay {
                 }
             }
             if let Some(last) = last {
-                self.save(last).await;
-                published.send_replace(Some(last));
+                self.save(save_to, last, stop).await?;
+                shared.published.send_replace(Some(last));
                 next = last.saturating_add(1);
             }
             if let Some(e) = failure {
-                // Logged once, here; the error stays in `RunningRelay::status`.
-                tracing::error!(orkestra = "relay", error = %e, "relay stopped");
-                return Err(e);
+                return Err(Halt::Failed(e));
+            }
+            if expired {
+                return Err(Halt::Expired);
             }
         }
     }
@@ -379,24 +769,80 @@ impl Relay {
         }
     }
 
-    /// Saves the checkpoint, retrying: what is published but not checkpointed is only
-    /// published again after a crash.
-    async fn save(&self, last: u64) {
+    /// Saves the checkpoint, retrying a store error (up to ten times, or once more when
+    /// asked to stop): what is published but not checkpointed is only published again
+    /// after a takeover or a restart. A refused save ([`StoreError::Fenced`]) halts.
+    async fn save(
+        &self,
+        to: &SaveTo<'_>,
+        last: u64,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), Halt> {
         let mut backoff = Duration::from_millis(100);
         for _ in 0..10 {
-            match self
-                .store
-                .save_checkpoint(&self.checkpoint, Some(last))
-                .await
-            {
-                Ok(()) => return,
+            let saved = match to {
+                SaveTo::Lease(leases, lease, _) => leases.save_checkpoint(lease, Some(last)).await,
+                SaveTo::Named(name) => self.store.save_checkpoint(name, Some(last)).await,
+            };
+            match saved {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Fenced { .. }) => return Err(Halt::Fenced),
                 Err(e) => {
                     tracing::warn!(orkestra = "relay", error = %e, position = last, "cannot save the relay checkpoint; retrying");
+                    if *stop.borrow() {
+                        break;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        tracing::warn!(
+            orkestra = "relay",
+            position = last,
+            "the relay checkpoint was not saved: the events up to this position will be published again after a takeover or a restart"
+        );
+        Ok(())
+    }
+}
+
+/// The relay's work on the keeper: its one partition, published while held.
+struct RelayWork {
+    relay: Relay,
+    leases: Leases,
+    shared: Arc<Shared>,
+}
+
+impl PartitionWork for RelayWork {
+    fn run(
+        &self,
+        lease: Lease,
+        stop: watch::Receiver<bool>,
+        until: watch::Receiver<tokio::time::Instant>,
+    ) -> BoxFuture<'static, ()> {
+        let relay = self.relay.clone();
+        let leases = self.leases.clone();
+        let shared = self.shared.clone();
+        Box::pin(relay.hold(leases, lease, stop, until, shared))
+    }
+}
+
+/// Keeps the relay until asked to stop or until it stopped on an error, then stops the
+/// keeper (the batch in hand finished, the lease released at once).
+async fn supervise(
+    keeper: RunningKeeper,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) -> Result<(), RelayError> {
+    let mut failed = shared.failed.subscribe();
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = failed.wait_for(|f| *f) => {}
+    }
+    keeper.stop().await;
+    match crate::sync::lock(&shared.failure).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -405,44 +851,66 @@ fn log_publish_failure(event: &RecordedEvent, e: &BusError) {
     tracing::warn!(orkestra = "relay", id = event.id(), position = event.position(), error = %e, "cannot publish; retrying");
 }
 
-/// A started relay.
+/// A started relay: this copy publishes while it holds the relay's lease.
 #[derive(Debug)]
 pub struct RunningRelay {
     stop: watch::Sender<bool>,
-    published: watch::Sender<Option<u64>>,
-    /// Why the relay stopped on its own.
-    error: Arc<std::sync::Mutex<Option<String>>>,
-    task: Option<tokio::task::JoinHandle<Result<(), RelayError>>>,
+    shared: Arc<Shared>,
+    /// The checkpoint (worker) name.
+    name: String,
+    /// This copy's owner name.
+    owner: String,
+    /// The store's leases (`None`: it keeps none, the relay runs alone).
+    leases: Option<Leases>,
+    task: Option<JoinHandle<Result<(), RelayError>>>,
 }
 
-/// Where a relay is: what it published, and why it stopped if it stopped on its own.
+/// Where a relay is: what it published, whether this copy publishes, and why it stopped
+/// if it stopped on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RelayStatus {
-    /// The position of the last event published (and checkpointed).
+    /// The position of the last event published (and checkpointed) by this copy, or by
+    /// the copy it took the relay over from.
     pub published: Option<u64>,
     /// The error it stopped on (an unpublishable event names its position, stream and
     /// reason); `None` while it runs.
     pub error: Option<String>,
+    /// Whether this copy holds the relay and publishes (another copy does otherwise).
+    pub holding: bool,
+    /// This copy's name in the leases (`<hostname>:<pid>` unless
+    /// [`Relay::with_owner`] set it).
+    pub owner: String,
 }
 
 impl RunningRelay {
-    /// What it published, and the error it stopped on, if any.
+    /// What it published, whether this copy holds the relay, and the error it stopped
+    /// on, if any.
     pub fn status(&self) -> RelayStatus {
         RelayStatus {
             published: self.published(),
-            error: crate::sync::lock(&self.error).clone(),
+            error: crate::sync::lock(&self.shared.error).clone(),
+            holding: self.holding(),
+            owner: self.owner.clone(),
         }
     }
 
-    /// The position of the last event published (and checkpointed).
+    /// The position of the last event published (and checkpointed) by this copy, or by
+    /// the copy it took the relay over from.
     pub fn published(&self) -> Option<u64> {
-        *self.published.borrow()
+        *self.shared.published.borrow()
     }
 
-    /// Waits until the event at `position` has been published. Fails when the relay
-    /// stops first (with its error).
+    /// Whether this copy holds the relay and publishes now.
+    pub fn holding(&self) -> bool {
+        self.shared.holding.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the event at `position` has been published, by this copy or by the
+    /// one holding the relay (read from the store while this copy does not). Fails when
+    /// the relay stops first (with its error).
     pub async fn wait_for(&mut self, position: u64) -> Result<(), RelayError> {
-        let mut published = self.published.subscribe();
+        let mut published = self.shared.published.subscribe();
         loop {
             if published.borrow_and_update().is_some_and(|p| p >= position) {
                 return Ok(());
@@ -457,12 +925,20 @@ impl RunningRelay {
                     None => Err(RelayError::Task("stopped".into())),
                 };
             }
+            if !self.holding()
+                && let Some(leases) = &self.leases
+                && let Ok(Some(at)) = leases.checkpoint(&self.name, 0).await
+                && at >= position
+            {
+                return Ok(());
+            }
             let _ = tokio::time::timeout(Duration::from_millis(100), published.changed()).await;
         }
     }
 
-    /// Stops after the event in hand, saving the checkpoint; the error the relay stopped
-    /// on, if it stopped on its own.
+    /// Stops after the event in hand, saving the checkpoint, and releases the relay's
+    /// lease at once (another copy takes over within about a quarter of a second); the
+    /// error the relay stopped on, if it stopped on its own.
     pub async fn stop(mut self) -> Result<(), RelayError> {
         self.stop.send_replace(true);
         match self.task.take() {

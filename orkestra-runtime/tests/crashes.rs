@@ -149,9 +149,11 @@ async fn crash_child() {
             let bus = Bus::from_config(&rabbit_config(&env("ORKESTRA_CRASH_BUS")))
                 .await
                 .unwrap();
+            // A short lease: the parent's relay takes over soon after the kill.
             let relay = Relay::new(store, bus)
                 .with_checkpoint(env("ORKESTRA_CRASH_CHECKPOINT"))
                 .with_batch(50)
+                .with_lease(Duration::from_millis(1500))
                 .start()
                 .await
                 .unwrap();
@@ -338,7 +340,12 @@ async fn a_relay_killed_mid_stream_publishes_every_event_at_least_once_after_a_r
     );
     wait_lines(&rx, "published", 3);
     sigkill(child);
-    let before = store.load_checkpoint(&checkpoint).await.unwrap();
+    let before = Relay::new(store.clone(), bus.clone())
+        .with_checkpoint(checkpoint.clone())
+        .checkpoint()
+        .await
+        .unwrap();
+    assert!(before.is_some(), "the killed relay saved a checkpoint");
     assert!(
         before < Some(stored.last().unwrap().position()),
         "killed mid-stream: {before:?}"

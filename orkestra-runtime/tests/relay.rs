@@ -1,7 +1,9 @@
 //! The relay (transactional outbox): with `store.publish = "relay"` appends publish
 //! nothing, and the relay publishes every stored event in global order from its
 //! checkpoint, with the event id as message id; an event whose topic is unknown stops it;
-//! a checkpoint ahead of the head is refused. On the in-process bus and RabbitMQ.
+//! a checkpoint ahead of the head is refused; the checkpoint lives with the relay's lease,
+//! begun at the one kept before on an upgrade. On the in-process bus and RabbitMQ.
+//! Several copies: `relay_copies.rs`.
 
 mod support;
 
@@ -107,8 +109,22 @@ async fn relay_mode_appends_only_and_the_relay_publishes_in_order() {
     assert_eq!(got, expected, "in order, the event id as message id");
     relay.stop().await.unwrap();
     assert_eq!(
-        store.load_checkpoint("orkestra.relay").await.unwrap(),
+        Relay::new(store.clone(), bus.clone())
+            .checkpoint()
+            .await
+            .unwrap(),
         Some(head)
+    );
+    assert_eq!(
+        store
+            .leases()
+            .await
+            .unwrap()
+            .checkpoint(RELAY_CHECKPOINT, 0)
+            .await
+            .unwrap(),
+        Some(head),
+        "the checkpoint lives with the relay's lease"
     );
 
     // Live, and a restart resumes after the checkpoint: nothing twice.
@@ -160,7 +176,10 @@ async fn an_unknown_topic_stops_the_relay_before_the_event() {
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(
-        store.load_checkpoint("orkestra.relay").await.unwrap(),
+        Relay::new(store.clone(), bus.clone())
+            .checkpoint()
+            .await
+            .unwrap(),
         Some(first.last_position),
         "checkpoint before the event it could not publish"
     );
@@ -190,13 +209,61 @@ async fn a_checkpoint_ahead_of_the_head_is_refused() {
         .save_checkpoint("orkestra.relay", Some(99))
         .await
         .unwrap();
-    let err = Relay::new(store, Bus::in_process())
+    let err = Relay::new(store.clone(), Bus::in_process())
         .start()
         .await
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RelayError::AheadOfStore { .. }), "{text}");
     assert!(text.contains("99") && text.contains("position 0"), "{text}");
+    let leases = store.leases().await.unwrap();
+    assert!(
+        leases.list().await.unwrap().is_empty(),
+        "an older checkpoint ahead of the head is not carried into the leases"
+    );
+
+    // The lease's own checkpoint ahead of the head is refused too, until reset.
+    store
+        .save_checkpoint("orkestra.relay", Some(0))
+        .await
+        .unwrap();
+    Relay::new(store.clone(), Bus::in_process())
+        .start()
+        .await
+        .unwrap()
+        .stop()
+        .await
+        .unwrap();
+    let lease = leases
+        .acquire(RELAY_CHECKPOINT, 0, "test", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    leases.save_checkpoint(&lease, Some(99)).await.unwrap();
+    leases.release(&lease).await.unwrap();
+    let err = Relay::new(store.clone(), Bus::in_process())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RelayError::AheadOfStore { checkpoint: 99, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("reset(\"orkestra.relay\", 1)"),
+        "{err}"
+    );
+    leases.reset(RELAY_CHECKPOINT, 1).await.unwrap();
+    let relay = Relay::new(store.clone(), Bus::in_process());
+    assert_eq!(relay.checkpoint().await.unwrap(), None, "reset");
+    let mut running = relay.clone().start().await.unwrap();
+    running.wait_for(0).await.unwrap();
+    running.stop().await.unwrap();
+    assert_eq!(
+        relay.checkpoint().await.unwrap(),
+        Some(0),
+        "published again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +417,10 @@ async fn an_event_the_bus_refuses_stops_the_relay_until_it_is_skipped() {
         .await
         .unwrap();
     assert_eq!(
-        store.load_checkpoint(RELAY_CHECKPOINT).await.unwrap(),
+        Relay::new(store.clone(), bus.clone())
+            .checkpoint()
+            .await
+            .unwrap(),
         Some(huge)
     );
     let log = logs.text();
@@ -411,4 +481,70 @@ async fn an_event_over_the_bus_limit_is_refused_at_append_in_relay_mode() {
         .append("big", ExpectedVersion::NoStream, vec![big("b", 10_000)])
         .await
         .unwrap();
+}
+
+/// The first start after an upgrade begins the relay's lease at the checkpoint it kept
+/// before (`orkestra_checkpoints`): nothing published again, nothing skipped; later
+/// starts go by the lease's checkpoint, whatever the older row says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_starts_at_the_checkpoint_kept_before() {
+    let store = Store::sqlite(
+        std::env::temp_dir()
+            .join(format!("orkestra-relay-{}", uuid::Uuid::new_v4().simple()))
+            .join("events.db"),
+    )
+    .await
+    .unwrap();
+    let bus = Bus::in_process();
+    let seen = recorder(&bus, "UpgradeRecorder", "up-").await;
+    let mut positions = Vec::new();
+    for i in 0..6 {
+        positions.push(
+            store
+                .append(
+                    &unique("s"),
+                    ExpectedVersion::NoStream,
+                    vec![placed(&format!("up-{i}"), 1)],
+                )
+                .await
+                .unwrap()
+                .last_position,
+        );
+    }
+    // What the relay of the release before leases saved.
+    store
+        .save_checkpoint(RELAY_CHECKPOINT, Some(positions[2]))
+        .await
+        .unwrap();
+    let relay = Relay::new(store.clone(), bus.clone());
+    assert_eq!(relay.checkpoint().await.unwrap(), Some(positions[2]));
+    let mut running = relay.clone().start().await.unwrap();
+    running.wait_for(positions[5]).await.unwrap();
+    wait_len(&seen, 3).await;
+    running.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let orders: Vec<String> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+    assert_eq!(orders, ["up-3", "up-4", "up-5"], "only what came after it");
+    assert_eq!(relay.checkpoint().await.unwrap(), Some(positions[5]));
+
+    // The older row no longer decides.
+    store
+        .save_checkpoint(RELAY_CHECKPOINT, Some(positions[0]))
+        .await
+        .unwrap();
+    let mut running = relay.clone().start().await.unwrap();
+    let last = store
+        .append(
+            &unique("s"),
+            ExpectedVersion::NoStream,
+            vec![placed("up-6", 1)],
+        )
+        .await
+        .unwrap()
+        .last_position;
+    running.wait_for(last).await.unwrap();
+    wait_len(&seen, 4).await;
+    running.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(seen.lock().unwrap().len(), 4, "nothing published twice");
 }
