@@ -812,16 +812,42 @@ async fn two_runners_on_rabbitmq_share_the_work() {
     let name = fresh_name(&store).await;
     let tag = unique("r");
     let (flow_a, flow_b) = (Flow::tagged(&tag), Flow::tagged(&tag));
+    // Two copies (their own owner names), the instances spread over 4 partitions: each
+    // copy holds 2 of them once both run.
     let a = ProcessManagers::new(store.clone(), bus_a.clone())
-        .add(manager(&flow_a, &store, &name))
+        .with_owner("copy-a")
+        .add(manager(&flow_a, &store, &name).with_partitions(4))
         .start()
         .await
         .unwrap();
     let b = ProcessManagers::new(store.clone(), bus_b.clone())
-        .add(manager(&flow_b, &store, &name))
+        .with_owner("copy-b")
+        .add(manager(&flow_b, &store, &name).with_partitions(4))
         .start()
         .await
         .unwrap();
+    let leases = store.leases().await.unwrap();
+    let worker = orkestra_runtime::process::checkpoint_name(&name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let owners: Vec<Option<String>> = leases
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.worker == worker)
+            .map(|r| r.owner)
+            .collect();
+        let held_by = |o: &str| owners.iter().filter(|x| x.as_deref() == Some(o)).count();
+        if held_by("copy-a") == 2 && held_by("copy-b") == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copies share the partitions: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut orders = Vec::new();
     for i in 0..24 {
         let order = format!("{tag}-shared-{i}");

@@ -339,7 +339,16 @@ mod ledger_wiring {
             .await
             .expect("the projection ran");
         assert_eq!(seen, Some(12));
-        assert_eq!(started.projections().unwrap().status().len(), 3);
+        // One line per partition this copy works: `Balances` has 4 (`partitions: 4`),
+        // the two others 1 each; a copy alone holds them all.
+        let status = started.projections().unwrap().status();
+        assert_eq!(status.len(), 6, "{status:?}");
+        let balances: Vec<u32> = status
+            .iter()
+            .filter(|s| s.partitions == 4)
+            .map(|s| s.partition)
+            .collect();
+        assert_eq!(balances, [0, 1, 2, 3], "{status:?}");
         started.stop().await.unwrap();
     }
 }
