@@ -46,6 +46,14 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         }))
     }
 
+    /// The partition's feed read up to `next` (events of other partitions included):
+    /// every step of this partition before it is in the timer index.
+    fn advanced(&self, next: u64) {
+        if let Some(offered) = self.runner.offered.get(self.partition as usize) {
+            offered.fetch_max(next, Ordering::AcqRel);
+        }
+    }
+
     fn for_partition(&self, partition: u32) -> Option<Arc<dyn Erased>> {
         Some(Arc::new(Feed {
             runner: self.runner.clone(),
@@ -148,7 +156,7 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
             ahead.retain(|&p| p >= done);
             *crate::sync::lock(&self.done_ahead) = ahead;
             if let Some(offered) = self.runner.offered.get(self.partition as usize) {
-                offered.store(done, Ordering::Release);
+                offered.fetch_max(done, Ordering::AcqRel);
             }
             match failed {
                 Some(failure) => Err(failure),

@@ -122,6 +122,10 @@ pub(crate) trait Erased: Send + Sync {
     /// indexes every step's timers).
     fn observe(&self, _event: &RecordedEvent) {}
 
+    /// Every event before `next` was read and handled (or was another partition's): a
+    /// process manager's timers wait for it.
+    fn advanced(&self, _next: u64) {}
+
     /// What the event's partition follows: its stream, so one stream's events stay in
     /// order (a process manager partitions by instance key).
     fn partition_key<'a>(&self, event: &'a RecordedEvent) -> std::borrow::Cow<'a, str> {
@@ -1103,7 +1107,13 @@ impl PartitionWork for PartitionRun {
                 End::Failed => {
                     let _ = stop.wait_for(|s| *s).await;
                 }
-                End::Stopped => {}
+                // Handed over while the projection runs on here: no longer this copy's.
+                // (Stopping the projection keeps it, seen stopped.)
+                End::Stopped => {
+                    if entry.running.load(Ordering::SeqCst) {
+                        entry.remove(&shared);
+                    }
+                }
             }
         })
     }
@@ -1213,15 +1223,15 @@ impl RunningProjections {
     /// checkpoint and releases its lease at once (another copy takes it within about
     /// 250 ms).
     pub async fn stop(mut self) -> Result<(), ProjectionError> {
+        for entry in &self.entries {
+            entry.running.store(false, Ordering::SeqCst);
+        }
         self.stop.send_replace(true);
         for keeper in std::mem::take(&mut self.keepers) {
             keeper.stop().await;
         }
         for task in self.tasks.drain(..) {
             let _ = task.await;
-        }
-        for entry in &self.entries {
-            entry.running.store(false, Ordering::SeqCst);
         }
         self.head_task.abort();
         Ok(())

@@ -486,7 +486,11 @@ impl Runner {
                 batch.into()
             };
         if let Some(run) = handler.handle_batch(&mine) {
-            return self.handled_whole(batch, run).await;
+            let outcome = self.handled_whole(batch, run).await;
+            if let (Outcome::Done(_), Some(last)) = (&outcome, batch.last()) {
+                handler.advanced(last.position().saturating_add(1));
+            }
+            return outcome;
         }
         drop(mine);
         #[cfg(feature = "postgres")]

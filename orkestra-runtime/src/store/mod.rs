@@ -196,7 +196,7 @@ impl Store {
 
     /// How long the workers over this store (projections, the relay, process managers)
     /// hold each partition's lease unless they are given one
-    /// ([`Projections::with_lease`](crate::Projections::with_lease) and the like):
+    /// (`Projections::with_lease` and the like):
     /// `[runners] lease`, which [`from_config`](Self::from_config) sets.
     #[must_use]
     pub fn with_runner_lease(mut self, lease: std::time::Duration) -> Self {
