@@ -497,12 +497,14 @@ async fn without_a_checkpoint_each_launch_replays_from_the_start(store: Store) {
     assert!(matches!(err, ProjectionError::Timeout { .. }), "{err}");
 }
 
-/// What a partitioned projection saw: per stream, the versions in the order handled,
-/// and whether each was a replay.
+/// Per stream, the versions in the order handled and whether each was a replay.
+type Versions = BTreeMap<String, Vec<(u64, bool)>>;
+
+/// What a partitioned projection saw.
 #[derive(Clone, Default)]
 struct ByStream {
     prefix: String,
-    seen: Arc<Mutex<BTreeMap<String, Vec<(u64, bool)>>>>,
+    seen: Arc<Mutex<Versions>>,
 }
 
 impl ProjectionHandler for ByStream {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+#[cfg(feature = "postgres")]
 use crate::handler::HandlerError;
 use crate::store::RecordedEvent;
 
