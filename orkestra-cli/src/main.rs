@@ -95,7 +95,7 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write the documentation site (open <out>/index.html) into a directory.
+    /// Write the documentation site (open `<out>/index.html`) into a directory.
     Docs {
         #[command(flatten)]
         common: Common,

@@ -34,7 +34,7 @@ impl<'a> ProjectionContext<'a> {
         self.event.position()
     }
 
-    /// Whether this run replays history for a [`Projections::rebuild`].
+    /// Whether this run replays history for a [`Projections::rebuild`](super::Projections::rebuild).
     pub fn is_replay(&self) -> bool {
         self.replay
     }
