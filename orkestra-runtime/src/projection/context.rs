@@ -41,7 +41,9 @@ impl<'a> ProjectionContext<'a> {
 
     /// The transaction that also advances this projection's checkpoint, when the store
     /// is PostgreSQL (`None` on every other store). Write the read model through it and
-    /// the write commits exactly when the checkpoint does.
+    /// the write commits exactly when the checkpoint does. Keep it busy: the server ends
+    /// it once it has been idle for as long as this copy's lease may still last (a copy
+    /// paused inside it would otherwise hold back every reader of the global order).
     #[cfg(feature = "postgres")]
     pub fn postgres(&self) -> Option<&'a tokio_postgres::Transaction<'a>> {
         self.transaction.map(|t| &**t)

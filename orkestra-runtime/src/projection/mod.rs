@@ -640,7 +640,11 @@ impl Projections {
                     .await
                     .map_err(|e| partitions_changed(name, e))?;
             }
-            for record in leases.list().await? {
+            // The head read after the checkpoints: other copies move them on meanwhile,
+            // every position they save having been below a head they read before.
+            let records = leases.list().await?;
+            let head = self.store.head().await?;
+            for record in records {
                 if self
                     .entries
                     .iter()

@@ -1,12 +1,17 @@
 //! A PostgreSQL store's batches: the read model's writes and the partition's fenced
 //! checkpoint in one transaction.
 
+use std::time::Duration;
+
 use tokio::sync::watch;
 
 use super::ProjectionContext;
 use super::runner::{Outcome, Runner, retry_wait, run_caught};
 use crate::handler::HandlerError;
 use crate::store::{RecordedEvent, StoreError};
+
+/// The least idle time a batch's transaction is allowed, however close the lease's end.
+const MIN_IDLE_IN_TRANSACTION: Duration = Duration::from_millis(100);
 
 impl Runner {
     #[cfg(feature = "postgres")]
@@ -76,6 +81,24 @@ impl Runner {
         let pg_error = |e: tokio_postgres::Error| StoreError::backend("postgres", e);
         let mut client = pg.connection().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
+        // A copy paused inside this transaction (SIGSTOP, a long GC, a frozen VM) holds
+        // the partition's lease row once the checkpoint is written, and from its first
+        // write the store's horizon: every reader of the global order, in every copy,
+        // would wait for it. The server ends the transaction once it has been idle for as
+        // long as the lease may still last here; by then another copy may hold the
+        // partition and this transaction could commit nothing anyway.
+        if let Some(until) = &self.until {
+            let left = until
+                .borrow()
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(MIN_IDLE_IN_TRANSACTION);
+            tx.batch_execute(&format!(
+                "SET LOCAL idle_in_transaction_session_timeout = {}",
+                left.as_millis()
+            ))
+            .await
+            .map_err(pg_error)?;
+        }
         let mut last = None;
         let mut done = 0u64;
         for event in events {

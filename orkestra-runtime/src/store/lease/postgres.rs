@@ -45,17 +45,37 @@ macro_rules! millis {
     };
 }
 
+/// Takes a free, released or expired partition (a new token), or extends the caller's own
+/// live holding (the same token). A row another transaction holds locked (a copy paused
+/// while committing a batch through the partition) is skipped, not waited for: it is not
+/// free now, and waiting would hold up the caller's renewals of what it has. A missing
+/// row is inserted.
 const ACQUIRE: &str = concat!(
-    "INSERT INTO orkestra_leases AS l (worker, partition, owner, token, expires_at) \
-     VALUES ($1, $2, $3, 1, clock_timestamp() + $4 * interval '1 millisecond') \
-     ON CONFLICT (worker, partition) DO UPDATE SET \
-       token = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp() \
-                    THEN l.token ELSE l.token + 1 END, \
-       owner = excluded.owner, expires_at = excluded.expires_at, updated_at = clock_timestamp() \
-     WHERE l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= clock_timestamp() \
-        OR l.owner = excluded.owner \
-     RETURNING token, ",
-    millis!("expires_at")
+    "WITH free AS ( \
+       SELECT worker, partition FROM orkestra_leases \
+       WHERE worker = $1 AND partition = $2 FOR UPDATE SKIP LOCKED \
+     ), taken AS ( \
+       UPDATE orkestra_leases l SET \
+         token = CASE WHEN l.owner = $3 AND l.expires_at > clock_timestamp() \
+                      THEN l.token ELSE l.token + 1 END, \
+         owner = $3, expires_at = clock_timestamp() + $4 * interval '1 millisecond', \
+         updated_at = clock_timestamp() \
+       FROM free f WHERE l.worker = f.worker AND l.partition = f.partition \
+         AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= clock_timestamp() \
+              OR l.owner = $3) \
+       RETURNING l.token, l.expires_at \
+     ), added AS ( \
+       INSERT INTO orkestra_leases (worker, partition, owner, token, expires_at) \
+       SELECT $1, $2, $3, 1, clock_timestamp() + $4 * interval '1 millisecond' \
+       WHERE NOT EXISTS (SELECT 1 FROM orkestra_leases WHERE worker = $1 AND partition = $2) \
+       ON CONFLICT DO NOTHING \
+       RETURNING token, expires_at \
+     ) \
+     SELECT token, ",
+    millis!("expires_at"),
+    " FROM taken UNION ALL SELECT token, ",
+    millis!("expires_at"),
+    " FROM added"
 );
 
 const RENEW: &str = concat!(
@@ -195,9 +215,14 @@ impl LeaseBackend for PostgresLeases {
                     configured: partitions,
                 });
             }
+            // Only the rows missing: inserting over an existing row would wait for any
+            // transaction holding it (a copy paused while committing a batch).
             self.query(
                 "INSERT INTO orkestra_leases (worker, partition, checkpoint) \
-                 SELECT $1, p, $3 FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
+                 SELECT $1, p, $3 FROM generate_series(0, $2 - 1) AS p \
+                 WHERE NOT EXISTS (SELECT 1 FROM orkestra_leases e \
+                                   WHERE e.worker = $1 AND e.partition = p) \
+                 ON CONFLICT DO NOTHING",
                 &[&worker, &count, &initial],
             )
             .await?;
