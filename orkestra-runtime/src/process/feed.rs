@@ -54,6 +54,12 @@ impl<D: ProcessDefinition> Erased for Feed<D> {
         }
     }
 
+    /// A partition this copy just took: the steps its earlier holders recorded up to its
+    /// checkpoint, which this copy's feed will not read, go to the timer index.
+    fn prepare(&self, checkpoint: Option<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.runner.index_until(checkpoint))
+    }
+
     fn for_partition(&self, partition: u32) -> Option<Arc<dyn Erased>> {
         Some(Arc::new(Feed {
             runner: self.runner.clone(),

@@ -637,6 +637,10 @@ struct Runner<D: ProcessDefinition> {
     known: Mutex<HashSet<String>>,
     /// Whether `known` holds every key (the start-up scan read the whole log).
     known_complete: AtomicBool,
+    /// Every step before this position is in the timer index and `known` (the start-up
+    /// scan, then each partition taken read up to its checkpoint); the feed of each
+    /// partition held here takes in the steps after.
+    indexed: AtomicU64,
     dispatched: Mutex<HashSet<String>>,
     timers: Mutex<TimerIndex>,
     /// Per partition of the feed, the position of the event it was last offered: every

@@ -46,24 +46,11 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     break;
                 };
                 next = last.position().saturating_add(1);
-                let mut index = crate::sync::lock(&self.timers);
                 for recorded in &batch {
-                    if recorded.event_type() != STEP_TYPE
-                        || !recorded.stream().starts_with(&self.stream)
-                    {
-                        continue;
-                    }
-                    let Ok(step) =
-                        serde_json::from_str::<Step<serde::de::IgnoredAny>>(recorded.data_json())
-                    else {
-                        continue;
-                    };
-                    if *step.process == *self.name {
-                        index.record(&step.key, recorded.version(), &step.timers, step.finished);
-                        self.know(&step.key);
-                    }
+                    self.index_step(recorded);
                 }
             }
+            self.indexed.fetch_max(next, Ordering::AcqRel);
             Ok(())
         })
     }

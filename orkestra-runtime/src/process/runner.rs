@@ -30,6 +30,7 @@ impl<D: ProcessDefinition> Runner<D> {
             wake: Notify::new(),
             known: Mutex::new(HashSet::new()),
             known_complete: AtomicBool::new(false),
+            indexed: AtomicU64::new(0),
             dispatched: Mutex::new(HashSet::new()),
             offered: (0..settings.partitions.max(1))
                 .map(|_| AtomicU64::new(0))
@@ -644,6 +645,52 @@ impl<D: ProcessDefinition> Runner<D> {
             .map_err(HandlerError::from)
     }
 
+    /// Takes a step of this process manager read from the log into the timer index and
+    /// `known` (anything else is left alone).
+    pub(super) fn index_step(&self, recorded: &RecordedEvent) {
+        if recorded.event_type() != STEP_TYPE || !recorded.stream().starts_with(&self.stream) {
+            return;
+        }
+        let Ok(step) = serde_json::from_str::<Step<serde::de::IgnoredAny>>(recorded.data_json())
+        else {
+            return;
+        };
+        if *step.process == *self.name {
+            crate::sync::lock(&self.timers).record(
+                &step.key,
+                recorded.version(),
+                &step.timers,
+                step.finished,
+            );
+            self.know(&step.key);
+        }
+    }
+
+    /// Reads the steps from where the index ends up to `checkpoint` (a partition this copy
+    /// just took: its earlier holders recorded them while this copy worked none of it,
+    /// and its feed goes on after the checkpoint), so their timers fire here and their
+    /// instances are known.
+    pub(super) async fn index_until(&self, checkpoint: Option<u64>) -> Result<(), StoreError> {
+        let Some(until) = checkpoint else {
+            return Ok(());
+        };
+        let mut next = self.indexed.load(Ordering::Acquire);
+        while next <= until {
+            let batch = self.store.read_all(next, 1_000).await?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            next = last.position().saturating_add(1);
+            for recorded in batch.iter().take_while(|e| e.position() <= until) {
+                self.index_step(recorded);
+            }
+        }
+        self.indexed
+            .fetch_max(until.saturating_add(1), Ordering::AcqRel);
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// A step read from the log: its timers go to the index, its commands to the bus.
     pub(super) async fn on_step(&self, recorded: &RecordedEvent) -> Result<(), HandlerError> {
         if self.claims.is_none() && crate::sync::lock(&self.dispatched).remove(recorded.id()) {
@@ -666,6 +713,8 @@ impl<D: ProcessDefinition> Runner<D> {
             &step.timers,
             step.finished,
         );
+        // A step another copy recorded: its instance exists.
+        self.know(&step.key);
         self.wake.notify_one();
         if step.commands.is_empty() {
             return Ok(());

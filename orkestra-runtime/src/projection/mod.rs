@@ -126,6 +126,14 @@ pub(crate) trait Erased: Send + Sync {
     /// process manager's timers wait for it.
     fn advanced(&self, _next: u64) {}
 
+    /// Called on a partition's handler when this copy has taken the partition, before it
+    /// works on from `checkpoint`: a handler that indexes what the partition's earlier
+    /// holders recorded (a process manager's timers and instances) reads what it has not
+    /// seen up to the checkpoint. Retried until it succeeds.
+    fn prepare(&self, _checkpoint: Option<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// What the event's partition follows: its stream, so one stream's events stay in
     /// order (a process manager partitions by instance key).
     fn partition_key<'a>(&self, event: &'a RecordedEvent) -> std::borrow::Cow<'a, str> {
@@ -1101,7 +1109,23 @@ impl PartitionWork for PartitionRun {
                 tracing::info!(orkestra = "projection", projection = %name, partition = lease.partition, checkpoint, until, "rebuild resumed");
             }
             shared.handled.send_replace(checkpoint);
+            let partition = lease.partition;
             let mut runner = Runner::new(store, shared.clone(), head, Some((leases, lease)));
+            loop {
+                match runner.handler.prepare(checkpoint).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(orkestra = "projection", projection = %name, partition, error = %e, "cannot read what the partition's earlier holders recorded; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.wait_for(|s| *s) => {
+                        shared.set_state(ProjectionState::Stopped);
+                        return;
+                    }
+                }
+            }
             runner.until = Some(deadline);
             runner.replay_until = until;
             match runner.run(checkpoint, stop.clone(), control_rx).await {
