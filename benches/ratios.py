@@ -31,6 +31,11 @@ THROUGHPUT = [
     ("aggregate command on PostgreSQL ÷ hand-written tokio-postgres", "aggregate_pg/orkestra", "aggregate_pg/raw_tokio_postgres", 0.80),
     ("PostgreSQL projection (read model + checkpoint per tx, batches of 500) ÷ hand-written loop", "pg_projection/orkestra", "pg_projection/raw_loop", 0.80),
     ("relay ÷ raw lapin publishing the same stored events with confirms", "relay/orkestra", "relay/raw_lapin", 0.80),
+    ("one-partition projection with leases ÷ the loop without them, SQLite, 20,000 events", "replicas_lease/orkestra", "replicas_lease/raw_no_lease", 0.95),
+    ("the same loop holding its partition through a lease ÷ without", "replicas_lease/raw_with_leases", "replicas_lease/raw_no_lease", 0.95),
+    ("2 ms handler: 8 partitions on one copy ÷ 1 partition", "replicas_partitions/p8_one_copy", "replicas_partitions/p1", 5.0),
+    ("2 ms handler: 8 partitions over two copies ÷ 1 partition", "replicas_partitions/p8_two_copies", "replicas_partitions/p1", 5.0),
+    ("2 ms handler: 8 partitions over two copies ÷ 8 on one copy", "replicas_partitions/p8_two_copies", "replicas_partitions/p8_one_copy", None),
 ]
 
 
