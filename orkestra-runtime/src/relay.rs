@@ -471,12 +471,7 @@ impl Relay {
         {
             Some(lease) => lease,
             None => {
-                let holder = leases
-                    .list()
-                    .await?
-                    .into_iter()
-                    .find(|r| r.worker == self.checkpoint && r.partition == 0)
-                    .and_then(|r| r.owner);
+                let holder = leases.holder(&self.checkpoint, 0).await?;
                 return Err(RelayError::Held {
                     name: self.checkpoint.clone(),
                     owner: holder.unwrap_or_else(|| "another copy".to_owned()),
@@ -608,15 +603,10 @@ impl Relay {
                 // A stop requested first came from the keeper, which logged why.
                 if !*stop.borrow() {
                     let owner = leases
-                        .list()
+                        .holder(&lease.worker, lease.partition)
                         .await
                         .ok()
-                        .and_then(|all| {
-                            all.into_iter().find(|r| {
-                                r.worker == lease.worker && r.partition == lease.partition
-                            })
-                        })
-                        .and_then(|r| r.owner);
+                        .flatten();
                     tracing::warn!(
                         orkestra = "relay",
                         worker = %lease.worker,

@@ -170,11 +170,11 @@ impl Runner {
         let Some((leases, lease)) = &self.lease else {
             return;
         };
-        let new_owner = leases.list().await.ok().and_then(|all| {
-            all.into_iter()
-                .find(|r| r.worker == lease.worker && r.partition == lease.partition)
-                .and_then(|r| r.owner)
-        });
+        let new_owner = leases
+            .holder(&lease.worker, lease.partition)
+            .await
+            .ok()
+            .flatten();
         tracing::warn!(
             orkestra = "projection",
             projection = self.name(),

@@ -228,14 +228,10 @@ async fn renew(leases: &Leases, config: &KeeperConfig, held: &mut BTreeMap<u32, 
             let _ = h.stop.send(true);
             if taken {
                 let new_owner = leases
-                    .list()
+                    .holder(&config.worker, partition)
                     .await
                     .ok()
-                    .and_then(|all| {
-                        all.into_iter()
-                            .find(|r| r.worker == config.worker && r.partition == partition)
-                    })
-                    .and_then(|r| r.owner);
+                    .flatten();
                 tracing::warn!(
                     worker = %config.worker,
                     partition,

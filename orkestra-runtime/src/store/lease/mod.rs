@@ -291,6 +291,16 @@ impl Leases {
         self.backend.list().await
     }
 
+    /// Who holds `partition` of `worker` now (`None`: free, released or expired).
+    pub async fn holder(&self, worker: &str, partition: u32) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|r| r.worker == worker && r.partition == partition)
+            .and_then(|r| r.owner))
+    }
+
     /// Announces `owner` as a live copy running `worker` for `ttl`, and returns the live
     /// copies of it, sorted (each copy's fair share follows from it).
     pub async fn heartbeat(
