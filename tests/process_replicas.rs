@@ -426,6 +426,17 @@ async fn steps(store: &Store, order: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The global position of each of the instance's steps, in order.
+async fn step_positions(store: &Store, order: &str) -> Vec<u64> {
+    store
+        .read_stream(&format!("pm-fulfilment-{order}"), 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position())
+        .collect()
+}
+
 /// Places orders, kills the holder while they are in flight, and checks every step's
 /// commands were handled once and every timer fired once.
 async fn two_copies_through_a_kill(stack: &str) {
@@ -496,6 +507,16 @@ async fn two_copies_through_a_kill(stack: &str) {
     let survivor = survivor.pop().unwrap();
     drop(victim); // SIGKILL
     let killed = Instant::now();
+    // Where the killed copy's feed had got to: nobody moves it until the survivor takes
+    // the partition, a lease later. Without an inbox, what the survivor dispatches again
+    // is what the killed copy's feed read after it.
+    let left_at = store
+        .leases()
+        .await
+        .unwrap()
+        .checkpoint(&checkpoint_name(PROCESS), 0)
+        .await
+        .unwrap();
     let taken = loop {
         if holder(&store).await.as_deref() == Some(survivor.owner.as_str()) {
             break killed.elapsed();
@@ -565,19 +586,25 @@ async fn two_copies_through_a_kill(stack: &str) {
         *times.entry(id.as_str()).or_default() += 1;
     }
     let mut expected: BTreeSet<String> = BTreeSet::new();
+    let mut again = 0;
     for order in &orders {
         let steps = steps(&store, order).await;
-        let commands: Vec<(String, String)> = steps
+        let positions = step_positions(&store, order).await;
+        let commands: Vec<(String, String, u64)> = steps
             .iter()
-            .flat_map(|s| s["commands"].as_array().cloned().unwrap_or_default())
-            .map(|c| {
+            .zip(&positions)
+            .flat_map(|(s, &p)| {
+                let commands = s["commands"].as_array().cloned().unwrap_or_default();
+                commands.into_iter().map(move |c| (c, p))
+            })
+            .map(|(c, p)| {
                 let kind = c["command_type"].as_str().unwrap().to_owned();
-                (c["id"].as_str().unwrap().to_owned(), kind)
+                (c["id"].as_str().unwrap().to_owned(), kind, p)
             })
             .collect();
         let kinds: Vec<&str> = commands
             .iter()
-            .map(|(_, k)| k.rsplit('.').next().unwrap())
+            .map(|(_, k, _)| k.rsplit('.').next().unwrap())
             .collect();
         let (answer, script) = if order.contains("-silent-") {
             ("CancelOrder", "never paid: its reminder cancels it")
@@ -588,8 +615,18 @@ async fn two_copies_through_a_kill(stack: &str) {
         // Placed, then the payment or the timer, then the end: a timer that fired twice
         // would add a step.
         assert_eq!(steps.len(), 3, "order {order}: {steps:#?}");
-        for (id, kind) in commands {
+        for (id, kind, step) in commands {
             let n = times.get(id.as_str()).copied().unwrap_or(0);
+            // Without an inbox a handler cannot tell a command it handled from the same
+            // command dispatched again: the steps the killed copy's feed read after its
+            // checkpoint are dispatched again by the survivor (same ids), once more and
+            // no more. Every other command, and every command with an inbox, once.
+            let read_after_checkpoint = left_at.is_none_or(|c| step > c);
+            if stack == "in-process" && n == 2 && read_after_checkpoint {
+                again += 1;
+                expected.insert(id);
+                continue;
+            }
             assert_eq!(
                 n,
                 1,
@@ -613,10 +650,12 @@ async fn two_copies_through_a_kill(stack: &str) {
         *per_copy.entry(copy.as_str()).or_default() += 1;
     }
     eprintln!(
-        "{stack}: {} orders, {} commands handled once each ({deliveries} deliveries), \
+        "{stack}: {} orders, {} handlings of {} commands ({again} dispatched again after \
+         the kill, of steps after checkpoint {left_at:?}; {deliveries} deliveries), \
          per copy {per_copy:?}; {first} killed, its partition taken over in {taken:?}",
         orders.len(),
-        handled.len()
+        handled.len(),
+        expected.len()
     );
     assert_eq!(
         per_copy.len(),
@@ -627,15 +666,15 @@ async fn two_copies_through_a_kill(stack: &str) {
     drop(store);
 }
 
-/// Without an inbox, each command must be dispatched once. It is not: a copy killed after
-/// dispatching a step's commands and before its feed saved the checkpoint past the step
-/// leaves the step to the next holder, which dispatches them again (with the same ids, at
-/// least once, as a crash of a lone copy does). Kept to show it; see the inbox variant.
+/// Without an inbox, a handler cannot tell a command it handled from the same command
+/// dispatched again, and no dispatcher can know whether a handler in a killed process
+/// committed: the steps the killed copy's feed read after its last checkpoint are
+/// dispatched again by the survivor, with the same ids (at least once, as after a crash
+/// of a lone copy). Everything before that checkpoint, and every timer, once; the repeat
+/// is bounded by one feed batch. `once: true` handlers (the variants below) make it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the in-process bus dispatches the commands of steps after the killed copy's \
-            checkpoint again (at least once, same ids): `once: true` handlers over the store's \
-            inbox are needed for exactly once"]
-async fn two_copies_on_the_in_process_bus_dispatch_each_command_once_through_a_kill() {
+async fn two_copies_on_the_in_process_bus_repeat_only_the_steps_after_the_killed_copys_checkpoint()
+ {
     two_copies_through_a_kill("in-process").await;
 }
 

@@ -3,10 +3,11 @@
 //!
 //! - `replicas_lease/*`: 20,000 stored `OrderPlaced` events on SQLite, folded in memory by
 //!   a one-partition projection with leases (start, catch up, stop: register, heartbeat,
-//!   acquire, a fenced checkpoint per batch of 500, release) against the loop a projection
-//!   without leases ran (`read_all` batches of 500, the same handler, `save_checkpoint`
-//!   per batch) — target ≥ 0.95× throughput; and that loop holding its partition
-//!   through a lease (register, announce, acquire, a fenced checkpoint per batch,
+//!   acquire, a fenced checkpoint per batch of 500, release) against the same projection
+//!   without them (`Projections::solo`: the checkpoint of its name) — target ≥ 0.95×
+//!   throughput; and, for scale, the hand-written loop a projection amounts to (`read_all`
+//!   batches of 500, the same handler, `save_checkpoint` per batch) with and without a
+//!   lease held around it (register, announce, acquire, a fenced checkpoint per batch,
 //!   release), what leases alone cost;
 //! - `replicas_partitions/*`: a handler that awaits 2 ms per event (I/O), 1,600 events on
 //!   SQLite appended while the projection is live and settled, over streams spread evenly
@@ -206,6 +207,28 @@ fn lease_overhead(c: &mut Criterion) {
                     let name = fresh_name(&store, None).await;
                     let started = Instant::now();
                     let running = Projections::new(store.clone())
+                        .add(Projection::new(name.clone(), Fold::default()).with_batch(BATCH))
+                        .start()
+                        .await
+                        .unwrap();
+                    running.wait_for(&name, last).await.unwrap();
+                    running.stop().await.unwrap();
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        })
+    });
+    // The same projection, the same run, without leases: `Projections::solo`.
+    group.bench_function("orkestra_solo", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let name = fresh_name(&store, None).await;
+                    let started = Instant::now();
+                    let running = Projections::new(store.clone())
+                        .solo()
                         .add(Projection::new(name.clone(), Fold::default()).with_batch(BATCH))
                         .start()
                         .await

@@ -693,8 +693,74 @@ async fn projections_rebuild(store: &Store, name: &str, totals: &Totals) {
     assert!(totals.positions().len() > before);
 }
 
+/// `Projections::solo`: the projection runs whole without leases (no lease record, the
+/// checkpoint of its name, resumed from it by the next solo start), and a projection that
+/// ran with leases is refused solo (its checkpoints are in them).
+async fn solo_runs_without_leases_and_refuses_a_leased_projection(store: Store) {
+    let p = unique("solo");
+    let name = unique("solo-totals");
+    let head = store.head().await.unwrap();
+    store.save_checkpoint(&name, head).await.unwrap();
+    let totals = Totals::new(&p);
+    let running = Projections::new(store.clone())
+        .add(Projection::new(&name, totals.clone()).with_partitions(4))
+        .solo()
+        .start()
+        .await
+        .unwrap();
+    let first = append(&store, vec![placed(&format!("{p}-a"), 2)]).await;
+    running.wait_for(&name, first).await.unwrap();
+    running.stop().await.unwrap();
+    let leases = store.leases().await.unwrap();
+    assert!(
+        leases.list().await.unwrap().iter().all(|r| r.worker != name),
+        "a solo projection took no lease"
+    );
+    // Its own checkpoint (other tests may append to a shared database meanwhile).
+    let saved = store.load_checkpoint(&name).await.unwrap();
+    assert!(saved >= Some(first), "{saved:?} < {first}");
+    // Resumed from its checkpoint: the first event is not applied again.
+    let second = append(&store, vec![placed(&format!("{p}-a"), 3)]).await;
+    let running = Projections::new(store.clone())
+        .solo()
+        .add(Projection::new(&name, totals.clone()))
+        .start()
+        .await
+        .unwrap();
+    running.wait_for(&name, second).await.unwrap();
+    running.stop().await.unwrap();
+    assert_eq!(totals.positions(), [first, second]);
+    assert_eq!(totals.totals.lock().unwrap()[&format!("{p}-a")], 5);
+
+    // With leases once, solo never again.
+    let leased = unique("leased-totals");
+    store.save_checkpoint(&leased, head).await.unwrap();
+    let running = Projections::new(store.clone())
+        .add(Projection::new(&leased, Totals::new(&p)))
+        .start()
+        .await
+        .unwrap();
+    running.stop().await.unwrap();
+    let refused = Projections::new(store.clone())
+        .solo()
+        .add(Projection::new(&leased, Totals::new(&p)))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ProjectionError::Leased(n) if *n == leased),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("cannot run solo"), "{refused}");
+}
+
 mod memory {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn solo_runs_without_leases_and_refuses_a_leased_projection() {
+        super::solo_runs_without_leases_and_refuses_a_leased_projection(Store::memory()).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partitions_share_the_streams_and_a_new_count_needs_a_rebuild() {
@@ -776,6 +842,12 @@ mod memory {
 
 mod sqlite {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn solo_runs_without_leases_and_refuses_a_leased_projection() {
+        let store = Store::sqlite(temp_db()).await.unwrap();
+        super::solo_runs_without_leases_and_refuses_a_leased_projection(store).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partitions_share_the_streams_and_a_new_count_needs_a_rebuild() {
@@ -873,6 +945,14 @@ mod postgres {
         .unwrap();
         tokio::spawn(connection);
         client
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn solo_runs_without_leases_and_refuses_a_leased_projection() {
+        let Some(store) = support::services::postgres_store().await else {
+            return;
+        };
+        super::solo_runs_without_leases_and_refuses_a_leased_projection(store).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,6 +362,13 @@ pub enum ProjectionError {
         /// The count configured now.
         configured: u32,
     },
+    /// [`Projections::solo`] for a projection that ran with leases: its checkpoints are
+    /// in them, the checkpoint of its name is behind.
+    #[error(
+        "projection {0:?} ran with leases (its checkpoints are kept in them): it cannot run \
+         solo; run it without `Projections::solo`"
+    )]
+    Leased(String),
     /// No projection of that name was added.
     #[error("no projection named {0:?}")]
     Unknown(String),
@@ -414,6 +421,17 @@ struct Entry {
     /// that keeps leases. Otherwise it runs whole here (EventStoreDB: by the checkpoint
     /// of its name).
     leased: bool,
+}
+
+impl Entry {
+    fn new(projection: Projection, leased: bool) -> Self {
+        Self {
+            projection,
+            parts: Mutex::new(BTreeMap::new()),
+            running: AtomicBool::new(false),
+            leased,
+        }
+    }
 }
 
 impl Entry {
@@ -520,6 +538,8 @@ pub struct Projections {
     entries: Vec<Arc<Entry>>,
     duplicate: Option<String>,
     leases: LeaseSettings,
+    /// [`solo`](Projections::solo): no leases, whatever the store.
+    solo: bool,
 }
 
 impl fmt::Debug for Projections {
@@ -559,7 +579,26 @@ impl Projections {
             entries: Vec::new(),
             duplicate: None,
             leases: LeaseSettings::default(),
+            solo: false,
         }
+    }
+
+    /// Runs every projection whole in this copy, without leases: its checkpoint is the
+    /// one of its name, as on a store that keeps no leases (Marten calls this the solo
+    /// daemon). For a service that runs exactly one copy (a desktop or embedded app on
+    /// its own SQLite file, a test); two solo copies over one store would both apply every
+    /// event. Partitions are ignored (a warning says so). A projection that ran with
+    /// leases keeps its checkpoints there: [`start`](Self::start) refuses to run it solo
+    /// ([`ProjectionError::Leased`]).
+    #[must_use]
+    pub fn solo(mut self) -> Self {
+        self.solo = true;
+        self.entries = self
+            .entries
+            .iter()
+            .map(|e| Arc::new(Entry::new(e.projection.clone(), false)))
+            .collect();
+        self
     }
 
     /// How long this copy holds each partition it works without renewing (it renews
@@ -593,16 +632,8 @@ impl Projections {
         {
             self.duplicate.get_or_insert(projection.name.clone());
         }
-        let leased = projection.stored && self.store.keeps_leases();
-        if projection.stored && !leased && projection.partitions > 1 {
-            tracing::warn!(orkestra = "projection", projection = %projection.name, adapter = self.store.adapter(), partitions = projection.partitions, "this store keeps no leases: the projection runs as one partition in each copy; run one copy of it");
-        }
-        self.entries.push(Arc::new(Entry {
-            projection,
-            parts: Mutex::new(BTreeMap::new()),
-            running: AtomicBool::new(false),
-            leased,
-        }));
+        let leased = projection.stored && self.store.keeps_leases() && !self.solo;
+        self.entries.push(Arc::new(Entry::new(projection, leased)));
         self
     }
 
@@ -630,6 +661,9 @@ impl Projections {
                     entry.projection.name.clone(),
                 ));
             }
+        }
+        if self.solo && self.store.keeps_leases() {
+            self.check_solo().await?;
         }
         let head = self.store.head().await?;
         let stored = self.entries.iter().any(|e| e.leased);
@@ -699,6 +733,13 @@ impl Projections {
                     }
                 }
                 _ => {
+                    if entry.projection.stored && entry.projection.partitions > 1 {
+                        let why = match self.solo {
+                            true => "solo",
+                            false => "this store keeps no leases",
+                        };
+                        tracing::warn!(orkestra = "projection", projection = %entry.projection.name, adapter = self.store.adapter(), partitions = entry.projection.partitions, "{why}: the projection runs as one partition in each copy; run one copy of it");
+                    }
                     let (checkpoint, replay_until) = match entry.projection.stored {
                         // A store without leases: from the checkpoint of its name.
                         true => self.local_start(entry, head).await?,
@@ -746,6 +787,18 @@ impl Projections {
 
     /// Where a stored projection over a store without leases starts: its checkpoint by
     /// name, and the target of a rebuild a crash interrupted.
+    /// Refuses to run solo a projection whose checkpoints are in the leases (it ran with
+    /// them: the checkpoint of its name is behind).
+    async fn check_solo(&self) -> Result<(), ProjectionError> {
+        let records = self.store.leases().await?.list().await?;
+        for entry in self.entries.iter().filter(|e| e.projection.stored) {
+            if records.iter().any(|r| r.worker == entry.projection.name) {
+                return Err(ProjectionError::Leased(entry.projection.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
     async fn local_start(
         &self,
         entry: &Entry,
@@ -892,6 +945,7 @@ impl Projections {
             entries: Vec::new(),
             duplicate: None,
             leases: self.leases.clone(),
+            solo: false,
         }
         .add(entry.projection.clone());
         let running = alone.start().await?;

@@ -130,16 +130,28 @@ impl Runner {
             return Ok(Ok(0));
         };
         // The checkpoint through the partition's lease, in the read model's transaction:
-        // a copy whose lease was taken meanwhile commits none of the batch.
-        if let Some((_, lease)) = &self.lease
-            && !crate::store::lease::save_checkpoint_in(&tx, lease, Some(last)).await?
-        {
-            let _ = tx.rollback().await;
-            return Err(StoreError::Fenced {
-                worker: lease.worker.clone(),
-                partition: lease.partition,
-                token: lease.token,
-            });
+        // a copy whose lease was taken meanwhile commits none of the batch. Solo, the
+        // checkpoint of its name, in the same transaction.
+        match &self.lease {
+            Some((_, lease)) => {
+                if !crate::store::lease::save_checkpoint_in(&tx, lease, Some(last)).await? {
+                    let _ = tx.rollback().await;
+                    return Err(StoreError::Fenced {
+                        worker: lease.worker.clone(),
+                        partition: lease.partition,
+                        token: lease.token,
+                    });
+                }
+            }
+            None if self.shared.projection.stored => {
+                crate::store::postgres::save_checkpoint_in(
+                    &tx,
+                    &self.shared.projection.name,
+                    Some(last),
+                )
+                .await?;
+            }
+            None => {}
         }
         tx.commit().await.map_err(pg_error)?;
         self.progress.done += done;
