@@ -674,7 +674,7 @@ async fn two_copies_through_a_kill(stack: &str) {
 /// is bounded by one feed batch. `once: true` handlers (the variants below) make it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_copies_on_the_in_process_bus_repeat_only_the_steps_after_the_killed_copys_checkpoint()
- {
+{
     two_copies_through_a_kill("in-process").await;
 }
 

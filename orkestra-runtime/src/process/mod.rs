@@ -499,7 +499,8 @@ impl ProcessManagers {
                 "process managers on a distributed bus claim their work in the store's inbox, which only PostgreSQL shares between processes: run one process of them on this store"
             );
         }
-        let mut projections = Projections::new(self.store.clone());
+        let mut projections =
+            Projections::new(self.store.clone()).with_lease_settings(self.leases.clone());
         let mut runnables = Vec::with_capacity(self.managers.len());
         for manager in self.managers {
             if !manager.store.same_as(&self.store) {
@@ -532,12 +533,6 @@ impl ProcessManagers {
                     .with_retry_delay(Duration::from_millis(250)),
             );
             runnables.push(runnable);
-        }
-        if let Some(lease) = self.leases.lease {
-            projections = projections.with_lease(lease);
-        }
-        if let Some(owner) = &self.leases.owner {
-            projections = projections.with_owner(owner.clone());
         }
         let feeds = projections.start().await?;
         let (stop, _) = watch::channel(false);

@@ -421,6 +421,9 @@ struct Entry {
     /// that keeps leases. Otherwise it runs whole here (EventStoreDB: by the checkpoint
     /// of its name).
     leased: bool,
+    /// Bumped whenever `parts` changes: a wait for a partition this copy is about to
+    /// take wakes when it is taken, not a poll later.
+    changed: watch::Sender<u64>,
 }
 
 impl Entry {
@@ -430,6 +433,7 @@ impl Entry {
             parts: Mutex::new(BTreeMap::new()),
             running: AtomicBool::new(false),
             leased,
+            changed: watch::Sender::new(0),
         }
     }
 }
@@ -455,6 +459,7 @@ impl Entry {
 
     fn insert(&self, shared: Arc<Shared>) {
         crate::sync::lock(&self.parts).insert(shared.partition, shared);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Forgets a partition's runner if it is still `shared` (not one started since).
@@ -465,6 +470,8 @@ impl Entry {
             .is_some_and(|p| Arc::ptr_eq(p, shared))
         {
             parts.remove(&shared.partition);
+            drop(parts);
+            self.changed.send_modify(|n| *n += 1);
         }
     }
 }
@@ -615,6 +622,12 @@ impl Projections {
     #[must_use]
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.leases.owner = Some(owner.into());
+        self
+    }
+
+    /// The lease length and owner name a process manager's feeds take from it.
+    pub(crate) fn with_lease_settings(mut self, leases: LeaseSettings) -> Self {
+        self.leases = leases;
         self
     }
 
@@ -1029,7 +1042,9 @@ async fn wait_partitions(
 ) -> Result<(), ProjectionError> {
     let name = &entry.projection.name;
     let mut leases = None;
+    let mut changed = entry.changed.subscribe();
     loop {
+        changed.borrow_and_update();
         let mut lowest: Option<Option<u64>> = None;
         let mut missing = Vec::new();
         let mut waiting_on = None;
@@ -1091,14 +1106,23 @@ async fn wait_partitions(
                 timeout,
             });
         }
-        // State changes and other copies' checkpoints send no notice: look again soon.
+        // State changes and other copies' checkpoints send no notice: look again soon,
+        // or as soon as this copy takes or drops a partition.
         let pause = Duration::from_millis(if waiting_on.is_some() { 100 } else { 25 });
-        match waiting_on {
-            Some(mut handled) => {
-                let _ = tokio::time::timeout(pause, handled.changed()).await;
+        let _ = tokio::time::timeout(pause, async {
+            match waiting_on {
+                Some(mut handled) => {
+                    tokio::select! {
+                        _ = handled.changed() => {}
+                        _ = changed.changed() => {}
+                    }
+                }
+                None => {
+                    let _ = changed.changed().await;
+                }
             }
-            None => tokio::time::sleep(pause).await,
-        }
+        })
+        .await;
     }
 }
 
