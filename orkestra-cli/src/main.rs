@@ -324,10 +324,12 @@ fn run(command: Cmd, format: Format) -> Result<(), Error> {
                 })?;
         }
         Cmd::Man { out: Some(dir) } => {
-            clap_mangen::generate_to(Args::command(), &dir).map_err(|source| Error::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Args::command(), &dir))
+                .map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
             eprintln!("wrote the man pages into {}", dir.display());
         }
     }

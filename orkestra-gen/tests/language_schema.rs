@@ -167,7 +167,10 @@ fn every_shape_error_of_the_diagnostics_suite_fails() {
     // these itself, before any schema.
     for name in NOT_A_TREE {
         let text = std::fs::read_to_string(broken.join(name)).unwrap();
-        assert!(serde_saphyr::from_str::<Value>(&text).is_err(), "{name} parses");
+        assert!(
+            serde_saphyr::from_str::<Value>(&text).is_err(),
+            "{name} parses"
+        );
     }
     cases.retain(|name| !NOT_A_TREE.contains(&name.as_str()));
     let mut classified: Vec<String> = SHAPE_ERRORS
@@ -228,7 +231,9 @@ fn an_editor_sees_each_key_described_and_the_field_types_offered() {
         };
         for (key, property) in properties {
             assert!(
-                property["description"].as_str().is_some_and(|d| !d.is_empty()),
+                property["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
                 "{name}.{key} has no description"
             );
         }

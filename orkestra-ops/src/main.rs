@@ -205,7 +205,8 @@ fn main() -> ExitCode {
         Cmd::Man { out } => {
             let written = match out {
                 None => clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()),
-                Some(dir) => clap_mangen::generate_to(Args::command(), dir),
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .and_then(|()| clap_mangen::generate_to(Args::command(), dir)),
             };
             return match written {
                 Ok(()) => ExitCode::SUCCESS,
