@@ -306,18 +306,22 @@ impl NewProject {
                 )
             }
         };
-        let mut runtime = format!("{{ version = \"{version}\"{runtime_source}");
+        let mut extras = runtime_source;
         if !default_features {
-            runtime.push_str(", default-features = false");
+            extras.push_str(", default-features = false");
         }
         if !runtime_features.is_empty() {
             let list: Vec<String> = runtime_features
                 .iter()
                 .map(|f| format!("\"{f}\""))
                 .collect();
-            runtime.push_str(&format!(", features = [{}]", list.join(", ")));
+            extras.push_str(&format!(", features = [{}]", list.join(", ")));
         }
-        runtime.push_str(" }");
+        let runtime = if extras.is_empty() {
+            format!("\"{version}\"")
+        } else {
+            format!("{{ version = \"{version}\"{extras} }}")
+        };
         let gen_dependency = if gen_source.is_empty() {
             format!("\"{version}\"")
         } else {
@@ -325,22 +329,22 @@ impl NewProject {
         };
         let features_note = match (self.bus, self.store) {
             (BusAdapter::InProcess, StoreAdapter::Sqlite) => {
-                "Its default feature `sqlite` is the embedded store; add \"postgres\", \"rabbitmq\", \"telemetry\" as you need them."
+                "The default feature `sqlite` is the embedded store."
             }
             (BusAdapter::InProcess, StoreAdapter::Memory) => {
-                "No features: the in-process bus and the memory store need none; add \"sqlite\", \"postgres\", \"rabbitmq\" as you need them."
+                "The in-process bus and the memory store need no feature."
             }
             (BusAdapter::InProcess, StoreAdapter::Postgres) => {
-                "\"postgres\" is the PostgreSQL store; add \"rabbitmq\", \"telemetry\" as you need them."
+                "\"postgres\" is the PostgreSQL store."
             }
             (BusAdapter::RabbitMq, StoreAdapter::Sqlite) => {
-                "\"rabbitmq\" is the RabbitMQ bus and the default `sqlite` the embedded store; add \"postgres\", \"telemetry\" as you need them."
+                "\"rabbitmq\" is the RabbitMQ bus, the default `sqlite` the embedded store."
             }
             (BusAdapter::RabbitMq, StoreAdapter::Postgres) => {
-                "\"rabbitmq\" is the RabbitMQ bus, \"postgres\" the PostgreSQL store; add \"telemetry\" as you need it."
+                "\"rabbitmq\" is the RabbitMQ bus, \"postgres\" the PostgreSQL store."
             }
             (BusAdapter::RabbitMq, StoreAdapter::Memory) => {
-                "\"rabbitmq\" is the RabbitMQ bus (the memory store needs no feature); add \"sqlite\", \"postgres\" as you need them."
+                "\"rabbitmq\" is the RabbitMQ bus; the memory store needs no feature."
             }
         };
         Ok(Context {
