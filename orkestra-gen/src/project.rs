@@ -555,9 +555,8 @@ mod tests {
         };
         let version = env!("CARGO_PKG_VERSION");
         let (toml, config) = cargo(NewProject::new("a"));
-        assert!(toml.contains(&format!(
-            "orkestra-runtime = {{ version = \"{version}\" }}\n"
-        )));
+        assert!(toml.contains(&format!("orkestra-runtime = \"{version}\"\n")));
+        assert!(toml.contains(&format!("orkestra-gen = \"{version}\"\n")));
         assert!(config.contains("adapter = \"in_process\"") && config.contains("url = \"a.db\""));
         let (toml, config) = cargo(
             NewProject::new("a")
@@ -572,5 +571,37 @@ mod tests {
         let (toml, config) = cargo(NewProject::new("a").store(StoreAdapter::Memory));
         assert!(toml.contains("default-features = false }"), "{toml}");
         assert!(config.contains("adapter = \"memory\"") && !config.contains("url"));
+    }
+
+    #[test]
+    fn a_failed_create_removes_what_it_wrote() {
+        let root = std::env::temp_dir().join(format!("orkestra-undo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut written = Written::default();
+        for path in ["Cargo.toml", "src/lib.rs", "tests/deep/x.rs"] {
+            let file = ProjectFile {
+                path: PathBuf::from(path),
+                content: "x".into(),
+            };
+            written.write(&root, &file).unwrap();
+        }
+        assert!(root.join("tests/deep/x.rs").is_file());
+        // A file where a directory must go: the write fails, and undo leaves nothing.
+        std::fs::write(root.join("blocker"), "").unwrap();
+        let blocked = ProjectFile {
+            path: PathBuf::from("blocker/y.rs"),
+            content: "y".into(),
+        };
+        assert!(matches!(
+            written.write(&root, &blocked),
+            Err(Error::Io { .. })
+        ));
+        std::fs::remove_file(root.join("blocker")).unwrap();
+        written.undo();
+        assert!(
+            !root.exists(),
+            "left behind: {:?}",
+            std::fs::read_dir(&root).map(|d| d.count())
+        );
     }
 }
