@@ -1,17 +1,19 @@
 //! `orkestra-gen`: the command-line front end of the generator. Argument parsing and
 //! printing only; every decision is the `orkestra_gen` library's.
 //!
-//! Exit codes: 0 success (warnings allowed), 1 schema errors, 2 usage or I/O errors,
-//! 3 an internal generator bug.
+//! Exit codes: 0 success (warnings allowed), 1 schema errors, 2 usage or I/O errors
+//! (a `new` refused: a name that is not a crate's, a directory that is not empty), 3 an
+//! internal generator bug.
 
 mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use orkestra_gen::compat::{Rule, UnknownRule};
 use orkestra_gen::model::{HandlerTarget, Model, Payload};
+use orkestra_gen::project::{BusAdapter, NewProject, StoreAdapter};
 use orkestra_gen::{Diagnostics, Error, Generator, Severity};
 
 #[derive(Parser, Debug)]
@@ -103,6 +105,67 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Create a service crate that builds and passes its tests at once: Cargo.toml,
+    /// build.rs, a schema, handlers, a given/when/then test, orkestra.toml, a README.
+    New {
+        /// The crate's name, like `my-shop`.
+        name: String,
+        /// The bus its orkestra.toml names.
+        #[arg(long, value_enum, default_value_t = BusArg::InProcess)]
+        bus: BusArg,
+        /// The event store its orkestra.toml names.
+        #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
+        store: StoreArg,
+        /// The directory to create it in (default: ./NAME); it must be new or empty.
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Depend on an Orkestra checkout by path instead of on crates.io (for CI and
+        /// unreleased changes).
+        #[arg(long, value_name = "DIR", hide = true)]
+        orkestra_path: Option<PathBuf>,
+    },
+    /// Write the JSON Schema of the schema language itself (draft-07), for editors: the
+    /// YAML language server completes and checks schema files with it.
+    SchemaJson {
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the completion script of a shell (`orkestra-gen completions bash >
+    /// ~/.local/share/bash-completion/completions/orkestra-gen`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff: `orkestra-gen man | man -l -`), or write one page per
+    /// command into a directory.
+    Man {
+        /// Write `orkestra-gen.1`, `orkestra-gen-check.1`, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `new --bus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BusArg {
+    /// The in-process bus: nothing to install.
+    #[value(name = "in_process")]
+    InProcess,
+    /// RabbitMQ.
+    #[value(name = "rabbitmq")]
+    RabbitMq,
+}
+
+/// `new --store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreArg {
+    /// The embedded single-file store: nothing to install.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// In memory: nothing kept across runs.
+    Memory,
 }
 
 impl Common {
@@ -227,8 +290,99 @@ fn run(command: Cmd, format: Format) -> Result<(), Error> {
             export(common.generator().jsonschema(&out), &out, format)?;
         }
         Cmd::Docs { common, out } => export(common.generator().docs(&out), &out, format)?,
+        Cmd::New {
+            name,
+            bus,
+            store,
+            path,
+            orkestra_path,
+        } => new_project(&name, bus, store, path, orkestra_path)?,
+        Cmd::SchemaJson { out: None } => print!("{}", orkestra_gen::language::schema_json()),
+        Cmd::SchemaJson { out: Some(path) } => {
+            std::fs::write(&path, orkestra_gen::language::schema_json()).map_err(|source| {
+                Error::Io {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            eprintln!("wrote {}", path.display());
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "orkestra-gen",
+                &mut std::io::stdout(),
+            );
+        }
+        Cmd::Man { out: None } => {
+            clap_mangen::Man::new(Args::command())
+                .render(&mut std::io::stdout())
+                .map_err(|source| Error::Io {
+                    path: "standard output".into(),
+                    source,
+                })?;
+        }
+        Cmd::Man { out: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Args::command(), &dir))
+                .map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+            eprintln!("wrote the man pages into {}", dir.display());
+        }
     }
     Ok(())
+}
+
+/// `new`: creates the project, then lists what it wrote and what to run next.
+fn new_project(
+    name: &str,
+    bus: BusArg,
+    store: StoreArg,
+    path: Option<PathBuf>,
+    orkestra_path: Option<PathBuf>,
+) -> Result<(), Error> {
+    let (bus, store) = (BusAdapter::from(bus), StoreAdapter::from(store));
+    let mut project = NewProject::new(name).bus(bus).store(store);
+    if let Some(dir) = path {
+        project = project.dir(dir);
+    }
+    if let Some(checkout) = orkestra_path {
+        project = project.orkestra_path(checkout);
+    }
+    let created = project.create()?;
+    println!(
+        "created {name} in {} ({} bus, {} store):",
+        created.dir.display(),
+        bus.name(),
+        store.name()
+    );
+    for file in &created.files {
+        println!("  {}", file.display());
+    }
+    println!("next: cd {} && cargo run", created.dir.display());
+    Ok(())
+}
+
+impl From<BusArg> for BusAdapter {
+    fn from(bus: BusArg) -> Self {
+        match bus {
+            BusArg::InProcess => Self::InProcess,
+            BusArg::RabbitMq => Self::RabbitMq,
+        }
+    }
+}
+
+impl From<StoreArg> for StoreAdapter {
+    fn from(store: StoreArg) -> Self {
+        match store {
+            StoreArg::Sqlite => Self::Sqlite,
+            StoreArg::Postgres => Self::Postgres,
+            StoreArg::Memory => Self::Memory,
+        }
+    }
 }
 
 /// Writes one export, then says what it wrote on standard error.
@@ -244,8 +398,9 @@ fn export(generator: Generator, out: &std::path::Path, format: Format) -> Result
     Ok(())
 }
 
-/// One line per command and event: type name, topic, the bindings that receive it.
+/// One row per command and event: type name, topic, the bindings that receive it.
 fn print_topics(model: &Model) {
+    let mut rows = Vec::new();
     for module in &model.modules {
         for p in module.commands.iter().chain(&module.events) {
             let handlers: Vec<&str> = model
@@ -255,17 +410,19 @@ fn print_topics(model: &Model) {
                 .filter(|h| receives(&h.target, &module.ident, p))
                 .map(|h| h.name.as_str())
                 .collect();
-            println!(
-                "{:<32} {:<40} {}",
-                p.type_name,
-                p.topic,
+            rows.push([
+                p.type_name.clone(),
+                p.topic.clone(),
                 if handlers.is_empty() {
                     "-".to_owned()
                 } else {
                     handlers.join(", ")
-                }
-            );
+                },
+            ]);
         }
+    }
+    for line in report::table(&["TYPE", "TOPIC", "HANDLERS"], rows) {
+        println!("{line}");
     }
 }
 

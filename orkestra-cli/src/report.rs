@@ -123,6 +123,22 @@ pub fn count(diags: &[Diagnostic], format: crate::Format) {
     eprintln!("{errors} error{} found", if errors == 1 { "" } else { "s" });
 }
 
+/// Left-aligned columns two spaces apart under a header, no borders, no trailing spaces:
+/// the lines of a table for a terminal or a pipe alike.
+pub fn table<const N: usize>(header: &[&str; N], rows: Vec<[String; N]>) -> Vec<String> {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(header.to_vec());
+    table.add_rows(rows);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table
+        .lines()
+        .map(|line| line.trim_end().to_owned())
+        .collect()
+}
+
 fn severity(s: Severity) -> &'static str {
     match s {
         Severity::Error => "error",

@@ -492,3 +492,70 @@ fn an_unwritable_export_path_exits_2_naming_it() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Shell completions and man pages are generated from the same clap definitions as the
+/// parser: every subcommand and flag is in them (the man pages leave the hidden ones out).
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for word in [
+            "generate",
+            "check",
+            "new",
+            "schema-json",
+            "app-prefix",
+            "store",
+        ] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    let out = run(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+
+    let out = run(&["man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH orkestra-gen 1"), "{page}");
+    assert!(page.contains("schema\\-json"), "{page}");
+
+    let dir = std::env::temp_dir().join(format!("orkestra-gen-man-{}", std::process::id()));
+    let out = run(&["man", "--out", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    let new_page = std::fs::read_to_string(dir.join("orkestra-gen-new.1")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    insta::assert_snapshot!(pages.join("\n"));
+    assert!(new_page.contains("in_process"), "{new_page}");
+    assert!(
+        !new_page.contains("orkestra\\-path"),
+        "a hidden flag is documented"
+    );
+}
+
+#[test]
+fn schema_json_prints_or_writes_the_language_schema() {
+    let printed = run(&["schema-json"]);
+    assert_eq!(printed.status.code(), Some(0), "{}", text(&printed.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert_eq!(schema["required"], serde_json::json!(["namespace"]));
+    let committed =
+        std::fs::read_to_string(generator_dir().join("schema/orkestra.schema.json")).unwrap();
+    assert_eq!(text(&printed.stdout), committed);
+    let file = std::env::temp_dir().join(format!("orkestra-schema-{}.json", std::process::id()));
+    let written = run(&["schema-json", "--out", file.to_str().unwrap()]);
+    assert_eq!(written.status.code(), Some(0), "{}", text(&written.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), committed);
+    std::fs::remove_file(&file).ok();
+}

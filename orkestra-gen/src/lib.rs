@@ -19,8 +19,13 @@
 //! AsyncAPI 3.0 document, JSON Schemas and a documentation site with the message flow
 //! (`Generator::asyncapi`, `jsonschema`, `docs`, written by `generate` or `export`).
 //!
+//! Two more things are not about one schema set: [`project`] writes a new service crate
+//! (`orkestra-gen new`), and [`language`] describes the schema language itself as a JSON
+//! Schema, for editors (`orkestra-gen schema-json`).
+//!
 //! [`Generator`] is the whole face for build.rs. The `orkestra-gen` command line
-//! (`generate`, `check`, `topics`, `asyncapi`, `jsonschema`, `docs`) lives in the `orkestra-cli` crate, so a build script
+//! (`generate`, `check`, `topics`, `asyncapi`, `jsonschema`, `docs`, `new`,
+//! `schema-json`) lives in the `orkestra-cli` crate, so a build script
 //! does not compile an argument parser or a report renderer:
 //! `cargo install --path orkestra-cli`.
 
@@ -29,8 +34,10 @@
 pub mod compat;
 mod diagnostic;
 pub mod export;
+pub mod language;
 pub mod model;
 mod names;
+pub mod project;
 mod render;
 #[path = "../../orkestra-runtime/src/message/topic.rs"]
 #[allow(dead_code, missing_docs)]

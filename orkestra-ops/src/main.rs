@@ -12,6 +12,8 @@
 //! orkestra topology   [--handler H]... [--command TOPIC]...
 //! orkestra relay skip POSITION [--checkpoint NAME]
 //! orkestra status
+//! orkestra completions SHELL
+//! orkestra man        [--out DIR]
 //! ```
 //! Every command takes `--format human|json` (`table` is another name for `human`). Exit
 //! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
@@ -25,7 +27,7 @@ mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use orkestra_runtime::Config;
 use orkestra_runtime::bus::rabbitmq::{AdminError, DeadLetterAdmin, Known, Selection};
 use orkestra_runtime::config::BusAdapter;
@@ -90,6 +92,19 @@ enum Cmd {
         /// The schemas' namespace prefix (as given to the generator).
         #[arg(long, default_value = "", requires = "schemas")]
         app_prefix: String,
+    },
+    /// Print the completion script of a shell (`orkestra completions bash >
+    /// ~/.local/share/bash-completion/completions/orkestra`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff: `orkestra man | man -l -`), or write one page per
+    /// command into a directory.
+    Man {
+        /// Write `orkestra.1`, `orkestra-dlq.1`, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -177,6 +192,29 @@ impl Chosen {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.command {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Args::command(),
+                "orkestra",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Man { out } => {
+            let written = match out {
+                None => clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()),
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .and_then(|()| clap_mangen::generate_to(Args::command(), dir)),
+            };
+            return match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("cannot write the man page: {e}")),
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -320,8 +358,12 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
             let done = done?;
             print::settled(format, "purged", admin.queue(), &done);
         }
-        // Handled by `run` before it connects to the broker.
-        Cmd::Relay(_) | Cmd::Status | Cmd::Projection(_) => {}
+        // Handled by `run` before it connects to the broker, or by `main`.
+        Cmd::Relay(_)
+        | Cmd::Status
+        | Cmd::Projection(_)
+        | Cmd::Completions { .. }
+        | Cmd::Man { .. } => {}
         Cmd::Topology {
             handler,
             command,

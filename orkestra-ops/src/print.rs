@@ -275,28 +275,18 @@ fn emit(value: &Value) {
     );
 }
 
-/// Left-aligned columns two spaces apart; the last column is not padded.
+/// Left-aligned columns two spaces apart under a header, no borders and no trailing
+/// spaces (comfy-table, without a terminal backend: the same text in a pipe).
 fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = head.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(head.to_vec());
+    table.add_rows(rows.iter().map(|row| row.to_vec()));
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == N {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(head.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+    for line in table.lines() {
+        println!("{}", line.trim_end());
     }
 }
 

@@ -668,6 +668,28 @@ async fn show_on_twenty_thousand_letters_stays_under_100_mb() {
         "dlq show peaked at {} MB",
         peak_kb / 1024
     );
+
+    // A purge this long draws a progress bar on a terminal; into a pipe (a log, CI) it
+    // writes no escape code and no carriage return.
+    let started = std::time::Instant::now();
+    let purged = setup.run(&["dlq", "purge", "--all"]);
+    let took = started.elapsed();
+    assert_eq!(purged.status.code(), Some(0));
+    assert!(
+        took > Duration::from_millis(600),
+        "the purge took {took:?}: too short for the bar to be due, so this proves nothing"
+    );
+    let stderr = String::from_utf8_lossy(&purged.stderr);
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains('\r'),
+        "terminal control in a pipe: {stderr:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&purged.stdout)
+            .starts_with(&format!("purged {LETTERS} dead letter(s) from ")),
+        "{}",
+        String::from_utf8_lossy(&purged.stdout)
+    );
     setup.cleanup().await;
 }
 
@@ -1085,4 +1107,44 @@ async fn projection_rebuild_resets_every_partition_with_the_new_count() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Completions and man pages come from the same clap definitions as the parser, and need
+/// neither a broker nor a configuration.
+#[test]
+fn completions_and_man_pages_need_no_configuration() {
+    let run = |args: &[&str]| {
+        Process::new(env!("CARGO_BIN_EXE_orkestra"))
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env("ORKESTRA_BUS_ADAPTER", "rabbitmq")
+            .env("ORKESTRA_BUS_URL", "amqp://nobody:secret@127.0.0.1:1/%2f")
+            .output()
+            .unwrap()
+    };
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["dlq", "replay", "topology", "status", "relay", "format"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    let out = run(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH orkestra 1"), "{page}");
+    assert!(page.contains("dlq") && page.contains("topology"), "{page}");
+    let dir = std::env::temp_dir().join(format!("orkestra-man-{}", std::process::id()));
+    let out = run(&["man", "--out", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    for page in [
+        "orkestra.1",
+        "orkestra-dlq.1",
+        "orkestra-dlq-replay.1",
+        "orkestra-status.1",
+    ] {
+        assert!(dir.join(page).is_file(), "no {page}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,9 +1,9 @@
 //! The Orkestra guide (`book/src`), compiled: every chapter is included below as the docs
 //! of an empty module, so `cargo test -p orkestra-guide --doc` compiles (and, unless a
 //! block is `no_run`, runs) each of its Rust snippets against the code generated from
-//! `schemas/` (this crate's `orders`, `accounts`, `ledger` and `fulfil` modules) and, for
-//! the getting-started chapter, from `../getting-started/schemas` (through
-//! `orkestra_runtime::include_generated!()`, as the project itself does).
+//! `schemas/` (this crate's `orders`, `accounts`, `ledger` and `fulfil` modules). The
+//! getting-started chapter shows the files of the crate `book/getting-started` (what
+//! `orkestra-gen new my-shop` writes), which the workspace builds and tests itself.
 //!
 //! Snippets name the generated modules with hidden lines (`# use orkestra_guide::orders;`),
 //! which mdBook hides as rustdoc does.
@@ -52,6 +52,8 @@ macro_rules! chapters {
 chapters! {
     introduction = "introduction.md",
     getting_started = "getting-started.md",
+    own_crate = "own-crate.md",
+    editor_support = "editor-support.md",
     schema_reference = "schema-reference.md",
     configuration = "configuration.md",
     commands_events_handlers = "commands-events-handlers.md",
@@ -64,5 +66,4 @@ chapters! {
     operations = "operations.md",
     exports = "exports.md",
     from_elixir = "from-elixir.md",
-    own_crate = "own-crate.md",
 }
