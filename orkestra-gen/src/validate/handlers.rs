@@ -6,7 +6,7 @@ use super::shape::describe;
 use super::{Decl, Declared, PayloadTables, Validator};
 use crate::diagnostic::Diagnostic;
 use crate::model::*;
-use crate::topic;
+use orkestra_topic as topic;
 use crate::yaml::{Key, Node, Value};
 
 pub(super) const HANDLER_KEYS: &[&str] = &[

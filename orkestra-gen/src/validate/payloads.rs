@@ -3,7 +3,7 @@
 use super::shape::describe;
 use super::{Decl, Declared, PayloadTables, TypeTable, Validator};
 use crate::model::*;
-use crate::topic;
+use orkestra_topic as topic;
 use crate::yaml::{Key, Node, Value};
 
 /// How commands and events differ in the schema language.

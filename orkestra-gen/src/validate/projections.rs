@@ -13,7 +13,7 @@ use super::{Decl, Declared, PayloadTables, Validator};
 use crate::diagnostic::{Diagnostic, Span};
 use crate::model::*;
 use crate::names;
-use crate::topic;
+use orkestra_topic as topic;
 use crate::yaml::{Key, Node, Value};
 
 pub(super) const PROJECTION_KEYS: &[&str] = &[

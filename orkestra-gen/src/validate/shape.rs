@@ -7,7 +7,7 @@ use heck::ToSnakeCase;
 use super::{Decl, Source, Validator};
 use crate::diagnostic::{Diagnostic, Span};
 use crate::names;
-use crate::topic;
+use orkestra_topic as topic;
 use crate::yaml::{Key, Node, Value};
 
 pub(super) const TOP_KEYS: &[&str] = &[
