@@ -3,6 +3,17 @@
 //!
 //! Exit codes: 0 success (warnings allowed), 1 schema errors, 2 usage or I/O errors,
 //! 3 an internal generator bug.
+//!
+//! ```text
+//! orkestra-gen check      --schemas schemas --app-prefix Shop [--against DIR|git:REF[:PATH]] [--allow RULE]...
+//! orkestra-gen generate   --schemas schemas --app-prefix Shop [--out FILE]
+//! orkestra-gen topics     --schemas schemas --app-prefix Shop
+//! orkestra-gen asyncapi   --schemas schemas --app-prefix Shop --out asyncapi.yaml
+//! orkestra-gen jsonschema --schemas schemas --app-prefix Shop --out DIR
+//! orkestra-gen docs       --schemas schemas --app-prefix Shop --out DIR
+//! ```
+//! Install it with `cargo install orkestra-cli`; the crate has no library and no cargo
+//! features (its README is its crates.io page).
 
 mod report;
 

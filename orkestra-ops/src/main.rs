@@ -11,8 +11,11 @@
 //! orkestra dlq purge  ID... | --all [--handler H]
 //! orkestra topology   [--handler H]... [--command TOPIC]...
 //! orkestra relay skip POSITION [--checkpoint NAME]
+//! orkestra projection rebuild NAME [--partitions N]
 //! orkestra status
 //! ```
+//! Install it with `cargo install orkestra-ops`; the crate has no library and no cargo
+//! features.
 //! Every command takes `--format human|json` (`table` is another name for `human`). Exit
 //! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
 //! store or the configuration), 2 usage errors.
