@@ -65,4 +65,5 @@ chapters! {
     exports = "exports.md",
     from_elixir = "from-elixir.md",
     own_crate = "own-crate.md",
+    contributing = "contributing.md",
 }
