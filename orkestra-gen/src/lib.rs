@@ -111,6 +111,10 @@
 //! `book/src/schema-reference.md` in the repository.
 
 #![deny(missing_docs)]
+#![allow(
+    clippy::needless_doctest_main,
+    reason = "the front page's build.rs is shown whole, `fn main` included, as the file has it"
+)]
 
 pub mod compat;
 mod diagnostic;

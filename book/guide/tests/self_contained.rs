@@ -46,8 +46,15 @@ fn nothing_in_the_repository_cites_documents_outside_it() {
     let mut files = Vec::new();
     texts(&root, &mut files);
     // The walk reaches what it must: the README, the guide, the runtime's sources.
-    for expected in ["README.md", "book/src/introduction.md", "orkestra-runtime/src/lib.rs"] {
-        assert!(files.contains(&root.join(expected)), "{expected} not walked");
+    for expected in [
+        "README.md",
+        "book/src/introduction.md",
+        "orkestra-runtime/src/lib.rs",
+    ] {
+        assert!(
+            files.contains(&root.join(expected)),
+            "{expected} not walked"
+        );
     }
     let mut found = Vec::new();
     for file in &files {

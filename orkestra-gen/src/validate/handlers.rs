@@ -6,8 +6,8 @@ use super::shape::describe;
 use super::{Decl, Declared, PayloadTables, Validator};
 use crate::diagnostic::Diagnostic;
 use crate::model::*;
-use orkestra_topic as topic;
 use crate::yaml::{Key, Node, Value};
+use orkestra_topic as topic;
 
 pub(super) const HANDLER_KEYS: &[&str] = &[
     "command",

@@ -362,12 +362,17 @@ mod tests {
             assert!(text.contains(base), "{base} missing from {text}");
         }
         assert!(text.contains("list<T>, map<T>, or a type declared under `types:`"));
-        assert!(!text.contains('('), "no named types, no list of them: {text}");
+        assert!(
+            !text.contains('('),
+            "no named types, no list of them: {text}"
+        );
     }
 
     #[test]
     fn a_long_list_of_named_types_is_cut_with_a_count() {
-        let named: Vec<String> = (0..NAMED_TYPES_LISTED + 3).map(|i| format!("T{i}")).collect();
+        let named: Vec<String> = (0..NAMED_TYPES_LISTED + 3)
+            .map(|i| format!("T{i}"))
+            .collect();
         let text = valid_types(&named);
         assert!(text.contains("(`T0`, `T1`,"), "{text}");
         assert!(text.ends_with("`T7` and 3 more)"), "{text}");
