@@ -1,5 +1,5 @@
 //! Aggregates generated from `orkestra-gen/tests/golden/aggregates/bank.yaml`
-//! (`design/aggregates.md`), driven through the in-process bus on every store that runs
+//! (`book/src/aggregates.md`), driven through the in-process bus on every store that runs
 //! here: racing writers, snapshots, redelivery, rejections, panics and unreadable streams.
 
 #[path = "../orkestra-runtime/tests/support/services.rs"]

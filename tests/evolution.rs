@@ -1,4 +1,4 @@
-//! Schema evolution with generated code (`design/evolution.md`): events read tolerantly
+//! Schema evolution with generated code (`book/src/evolution.md`): events read tolerantly
 //! and upcast wherever they are decoded (every store that runs here, store
 //! subscriptions, both buses), commands strict, rules checked when built and not when
 //! read, and every failure a decode error that loses nothing.

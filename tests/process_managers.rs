@@ -1,5 +1,5 @@
 //! Process managers generated from `orkestra-gen/tests/golden/process_managers/fulfilment.yaml`
-//! (`design/process-managers.md`), run for real: the `Fulfilment` flow on the in-process
+//! (`book/src/process-managers.md`), run for real: the `Fulfilment` flow on the in-process
 //! bus with SQLite and PostgreSQL, and on RabbitMQ with PostgreSQL (two runners sharing
 //! the work). The payment service is simulated by the `Charger` handler, which appends
 //! `PaymentReceived` / `PaymentFailed` as each order's script says.

@@ -1,5 +1,5 @@
 //! Two copies of a service running the generated `Fulfilment` process manager as real
-//! processes (`design/replicas.md`), over one fresh PostgreSQL database: child processes of
+//! processes (`book/src/several-copies.md`), over one fresh PostgreSQL database: child processes of
 //! this test binary (`process_copy`, chosen by `ORKESTRA_PM_REPLICA_STACK`) run it with
 //! the payment, shipping and cancelling services, on the in-process bus (each copy
 //! dispatches to its own handlers) or on RabbitMQ (both copies consume one topology,

@@ -1,5 +1,5 @@
 //! Projections generated from `orkestra-gen/tests/golden/projections/ledger.yaml`
-//! (`design/projections.md`), run from the store: the generated traits, enums and binding
+//! (`book/src/projections.md`), run from the store: the generated traits, enums and binding
 //! fns with their `batch` and `max_retries`, on memory and with a PostgreSQL read model
 //! written in the checkpoint's transaction.
 

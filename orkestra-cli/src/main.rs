@@ -4,6 +4,21 @@
 //! Exit codes: 0 success (warnings allowed), 1 schema errors, 2 usage or I/O errors
 //! (a `new` refused: a name that is not a crate's, a directory that is not empty), 3 an
 //! internal generator bug.
+//!
+//! ```text
+//! orkestra-gen check       --schemas schemas --app-prefix Shop [--against DIR|git:REF[:PATH]] [--allow RULE]...
+//! orkestra-gen generate    --schemas schemas --app-prefix Shop [--out FILE]
+//! orkestra-gen topics      --schemas schemas --app-prefix Shop
+//! orkestra-gen asyncapi    --schemas schemas --app-prefix Shop --out asyncapi.yaml
+//! orkestra-gen jsonschema  --schemas schemas --app-prefix Shop --out DIR
+//! orkestra-gen docs        --schemas schemas --app-prefix Shop --out DIR
+//! orkestra-gen new         NAME [--bus in_process|rabbitmq] [--store sqlite|postgres|memory] [--path DIR]
+//! orkestra-gen schema-json [--out FILE]
+//! orkestra-gen completions SHELL
+//! orkestra-gen man         [--out DIR]
+//! ```
+//! Install it with `cargo install orkestra-cli`; the crate has no library and no cargo
+//! features (its README is its crates.io page).
 
 mod report;
 

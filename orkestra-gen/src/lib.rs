@@ -1,35 +1,123 @@
 //! # orkestra-gen
 //!
-//! Turns Orkestra YAML schemas into typed Rust that compiles against `orkestra-runtime`.
+//! The code generator of [Orkestra](https://github.com/orkestra-rs/orkestra), a CQRS and
+//! event-sourcing toolkit for Rust. You describe commands, events, handler bindings,
+//! aggregates, projections and process managers in YAML; this crate, called from your
+//! build.rs, turns them into typed Rust that compiles against `orkestra-runtime`: payload
+//! structs with their checks, topic constants, one handler trait per binding, and the
+//! wiring that subscribes them. A missing or outdated handler implementation is a compile
+//! error; a mistake in a schema is a located diagnostic (`file:line:col`, a plain sentence,
+//! a did-you-mean), every one of them reported at once, never a panic.
+//!
+//! ## A build.rs
+//!
+//! `Cargo.toml` (the runtime is the only dependency generated code needs):
+//!
+//! ```toml
+//! [dependencies]
+//! orkestra-runtime = "0.1"
+//! serde_json = "1"
+//! tokio = { version = "1", features = ["rt-multi-thread", "macros"] }
+//!
+//! [build-dependencies]
+//! orkestra-gen = "0.1"
+//! ```
+//!
+//! `schemas/orders.yaml`:
+//!
+//! ```yaml
+//! namespace: Shop.Orders
+//! commands:
+//!   PlaceOrder:
+//!     params:
+//!       product_id: { type: string, required: true, min_length: 1 }
+//!       quantity:   { type: integer, required: true, min: 1 }
+//! events:
+//!   OrderPlaced:
+//!     fields:
+//!       order_id: { type: string, required: true }
+//! handlers:
+//!   PlaceOrderHandler: { command: PlaceOrder, emits: [OrderPlaced] }
+//! ```
+//!
+//! `build.rs`:
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     orkestra_gen::Generator::new().schemas("schemas").app_prefix("MyApp").generate()?;
-//!     Ok(())
+//! fn main() {
+//!     // Reads schemas/*.yaml, writes $OUT_DIR/orkestra_generated.rs and tells cargo to
+//!     // run again when a schema is added, changed or removed.
+//!     let generated = orkestra_gen::Generator::new()
+//!         .schemas("schemas")
+//!         .app_prefix("Shop")
+//!         .generate();
+//!     if let Err(error) = generated {
+//!         // Every schema mistake, one `file:line:col: error: ...` line each.
+//!         eprintln!("{error}");
+//!         std::process::exit(1);
+//!     }
 //! }
 //! ```
 //!
+//! Then in `src/main.rs`, `orkestra_runtime::include_generated!();` brings in one module per
+//! namespace (`orders::commands::PlaceOrder`, `orders::events::OrderPlaced`,
+//! `orders::handlers::PlaceOrderHandler`, `orders::topics::PLACE_ORDER`, ...), and you
+//! implement the handler traits. The app prefix (`Shop`) is stripped to name modules and
+//! topics: `orders.commands.place_order`.
+//!
+//! The same pipeline runs on schema texts held in memory, which is how tools and tests
+//! check a schema without touching the disk:
+//!
+//! ```
+//! use orkestra_gen::{Source, generate_from_sources};
+//!
+//! let schema = Source {
+//!     path: "orders.yaml".into(),
+//!     text: "namespace: Shop.Orders\ncommands:\n  PlaceOrder:\n    params:\n      quantity: { type: integr }\n".into(),
+//! };
+//! let error = generate_from_sources(&[schema], "Shop").unwrap_err().to_string();
+//! assert!(error.starts_with("orders.yaml:5:25: error: unknown type `integr`; expected one of: string, integer,"));
+//! assert!(error.ends_with("(did you mean `integer`?)"));
+//!
+//! let schema = Source {
+//!     path: "orders.yaml".into(),
+//!     text: "namespace: Shop.Orders\ncommands:\n  PlaceOrder:\n    params:\n      quantity: { type: integer, required: true }\n".into(),
+//! };
+//! let output = generate_from_sources(&[schema], "Shop")?;
+//! assert!(output.code.contains("pub struct PlaceOrder"));
+//! # Ok::<(), orkestra_gen::Error>(())
+//! ```
+//!
+//! ## What else it does
+//!
+//! - **The compatibility gate**: [`Generator::check_against`] (or the [`compat`] module)
+//!   compares the schemas with an older set, a directory or a git revision, and reports
+//!   every change that breaks a release deployed beside the other, under a stable rule id.
+//! - **Exports** ([`export`]): an AsyncAPI 3.0 document, JSON Schemas and a static
+//!   documentation site with the message flow graph, from the same resolved model
+//!   ([`Generator::asyncapi`], [`Generator::jsonschema`], [`Generator::docs`]).
+//! - **A new service crate** ([`project`], `orkestra-gen new`) and **the schema language
+//!   as a JSON Schema** for editors ([`language`], `orkestra-gen schema-json`).
+//! - **The command line** is the `orkestra-cli` crate (binary `orkestra-gen`:
+//!   `generate`, `check`, `topics`, `asyncapi`, `jsonschema`, `docs`, `new`,
+//!   `schema-json`, `completions`, `man`), so a build script compiles neither an argument
+//!   parser nor a report renderer.
+//!
 //! The pipeline, one module per step: `yaml` (parse with positions) → `validate`
-//! (diagnostics, resolved [`model`]) → `render` (minijinja templates from `templates/`)
-//! → `syn::parse_file` → prettyplease → a `DO NOT EDIT` header → written only when the
-//! content changed.
+//! (diagnostics, resolved [`model`]) → `render` (the minijinja template in `templates/`,
+//! embedded in the crate) → `syn::parse_file` → prettyplease → a `DO NOT EDIT` header →
+//! written only when the content changed.
 //!
-//! The same model is also exported for everything that is not Rust ([`export`]): an
-//! AsyncAPI 3.0 document, JSON Schemas and a documentation site with the message flow
-//! (`Generator::asyncapi`, `jsonschema`, `docs`, written by `generate` or `export`).
+//! ## Cargo features
 //!
-//! Two more things are not about one schema set: [`project`] writes a new service crate
-//! (`orkestra-gen new`), and [`language`] describes the schema language itself as a JSON
-//! Schema, for editors (`orkestra-gen schema-json`).
-//!
-//! [`Generator`] is the whole face for build.rs. The `orkestra-gen` command line
-//! (`generate`, `check`, `topics`, `asyncapi`, `jsonschema`, `docs`, `new`,
-//! `schema-json`) lives in the `orkestra-cli` crate, so a build script
-//! does not compile an argument parser or a report renderer:
-//! `cargo install --path orkestra-cli`.
+//! None: everything above is always built. The schema language itself (every key, its
+//! default, and the Rust type each field type becomes) is the guide's reference chapter,
+//! `book/src/schema-reference.md` in the repository.
 
 #![deny(missing_docs)]
+#![allow(
+    clippy::needless_doctest_main,
+    reason = "the front page's build.rs is shown whole, `fn main` included, as the file has it"
+)]
 
 pub mod compat;
 mod diagnostic;
@@ -39,9 +127,6 @@ pub mod model;
 mod names;
 pub mod project;
 mod render;
-#[path = "../../orkestra-runtime/src/message/topic.rs"]
-#[allow(dead_code, missing_docs)]
-mod topic;
 mod validate;
 mod write;
 mod yaml;

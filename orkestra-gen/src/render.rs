@@ -13,7 +13,7 @@ use crate::names::{doc_attrs, pascal, shouty, snake, str_lit};
 const RT: &str = "::orkestra_runtime";
 /// What only generated code uses: readers, rule checks and the crates it names.
 const CG: &str = "::orkestra_runtime::codegen";
-const TEMPLATE: &str = include_str!("../../templates/module.rs.j2");
+const TEMPLATE: &str = include_str!("../templates/module.rs.j2");
 
 /// The template environment: strict about undefined values, loaded once.
 pub struct Renderer {

@@ -11,10 +11,13 @@
 //! orkestra dlq purge  ID... | --all [--handler H]
 //! orkestra topology   [--handler H]... [--command TOPIC]...
 //! orkestra relay skip POSITION [--checkpoint NAME]
+//! orkestra projection rebuild NAME [--partitions N]
 //! orkestra status
 //! orkestra completions SHELL
 //! orkestra man        [--out DIR]
 //! ```
+//! Install it with `cargo install orkestra-ops`; the crate has no library and no cargo
+//! features.
 //! Every command takes `--format human|json` (`table` is another name for `human`). Exit
 //! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
 //! store or the configuration), 2 usage errors.

@@ -233,9 +233,9 @@ fn tracing_overhead(c: &mut Criterion) {
     rt.block_on(bus.subscribe(Subscription::command("Noop", |cmd, _| noop_command(cmd))))
         .unwrap();
     let mut group = c.benchmark_group("tracing");
-    // The layer as `telemetry::Telemetry` installs it (and the README recommends): no
-    // log-context spans, no busy/idle, location, thread or target attributes. `lean =
-    // false` keeps tracing-opentelemetry's defaults, for comparison.
+    // The layer as `telemetry::Telemetry` installs it (and the guide's operations chapter
+    // recommends): no log-context spans, no busy/idle, location, thread or target
+    // attributes. `lean = false` keeps tracing-opentelemetry's defaults, for comparison.
     let otel = |sampler: Sampler, lean: bool| {
         let provider = SdkTracerProvider::builder().with_sampler(sampler).build();
         let layer = tracing_opentelemetry::layer()

@@ -1,4 +1,4 @@
-//! What leases and partitions cost and buy (`design/replicas.md`, "How fast"), each
+//! What leases and partitions cost and buy (`book/src/several-copies.md`; figures in BENCHMARKS.md), each
 //! against a baseline in the same run:
 //!
 //! - `replicas_lease/*`: 20,000 stored `OrderPlaced` events on SQLite, folded in memory by

@@ -1,5 +1,5 @@
 //! Layer 5, built on a bus and a store: aggregates, whose state is the fold of their own
-//! event stream (`design/aggregates.md`).
+//! event stream (the guide's [aggregates](https://github.com/orkestra-rs/orkestra/blob/main/book/src/aggregates.md) chapter).
 //!
 //! Generated code declares an aggregate ([`Aggregate`]: its state, its event enum and
 //! `apply`) and binds one [`Subscription`] per command with [`command_subscription`].

@@ -1,5 +1,6 @@
 //! Layer 5, built on a bus and a store: the relay (transactional outbox,
-//! `design/projections.md`; several copies: `design/replicas.md`).
+//! the guide's [projections and the relay](https://github.com/orkestra-rs/orkestra/blob/main/book/src/projections.md); several copies:
+//! [running several copies](https://github.com/orkestra-rs/orkestra/blob/main/book/src/several-copies.md)).
 //!
 //! A command handler only appends (`store.publish = "relay"`); the [`Relay`] tails the
 //! store's global order from its checkpoint (named `orkestra.relay` unless

@@ -1,4 +1,4 @@
-//! Crash tests with real processes (`design/projections.md`): a child process of this
+//! Crash tests with real processes (`book/src/projections.md`): a child process of this
 //! test binary (`crash_child`, chosen by `ORKESTRA_CRASH_ROLE`) is killed with SIGKILL,
 //! then the parent restarts the work and checks the guarantees:
 //!

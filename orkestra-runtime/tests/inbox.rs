@@ -1,4 +1,4 @@
-//! `once: true` handlers (`design/projections.md`, idempotent consumers): a message id a
+//! `once: true` handlers (`book/src/commands-events-handlers.md`, handlers that run once): a message id a
 //! handler has handled is skipped, on the in-memory inbox, the SQLite and PostgreSQL
 //! inboxes (which survive a restart), through concurrent copies, on PostgreSQL inside
 //! the handler's own transaction, and on RabbitMQ.

@@ -1,4 +1,4 @@
-//! Durable projections (`design/projections.md`) on memory, SQLite and PostgreSQL:
+//! Durable projections (`book/src/projections.md`) on memory, SQLite and PostgreSQL:
 //! catch-up then live, status and lag, read-your-writes, restart from the checkpoint,
 //! rebuild, failures that stop one projection at the failing event (never skipping it),
 //! panics, a checkpoint ahead of the head, and exactly-once read models on PostgreSQL.

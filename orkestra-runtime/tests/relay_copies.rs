@@ -1,4 +1,4 @@
-//! Several copies of the relay over one store (`design/replicas.md`): one publishes at a
+//! Several copies of the relay over one store (`book/src/several-copies.md`): one publishes at a
 //! time, another takes over when it stops or dies, and delivery stays at least once with
 //! each stream's order kept.
 //!

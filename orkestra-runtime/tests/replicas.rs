@@ -1,4 +1,4 @@
-//! Several copies of a service as real processes (`design/replicas.md`): child processes
+//! Several copies of a service as real processes (`book/src/several-copies.md`): child processes
 //! of this test binary (`replica_child`, chosen by `ORKESTRA_REPLICA_ROLE`) run one
 //! projection with 6 partitions over one store, each under its own owner name, while the
 //! parent appends events, kills a copy (SIGKILL), pauses one past its lease (SIGSTOP, then
@@ -82,7 +82,7 @@ fn wall_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap()
 }
 
-/// The runtime's partition of a stream: FNV-1a of its name (`design/replicas.md`).
+/// The runtime's partition of a stream: FNV-1a of its name (`src/runner/partition.rs`).
 fn partition_of(stream: &str, partitions: u32) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in stream.as_bytes() {

@@ -1,4 +1,4 @@
-//! Aggregates (`design/aggregates.md`), with the generated `Account` of
+//! Aggregates (`book/src/aggregates.md`), with the generated `Account` of
 //! `orkestra-gen/tests/golden/aggregates/bank.yaml`:
 //!
 //! - `aggregate_pg`: one `Deposit` through the generated command handler on the

@@ -1,4 +1,4 @@
-//! Decoding cost of schema evolution (`design/evolution.md`): the same `ItemReserved`
+//! Decoding cost of schema evolution (`book/src/evolution.md`): the same `ItemReserved`
 //! stored at version 1 (two declarative steps to run) and at version 3 (current),
 //! decoded through a store read (`RecordedEvent::decode`) and through a bus delivery
 //! (`RawEvent::decode`). Target: 2-step chain ÷ current ≤ 1.5×.

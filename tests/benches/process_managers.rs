@@ -1,4 +1,4 @@
-//! Process managers (`design/process-managers.md`), with the generated `Fulfilment` of
+//! Process managers (`book/src/process-managers.md`), with the generated `Fulfilment` of
 //! `orkestra-gen/tests/golden/process_managers/fulfilment.yaml`, as a bench script (a
 //! throughput run over 10,000 instances does not fit criterion's iteration model):
 //!

@@ -66,4 +66,5 @@ chapters! {
     operations = "operations.md",
     exports = "exports.md",
     from_elixir = "from-elixir.md",
+    contributing = "contributing.md",
 }

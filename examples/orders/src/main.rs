@@ -13,7 +13,7 @@
 //!
 //! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
 //! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
-//! `ORKESTRA_STORE_ADAPTER=postgres`, see the README).
+//! `ORKESTRA_STORE_ADAPTER=postgres`, see `book/src/configuration.md`).
 
 orkestra_runtime::include_generated!();
 

@@ -1,5 +1,5 @@
 //! Comparing two resolved models: every change that breaks a reader or a sender, per the
-//! modes of `design/evolution.md` (events both ways, commands one way).
+//! modes of the guide's schema evolution chapter (`book/src/evolution.md`) (events both ways, commands one way).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,4 +1,4 @@
-//! The compatibility gate (`design/evolution.md`): compares a schema set with an older
+//! The compatibility gate (the guide's [schema evolution](https://github.com/orkestra-rs/orkestra/blob/main/book/src/evolution.md) chapter): compares a schema set with an older
 //! one and reports every change that breaks a release deployed beside the other, under a
 //! stable rule id. Events are checked both ways (the new release reads every stored
 //! version; the previous release reads what the new one writes), commands one way (the

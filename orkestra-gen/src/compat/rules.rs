@@ -1,5 +1,5 @@
 //! The rule ids of the compatibility gate: stable names, each with the sentence the
-//! README documents.
+//! guide documents (`book/src/evolution.md`, "The compatibility gate").
 
 use std::fmt;
 use std::str::FromStr;

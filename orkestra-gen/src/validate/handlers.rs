@@ -6,8 +6,8 @@ use super::shape::describe;
 use super::{Decl, Declared, PayloadTables, Validator};
 use crate::diagnostic::Diagnostic;
 use crate::model::*;
-use crate::topic;
 use crate::yaml::{Key, Node, Value};
+use orkestra_topic as topic;
 
 pub(super) const HANDLER_KEYS: &[&str] = &[
     "command",

@@ -3,8 +3,8 @@
 use super::shape::describe;
 use super::{Decl, Declared, PayloadTables, TypeTable, Validator};
 use crate::model::*;
-use crate::topic;
 use crate::yaml::{Key, Node, Value};
+use orkestra_topic as topic;
 
 /// How commands and events differ in the schema language.
 struct Syntax {

@@ -13,8 +13,8 @@ use super::{Decl, Declared, PayloadTables, Validator};
 use crate::diagnostic::{Diagnostic, Span};
 use crate::model::*;
 use crate::names;
-use crate::topic;
 use crate::yaml::{Key, Node, Value};
+use orkestra_topic as topic;
 
 pub(super) const PROJECTION_KEYS: &[&str] = &[
     "event",

@@ -7,8 +7,8 @@ use heck::ToSnakeCase;
 use super::{Decl, Source, Validator};
 use crate::diagnostic::{Diagnostic, Span};
 use crate::names;
-use crate::topic;
 use crate::yaml::{Key, Node, Value};
+use orkestra_topic as topic;
 
 pub(super) const TOP_KEYS: &[&str] = &[
     "namespace",

@@ -252,15 +252,26 @@ impl Validator {
                 }
                 let mut candidates: Vec<String> =
                     BASE_TYPES.iter().map(|s| (*s).to_owned()).collect();
+                let mut named_types = Vec::new();
                 for QualifiedName { qualifier, name } in types.keys() {
-                    candidates.push(if *qualifier == decl.qualifier {
+                    named_types.push(if *qualifier == decl.qualifier {
                         name.clone()
                     } else {
                         format!("{qualifier}.{name}")
                     });
                 }
-                let d = Diagnostic::error(span, format!("unknown type `{named}`"))
-                    .did_you_mean(named, candidates.iter().map(String::as_str));
+                // This namespace's types first (named as they are written here), then
+                // the others, each group sorted: the same list on every run.
+                named_types.sort_by_key(|n| (n.contains('.'), n.clone()));
+                candidates.extend(named_types.iter().cloned());
+                let d = Diagnostic::error(
+                    span,
+                    format!(
+                        "unknown type `{named}`; expected one of: {}",
+                        valid_types(&named_types)
+                    ),
+                )
+                .did_you_mean(named, candidates.iter().map(String::as_str));
                 self.diags.push(d);
                 return None;
             }
@@ -268,6 +279,36 @@ impl Validator {
         Some(base)
     }
 }
+
+/// The types a schema may name, for the unknown-type diagnostic: every base type, the
+/// generic forms, and the named types declared under `types:` (at most
+/// [`NAMED_TYPES_LISTED`] of them, then how many more).
+fn valid_types(named_types: &[String]) -> String {
+    let mut list: Vec<String> = BASE_TYPES.iter().map(|t| (*t).to_owned()).collect();
+    list.push("list<T>".into());
+    list.push("map<T>".into());
+    let mut text = list.join(", ");
+    text.push_str(", or a type declared under `types:`");
+    if !named_types.is_empty() {
+        let shown: Vec<String> = named_types
+            .iter()
+            .take(NAMED_TYPES_LISTED)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        text.push_str(&format!(" ({}", shown.join(", ")));
+        if named_types.len() > NAMED_TYPES_LISTED {
+            text.push_str(&format!(
+                " and {} more",
+                named_types.len() - NAMED_TYPES_LISTED
+            ));
+        }
+        text.push(')');
+    }
+    text
+}
+
+/// How many named types the unknown-type diagnostic lists by name.
+const NAMED_TYPES_LISTED: usize = 8;
 
 pub(super) fn ty_name(ty: &Ty) -> String {
     match ty {
@@ -308,4 +349,33 @@ fn cycle_through(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BASE_TYPES, NAMED_TYPES_LISTED, valid_types};
+
+    #[test]
+    fn the_valid_types_name_every_base_type_and_the_generic_forms() {
+        let text = valid_types(&[]);
+        for base in BASE_TYPES {
+            assert!(text.contains(base), "{base} missing from {text}");
+        }
+        assert!(text.contains("list<T>, map<T>, or a type declared under `types:`"));
+        assert!(
+            !text.contains('('),
+            "no named types, no list of them: {text}"
+        );
+    }
+
+    #[test]
+    fn a_long_list_of_named_types_is_cut_with_a_count() {
+        let named: Vec<String> = (0..NAMED_TYPES_LISTED + 3)
+            .map(|i| format!("T{i}"))
+            .collect();
+        let text = valid_types(&named);
+        assert!(text.contains("(`T0`, `T1`,"), "{text}");
+        assert!(text.ends_with("`T7` and 3 more)"), "{text}");
+        assert!(!text.contains("`T8`"), "{text}");
+    }
 }

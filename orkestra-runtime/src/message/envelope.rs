@@ -134,7 +134,7 @@ impl CommandEnvelope {
         self
     }
 
-    /// [`CommandEnvelope::with_max_retries`], under the name DESIGN.md gives it
+    /// [`CommandEnvelope::with_max_retries`], under the name the guide uses
     /// (`CommandEnvelope::wrap(cmd).max_retries(2)`).
     #[must_use]
     pub fn max_retries(self, max_retries: u32) -> Self {

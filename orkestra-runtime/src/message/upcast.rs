@@ -1,6 +1,6 @@
 //! Reading events written by another release: older data is upcast to the reader's
 //! version through the schema's `upcast` steps, newer data is read tolerantly. The
-//! contract is `design/evolution.md`.
+//! guide's [schema evolution](https://github.com/orkestra-rs/orkestra/blob/main/book/src/evolution.md) chapter is the user's view.
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -481,7 +481,7 @@ impl ProcessManagers {
     #[must_use]
     #[allow(
         clippy::should_implement_trait,
-        reason = "the name design/process-managers.md gives; a builder step"
+        reason = "the name the guide and generated code use; a builder step"
     )]
     pub fn add(mut self, manager: ProcessManager) -> Self {
         self.managers.push(manager);

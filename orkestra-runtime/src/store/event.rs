@@ -211,7 +211,7 @@ impl RecordedEvent {
     /// [`StoreError::Decode`] with [`PayloadError::WrongType`]; data that does not fit the
     /// type's shape (a missing field, a wrong type) is [`StoreError::Decode`] too.
     ///
-    /// Decoding reads as a release deployed at another time must (`design/evolution.md`):
+    /// Decoding reads as a release deployed at another time must ([schema evolution](https://github.com/orkestra-rs/orkestra/blob/main/book/src/evolution.md)):
     /// data stored at an older [`schema_version`](Self::schema_version) is upcast through
     /// the type's steps first ([`PayloadError::Upcast`] when no step covers it or one
     /// fails), and fields the type does not declare are ignored. It checks the shape, not
