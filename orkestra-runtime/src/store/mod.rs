@@ -12,6 +12,10 @@
 //! | sqlite | `sqlite` (default) | one file, WAL, `synchronous=FULL`, one writer thread with group commit |
 //! | postgres | `postgres` | commit-ordered positions without a global lock; LISTEN/NOTIFY |
 //! | eventstoredb | `eventstoredb` | the `kurrentdb` client |
+//!
+//! Events may carry [`Tag`]s, which memory, SQLite and PostgreSQL index at append time:
+//! [`Store::read_query`] and [`Store::append_if`] make decisions across streams (see
+//! [`Query`]; EventStoreDB refuses them).
 
 mod backend;
 mod error;
@@ -304,6 +308,17 @@ impl Store {
             }
             if e.metadata.trace_context.is_none() {
                 e.metadata.trace_context.clone_from(&here);
+            }
+            // Each tag once (the field is public; `with_tags` already dedups).
+            if e.tags.len() > 1 {
+                let mut i = 1;
+                while i < e.tags.len() {
+                    if e.tags[..i].contains(&e.tags[i]) {
+                        e.tags.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
             }
             let topic_len = e.topic.as_ref().map_or(0, String::len);
             let e = e.encode()?;

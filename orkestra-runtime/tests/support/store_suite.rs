@@ -1321,6 +1321,28 @@ pub async fn dcb_append_conditions_hold(store: Store) {
             .is_empty()
     );
     assert!(Tag::new("course", "").is_err() && Tag::new("", "c1").is_err());
+    // A tag set twice through the public field is stored (and indexed) once.
+    let mut doubled = tagged("Note", &[]);
+    doubled.tags = vec![tag("dup:x"), tag("dup:x")];
+    let dup = store
+        .append(
+            &format!("dup-{run}"),
+            ExpectedVersion::NoStream,
+            vec![doubled],
+        )
+        .await
+        .unwrap();
+    let back = store
+        .read_stream(&format!("dup-{run}"), 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(back[0].tags(), [tag("dup:x")]);
+    visible(&store, dup.last_position).await;
+    let found = store
+        .read_query(&Query::of(QueryItem::tags([tag("dup:x")])), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(positions(&found), [dup.last_position]);
 }
 
 /// Reads the course's boundary, decides (capacity 1), appends on the condition; on a
