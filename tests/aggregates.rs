@@ -307,6 +307,7 @@ async fn snapshot_equals_replay(name: &str, store: Store) {
                 data: json!({ "account_id": account, "amount": amount }),
                 metadata: Metadata::new(),
                 topic: None,
+                tags: Vec::new(),
             })
             .collect();
         let appended = store
@@ -740,6 +741,7 @@ async fn an_unreadable_stream_names_the_stream_and_position() {
                     data: json!({}),
                     metadata: Metadata::new(),
                     topic: None,
+                    tags: Vec::new(),
                 }],
             )
             .await
@@ -882,6 +884,7 @@ fn interloping_deposit<'a>(
                         data: json!({ "account_id": command.account_id, "amount": 100 }),
                         metadata: Metadata::new(),
                         topic: None,
+                        tags: Vec::new(),
                     }],
                 )
                 .await

@@ -241,6 +241,7 @@ async fn store_reads_every_version(store: Store) {
             data: d.clone(),
             metadata: Metadata::new(),
             topic: None,
+            tags: Vec::new(),
         })
         .collect::<Vec<_>>();
     let appended = store
@@ -461,6 +462,7 @@ mod fast_paths_agree_with_the_tree {
                                 data: data.clone(),
                                 metadata: Metadata::new(),
                                 topic: None,
+                                tags: Vec::new(),
                             }],
                         )
                         .await

@@ -602,6 +602,7 @@ async fn failures_are_dead_lettered_and_the_instance_keeps_its_state() {
         data: json!({ "amount_cents": 5 }),
         metadata: Metadata::new(),
         topic: Some("fulfil.events.order_placed".into()),
+        tags: Vec::new(),
     };
     store
         .append("order-nameless", ExpectedVersion::Any, vec![raw])
@@ -663,6 +664,7 @@ async fn a_failing_lane_does_not_repeat_what_other_lanes_did() {
         data: json!({ "amount_cents": 5 }),
         metadata: Metadata::new(),
         topic: Some("fulfil.events.order_placed".into()),
+        tags: Vec::new(),
     };
     let keyless_id = keyless.id.clone();
     store

@@ -190,6 +190,7 @@ async fn unknown_types_on_a_bound_topic_arrive_as_other(store: Store, shared: bo
         data: serde_json::json!({ "account_id": account, "amount": 5 }),
         metadata: Metadata::new(),
         topic: Some(topic.to_owned()),
+        tags: Vec::new(),
     };
     let running = Projections::new(store.clone())
         .add(projections::ledger_audit(m.clone()))

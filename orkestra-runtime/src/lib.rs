@@ -236,8 +236,8 @@ pub use message::{
 };
 pub use process::ProcessManagers;
 pub use store::{
-    AllSubscription, AppendResult, EventData, ExpectedVersion, RecordedEvent, Snapshot, Store,
-    StoreError,
+    AllSubscription, AppendCondition, AppendResult, EventData, ExpectedVersion, Query, QueryItem,
+    RecordedEvent, Snapshot, Store, StoreError, Tag,
 };
 
 /// Includes the code `orkestra-gen` wrote to `$OUT_DIR/orkestra_generated.rs` from build.rs.

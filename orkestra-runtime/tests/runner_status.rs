@@ -26,6 +26,7 @@ fn counted(n: u64) -> EventData {
         data: serde_json::json!({ "n": n }),
         metadata: Metadata::new(),
         topic: None,
+        tags: Vec::new(),
     }
 }
 

@@ -98,6 +98,7 @@ fn deposit_data(account: &str, amount: i64) -> EventData {
         event_type: MoneyDeposited::TYPE_NAME.into(),
         schema_version: 1,
         topic: Some(MoneyDeposited::TOPIC.into()),
+        tags: Vec::new(),
         data: json!({ "account_id": account, "amount": amount }),
         metadata: Metadata::new(),
     }
@@ -109,6 +110,7 @@ fn opened_data(account: &str) -> EventData {
         event_type: AccountOpened::TYPE_NAME.into(),
         schema_version: 1,
         topic: Some(AccountOpened::TOPIC.into()),
+        tags: Vec::new(),
         data: json!({ "account_id": account, "owner": "ada", "currency": "eur" }),
         metadata: Metadata::new(),
     }

@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
         data,
         metadata: Metadata::new(),
         topic: None,
+        tags: Vec::new(),
     };
     let events = rt.block_on(async {
         store

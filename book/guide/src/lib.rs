@@ -60,6 +60,7 @@ chapters! {
     aggregates = "aggregates.md",
     projections = "projections.md",
     process_managers = "process-managers.md",
+    decisions_store = "decisions-store.md",
     evolution = "evolution.md",
     rabbitmq = "rabbitmq.md",
     several_copies = "several-copies.md",

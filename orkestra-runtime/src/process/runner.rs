@@ -552,6 +552,7 @@ impl<D: ProcessDefinition> Runner<D> {
                     data,
                     metadata: step_metadata,
                     topic: None,
+                    tags: Vec::new(),
                 }],
             )
             .await?;

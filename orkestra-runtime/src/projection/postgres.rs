@@ -132,26 +132,22 @@ impl Runner {
         // The checkpoint through the partition's lease, in the read model's transaction:
         // a copy whose lease was taken meanwhile commits none of the batch. Solo, the
         // checkpoint of its name, in the same transaction.
-        match &self.lease {
-            Some((_, lease)) => {
-                if !crate::store::lease::save_checkpoint_in(&tx, lease, Some(last)).await? {
-                    let _ = tx.rollback().await;
-                    return Err(StoreError::Fenced {
-                        worker: lease.worker.clone(),
-                        partition: lease.partition,
-                        token: lease.token,
-                    });
-                }
+        if let Some((_, lease)) = &self.lease {
+            if !crate::store::lease::save_checkpoint_in(&tx, lease, Some(last)).await? {
+                let _ = tx.rollback().await;
+                return Err(StoreError::Fenced {
+                    worker: lease.worker.clone(),
+                    partition: lease.partition,
+                    token: lease.token,
+                });
             }
-            None if self.shared.projection.stored => {
-                crate::store::postgres::save_checkpoint_in(
-                    &tx,
-                    &self.shared.projection.name,
-                    Some(last),
-                )
-                .await?;
-            }
-            None => {}
+        } else if self.shared.projection.stored {
+            crate::store::postgres::save_checkpoint_in(
+                &tx,
+                &self.shared.projection.name,
+                Some(last),
+            )
+            .await?;
         }
         tx.commit().await.map_err(pg_error)?;
         self.progress.done += done;

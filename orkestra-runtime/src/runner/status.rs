@@ -71,6 +71,7 @@ pub struct RunnerStatus {
 ///     data: serde_json::json!({"n": 1}),
 ///     metadata: Metadata::new(),
 ///     topic: None,
+///     tags: Vec::new(),
 /// };
 /// let first = store.append("count-1", ExpectedVersion::Any, vec![counted()]).await?;
 /// store.append("count-2", ExpectedVersion::Any, vec![counted()]).await?;

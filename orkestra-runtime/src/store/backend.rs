@@ -8,7 +8,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{AppendResult, Encoded, ExpectedVersion, RecordedEvent, Snapshot, StoreError};
+use super::{
+    AppendCondition, AppendResult, Encoded, ExpectedVersion, Query, RecordedEvent, Snapshot,
+    StoreError,
+};
 
 /// Direction of a stream read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +37,36 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         max: usize,
         direction: Direction,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
+    /// An append on a condition (checked non-empty by the caller). This default refuses:
+    /// the adapter cannot hold a condition across streams.
+    fn append_if<'a>(
+        &'a self,
+        _stream: &'a str,
+        _expected: ExpectedVersion,
+        _events: Vec<Encoded>,
+        _condition: &'a AppendCondition,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(std::future::ready(Err(self.no_dcb("append_if"))))
+    }
+    /// Up to `max` events matching `query` (not empty), in global order from `from`.
+    /// This default refuses, as [`append_if`](Self::append_if) does.
+    fn read_query<'a>(
+        &'a self,
+        _query: &'a Query,
+        _from: u64,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(std::future::ready(Err(self.no_dcb("read_query"))))
+    }
+    /// The refusal of the defaults above.
+    fn no_dcb(&self, operation: &'static str) -> StoreError {
+        StoreError::Unsupported {
+            adapter: self.name(),
+            operation,
+            hint: "decisions across streams (tags, read_query, append_if) need the memory, \
+                   SQLite or PostgreSQL store",
+        }
+    }
     fn read_all(
         &self,
         from_position: u64,

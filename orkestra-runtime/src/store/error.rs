@@ -22,6 +22,33 @@ pub enum StoreError {
         /// The stream's last version (None: no stream).
         actual: Option<u64>,
     },
+    /// An event matching an [`AppendCondition`](super::AppendCondition)'s query is stored
+    /// after the position the decision read; nothing was written (read again, decide
+    /// again).
+    #[error(
+        "append to stream {stream:?} refused: event at position {position} ({event_type}) matches the condition's query and lies after {}; nothing was written",
+        match .after { Some(p) => format!("position {p}"), None => "the start (the condition expected none)".to_owned() }
+    )]
+    WrongCondition {
+        /// The stream appended to.
+        stream: String,
+        /// The condition's position (`None`: it expected no matching event at all).
+        after: Option<u64>,
+        /// The first matching event after it.
+        position: u64,
+        /// That event's type.
+        event_type: String,
+    },
+    /// The adapter cannot do this operation.
+    #[error("the {adapter} store does not support {operation}; {hint}")]
+    Unsupported {
+        /// The adapter.
+        adapter: &'static str,
+        /// What was asked.
+        operation: &'static str,
+        /// What to use instead.
+        hint: &'static str,
+    },
     /// An event id already stored elsewhere (another stream or place).
     #[error("event {id} is already stored in stream {stream:?} at version {version}")]
     DuplicateEvent {

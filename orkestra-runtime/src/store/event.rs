@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::StoreError;
+use super::{StoreError, Tag};
 use crate::message::{Event, EventPayload, Message, Metadata, PayloadError, RawEvent};
 
 /// The type prefix of the runtime's own records in a store (process manager steps):
@@ -69,9 +69,24 @@ pub struct EventData {
     /// The topic it is published on, kept with the event so the relay can publish it
     /// later (`None`: the relay asks its fallback, see `Relay::with_topics`).
     pub topic: Option<String>,
+    /// The tags the store indexes it by (see [`Query`](super::Query)); empty for most
+    /// events. [`with_tags`](Self::with_tags) sets them.
+    pub tags: Vec<Tag>,
 }
 
 impl EventData {
+    /// With these tags (replacing any; a repeated tag is kept once).
+    #[must_use]
+    pub fn with_tags(mut self, tags: impl IntoIterator<Item = Tag>) -> Self {
+        self.tags.clear();
+        for t in tags {
+            if !self.tags.contains(&t) {
+                self.tags.push(t);
+            }
+        }
+        self
+    }
+
     /// From a typed event.
     pub fn from_event<D: EventPayload>(event: &Event<D>) -> Result<Self, StoreError> {
         Ok(Self {
@@ -82,6 +97,7 @@ impl EventData {
                 .map_err(|e| StoreError::Encode(e.to_string()))?,
             metadata: event.metadata.clone(),
             topic: Some(D::TOPIC.to_owned()),
+            tags: Vec::new(),
         })
     }
 
@@ -94,6 +110,7 @@ impl EventData {
             data: event.data,
             metadata: event.metadata,
             topic: Some(event.topic).filter(|t| !t.is_empty()),
+            tags: Vec::new(),
         }
     }
 
@@ -130,7 +147,16 @@ pub(crate) struct Encoded {
 impl Encoded {
     /// The size that counts against the limit.
     pub(crate) fn size(&self) -> usize {
-        self.data.len() + self.metadata.len() + self.event.event_type.len() + self.event.id.len()
+        self.data.len()
+            + self.metadata.len()
+            + self.event.event_type.len()
+            + self.event.id.len()
+            + self
+                .event
+                .tags
+                .iter()
+                .map(|t| t.as_str().len())
+                .sum::<usize>()
     }
 }
 
@@ -148,6 +174,7 @@ pub struct RecordedEvent {
     pub(crate) metadata: Metadata,
     pub(crate) recorded_at: DateTime<Utc>,
     pub(crate) topic: Option<Arc<str>>,
+    pub(crate) tags: Vec<Tag>,
 }
 
 impl RecordedEvent {
@@ -201,6 +228,10 @@ impl RecordedEvent {
     /// or by a release that did not record topics).
     pub fn topic(&self) -> Option<&str> {
         self.topic.as_deref()
+    }
+    /// The tags it was appended with (empty for most events).
+    pub fn tags(&self) -> &[Tag] {
+        &self.tags
     }
     /// When the store recorded it.
     pub fn recorded_at(&self) -> DateTime<Utc> {

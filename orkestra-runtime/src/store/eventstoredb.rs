@@ -13,6 +13,11 @@
 //! the stream is first written). A checkpoint an older release saved in
 //! `$checkpoint-<name>` is still read when the new stream has none.
 //!
+//! Decisions across streams are not supported: the server has no index of tags and no
+//! append condition over several streams, so `read_query` and `append_if` return
+//! [`StoreError::Unsupported`], and an append of events carrying tags is refused the same
+//! way rather than storing them without their index.
+//!
 //! No server runs on our build machines: this adapter is compiled in CI and its
 //! conformance tests run when `ORKESTRA_ESDB_URL` is set.
 
@@ -245,6 +250,7 @@ fn from_esdb(event: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreErr
         metadata: envelope.metadata.clone(),
         recorded_at: event.created,
         topic: envelope.topic.map(Into::into),
+        tags: Vec::new(),
     })
 }
 
@@ -285,6 +291,9 @@ impl Backend for EsdbStore {
         events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(async move {
+            if events.iter().any(|e| !e.event.tags.is_empty()) {
+                return Err(self.no_dcb("tagged events"));
+            }
             let state = match expected {
                 ExpectedVersion::Any => StreamState::Any,
                 ExpectedVersion::NoStream => StreamState::NoStream,

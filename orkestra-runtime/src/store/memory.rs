@@ -1,4 +1,5 @@
-//! The in-memory store: a log and a per-stream index behind one mutex.
+//! The in-memory store: a log, a per-stream index and a tag index behind one mutex
+//! (which is also what makes a conditional append atomic).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,8 +9,8 @@ use tokio::sync::watch;
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
-    StoredId, check_append, next_version,
+    AppendCondition, AppendResult, Backend, Conflict, Direction, ExpectedVersion, Query,
+    RecordedEvent, Snapshot, StoreError, StoredId, check_append, next_version,
 };
 
 #[derive(Debug, Default)]
@@ -17,8 +18,39 @@ struct State {
     log: Vec<RecordedEvent>,
     streams: HashMap<String, Vec<usize>>,
     ids: HashMap<String, usize>,
+    /// The tag index: the log indices of the events carrying each tag, in order.
+    tags: HashMap<String, Vec<usize>>,
     snapshots: HashMap<String, Snapshot>,
     checkpoints: HashMap<String, u64>,
+}
+
+impl State {
+    /// The events matching `query` from position `from` on, in order: through the tag
+    /// index for items with tags, the whole log for items without.
+    fn matching<'s>(
+        &'s self,
+        query: &'s Query,
+        from: u64,
+    ) -> impl Iterator<Item = &'s RecordedEvent> + 's {
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        let mut indices: Vec<usize> = Vec::new();
+        for item in query.items() {
+            match item.required_tags().first() {
+                Some(tag) => {
+                    let found = self.tags.get(tag.as_str()).map_or(&[][..], Vec::as_slice);
+                    let skip = found.partition_point(|&i| i < start);
+                    indices.extend(found[skip..].iter().copied());
+                }
+                None => indices.extend(start.min(self.log.len())..self.log.len()),
+            }
+        }
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+            .into_iter()
+            .map(|i| &self.log[i])
+            .filter(move |e| query.matches(&e.event_type, &e.tags))
+    }
 }
 
 #[derive(Debug)]
@@ -42,6 +74,7 @@ impl MemoryStore {
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<Encoded>,
+        condition: Option<&AppendCondition>,
     ) -> Result<AppendResult, StoreError> {
         let mut state = crate::sync::lock(&self.state);
         let current = state
@@ -62,6 +95,16 @@ impl MemoryStore {
         if let Some(done) = check_append(stream, expected, current, &events, &stored)? {
             return Ok(done);
         }
+        if let Some(condition) = condition {
+            let from = condition.after.map_or(0, |a| a.saturating_add(1));
+            if let Some(e) = state.matching(&condition.fail_if_events_match, from).next() {
+                return Err(Conflict {
+                    position: e.position,
+                    event_type: e.event_type.to_string(),
+                }
+                .into_error(stream, condition.after));
+            }
+        }
         let now = chrono::Utc::now();
         let mut last = AppendResult {
             last_version: 0,
@@ -72,6 +115,13 @@ impl MemoryStore {
             let position = state.log.len() as u64;
             let index = state.log.len();
             state.ids.insert(e.event.id.clone(), index);
+            for tag in &e.event.tags {
+                state
+                    .tags
+                    .entry(tag.as_str().to_owned())
+                    .or_default()
+                    .push(index);
+            }
             state
                 .streams
                 .entry(stream.to_owned())
@@ -88,6 +138,7 @@ impl MemoryStore {
                 metadata: e.event.metadata,
                 recorded_at: now,
                 topic: e.event.topic.map(Into::into),
+                tags: e.event.tags,
             });
             last = AppendResult {
                 last_version: version,
@@ -113,8 +164,34 @@ impl Backend for MemoryStore {
         events: Vec<Encoded>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(std::future::ready(
-            self.append_now(stream, expected, events),
+            self.append_now(stream, expected, events, None),
         ))
+    }
+
+    fn append_if<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<Encoded>,
+        condition: &'a AppendCondition,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(std::future::ready(self.append_now(
+            stream,
+            expected,
+            events,
+            Some(condition),
+        )))
+    }
+
+    fn read_query<'a>(
+        &'a self,
+        query: &'a Query,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        let state = crate::sync::lock(&self.state);
+        let events = state.matching(query, from).take(max).cloned().collect();
+        Box::pin(std::future::ready(Ok(events)))
     }
 
     fn read_stream<'a>(

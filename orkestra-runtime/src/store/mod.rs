@@ -12,6 +12,10 @@
 //! | sqlite | `sqlite` (default) | one file, WAL, `synchronous=FULL`, one writer thread with group commit |
 //! | postgres | `postgres` | commit-ordered positions without a global lock; LISTEN/NOTIFY |
 //! | eventstoredb | `eventstoredb` | the `kurrentdb` client |
+//!
+//! Events may carry [`Tag`]s, which memory, SQLite and PostgreSQL index at append time:
+//! [`Store::read_query`] and [`Store::append_if`] make decisions across streams (see
+//! [`Query`]; EventStoreDB refuses them).
 
 mod backend;
 mod error;
@@ -22,6 +26,7 @@ pub(crate) mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+mod query;
 mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -40,6 +45,10 @@ pub use event::{
     RecordedEvent,
 };
 pub use lease::{Lease, LeaseRecord, Leases, MAX_PARTITIONS, default_owner};
+pub(crate) use query::Conflict;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use query::matching_positions;
+pub use query::{AppendCondition, Query, QueryItem, Tag};
 pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
 
@@ -231,6 +240,54 @@ impl Store {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
+        let encoded = self.encode(stream, events)?;
+        self.backend.append(stream, expected, encoded).await
+    }
+
+    /// Appends events to a stream if it is at the expected version and no event matching
+    /// `condition.fail_if_events_match` is stored after `condition.after`, all or
+    /// nothing: a decision across streams (dcb.events). A matching event is
+    /// [`StoreError::WrongCondition`] (read again with [`read_query`](Self::read_query)
+    /// and decide again); the expected version is checked as by [`append`](Self::append),
+    /// and re-appending the same event ids at the same place is a no-op even when the
+    /// condition no longer holds (those events are what broke it).
+    ///
+    /// A condition without items, or with an item naming neither types nor tags, is
+    /// refused: it would lock every event. Memory, SQLite and PostgreSQL hold the
+    /// condition under concurrency; EventStoreDB returns [`StoreError::Unsupported`].
+    pub async fn append_if(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        condition: AppendCondition,
+    ) -> Result<AppendResult, StoreError> {
+        condition.fail_if_events_match.check_condition(stream)?;
+        let encoded = self.encode(stream, events)?;
+        self.backend
+            .append_if(stream, expected, encoded, &condition)
+            .await
+    }
+
+    /// Up to `max` events matching `query`, in global order from position `from`
+    /// (inclusive): what a decision reads. A query without items matches nothing. On
+    /// PostgreSQL it sees what [`read_all`](Self::read_all) sees (events whose commit
+    /// every older transaction has ended), so the position of the last event read is a
+    /// sound [`AppendCondition::after`]. EventStoreDB returns [`StoreError::Unsupported`].
+    pub async fn read_query(
+        &self,
+        query: &Query,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if max == 0 || query.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.read_query(query, from, max).await
+    }
+
+    /// Checks and encodes the events of an append.
+    fn encode(&self, stream: &str, events: Vec<EventData>) -> Result<Vec<Encoded>, StoreError> {
         if stream.is_empty() {
             return Err(StoreError::Invalid("the stream name is empty".into()));
         }
@@ -251,6 +308,17 @@ impl Store {
             }
             if e.metadata.trace_context.is_none() {
                 e.metadata.trace_context.clone_from(&here);
+            }
+            // Each tag once (the field is public; `with_tags` already dedups).
+            if e.tags.len() > 1 {
+                let mut i = 1;
+                while i < e.tags.len() {
+                    if e.tags[..i].contains(&e.tags[i]) {
+                        e.tags.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
             }
             let topic_len = e.topic.as_ref().map_or(0, String::len);
             let e = e.encode()?;
@@ -275,7 +343,7 @@ impl Store {
             }
             encoded.push(e);
         }
-        self.backend.append(stream, expected, encoded).await
+        Ok(encoded)
     }
 
     /// Up to `max` events of a stream from `from_version` on, oldest first.

@@ -37,6 +37,32 @@
 //! or id from here are unnamed statements, planned at each call; `tests/postgres_scale.rs`
 //! holds both to a fresh database growing to 500,000 events. Checkpoints keep a cached
 //! plan: their table holds one row per projection or relay and never grows with traffic.
+//!
+//! ## Decisions across streams
+//!
+//! `append_if` must refuse when an event matching its condition's query was committed
+//! after the position the decision read, even when that event is being written at the
+//! same moment. At READ COMMITTED a plain `SELECT EXISTS` followed by the insert lets
+//! racers through (each checks before the other commits), so writers whose events could
+//! match serialize on transaction-level advisory locks, with no table lock:
+//!
+//! - a key is the hash of `tag <key:value>` or `type <event type>`;
+//! - every append (the ten-argument `orkestra_append`) first takes *shared* locks on the
+//!   types and tags it writes: plain appends never wait for each other;
+//! - `append_if` takes, in one call and in the order of the hashes, an *exclusive* lock
+//!   per item of its condition (the item's first tag: any event matching the item carries
+//!   it; an item without tags locks each of its types) and shared locks on what it writes,
+//!   then checks the condition in a new statement (a new snapshot, which sees every
+//!   writer that held a lock before it), then appends and commits, releasing the locks.
+//!
+//! Everyone takes keys in the one hash order, so the locks cannot deadlock. Two decisions
+//! on disjoint boundaries take disjoint keys and never wait for each other; a hash
+//! collision only makes two unrelated writers wait. A per-tag version row updated with
+//! a compare-and-set (Marten 9.4) would also hold, but it writes a row per tag on every
+//! tagged append (dead tuples, a hot row per busy tag) where an advisory lock writes
+//! nothing. `read_query` sees what `read_all` sees (rows below the readers' horizon), so
+//! any event it did not return lies after every position it returned: the condition
+//! (checked without the horizon) catches it.
 
 use std::time::Duration;
 
@@ -51,8 +77,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
-    StoredId, check_append, sql_int,
+    AppendCondition, AppendResult, Backend, Conflict, Direction, ExpectedVersion, Query,
+    RecordedEvent, Snapshot, StoreError, StoredId, Tag, check_append, matching_positions, sql_int,
 };
 use crate::config::{SecretUrl, StoreConfig};
 
@@ -230,10 +256,89 @@ BEGIN
          WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, topic, ord);
     RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (me << 20) + n - 1;
 END $$;
+-- Tags (dcb.events) are recorded from this release on; older rows have none. The
+-- column gives readers an event's tags; orkestra_event_tags is the index queries use.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'orkestra_events' AND column_name = 'tags'
+                     AND table_schema = current_schema()) THEN
+        ALTER TABLE orkestra_events ADD COLUMN tags TEXT[];
+    END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS orkestra_event_tags (
+    position BIGINT NOT NULL,
+    tag      TEXT   NOT NULL,
+    PRIMARY KEY (tag, position)
+);
+-- The locks of a consistency boundary: transaction-level advisory locks on the hashes of
+-- `p_keys` ('type <event type>' or 'tag <key:value>'), exclusive where `p_exclusive`
+-- says so (a key named twice is taken once, exclusive if either asks), in the order of
+-- the hashes: every transaction takes its keys in that one order, so none can deadlock
+-- on them. See "Decisions across streams" in the module documentation.
+CREATE OR REPLACE FUNCTION orkestra_lock_boundary(p_keys text[], p_exclusive boolean[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    k bigint;
+    x boolean;
+BEGIN
+    FOR k, x IN SELECT hashtextextended(u.k, 0), bool_or(u.x)
+                FROM unnest(p_keys, p_exclusive) AS u(k, x) GROUP BY 1 ORDER BY 1 LOOP
+        IF x THEN
+            PERFORM pg_advisory_xact_lock(k);
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(k);
+        END IF;
+    END LOOP;
+END $$;
+-- The append of this release: with each event's tags (p_tag_events[i] is the 1-based
+-- index of the event carrying p_tags[i]). It first takes shared locks on the types and
+-- tags it writes, so a conditional append whose boundary they fall in waits for it to
+-- end (and sees its events), and it waits for one under way. The eight-argument form
+-- above stays for processes of an older release, which take no such locks.
+CREATE OR REPLACE FUNCTION orkestra_append(
+    p_stream text, p_expected bigint, p_ids text[], p_types text[], p_schema int4[],
+    p_data text[], p_metadata text[], p_topics text[], p_tag_events int4[], p_tags text[]
+) RETURNS TABLE (written boolean, current_version bigint, last_position bigint)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    cur bigint;
+    me bigint;
+    n int := coalesce(array_length(p_ids, 1), 0);
+    tagged boolean := coalesce(array_length(p_tags, 1), 0) > 0;
+BEGIN
+    PERFORM orkestra_lock_boundary(array_agg(k.key), array_agg(false))
+    FROM (SELECT DISTINCT 'type ' || t AS key FROM unnest(p_types) AS t
+          UNION SELECT 'tag ' || g FROM unnest(p_tags) AS g) AS k;
+    SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
+    IF EXISTS (SELECT 1 FROM orkestra_events e WHERE e.id = ANY(p_ids))
+       OR (p_expected = -2 AND cur IS NOT NULL)
+       OR (p_expected = -3 AND cur IS NULL)
+       OR (p_expected >= 0 AND cur IS DISTINCT FROM p_expected) THEN
+        RETURN QUERY SELECT false, cur, NULL::bigint;
+        RETURN;
+    END IF;
+    me := pg_current_xact_id()::text::bigint
+          + coalesce((SELECT o.xid_offset FROM orkestra_position_offset o), 0);
+    INSERT INTO orkestra_events (position, tx_id, stream, version, id, event_type, schema_version, data, metadata, topic, tags)
+    SELECT (me << 20) + t.ord - 1, me::text::xid8, p_stream, coalesce(cur + 1, 0) + t.ord - 1,
+           t.id, t.event_type, t.schema_version, t.data::jsonb, t.metadata::jsonb, t.topic,
+           CASE WHEN tagged THEN (SELECT array_agg(g.tag ORDER BY g.i)
+                                  FROM unnest(p_tag_events, p_tags) WITH ORDINALITY AS g(ev, tag, i)
+                                  WHERE g.ev = t.ord) END
+    FROM unnest(p_ids, p_types, p_schema, p_data, p_metadata, p_topics)
+         WITH ORDINALITY AS t(id, event_type, schema_version, data, metadata, topic, ord);
+    IF tagged THEN
+        INSERT INTO orkestra_event_tags (position, tag)
+        SELECT (me << 20) + g.ev - 1, g.tag FROM unnest(p_tag_events, p_tags) AS g(ev, tag);
+    END IF;
+    RETURN QUERY SELECT true, coalesce(cur + 1, 0) + n - 1, (me << 20) + n - 1;
+END $$;
 "#;
 
 const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, \
-                       data::text, metadata::text, recorded_at, topic";
+                       data::text, metadata::text, recorded_at, topic, tags";
 
 pub(crate) struct PostgresStore {
     pool: Pool,
@@ -430,7 +535,7 @@ impl PostgresStore {
     /// path is one call of `orkestra_append` (one round trip, its own transaction); only
     /// when it declines does the client look at the stored ids to explain why.
     async fn try_append(
-        client: &deadpool_postgres::Object,
+        client: &impl deadpool_postgres::GenericClient,
         stream: &str,
         expected: ExpectedVersion,
         events: &[Encoded],
@@ -450,8 +555,9 @@ impl PostgresStore {
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
         let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
         let topics: Vec<Option<&str>> = events.iter().map(|e| e.event.topic.as_deref()).collect();
+        let (tag_events, tags) = tag_arrays(events);
         let statement = client
-            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7, $8)")
+            .prepare_cached("SELECT written, current_version, last_position FROM orkestra_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .await?;
         let row = client
             .query_one(
@@ -465,6 +571,8 @@ impl PostgresStore {
                     &data,
                     &metadata,
                     &topics,
+                    &tag_events,
+                    &tags,
                 ],
             )
             .await?;
@@ -508,6 +616,94 @@ impl PostgresStore {
     }
 }
 
+/// Why a conditional append was refused.
+enum Refusal {
+    /// A stale expectation or a duplicate id.
+    Store(StoreError),
+    /// An event matching the condition.
+    Condition(Conflict),
+}
+
+impl PostgresStore {
+    /// One attempt of a conditional append, in its own READ COMMITTED transaction: the
+    /// boundary's locks, the condition checked in a statement of its own (a snapshot
+    /// taken once the locks are held), then the append. Rolled back on refusal.
+    async fn try_append_if(
+        client: &mut deadpool_postgres::Object,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[Encoded],
+        (keys, exclusive): (&[String], &[bool]),
+        (check, from, texts): (&str, i64, &[String]),
+    ) -> Result<Result<AppendResult, Refusal>, tokio_postgres::Error> {
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
+        let lock = tx
+            .prepare_cached("SELECT orkestra_lock_boundary($1, $2)")
+            .await?;
+        tx.execute(&lock, &[&keys, &exclusive]).await?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from];
+        params.extend(
+            texts
+                .iter()
+                .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        // Unnamed: planned with these values (see "Plans made for the table as it is").
+        if let Some(row) = tx.query_opt(check, &params).await? {
+            let conflict = Conflict {
+                position: row.try_get::<_, i64>(0)? as u64,
+                event_type: row.try_get(1)?,
+            };
+            // Unless the events are this very append, already stored (a repeat): then
+            // they are what matches, and the repeat is a no-op as for `append`.
+            let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
+            let stored: Vec<StoredId> = tx
+                .query(
+                    "SELECT id, stream, version, position FROM orkestra_events WHERE id = ANY($1)",
+                    &[&ids],
+                )
+                .await?
+                .iter()
+                .map(|r| StoredId {
+                    id: r.get(0),
+                    stream: r.get(1),
+                    version: r.get::<_, i64>(2) as u64,
+                    position: r.get::<_, i64>(3) as u64,
+                })
+                .collect();
+            let current: Option<i64> = tx
+                .query_one(
+                    "SELECT max(version) FROM orkestra_events WHERE stream = $1",
+                    &[&stream],
+                )
+                .await?
+                .try_get(0)?;
+            tx.rollback().await?;
+            return Ok(
+                match check_append(stream, expected, current.map(|v| v as u64), events, &stored) {
+                    Ok(Some(done)) => Ok(done),
+                    Err(refused) => Err(Refusal::Store(refused)),
+                    Ok(None) => Err(Refusal::Condition(conflict)),
+                },
+            );
+        }
+        let result = Self::try_append(&tx, stream, expected, events).await?;
+        match result {
+            Ok(done) => {
+                tx.commit().await?;
+                Ok(Ok(done))
+            }
+            Err(refused) => {
+                tx.rollback().await?;
+                Ok(Err(Refusal::Store(refused)))
+            }
+        }
+    }
+}
+
 /// Keeps a LISTEN connection open and bumps `changes` on every notice, reconnecting
 /// with backoff; subscriptions also poll, so a gap here only slows them down.
 async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
@@ -542,6 +738,50 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Each event's tags as two parallel arrays for `orkestra_append`: the 1-based index of
+/// the event, and the tag.
+fn tag_arrays(events: &[Encoded]) -> (Vec<i32>, Vec<&str>) {
+    let mut at = Vec::new();
+    let mut tags = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        for tag in &e.event.tags {
+            at.push(i32::try_from(i + 1).unwrap_or(i32::MAX));
+            tags.push(tag.as_str());
+        }
+    }
+    (at, tags)
+}
+
+/// The lock keys of a conditional append (see the module documentation): exclusive for
+/// each item of the condition, shared for the types and tags the append writes.
+fn boundary_keys(condition: &AppendCondition, events: &[Encoded]) -> (Vec<String>, Vec<bool>) {
+    let mut keys = Vec::new();
+    let mut exclusive = Vec::new();
+    for item in condition.fail_if_events_match.items() {
+        match item.required_tags().first() {
+            Some(tag) => {
+                keys.push(format!("tag {tag}"));
+                exclusive.push(true);
+            }
+            None => {
+                for t in item.event_types() {
+                    keys.push(format!("type {t}"));
+                    exclusive.push(true);
+                }
+            }
+        }
+    }
+    for e in events {
+        keys.push(format!("type {}", e.event.event_type));
+        exclusive.push(false);
+        for tag in &e.event.tags {
+            keys.push(format!("tag {tag}"));
+            exclusive.push(false);
+        }
+    }
+    (keys, exclusive)
 }
 
 fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
@@ -581,6 +821,13 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
             .try_get::<_, Option<&str>>(9)
             .map_err(|e| corrupt(e.to_string()))?
             .map(Into::into),
+        tags: row
+            .try_get::<_, Option<Vec<&str>>>(10)
+            .map_err(|e| corrupt(e.to_string()))?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| Tag::parse(t).map_err(|e| corrupt(format!("tags: {e}"))))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -770,6 +1017,91 @@ impl Backend for PostgresStore {
                     Err(e) => return Err(backend_error(e)),
                 }
             }
+        })
+    }
+
+    fn append_if<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<Encoded>,
+        condition: &'a AppendCondition,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(async move {
+            if events.len() > MAX_APPEND {
+                return Err(StoreError::Invalid(format!(
+                    "at most {MAX_APPEND} events per append"
+                )));
+            }
+            let (keys, exclusive) = boundary_keys(condition, &events);
+            let (positions, texts) =
+                matching_positions(&condition.fail_if_events_match, |n| format!("${n}"));
+            let check = format!(
+                "SELECT position, event_type FROM orkestra_events WHERE position IN ({positions}) \
+                 ORDER BY position LIMIT 1"
+            );
+            let from = condition.after.map_or(0, |a| sql_int(a).saturating_add(1));
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let mut client = self.client().await?;
+                match Self::try_append_if(
+                    &mut client,
+                    stream,
+                    expected,
+                    &events,
+                    (&keys, &exclusive),
+                    (&check, from, &texts),
+                )
+                .await
+                {
+                    Ok(Ok(result)) => {
+                        if result.written {
+                            self.changes.send_modify(|c| *c += 1);
+                            self.wake.notify_one();
+                        }
+                        return Ok(result);
+                    }
+                    Ok(Err(Refusal::Store(refused))) => return Err(refused),
+                    Ok(Err(Refusal::Condition(conflict))) => {
+                        return Err(conflict.into_error(stream, condition.after));
+                    }
+                    Err(e)
+                        if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                            && attempts <= ANY_RETRIES => {}
+                    Err(e) => return Err(backend_error(e)),
+                }
+            }
+        })
+    }
+
+    fn read_query<'a>(
+        &'a self,
+        query: &'a Query,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(async move {
+            let (positions, texts) = matching_positions(query, |n| format!("${n}"));
+            let sql = format!(
+                "SELECT {COLUMNS} FROM orkestra_events WHERE position IN ({positions}) \
+                 AND tx_id < {} ORDER BY position ASC LIMIT ${}",
+                horizon!(),
+                texts.len() + 2
+            );
+            let from = sql_int(from);
+            let limit = sql_int(max as u64);
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from];
+            params.extend(
+                texts
+                    .iter()
+                    .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+            params.push(&limit);
+            let client = self.client().await?;
+            // Unnamed: planned for the table and these values each time (see above).
+            let rows = client.query(&sql, &params).await.map_err(backend_error)?;
+            rows.iter().map(row_to_event).collect()
         })
     }
 

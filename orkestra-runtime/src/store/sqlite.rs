@@ -15,8 +15,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::Encoded;
 use super::{
-    AppendResult, Backend, Direction, ExpectedVersion, RecordedEvent, Snapshot, StoreError,
-    StoredId, check_append, next_version, sql_int,
+    AppendCondition, AppendResult, Backend, Conflict, Direction, ExpectedVersion, Query,
+    RecordedEvent, Snapshot, StoreError, StoredId, Tag, check_append, matching_positions,
+    next_version, sql_int,
 };
 
 const ADAPTER: &str = "sqlite";
@@ -35,8 +36,15 @@ CREATE TABLE IF NOT EXISTS orkestra_events (
     metadata       TEXT    NOT NULL,
     recorded_at    INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
     topic          TEXT,             -- the topic it is published on (NULL: not recorded)
+    tags           TEXT,             -- its tags as a JSON array of key:value texts (NULL: none)
     UNIQUE (stream, version)
 );
+-- The tag index, written with the events (dcb.events: read_query, append_if).
+CREATE TABLE IF NOT EXISTS orkestra_event_tags (
+    position INTEGER NOT NULL,
+    tag      TEXT    NOT NULL,
+    PRIMARY KEY (tag, position)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra_events
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_delete BEFORE DELETE ON orkestra_events
@@ -72,6 +80,15 @@ fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
     if !has_topic {
         conn.execute_batch("ALTER TABLE orkestra_events ADD COLUMN topic TEXT")?;
     }
+    // Tags are recorded from this release on; older rows have none.
+    let has_tags: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('orkestra_events') WHERE name = 'tags')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_tags {
+        conn.execute_batch("ALTER TABLE orkestra_events ADD COLUMN tags TEXT")?;
+    }
     // A rebuild's target (the head when it began), so a restart mid-rebuild still replays.
     let has_replay: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM pragma_table_info('orkestra_checkpoints') WHERE name = 'replay_until')",
@@ -88,6 +105,7 @@ struct AppendRequest {
     stream: String,
     expected: ExpectedVersion,
     events: Vec<Encoded>,
+    condition: Option<AppendCondition>,
     reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
@@ -241,7 +259,7 @@ fn commit_group(
     if let [request] = group {
         // Alone in its transaction: no savepoint needed (a refusal rolls back everything,
         // which is only this append), and SQLite skips the sub-journal it would keep.
-        let result = append_one(&tx, &request.stream, request.expected, &request.events);
+        let result = append_one(&tx, request);
         let committed = if result.is_ok() {
             tx.commit()
         } else {
@@ -252,7 +270,7 @@ fn commit_group(
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         let result = match tx.savepoint() {
-            Ok(sp) => append_one(&sp, &request.stream, request.expected, &request.events)
+            Ok(sp) => append_one(&sp, request)
                 .and_then(|result| sp.commit().map(|()| result).map_err(backend_error)),
             Err(e) => Err(backend_error(e)),
         };
@@ -267,12 +285,12 @@ fn commit_group(
     }
 }
 
-fn append_one(
-    conn: &Connection,
-    stream: &str,
-    expected: ExpectedVersion,
-    events: &[Encoded],
-) -> Result<AppendResult, StoreError> {
+fn append_one(conn: &Connection, request: &AppendRequest) -> Result<AppendResult, StoreError> {
+    let (stream, expected, events) = (
+        request.stream.as_str(),
+        request.expected,
+        request.events.as_slice(),
+    );
     let current: Option<i64> = conn
         .query_row(
             "SELECT MAX(version) FROM orkestra_events WHERE stream = ?1",
@@ -310,10 +328,17 @@ fn append_one(
     if let Some(done) = check_append(stream, expected, current, events, &stored)? {
         return Ok(done);
     }
+    // The writer thread is the only writer: nothing can be appended between this check
+    // and the inserts below.
+    if let Some(condition) = &request.condition
+        && let Some(conflict) = first_match(conn, &condition.fail_if_events_match, condition.after)?
+    {
+        return Err(conflict.into_error(stream, condition.after));
+    }
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO orkestra_events (stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic, tags) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(backend_error)?;
     let now = chrono::Utc::now().timestamp_micros();
@@ -334,19 +359,66 @@ fn append_one(
                 e.metadata,
                 now,
                 e.event.topic,
+                tags_json(&e.event.tags)?,
             ])
             .map_err(backend_error)?;
+        let position = conn.last_insert_rowid();
+        if !e.event.tags.is_empty() {
+            let mut index = conn
+                .prepare_cached("INSERT INTO orkestra_event_tags (position, tag) VALUES (?1, ?2)")
+                .map_err(backend_error)?;
+            for tag in &e.event.tags {
+                index
+                    .execute(params![position, tag.as_str()])
+                    .map_err(backend_error)?;
+            }
+        }
         last = AppendResult {
             last_version: version,
-            last_position: conn.last_insert_rowid() as u64,
+            last_position: position as u64,
             written: true,
         };
     }
     Ok(last)
 }
 
-const COLUMNS: &str =
-    "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic";
+const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic, tags";
+
+/// The `tags` column of an event: a JSON array, NULL when it has none.
+fn tags_json(tags: &[Tag]) -> Result<Option<String>, StoreError> {
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    let texts: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+    serde_json::to_string(&texts)
+        .map(Some)
+        .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+/// The first event matching `query` after position `after` (`None`: from the start).
+fn first_match(
+    conn: &Connection,
+    query: &Query,
+    after: Option<u64>,
+) -> Result<Option<Conflict>, StoreError> {
+    let (positions, texts) = matching_positions(query, |n| format!("?{n}"));
+    let sql = format!(
+        "SELECT position, event_type FROM orkestra_events WHERE position IN ({positions}) \
+         ORDER BY position LIMIT 1"
+    );
+    let from = after.map_or(0, |a| sql_int(a).saturating_add(1));
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&from];
+    params.extend(texts.iter().map(|t| t as &dyn rusqlite::ToSql));
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend_error)?;
+    let mut rows = stmt.query(params.as_slice()).map_err(backend_error)?;
+    match rows.next().map_err(backend_error)? {
+        Some(row) => Ok(Some(Conflict {
+            position: row.get::<_, i64>(0).map_err(backend_error)? as u64,
+            event_type: row.get(1).map_err(backend_error)?,
+        })),
+        None => Ok(None),
+    }
+}
 
 /// The previous row's stream and type, shared with the next row when equal (rows of one
 /// query mostly repeat them): one allocation per distinct value, not per row.
@@ -414,6 +486,19 @@ fn row_to_event(
                 value.as_str().map_err(|e| corrupt(format!("topic: {e}")))?,
             )),
         },
+        tags: match row.get_ref(10).map_err(|e| corrupt(e.to_string()))? {
+            rusqlite::types::ValueRef::Null => Vec::new(),
+            value => {
+                let texts: Vec<&str> = serde_json::from_str(
+                    value.as_str().map_err(|e| corrupt(format!("tags: {e}")))?,
+                )
+                .map_err(|e| corrupt(format!("tags are not a JSON array of text: {e}")))?;
+                texts
+                    .into_iter()
+                    .map(|t| Tag::parse(t).map_err(|e| corrupt(format!("tags: {e}"))))
+                    .collect::<Result<_, _>>()?
+            }
+        },
     })
 }
 
@@ -451,6 +536,7 @@ impl Backend for SqliteStore {
                 stream: stream.to_owned(),
                 expected,
                 events,
+                condition: None,
                 reply,
             };
             crate::sync::lock(&self.writer)
@@ -459,6 +545,52 @@ impl Backend for SqliteStore {
             rx.await
                 .map_err(|_| backend_error("the writer thread has stopped"))?
         })
+    }
+
+    fn append_if<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<Encoded>,
+        condition: &'a AppendCondition,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            let request = AppendRequest {
+                stream: stream.to_owned(),
+                expected,
+                events,
+                condition: Some(condition.clone()),
+                reply,
+            };
+            crate::sync::lock(&self.writer)
+                .send(request)
+                .map_err(|_| backend_error("the writer thread has stopped"))?;
+            rx.await
+                .map_err(|_| backend_error("the writer thread has stopped"))?
+        })
+    }
+
+    fn read_query<'a>(
+        &'a self,
+        query: &'a Query,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        let (positions, texts) = matching_positions(query, |n| format!("?{n}"));
+        let limit = texts.len() + 2;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM orkestra_events WHERE position IN ({positions}) \
+             ORDER BY position ASC LIMIT ?{limit}"
+        );
+        Box::pin(self.read(move |conn| {
+            let from = sql_int(from);
+            let max_param = sql_int(max);
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&from];
+            params.extend(texts.iter().map(|t| t as &dyn rusqlite::ToSql));
+            params.push(&max_param);
+            self::query(conn, &sql, &params, max)
+        }))
     }
 
     fn read_stream<'a>(

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use orkestra_runtime::{
-    Event, EventData, ExpectedVersion, Metadata, PayloadError, RecordedEvent, Store, StoreError,
+    AppendCondition, Event, EventData, ExpectedVersion, Metadata, PayloadError, Query, QueryItem,
+    RecordedEvent, Store, StoreError, Tag,
 };
 use serde_json::json;
 
@@ -439,6 +440,7 @@ pub async fn decoding_checks_the_type(store: Store) {
         metadata: Metadata::new(),
         // A topic no projection or subscriber of a shared database listens to.
         topic: Some("test.decode.unreadable".into()),
+        tags: Vec::new(),
     };
     store
         .append(&stream, ExpectedVersion::Exact(0), vec![raw])
@@ -963,6 +965,530 @@ pub async fn live_copies_are_counted_by_heartbeat(store: Store) {
     );
 }
 
+// Decisions across streams (dcb.events): the tag index, `read_query` and `append_if`.
+
+/// An event of `event_type` carrying `tags` (`key:value` texts).
+fn tagged(event_type: &str, tags: &[&str]) -> EventData {
+    EventData {
+        id: orkestra_runtime::new_id(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        data: json!({ "tags": tags }),
+        metadata: Metadata::new(),
+        topic: None,
+        tags: Vec::new(),
+    }
+    .with_tags(tags.iter().map(|t| Tag::parse(t).unwrap()))
+}
+
+/// Whether the adapter refuses decisions across streams (EventStoreDB): then the case
+/// checks the refusal and stops.
+async fn refuses_dcb(store: &Store) -> bool {
+    if store.adapter() != "eventstoredb" {
+        return false;
+    }
+    let query = Query::of(QueryItem::types(["T"]));
+    let err = store.read_query(&query, 0, 10).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("read_query"), "{err}");
+    let condition = AppendCondition {
+        fail_if_events_match: query,
+        after: None,
+    };
+    let err = store
+        .append_if(
+            &unique("s"),
+            ExpectedVersion::Any,
+            vec![tagged("T", &[])],
+            condition,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+    true
+}
+
+fn positions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(RecordedEvent::position).collect()
+}
+
+/// The specification's query semantics: by type only, by tags only, by both, items
+/// combined with OR, in global order, from a position, up to a limit.
+pub async fn dcb_queries_match_types_and_tags(store: Store) {
+    if refuses_dcb(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (defined, subscribed) = (
+        format!("CourseDefined{run}"),
+        format!("StudentSubscribed{run}"),
+    );
+    let (c1, c2, s1) = (
+        format!("course:c1-{run}"),
+        format!("course:c2-{run}"),
+        format!("student:s1-{run}"),
+    );
+    let mut at = Vec::new();
+    for (stream, event) in [
+        ("course-c1", tagged(&defined, &[&c1])),
+        ("sub-c1-s1", tagged(&subscribed, &[&c1, &s1])),
+        ("sub-c2-s1", tagged(&subscribed, &[&c2, &s1])),
+        ("course-c2", tagged(&defined, &[&c2])),
+        ("unrelated", tagged(&format!("Other{run}"), &[])),
+    ] {
+        let r = store
+            .append(
+                &format!("{stream}-{run}"),
+                ExpectedVersion::NoStream,
+                vec![event],
+            )
+            .await
+            .unwrap();
+        at.push(r.last_position);
+    }
+    visible(&store, at[4]).await;
+    let read = |query: Query| {
+        let store = store.clone();
+        async move { positions(&store.read_query(&query, 0, 100).await.unwrap()) }
+    };
+    let tag = |t: &str| Tag::parse(t).unwrap();
+    assert_eq!(
+        read(Query::of(QueryItem::types([defined.as_str()]))).await,
+        [at[0], at[3]],
+        "type only"
+    );
+    assert_eq!(
+        read(Query::of(QueryItem::tags([tag(&c1)]))).await,
+        [at[0], at[1]],
+        "tag only"
+    );
+    assert_eq!(
+        read(Query::of(
+            QueryItem::types([subscribed.as_str()]).with_tags([tag(&s1)])
+        ))
+        .await,
+        [at[1], at[2]],
+        "type and tag"
+    );
+    assert_eq!(
+        read(Query::of(QueryItem::tags([tag(&c1), tag(&s1)]))).await,
+        [at[1]],
+        "every tag of an item"
+    );
+    assert_eq!(
+        read(
+            Query::of(QueryItem::types([defined.as_str()]).with_tags([tag(&c2)]))
+                .or(QueryItem::tags([tag(&s1)]))
+        )
+        .await,
+        [at[1], at[2], at[3]],
+        "items OR-ed, each event once, in global order"
+    );
+    assert!(
+        read(Query::of(
+            QueryItem::types([subscribed.as_str()]).with_tags([tag(&format!("course:none-{run}"))])
+        ))
+        .await
+        .is_empty()
+    );
+    assert!(read(Query::default()).await.is_empty(), "no items: nothing");
+    let both = Query::of(QueryItem::tags([tag(&s1)]));
+    assert_eq!(
+        positions(&store.read_query(&both, at[2], 100).await.unwrap()),
+        [at[2]],
+        "from is inclusive"
+    );
+    assert_eq!(
+        positions(&store.read_query(&both, 0, 1).await.unwrap()),
+        [at[1]],
+        "limit"
+    );
+    let events = store.read_query(&both, 0, 1).await.unwrap();
+    assert_eq!(events[0].tags(), [tag(&c1), tag(&s1)], "tags read back");
+    assert_eq!(events[0].event_type(), subscribed);
+    let stream = store
+        .read_stream(&format!("sub-c1-s1-{run}"), 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        stream[0].tags(),
+        events[0].tags(),
+        "every read carries the tags"
+    );
+    let all = store.read_all(at[4], 1).await.unwrap();
+    assert!(all[0].tags().is_empty());
+}
+
+/// The specification's append conditions: a matching event after the position fails
+/// the append (nothing written, a readable error); one at or before it does not; an
+/// append matching nothing passes; a repeat is a no-op; bad conditions are refused.
+pub async fn dcb_append_conditions_hold(store: Store) {
+    if refuses_dcb(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let tag = |t: &str| Tag::parse(&format!("{t}-{run}")).unwrap();
+    let defined = format!("CourseDefined{run}");
+    let first = store
+        .append(
+            &format!("course-{run}"),
+            ExpectedVersion::NoStream,
+            vec![tagged(&defined, &[tag("course:c1").as_str()])],
+        )
+        .await
+        .unwrap();
+    let boundary = Query::of(QueryItem::tags([tag("course:c1")]));
+    let condition = |after| AppendCondition {
+        fail_if_events_match: boundary.clone(),
+        after,
+    };
+    let stream = format!("sub-{run}");
+    let sub = || {
+        tagged(
+            &format!("StudentSubscribed{run}"),
+            &[tag("course:c1").as_str(), tag("student:s1").as_str()],
+        )
+    };
+    // Nothing read: the course event breaks the condition.
+    let err = store
+        .append_if(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![sub()],
+            condition(None),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::WrongCondition {
+            stream: s,
+            after: None,
+            position,
+            event_type,
+        } => {
+            assert_eq!(
+                (s, *position, event_type),
+                (&stream, first.last_position, &defined)
+            );
+        }
+        other => panic!("expected WrongCondition, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&stream) && text.contains(&first.last_position.to_string()),
+        "{text}"
+    );
+    assert!(
+        store.read_stream(&stream, 0, 10).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    // Read up to the course event: the append passes.
+    let event = sub();
+    let won = store
+        .append_if(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event.clone()],
+            condition(Some(first.last_position)),
+        )
+        .await
+        .unwrap();
+    assert!(won.written);
+    // The same append again: a repeat, not a conflict with itself.
+    let again = store
+        .append_if(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event],
+            condition(Some(first.last_position)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.written, again.last_position),
+        (false, won.last_position)
+    );
+    // An earlier position no longer holds: the subscription lies after it.
+    let err = store
+        .append_if(
+            &format!("other-{run}"),
+            ExpectedVersion::Any,
+            vec![sub()],
+            condition(Some(first.last_position)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongCondition { position, .. } if position == won.last_position),
+        "{err:?}"
+    );
+    // Types narrow an item: a condition on another type of the same tag passes.
+    let other_type = AppendCondition {
+        fail_if_events_match: Query::of(
+            QueryItem::types([format!("Unsubscribed{run}")]).with_tags([tag("course:c1")]),
+        ),
+        after: None,
+    };
+    store
+        .append_if(
+            &format!("other-{run}"),
+            ExpectedVersion::Any,
+            vec![tagged("Note", &[])],
+            other_type,
+        )
+        .await
+        .unwrap();
+    // A boundary nothing matches: passes.
+    let unrelated = AppendCondition {
+        fail_if_events_match: Query::of(QueryItem::tags([tag("course:c3")]))
+            .or(QueryItem::types([format!("Nothing{run}")])),
+        after: None,
+    };
+    store
+        .append_if(
+            &format!("c3-{run}"),
+            ExpectedVersion::NoStream,
+            vec![tagged("Note", &[tag("course:c3").as_str()])],
+            unrelated.clone(),
+        )
+        .await
+        .unwrap();
+    // ...until an event matches it; the stream's expectation is still checked too.
+    let err = store
+        .append_if(
+            &format!("c3-{run}"),
+            ExpectedVersion::Any,
+            vec![tagged("Note", &[])],
+            unrelated.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::WrongCondition { .. }), "{err:?}");
+    let err = store
+        .append_if(
+            &format!("c3-{run}"),
+            ExpectedVersion::NoStream,
+            vec![tagged("Note", &[])],
+            AppendCondition {
+                after: Some(u64::MAX >> 1),
+                ..unrelated
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { .. }),
+        "{err:?}"
+    );
+    // Conditions that would lock everything are refused, with nothing written.
+    let empty = store
+        .append_if(
+            &format!("empty-{run}"),
+            ExpectedVersion::Any,
+            vec![tagged("Note", &[])],
+            AppendCondition {
+                fail_if_events_match: Query::default(),
+                after: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&empty, StoreError::Invalid(m) if m.contains("no items") && m.contains("empty-")),
+        "{empty:?}"
+    );
+    let everything = store
+        .append_if(
+            &format!("empty-{run}"),
+            ExpectedVersion::Any,
+            vec![tagged("Note", &[])],
+            AppendCondition {
+                fail_if_events_match: Query::of(QueryItem::default()),
+                after: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&everything, StoreError::Invalid(m) if m.contains("neither types nor tags")),
+        "{everything:?}"
+    );
+    assert!(
+        store
+            .read_stream(&format!("empty-{run}"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(Tag::new("course", "").is_err() && Tag::new("", "c1").is_err());
+    // A tag set twice through the public field is stored (and indexed) once.
+    let mut doubled = tagged("Note", &[]);
+    doubled.tags = vec![tag("dup:x"), tag("dup:x")];
+    let dup = store
+        .append(
+            &format!("dup-{run}"),
+            ExpectedVersion::NoStream,
+            vec![doubled],
+        )
+        .await
+        .unwrap();
+    let back = store
+        .read_stream(&format!("dup-{run}"), 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(back[0].tags(), [tag("dup:x")]);
+    visible(&store, dup.last_position).await;
+    let found = store
+        .read_query(&Query::of(QueryItem::tags([tag("dup:x")])), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(positions(&found), [dup.last_position]);
+}
+
+/// Reads the course's boundary, decides (capacity 1), appends on the condition; on a
+/// conflict, reads and decides again. `Ok(true)`: subscribed; `Ok(false)`: full.
+async fn subscribe(store: &Store, run: &str, student: usize) -> Result<bool, StoreError> {
+    let course = Tag::parse(&format!("course:c-{run}")).unwrap();
+    let boundary = Query::of(
+        QueryItem::types([
+            format!("CourseDefined{run}"),
+            format!("StudentSubscribed{run}"),
+        ])
+        .with_tags([course.clone()]),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = store.read_query(&boundary, 0, 1000).await?;
+        let after = events.last().map(RecordedEvent::position);
+        let taken = events
+            .iter()
+            .filter(|e| e.event_type().starts_with("StudentSubscribed"))
+            .count();
+        if taken >= 1 {
+            return Ok(false);
+        }
+        let event = tagged(
+            &format!("StudentSubscribed{run}"),
+            &[course.as_str(), &format!("student:s{student}-{run}")],
+        );
+        match store
+            .append_if(
+                &format!("subscription-{run}-{student}"),
+                ExpectedVersion::NoStream,
+                vec![event],
+                AppendCondition {
+                    fail_if_events_match: boundary.clone(),
+                    after,
+                },
+            )
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(StoreError::WrongCondition { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// 32 racers for the one seat of a course: exactly one subscription is stored.
+pub async fn dcb_racers_for_one_seat_one_wins(store: Store) {
+    if refuses_dcb(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    store
+        .append(
+            &format!("course-{run}"),
+            ExpectedVersion::NoStream,
+            vec![tagged(
+                &format!("CourseDefined{run}"),
+                &[&format!("course:c-{run}")],
+            )],
+        )
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (store, run) = (store.clone(), run.clone());
+            tokio::spawn(async move { subscribe(&store, &run, i).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "exactly one racer takes the seat");
+    let course = Query::of(
+        QueryItem::types([format!("StudentSubscribed{run}")])
+            .with_tags([Tag::parse(&format!("course:c-{run}")).unwrap()]),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let stored = store.read_query(&course, 0, 100).await.unwrap();
+        if !stored.is_empty() || tokio::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(stored.len(), 1, "one subscription stored");
+}
+
+/// Decisions on disjoint boundaries never fail each other, even all at once.
+pub async fn dcb_disjoint_boundaries_never_conflict(store: Store) {
+    if refuses_dcb(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, run) = (store.clone(), run.clone());
+            tokio::spawn(async move {
+                let tag = format!("course:c{i}-{run}");
+                let boundary = Query::of(QueryItem::tags([Tag::parse(&tag).unwrap()]));
+                for n in 0..5 {
+                    // Each append read nothing new of its own boundary but its own last one.
+                    let seen = store.read_query(&boundary, 0, 100).await.unwrap();
+                    let after = seen.last().map(RecordedEvent::position);
+                    assert_eq!(seen.len(), n, "its own events, no one else's");
+                    store
+                        .append_if(
+                            &format!("s{i}-{run}"),
+                            ExpectedVersion::Any,
+                            vec![tagged("Seat", &[&tag])],
+                            AppendCondition {
+                                fail_if_events_match: boundary.clone(),
+                                after,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    visible_own(&store, &boundary, n + 1).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Waits until `query` returns `count` events (PostgreSQL shows a commit once older
+/// transactions have ended).
+async fn visible_own(store: &Store, query: &Query, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.read_query(query, 0, 100).await.unwrap().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "own events never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[macro_export]
 macro_rules! store_suite {
     ($make_store:expr) => {
@@ -1003,6 +1529,10 @@ macro_rules! store_suite {
             case!(racing_copies_take_a_partition_once);
             case!(partition_counts_must_agree);
             case!(live_copies_are_counted_by_heartbeat);
+            case!(dcb_queries_match_types_and_tags);
+            case!(dcb_append_conditions_hold);
+            case!(dcb_racers_for_one_seat_one_wins);
+            case!(dcb_disjoint_boundaries_never_conflict);
         }
     };
 }
