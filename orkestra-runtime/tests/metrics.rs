@@ -726,3 +726,52 @@ impl ProjectionHandler for Counting {
         }
     }
 }
+
+/// A broker connection lost and re-established counts one reconnect. The outage is a
+/// cut proxy in front of the shared broker (stopping that broker would disturb every
+/// other user of it); the bus reports itself not ready meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_is_counted() {
+    meters();
+    let Ok(proxy) = support::proxy::Proxy::start("127.0.0.1:5672".into()).await else {
+        support::services::unavailable("a local proxy port", &"cannot listen");
+        return;
+    };
+    let mut config = support::services::rabbit_config();
+    config.bus.url = Some(orkestra_runtime::SecretUrl::new(format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        proxy.port
+    )));
+    let Some(bus) = support::services::rabbit_bus_with(&config).await else {
+        return;
+    };
+    let reconnects = || {
+        collect()
+            .iter()
+            .find(|p| p.name == "orkestra.bus.reconnects")
+            .map_or(0.0, |p| {
+                assert!(p.attributes.is_empty(), "{:?}", p.attributes);
+                assert_eq!((p.unit.as_str(), p.kind), ("{reconnect}", "counter"));
+                p.value
+            })
+    };
+    let before = reconnects();
+    assert_eq!(bus.readiness(), Ok(()));
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bus.readiness().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the bus never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(why) = bus.readiness() {
+        assert!(Instant::now() < deadline, "not back after 60 s: {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only this test of the binary disturbs a connection.
+    assert_eq!(reconnects(), before + 1.0);
+}
