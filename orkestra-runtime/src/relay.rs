@@ -863,7 +863,9 @@ pub struct RunningRelay {
     /// The store's leases (`None`: it keeps none, the relay runs alone).
     leases: Option<Leases>,
     task: Option<JoinHandle<Result<(), RelayError>>>,
-    /// What the runner gauges and a readiness check read.
+    /// What the runner gauges (registered weakly: held here while it runs) and a
+    /// readiness check read.
+    #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
     gauges: Arc<RelayGauges>,
     /// Counts the backlog behind what was published, for the gauges.
     counting: JoinHandle<()>,
@@ -951,6 +953,7 @@ pub struct RelayStatus {
 
 impl RunningRelay {
     /// What the runner gauges and a readiness check read of this relay.
+    #[cfg(feature = "telemetry")]
     pub(crate) fn observed(&self) -> Arc<dyn crate::metrics::Observed> {
         self.gauges.clone()
     }

@@ -282,6 +282,7 @@ impl RouteMeters {
 impl Instruments {
     /// A message of `type_name` sent to `topic` (unbound: a broker's round trip dwarfs
     /// the attribute lookup).
+    #[cfg(feature = "rabbitmq")]
     pub(crate) fn sent_one(&self, system: &'static str, topic: &str, type_name: &str) {
         self.sent.add(
             1,

@@ -171,6 +171,7 @@ pub(crate) struct Instruments {
     pub(crate) dead_letters: Counter<u64>,
     pub(crate) inbox_skipped: Counter<u64>,
     pub(crate) in_flight: UpDownCounter<i64>,
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) reconnects: Counter<u64>,
     pub(crate) append_duration: Histogram<f64>,
     pub(crate) conflicts: Counter<u64>,
@@ -286,6 +287,7 @@ pub(crate) fn conflict(aggregate: &'static str) {
 }
 
 /// Counts a broker connection re-established.
+#[cfg(feature = "rabbitmq")]
 pub(crate) fn reconnected() {
     if let Some(i) = current() {
         i.reconnects.add(1, &[]);
@@ -364,5 +366,53 @@ pub(crate) fn dead_letter(handler: &str, kind: DeadLetterKind) {
                 KeyValue::new(keys::REASON, kind.as_str()),
             ],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::PayloadError;
+
+    /// The texts the kinds are read from are the ones the runtime writes.
+    #[test]
+    fn dead_letter_kinds_follow_the_reasons_the_buses_write() {
+        let upcast = PayloadError::Upcast {
+            event_type: "Shop.Placed",
+            from: 1,
+            to: 2,
+            reason: "no step".into(),
+        };
+        // `RunError::Undecodable` as `bus/subscription.rs` words it.
+        let reason = format!("undecodable message: {upcast}");
+        assert_eq!(
+            DeadLetterKind::of_undecodable(&reason),
+            DeadLetterKind::Upcast
+        );
+        assert_eq!(DeadLetterKind::classify(&reason), DeadLetterKind::Upcast);
+        // The RabbitMQ consumer's size check.
+        let oversize = "message of 2000 bytes exceeds the limit of 1000";
+        assert_eq!(
+            DeadLetterKind::of_undecodable(oversize),
+            DeadLetterKind::Rejected
+        );
+        assert_eq!(
+            DeadLetterKind::of_undecodable("undecodable message: expected value"),
+            DeadLetterKind::Undecodable
+        );
+        assert_eq!(
+            DeadLetterKind::classify("card declined"),
+            DeadLetterKind::Exhausted
+        );
+        assert_eq!(
+            DeadLetterKind::classify("undecodable message: expected value"),
+            DeadLetterKind::Undecodable
+        );
+    }
+
+    #[test]
+    fn nothing_is_recorded_before_a_provider_is_installed() {
+        // This unit-test binary never installs one.
+        assert!(current().is_none());
     }
 }

@@ -583,7 +583,8 @@ pub struct RunningProcessManagers {
     feeds: Option<RunningProjections>,
     stop: watch::Sender<bool>,
     timers: Vec<tokio::task::JoinHandle<()>>,
-    /// What the pending-timer gauge reads, while these run.
+    /// What the pending-timer gauge reads (registered weakly: held here while these run).
+    #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
     gauges: Arc<dyn crate::metrics::Observed>,
 }
 
@@ -599,6 +600,7 @@ impl fmt::Debug for RunningProcessManagers {
 impl RunningProcessManagers {
     /// What the runner gauges and a readiness check read of these process managers:
     /// their feeds (a failed partition) and timers.
+    #[cfg(feature = "telemetry")]
     pub(crate) fn observed(&self) -> Vec<Arc<dyn crate::metrics::Observed>> {
         let mut observed = vec![self.gauges.clone()];
         observed.extend(self.feeds.as_ref().map(RunningProjections::observed));

@@ -1273,6 +1273,7 @@ impl RunningProjections {
     }
 
     /// What the runner gauges and a readiness check read of these projections.
+    #[cfg(feature = "telemetry")]
     pub(crate) fn observed(&self) -> Arc<dyn crate::metrics::Observed> {
         self.gauges.clone()
     }

@@ -32,7 +32,7 @@
 //! use orkestra_runtime::{Bus, Config, Store};
 //! // First, so the bus and store built next record into its meter provider.
 //! let guard = Telemetry::new("orders").serve("0.0.0.0:9464").init()?;
-//! let config = Config::from_env()?;
+//! let config = Config::load()?;
 //! let bus = Bus::from_config(&config).await?;
 //! let store = Store::from_config(&config).await?;
 //! guard.ready_when(&bus).ready_when(&store);
@@ -613,6 +613,18 @@ mod tests {
     use opentelemetry::trace::{SpanKind, TraceId};
 
     use super::*;
+
+    #[test]
+    fn metrics_go_beside_the_traces_url() {
+        assert_eq!(
+            metrics_endpoint("http://c:4318/v1/traces"),
+            "http://c:4318/v1/metrics"
+        );
+        assert_eq!(
+            metrics_endpoint("http://c:4318/"),
+            "http://c:4318/v1/metrics"
+        );
+    }
 
     #[test]
     fn orkestra_roots_are_decided_once_other_roots_by_ratio() {

@@ -281,7 +281,7 @@ fn unit_suffix(unit: &str) -> Option<String> {
         "MiBy" => "mebibytes",
         "%" => "percent",
         other => {
-            let cleaned = sanitize(&other.replace('{', "").replace('}', ""));
+            let cleaned = sanitize(&other.replace(['{', '}'], ""));
             return (!cleaned.is_empty()).then_some(cleaned);
         }
     };
