@@ -250,8 +250,8 @@ impl InProcess {
             }
         };
         dispatch.instrument(flow.span).await?;
-        if let (Some(send), Some(started)) = (send, started) {
-            send.sent(envelope.message().type_name(), started);
+        if let Some(send) = send {
+            send.sent(envelope.message().type_name());
         }
         Ok(envelope)
     }
@@ -267,7 +267,10 @@ impl InProcess {
             envelope.message().type_name(),
             self.metrics.as_ref(),
         );
-        let started = meters.as_ref().map(|_| crate::metrics::now());
+        let started = meters
+            .as_ref()
+            .filter(|_| !route.is_empty())
+            .map(|_| crate::metrics::now());
         let mut envelope = envelope.mark_published();
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
         // The first handler's first run starts when the publish does: one clock read less.
@@ -306,8 +309,8 @@ impl InProcess {
                 tracing::warn!(%error, "handler outcome not recorded");
             }
         }
-        if let (Some(meters), Some(started)) = (meters, started) {
-            meters.sent(envelope.message().type_name(), started);
+        if let Some(meters) = meters {
+            meters.sent(envelope.message().type_name());
         }
         Ok(envelope)
     }

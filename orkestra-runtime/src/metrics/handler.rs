@@ -213,16 +213,16 @@ impl Drop for Run<'_> {
     }
 }
 
-/// What sending to one topic records: `messaging.client.sent.messages` and
-/// `messaging.client.operation.duration` (`send`), bound for the topic and the type
-/// first sent there.
+/// What sending to one topic records in-process: `messaging.client.sent.messages`,
+/// bound for the topic and the type first sent there. (An in-process send runs the
+/// handlers in the caller's task, so its duration is theirs,
+/// `messaging.process.duration`: it is not timed twice.)
 pub(crate) struct RouteMeters {
     instruments: Arc<Instruments>,
     system: &'static str,
     topic: Box<str>,
     type_name: Box<str>,
     sent: BoundCounter<u64>,
-    duration: BoundHistogram<f64>,
 }
 
 impl std::fmt::Debug for RouteMeters {
@@ -241,17 +241,11 @@ impl RouteMeters {
         topic: &str,
         type_name: &str,
     ) -> Self {
-        let destination = KeyValue::new(keys::DESTINATION, topic.to_owned());
         Self {
             sent: instruments.sent.bind(&[
                 KeyValue::new(keys::SYSTEM, system),
-                destination.clone(),
+                KeyValue::new(keys::DESTINATION, topic.to_owned()),
                 KeyValue::new(keys::TYPE, type_name.to_owned()),
-            ]),
-            duration: instruments.operation_duration.bind(&[
-                KeyValue::new(keys::SYSTEM, system),
-                KeyValue::new(keys::OPERATION, "send"),
-                destination,
             ]),
             instruments: instruments.clone(),
             system,
@@ -260,9 +254,8 @@ impl RouteMeters {
         }
     }
 
-    /// A message of `type_name` was sent, starting at `started`.
-    pub(crate) fn sent(&self, type_name: &str, started: Instant) {
-        self.duration.record(started.elapsed().as_secs_f64());
+    /// A message of `type_name` was sent.
+    pub(crate) fn sent(&self, type_name: &str) {
         if type_name == &*self.type_name {
             self.sent.add(1);
         } else {

@@ -53,7 +53,8 @@ pub mod names {
     pub const CONSUMED: &str = "messaging.client.consumed.messages";
     /// How long one handler run took, by outcome.
     pub const PROCESS_DURATION: &str = "messaging.process.duration";
-    /// How long a send (dispatch, publish) or a call took.
+    /// How long a send (dispatch, publish) through a broker or a call took. An
+    /// in-process send runs the handlers in the caller's task: its duration is theirs.
     pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
     /// Failed runs that will be retried.
     pub const RETRIES: &str = "orkestra.handler.retries";
@@ -222,7 +223,7 @@ impl Instruments {
             ),
             operation_duration: histogram(
                 names::OPERATION_DURATION,
-                "Duration of a send (dispatch, publish) or a call.",
+                "Duration of a send through a broker (until confirmed) or a call (until answered).",
             ),
             retries: counter(
                 names::RETRIES,
