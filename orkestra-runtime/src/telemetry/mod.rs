@@ -235,6 +235,9 @@ impl Telemetry {
     /// found.
     pub fn init_metrics(self) -> Result<TelemetryGuard, TelemetryError> {
         let metrics = self.metrics()?;
+        if let Some(m) = &metrics {
+            crate::metrics::set_meter_provider(m.provider.clone());
+        }
         Ok(TelemetryGuard {
             provider: None,
             metrics,
@@ -242,7 +245,7 @@ impl Telemetry {
     }
 
     /// The meter provider with its readers (a pull reader for `serve`, a periodic OTLP
-    /// push), installed; `None` when neither asks for metrics.
+    /// push), not installed yet; `None` when neither asks for metrics.
     fn metrics(&self) -> Result<Option<Metrics>, TelemetryError> {
         let otlp = match &self.exporter {
             Exporter::Otlp(endpoint) => Some(endpoint.as_str()),
@@ -274,7 +277,6 @@ impl Telemetry {
             builder = builder.with_reader(otlp_metric_reader(endpoint, self.metrics_every)?);
         }
         let provider = builder.build();
-        crate::metrics::set_meter_provider(provider.clone());
         Ok(Some(Metrics {
             provider,
             server,
@@ -351,6 +353,10 @@ impl Telemetry {
         );
         opentelemetry::global::set_tracer_provider(provider.clone());
         crate::trace::set_sampling_ratio(ratio);
+        // Last: a failed `init` leaves no meter provider behind.
+        if let Some(m) = &metrics {
+            crate::metrics::set_meter_provider(m.provider.clone());
+        }
         Ok(TelemetryGuard {
             provider: Some(provider),
             metrics,
