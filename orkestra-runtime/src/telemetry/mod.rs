@@ -21,7 +21,9 @@
 //! instruments (see [`crate::metrics`]). `serve` answers, on one small HTTP/1 listener
 //! of its own thread:
 //!
-//! - `GET /metrics`: the Prometheus text format ([`prometheus`'s naming](crate::metrics));
+//! - `GET /metrics`: the Prometheus text format of those instruments (dots become
+//!   underscores, units and `_total` become suffixes, as Prometheus translates
+//!   OpenTelemetry names);
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 when every check registered with
 //!   [`TelemetryGuard::ready_when`] passes, else 503 with a JSON body naming what failed.
