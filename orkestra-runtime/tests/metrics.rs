@@ -781,3 +781,71 @@ async fn a_reconnect_is_counted() {
     // Only this test of the binary disturbs a connection.
     assert_eq!(reconnects(), before + 1.0);
 }
+
+/// The relay reports the one partition it holds and its lag: behind while a slow
+/// subscriber holds its publishing back, 0 once it published what was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reports_its_partition_and_lag() {
+    meters();
+    let store = Store::memory();
+    let bus = Bus::in_process();
+    bus.subscribe(Subscription::events(
+        unique("SlowReader"),
+        |_: Event<AccountCreated>, _| async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Ok(())
+        },
+    ))
+    .await
+    .unwrap();
+    let checkpoint = unique("metrics-relay");
+    for _ in 0..4 {
+        store
+            .append(&unique("relayed"), ExpectedVersion::Any, vec![event_data()])
+            .await
+            .unwrap();
+    }
+    let mut relay = orkestra_runtime::relay::Relay::new(store.clone(), bus.clone())
+        .with_checkpoint(checkpoint.clone())
+        .start()
+        .await
+        .unwrap();
+    let at = [
+        ("orkestra.worker", &*checkpoint),
+        ("orkestra.partition", "0"),
+    ];
+    let lag = |points: &[Point]| {
+        points
+            .iter()
+            .find(|p| {
+                p.name == "orkestra.runner.lag"
+                    && p.attributes.get("orkestra.worker") == Some(&checkpoint)
+            })
+            .map(|p| p.value)
+    };
+    // The backlog is counted every second, while the relay works through 2.8 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lag(&collect()).is_some_and(|l| l >= 1.0) {
+        assert!(Instant::now() < deadline, "the relay never showed a lag");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let points = collect();
+    assert!(value(&points, "orkestra.runner.lag.age", &at) > 0.0);
+    assert_eq!(
+        value(
+            &points,
+            "orkestra.runner.owned",
+            &[("orkestra.worker", &*checkpoint)]
+        ),
+        1.0
+    );
+    let head = store.head().await.unwrap().unwrap();
+    relay.wait_for(head).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lag(&collect()) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the relay's lag never fell to 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(value(&collect(), "orkestra.runner.lag.age", &at), 0.0);
+    relay.stop().await.unwrap();
+}

@@ -415,3 +415,55 @@ async fn wait_for_status(addr: SocketAddr, status: u16, within: Duration) -> Str
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Handles nothing: fails on every `OrderPlaced`.
+#[derive(Clone)]
+struct Broken;
+
+impl orkestra_runtime::projection::ProjectionHandler for Broken {
+    type Event = Event<OrderPlaced>;
+
+    async fn handle(
+        &self,
+        _event: Event<OrderPlaced>,
+        _ctx: orkestra_runtime::projection::ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        Err(HandlerError::fail("the read model is gone"))
+    }
+}
+
+/// A worker of this copy that failed makes it not ready, naming the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_failed_projection() {
+    use orkestra_runtime::projection::{Projection, Projections};
+    let guard = Telemetry::new("metrics-workers")
+        .serve("127.0.0.1:0")
+        .init_metrics()
+        .unwrap();
+    let addr = guard.metrics_addr().unwrap();
+    let store = Store::memory();
+    let running = Projections::new(store.clone())
+        .add(Projection::new("OrderTotals", Broken).with_max_retries(0))
+        .start()
+        .await
+        .unwrap();
+    guard.ready_when(&running);
+    assert_eq!(get(addr, "/readyz").await.0, 200, "nothing to fail on yet");
+    store
+        .append(
+            "order-1",
+            orkestra_runtime::ExpectedVersion::Any,
+            vec![orkestra_runtime::EventData::from_event(&event()).unwrap()],
+        )
+        .await
+        .unwrap();
+    let body = wait_for_status(addr, 503, Duration::from_secs(20)).await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["failed"][0]["check"], "projections");
+    let reason = body["failed"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("\"OrderTotals\" partition 0") && reason.contains("the read model is gone"),
+        "{reason}"
+    );
+    running.stop().await.unwrap();
+}
