@@ -23,6 +23,8 @@ THROUGHPUT = [
     ("dispatch throughput, OTel layer sampling off ÷ no subscriber", "tracing/otel_sampling_off", "tracing/no_subscriber", 0.85),
     ("dispatch throughput, every span sampled ÷ no subscriber", "tracing/otel_sampled", "tracing/no_subscriber", 0.17),
     ("same, tracing-opentelemetry's default layer settings", "tracing/otel_sampled_layer_defaults", "tracing/no_subscriber", None),
+    ("in-process dispatch, meter provider installed ÷ none", "metrics/provider_installed", "metrics/no_provider", 0.90),
+    ("in-process publish to 3, meter provider installed ÷ none", "metrics/publish3_provider_installed", "metrics/publish3_no_provider", None),
     ("PostgreSQL append, 1 event per commit ÷ raw INSERT+COMMIT", "pg_append_1/orkestra", "pg_append_1/raw_insert_commit", 0.80),
     ("PostgreSQL append, 8 writers ÷ raw, 8 connections", "pg_append_8w/orkestra", "pg_append_8w/raw_insert_commit", 0.80),
     ("embedded store, 1,000-event batch ÷ raw rusqlite transaction", "sqlite_batch_1000/orkestra", "sqlite_batch_1000/raw_rusqlite", 0.80),
@@ -88,6 +90,37 @@ def main():
               f"{p99['raw_ns'] / 1e6:.1f} ms = {ratio:.2f}x  target <= 1.20x: {'ok' if ok else 'MISSED'}")
     except FileNotFoundError:
         print("RabbitMQ p99 confirm latency: not measured (run the rabbitmq bench)")
+    try:
+        with open(os.path.join(TARGET, "criterion", "metrics_overhead.json")) as f:
+            overhead = json.load(f)
+        for label, minimum in [("dispatch", 0.90), ("publish3", None)]:
+            m = overhead[label]
+            ratio = m["without_ns"] / m["with_ns"]
+            verdict = ""
+            if minimum is not None:
+                ok = ratio >= minimum
+                failed |= not ok
+                verdict = f"  target >= {minimum:.2f}x: {'ok' if ok else 'MISSED'}"
+            print(f"in-process {label}, meter provider ÷ none, interleaved rounds: {ratio:.2f}x "
+                  f"({m['with_ns']:,.0f} ns vs {m['without_ns']:,.0f} ns){verdict}")
+    except FileNotFoundError:
+        print("metrics overhead (interleaved): not measured (run the in_process bench)")
+    scrape = mean_ns("metrics/scrape_200_handlers")
+    if scrape is not None:
+        ok = scrape < 10e6
+        failed |= not ok
+        print(f"GET /metrics with 200 handlers: {scrape / 1e6:.2f} ms  target < 10 ms: {'ok' if ok else 'MISSED'}")
+    try:
+        with open(os.path.join(TARGET, "criterion", "rabbit_busy_metrics.json")) as f:
+            busy = json.load(f)
+        ratio = busy["with_metrics_per_s"] / busy["without_per_s"]
+        ok = ratio >= 0.95
+        failed |= not ok
+        print(f"RabbitMQ busy (32 dispatchers, no-op), metrics ÷ none: {ratio:.2f}x "
+              f"({busy['with_metrics_per_s']:,.0f} vs {busy['without_per_s']:,.0f} msg/s)  "
+              f"target >= 0.95x: {'ok' if ok else 'MISSED'}")
+    except FileNotFoundError:
+        print("RabbitMQ busy with metrics: not measured (run the rabbitmq bench)")
     try:
         with open(os.path.join(TARGET, "criterion", "projection_lag.json")) as f:
             lag = json.load(f)

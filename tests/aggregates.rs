@@ -897,9 +897,53 @@ fn interloping_deposit<'a>(
     })
 }
 
+/// `orkestra.aggregate.conflicts{orkestra.aggregate="Account"}` as the SDK's in-memory
+/// exporter has it now (one meter provider for this binary, installed on first use).
+fn account_conflicts() -> u64 {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
+    static METERS: std::sync::OnceLock<(SdkMeterProvider, InMemoryMetricExporter)> =
+        std::sync::OnceLock::new();
+    let (provider, exporter) = METERS.get_or_init(|| {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter.clone())
+            .build();
+        orkestra_runtime::metrics::set_meter_provider(provider.clone());
+        (provider, exporter)
+    });
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let Some(last) = exported.last() else {
+        return 0;
+    };
+    let mut total = 0;
+    for metric in last.scope_metrics().flat_map(|s| s.metrics()) {
+        if metric.name() != "orkestra.aggregate.conflicts" {
+            continue;
+        }
+        assert_eq!(metric.unit(), "{conflict}");
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+            panic!("conflicts is a u64 counter: {:?}", metric.data());
+        };
+        for point in sum.data_points() {
+            let attributes: Vec<_> = point.attributes().collect();
+            assert_eq!(attributes.len(), 1, "only the aggregate: {attributes:?}");
+            if attributes[0].key.as_str() == "orkestra.aggregate"
+                && attributes[0].value.as_str() == "Account"
+            {
+                total += point.value();
+            }
+        }
+    }
+    total
+}
+
 #[tokio::test]
 async fn a_lost_race_is_decided_again_on_the_new_state_up_to_conflict_retries() {
     for (name, store) in stores().await {
+        // Racing tests of this binary may add to it meanwhile: at least ours.
+        let conflicts_before = account_conflicts();
         let repo = AccountRepository::<Bank>::new(store.clone());
         // 5 lost races (the schema's `conflict_retries`): the 6th decision wins.
         let account = new_id();
@@ -955,6 +999,9 @@ async fn a_lost_race_is_decided_again_on_the_new_state_up_to_conflict_retries() 
         );
         let (state, version) = repo.load(&stream).await.unwrap();
         assert_eq!((state.balance, version), (1101, Some(12)), "{name}");
+        // 5 races lost and won again, then 6 lost: 11 conflicts counted.
+        let counted = account_conflicts() - conflicts_before;
+        assert!(counted >= 11, "{name}: {counted} conflicts counted");
     }
 }
 

@@ -476,8 +476,21 @@ async fn scenarios(store: Store, bus: Bus) {
     world.script(&silent, vec![Pay::Silent]);
     let started = Instant::now();
     place(&store, &silent, 900).await;
+    // Meanwhile its reminder is the one timer pending (the others were cleared).
+    let mut pending = false;
+    while !pending && started.elapsed() < Duration::from_millis(1900) {
+        pending = metric(&name, "orkestra.process.timers.pending") == Some(1.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pending, "the pending timer gauge never showed the reminder");
     wait_finished(&store, &name, &silent).await;
     let waited = started.elapsed();
+    assert_eq!(
+        metric(&name, "orkestra.process.timer.lateness"),
+        Some(1.0),
+        "one timer fired, its lateness recorded"
+    );
+    assert_eq!(metric(&name, "orkestra.process.timers.pending"), Some(0.0));
     assert_eq!(world.topics(&silent), ["ChargeCard", "CancelOrder"]);
     assert_eq!(world.commands(&silent)[1].topic, "CancelOrder");
     assert!(
@@ -495,6 +508,54 @@ async fn scenarios(store: Store, bus: Bus) {
     );
 
     running.stop().await.unwrap();
+}
+
+/// Process manager `name`'s point of instrument `instrument` (a gauge's value, a
+/// histogram's count), through the SDK's in-memory exporter (one meter provider for this
+/// binary, installed on first use).
+fn metric(name: &str, instrument: &str) -> Option<f64> {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
+    static METERS: std::sync::OnceLock<(SdkMeterProvider, InMemoryMetricExporter)> =
+        std::sync::OnceLock::new();
+    let (provider, exporter) = METERS.get_or_init(|| {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter.clone())
+            .build();
+        orkestra_runtime::metrics::set_meter_provider(provider.clone());
+        (provider, exporter)
+    });
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let ours = |attributes: Vec<&opentelemetry::KeyValue>| {
+        attributes.len() == 1
+            && attributes[0].key.as_str() == "orkestra.process_manager"
+            && attributes[0].value.as_str() == name
+    };
+    for metric in exported.last()?.scope_metrics().flat_map(|s| s.metrics()) {
+        if metric.name() != instrument {
+            continue;
+        }
+        match metric.data() {
+            AggregatedMetrics::U64(MetricData::Gauge(gauge)) => {
+                assert_eq!(metric.unit(), "{timer}");
+                return gauge
+                    .data_points()
+                    .find(|p| ours(p.attributes().collect()))
+                    .map(|p| p.value() as f64);
+            }
+            AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                assert_eq!(metric.unit(), "s");
+                return histogram
+                    .data_points()
+                    .find(|p| ours(p.attributes().collect()))
+                    .map(|p| p.count() as f64);
+            }
+            other => panic!("{instrument}: {other:?}"),
+        }
+    }
+    None
 }
 
 /// The flow's scenarios on one stack.

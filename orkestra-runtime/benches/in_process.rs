@@ -9,6 +9,14 @@
 //!   subscribers, against a tokio broadcast to three receiver tasks that each run the
 //!   handler and acknowledge, so both sides finish when all three handled it.
 //! - `topic/15_hashes_31_words`: the pathological wildcard case.
+//! - `metrics/provider_installed` ÷ `metrics/no_provider` (throughput ≥ 0.90×): the same
+//!   dispatch to a no-op handler on a bus built after an SDK meter provider (a pull
+//!   reader, as `Telemetry::serve` installs) against one built before, which records
+//!   nothing; `metrics/publish3_*` the same for an event to three subscribers. Runs last:
+//!   it installs the global provider. The same ratios measured interleaved (rounds of
+//!   each side in turn) are printed and written to `target/criterion/metrics_overhead.json`.
+//! - `metrics/scrape_200_handlers` (target < 10 ms): one `GET /metrics` of
+//!   `Telemetry::serve` over HTTP with 200 handlers that have run.
 //!
 //! Each sample runs its iterations inside one `block_on`, so no side pays for entering the
 //! runtime per iteration.
@@ -290,5 +298,175 @@ fn tracing_overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dispatch, publish, topic, tracing_overhead);
+fn metrics_overhead(c: &mut Criterion) {
+    let rt = runtime();
+    let cmd = command();
+    let ev = event();
+    let build = || {
+        let bus = Bus::in_process();
+        rt.block_on(bus.subscribe(Subscription::command("Noop", |cmd, _| noop_command(cmd))))
+            .unwrap();
+        for name in ["A", "B", "C"] {
+            rt.block_on(bus.subscribe(Subscription::events(name, |ev, _| noop_event(ev))))
+                .unwrap();
+        }
+        bus
+    };
+    // Built before any meter provider is installed: it records nothing.
+    let off = build();
+    let reader = opentelemetry_sdk::metrics::ManualReader::builder().build();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build();
+    orkestra_runtime::metrics::set_meter_provider(provider.clone());
+    let on = build();
+
+    let mut group = c.benchmark_group("metrics");
+    for (name, bus) in [("no_provider", &off), ("provider_installed", &on)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                timed!(rt, iters, (bus, cmd), {
+                    black_box(
+                        bus.dispatch(CommandEnvelope::wrap(cmd.clone()))
+                            .await
+                            .unwrap(),
+                    );
+                })
+            })
+        });
+    }
+    for (name, bus) in [
+        ("publish3_no_provider", &off),
+        ("publish3_provider_installed", &on),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                timed!(rt, iters, (bus, ev), {
+                    black_box(bus.publish(EventEnvelope::wrap(ev.clone())).await.unwrap());
+                })
+            })
+        });
+    }
+    group.finish();
+
+    // The ratios, measured interleaved: rounds of each side in turn, the median round
+    // of each, so the load of a shared machine falls on both alike.
+    let round = |bus: &Bus, publish: bool| -> f64 {
+        const N: u32 = 20_000;
+        let elapsed = if publish {
+            timed!(rt, N, (bus, ev), {
+                black_box(bus.publish(EventEnvelope::wrap(ev.clone())).await.unwrap());
+            })
+        } else {
+            timed!(rt, N, (bus, cmd), {
+                black_box(
+                    bus.dispatch(CommandEnvelope::wrap(cmd.clone()))
+                        .await
+                        .unwrap(),
+                );
+            })
+        };
+        elapsed.as_secs_f64() * 1e9 / f64::from(N)
+    };
+    let mut report = Vec::new();
+    for (label, publish) in [("dispatch", false), ("publish3", true)] {
+        let (mut off_ns, mut on_ns) = (Vec::new(), Vec::new());
+        for i in 0..31 {
+            let (a, b) = (round(&off, publish), round(&on, publish));
+            if i > 0 {
+                off_ns.push(a);
+                on_ns.push(b);
+            }
+        }
+        let (off_ns, on_ns) = (median(off_ns), median(on_ns));
+        eprintln!(
+            "metrics {label} (interleaved): without {off_ns:.0} ns, with a provider {on_ns:.0} ns, throughput ratio {:.3}",
+            off_ns / on_ns
+        );
+        report.push(format!(
+            "\"{label}\": {{\"without_ns\": {off_ns:.0}, \"with_ns\": {on_ns:.0}}}"
+        ));
+    }
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into()),
+    )
+    .join("criterion");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("metrics_overhead.json"),
+        format!("{{{}}}", report.join(", ")),
+    );
+    drop(provider);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One scrape of `/metrics` over HTTP with 200 handlers subscribed, each having run
+/// (target < 10 ms).
+fn scrape(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let guard = rt
+        .block_on(async {
+            orkestra_runtime::telemetry::Telemetry::new("bench")
+                .serve("127.0.0.1:0")
+                .init_metrics()
+        })
+        .unwrap();
+    let addr = guard.metrics_addr().unwrap();
+    let bus = Bus::in_process();
+    for i in 0..200 {
+        rt.block_on(
+            bus.subscribe(Subscription::events(format!("Handler{i}"), |ev, _| {
+                noop_event(ev)
+            })),
+        )
+        .unwrap();
+    }
+    for _ in 0..3 {
+        rt.block_on(bus.publish(EventEnvelope::wrap(event())))
+            .unwrap();
+    }
+    let get = move || async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await.unwrap();
+        body.len()
+    };
+    let size = rt.block_on(get());
+    eprintln!("scrape: {size} bytes with 200 handlers");
+    let mut group = c.benchmark_group("metrics");
+    group.bench_function("scrape_200_handlers", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(rt.block_on(get()));
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+    drop(guard);
+}
+
+criterion_group!(
+    benches,
+    dispatch,
+    publish,
+    topic,
+    tracing_overhead,
+    metrics_overhead,
+    scrape
+);
 criterion_main!(benches);

@@ -16,6 +16,12 @@
 //!   (targets ≥ 0.90× raw throughput, p99 dispatch ≤ 1.2×) and a handler that awaits
 //!   2 ms against a raw consumer spawning a task per delivery (target ≥ 0.80×).
 //!
+//! - `busy_metrics` (printed, and written to `target/criterion/rabbit_busy_metrics.json`):
+//!   the busy no-op shape on a bus built after an SDK meter provider was installed (a
+//!   pull reader, as `Telemetry::serve` installs; scraped every second meanwhile)
+//!   against one built before, which records nothing, alternating rounds in one run —
+//!   target: with metrics ÷ without ≥ 0.95×. Runs last: it installs the global provider.
+//!
 //! Needs the local broker (`ORKESTRA_AMQP_URL` or `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 #[path = "../tests/support/payloads.rs"]
@@ -570,5 +576,98 @@ fn busy(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, busy, rabbit);
+fn busy_metrics(_: &mut Criterion) {
+    let rt = runtime();
+    if rt
+        .block_on(Connection::connect(&url(), ConnectionProperties::default()))
+        .is_err()
+    {
+        eprintln!("SKIPPED rabbitmq busy_metrics bench: no broker at the configured URL");
+        return;
+    }
+    // Built before any meter provider is installed: records nothing.
+    let (off, off_counter) = rt.block_on(busy_orkestra_setup(Work::Noop));
+    let reader = Arc::new(opentelemetry_sdk::metrics::ManualReader::builder().build());
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(SharedReader(reader.clone()))
+        .build();
+    orkestra_runtime::metrics::set_meter_provider(provider.clone());
+    let (on, on_counter) = rt.block_on(busy_orkestra_setup(Work::Noop));
+    // A scraper's collection every second, as Prometheus would.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraping = std::thread::spawn({
+        let (reader, stop) = (reader.clone(), stop.clone());
+        move || {
+            use opentelemetry_sdk::metrics::reader::MetricReader;
+            while !stop.load(Ordering::SeqCst) {
+                let mut collected = opentelemetry_sdk::metrics::data::ResourceMetrics::default();
+                let _ = reader.collect(&mut collected);
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+        }
+    });
+    let (mut off_rates, mut on_rates) = (Vec::new(), Vec::new());
+    for round in 0..6 {
+        for (bus, counter, rates) in [
+            (&off, &off_counter, &mut off_rates),
+            (&on, &on_counter, &mut on_rates),
+        ] {
+            let b = bus.clone();
+            let (rate, _) = rt.block_on(busy_round(counter, move || {
+                let b = b.clone();
+                async move { orkestra_publish(&b, command()).await }
+            }));
+            if round > 0 {
+                rates.push(rate);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = scraping.join();
+    drop(provider);
+    let (off_rate, on_rate) = (median(off_rates), median(on_rates));
+    eprintln!(
+        "busy_metrics: with metrics {on_rate:.0} msg/s, without {off_rate:.0} msg/s, ratio {:.3}",
+        on_rate / off_rate
+    );
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into()),
+    )
+    .join("criterion");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("rabbit_busy_metrics.json"),
+        format!("{{\"with_metrics_per_s\": {on_rate:.0}, \"without_per_s\": {off_rate:.0}}}"),
+    );
+}
+
+/// The provider takes its reader by value; the scraper keeps a handle too.
+#[derive(Debug)]
+struct SharedReader(Arc<opentelemetry_sdk::metrics::ManualReader>);
+
+impl opentelemetry_sdk::metrics::reader::MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: std::sync::Weak<opentelemetry_sdk::metrics::Pipeline>) {
+        self.0.register_pipeline(pipeline);
+    }
+    fn collect(
+        &self,
+        rm: &mut opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(
+        &self,
+        kind: opentelemetry_sdk::metrics::InstrumentKind,
+    ) -> opentelemetry_sdk::metrics::Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+criterion_group!(benches, busy, rabbit, busy_metrics);
 criterion_main!(benches);

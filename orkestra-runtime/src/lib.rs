@@ -159,8 +159,11 @@
 //! | `postgres` | off | the PostgreSQL event store (tokio-postgres, deadpool) |
 //! | `eventstoredb` | off | the EventStoreDB / KurrentDB event store (the `kurrentdb` client) |
 //! | `rabbitmq` | off | the RabbitMQ bus (lapin; `amqps://` with the system roots), and `bus::rabbitmq::DeadLetterAdmin` to list, show, replay and purge its dead letters |
-//! | `telemetry` | off | `telemetry::Telemetry`: one-call OpenTelemetry export (stdout), log formatting and a printable trace tree |
-//! | `otlp` | off | OTLP (HTTP/protobuf) span export for `telemetry` (implies it) |
+//! | `telemetry` | off | `telemetry::Telemetry`: one-call OpenTelemetry export (stdout), log formatting, a printable trace tree, and `Telemetry::serve`: `/metrics` (Prometheus text), `/healthz`, `/readyz` |
+//! | `otlp` | off | OTLP (HTTP/protobuf) span and metric export for `telemetry` (implies it) |
+//!
+//! The [`metrics`] instruments need no feature: they record into whatever meter
+//! provider [`metrics::set_meter_provider`] installed, and cost nothing without one.
 //!
 //! A configuration that names an adapter whose feature is off is refused with an error
 //! that names the setting and the missing feature.
@@ -174,7 +177,8 @@ mod error;
 mod sync;
 // Layer 1: what travels.
 mod message;
-// Layer 2: trace context, sampling, spans.
+// Layer 2: trace context, sampling, spans; the metrics' instruments.
+pub mod metrics;
 pub mod trace;
 // Layer 3: what a handler is and returns.
 mod handler;

@@ -556,14 +556,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Spans are collected in memory and printed as a tree at the end; set RUST_LOG=info
     // to see the structured log lines too.
     let tree = TraceTree::new();
-    let telemetry = Telemetry::new("orders-example")
+    let mut telemetry = Telemetry::new("orders-example")
         .logs(if std::env::var_os("RUST_LOG").is_some() {
             Logs::Pretty
         } else {
             Logs::Off
         })
-        .trace_tree(tree.clone())
-        .init()?;
+        .trace_tree(tree.clone());
+    // `ORKESTRA_METRICS_ADDR=127.0.0.1:9464`: `/metrics`, `/healthz` and `/readyz` there,
+    // and the example keeps serving after its flow until Ctrl-C.
+    let metrics_addr = std::env::var("ORKESTRA_METRICS_ADDR").ok();
+    if let Some(addr) = &metrics_addr {
+        telemetry = telemetry.serve(addr.clone());
+    }
+    // Installed before the bus and the store are built: they record into its meters.
+    let telemetry = telemetry.init().map_err(|e| match &metrics_addr {
+        Some(_) => format!("ORKESTRA_METRICS_ADDR: {e}").into(),
+        None => Box::<dyn std::error::Error>::from(e),
+    })?;
 
     let config = Config::load()?;
     let bus = Bus::from_config(&config).await?;
@@ -577,6 +587,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .with_publish(PublishMode::Relay);
     // With `[bus] inbox = "store"`, once-handlers keep their record in this store.
     let bus = bus.with_store(&store);
+    // `/readyz` answers 503 while the broker is unreachable or the store does not answer.
+    telemetry.ready_when(&bus).ready_when(&store);
     println!(
         "bus: {}, store: {}",
         config.bus.adapter.name(),
@@ -608,6 +620,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
     }
     let mut relay = Relay::new(store.clone(), bus.clone()).start().await?;
+    telemetry.ready_when(&relay);
 
     let metadata = Metadata::new()
         .with_actor("user_123", ActorType::User)
@@ -740,5 +753,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     telemetry.flush();
     println!("\ntrace of the flow:");
     print!("{}", tree.render());
+    if let Some(addr) = telemetry.metrics_addr() {
+        println!("\nserving http://{addr}/metrics, /healthz and /readyz; Ctrl-C to stop");
+        tokio::signal::ctrl_c().await?;
+    }
     Ok(())
 }

@@ -228,6 +228,16 @@ impl Store {
         std::ptr::addr_eq(Arc::as_ptr(&self.backend), Arc::as_ptr(&other.backend))
     }
 
+    /// Whether the store answers now, for a readiness check: it reads the head within
+    /// `timeout`; the error (secrets hidden) otherwise.
+    pub async fn readiness(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.head()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:.1} s", timeout.as_secs_f64())),
+        }
+    }
+
     /// The adapter's name.
     pub fn adapter(&self) -> &'static str {
         self.backend.name()
@@ -241,7 +251,12 @@ impl Store {
         events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
         let encoded = self.encode(stream, events)?;
-        self.backend.append(stream, expected, encoded).await
+        let started = crate::metrics::current().map(|_| crate::metrics::now());
+        let appended = self.backend.append(stream, expected, encoded).await;
+        if let Some(started) = started {
+            crate::metrics::append_took(self.backend.name(), started);
+        }
+        appended
     }
 
     /// Appends events to a stream if it is at the expected version and no event matching
@@ -264,9 +279,15 @@ impl Store {
     ) -> Result<AppendResult, StoreError> {
         condition.fail_if_events_match.check_condition(stream)?;
         let encoded = self.encode(stream, events)?;
-        self.backend
+        let started = crate::metrics::current().map(|_| crate::metrics::now());
+        let appended = self
+            .backend
             .append_if(stream, expected, encoded, &condition)
-            .await
+            .await;
+        if let Some(started) = started {
+            crate::metrics::append_took(self.backend.name(), started);
+        }
+        appended
     }
 
     /// Up to `max` events matching `query`, in global order from position `from`
