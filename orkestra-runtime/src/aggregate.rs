@@ -386,6 +386,7 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) if conflicts < A::CONFLICT_RETRIES => {
                     conflicts += 1;
+                    crate::metrics::conflict(A::NAME);
                     tracing::debug!(
                         orkestra = "aggregate",
                         aggregate = A::NAME,
@@ -396,6 +397,7 @@ impl<A: Aggregate> Repository<A> {
                     tokio::time::sleep(conflict_backoff(conflicts)).await;
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => {
+                    crate::metrics::conflict(A::NAME);
                     return Err(fail(
                         stream,
                         format_args!(

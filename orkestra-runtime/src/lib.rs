@@ -54,7 +54,8 @@ mod error;
 mod sync;
 // Layer 1: what travels.
 mod message;
-// Layer 2: trace context, sampling, spans.
+// Layer 2: trace context, sampling, spans; the metrics' instruments.
+pub mod metrics;
 pub mod trace;
 // Layer 3: what a handler is and returns.
 mod handler;

@@ -378,6 +378,14 @@ impl Relay {
         let owner = self.leases.owner();
         let name = self.checkpoint.clone();
         let shared = Arc::new(Shared::new(checkpoint));
+        let gauges = Arc::new(RelayGauges {
+            name: name.clone(),
+            shared: shared.clone(),
+            backlog: Mutex::new((0, 0.0)),
+        });
+        let observed: Arc<dyn crate::metrics::Observed> = gauges.clone();
+        crate::metrics::register(Arc::downgrade(&observed));
+        let counting = tokio::spawn(count_backlog(self.store.clone(), Arc::downgrade(&gauges)));
         let (stop, stop_rx) = watch::channel(false);
         let task = match &leases {
             Some(leases) => {
@@ -411,6 +419,8 @@ impl Relay {
             owner,
             leases,
             task: Some(task),
+            gauges,
+            counting,
         })
     }
 
@@ -853,6 +863,72 @@ pub struct RunningRelay {
     /// The store's leases (`None`: it keeps none, the relay runs alone).
     leases: Option<Leases>,
     task: Option<JoinHandle<Result<(), RelayError>>>,
+    /// What the runner gauges and a readiness check read.
+    gauges: Arc<RelayGauges>,
+    /// Counts the backlog behind what was published, for the gauges.
+    counting: JoinHandle<()>,
+}
+
+/// The relay's runner gauges: its lag while this copy holds it, and its failure.
+#[derive(Debug)]
+struct RelayGauges {
+    name: String,
+    shared: Arc<Shared>,
+    /// Events not published yet and the oldest one's age in seconds, last counted.
+    backlog: Mutex<(u64, f64)>,
+}
+
+impl crate::metrics::Observed for RelayGauges {
+    fn observe(&self, into: &mut crate::metrics::Observations) {
+        let holding = self.shared.holding.load(Ordering::SeqCst);
+        if holding {
+            let (events, age) = *crate::sync::lock(&self.backlog);
+            into.lag.push((self.name.clone(), 0, events, age));
+        }
+        into.owned.push((self.name.clone(), u64::from(holding)));
+        if let Some(error) = &*crate::sync::lock(&self.shared.error) {
+            into.failed.push(format!("relay {:?}: {error}", self.name));
+        }
+    }
+}
+
+/// How often the relay's backlog is counted for its gauges.
+const RELAY_BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts the events between what the relay published and the head, while this copy
+/// holds the relay, until the relay is gone.
+async fn count_backlog(store: Store, gauges: std::sync::Weak<RelayGauges>) {
+    loop {
+        tokio::time::sleep(RELAY_BACKLOG_EVERY).await;
+        let Some(g) = gauges.upgrade() else {
+            return;
+        };
+        if !g.shared.holding.load(Ordering::SeqCst) {
+            continue;
+        }
+        let published = *g.shared.published.borrow();
+        let counted = match store.head().await {
+            Ok(Some(head)) if published.is_none_or(|p| p < head) => {
+                store.backlog(published, head).await.map(|b| {
+                    let age = b.oldest.map_or(0.0, |t| {
+                        (chrono::Utc::now() - t)
+                            .to_std()
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                    });
+                    (b.events, age)
+                })
+            }
+            Ok(_) => Ok((0, 0.0)),
+            Err(e) => Err(e),
+        };
+        match counted {
+            Ok(backlog) => *crate::sync::lock(&g.backlog) = backlog,
+            Err(e) => {
+                tracing::debug!(orkestra = "relay", error = %e, "cannot count the backlog")
+            }
+        }
+    }
 }
 
 /// Where a relay is: what it published, whether this copy publishes, and why it stopped
@@ -874,6 +950,11 @@ pub struct RelayStatus {
 }
 
 impl RunningRelay {
+    /// What the runner gauges and a readiness check read of this relay.
+    pub(crate) fn observed(&self) -> Arc<dyn crate::metrics::Observed> {
+        self.gauges.clone()
+    }
+
     /// What it published, whether this copy holds the relay, and the error it stopped
     /// on, if any.
     pub fn status(&self) -> RelayStatus {
@@ -943,6 +1024,7 @@ impl RunningRelay {
 
 impl Drop for RunningRelay {
     fn drop(&mut self) {
+        self.counting.abort();
         self.stop.send_replace(true);
     }
 }

@@ -13,6 +13,8 @@ fn layer(module: &str) -> Option<u8> {
         "message" => 10,
         "codegen" => 11,
         "trace" => 20,
+        // Instruments only: nothing of the layers above is needed to count.
+        "metrics" => 21,
         "handler" => 30,
         "bus" | "store" => 40,
         // Leases kept, partitions shared: on the store, under the workers.

@@ -18,11 +18,12 @@ use super::{Input, Subscription, Target};
 use crate::handler::DeadLetter;
 use crate::message::{CommandEnvelope, EventEnvelope};
 use crate::message::{Message, MessageKind};
+use crate::metrics::{DeadLetterKind, Instruments, RouteMeters};
 use crate::sync::{lock, read, write};
 use crate::trace;
 
 /// `messaging.system` of the in-process bus's spans.
-const SYSTEM: &str = "orkestra";
+pub(crate) const SYSTEM: &str = "orkestra";
 /// The `orkestra` field of the in-process bus's log lines.
 const COMPONENT: &str = "pubsub";
 
@@ -30,6 +31,9 @@ const COMPONENT: &str = "pubsub";
 const ROUTE_CACHE_LIMIT: usize = 4096;
 
 type Route = Arc<[Arc<Subscription>]>;
+
+/// A topic's subscribers, and what sending there records (with a meter provider).
+type Routed = (Route, Option<Arc<RouteMeters>>);
 
 /// Topics are short, trusted keys (names from the schema, never attacker-chosen in
 /// bulk), looked up on every dispatch: FNV-1a hashes them in a third of SipHash's time.
@@ -64,7 +68,7 @@ struct Registry {
     commands: HashMap<&'static str, Arc<Subscription>, TopicHash>,
     events: Vec<Arc<Subscription>>,
     dead_letters: Vec<Arc<Subscription>>,
-    routes: RwLock<HashMap<String, Route, TopicHash>>,
+    routes: RwLock<HashMap<String, Routed, TopicHash>>,
 }
 
 impl Registry {
@@ -76,9 +80,11 @@ impl Registry {
             .any(|s| &*s.handler == name)
     }
 
-    fn route(&self, topic: &str) -> Route {
-        if let Some(route) = read(&self.routes).get(topic) {
-            return route.clone();
+    /// The subscribers of `topic` and, with `metrics`, its send instruments bound for
+    /// `type_name` (the type first published there).
+    fn route(&self, topic: &str, type_name: &str, metrics: Option<&Arc<Instruments>>) -> Routed {
+        if let Some(routed) = read(&self.routes).get(topic) {
+            return routed.clone();
         }
         let route: Route = self
             .events
@@ -86,11 +92,13 @@ impl Registry {
             .filter(|s| s.accepts(topic))
             .cloned()
             .collect();
+        let meters = metrics.map(|i| Arc::new(RouteMeters::bind(i, SYSTEM, topic, type_name)));
+        let routed = (route, meters);
         let mut routes = write(&self.routes);
         if routes.len() < ROUTE_CACHE_LIMIT {
-            routes.insert(topic.to_owned(), route.clone());
+            routes.insert(topic.to_owned(), routed.clone());
         }
-        route
+        routed
     }
 }
 
@@ -107,6 +115,8 @@ pub(crate) struct InProcess {
     dead_letters: Mutex<Vec<mpsc::Sender<DeadLetter>>>,
     /// Shutdown, and the dispatches and publishes in flight.
     pub(crate) lifecycle: Lifecycle,
+    /// The instruments of the meter provider installed when the bus was built.
+    metrics: Option<Arc<Instruments>>,
 }
 
 impl std::fmt::Debug for InProcess {
@@ -125,6 +135,7 @@ impl InProcess {
             registry: RwLock::new(Arc::new(Registry::default())),
             dead_letters: Mutex::new(Vec::new()),
             lifecycle: Lifecycle::default(),
+            metrics: crate::metrics::current(),
         }
     }
 
@@ -185,6 +196,8 @@ impl InProcess {
         if envelope.max_retries_override().is_none() {
             envelope = envelope.with_max_retries(subscription.max_retries);
         }
+        let send = subscription.meters.as_ref().and_then(|m| m.send.as_ref());
+        let started = send.map(|_| std::time::Instant::now());
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
         let runner = Self::runner(bus, &flow);
         let message = envelope.message().clone();
@@ -210,7 +223,8 @@ impl InProcess {
                     }
                     Outcome::Undecodable(reason) => {
                         trace::record_error(&Span::current(), "undecodable", &reason);
-                        self.dead_letter(&runner, &subscription, &message, &reason, attempt)
+                        let kind = DeadLetterKind::of_undecodable(&reason);
+                        self.dead_letter(&runner, &subscription, &message, &reason, attempt, kind)
                             .await;
                         envelope.try_mark_rejected(reason)
                     }
@@ -221,7 +235,8 @@ impl InProcess {
                             continue;
                         }
                         trace::record_error(&Span::current(), "failed", &reason);
-                        self.dead_letter(&runner, &subscription, &message, &reason, attempt)
+                        let kind = DeadLetterKind::Exhausted;
+                        self.dead_letter(&runner, &subscription, &message, &reason, attempt, kind)
                             .await;
                         result
                     }
@@ -231,6 +246,9 @@ impl InProcess {
             }
         };
         dispatch.instrument(flow.span).await?;
+        if let (Some(send), Some(started)) = (send, started) {
+            send.sent(envelope.message().type_name(), started);
+        }
         Ok(envelope)
     }
 
@@ -240,7 +258,12 @@ impl InProcess {
         envelope: EventEnvelope,
     ) -> Result<EventEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Event)?;
-        let route = self.snapshot().route(envelope.topic());
+        let (route, meters) = self.snapshot().route(
+            envelope.topic(),
+            envelope.message().type_name(),
+            self.metrics.as_ref(),
+        );
+        let started = meters.as_ref().map(|_| std::time::Instant::now());
         let mut envelope = envelope.mark_published();
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
         let runner = Self::runner(bus, &flow);
@@ -268,6 +291,9 @@ impl InProcess {
                 tracing::warn!(%error, "handler outcome not recorded");
             }
         }
+        if let (Some(meters), Some(started)) = (meters, started) {
+            meters.sent(envelope.message().type_name(), started);
+        }
         Ok(envelope)
     }
 
@@ -292,8 +318,15 @@ impl InProcess {
                     log_retry(subscription, attempt, max_retries, &reason, COMPONENT);
                     attempt += 1;
                 }
-                Outcome::Failed(reason) | Outcome::Undecodable(reason) => {
-                    self.dead_letter(runner, subscription, message, &reason, attempt)
+                Outcome::Failed(reason) => {
+                    let kind = DeadLetterKind::Exhausted;
+                    self.dead_letter(runner, subscription, message, &reason, attempt, kind)
+                        .await;
+                    return EventRun::DeadLettered;
+                }
+                Outcome::Undecodable(reason) => {
+                    let kind = DeadLetterKind::of_undecodable(&reason);
+                    self.dead_letter(runner, subscription, message, &reason, attempt, kind)
                         .await;
                     return EventRun::DeadLettered;
                 }
@@ -325,8 +358,10 @@ impl InProcess {
         message: &Message,
         reason: &str,
         attempts: u32,
+        kind: DeadLetterKind,
     ) {
-        self.record_dead_letter(runner, message, &subscription.handler, reason, attempts)
+        let handler = &subscription.handler;
+        self.record_dead_letter(runner, message, handler, reason, attempts, kind)
             .await;
     }
 
@@ -347,7 +382,8 @@ impl InProcess {
             traced: false,
             foreign_origin: false,
         };
-        self.record_dead_letter(&runner, message, handler, reason, attempts)
+        let kind = DeadLetterKind::classify(reason);
+        self.record_dead_letter(&runner, message, handler, reason, attempts, kind)
             .await;
     }
 
@@ -358,8 +394,9 @@ impl InProcess {
         handler: &str,
         reason: &str,
         attempts: u32,
+        kind: DeadLetterKind,
     ) {
-        log_dead_letter(handler, message.topic(), reason, attempts, COMPONENT);
+        log_dead_letter(handler, message.topic(), reason, attempts, COMPONENT, kind);
         let letter = DeadLetter {
             message: message.clone(),
             topic: message.topic().to_owned(),

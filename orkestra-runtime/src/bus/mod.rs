@@ -134,6 +134,8 @@ struct Backend {
     inbox_mode: InboxMode,
     /// Whether [`Bus::with_inbox`] gave an inbox.
     inbox_given: std::sync::atomic::AtomicBool,
+    /// The instruments of the meter provider installed when the bus was built.
+    metrics: Option<Arc<crate::metrics::Instruments>>,
 }
 
 impl Backend {
@@ -143,6 +145,7 @@ impl Backend {
             inbox: std::sync::RwLock::new(Inbox::default()),
             inbox_mode,
             inbox_given: std::sync::atomic::AtomicBool::new(false),
+            metrics: crate::metrics::current(),
         })
     }
 }
@@ -254,8 +257,11 @@ impl Bus {
 
     /// Adds a handler. A second handler for one command type, or a second handler with
     /// the same name, is an error.
-    pub async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
+    pub async fn subscribe(&self, mut subscription: Subscription) -> Result<(), BusError> {
         self.check_inbox(&subscription)?;
+        if let Some(instruments) = &self.backend.metrics {
+            subscription.meters = Some(Arc::new(self.bind_meters(instruments, &subscription)));
+        }
         match &self.backend.adapter {
             Adapter::InProcess(b) => {
                 if b.lifecycle.is_stopping() {
@@ -266,6 +272,34 @@ impl Bus {
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => b.subscribe(self, subscription).await,
         }
+    }
+
+    /// A handler's instruments on this bus; an in-process command handler's topic is
+    /// bound for dispatch too (a broker's send is timed where it publishes).
+    fn bind_meters(
+        &self,
+        instruments: &Arc<crate::metrics::Instruments>,
+        subscription: &Subscription,
+    ) -> crate::metrics::HandlerMeters {
+        let (system, command) = match (&self.backend.adapter, &subscription.target) {
+            (Adapter::InProcess(_), Target::Command { topic, type_name }) => {
+                (in_process::SYSTEM, Some((*topic, *type_name)))
+            }
+            (Adapter::InProcess(_), _) => (in_process::SYSTEM, None),
+            #[cfg(feature = "rabbitmq")]
+            (Adapter::RabbitMq(_), _) => (rabbitmq::SYSTEM, None),
+        };
+        crate::metrics::HandlerMeters::bind(
+            instruments.clone(),
+            system,
+            subscription.handler.clone(),
+            command,
+        )
+    }
+
+    /// The instruments of the meter provider installed when this bus was built.
+    pub(crate) fn metrics(&self) -> Option<&Arc<crate::metrics::Instruments>> {
+        self.backend.metrics.as_ref()
     }
 
     /// Adds every subscription, in order (for a generated `handlers::Handlers { .. }`
@@ -293,7 +327,27 @@ impl Bus {
                 b.dispatch(self, envelope).await
             }
             #[cfg(feature = "rabbitmq")]
-            Adapter::RabbitMq(b) => b.dispatch(envelope).await,
+            Adapter::RabbitMq(b) => {
+                let started = self
+                    .backend
+                    .metrics
+                    .as_ref()
+                    .map(|_| std::time::Instant::now());
+                let sent = b.dispatch(envelope).await;
+                if let (Some(started), Ok(envelope)) = (started, &sent) {
+                    self.broker_sent(envelope.message(), "send", started);
+                }
+                sent
+            }
+        }
+    }
+
+    /// Counts a message the broker confirmed, and times the operation.
+    #[cfg(feature = "rabbitmq")]
+    fn broker_sent(&self, message: &Message, operation: &'static str, started: std::time::Instant) {
+        if let Some(i) = &self.backend.metrics {
+            i.sent_one(rabbitmq::SYSTEM, message.topic(), message.type_name());
+            i.operation_took(rabbitmq::SYSTEM, operation, message.topic(), started);
         }
     }
 
@@ -312,16 +366,33 @@ impl Bus {
     ) -> Result<CommandEnvelope, BusError> {
         match &self.backend.adapter {
             Adapter::InProcess(_) => {
+                let started = std::time::Instant::now();
+                let topic = envelope.topic().to_owned();
                 let bus = self.clone();
                 let run = tokio::spawn(async move { bus.dispatch(envelope).await });
-                match tokio::time::timeout(timeout, run).await {
+                let result = match tokio::time::timeout(timeout, run).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(BusError::Closed),
                     Err(_) => Err(BusError::Timeout("reply")),
+                };
+                if let Some(i) = self.metrics() {
+                    i.operation_took(in_process::SYSTEM, "call", &topic, started);
                 }
+                result
             }
             #[cfg(feature = "rabbitmq")]
-            Adapter::RabbitMq(b) => b.call(envelope, timeout).await,
+            Adapter::RabbitMq(b) => {
+                let started = self
+                    .backend
+                    .metrics
+                    .as_ref()
+                    .map(|_| std::time::Instant::now());
+                let answered = b.call(envelope, timeout).await;
+                if let (Some(started), Ok(envelope)) = (started, &answered) {
+                    self.broker_sent(envelope.message(), "call", started);
+                }
+                answered
+            }
         }
     }
 
@@ -336,7 +407,18 @@ impl Bus {
                 b.publish(self, envelope).await
             }
             #[cfg(feature = "rabbitmq")]
-            Adapter::RabbitMq(b) => b.publish(envelope).await,
+            Adapter::RabbitMq(b) => {
+                let started = self
+                    .backend
+                    .metrics
+                    .as_ref()
+                    .map(|_| std::time::Instant::now());
+                let sent = b.publish(envelope).await;
+                if let (Some(started), Ok(envelope)) = (started, &sent) {
+                    self.broker_sent(envelope.message(), "send", started);
+                }
+                sent
+            }
         }
     }
 
@@ -391,7 +473,18 @@ impl Bus {
                 b.publish(self, envelope).await
             }
             #[cfg(feature = "rabbitmq")]
-            Adapter::RabbitMq(b) => b.publish(envelope).await,
+            Adapter::RabbitMq(b) => {
+                let started = self
+                    .backend
+                    .metrics
+                    .as_ref()
+                    .map(|_| std::time::Instant::now());
+                let sent = b.publish(envelope).await;
+                if let (Some(started), Ok(envelope)) = (started, &sent) {
+                    self.broker_sent(envelope.message(), "send", started);
+                }
+                sent
+            }
         }
     }
 
@@ -414,6 +507,23 @@ impl Bus {
             }
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => b.dead_letter_from(message, handler, reason, attempts).await,
+        }
+    }
+
+    /// Whether the bus can deliver now, for a readiness check: `Ok` while it is
+    /// connected to its broker (RabbitMQ) and not shutting down; the reason otherwise.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &self.backend.adapter {
+            Adapter::InProcess(b) if b.lifecycle.is_stopping() => {
+                Err("the bus is shutting down".into())
+            }
+            Adapter::InProcess(_) => Ok(()),
+            #[cfg(feature = "rabbitmq")]
+            Adapter::RabbitMq(b) if b.shared.lifecycle.is_stopping() => {
+                Err("the bus is shutting down".into())
+            }
+            #[cfg(feature = "rabbitmq")]
+            Adapter::RabbitMq(b) => b.readiness(),
         }
     }
 

@@ -12,6 +12,7 @@ use super::subscription::RunError;
 use super::{HandlerContext, Input, Subscription, Target};
 use crate::handler::{DeadLetter, HandlerError};
 use crate::message::Message;
+use crate::metrics::{self, DeadLetterKind};
 use crate::trace;
 
 /// What one handler run (or all of them, with retries) came to.
@@ -90,6 +91,9 @@ impl Runner<'_> {
             {
                 Ok(Some(claim)) => Some(claim),
                 Ok(None) => {
+                    if let Some(m) = &subscription.meters {
+                        m.skipped();
+                    }
                     tracing::debug!(
                         handler = %subscription.handler,
                         message_id = message.id(),
@@ -116,6 +120,7 @@ impl Runner<'_> {
         #[cfg(feature = "postgres")]
         let ctx = ctx.with_postgres(claim.as_ref().and_then(|c| c.postgres()));
         let logs = trace::log_context_span(message, &span);
+        let metered = subscription.meters.as_ref().map(|m| m.start());
         let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
         let outcome = match trace::handling(&span, run.catch_unwind())
             .instrument(logs)
@@ -123,11 +128,21 @@ impl Runner<'_> {
             .await
         {
             Ok(Ok(reply)) => match claim {
-                None => return Outcome::Succeeded(reply),
+                None => {
+                    if let Some(run) = metered {
+                        run.finish(message.type_name(), metrics::Outcome::Success);
+                    }
+                    return Outcome::Succeeded(reply);
+                }
                 // The handler's work and the inbox row commit together (PostgreSQL) or
                 // the row follows the work: a failure here means "run it again".
                 Some(claim) => match claim.commit().await {
-                    Ok(()) => return Outcome::Succeeded(reply),
+                    Ok(()) => {
+                        if let Some(run) = metered {
+                            run.finish(message.type_name(), metrics::Outcome::Success);
+                        }
+                        return Outcome::Succeeded(reply);
+                    }
                     Err(e) => Outcome::Failed(e.to_string()),
                 },
             },
@@ -139,6 +154,13 @@ impl Runner<'_> {
             Ok(Err(RunError::Undecodable(reason))) => Outcome::Undecodable(reason),
             Err(panic) => Outcome::Failed(format!("handler panicked: {}", panic_message(&*panic))),
         };
+        if let Some(run) = metered {
+            let counted = match outcome {
+                Outcome::Rejected(_) => metrics::Outcome::Rejected,
+                _ => metrics::Outcome::Failure,
+            };
+            run.finish(message.type_name(), counted);
+        }
         let (error_type, reason) = match &outcome {
             Outcome::Rejected(reason) => ("rejected", reason),
             Outcome::Failed(reason) => ("failed", reason),
@@ -197,6 +219,9 @@ pub(crate) fn log_retry(
     reason: &str,
     component: &'static str,
 ) {
+    if let Some(m) = &subscription.meters {
+        m.retried();
+    }
     tracing::warn!(
         handler = %subscription.handler,
         attempt,
@@ -248,14 +273,16 @@ pub(crate) fn log_subscribed(subscription: &Subscription, queue: Option<&str>) {
     }
 }
 
-/// `ERROR Dead letter recorded`.
+/// `ERROR Dead letter recorded`, and counted by `kind`.
 pub(crate) fn log_dead_letter(
     handler: &str,
     topic: &str,
     reason: &str,
     attempts: u32,
     component: &'static str,
+    kind: DeadLetterKind,
 ) {
+    metrics::dead_letter(handler, kind);
     tracing::error!(
         handler,
         topic,

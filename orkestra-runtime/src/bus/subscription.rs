@@ -161,6 +161,8 @@ pub struct Subscription {
     /// `once: true`: skip a message id the inbox records as handled.
     pub(crate) once: bool,
     pub(crate) call: Arc<dyn ErasedHandler>,
+    /// Its instruments, bound by the bus it subscribes to (`None`: no meter provider).
+    pub(crate) meters: Option<Arc<crate::metrics::HandlerMeters>>,
 }
 
 /// A binding's waits before its retries: `min(delay · backoff^(n-1), max)` before retry
@@ -242,6 +244,7 @@ impl Subscription {
             partition_by: None,
             retry: RetryDelays::default(),
             once: false,
+            meters: None,
             call: Arc::new(CommandHandlerFn {
                 f,
                 _payload: std::marker::PhantomData,
@@ -266,6 +269,7 @@ impl Subscription {
             partition_by: None,
             retry: RetryDelays::default(),
             once: false,
+            meters: None,
             call: Arc::new(EventHandlerFn {
                 f,
                 _events: std::marker::PhantomData,
@@ -291,6 +295,7 @@ impl Subscription {
             partition_by: None,
             retry: RetryDelays::default(),
             once: false,
+            meters: None,
             call: Arc::new(DeadLetterHandlerFn { f }),
         }
     }

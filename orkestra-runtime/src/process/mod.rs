@@ -403,6 +403,20 @@ trait Runnable: Send + Sync {
         stop: watch::Receiver<bool>,
         holding: Holding,
     ) -> BoxFuture<'static, ()>;
+    /// How many timers are pending (every partition's: the index holds them all).
+    fn pending_timers(&self) -> usize;
+}
+
+/// The pending-timer gauge of every process manager started together.
+struct TimerGauges(Vec<Arc<dyn Runnable>>);
+
+impl crate::metrics::Observed for TimerGauges {
+    fn observe(&self, into: &mut crate::metrics::Observations) {
+        for r in &self.0 {
+            into.timers
+                .push((r.name().to_owned(), r.pending_timers() as u64));
+        }
+    }
 }
 
 /// Why a process manager call did not succeed.
@@ -551,25 +565,46 @@ impl ProcessManagers {
                 r.clone().run_timers(stop.subscribe(), holding),
             ));
         }
+        let gauges: Arc<dyn crate::metrics::Observed> = Arc::new(TimerGauges(runnables.clone()));
+        crate::metrics::register(Arc::downgrade(&gauges));
         Ok(RunningProcessManagers {
             names: runnables.iter().map(|r| r.name().to_owned()).collect(),
             feeds: Some(feeds),
             stop,
             timers,
+            gauges,
         })
     }
 }
 
 /// Running process managers: status, waits, and `stop`.
-#[derive(Debug)]
 pub struct RunningProcessManagers {
     names: Vec<String>,
     feeds: Option<RunningProjections>,
     stop: watch::Sender<bool>,
     timers: Vec<tokio::task::JoinHandle<()>>,
+    /// What the pending-timer gauge reads, while these run.
+    gauges: Arc<dyn crate::metrics::Observed>,
+}
+
+impl fmt::Debug for RunningProcessManagers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningProcessManagers")
+            .field("names", &self.names)
+            .field("feeds", &self.feeds)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningProcessManagers {
+    /// What the runner gauges and a readiness check read of these process managers:
+    /// their feeds (a failed partition) and timers.
+    pub(crate) fn observed(&self) -> Vec<Arc<dyn crate::metrics::Observed>> {
+        let mut observed = vec![self.gauges.clone()];
+        observed.extend(self.feeds.as_ref().map(RunningProjections::observed));
+        observed
+    }
+
     /// Each process manager's feed: checkpoint, head, lag, state (named
     /// `process-manager:<name>`).
     pub fn status(&self) -> Vec<ProcessStatus> {

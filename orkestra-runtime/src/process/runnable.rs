@@ -16,6 +16,10 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
         })
     }
 
+    fn pending_timers(&self) -> usize {
+        crate::sync::lock(&self.timers).live
+    }
+
     fn resume_after(&self, checkpoint: Option<u64>) {
         let next = checkpoint.map_or(0, |c| c.saturating_add(1));
         for offered in &self.offered {
@@ -119,6 +123,8 @@ impl<D: ProcessDefinition> Runnable for Runner<D> {
                     let stopping = stop.clone();
                     futures_util::stream::iter(due)
                         .for_each_concurrent(TIMER_CONCURRENCY, |(at, key, name)| {
+                            let late = u64::try_from(now_ms().saturating_sub(at)).unwrap_or(0);
+                            crate::metrics::timer_fired(&self.name, Duration::from_millis(late));
                             self.fire(at, key, name, &stopping)
                         })
                         .await;

@@ -733,14 +733,20 @@ impl Projections {
             head_tx.clone(),
             self.entries.clone(),
         ));
+        let gauges = Arc::new(Gauges {
+            entries: self.entries.clone(),
+            head: head_tx.subscribe(),
+        });
+        let observed: Arc<dyn crate::metrics::Observed> = gauges.clone();
+        crate::metrics::register(Arc::downgrade(&observed));
         Ok(RunningProjections {
             store: self.store.clone(),
             entries: self.entries.clone(),
             stop,
             tasks,
             keepers,
-            head: head_tx,
             head_task,
+            gauges,
         })
     }
 
@@ -1164,30 +1170,15 @@ impl Holding {
     }
 }
 
-/// Running projections: their status, read-your-writes waits, and `stop`.
-pub struct RunningProjections {
-    store: Store,
+/// The partitions this copy works, as `status()`, the runner gauges and readiness read
+/// them.
+struct Gauges {
     entries: Vec<Arc<Entry>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    keepers: Vec<RunningKeeper>,
-    head: watch::Sender<Option<u64>>,
-    head_task: tokio::task::JoinHandle<()>,
+    head: watch::Receiver<Option<u64>>,
 }
 
-impl fmt::Debug for RunningProjections {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningProjections")
-            .field("status", &self.status())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RunningProjections {
-    /// The partitions this copy works (every partition when it is alone), in the order
-    /// the projections were added, then by partition: each one's checkpoint, the head,
-    /// the lag and the state. `runners::status` shows every copy's.
-    pub fn status(&self) -> Vec<ProjectionStatus> {
+impl Gauges {
+    fn status(&self) -> Vec<ProjectionStatus> {
         let head = *self.head.borrow();
         let mut statuses = Vec::new();
         for entry in &self.entries {
@@ -1224,6 +1215,66 @@ impl RunningProjections {
             }
         }
         statuses
+    }
+}
+
+impl crate::metrics::Observed for Gauges {
+    fn observe(&self, into: &mut crate::metrics::Observations) {
+        let statuses = self.status();
+        for entry in &self.entries {
+            let name = &entry.projection.name;
+            let mut owned = 0;
+            for s in statuses.iter().filter(|s| &s.name == name) {
+                match &s.state {
+                    ProjectionState::CatchingUp | ProjectionState::Live => {
+                        owned += 1;
+                        let age = s.oldest_unhandled_age.unwrap_or_default();
+                        into.lag
+                            .push((name.clone(), s.partition, s.lag, age.as_secs_f64()));
+                    }
+                    ProjectionState::Failed(reason) => into.failed.push(format!(
+                        "projection {name:?} partition {}: {reason}",
+                        s.partition
+                    )),
+                    ProjectionState::Stopped => {}
+                }
+            }
+            into.owned.push((name.clone(), owned));
+        }
+    }
+}
+
+/// Running projections: their status, read-your-writes waits, and `stop`.
+pub struct RunningProjections {
+    store: Store,
+    entries: Vec<Arc<Entry>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    keepers: Vec<RunningKeeper>,
+    head_task: tokio::task::JoinHandle<()>,
+    /// What `status()` and the runner gauges read.
+    gauges: Arc<Gauges>,
+}
+
+impl fmt::Debug for RunningProjections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningProjections")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningProjections {
+    /// The partitions this copy works (every partition when it is alone), in the order
+    /// the projections were added, then by partition: each one's checkpoint, the head,
+    /// the lag and the state. `runners::status` shows every copy's.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        self.gauges.status()
+    }
+
+    /// What the runner gauges and a readiness check read of these projections.
+    pub(crate) fn observed(&self) -> Arc<dyn crate::metrics::Observed> {
+        self.gauges.clone()
     }
 
     /// Waits until projection `name` has handled `position` in every partition

@@ -219,6 +219,16 @@ impl Store {
         std::ptr::addr_eq(Arc::as_ptr(&self.backend), Arc::as_ptr(&other.backend))
     }
 
+    /// Whether the store answers now, for a readiness check: it reads the head within
+    /// `timeout`; the error (secrets hidden) otherwise.
+    pub async fn readiness(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.head()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:.1} s", timeout.as_secs_f64())),
+        }
+    }
+
     /// The adapter's name.
     pub fn adapter(&self) -> &'static str {
         self.backend.name()
@@ -275,7 +285,12 @@ impl Store {
             }
             encoded.push(e);
         }
-        self.backend.append(stream, expected, encoded).await
+        let started = crate::metrics::current().map(|_| std::time::Instant::now());
+        let appended = self.backend.append(stream, expected, encoded).await;
+        if let Some(started) = started {
+            crate::metrics::append_took(self.backend.name(), started);
+        }
+        appended
     }
 
     /// Up to `max` events of a stream from `from_version` on, oldest first.

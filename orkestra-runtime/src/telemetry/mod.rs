@@ -13,15 +13,44 @@
 //! trace-context propagator, and a `tracing` subscriber with the OpenTelemetry layer and
 //! a log formatter filtered by `RUST_LOG` (default `info`). It also sets
 //! [`crate::trace::set_sampling_ratio`] to the same ratio, so unsampled flows cost nothing.
+//!
+//! # Metrics, health and readiness
+//!
+//! With [`Telemetry::serve`] or [`Telemetry::otlp`] it also installs a meter provider
+//! (through [`crate::metrics::set_meter_provider`]) that receives Orkestra's
+//! instruments (see [`crate::metrics`]). `serve` answers, on one small HTTP/1 listener
+//! of its own thread:
+//!
+//! - `GET /metrics`: the Prometheus text format ([`prometheus`'s naming](crate::metrics));
+//! - `GET /healthz`: 200 while the process runs;
+//! - `GET /readyz`: 200 when every check registered with
+//!   [`TelemetryGuard::ready_when`] passes, else 503 with a JSON body naming what failed.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use orkestra_runtime::telemetry::Telemetry;
+//! use orkestra_runtime::{Bus, Config, Store};
+//! // First, so the bus and store built next record into its meter provider.
+//! let guard = Telemetry::new("orders").serve("0.0.0.0:9464").init()?;
+//! let config = Config::from_env()?;
+//! let bus = Bus::from_config(&config).await?;
+//! let store = Store::from_config(&config).await?;
+//! guard.ready_when(&bus).ready_when(&store);
+//! # Ok(()) }
+//! ```
+//!
+//! Build buses after `init`: a bus binds its instruments when it is built (see
+//! [`crate::metrics`] for why).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::{Status, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample, SpanData,
     SpanExporter,
@@ -32,8 +61,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 mod json_logs;
+mod prometheus;
+mod ready;
+mod serve;
 
 pub use json_logs::JsonLines;
+pub use ready::ReadyCheck;
 
 /// Where spans go.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +111,16 @@ pub enum TelemetryError {
         /// Why.
         reason: String,
     },
+    /// The metrics address is not an address, or cannot be listened on.
+    #[error("{setting} = {address:?}: {reason}")]
+    Serve {
+        /// The setting that gave it.
+        setting: &'static str,
+        /// The address as given.
+        address: String,
+        /// Why (`the address is already in use`, ...).
+        reason: String,
+    },
     /// `RUST_LOG` or the configured filter does not parse.
     #[error("invalid log filter {filter:?}: {reason}")]
     Filter {
@@ -97,6 +140,8 @@ pub struct Telemetry {
     logs: Logs,
     filter: Option<String>,
     tree: Option<TraceTree>,
+    serve: Option<String>,
+    metrics_every: std::time::Duration,
 }
 
 impl Telemetry {
@@ -109,7 +154,26 @@ impl Telemetry {
             logs: Logs::Pretty,
             filter: None,
             tree: None,
+            serve: None,
+            metrics_every: std::time::Duration::from_secs(60),
         }
+    }
+
+    /// Serves `/metrics` (Prometheus text format), `/healthz` and `/readyz` on
+    /// `address` (`0.0.0.0:9464`; port 0 picks a free one, see
+    /// [`TelemetryGuard::metrics_addr`]). The address is bound by `init`: one that is not
+    /// an address or is taken is [`TelemetryError::Serve`].
+    #[must_use]
+    pub fn serve(mut self, address: impl Into<String>) -> Self {
+        self.serve = Some(address.into());
+        self
+    }
+
+    /// How often metrics are pushed over OTLP (default 60 s).
+    #[must_use]
+    pub fn metrics_interval(mut self, every: std::time::Duration) -> Self {
+        self.metrics_every = every;
+        self
     }
 
     /// Exports spans to standard output.
@@ -119,7 +183,10 @@ impl Telemetry {
         self
     }
 
-    /// Exports spans with OTLP over HTTP (feature `otlp`).
+    /// Exports spans, and metrics every [`metrics_interval`](Self::metrics_interval),
+    /// with OTLP over HTTP (feature `otlp`). `endpoint` is the traces URL
+    /// (`http://collector:4318/v1/traces`); metrics go to the same URL ending in
+    /// `/v1/metrics` (a URL without `/v1/traces` gets `/v1/metrics` appended).
     #[must_use]
     pub fn otlp(mut self, endpoint: impl Into<String>) -> Self {
         self.exporter = Exporter::Otlp(endpoint.into());
@@ -161,6 +228,60 @@ impl Telemetry {
         self
     }
 
+    /// Installs the meter provider and the metrics endpoint only (when
+    /// [`serve`](Self::serve) or [`otlp`](Self::otlp) asks for them), leaving tracing and
+    /// logs alone: for an application that sets up its own `tracing` subscriber. May be
+    /// called again (a test's fresh endpoint); buses built before keep the provider they
+    /// found.
+    pub fn init_metrics(self) -> Result<TelemetryGuard, TelemetryError> {
+        let metrics = self.metrics()?;
+        Ok(TelemetryGuard {
+            provider: None,
+            metrics,
+        })
+    }
+
+    /// The meter provider with its readers (a pull reader for `serve`, a periodic OTLP
+    /// push), installed; `None` when neither asks for metrics.
+    fn metrics(&self) -> Result<Option<Metrics>, TelemetryError> {
+        let otlp = match &self.exporter {
+            Exporter::Otlp(endpoint) => Some(endpoint.as_str()),
+            _ => None,
+        };
+        if self.serve.is_none() && otlp.is_none() {
+            return Ok(None);
+        }
+        let mut builder = SdkMeterProvider::builder().with_resource(
+            Resource::builder_empty()
+                .with_service_name(self.service_name.clone())
+                .build(),
+        );
+        let checks = Arc::new(RwLock::new(Vec::new()));
+        let mut server = None;
+        if let Some(address) = &self.serve {
+            let reader = serve::SharedReader(Arc::new(ManualReader::builder().build()));
+            builder = builder.with_reader(reader.clone());
+            server = Some(serve::start(
+                address,
+                serve::Endpoint {
+                    reader,
+                    checks: checks.clone(),
+                    app: tokio::runtime::Handle::try_current().ok(),
+                },
+            )?);
+        }
+        if let Some(endpoint) = otlp {
+            builder = builder.with_reader(otlp_metric_reader(endpoint, self.metrics_every)?);
+        }
+        let provider = builder.build();
+        crate::metrics::set_meter_provider(provider.clone());
+        Ok(Some(Metrics {
+            provider,
+            server,
+            checks,
+        }))
+    }
+
     /// Installs everything; keep the guard alive for as long as spans should be exported.
     pub fn init(self) -> Result<TelemetryGuard, TelemetryError> {
         let filter_text = std::env::var("RUST_LOG")
@@ -172,6 +293,8 @@ impl Telemetry {
             reason: e.to_string(),
         })?;
         let ratio = self.sampling_ratio.clamp(0.0, 1.0);
+        // Bound first: a bad or taken metrics address leaves nothing installed.
+        let metrics = self.metrics()?;
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(FlowRoots {
                 others: Sampler::TraceIdRatioBased(ratio),
@@ -228,8 +351,19 @@ impl Telemetry {
         );
         opentelemetry::global::set_tracer_provider(provider.clone());
         crate::trace::set_sampling_ratio(ratio);
-        Ok(TelemetryGuard { provider })
+        Ok(TelemetryGuard {
+            provider: Some(provider),
+            metrics,
+        })
     }
+}
+
+/// The meter provider `init` installed, and its endpoint.
+#[derive(Debug)]
+struct Metrics {
+    provider: SdkMeterProvider,
+    server: Option<serve::Server>,
+    checks: Arc<RwLock<Vec<ReadyCheck>>>,
 }
 
 /// The root sampler: a root `orkestra.*` span exists only because Orkestra already
@@ -278,6 +412,51 @@ fn otlp_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, Tel
         })
 }
 
+/// The OTLP metrics URL beside a traces URL.
+#[cfg(any(feature = "otlp", test))]
+fn metrics_endpoint(traces: &str) -> String {
+    match traces.strip_suffix("/v1/traces") {
+        Some(base) => format!("{base}/v1/metrics"),
+        None => format!("{}/v1/metrics", traces.trim_end_matches('/')),
+    }
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_metric_reader(
+    endpoint: &str,
+    every: std::time::Duration,
+) -> Result<
+    opentelemetry_sdk::metrics::PeriodicReader<opentelemetry_otlp::MetricExporter>,
+    TelemetryError,
+> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_endpoint(metrics_endpoint(endpoint))
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            exporter: "otlp",
+            reason: crate::config::redact(&e.to_string()),
+        })?;
+    Ok(
+        opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+            .with_interval(every)
+            .build(),
+    )
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_metric_reader(
+    _endpoint: &str,
+    _every: std::time::Duration,
+) -> Result<serve::SharedReader, TelemetryError> {
+    Err(TelemetryError::Exporter {
+        exporter: "otlp",
+        reason: "this build of orkestra-runtime has no OTLP exporter (enable the `otlp` feature)"
+            .into(),
+    })
+}
+
 #[cfg(not(feature = "otlp"))]
 fn otlp_exporter(_endpoint: &str) -> Result<opentelemetry_stdout::SpanExporter, TelemetryError> {
     Err(TelemetryError::Exporter {
@@ -287,22 +466,54 @@ fn otlp_exporter(_endpoint: &str) -> Result<opentelemetry_stdout::SpanExporter, 
     })
 }
 
-/// Flushes and shuts the tracer provider down when dropped.
+/// Flushes and shuts the providers down, and stops the metrics endpoint, when dropped.
 #[derive(Debug)]
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
+    metrics: Option<Metrics>,
 }
 
 impl TelemetryGuard {
-    /// Exports every finished span now.
+    /// Exports every finished span (and, over OTLP, the metrics) now.
     pub fn flush(&self) {
-        let _ = self.provider.force_flush();
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+        if let Some(metrics) = &self.metrics {
+            let _ = metrics.provider.force_flush();
+        }
+    }
+
+    /// Adds a check `/readyz` runs: a [`Bus`](crate::Bus) (connected), a
+    /// [`Store`](crate::Store) (answers), running workers (none `Failed`), or a
+    /// [`ReadyCheck::new`]. Without [`Telemetry::serve`] checks are kept but nothing
+    /// asks them.
+    pub fn ready_when(&self, check: impl Into<ReadyCheck>) -> &Self {
+        if let Some(metrics) = &self.metrics {
+            crate::sync::write(&metrics.checks).push(check.into());
+        }
+        self
+    }
+
+    /// The address `/metrics` is served on (the port chosen, for port 0), if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|m| m.server.as_ref())
+            .map(|s| s.addr)
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            // The listener first: no scrape collects from a provider shut down.
+            drop(metrics.server);
+            let _ = metrics.provider.shutdown();
+        }
     }
 }
 

@@ -36,6 +36,7 @@ use crate::bus::{Input, Subscription};
 use crate::handler::DeadLetter;
 use crate::message::Message;
 use crate::message::new_id;
+use crate::metrics::DeadLetterKind;
 use crate::trace;
 
 /// How this bus runs handlers: a delivered message's trace context always comes from
@@ -728,6 +729,10 @@ async fn handle_delivery(
         }
         Err(reason) => Outcome::Undecodable(reason.clone()),
     };
+    let outcome_kind = match &outcome {
+        Outcome::Failed(_) => OutcomeKind::Failed,
+        _ => OutcomeKind::Other,
+    };
     let reply = reply_for(&outcome, attempt, max_retries)
         .filter(|_| delivery.properties.reply_to().is_some());
     let settled = match outcome {
@@ -742,12 +747,18 @@ async fn handle_delivery(
             reject(&delivery, false).await
         }
         Outcome::Failed(reason) | Outcome::Undecodable(reason) => {
+            let kind = if matches!(outcome_kind, OutcomeKind::Failed) {
+                DeadLetterKind::Exhausted
+            } else {
+                DeadLetterKind::of_undecodable(&reason)
+            };
             let letter = Letter {
                 message: decoded.as_ref().ok(),
                 handler: &subscription.handler,
                 reason: &reason,
                 attempts: attempt,
                 traced,
+                kind,
             };
             dead_letter(shared, &delivery, letter)
                 .instrument(span)
@@ -829,6 +840,14 @@ struct Letter<'a> {
     attempts: u32,
     /// Whether the flow is traced (the republish gets a producer span).
     traced: bool,
+    /// Why, as the dead-letter counter says it.
+    kind: DeadLetterKind,
+}
+
+/// Whether a run failed (its dead letter is `exhausted`) or never reached the handler.
+enum OutcomeKind {
+    Failed,
+    Other,
 }
 
 /// Publishes the delivery to the dead-letter exchange (with confirm), then acks it. If
@@ -850,6 +869,7 @@ async fn dead_letter(
         letter.reason,
         letter.attempts,
         SYSTEM,
+        letter.kind,
     );
     let original = delivery.properties.headers().as_ref();
     // A replayed message names its original exchange (it may have come through the

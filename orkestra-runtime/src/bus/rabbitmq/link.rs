@@ -230,6 +230,19 @@ impl Link {
         self.state.subscribe()
     }
 
+    /// `Ok` while connected; why not otherwise (secrets hidden, as every link error).
+    pub(super) fn readiness(&self) -> Result<(), String> {
+        match &*self.state.borrow() {
+            State::Up(live) if live.connected() => Ok(()),
+            State::Up(_) => Err("the broker connection is closed; reconnecting".into()),
+            State::Down { since, error } => Err(format!(
+                "the broker connection was lost {:.0} s ago and is not back yet: {error}",
+                since.elapsed().as_secs_f64()
+            )),
+            State::Closed => Err("the bus is closed".into()),
+        }
+    }
+
     /// The connection, if the link is up now.
     pub(super) fn current(&self) -> Option<Arc<Live>> {
         match &*self.state.borrow() {
@@ -331,6 +344,7 @@ impl Link {
                 return;
             };
             live = next;
+            crate::metrics::reconnected();
             tracing::info!(
                 orkestra = "rabbitmq",
                 connection = %self.name,

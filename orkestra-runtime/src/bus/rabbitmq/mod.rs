@@ -93,7 +93,7 @@ use crate::sync::lock;
 use crate::trace;
 
 /// `messaging.system`, and the `system` every span of this bus names.
-const SYSTEM: &str = "rabbitmq";
+pub(crate) const SYSTEM: &str = "rabbitmq";
 /// The broker when no URL is configured.
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -122,6 +122,13 @@ pub(crate) struct RabbitMq {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The link's supervisor.
     supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RabbitMq {
+    /// `Ok` while connected to a broker; why not otherwise.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        self.shared.link.readiness()
+    }
 }
 
 /// Dropping the bus stops every task (the supervisor, every worker) and closes the
@@ -368,7 +375,8 @@ impl RabbitMq {
         reason: &str,
         attempts: u32,
     ) -> Result<(), BusError> {
-        super::run::log_dead_letter(handler, message.topic(), reason, attempts, SYSTEM);
+        let kind = crate::metrics::DeadLetterKind::classify(reason);
+        super::run::log_dead_letter(handler, message.topic(), reason, attempts, SYSTEM, kind);
         let body = wire::encode(message)?;
         let table = headers::dead_letter(
             &self.shared.topology.names.events,

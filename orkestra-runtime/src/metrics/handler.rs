@@ -1,0 +1,299 @@
+//! A handler's instruments, bound to its attributes when it subscribes, so a run
+//! records with atomic adds and never hashes its attributes; and a destination's, bound
+//! when the bus first sends there.
+
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter};
+
+use super::{Instruments, keys};
+
+/// Most message types one handler binds its duration histograms for; past that (a
+/// wildcard binding fed arbitrary types from a wire) it records with attributes.
+const MAX_BOUND_TYPES: usize = 64;
+
+/// How one handler run ended, as the `orkestra.outcome` attribute says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The handler succeeded.
+    Success,
+    /// It failed (an error, a panic, an undecodable message).
+    Failure,
+    /// It refused the message (`HandlerError::Reject`).
+    Rejected,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// `messaging.process.duration` of one (handler, type), one series per outcome, each
+/// bound when that outcome first happens (a series that never had a value is not
+/// exported).
+struct ByOutcome {
+    type_name: Box<str>,
+    bound: [OnceLock<BoundHistogram<f64>>; 3],
+}
+
+impl ByOutcome {
+    fn new(type_name: &str) -> Self {
+        Self {
+            type_name: type_name.into(),
+            bound: Default::default(),
+        }
+    }
+
+    fn get(&self, meters: &HandlerMeters, outcome: Outcome) -> &BoundHistogram<f64> {
+        self.bound[outcome as usize].get_or_init(|| {
+            meters.instruments.process_duration.bind(&[
+                KeyValue::new(keys::SYSTEM, meters.system),
+                KeyValue::new(keys::HANDLER, meters.handler.clone()),
+                KeyValue::new(keys::TYPE, self.type_name.to_string()),
+                KeyValue::new(keys::OUTCOME, outcome.as_str()),
+            ])
+        })
+    }
+}
+
+/// A subscribed handler's instruments.
+pub(crate) struct HandlerMeters {
+    instruments: Arc<Instruments>,
+    system: &'static str,
+    handler: Arc<str>,
+    consumed: BoundCounter<u64>,
+    in_flight: BoundUpDownCounter<i64>,
+    /// Bound at the first retry, the first skip: most handlers have neither.
+    retries: OnceLock<BoundCounter<u64>>,
+    skipped: OnceLock<BoundCounter<u64>>,
+    /// The durations of the types it received so far (a command handler: one).
+    by_type: RwLock<Vec<Arc<ByOutcome>>>,
+    /// A command handler's topic, bound for the in-process bus's dispatch.
+    pub(crate) send: Option<RouteMeters>,
+}
+
+impl std::fmt::Debug for HandlerMeters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerMeters")
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandlerMeters {
+    /// Binds `handler`'s instruments on a bus of `system`; a command handler's type
+    /// and, for sending, its topic are bound at once.
+    pub(crate) fn bind(
+        instruments: Arc<Instruments>,
+        system: &'static str,
+        handler: Arc<str>,
+        command: Option<(&'static str, &'static str)>,
+    ) -> Self {
+        let i = &instruments;
+        let by_type = command
+            .map(|(_, type_name)| Arc::new(ByOutcome::new(type_name)))
+            .into_iter()
+            .collect();
+        Self {
+            consumed: i.consumed.bind(&[
+                KeyValue::new(keys::SYSTEM, system),
+                KeyValue::new(keys::HANDLER, handler.clone()),
+            ]),
+            in_flight: i
+                .in_flight
+                .bind(&[KeyValue::new(keys::HANDLER, handler.clone())]),
+            retries: OnceLock::new(),
+            skipped: OnceLock::new(),
+            by_type: RwLock::new(by_type),
+            send: command.map(|(topic, type_name)| RouteMeters::bind(i, system, topic, type_name)),
+            system,
+            handler,
+            instruments,
+        }
+    }
+
+    /// A run starts: counted as consumed and in flight until the returned guard is
+    /// finished or dropped (a run cut off by a shutdown leaves flight too).
+    pub(crate) fn start(&self) -> Run<'_> {
+        self.consumed.add(1);
+        self.in_flight.add(1);
+        Run {
+            meters: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// A failed run that will be retried.
+    pub(crate) fn retried(&self) {
+        self.retries
+            .get_or_init(|| self.instruments.retries.bind(&[self.handler_key()]))
+            .add(1);
+    }
+
+    /// A message the handler's inbox had already.
+    pub(crate) fn skipped(&self) {
+        self.skipped
+            .get_or_init(|| self.instruments.inbox_skipped.bind(&[self.handler_key()]))
+            .add(1);
+    }
+
+    fn handler_key(&self) -> KeyValue {
+        KeyValue::new(keys::HANDLER, self.handler.clone())
+    }
+
+    fn by_type(&self, type_name: &str) -> Option<Arc<ByOutcome>> {
+        let find =
+            |types: &[Arc<ByOutcome>]| types.iter().find(|t| &*t.type_name == type_name).cloned();
+        if let Some(found) = find(&crate::sync::read(&self.by_type)) {
+            return Some(found);
+        }
+        let mut types = crate::sync::write(&self.by_type);
+        if let Some(found) = find(&types) {
+            return Some(found);
+        }
+        if types.len() >= MAX_BOUND_TYPES {
+            return None;
+        }
+        let bound = Arc::new(ByOutcome::new(type_name));
+        types.push(bound.clone());
+        Some(bound)
+    }
+}
+
+/// One handler run in progress.
+pub(crate) struct Run<'a> {
+    meters: &'a HandlerMeters,
+    started: Instant,
+}
+
+impl Run<'_> {
+    /// The run ended with `outcome` on a message of `type_name`.
+    pub(crate) fn finish(self, type_name: &str, outcome: Outcome) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let m = self.meters;
+        match m.by_type(type_name) {
+            Some(bound) => bound.get(m, outcome).record(seconds),
+            None => m.instruments.process_duration.record(
+                seconds,
+                &[
+                    KeyValue::new(keys::SYSTEM, m.system),
+                    KeyValue::new(keys::HANDLER, m.handler.clone()),
+                    KeyValue::new(keys::TYPE, type_name.to_owned()),
+                    KeyValue::new(keys::OUTCOME, outcome.as_str()),
+                ],
+            ),
+        }
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        self.meters.in_flight.add(-1);
+    }
+}
+
+/// What sending to one topic records: `messaging.client.sent.messages` and
+/// `messaging.client.operation.duration` (`send`), bound for the topic and the type
+/// first sent there.
+pub(crate) struct RouteMeters {
+    instruments: Arc<Instruments>,
+    system: &'static str,
+    topic: Box<str>,
+    type_name: Box<str>,
+    sent: BoundCounter<u64>,
+    duration: BoundHistogram<f64>,
+}
+
+impl std::fmt::Debug for RouteMeters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMeters")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMeters {
+    /// Binds sending `type_name` to `topic`.
+    pub(crate) fn bind(
+        instruments: &Arc<Instruments>,
+        system: &'static str,
+        topic: &str,
+        type_name: &str,
+    ) -> Self {
+        let destination = KeyValue::new(keys::DESTINATION, topic.to_owned());
+        Self {
+            sent: instruments.sent.bind(&[
+                KeyValue::new(keys::SYSTEM, system),
+                destination.clone(),
+                KeyValue::new(keys::TYPE, type_name.to_owned()),
+            ]),
+            duration: instruments.operation_duration.bind(&[
+                KeyValue::new(keys::SYSTEM, system),
+                KeyValue::new(keys::OPERATION, "send"),
+                destination,
+            ]),
+            instruments: instruments.clone(),
+            system,
+            topic: topic.into(),
+            type_name: type_name.into(),
+        }
+    }
+
+    /// A message of `type_name` was sent, starting at `started`.
+    pub(crate) fn sent(&self, type_name: &str, started: Instant) {
+        self.duration.record(started.elapsed().as_secs_f64());
+        if type_name == &*self.type_name {
+            self.sent.add(1);
+        } else {
+            // Another type on the same topic: rare, so unbound.
+            self.instruments.sent.add(
+                1,
+                &[
+                    KeyValue::new(keys::SYSTEM, self.system),
+                    KeyValue::new(keys::DESTINATION, self.topic.to_string()),
+                    KeyValue::new(keys::TYPE, type_name.to_owned()),
+                ],
+            );
+        }
+    }
+}
+
+impl Instruments {
+    /// A message of `type_name` sent to `topic` (unbound: a broker's round trip dwarfs
+    /// the attribute lookup).
+    pub(crate) fn sent_one(&self, system: &'static str, topic: &str, type_name: &str) {
+        self.sent.add(
+            1,
+            &[
+                KeyValue::new(keys::SYSTEM, system),
+                KeyValue::new(keys::DESTINATION, topic.to_owned()),
+                KeyValue::new(keys::TYPE, type_name.to_owned()),
+            ],
+        );
+    }
+
+    /// A send or call to `topic` that began at `started` ended now.
+    pub(crate) fn operation_took(
+        &self,
+        system: &'static str,
+        operation: &'static str,
+        topic: &str,
+        started: Instant,
+    ) {
+        self.operation_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[
+                KeyValue::new(keys::SYSTEM, system),
+                KeyValue::new(keys::OPERATION, operation),
+                KeyValue::new(keys::DESTINATION, topic.to_owned()),
+            ],
+        );
+    }
+}
