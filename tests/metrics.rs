@@ -18,10 +18,19 @@ mod promql;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant, SystemTime};
+
+use orkestra_runtime::telemetry::Telemetry;
+use orkestra_runtime::{
+    Bus, Command, CommandEnvelope, CommandStatus, HandlerContext, HandlerError, Metadata,
+};
+use orkestra_tests::orders::commands::PlaceOrder;
+use orkestra_tests::orders::handlers::place_order_handler;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use exported::{EXPORTED, Kind, SCRAPE_SERIES, TARGET_LABELS, family_of, series_names};
+use prometheus::Prometheus;
 
 fn ops() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops")
@@ -472,3 +481,251 @@ fn promtool_parses_every_dashboard_query() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+/// What the test service's `PlaceOrderHandler` does with an order, by its quantity.
+const SUCCEED: i64 = 1;
+/// Fails its first run, succeeds when retried.
+const FAIL_ONCE: i64 = 2;
+/// Fails every run: dead-lettered once its retries are spent.
+const FAIL_ALWAYS: i64 = 3;
+/// Refuses it (a business rejection: neither retried nor dead-lettered).
+const REJECT: i64 = 4;
+
+/// Retries of every command the test dispatches.
+const MAX_RETRIES: u32 = 2;
+
+/// The test service's command handler: its behaviour chosen by the order's quantity.
+#[derive(Default)]
+struct Scripted {
+    runs: std::sync::Mutex<BTreeMap<String, u32>>,
+}
+
+impl orkestra_tests::orders::handlers::PlaceOrderHandler for Scripted {
+    async fn execute(
+        &self,
+        cmd: Command<PlaceOrder>,
+        _: HandlerContext,
+    ) -> Result<Value, HandlerError> {
+        let run = {
+            let mut runs = self.runs.lock().unwrap();
+            let run = runs.entry(cmd.id.clone()).or_default();
+            *run += 1;
+            *run
+        };
+        match cmd.quantity {
+            SUCCEED => Ok(json!({"ok": true})),
+            FAIL_ONCE if run > 1 => Ok(json!({"ok": true})),
+            FAIL_ONCE | FAIL_ALWAYS => Err(HandlerError::fail("the warehouse is down")),
+            REJECT => Err(HandlerError::reject("out of stock")),
+            other => Err(HandlerError::reject(format!(
+                "no script for quantity {other}"
+            ))),
+        }
+    }
+}
+
+/// Dispatches `count` orders of `quantity` and checks each ends as expected.
+async fn dispatch(bus: &Bus, quantity: i64, count: usize) {
+    for _ in 0..count {
+        let cmd = PlaceOrder::new(
+            json!({"product_id": "sku", "quantity": quantity}),
+            Metadata::new(),
+        )
+        .unwrap();
+        let receipt = bus
+            .dispatch(CommandEnvelope::wrap(cmd).max_retries(MAX_RETRIES))
+            .await
+            .unwrap();
+        let expected = match quantity {
+            SUCCEED | FAIL_ONCE => CommandStatus::Succeeded,
+            FAIL_ALWAYS => CommandStatus::Failed,
+            _ => CommandStatus::Rejected,
+        };
+        assert_eq!(receipt.status(), expected, "quantity {quantity}");
+    }
+}
+
+/// How many orders of each kind the service handles, in two rounds with a scrape
+/// between them (so every series has grown between two samples, which `rate()` and
+/// the alert rules need).
+const ROUNDS: [[(i64, usize); 4]; 2] = [
+    [(SUCCEED, 3), (FAIL_ONCE, 1), (FAIL_ALWAYS, 1), (REJECT, 1)],
+    [(SUCCEED, 17), (FAIL_ONCE, 4), (FAIL_ALWAYS, 2), (REJECT, 3)],
+];
+
+fn total(quantity: i64) -> f64 {
+    ROUNDS
+        .iter()
+        .flatten()
+        .filter(|(q, _)| *q == quantity)
+        .map(|(_, n)| *n as f64)
+        .sum()
+}
+
+#[test]
+fn prometheus_scrapes_the_counts_a_service_produced() {
+    if !prometheus::installed("promtool") {
+        return;
+    }
+    const JOB: &str = "orkestra-test";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    // The meter provider first, then the bus: a bus takes its instruments when built.
+    let telemetry = Telemetry::new("orders")
+        .serve("127.0.0.1:0")
+        .init_metrics()
+        .unwrap();
+    let target = telemetry.metrics_addr().expect("serving /metrics");
+    let bus = Bus::in_process();
+    runtime
+        .block_on(bus.subscribe(place_order_handler(Scripted::default())))
+        .unwrap();
+
+    let rules = ops().join("prometheus/alerts.yml");
+    let Some(server) = Prometheus::start(JOB, target, &[&rules]).unwrap_or_else(|e| panic!("{e}"))
+    else {
+        return;
+    };
+    let wait = |since| {
+        server
+            .wait_for_scrape_after(JOB, since, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Scraped once before any message: every series then appears while Prometheus
+    // watches, as in a service that has been running for a while.
+    wait(SystemTime::now());
+    for round in ROUNDS {
+        for (quantity, count) in round {
+            runtime.block_on(dispatch(&bus, quantity, count));
+        }
+        wait(SystemTime::now());
+    }
+
+    let handler = r#"job="orkestra-test", orkestra_handler="PlaceOrderHandler""#;
+    let value = |promql: &str| {
+        server
+            .value(promql)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| {
+                let exposition = prometheus::http_get(target, "/metrics").map(|(_, body)| body);
+                let held = server.query(&format!(r#"count by (__name__) ({{job="{JOB}"}})"#));
+                panic!("no sample for {promql}; Prometheus holds {held:?}; the service exports:\n{exposition:?}")
+            })
+    };
+    let (succeed, fail_once, fail_always, reject) = (
+        total(SUCCEED),
+        total(FAIL_ONCE),
+        total(FAIL_ALWAYS),
+        total(REJECT),
+    );
+    let runs = |outcome: &str| {
+        value(&format!(
+            r#"sum(messaging_process_duration_seconds_count{{{handler}, orkestra_outcome="{outcome}"}})"#
+        ))
+    };
+    let attempts = f64::from(MAX_RETRIES + 1);
+    assert_eq!(runs("success"), succeed + fail_once);
+    assert_eq!(runs("failure"), fail_once + fail_always * attempts);
+    assert_eq!(runs("rejected"), reject);
+    assert_eq!(
+        value(&format!("sum(orkestra_handler_retries_total{{{handler}}})")),
+        fail_once + fail_always * f64::from(MAX_RETRIES)
+    );
+    assert_eq!(
+        value(&format!(
+            r#"sum(orkestra_dead_letters_total{{{handler}, orkestra_dead_letter_reason="exhausted"}})"#
+        )),
+        fail_always
+    );
+    let dispatched = succeed + fail_once + fail_always + reject;
+    assert_eq!(
+        value(&format!(
+            r#"sum(messaging_client_sent_messages_total{{job="{JOB}", messaging_destination_name="{}"}})"#,
+            PlaceOrder::TOPIC
+        )),
+        dispatched
+    );
+    // Every attempt hands the message to the handler again.
+    assert_eq!(
+        value(&format!(
+            "sum(messaging_client_consumed_messages_total{{{handler}}})"
+        )),
+        succeed + fail_once * 2.0 + fail_always * attempts + reject
+    );
+    assert_eq!(
+        value(&format!("sum(orkestra_bus_in_flight{{{handler}}})")),
+        0.0
+    );
+    // The failure ratio over the two rounds, as the alert rule computes it.
+    let ratio = value(&format!(
+        r#"sum(increase(messaging_process_duration_seconds_count{{{handler}, orkestra_outcome="failure"}}[1h])) / sum(increase(messaging_process_duration_seconds_count{{{handler}}}[1h]))"#
+    ));
+    assert!(ratio > 0.05, "failure ratio {ratio}");
+
+    // Every series the service exports is one the rules and the dashboard may read,
+    // with only the labels listed for it.
+    let series = server
+        .query(&format!(
+            r#"{{job="{JOB}", __name__=~"orkestra_.+|messaging_.+"}}"#
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!series.is_empty());
+    for sample in &series {
+        let name = &sample.labels["__name__"];
+        let allowed = exported::labels_of(name);
+        assert!(
+            !allowed.is_empty(),
+            "{name} is exported but not in EXPORTED"
+        );
+        for label in sample.labels.keys().filter(|l| *l != "__name__") {
+            assert!(
+                allowed.contains(&label.as_str()),
+                "{name} carries `{label}`, not listed in EXPORTED ({allowed:?})"
+            );
+        }
+    }
+
+    // The alert rules see it: the dead letters at once, the failure ratio pending for
+    // its five minutes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wanted = [
+        ("OrkestraDeadLetters", "pending"),
+        ("OrkestraHandlerFailing", "pending"),
+    ];
+    loop {
+        let alerts = server.alerts().unwrap_or_else(|e| panic!("{e}"));
+        let seen = |(name, state): (&str, &str)| {
+            alerts.iter().any(|a| {
+                a.get("alertname").map(String::as_str) == Some(name)
+                    && a.get("alertstate").map(String::as_str) == Some(state)
+                    && a.get("orkestra_handler").map(String::as_str) == Some("PlaceOrderHandler")
+            })
+        };
+        if wanted.into_iter().all(seen) {
+            assert!(
+                !alerts
+                    .iter()
+                    .any(|a| a["alertname"] == "OrkestraBusReconnecting"
+                        || a["alertname"] == "OrkestraPartitionUnheld"),
+                "{alerts:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts {alerts:?}, wanted {wanted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The exposition itself passes promtool's checks.
+    let (status, body) = prometheus::http_get(target, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    prometheus::promtool(&["check", "metrics"], Some(body.as_bytes()))
+        .unwrap_or_else(|e| panic!("{e}\n{body}"));
+    drop(server);
+    drop(telemetry);
+}

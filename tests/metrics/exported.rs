@@ -86,8 +86,9 @@ const WORKER: &str = "orkestra_worker";
 const PARTITION: &str = "orkestra_partition";
 const PROCESS_MANAGER: &str = "orkestra_process_manager";
 
-/// Labels Prometheus gives every series of a target.
-pub const TARGET_LABELS: &[&str] = &["job", "instance"];
+/// Labels every series carries: the scope (meter) the exporter names, and the two
+/// Prometheus gives every series of a target.
+pub const TARGET_LABELS: &[&str] = &["otel_scope_name", "job", "instance"];
 
 /// Series every Prometheus writes for a scrape target, which rules may read too.
 pub const SCRAPE_SERIES: &[&str] = &["up"];

@@ -265,7 +265,9 @@ impl Prometheus {
             .map_err(|e| e.to_string())?
             .as_secs_f64();
         let deadline = Instant::now() + timeout;
-        let query = format!("timestamp(up{{job={job:?}}} == 1)");
+        // `timestamp()` gives a sample's own time only when it reads a selector directly
+        // (`timestamp(up == 1)` would be the evaluation's time).
+        let query = format!("timestamp(up{{job={job:?}}}) and up{{job={job:?}}} == 1");
         loop {
             if let Some(at) = self.value(&query)?
                 && at > after
