@@ -197,9 +197,13 @@ impl InProcess {
             envelope = envelope.with_max_retries(subscription.max_retries);
         }
         let send = subscription.meters.as_ref().and_then(|m| m.send.as_ref());
-        let started = send.map(|_| std::time::Instant::now());
+        let started = send.map(|_| crate::metrics::now());
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
-        let runner = Self::runner(bus, &flow);
+        // The handler's first run starts when the dispatch does: one clock read less.
+        let runner = Runner {
+            started,
+            ..Self::runner(bus, &flow)
+        };
         let message = envelope.message().clone();
         let dispatch = async {
             loop {
@@ -263,7 +267,7 @@ impl InProcess {
             envelope.message().type_name(),
             self.metrics.as_ref(),
         );
-        let started = meters.as_ref().map(|_| std::time::Instant::now());
+        let started = meters.as_ref().map(|_| crate::metrics::now());
         let mut envelope = envelope.mark_published();
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
         let runner = Self::runner(bus, &flow);
@@ -348,6 +352,7 @@ impl InProcess {
             component: COMPONENT,
             traced: flow.traced,
             foreign_origin: flow.foreign_origin,
+            started: None,
         }
     }
 
@@ -381,6 +386,7 @@ impl InProcess {
             component: COMPONENT,
             traced: false,
             foreign_origin: false,
+            started: None,
         };
         let kind = DeadLetterKind::classify(reason);
         self.record_dead_letter(&runner, message, handler, reason, attempts, kind)
@@ -421,6 +427,7 @@ impl InProcess {
         // Dead-letter handlers get no spans of their own: they are not part of the flow.
         let runner = Runner {
             traced: false,
+            started: None,
             ..*runner
         };
         for handler in self.snapshot().dead_letters.iter() {

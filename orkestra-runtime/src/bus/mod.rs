@@ -328,11 +328,7 @@ impl Bus {
             }
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => {
-                let started = self
-                    .backend
-                    .metrics
-                    .as_ref()
-                    .map(|_| std::time::Instant::now());
+                let started = self.backend.metrics.as_ref().map(|_| crate::metrics::now());
                 let sent = b.dispatch(envelope).await;
                 if let (Some(started), Ok(envelope)) = (started, &sent) {
                     self.broker_sent(envelope.message(), "send", started);
@@ -344,7 +340,12 @@ impl Bus {
 
     /// Counts a message the broker confirmed, and times the operation.
     #[cfg(feature = "rabbitmq")]
-    fn broker_sent(&self, message: &Message, operation: &'static str, started: std::time::Instant) {
+    fn broker_sent(
+        &self,
+        message: &Message,
+        operation: &'static str,
+        started: crate::metrics::Instant,
+    ) {
         if let Some(i) = &self.backend.metrics {
             i.sent_one(rabbitmq::SYSTEM, message.topic(), message.type_name());
             i.operation_took(rabbitmq::SYSTEM, operation, message.topic(), started);
@@ -366,7 +367,7 @@ impl Bus {
     ) -> Result<CommandEnvelope, BusError> {
         match &self.backend.adapter {
             Adapter::InProcess(_) => {
-                let started = std::time::Instant::now();
+                let started = crate::metrics::now();
                 let topic = envelope.topic().to_owned();
                 let bus = self.clone();
                 let run = tokio::spawn(async move { bus.dispatch(envelope).await });
@@ -382,11 +383,7 @@ impl Bus {
             }
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => {
-                let started = self
-                    .backend
-                    .metrics
-                    .as_ref()
-                    .map(|_| std::time::Instant::now());
+                let started = self.backend.metrics.as_ref().map(|_| crate::metrics::now());
                 let answered = b.call(envelope, timeout).await;
                 if let (Some(started), Ok(envelope)) = (started, &answered) {
                     self.broker_sent(envelope.message(), "call", started);
@@ -408,11 +405,7 @@ impl Bus {
             }
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => {
-                let started = self
-                    .backend
-                    .metrics
-                    .as_ref()
-                    .map(|_| std::time::Instant::now());
+                let started = self.backend.metrics.as_ref().map(|_| crate::metrics::now());
                 let sent = b.publish(envelope).await;
                 if let (Some(started), Ok(envelope)) = (started, &sent) {
                     self.broker_sent(envelope.message(), "send", started);
@@ -474,11 +467,7 @@ impl Bus {
             }
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => {
-                let started = self
-                    .backend
-                    .metrics
-                    .as_ref()
-                    .map(|_| std::time::Instant::now());
+                let started = self.backend.metrics.as_ref().map(|_| crate::metrics::now());
                 let sent = b.publish(envelope).await;
                 if let (Some(started), Ok(envelope)) = (started, &sent) {
                     self.broker_sent(envelope.message(), "send", started);

@@ -41,6 +41,9 @@ pub(crate) struct Runner<'a> {
     /// Whether the message's trace context came from elsewhere (a broker, a store), so a
     /// handle span may need a link to it; `false` when this flow just recorded it.
     pub(crate) foreign_origin: bool,
+    /// When the first run starts, if the bus just read the clock (in-process dispatch
+    /// times the send and the handler from the same reading).
+    pub(crate) started: Option<crate::metrics::Instant>,
 }
 
 impl Runner<'_> {
@@ -120,7 +123,8 @@ impl Runner<'_> {
         #[cfg(feature = "postgres")]
         let ctx = ctx.with_postgres(claim.as_ref().and_then(|c| c.postgres()));
         let logs = trace::log_context_span(message, &span);
-        let metered = subscription.meters.as_ref().map(|m| m.start());
+        let started = self.started.filter(|_| attempt == 1);
+        let metered = subscription.meters.as_ref().map(|m| m.start(started));
         let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
         let outcome = match trace::handling(&span, run.catch_unwind())
             .instrument(logs)

@@ -3,12 +3,11 @@
 //! when the bus first sends there.
 
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter};
 
-use super::{Instruments, keys};
+use super::{Instant, Instruments, keys};
 
 /// Most message types one handler binds its duration histograms for; past that (a
 /// wildcard binding fed arbitrary types from a wire) it records with attributes.
@@ -73,7 +72,10 @@ pub(crate) struct HandlerMeters {
     /// Bound at the first retry, the first skip: most handlers have neither.
     retries: OnceLock<BoundCounter<u64>>,
     skipped: OnceLock<BoundCounter<u64>>,
-    /// The durations of the types it received so far (a command handler: one).
+    /// The durations of the first type it received (a command handler's only one),
+    /// read without a lock.
+    first_type: OnceLock<ByOutcome>,
+    /// The durations of the other types it received so far.
     by_type: RwLock<Vec<Arc<ByOutcome>>>,
     /// A command handler's topic, bound for the in-process bus's dispatch.
     pub(crate) send: Option<RouteMeters>,
@@ -97,11 +99,12 @@ impl HandlerMeters {
         command: Option<(&'static str, &'static str)>,
     ) -> Self {
         let i = &instruments;
-        let by_type = command
-            .map(|(_, type_name)| Arc::new(ByOutcome::new(type_name)))
-            .into_iter()
-            .collect();
+        let first_type = OnceLock::new();
+        if let Some((_, type_name)) = command {
+            let _ = first_type.set(ByOutcome::new(type_name));
+        }
         Self {
+            first_type,
             consumed: i.consumed.bind(&[
                 KeyValue::new(keys::SYSTEM, system),
                 KeyValue::new(keys::HANDLER, handler.clone()),
@@ -111,7 +114,7 @@ impl HandlerMeters {
                 .bind(&[KeyValue::new(keys::HANDLER, handler.clone())]),
             retries: OnceLock::new(),
             skipped: OnceLock::new(),
-            by_type: RwLock::new(by_type),
+            by_type: RwLock::new(Vec::new()),
             send: command.map(|(topic, type_name)| RouteMeters::bind(i, system, topic, type_name)),
             system,
             handler,
@@ -119,14 +122,15 @@ impl HandlerMeters {
         }
     }
 
-    /// A run starts: counted as consumed and in flight until the returned guard is
-    /// finished or dropped (a run cut off by a shutdown leaves flight too).
-    pub(crate) fn start(&self) -> Run<'_> {
+    /// A run starts (now, or at `started` when the caller just read the clock):
+    /// counted as consumed and in flight until the returned guard is finished or
+    /// dropped (a run cut off by a shutdown leaves flight too).
+    pub(crate) fn start(&self, started: Option<Instant>) -> Run<'_> {
         self.consumed.add(1);
         self.in_flight.add(1);
         Run {
             meters: self,
-            started: Instant::now(),
+            started: started.unwrap_or_else(super::now),
         }
     }
 
@@ -146,6 +150,28 @@ impl HandlerMeters {
 
     fn handler_key(&self) -> KeyValue {
         KeyValue::new(keys::HANDLER, self.handler.clone())
+    }
+
+    /// The durations of `type_name`: the first type's without a lock; `None` past
+    /// [`MAX_BOUND_TYPES`].
+    fn record(&self, type_name: &str, outcome: Outcome, seconds: f64) {
+        let first = self.first_type.get_or_init(|| ByOutcome::new(type_name));
+        if &*first.type_name == type_name {
+            first.get(self, outcome).record(seconds);
+            return;
+        }
+        match self.by_type(type_name) {
+            Some(bound) => bound.get(self, outcome).record(seconds),
+            None => self.instruments.process_duration.record(
+                seconds,
+                &[
+                    KeyValue::new(keys::SYSTEM, self.system),
+                    KeyValue::new(keys::HANDLER, self.handler.clone()),
+                    KeyValue::new(keys::TYPE, type_name.to_owned()),
+                    KeyValue::new(keys::OUTCOME, outcome.as_str()),
+                ],
+            ),
+        }
     }
 
     fn by_type(&self, type_name: &str) -> Option<Arc<ByOutcome>> {
@@ -177,19 +203,7 @@ impl Run<'_> {
     /// The run ended with `outcome` on a message of `type_name`.
     pub(crate) fn finish(self, type_name: &str, outcome: Outcome) {
         let seconds = self.started.elapsed().as_secs_f64();
-        let m = self.meters;
-        match m.by_type(type_name) {
-            Some(bound) => bound.get(m, outcome).record(seconds),
-            None => m.instruments.process_duration.record(
-                seconds,
-                &[
-                    KeyValue::new(keys::SYSTEM, m.system),
-                    KeyValue::new(keys::HANDLER, m.handler.clone()),
-                    KeyValue::new(keys::TYPE, type_name.to_owned()),
-                    KeyValue::new(keys::OUTCOME, outcome.as_str()),
-                ],
-            ),
-        }
+        self.meters.record(type_name, outcome, seconds);
     }
 }
 

@@ -285,7 +285,7 @@ impl Store {
             }
             encoded.push(e);
         }
-        let started = crate::metrics::current().map(|_| std::time::Instant::now());
+        let started = crate::metrics::current().map(|_| crate::metrics::now());
         let appended = self.backend.append(stream, expected, encoded).await;
         if let Some(started) = started {
             crate::metrics::append_took(self.backend.name(), started);

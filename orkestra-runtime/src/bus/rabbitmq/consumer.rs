@@ -48,6 +48,7 @@ fn runner(bus: &Bus) -> Runner<'_> {
         component: SYSTEM,
         traced: false,
         foreign_origin: true,
+        started: None,
     }
 }
 
