@@ -8,11 +8,11 @@
 #[allow(dead_code)]
 mod services;
 
-#[path = "metrics/exported.rs"]
+#[path = "ops/exported.rs"]
 mod exported;
-#[path = "metrics/prometheus.rs"]
+#[path = "ops/prometheus.rs"]
 mod prometheus;
-#[path = "metrics/promql.rs"]
+#[path = "ops/promql.rs"]
 mod promql;
 
 use std::collections::{BTreeMap, BTreeSet};
