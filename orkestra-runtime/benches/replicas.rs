@@ -175,6 +175,31 @@ async fn with_leases_only(store: &Store, fold: &Fold, name: &str, last: u64) {
     leases.leave(name, "bench").await.unwrap();
 }
 
+/// `iters` runs of the one-partition projection (start, catch up to `last`, stop), with
+/// leases or `solo`: the time they took.
+async fn projection_runs(store: &Store, last: u64, iters: u64, solo: bool) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let name = fresh_name(store, None).await;
+        let started = Instant::now();
+        let projections = Projections::new(store.clone());
+        let projections = if solo {
+            projections.solo()
+        } else {
+            projections
+        };
+        let running = projections
+            .add(Projection::new(name.clone(), Fold::default()).with_batch(BATCH))
+            .start()
+            .await
+            .unwrap();
+        running.wait_for(&name, last).await.unwrap();
+        running.stop().await.unwrap();
+        spent += started.elapsed();
+    }
+    spent
+}
+
 fn lease_overhead(c: &mut Criterion) {
     let rt = runtime();
     let (store, _dir) = rt.block_on(sqlite("replicas-lease"));
@@ -200,46 +225,11 @@ fn lease_overhead(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.bench_function("orkestra", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let name = fresh_name(&store, None).await;
-                    let started = Instant::now();
-                    let running = Projections::new(store.clone())
-                        .add(Projection::new(name.clone(), Fold::default()).with_batch(BATCH))
-                        .start()
-                        .await
-                        .unwrap();
-                    running.wait_for(&name, last).await.unwrap();
-                    running.stop().await.unwrap();
-                    spent += started.elapsed();
-                }
-                spent
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(projection_runs(&store, last, iters, false)))
     });
     // The same projection, the same run, without leases: `Projections::solo`.
     group.bench_function("orkestra_solo", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let name = fresh_name(&store, None).await;
-                    let started = Instant::now();
-                    let running = Projections::new(store.clone())
-                        .solo()
-                        .add(Projection::new(name.clone(), Fold::default()).with_batch(BATCH))
-                        .start()
-                        .await
-                        .unwrap();
-                    running.wait_for(&name, last).await.unwrap();
-                    running.stop().await.unwrap();
-                    spent += started.elapsed();
-                }
-                spent
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(projection_runs(&store, last, iters, true)))
     });
     group.bench_function("raw_no_lease", |b| {
         b.iter_custom(|iters| {

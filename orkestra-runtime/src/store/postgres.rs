@@ -586,20 +586,7 @@ impl PostgresStore {
                 written: true,
             }));
         }
-        let stored: Vec<StoredId> = client
-            .query(
-                "SELECT id, stream, version, position FROM orkestra_events WHERE id = ANY($1)",
-                &[&ids],
-            )
-            .await?
-            .iter()
-            .map(|r| StoredId {
-                id: r.get(0),
-                stream: r.get(1),
-                version: r.get::<_, i64>(2) as u64,
-                position: r.get::<_, i64>(3) as u64,
-            })
-            .collect();
+        let stored = stored_ids(client, &ids).await?;
         Ok(
             match check_append(stream, expected, current.map(|v| v as u64), events, &stored) {
                 Ok(Some(done)) => Ok(done),
@@ -660,20 +647,7 @@ impl PostgresStore {
             // Unless the events are this very append, already stored (a repeat): then
             // they are what matches, and the repeat is a no-op as for `append`.
             let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
-            let stored: Vec<StoredId> = tx
-                .query(
-                    "SELECT id, stream, version, position FROM orkestra_events WHERE id = ANY($1)",
-                    &[&ids],
-                )
-                .await?
-                .iter()
-                .map(|r| StoredId {
-                    id: r.get(0),
-                    stream: r.get(1),
-                    version: r.get::<_, i64>(2) as u64,
-                    position: r.get::<_, i64>(3) as u64,
-                })
-                .collect();
+            let stored = stored_ids(&tx, &ids).await?;
             let current: Option<i64> = tx
                 .query_one(
                     "SELECT max(version) FROM orkestra_events WHERE stream = $1",
@@ -742,6 +716,28 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
 
 /// Each event's tags as two parallel arrays for `orkestra_append`: the 1-based index of
 /// the event, and the tag.
+/// Where the events of these ids are stored, if they are: what an append compares a
+/// repeat with.
+async fn stored_ids(
+    client: &impl deadpool_postgres::GenericClient,
+    ids: &[&str],
+) -> Result<Vec<StoredId>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT id, stream, version, position FROM orkestra_events WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| StoredId {
+            id: r.get(0),
+            stream: r.get(1),
+            version: r.get::<_, i64>(2) as u64,
+            position: r.get::<_, i64>(3) as u64,
+        })
+        .collect())
+}
+
 fn tag_arrays(events: &[Encoded]) -> (Vec<i32>, Vec<&str>) {
     let mut at = Vec::new();
     let mut tags = Vec::new();
