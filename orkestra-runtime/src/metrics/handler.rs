@@ -5,8 +5,9 @@
 use std::sync::{Arc, OnceLock, RwLock};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{BoundCounter, BoundHistogram, BoundUpDownCounter};
+use opentelemetry::metrics::{BoundCounter, BoundHistogram};
 
+use super::counts::{RunCounts, SendCount};
 use super::{Instant, Instruments, keys};
 
 /// Most message types one handler binds its duration histograms for; past that (a
@@ -67,8 +68,8 @@ pub(crate) struct HandlerMeters {
     instruments: Arc<Instruments>,
     system: &'static str,
     handler: Arc<str>,
-    consumed: BoundCounter<u64>,
-    in_flight: BoundUpDownCounter<i64>,
+    /// Consumed and in flight.
+    runs: Arc<RunCounts>,
     /// Bound at the first retry, the first skip: most handlers have neither.
     retries: OnceLock<BoundCounter<u64>>,
     skipped: OnceLock<BoundCounter<u64>>,
@@ -105,13 +106,7 @@ impl HandlerMeters {
         }
         Self {
             first_type,
-            consumed: i.consumed.bind(&[
-                KeyValue::new(keys::SYSTEM, system),
-                KeyValue::new(keys::HANDLER, handler.clone()),
-            ]),
-            in_flight: i
-                .in_flight
-                .bind(&[KeyValue::new(keys::HANDLER, handler.clone())]),
+            runs: i.counts.handler(system, &handler),
             retries: OnceLock::new(),
             skipped: OnceLock::new(),
             by_type: RwLock::new(Vec::new()),
@@ -126,8 +121,7 @@ impl HandlerMeters {
     /// counted as consumed and in flight until the returned guard is finished or
     /// dropped (a run cut off by a shutdown leaves flight too).
     pub(crate) fn start(&self, started: Option<Instant>) -> Run<'_> {
-        self.consumed.add(1);
-        self.in_flight.add(1);
+        self.runs.start();
         Run {
             meters: self,
             started: started.unwrap_or_else(super::now),
@@ -209,7 +203,7 @@ impl Run<'_> {
 
 impl Drop for Run<'_> {
     fn drop(&mut self) {
-        self.meters.in_flight.add(-1);
+        self.meters.runs.finish();
     }
 }
 
@@ -222,7 +216,7 @@ pub(crate) struct RouteMeters {
     system: &'static str,
     topic: Box<str>,
     type_name: Box<str>,
-    sent: BoundCounter<u64>,
+    sent: Arc<SendCount>,
 }
 
 impl std::fmt::Debug for RouteMeters {
@@ -242,11 +236,7 @@ impl RouteMeters {
         type_name: &str,
     ) -> Self {
         Self {
-            sent: instruments.sent.bind(&[
-                KeyValue::new(keys::SYSTEM, system),
-                KeyValue::new(keys::DESTINATION, topic.to_owned()),
-                KeyValue::new(keys::TYPE, type_name.to_owned()),
-            ]),
+            sent: instruments.counts.route(system, topic, type_name),
             instruments: instruments.clone(),
             system,
             topic: topic.into(),
@@ -257,34 +247,23 @@ impl RouteMeters {
     /// A message of `type_name` was sent.
     pub(crate) fn sent(&self, type_name: &str) {
         if type_name == &*self.type_name {
-            self.sent.add(1);
+            self.sent.add();
         } else {
-            // Another type on the same topic: rare, so unbound.
-            self.instruments.sent.add(
-                1,
-                &[
-                    KeyValue::new(keys::SYSTEM, self.system),
-                    KeyValue::new(keys::DESTINATION, self.topic.to_string()),
-                    KeyValue::new(keys::TYPE, type_name.to_owned()),
-                ],
-            );
+            // Another type on the same topic: rare, so looked up.
+            self.instruments
+                .counts
+                .route(self.system, &self.topic, type_name)
+                .add();
         }
     }
 }
 
 impl Instruments {
-    /// A message of `type_name` sent to `topic` (unbound: a broker's round trip dwarfs
-    /// the attribute lookup).
+    /// A message of `type_name` sent to `topic` (looked up each time: a broker's round
+    /// trip dwarfs the lookup).
     #[cfg(feature = "rabbitmq")]
     pub(crate) fn sent_one(&self, system: &'static str, topic: &str, type_name: &str) {
-        self.sent.add(
-            1,
-            &[
-                KeyValue::new(keys::SYSTEM, system),
-                KeyValue::new(keys::DESTINATION, topic.to_owned()),
-                KeyValue::new(keys::TYPE, type_name.to_owned()),
-            ],
-        );
+        self.counts.route(system, topic, type_name).add();
     }
 
     /// A send or call to `topic` that began at `started` ended now.

@@ -11,7 +11,9 @@
 //! and counts installations in a generation number:
 //!
 //! - a bus takes the instruments when it is built, and binds each handler's when the
-//!   handler subscribes (pre-bound attributes: recording is an atomic add, no hashing);
+//!   handler subscribes (pre-bound attributes: recording is an atomic add, no hashing;
+//!   the per-message counters are plain atomics read by observable instruments at each
+//!   collection, see `counts`);
 //! - stores, aggregates, dead letters, reconnects and workers look them up per
 //!   operation (one atomic load while no provider is installed; a read lock and a
 //!   reference count otherwise, next to work that takes microseconds or more).
@@ -27,6 +29,7 @@
 //! store, aggregate, worker, partition. Never an id. Names are kept as they are (a
 //! Prometheus exporter escapes label values; see `telemetry`).
 
+mod counts;
 mod handler;
 mod workers;
 
@@ -34,9 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{
-    Counter, Histogram, Meter, MeterProvider, ObservableGauge, UpDownCounter,
-};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, ObservableGauge};
 
 pub(crate) use handler::{HandlerMeters, Outcome, RouteMeters};
 pub(crate) use workers::{Observations, Observed, register};
@@ -164,14 +165,14 @@ pub(crate) fn current() -> Option<Arc<Instruments>> {
 
 /// Every instrument of meter `orkestra`, made from one provider.
 pub(crate) struct Instruments {
-    pub(crate) sent: Counter<u64>,
-    pub(crate) consumed: Counter<u64>,
+    /// Consumed, in flight and sent: atomics of their own, observed at collection.
+    pub(crate) counts: Arc<counts::Counts>,
+    _counted: counts::CountInstruments,
     pub(crate) process_duration: Histogram<f64>,
     pub(crate) operation_duration: Histogram<f64>,
     pub(crate) retries: Counter<u64>,
     pub(crate) dead_letters: Counter<u64>,
     pub(crate) inbox_skipped: Counter<u64>,
-    pub(crate) in_flight: UpDownCounter<i64>,
     #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) reconnects: Counter<u64>,
     pub(crate) append_duration: Histogram<f64>,
@@ -206,17 +207,10 @@ impl Instruments {
                 .with_description(description)
                 .build()
         };
+        let counts = Arc::new(counts::Counts::default());
         Self {
-            sent: counter(
-                names::SENT,
-                "{message}",
-                "Messages sent: commands dispatched, events published.",
-            ),
-            consumed: counter(
-                names::CONSUMED,
-                "{message}",
-                "Messages handed to a handler, every attempt.",
-            ),
+            _counted: counts::CountInstruments::new(meter, &counts),
+            counts,
             process_duration: histogram(
                 names::PROCESS_DURATION,
                 "Duration of one handler run, by outcome.",
@@ -240,11 +234,6 @@ impl Instruments {
                 "{message}",
                 "Messages a once: true handler skipped because its inbox had them.",
             ),
-            in_flight: meter
-                .i64_up_down_counter(names::IN_FLIGHT)
-                .with_unit("{message}")
-                .with_description("Handler runs in progress.")
-                .build(),
             reconnects: counter(
                 names::RECONNECTS,
                 "{reconnect}",
