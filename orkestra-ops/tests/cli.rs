@@ -1168,11 +1168,11 @@ async fn reindex_tags_indexes_old_events_and_reports_the_ones_it_cannot() {
     let out = dir.run(&["store", "reindex-tags"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'), "{stderr:?}");
-    insta::assert_snapshot!(
-        "store_reindex_tags",
-        String::from_utf8(out.stdout).unwrap()
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\r'),
+        "{stderr:?}"
     );
+    insta::assert_snapshot!("store_reindex_tags", String::from_utf8(out.stdout).unwrap());
     store
         .ensure_tags_indexed(&[("Accounts.UserRegistered", "username")])
         .await
@@ -1203,7 +1203,8 @@ async fn reindex_tags_indexes_old_events_and_reports_the_ones_it_cannot() {
     let out = missing.run(&["store", "reindex-tags"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("error: store sqlite \"missing.db\": no such file"),
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: store sqlite \"missing.db\": no such file"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

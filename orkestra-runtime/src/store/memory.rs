@@ -197,7 +197,9 @@ impl MemoryStore {
             batch.done = true;
             return Ok(batch);
         }
-        let start = cursor.map_or(0, |c| usize::try_from(c).unwrap_or(usize::MAX).saturating_add(1));
+        let start = cursor.map_or(0, |c| {
+            usize::try_from(c).unwrap_or(usize::MAX).saturating_add(1)
+        });
         let mut last = cursor;
         let mut index = start.min(state.log.len());
         while index < state.log.len() && (batch.events as usize) < max {
@@ -310,12 +312,14 @@ impl Backend for MemoryStore {
         let rows = state
             .registry
             .iter()
-            .map(|((event_type, tag), &(indexed, reindexed_to))| DeclaredTag {
-                event_type: event_type.clone(),
-                tag: tag.clone(),
-                indexed,
-                reindexed_to,
-            })
+            .map(
+                |((event_type, tag), &(indexed, reindexed_to))| DeclaredTag {
+                    event_type: event_type.clone(),
+                    tag: tag.clone(),
+                    indexed,
+                    reindexed_to,
+                },
+            )
             .collect();
         Box::pin(std::future::ready(Ok(rows)))
     }

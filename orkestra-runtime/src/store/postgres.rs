@@ -909,8 +909,11 @@ async fn declare_tags(
         .await?;
     let keys: Vec<String> = pairs.iter().map(|(t, _)| format!("type {t}")).collect();
     let exclusive = vec![true; keys.len()];
-    tx.execute("SELECT orkestra_lock_boundary($1, $2)", &[&keys, &exclusive])
-        .await?;
+    tx.execute(
+        "SELECT orkestra_lock_boundary($1, $2)",
+        &[&keys, &exclusive],
+    )
+    .await?;
     let mut answers = Vec::with_capacity(pairs.len());
     for &(event_type, key) in pairs {
         // Indexed unless a stored event of the type lacks the key (a statement after the

@@ -1075,11 +1075,12 @@ fn reindex_batch(
                 location: format!("position {position}"),
                 message,
             };
-            let mut tags: Vec<String> = match row.get::<_, Option<String>>(3).map_err(backend_error)? {
-                Some(json) => serde_json::from_str(&json)
-                    .map_err(|e| corrupt(format!("tags are not a JSON array of text: {e}")))?,
-                None => Vec::new(),
-            };
+            let mut tags: Vec<String> =
+                match row.get::<_, Option<String>>(3).map_err(backend_error)? {
+                    Some(json) => serde_json::from_str(&json)
+                        .map_err(|e| corrupt(format!("tags are not a JSON array of text: {e}")))?,
+                    None => Vec::new(),
+                };
             let prefix = format!("{key}:");
             if tags.iter().any(|t| t.starts_with(&prefix)) {
                 continue;

@@ -150,7 +150,9 @@ pub(crate) struct ReindexBatch {
 pub(crate) fn tag_from_data(data: &Value, key: &str) -> Result<Tag, SkipReason> {
     match data.get(key) {
         None | Some(Value::Null) => Err(SkipReason::Missing),
-        Some(Value::String(s)) if !s.is_empty() => Tag::new(key, s).map_err(|_| SkipReason::NotText),
+        Some(Value::String(s)) if !s.is_empty() => {
+            Tag::new(key, s).map_err(|_| SkipReason::NotText)
+        }
         Some(_) => Err(SkipReason::NotText),
     }
 }
@@ -185,7 +187,10 @@ mod tests {
     #[test]
     fn a_tag_comes_from_a_text_field_only() {
         let data = serde_json::json!({"course_id": "c1", "n": 3, "e": "", "z": null});
-        assert_eq!(tag_from_data(&data, "course_id").unwrap().as_str(), "course_id:c1");
+        assert_eq!(
+            tag_from_data(&data, "course_id").unwrap().as_str(),
+            "course_id:c1"
+        );
         assert_eq!(tag_from_data(&data, "n"), Err(SkipReason::NotText));
         assert_eq!(tag_from_data(&data, "e"), Err(SkipReason::NotText));
         assert_eq!(tag_from_data(&data, "z"), Err(SkipReason::Missing));

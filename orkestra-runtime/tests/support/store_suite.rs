@@ -1574,6 +1574,90 @@ pub async fn dcb_tags_declared_on_an_empty_store_are_indexed(store: Store) {
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
 }
 
+/// Appends of a type without its tag (processes on an older schema) racing the tag's
+/// declaration: whichever way the race goes, no event is left out of the index once the
+/// pair is indexed (declared indexed at once, or after a reindex).
+pub async fn dcb_a_declaration_racing_old_appends_leaves_none_unindexed(store: Store) {
+    if refuses_registry(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let event_type = format!("SeatTaken{run}");
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (store, run, event_type) = (store.clone(), run.clone(), event_type.clone());
+            tokio::spawn(async move {
+                let mut values = Vec::new();
+                for i in 0..15 {
+                    let value = format!("w{w}-{i}-{run}");
+                    let started = std::time::Instant::now();
+                    store
+                        .append(
+                            &format!("seat-{w}-{i}-{run}"),
+                            ExpectedVersion::NoStream,
+                            vec![with_data(&event_type, json!({ "seat": value }), &[])],
+                        )
+                        .await
+                        .unwrap();
+                    values.push((value, started));
+                    tokio::task::yield_now().await;
+                }
+                values
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let declared = store
+        .ensure_tags_indexed(&[(event_type.as_str(), "seat")])
+        .await;
+    let declared_at = std::time::Instant::now();
+    let mut values = Vec::new();
+    for w in writers {
+        values.extend(w.await.unwrap());
+    }
+    let find = |value: String| {
+        let store = store.clone();
+        async move {
+            store
+                .read_query(
+                    &Query::of(QueryItem::tags([Tag::new("seat", &value).unwrap()])),
+                    0,
+                    10,
+                )
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    // Appended after the declaration: indexed by the append itself, reindex or not.
+    let after: Vec<_> = values.iter().filter(|(_, at)| *at > declared_at).collect();
+    for (value, _) in &after {
+        assert_eq!(
+            find(value.clone()).await,
+            1,
+            "{value}, appended after the declaration"
+        );
+    }
+    match declared {
+        Ok(()) => {}
+        Err(StoreError::TagsNotIndexed { .. }) => {
+            store.reindex_tags(|_, _| {}).await.unwrap();
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+    store
+        .ensure_tags_indexed(&[(event_type.as_str(), "seat")])
+        .await
+        .unwrap();
+    for (value, _) in &values {
+        assert_eq!(
+            find(value.clone()).await,
+            1,
+            "the event with seat {value} is indexed"
+        );
+    }
+}
+
 /// A tag added to a type whose events are already stored: a decision reading it is
 /// refused, naming the command to run; a reindex gives the old events their entries
 /// (reporting those whose field is missing or not text), after which the decision runs
@@ -1612,7 +1696,10 @@ pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
         let err = store.ensure_tags_indexed(&pair).await.unwrap_err();
         match &err {
             StoreError::TagsNotIndexed { event_type, tag } => {
-                assert_eq!((event_type.as_str(), tag.as_str()), (registered.as_str(), "username"));
+                assert_eq!(
+                    (event_type.as_str(), tag.as_str()),
+                    (registered.as_str(), "username")
+                );
             }
             other => panic!("expected TagsNotIndexed, got {other:?}"),
         }
@@ -1625,9 +1712,13 @@ pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
         );
     }
     let ada = Query::of(
-        QueryItem::types([registered.as_str()]).with_tags([Tag::new("username", name("ada")).unwrap()]),
+        QueryItem::types([registered.as_str()])
+            .with_tags([Tag::new("username", name("ada")).unwrap()]),
     );
-    assert!(store.read_query(&ada, 0, 10).await.unwrap().is_empty(), "not indexed yet");
+    assert!(
+        store.read_query(&ada, 0, 10).await.unwrap().is_empty(),
+        "not indexed yet"
+    );
     let pending = store.declared_tags().await.unwrap();
     assert!(
         pending
@@ -1637,10 +1728,25 @@ pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
     );
 
     let mut calls: Vec<(u64, u64)> = Vec::new();
-    let report = store.reindex_tags(|done, total| calls.push((done, total))).await.unwrap();
-    let ours: Vec<_> = report.pairs.iter().filter(|p| p.event_type == registered).collect();
+    let report = store
+        .reindex_tags(|done, total| calls.push((done, total)))
+        .await
+        .unwrap();
+    let ours: Vec<_> = report
+        .pairs
+        .iter()
+        .filter(|p| p.event_type == registered)
+        .collect();
     assert_eq!(ours.len(), 1, "{report:?}");
-    assert_eq!((ours[0].tag.as_str(), ours[0].events, ours[0].written, ours[0].skipped), ("username", 5, 3, 2));
+    assert_eq!(
+        (
+            ours[0].tag.as_str(),
+            ours[0].events,
+            ours[0].written,
+            ours[0].skipped
+        ),
+        ("username", 5, 3, 2)
+    );
     let mut skipped: Vec<_> = report
         .skipped
         .iter()
@@ -1651,8 +1757,16 @@ pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
     assert_eq!(
         skipped,
         [
-            (format!("user-2-{run}"), at[2], orkestra_runtime::store::SkipReason::NotText),
-            (format!("user-3-{run}"), at[3], orkestra_runtime::store::SkipReason::Missing),
+            (
+                format!("user-2-{run}"),
+                at[2],
+                orkestra_runtime::store::SkipReason::NotText
+            ),
+            (
+                format!("user-3-{run}"),
+                at[3],
+                orkestra_runtime::store::SkipReason::Missing
+            ),
         ]
     );
     assert_eq!(calls.first().map(|c| c.0), Some(0), "{calls:?}");
@@ -1662,14 +1776,25 @@ pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
 
     store.ensure_tags_indexed(&pair).await.unwrap();
     let found = store.read_query(&ada, 0, 10).await.unwrap();
-    assert_eq!(positions(&found), [at[0], at[4]], "the old events, found by the tag");
-    assert_eq!(found[0].tags(), [Tag::new("username", name("ada")).unwrap()]);
+    assert_eq!(
+        positions(&found),
+        [at[0], at[4]],
+        "the old events, found by the tag"
+    );
+    assert_eq!(
+        found[0].tags(),
+        [Tag::new("username", name("ada")).unwrap()]
+    );
     // A decision on the reindexed boundary holds as on any other.
     let err = store
         .append_if(
             &format!("user-5-{run}"),
             ExpectedVersion::NoStream,
-            vec![with_data(&registered, json!({"username": name("ada")}), &[])],
+            vec![with_data(
+                &registered,
+                json!({"username": name("ada")}),
+                &[],
+            )],
             AppendCondition {
                 fail_if_events_match: ada.clone(),
                 after: Some(at[0]),
@@ -1677,14 +1802,28 @@ pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::WrongCondition { position, .. } if position == at[4]), "{err:?}");
+    assert!(
+        matches!(err, StoreError::WrongCondition { position, .. } if position == at[4]),
+        "{err:?}"
+    );
 
     // Idempotent: nothing of ours is pending, nothing changes.
     let again = store.reindex_tags(|_, _| {}).await.unwrap();
-    assert!(again.pairs.iter().all(|p| p.event_type != registered), "{again:?}");
-    assert_eq!(positions(&store.read_query(&ada, 0, 10).await.unwrap()), [at[0], at[4]]);
-    let bob = Query::of(QueryItem::tags([Tag::new("username", name("bob")).unwrap()]));
-    assert_eq!(positions(&store.read_query(&bob, 0, 10).await.unwrap()), [at[1]]);
+    assert!(
+        again.pairs.iter().all(|p| p.event_type != registered),
+        "{again:?}"
+    );
+    assert_eq!(
+        positions(&store.read_query(&ada, 0, 10).await.unwrap()),
+        [at[0], at[4]]
+    );
+    let bob = Query::of(QueryItem::tags(
+        [Tag::new("username", name("bob")).unwrap()],
+    ));
+    assert_eq!(
+        positions(&store.read_query(&bob, 0, 10).await.unwrap()),
+        [at[1]]
+    );
     let declared = store.declared_tags().await.unwrap();
     assert!(
         declared
@@ -1740,6 +1879,7 @@ macro_rules! store_suite {
             case!(dcb_disjoint_boundaries_never_conflict);
             case!(dcb_tags_declared_on_an_empty_store_are_indexed);
             case!(dcb_tags_added_later_need_a_reindex);
+            case!(dcb_a_declaration_racing_old_appends_leaves_none_unindexed);
         }
     };
 }
