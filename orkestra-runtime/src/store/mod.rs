@@ -70,8 +70,12 @@ pub struct Store {
     runner_lease: Option<std::time::Duration>,
     /// The (event type, tag key) pairs found indexed: an indexed pair stays indexed (see
     /// [`tag_index`]), so each is asked of the store once per handle.
-    indexed_tags: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    indexed_tags: Arc<std::sync::Mutex<IndexedTags>>,
 }
+
+/// The pairs a [`Store`] handle found indexed: tag keys by event type (looked up
+/// without allocating, on every decision).
+type IndexedTags = std::collections::HashMap<String, std::collections::HashSet<String>>;
 
 /// What a published message adds to an event's stored size (the envelope's keys, kind
 /// and version, the trace context), counted against the bus's limit at append.
@@ -330,7 +334,8 @@ impl Store {
             let known = crate::sync::lock(&self.indexed_tags);
             let mut unknown: Vec<(&str, &str)> = Vec::new();
             for &(t, k) in pairs {
-                if !known.contains(&(t.to_owned(), k.to_owned())) && !unknown.contains(&(t, k)) {
+                let indexed = known.get(t).is_some_and(|keys| keys.contains(k));
+                if !indexed && !unknown.contains(&(t, k)) {
                     unknown.push((t, k));
                 }
             }
@@ -345,7 +350,7 @@ impl Store {
             let mut known = crate::sync::lock(&self.indexed_tags);
             for (&(t, k), ok) in unknown.iter().zip(indexed) {
                 if ok {
-                    known.insert((t.to_owned(), k.to_owned()));
+                    known.entry(t.to_owned()).or_default().insert(k.to_owned());
                 } else if first_pending.is_none() {
                     first_pending = Some((t, k));
                 }
@@ -419,7 +424,10 @@ impl Store {
                     break;
                 }
             }
-            crate::sync::lock(&self.indexed_tags).insert((pair.event_type, pair.tag));
+            crate::sync::lock(&self.indexed_tags)
+                .entry(pair.event_type)
+                .or_default()
+                .insert(pair.tag);
             report.pairs.push(summary);
         }
         Ok(report)
