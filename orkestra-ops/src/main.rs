@@ -13,6 +13,8 @@
 //! orkestra relay skip POSITION [--checkpoint NAME]
 //! orkestra projection rebuild NAME [--partitions N]
 //! orkestra status
+//! orkestra store reindex-tags
+//! orkestra store tags
 //! orkestra completions SHELL
 //! orkestra man        [--out DIR]
 //! ```
@@ -26,6 +28,7 @@ mod print;
 mod progress;
 mod schema;
 mod status;
+mod tags;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +81,9 @@ enum Cmd {
     /// configured store (`[store]`), across every copy of the service: its owner,
     /// checkpoint, lag in events and in seconds, and when its lease expires.
     Status,
+    /// The configured store's tag index (`[store]`).
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// The exchanges and queues Orkestra declares under the configured prefix, with
     /// their bindings and depths.
     Topology {
@@ -125,6 +131,19 @@ enum ProjectionCmd {
         #[arg(long, value_name = "N", default_value_t = 1)]
         partitions: u32,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Build the tag index's entries of events stored before their tag was declared: for
+    /// every declared (event type, tag) that is not indexed, read the events of that type
+    /// and index each by its field of the tag's name (an event whose field is missing or
+    /// not a text is reported), then mark it indexed, so the decisions reading it run.
+    /// In batches, each committed with its progress: safe while the service appends, and
+    /// a stopped run resumes where it was.
+    ReindexTags,
+    /// Every (event type, tag) a decision has declared, and whether it is indexed.
+    Tags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -263,6 +282,14 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
         let config = load_config(args.config.as_ref())?;
         return status::run(&config, args.format).await;
     }
+    if let Cmd::Store(store) = &args.command {
+        // The store alone, as `status`.
+        let config = load_config(args.config.as_ref())?;
+        return match store {
+            StoreCmd::ReindexTags => tags::reindex(&config, args.format).await,
+            StoreCmd::Tags => tags::list(&config, args.format).await,
+        };
+    }
     if let Cmd::Projection(ProjectionCmd::Rebuild { name, partitions }) = &args.command {
         let config = load_config(args.config.as_ref())?;
         return status::rebuild(&config, name, *partitions).await;
@@ -364,6 +391,7 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
         // Handled by `run` before it connects to the broker, or by `main`.
         Cmd::Relay(_)
         | Cmd::Status
+        | Cmd::Store(_)
         | Cmd::Projection(_)
         | Cmd::Completions { .. }
         | Cmd::Man { .. } => {}

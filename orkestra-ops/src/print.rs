@@ -3,6 +3,7 @@
 use chrono::Utc;
 use orkestra_runtime::bus::rabbitmq::{Settlement, StoredDeadLetter, TopologyReport};
 use orkestra_runtime::runners::RunnerStatus;
+use orkestra_runtime::store::{DeclaredTag, REINDEX_COMMAND, ReindexReport};
 use serde_json::{Value, json};
 
 use crate::Format;
@@ -261,6 +262,136 @@ pub(crate) fn status(format: Format, statuses: &[RunnerStatus]) {
         ],
         &rows,
     );
+}
+
+/// `store reindex-tags`: each pair reindexed, the events skipped, the totals.
+pub(crate) fn reindexed(format: Format, report: &ReindexReport) {
+    if format == Format::Json {
+        let pairs: Vec<Value> = report
+            .pairs
+            .iter()
+            .map(|p| {
+                json!({
+                    "event_type": p.event_type,
+                    "tag": p.tag,
+                    "events": p.events,
+                    "written": p.written,
+                    "skipped": p.skipped,
+                })
+            })
+            .collect();
+        let skipped: Vec<Value> = report
+            .skipped
+            .iter()
+            .map(|s| {
+                json!({
+                    "event_type": s.event_type,
+                    "tag": s.tag,
+                    "stream": s.stream,
+                    "position": s.position,
+                    "reason": s.reason.to_string(),
+                })
+            })
+            .collect();
+        emit(&json!({
+            "pairs": pairs,
+            "events": report.events(),
+            "written": report.written(),
+            "skipped_count": report.skipped_count(),
+            "skipped": skipped,
+        }));
+        return;
+    }
+    if report.pairs.is_empty() {
+        println!("every declared tag is indexed: nothing to do");
+        return;
+    }
+    let rows: Vec<[String; 5]> = report
+        .pairs
+        .iter()
+        .map(|p| {
+            [
+                clean(&p.event_type),
+                clean(&p.tag),
+                p.events.to_string(),
+                p.written.to_string(),
+                p.skipped.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["EVENT TYPE", "TAG", "EVENTS", "WRITTEN", "SKIPPED"],
+        &rows,
+    );
+    if !report.skipped.is_empty() {
+        println!();
+        println!("events without an entry (their field is missing or not a text):");
+        let rows: Vec<[String; 5]> = report
+            .skipped
+            .iter()
+            .map(|s| {
+                [
+                    clean(&s.event_type),
+                    clean(&s.tag),
+                    clean(&s.stream),
+                    s.position.to_string(),
+                    s.reason.to_string(),
+                ]
+            })
+            .collect();
+        table(&["EVENT TYPE", "TAG", "STREAM", "POSITION", "WHY"], &rows);
+        let listed = report.skipped.len() as u64;
+        if report.skipped_count() > listed {
+            println!("... and {} more", report.skipped_count() - listed);
+        }
+    }
+    println!();
+    println!(
+        "{} tag(s) indexed: {} event(s) read, {} entr{} written, {} skipped",
+        report.pairs.len(),
+        report.events(),
+        report.written(),
+        if report.written() == 1 { "y" } else { "ies" },
+        report.skipped_count()
+    );
+}
+
+/// `store tags`: every declared (event type, tag) pair and whether it is indexed.
+pub(crate) fn declared_tags(format: Format, declared: &[DeclaredTag]) {
+    if format == Format::Json {
+        let rows: Vec<Value> = declared
+            .iter()
+            .map(|d| {
+                json!({
+                    "event_type": d.event_type,
+                    "tag": d.tag,
+                    "indexed": d.indexed,
+                    "reindexed_to": d.reindexed_to,
+                })
+            })
+            .collect();
+        emit(&Value::Array(rows));
+        return;
+    }
+    if declared.is_empty() {
+        println!("no tags are declared: no decision has run against this store");
+        return;
+    }
+    let rows: Vec<[String; 3]> = declared
+        .iter()
+        .map(|d| {
+            [
+                clean(&d.event_type),
+                clean(&d.tag),
+                if d.indexed {
+                    "yes".to_owned()
+                } else {
+                    format!("no: run `{REINDEX_COMMAND}`")
+                },
+            ]
+        })
+        .collect();
+    table(&["EVENT TYPE", "TAG", "INDEXED"], &rows);
 }
 
 /// Seconds to the millisecond.

@@ -1,4 +1,4 @@
-//! The progress bar of long replays and purges, on standard error (indicatif): only when
+//! The progress bar of long replays, purges and reindexing runs, on standard error (indicatif): only when
 //! standard error is a terminal (in a pipe, a log or CI nothing is drawn, so no escape
 //! codes and no carriage returns land there), at most five times a second, and only once
 //! the operation has run for a moment (a small queue shows nothing).
@@ -14,9 +14,12 @@ const AFTER: Duration = Duration::from_millis(500);
 const HZ: u8 = 5;
 /// `replaying [##########--------------------] 40/120 taken, 38 done`
 const TEMPLATE: &str = "{prefix} [{bar:30}] {pos}/{len} taken, {msg} done";
+/// `reindexing [##########--------------------] 4000/12000 events`
+const COUNT_TEMPLATE: &str = "{prefix} [{bar:30}] {pos}/{len} events";
 
 pub(crate) struct Bar {
     verb: &'static str,
+    template: &'static str,
     /// Where the bar draws once it appears: standard error, hidden when it is no
     /// terminal.
     target: Option<ProgressDrawTarget>,
@@ -30,9 +33,18 @@ impl Bar {
         Self::to(verb, ProgressDrawTarget::stderr_with_hz(HZ))
     }
 
+    /// A bar of events done out of a total, on standard error.
+    pub(crate) fn events(verb: &'static str) -> Self {
+        Self {
+            template: COUNT_TEMPLATE,
+            ..Self::new(verb)
+        }
+    }
+
     fn to(verb: &'static str, target: ProgressDrawTarget) -> Self {
         Self {
             verb,
+            template: TEMPLATE,
             target: Some(target),
             started: Instant::now(),
             bar: None,
@@ -41,6 +53,11 @@ impl Bar {
 
     pub(crate) fn update(&mut self, p: Progress) {
         self.show(p.seen, p.total, p.done);
+    }
+
+    /// `done` of `total` (a bar made by [`events`](Self::events)).
+    pub(crate) fn count(&mut self, done: u64, total: u64) {
+        self.show(done, total, done);
     }
 
     /// `seen` letters taken of `total`, `done` settled.
@@ -52,7 +69,7 @@ impl Bar {
             let Some(target) = self.target.take() else {
                 return;
             };
-            let style = ProgressStyle::with_template(TEMPLATE)
+            let style = ProgressStyle::with_template(self.template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("#-");
             let bar = ProgressBar::with_draw_target(Some(total), target)
@@ -137,6 +154,26 @@ mod tests {
         bar.show(1, 10, 1);
         bar.finish();
         assert!(screen.lines().is_empty(), "{:?}", screen.lines());
+    }
+
+    #[test]
+    fn a_count_bar_draws_events_done_of_the_total() {
+        let screen = Screen::default();
+        let mut bar = Bar {
+            template: COUNT_TEMPLATE,
+            ..Bar::to(
+                "reindexing",
+                ProgressDrawTarget::term_like(Box::new(screen.clone())),
+            )
+        };
+        bar.started -= AFTER;
+        bar.count(4000, 12000);
+        bar.finish();
+        let drawn = screen.lines().join("\n");
+        assert!(
+            drawn.contains("reindexing [##########--------------------] 4000/12000 events"),
+            "{drawn}"
+        );
     }
 
     #[test]

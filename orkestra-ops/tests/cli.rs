@@ -2,7 +2,8 @@
 //! has its own prefix (an `orkestra.toml` in a directory of its own, the broker URL in
 //! `ORKESTRA_BUS_URL`) and deletes its queues after. Without a broker the tests skip,
 //! unless `ORKESTRA_REQUIRE_SERVICES=1`, where they fail.
-//! `relay skip` and `status` work on a SQLite store the test prepares, with no broker.
+//! `relay skip`, `status` and `store` work on a SQLite store the test prepares, with no
+//! broker.
 
 #[allow(dead_code)]
 #[path = "../../orkestra-runtime/tests/support/payloads.rs"]
@@ -1104,6 +1105,106 @@ async fn projection_rebuild_resets_every_partition_with_the_new_count() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("0 partitions is out of range (1 to 1024)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `store tags` and `store reindex-tags` on a SQLite store the test prepared: events of a
+/// type stored before its tag was declared (one without the field, one whose field is a
+/// number), a decision refused until the reindex, the reindex's summary (a pipe: no
+/// escape codes), the decision's check passing after it, and a second run with nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_tags_indexes_old_events_and_reports_the_ones_it_cannot() {
+    use orkestra_runtime::{EventData, ExpectedVersion, Store, StoreError};
+    let dir = StoreDir::new("adapter = \"sqlite\"\nurl = \"events.db\"");
+    let store = Store::sqlite(dir.dir.join("events.db")).await.unwrap();
+    assert_eq!(
+        dir.ok(&["store", "tags"]),
+        "no tags are declared: no decision has run against this store\n"
+    );
+    assert_eq!(dir.ok(&["store", "tags", "--format", "json"]), "[]\n");
+    let registered = |data: Value| EventData {
+        id: orkestra_runtime::new_id(),
+        event_type: "Accounts.UserRegistered".into(),
+        schema_version: 1,
+        data,
+        metadata: Metadata::new(),
+        topic: None,
+        tags: Vec::new(),
+    };
+    for (i, data) in [
+        json!({"username": "ada"}),
+        json!({"username": "bob"}),
+        json!({"username": 7}),
+        json!({"email": "x@example.org"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .append(
+                &format!("user-{i}"),
+                ExpectedVersion::NoStream,
+                vec![registered(data)],
+            )
+            .await
+            .unwrap();
+    }
+    let err = store
+        .ensure_tags_indexed(&[
+            ("Accounts.UserRegistered", "username"),
+            ("Accounts.UsernameReleased", "username"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::TagsNotIndexed { event_type, tag }
+            if event_type == "Accounts.UserRegistered" && tag == "username"),
+        "{err:?}"
+    );
+    insta::assert_snapshot!("store_tags_pending", dir.ok(&["store", "tags"]));
+
+    let out = dir.run(&["store", "reindex-tags"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    insta::assert_snapshot!("store_reindex_tags", String::from_utf8(out.stdout).unwrap());
+    store
+        .ensure_tags_indexed(&[("Accounts.UserRegistered", "username")])
+        .await
+        .unwrap();
+    let ada = orkestra_runtime::Query::of(orkestra_runtime::QueryItem::tags([
+        orkestra_runtime::Tag::new("username", "ada").unwrap(),
+    ]));
+    let found = store.read_query(&ada, 0, 10).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].stream(), "user-0");
+    insta::assert_snapshot!(
+        "store_tags_indexed_json",
+        dir.ok(&["store", "tags", "--format", "json"])
+    );
+
+    let again: Value =
+        serde_json::from_str(&dir.ok(&["store", "reindex-tags", "--format", "json"])).unwrap();
+    assert_eq!(
+        again,
+        json!({"pairs": [], "events": 0, "written": 0, "skipped_count": 0, "skipped": []})
+    );
+    assert_eq!(
+        dir.ok(&["store", "reindex-tags"]),
+        "every declared tag is indexed: nothing to do\n"
+    );
+    // A store it cannot open: exit 1, one line naming it.
+    let missing = StoreDir::new("adapter = \"sqlite\"\nurl = \"missing.db\"");
+    let out = missing.run(&["store", "reindex-tags"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: store sqlite \"missing.db\": no such file"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

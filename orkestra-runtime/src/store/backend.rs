@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
+use super::tag_index::{DeclaredTag, ReindexBatch};
 use super::{
     AppendCondition, AppendResult, Encoded, ExpectedVersion, Query, RecordedEvent, Snapshot,
     StoreError,
@@ -58,13 +59,47 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
         Box::pin(std::future::ready(Err(self.no_dcb("read_query"))))
     }
+    /// Records each (event type, tag key) pair not yet declared, indexed when no stored
+    /// event of its type lacks the key (atomically with the appends of that type), and
+    /// returns whether each pair is indexed, in order. This default refuses, as
+    /// [`append_if`](Self::append_if) does.
+    fn declare_tags<'a>(
+        &'a self,
+        _pairs: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(std::future::ready(Err(self.no_dcb("ensure_tags_indexed"))))
+    }
+    /// Every declared pair, ordered by event type and key.
+    fn declared_tags(&self) -> BoxFuture<'_, Result<Vec<DeclaredTag>, StoreError>> {
+        Box::pin(std::future::ready(Err(self.no_dcb("declared_tags"))))
+    }
+    /// How many events of `event_type` lie after position `after` (a reindex's total).
+    fn count_of_type<'a>(
+        &'a self,
+        _event_type: &'a str,
+        _after: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Err(self.no_dcb("reindex_tags"))))
+    }
+    /// One batch of a pending pair's reindexing: up to `max` events of the type after
+    /// the registry's cursor, their missing entries written from their data, the cursor
+    /// moved, and the pair marked indexed when the batch reached the last event; all in
+    /// one transaction.
+    fn reindex_batch<'a>(
+        &'a self,
+        _event_type: &'a str,
+        _tag: &'a str,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<ReindexBatch, StoreError>> {
+        Box::pin(std::future::ready(Err(self.no_dcb("reindex_tags"))))
+    }
     /// The refusal of the defaults above.
     fn no_dcb(&self, operation: &'static str) -> StoreError {
         StoreError::Unsupported {
             adapter: self.name(),
             operation,
-            hint: "decisions across streams (tags, read_query, append_if) need the memory, \
-                   SQLite or PostgreSQL store",
+            hint: "decisions across streams (tags, read_query, append_if, the tag index's \
+                   registry) need the memory, SQLite or PostgreSQL store",
         }
     }
     fn read_all(

@@ -39,6 +39,19 @@ pub enum StoreError {
         /// That event's type.
         event_type: String,
     },
+    /// A decision reads events of `event_type` by tag `tag`, but events of that type
+    /// were stored before the tag was declared and have no index entries yet: a query by
+    /// the tag would miss them. Run `orkestra store reindex-tags` (or
+    /// [`Store::reindex_tags`](super::Store::reindex_tags)).
+    #[error(
+        "tag {tag:?} of event type {event_type:?} is not indexed yet: events of that type were stored before the tag was declared, and a query by it would miss them; run `orkestra store reindex-tags` against this store"
+    )]
+    TagsNotIndexed {
+        /// The event type.
+        event_type: String,
+        /// The tag key.
+        tag: String,
+    },
     /// The adapter cannot do this operation.
     #[error("the {adapter} store does not support {operation}; {hint}")]
     Unsupported {

@@ -1,13 +1,14 @@
 //! The in-memory store: a log, a per-stream index and a tag index behind one mutex
 //! (which is also what makes a conditional append atomic).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::Encoded;
+use super::tag_index::{self, DeclaredTag, ReindexBatch, SkippedEvent};
 use super::{
     AppendCondition, AppendResult, Backend, Conflict, Direction, ExpectedVersion, Query,
     RecordedEvent, Snapshot, StoreError, StoredId, check_append, next_version,
@@ -22,6 +23,10 @@ struct State {
     tags: HashMap<String, Vec<usize>>,
     snapshots: HashMap<String, Snapshot>,
     checkpoints: HashMap<String, u64>,
+    /// The tag index's registry: (event type, tag key) → indexed, cursor.
+    registry: BTreeMap<(String, String), (bool, Option<u64>)>,
+    /// The declared tag keys of each event type, which appends give their events.
+    declared: HashMap<String, Vec<String>>,
 }
 
 impl State {
@@ -106,6 +111,10 @@ impl MemoryStore {
             }
         }
         let now = chrono::Utc::now();
+        let mut events = events;
+        for e in &mut events {
+            derive_tags(&state.declared, &mut e.event);
+        }
         let mut last = AppendResult {
             last_version: 0,
             last_position: 0,
@@ -152,6 +161,81 @@ impl MemoryStore {
     }
 }
 
+/// Gives `event` the tags declared for its type that it lacks, from its fields (one
+/// missing or not text gets none; see [`tag_index`]).
+fn derive_tags(declared: &HashMap<String, Vec<String>>, event: &mut super::EventData) {
+    let Some(keys) = declared.get(&event.event_type) else {
+        return;
+    };
+    for key in keys {
+        if !tag_index::has_key(&event.tags, key)
+            && let Ok(tag) = tag_index::tag_from_data(&event.data, key)
+        {
+            event.tags.push(tag);
+        }
+    }
+}
+
+impl MemoryStore {
+    /// One reindexing batch under the store's lock.
+    fn reindex_now(
+        &self,
+        event_type: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<ReindexBatch, StoreError> {
+        let mut guard = crate::sync::lock(&self.state);
+        let state = &mut *guard;
+        let pair = (event_type.to_owned(), key.to_owned());
+        let Some(&(indexed, cursor)) = state.registry.get(&pair) else {
+            return Err(StoreError::Invalid(format!(
+                "tag {key:?} of event type {event_type:?} is not declared"
+            )));
+        };
+        let mut batch = ReindexBatch::default();
+        if indexed {
+            batch.done = true;
+            return Ok(batch);
+        }
+        let start = cursor.map_or(0, |c| {
+            usize::try_from(c).unwrap_or(usize::MAX).saturating_add(1)
+        });
+        let mut last = cursor;
+        let mut index = start.min(state.log.len());
+        while index < state.log.len() && (batch.events as usize) < max {
+            let e = &mut state.log[index];
+            if &*e.event_type == event_type {
+                batch.events += 1;
+                last = Some(e.position);
+                if !tag_index::has_key(&e.tags, key) {
+                    let data: serde_json::Value =
+                        serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
+                    match tag_index::tag_from_data(&data, key) {
+                        Ok(tag) => {
+                            let entries = state.tags.entry(tag.as_str().to_owned()).or_default();
+                            let at = entries.partition_point(|&i| i < index);
+                            entries.insert(at, index);
+                            e.tags.push(tag);
+                            batch.written += 1;
+                        }
+                        Err(reason) => batch.skipped.push(SkippedEvent {
+                            event_type: event_type.to_owned(),
+                            tag: key.to_owned(),
+                            stream: e.stream.to_string(),
+                            position: e.position,
+                            reason,
+                        }),
+                    }
+                }
+            }
+            index += 1;
+        }
+        batch.done = index >= state.log.len();
+        state.registry.insert(pair, (batch.done, last));
+        Ok(batch)
+    }
+}
+
 impl Backend for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
@@ -192,6 +276,75 @@ impl Backend for MemoryStore {
         let state = crate::sync::lock(&self.state);
         let events = state.matching(query, from).take(max).cloned().collect();
         Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn declare_tags<'a>(
+        &'a self,
+        pairs: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        let mut state = crate::sync::lock(&self.state);
+        let mut answers = Vec::with_capacity(pairs.len());
+        for &(event_type, key) in pairs {
+            let pair = (event_type.to_owned(), key.to_owned());
+            let indexed = match state.registry.get(&pair) {
+                Some(&(indexed, _)) => indexed,
+                None => {
+                    let indexed = !state
+                        .log
+                        .iter()
+                        .any(|e| &*e.event_type == event_type && !tag_index::has_key(&e.tags, key));
+                    state.registry.insert(pair, (indexed, None));
+                    state
+                        .declared
+                        .entry(event_type.to_owned())
+                        .or_default()
+                        .push(key.to_owned());
+                    indexed
+                }
+            };
+            answers.push(indexed);
+        }
+        Box::pin(std::future::ready(Ok(answers)))
+    }
+
+    fn declared_tags(&self) -> BoxFuture<'_, Result<Vec<DeclaredTag>, StoreError>> {
+        let state = crate::sync::lock(&self.state);
+        let rows = state
+            .registry
+            .iter()
+            .map(
+                |((event_type, tag), &(indexed, reindexed_to))| DeclaredTag {
+                    event_type: event_type.clone(),
+                    tag: tag.clone(),
+                    indexed,
+                    reindexed_to,
+                },
+            )
+            .collect();
+        Box::pin(std::future::ready(Ok(rows)))
+    }
+
+    fn count_of_type<'a>(
+        &'a self,
+        event_type: &'a str,
+        after: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let state = crate::sync::lock(&self.state);
+        let count = state
+            .log
+            .iter()
+            .filter(|e| &*e.event_type == event_type && after.is_none_or(|a| e.position > a))
+            .count() as u64;
+        Box::pin(std::future::ready(Ok(count)))
+    }
+
+    fn reindex_batch<'a>(
+        &'a self,
+        event_type: &'a str,
+        tag: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<ReindexBatch, StoreError>> {
+        Box::pin(std::future::ready(self.reindex_now(event_type, tag, max)))
     }
 
     fn read_stream<'a>(

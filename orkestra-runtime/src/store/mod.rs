@@ -31,6 +31,7 @@ mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod subscription;
+pub mod tag_index;
 
 use std::fmt;
 use std::sync::Arc;
@@ -51,6 +52,9 @@ pub(crate) use query::matching_positions;
 pub use query::{AppendCondition, Query, QueryItem, Tag};
 pub use snapshot::Snapshot;
 pub use subscription::AllSubscription;
+pub use tag_index::{
+    DeclaredTag, REINDEX_COMMAND, ReindexReport, ReindexedPair, SkipReason, SkippedEvent,
+};
 
 use crate::config::{Config, PublishMode, StoreAdapter};
 
@@ -64,7 +68,14 @@ pub struct Store {
     bus_message_limit: Option<usize>,
     /// `[runners] lease`: how long the workers over this store hold their partitions.
     runner_lease: Option<std::time::Duration>,
+    /// The (event type, tag key) pairs found indexed: an indexed pair stays indexed (see
+    /// [`tag_index`]), so each is asked of the store once per handle.
+    indexed_tags: Arc<std::sync::Mutex<IndexedTags>>,
 }
+
+/// The pairs a [`Store`] handle found indexed: tag keys by event type (looked up
+/// without allocating, on every decision).
+type IndexedTags = std::collections::HashMap<String, std::collections::HashSet<String>>;
 
 /// What a published message adds to an event's stored size (the envelope's keys, kind
 /// and version, the trace context), counted against the bus's limit at append.
@@ -86,6 +97,7 @@ impl Store {
             publish: PublishMode::Direct,
             bus_message_limit: None,
             runner_lease: None,
+            indexed_tags: Arc::default(),
         }
     }
 
@@ -305,6 +317,120 @@ impl Store {
             return Ok(Vec::new());
         }
         self.backend.read_query(query, from, max).await
+    }
+
+    /// Declares the (event type, tag key) pairs a decision reads (see [`tag_index`]) and
+    /// checks that each is indexed: every stored event of the type carries the key in
+    /// the tag index. A pair first declared while no stored event of its type lacks the
+    /// key is indexed at once; from its declaration on, appends of the type take the tag
+    /// from the event's field of that name when they lack it. Otherwise
+    /// [`StoreError::TagsNotIndexed`] names the first pair that is not, and the command
+    /// to run (`orkestra store reindex-tags`, which calls
+    /// [`reindex_tags`](Self::reindex_tags)). Positive answers are cached by this handle
+    /// and its clones. EventStoreDB returns [`StoreError::Unsupported`].
+    pub async fn ensure_tags_indexed(&self, pairs: &[(&str, &str)]) -> Result<(), StoreError> {
+        tag_index::check_pairs(pairs)?;
+        let unknown: Vec<(&str, &str)> = {
+            let known = crate::sync::lock(&self.indexed_tags);
+            let mut unknown: Vec<(&str, &str)> = Vec::new();
+            for &(t, k) in pairs {
+                let indexed = known.get(t).is_some_and(|keys| keys.contains(k));
+                if !indexed && !unknown.contains(&(t, k)) {
+                    unknown.push((t, k));
+                }
+            }
+            unknown
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let indexed = self.backend.declare_tags(&unknown).await?;
+        let mut first_pending = None;
+        {
+            let mut known = crate::sync::lock(&self.indexed_tags);
+            for (&(t, k), ok) in unknown.iter().zip(indexed) {
+                if ok {
+                    known.entry(t.to_owned()).or_default().insert(k.to_owned());
+                } else if first_pending.is_none() {
+                    first_pending = Some((t, k));
+                }
+            }
+        }
+        match first_pending {
+            Some((event_type, tag)) => Err(StoreError::TagsNotIndexed {
+                event_type: event_type.to_owned(),
+                tag: tag.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every declared (event type, tag key) pair and whether it is indexed (what
+    /// `orkestra store tags` lists).
+    pub async fn declared_tags(&self) -> Result<Vec<DeclaredTag>, StoreError> {
+        self.backend.declared_tags().await
+    }
+
+    /// Builds the index entries of every declared pair that is not indexed yet: reads the
+    /// events of its type (in batches of 1,000, each written in one transaction with the
+    /// pair's cursor, so a stopped run resumes where it was), gives each the tag from its
+    /// field of the same name (a missing or non-text field: reported in
+    /// [`ReindexReport::skipped`], no entry), then marks the pair indexed. Idempotent
+    /// (entries already there are kept), and safe while the service appends (appends of
+    /// a declared type write their own entries). `progress(done, total)` is called after
+    /// each batch with the events read so far and the events to read.
+    pub async fn reindex_tags(
+        &self,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<ReindexReport, StoreError> {
+        let pending: Vec<DeclaredTag> = self
+            .backend
+            .declared_tags()
+            .await?
+            .into_iter()
+            .filter(|d| !d.indexed)
+            .collect();
+        let mut total = 0u64;
+        for pair in &pending {
+            total += self
+                .backend
+                .count_of_type(&pair.event_type, pair.reindexed_to)
+                .await?;
+        }
+        progress(0, total);
+        let mut report = ReindexReport::default();
+        let mut done = 0u64;
+        for pair in pending {
+            let mut summary = ReindexedPair {
+                event_type: pair.event_type.clone(),
+                tag: pair.tag.clone(),
+                ..ReindexedPair::default()
+            };
+            loop {
+                let batch = self
+                    .backend
+                    .reindex_batch(&pair.event_type, &pair.tag, tag_index::REINDEX_BATCH)
+                    .await?;
+                summary.events += batch.events;
+                summary.written += batch.written;
+                summary.skipped += batch.skipped.len() as u64;
+                let room = tag_index::REPORTED_SKIPS.saturating_sub(report.skipped.len());
+                report.skipped.extend(batch.skipped.into_iter().take(room));
+                done += batch.events;
+                // Events appended meanwhile may make it more than counted at the start.
+                total = total.max(done);
+                progress(done, total);
+                if batch.done {
+                    break;
+                }
+            }
+            crate::sync::lock(&self.indexed_tags)
+                .entry(pair.event_type)
+                .or_default()
+                .insert(pair.tag);
+            report.pairs.push(summary);
+        }
+        Ok(report)
     }
 
     /// Checks and encodes the events of an append.

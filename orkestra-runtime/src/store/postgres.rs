@@ -55,14 +55,39 @@
 //!   then checks the condition in a new statement (a new snapshot, which sees every
 //!   writer that held a lock before it), then appends and commits, releasing the locks.
 //!
+//! - `read_query` takes the same exclusive locks as a condition on its query, in a
+//!   transaction of its own, and reads in the next statement: every writer of a matching
+//!   event that held its shared lock has committed and is seen, and a writer that takes
+//!   one after gets its transaction id (assigned at its insert, after its locks) later,
+//!   hence positions after every one read. So any matching event it did not return lies
+//!   after the last position it returned, and the condition catches it.
+//!
 //! Everyone takes keys in the one hash order, so the locks cannot deadlock. Two decisions
 //! on disjoint boundaries take disjoint keys and never wait for each other; a hash
 //! collision only makes two unrelated writers wait. A per-tag version row updated with
 //! a compare-and-set (Marten 9.4) would also hold, but it writes a row per tag on every
 //! tagged append (dead tuples, a hot row per busy tag) where an advisory lock writes
-//! nothing. `read_query` sees what `read_all` sees (rows below the readers' horizon), so
-//! any event it did not return lies after every position it returned: the condition
-//! (checked without the horizon) catches it.
+//! nothing.
+//!
+//! `read_query` does not use the readers' horizon of `read_all`: that horizon is the
+//! oldest transaction of the whole cluster, so with other writers in flight a decision
+//! would often not see its own last event, and its next condition would fail on it
+//! (16 writers on 16 disjoint boundaries spent half their time on such retries). The
+//! locks give the same guarantee for its boundary alone.
+//!
+//! ## The tag index's registry
+//!
+//! `orkestra_tag_index` holds the (event type, tag key) pairs decisions read (see
+//! `tag_index`). A declaration takes the exclusive lock of each type (`type <name>`, the
+//! key every append of the type takes shared), then records the pair, indexed when no
+//! stored event of the type lacks the key: an append of the type under way is committed
+//! and seen by that check, and a later one reads the registry and derives the tag from
+//! its field. `orkestra_append` reads the registry before its locks (so the derived tags
+//! are locked in the one order) and again after them; a declaration committed in
+//! between makes it fail with a serialization failure, which the client retries. A
+//! declaration's check reads the whole table once per pair (no index on the type).
+//! Reindexing adds tags to older rows: the append-only trigger lets an UPDATE through
+//! only when every other column is kept and no tag is taken away.
 
 use std::time::Duration;
 
@@ -76,6 +101,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::Encoded;
+use super::tag_index::{DeclaredTag, ReindexBatch, SkippedEvent};
 use super::{
     AppendCondition, AppendResult, Backend, Conflict, Direction, ExpectedVersion, Query,
     RecordedEvent, Snapshot, StoreError, StoredId, Tag, check_append, matching_positions, sql_int,
@@ -270,6 +296,41 @@ CREATE TABLE IF NOT EXISTS orkestra_event_tags (
     tag      TEXT   NOT NULL,
     PRIMARY KEY (tag, position)
 );
+-- The registry of indexed tags (see "The tag index's registry" in the module docs).
+CREATE TABLE IF NOT EXISTS orkestra_tag_index (
+    event_type   TEXT        NOT NULL,
+    tag_key      TEXT        NOT NULL,
+    indexed      BOOLEAN     NOT NULL, -- false: reindex-tags has events to go through
+    reindexed_to BIGINT,               -- the last position a reindex handled (NULL: none)
+    declared_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_type, tag_key)
+);
+-- Events are append-only except for tags a reindex adds: every other column is kept and
+-- no tag is taken away. The trigger of older releases refused every UPDATE; it is moved
+-- to this function once (older processes replace only the function they name).
+CREATE OR REPLACE FUNCTION orkestra_events_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND (NEW.position, NEW.tx_id, NEW.stream, NEW.version, NEW.id, NEW.event_type,
+            NEW.schema_version, NEW.data, NEW.metadata, NEW.recorded_at, NEW.topic)
+           IS NOT DISTINCT FROM
+           (OLD.position, OLD.tx_id, OLD.stream, OLD.version, OLD.id, OLD.event_type,
+            OLD.schema_version, OLD.data, OLD.metadata, OLD.recorded_at, OLD.topic)
+       AND coalesce(NEW.tags, '{}') @> coalesce(OLD.tags, '{}') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'orkestra_events is append-only';
+END $$;
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t
+               WHERE t.tgname = 'orkestra_events_no_change'
+                 AND t.tgrelid = 'orkestra_events'::regclass
+                 AND t.tgfoid = 'orkestra_events_append_only'::regproc) THEN
+        DROP TRIGGER orkestra_events_no_change ON orkestra_events;
+        CREATE TRIGGER orkestra_events_no_change BEFORE UPDATE OR DELETE ON orkestra_events
+            FOR EACH ROW EXECUTE FUNCTION orkestra_events_guard();
+    END IF;
+END $$;
 -- The locks of a consistency boundary: transaction-level advisory locks on the hashes of
 -- `p_keys` ('type <event type>' or 'tag <key:value>'), exclusive where `p_exclusive`
 -- says so (a key named twice is taken once, exclusive if either asks), in the order of
@@ -306,11 +367,34 @@ DECLARE
     cur bigint;
     me bigint;
     n int := coalesce(array_length(p_ids, 1), 0);
-    tagged boolean := coalesce(array_length(p_tags, 1), 0) > 0;
+    tagged boolean;
+    declared bigint;
 BEGIN
+    -- Tags declared for these types (orkestra_tag_index) that an event lacks come from
+    -- its field of that name, when it is a non-empty text.
+    SELECT count(*) INTO declared FROM orkestra_tag_index r WHERE r.event_type = ANY(p_types);
+    IF declared > 0 THEN
+        SELECT p_tag_events || coalesce(array_agg(d.ev), '{}'), p_tags || coalesce(array_agg(d.tag), '{}')
+          INTO p_tag_events, p_tags
+        FROM (SELECT t.ord::int4 AS ev, r.tag_key || ':' || (t.data::jsonb ->> r.tag_key) AS tag
+              FROM unnest(p_types, p_data) WITH ORDINALITY AS t(event_type, data, ord)
+              JOIN orkestra_tag_index r ON r.event_type = t.event_type
+              WHERE jsonb_typeof(t.data::jsonb -> r.tag_key) = 'string'
+                AND (t.data::jsonb ->> r.tag_key) <> ''
+                AND NOT EXISTS (SELECT 1 FROM unnest(p_tag_events, p_tags) AS g(ev, tag)
+                                WHERE g.ev = t.ord AND starts_with(g.tag, r.tag_key || ':'))
+              ORDER BY t.ord, r.tag_key) AS d;
+    END IF;
+    tagged := coalesce(array_length(p_tags, 1), 0) > 0;
     PERFORM orkestra_lock_boundary(array_agg(k.key), array_agg(false))
     FROM (SELECT DISTINCT 'type ' || t AS key FROM unnest(p_types) AS t
           UNION SELECT 'tag ' || g FROM unnest(p_tags) AS g) AS k;
+    -- A declaration of one of these types committed before the locks were ours: the
+    -- tags above may lack its key. The client tries again (nothing is written yet).
+    IF (SELECT count(*) FROM orkestra_tag_index r WHERE r.event_type = ANY(p_types)) <> declared THEN
+        RAISE EXCEPTION 'orkestra: a tag of these event types was declared during the append'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
     SELECT max(e.version) INTO cur FROM orkestra_events e WHERE e.stream = p_stream;
     IF EXISTS (SELECT 1 FROM orkestra_events e WHERE e.id = ANY(p_ids))
        OR (p_expected = -2 AND cur IS NOT NULL)
@@ -714,8 +798,15 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
     }
 }
 
-/// Each event's tags as two parallel arrays for `orkestra_append`: the 1-based index of
-/// the event, and the tag.
+/// Whether an append that failed with `e` (rolled back, nothing written) is tried again:
+/// a concurrent writer took the version or an id first (the next round reports a stale
+/// expectation, a repeat or a duplicate, or for `Any` writes after it), or a tag of the
+/// appended types was declared meanwhile (`orkestra_append` derives its tags again).
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
 /// Where the events of these ids are stored, if they are: what an append compares a
 /// repeat with.
 async fn stored_ids(
@@ -738,6 +829,8 @@ async fn stored_ids(
         .collect())
 }
 
+/// Each event's tags as two parallel arrays for `orkestra_append`: the 1-based index of
+/// the event, and the tag.
 fn tag_arrays(events: &[Encoded]) -> (Vec<i32>, Vec<&str>) {
     let mut at = Vec::new();
     let mut tags = Vec::new();
@@ -753,9 +846,24 @@ fn tag_arrays(events: &[Encoded]) -> (Vec<i32>, Vec<&str>) {
 /// The lock keys of a conditional append (see the module documentation): exclusive for
 /// each item of the condition, shared for the types and tags the append writes.
 fn boundary_keys(condition: &AppendCondition, events: &[Encoded]) -> (Vec<String>, Vec<bool>) {
+    let (mut keys, mut exclusive) = query_keys(&condition.fail_if_events_match);
+    for e in events {
+        keys.push(format!("type {}", e.event.event_type));
+        exclusive.push(false);
+        for tag in &e.event.tags {
+            keys.push(format!("tag {tag}"));
+            exclusive.push(false);
+        }
+    }
+    (keys, exclusive)
+}
+
+/// The exclusive lock keys of a query's items: the item's first tag (every event
+/// matching the item carries it, and its writer holds it shared), or each of its types.
+fn query_keys(query: &Query) -> (Vec<String>, Vec<bool>) {
     let mut keys = Vec::new();
     let mut exclusive = Vec::new();
-    for item in condition.fail_if_events_match.items() {
+    for item in query.items() {
         match item.required_tags().first() {
             Some(tag) => {
                 keys.push(format!("tag {tag}"));
@@ -769,15 +877,176 @@ fn boundary_keys(condition: &AppendCondition, events: &[Encoded]) -> (Vec<String
             }
         }
     }
-    for e in events {
-        keys.push(format!("type {}", e.event.event_type));
-        exclusive.push(false);
-        for tag in &e.event.tags {
-            keys.push(format!("tag {tag}"));
-            exclusive.push(false);
+    (keys, exclusive)
+}
+
+/// Records the pairs not declared yet (see "The tag index's registry"): the exclusive
+/// locks on their types first, so no append of those types is under way while each is
+/// checked, and every later one reads the registry and derives the tag.
+async fn declare_tags(
+    client: &mut deadpool_postgres::Object,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    const KNOWN: &str =
+        "SELECT indexed FROM orkestra_tag_index WHERE event_type = $1 AND tag_key = $2";
+    let mut answers = Vec::with_capacity(pairs.len());
+    for &(event_type, key) in pairs {
+        let row = client
+            .query_typed_opt(KNOWN, &[(&event_type, Type::TEXT), (&key, Type::TEXT)])
+            .await?;
+        match row {
+            Some(row) => answers.push(row.try_get::<_, bool>(0)?),
+            None => break,
         }
     }
-    (keys, exclusive)
+    if answers.len() == pairs.len() {
+        return Ok(answers);
+    }
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
+    let keys: Vec<String> = pairs.iter().map(|(t, _)| format!("type {t}")).collect();
+    let exclusive = vec![true; keys.len()];
+    tx.execute(
+        "SELECT orkestra_lock_boundary($1, $2)",
+        &[&keys, &exclusive],
+    )
+    .await?;
+    let mut answers = Vec::with_capacity(pairs.len());
+    for &(event_type, key) in pairs {
+        // Indexed unless a stored event of the type lacks the key (a statement after the
+        // locks: it sees every append that held one).
+        tx.execute(
+            "INSERT INTO orkestra_tag_index (event_type, tag_key, indexed) \
+             SELECT $1::text, $2::text, NOT EXISTS (SELECT 1 FROM orkestra_events e \
+             WHERE e.event_type = $1::text AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(e.tags, '{}')) AS g(tag) \
+             WHERE starts_with(g.tag, $2::text || ':'))) \
+             ON CONFLICT (event_type, tag_key) DO NOTHING",
+            &[&event_type, &key],
+        )
+        .await?;
+        let row = tx
+            .query_typed_one(KNOWN, &[(&event_type, Type::TEXT), (&key, Type::TEXT)])
+            .await?;
+        answers.push(row.try_get::<_, bool>(0)?);
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// One batch of a pending pair's reindexing in one transaction: the registry row locked
+/// (two reindexing runs take turns), up to `max` events of the type after its cursor,
+/// the entries and tags of those that lack the key, the cursor moved and, once the last
+/// event was read, the pair marked indexed.
+async fn reindex_batch(
+    client: &mut deadpool_postgres::Object,
+    event_type: &str,
+    key: &str,
+    max: usize,
+) -> Result<ReindexBatch, StoreError> {
+    let tx = client.transaction().await.map_err(backend_error)?;
+    let row = tx
+        .query_opt(
+            "SELECT indexed, reindexed_to FROM orkestra_tag_index \
+             WHERE event_type = $1 AND tag_key = $2 FOR UPDATE",
+            &[&event_type, &key],
+        )
+        .await
+        .map_err(backend_error)?;
+    let Some(row) = row else {
+        return Err(StoreError::Invalid(format!(
+            "tag {key:?} of event type {event_type:?} is not declared"
+        )));
+    };
+    let indexed: bool = row.try_get(0).map_err(backend_error)?;
+    let cursor: Option<i64> = row.try_get(1).map_err(backend_error)?;
+    let mut batch = ReindexBatch::default();
+    if indexed {
+        batch.done = true;
+        return Ok(batch);
+    }
+    let prefix = format!("{key}:");
+    // Unnamed and typed: planned for the table as it is (see above).
+    let rows = tx
+        .query_typed(
+            "SELECT position, stream, jsonb_typeof(data -> $2), data ->> $2, \
+             EXISTS (SELECT 1 FROM unnest(coalesce(tags, '{}')) AS g(tag) WHERE starts_with(g.tag, $3)) \
+             FROM orkestra_events WHERE event_type = $1 AND position > $4 \
+             ORDER BY position LIMIT $5",
+            &[
+                (&event_type, Type::TEXT),
+                (&key, Type::TEXT),
+                (&prefix, Type::TEXT),
+                (&cursor.unwrap_or(-1), Type::INT8),
+                (&sql_int(max), Type::INT8),
+            ],
+        )
+        .await
+        .map_err(backend_error)?;
+    let mut positions: Vec<i64> = Vec::new();
+    let mut tags: Vec<String> = Vec::new();
+    let mut last = cursor;
+    for row in &rows {
+        let position: i64 = row.try_get(0).map_err(backend_error)?;
+        last = Some(position);
+        batch.events += 1;
+        if row.try_get::<_, bool>(4).map_err(backend_error)? {
+            continue;
+        }
+        let kind: Option<&str> = row.try_get(2).map_err(backend_error)?;
+        let value: Option<&str> = row.try_get(3).map_err(backend_error)?;
+        let reason = match (kind, value) {
+            (Some("string"), Some(value)) if !value.is_empty() => {
+                match super::Tag::new(key, value) {
+                    Ok(tag) => {
+                        positions.push(position);
+                        tags.push(tag.as_str().to_owned());
+                        continue;
+                    }
+                    Err(_) => super::SkipReason::NotText,
+                }
+            }
+            (None | Some("null"), _) => super::SkipReason::Missing,
+            _ => super::SkipReason::NotText,
+        };
+        batch.skipped.push(SkippedEvent {
+            event_type: event_type.to_owned(),
+            tag: key.to_owned(),
+            stream: row.try_get(1).map_err(backend_error)?,
+            position: position as u64,
+            reason,
+        });
+    }
+    if !positions.is_empty() {
+        tx.execute(
+            "INSERT INTO orkestra_event_tags (position, tag) \
+             SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
+            &[&positions, &tags],
+        )
+        .await
+        .map_err(backend_error)?;
+        tx.execute(
+            "UPDATE orkestra_events e SET tags = array_append(coalesce(e.tags, '{}'), u.tag) \
+             FROM unnest($1::bigint[], $2::text[]) AS u(position, tag) \
+             WHERE e.position = u.position AND NOT (coalesce(e.tags, '{}') @> ARRAY[u.tag])",
+            &[&positions, &tags],
+        )
+        .await
+        .map_err(backend_error)?;
+        batch.written = positions.len() as u64;
+    }
+    batch.done = rows.len() < max;
+    tx.execute(
+        "UPDATE orkestra_tag_index SET reindexed_to = $3, indexed = $4 \
+         WHERE event_type = $1 AND tag_key = $2",
+        &[&event_type, &key, &last, &batch.done],
+    )
+    .await
+    .map_err(backend_error)?;
+    tx.commit().await.map_err(backend_error)?;
+    Ok(batch)
 }
 
 fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
@@ -1007,9 +1276,7 @@ impl Backend for PostgresStore {
                     // A concurrent writer took the version (or an id) first: look again;
                     // the next round reports a stale expectation, a repeat or a duplicate,
                     // or (for `Any`) writes after it.
-                    Err(e)
-                        if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                            && attempts <= ANY_RETRIES => {}
+                    Err(e) if retryable(&e) && attempts <= ANY_RETRIES => {}
                     Err(e) => return Err(backend_error(e)),
                 }
             }
@@ -1062,9 +1329,7 @@ impl Backend for PostgresStore {
                     Ok(Err(Refusal::Condition(conflict))) => {
                         return Err(conflict.into_error(stream, condition.after));
                     }
-                    Err(e)
-                        if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                            && attempts <= ANY_RETRIES => {}
+                    Err(e) if retryable(&e) && attempts <= ANY_RETRIES => {}
                     Err(e) => return Err(backend_error(e)),
                 }
             }
@@ -1081,23 +1346,117 @@ impl Backend for PostgresStore {
             let (positions, texts) = matching_positions(query, |n| format!("${n}"));
             let sql = format!(
                 "SELECT {COLUMNS} FROM orkestra_events WHERE position IN ({positions}) \
-                 AND tx_id < {} ORDER BY position ASC LIMIT ${}",
-                horizon!(),
+                 ORDER BY position ASC LIMIT ${}",
                 texts.len() + 2
             );
             let from = sql_int(from);
             let limit = sql_int(max as u64);
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from];
+            let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
+                vec![(&from, Type::INT8)];
             params.extend(
                 texts
                     .iter()
-                    .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)),
+                    .map(|t| (t as &(dyn tokio_postgres::types::ToSql + Sync), Type::TEXT)),
             );
-            params.push(&limit);
-            let client = self.client().await?;
-            // Unnamed: planned for the table and these values each time (see above).
-            let rows = client.query(&sql, &params).await.map_err(backend_error)?;
+            params.push((&limit, Type::INT8));
+            let (keys, exclusive) = query_keys(query);
+            let mut client = self.client().await?;
+            let rows = async {
+                // The boundary's locks, then the read in a statement of their own: every
+                // writer of a matching event that held its lock has committed, and none
+                // can write one until this transaction ends ("Decisions across streams").
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+                    .start()
+                    .await?;
+                let lock = tx
+                    .prepare_cached("SELECT orkestra_lock_boundary($1, $2)")
+                    .await?;
+                // Sent together (one round trip); the server runs them in order.
+                // Unnamed and typed: planned for the table and these values each time.
+                let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                    [&keys, &exclusive];
+                let (_, rows) = futures_util::try_join!(
+                    tx.execute(&lock, &lock_params),
+                    tx.query_typed(&sql, &params),
+                )?;
+                tx.commit().await?;
+                Ok::<_, tokio_postgres::Error>(rows)
+            }
+            .await
+            .map_err(backend_error)?;
             rows.iter().map(row_to_event).collect()
+        })
+    }
+
+    fn declare_tags<'a>(
+        &'a self,
+        pairs: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            declare_tags(&mut client, pairs)
+                .await
+                .map_err(backend_error)
+        })
+    }
+
+    fn declared_tags(&self) -> BoxFuture<'_, Result<Vec<DeclaredTag>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT event_type, tag_key, indexed, reindexed_to FROM orkestra_tag_index \
+                     ORDER BY event_type, tag_key",
+                    &[],
+                )
+                .await
+                .map_err(backend_error)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(DeclaredTag {
+                        event_type: r.try_get(0)?,
+                        tag: r.try_get(1)?,
+                        indexed: r.try_get(2)?,
+                        reindexed_to: r.try_get::<_, Option<i64>>(3)?.map(|p| p as u64),
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(backend_error)
+        })
+    }
+
+    fn count_of_type<'a>(
+        &'a self,
+        event_type: &'a str,
+        after: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_typed_one(
+                    "SELECT count(*) FROM orkestra_events WHERE event_type = $1 AND position > $2",
+                    &[
+                        (&event_type, Type::TEXT),
+                        (&after.map_or(-1, sql_int), Type::INT8),
+                    ],
+                )
+                .await
+                .map_err(backend_error)?;
+            Ok(row.try_get::<_, i64>(0).map_err(backend_error)?.max(0) as u64)
+        })
+    }
+
+    fn reindex_batch<'a>(
+        &'a self,
+        event_type: &'a str,
+        tag: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<ReindexBatch, StoreError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            reindex_batch(&mut client, event_type, tag, max).await
         })
     }
 

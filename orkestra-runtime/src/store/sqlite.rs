@@ -5,6 +5,8 @@
 //! refused append does not undo its neighbours. An append is acknowledged only after its
 //! transaction is durable. Readers use their own connections on the blocking pool.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{oneshot, watch};
 
 use super::Encoded;
+use super::tag_index::{self, DeclaredTag, ReindexBatch, SkippedEvent};
 use super::{
     AppendCondition, AppendResult, Backend, Conflict, Direction, ExpectedVersion, Query,
     RecordedEvent, Snapshot, StoreError, StoredId, Tag, check_append, matching_positions,
@@ -45,8 +48,16 @@ CREATE TABLE IF NOT EXISTS orkestra_event_tags (
     tag      TEXT    NOT NULL,
     PRIMARY KEY (tag, position)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS orkestra_events_no_update BEFORE UPDATE ON orkestra_events
-BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
+-- The registry of indexed tags (see `tag_index`): the (event type, tag key) pairs
+-- decisions read, and whether every stored event of the type carries the key.
+CREATE TABLE IF NOT EXISTS orkestra_tag_index (
+    event_type   TEXT    NOT NULL,
+    tag_key      TEXT    NOT NULL,
+    indexed      INTEGER NOT NULL, -- 1: indexed; 0: reindex-tags has events to go through
+    reindexed_to INTEGER,          -- the last position a reindex handled (NULL: none)
+    declared_at  INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
+    PRIMARY KEY (event_type, tag_key)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_delete BEFORE DELETE ON orkestra_events
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
 CREATE TABLE IF NOT EXISTS orkestra_inbox (
@@ -98,7 +109,39 @@ fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
     if !has_replay {
         conn.execute_batch("ALTER TABLE orkestra_checkpoints ADD COLUMN replay_until INTEGER")?;
     }
+    // Events are append-only except for the tags a reindex adds: the trigger names every
+    // other column (files of older releases refused every UPDATE; replaced once).
+    let trigger: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'orkestra_events_no_update'",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    if trigger.is_none_or(|sql| !sql.contains("UPDATE OF")) {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; DROP TRIGGER IF EXISTS orkestra_events_no_update; \
+             CREATE TRIGGER orkestra_events_no_update BEFORE UPDATE OF position, stream, version, \
+             id, event_type, schema_version, data, metadata, recorded_at, topic ON orkestra_events \
+             BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END; COMMIT;",
+        )?;
+    }
     Ok(())
+}
+
+/// The declared tag keys of each event type, read in the writer's transaction: appends
+/// of a declared type get the tags they lack from their fields (see `tag_index`).
+fn declared_keys(conn: &Connection) -> rusqlite::Result<HashMap<String, Vec<String>>> {
+    let mut stmt = conn.prepare_cached("SELECT event_type, tag_key FROM orkestra_tag_index")?;
+    let mut declared: HashMap<String, Vec<String>> = HashMap::new();
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        declared.entry(row.get(0)?).or_default().push(row.get(1)?);
+    }
+    Ok(declared)
 }
 
 struct AppendRequest {
@@ -256,10 +299,20 @@ fn commit_group(
                 .collect();
         }
     };
+    let declared = match declared_keys(&tx) {
+        Ok(declared) => declared,
+        Err(e) => {
+            let _ = tx.rollback();
+            return group
+                .iter()
+                .map(|_| Err(backend_error(e.to_string())))
+                .collect();
+        }
+    };
     if let [request] = group {
         // Alone in its transaction: no savepoint needed (a refusal rolls back everything,
         // which is only this append), and SQLite skips the sub-journal it would keep.
-        let result = append_one(&tx, request);
+        let result = append_one(&tx, request, &declared);
         let committed = if result.is_ok() {
             tx.commit()
         } else {
@@ -270,7 +323,7 @@ fn commit_group(
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         let result = match tx.savepoint() {
-            Ok(sp) => append_one(&sp, request)
+            Ok(sp) => append_one(&sp, request, &declared)
                 .and_then(|result| sp.commit().map(|()| result).map_err(backend_error)),
             Err(e) => Err(backend_error(e)),
         };
@@ -285,7 +338,11 @@ fn commit_group(
     }
 }
 
-fn append_one(conn: &Connection, request: &AppendRequest) -> Result<AppendResult, StoreError> {
+fn append_one(
+    conn: &Connection,
+    request: &AppendRequest,
+    declared: &HashMap<String, Vec<String>>,
+) -> Result<AppendResult, StoreError> {
     let (stream, expected, events) = (
         request.stream.as_str(),
         request.expected,
@@ -348,6 +405,8 @@ fn append_one(conn: &Connection, request: &AppendRequest) -> Result<AppendResult
         written: true,
     };
     for (version, e) in (next_version(stream, current)?..).zip(events) {
+        let tags = with_declared_tags(&e.event, declared);
+        let tags_json = tags_json(&tags)?;
         insert
             .execute(params![
                 stream,
@@ -359,15 +418,18 @@ fn append_one(conn: &Connection, request: &AppendRequest) -> Result<AppendResult
                 e.metadata,
                 now,
                 e.event.topic,
-                tags_json(&e.event.tags)?,
+                tags_json,
             ])
             .map_err(backend_error)?;
         let position = conn.last_insert_rowid();
-        if !e.event.tags.is_empty() {
+        if !tags.is_empty() {
+            // One statement per entry: a multi-row insert from the column's JSON measured
+            // the same (the cost is the index's leaf pages each commit writes, not the
+            // statements; BENCHMARKS.md).
             let mut index = conn
                 .prepare_cached("INSERT INTO orkestra_event_tags (position, tag) VALUES (?1, ?2)")
                 .map_err(backend_error)?;
-            for tag in &e.event.tags {
+            for tag in tags.iter() {
                 index
                     .execute(params![position, tag.as_str()])
                     .map_err(backend_error)?;
@@ -380,6 +442,25 @@ fn append_one(conn: &Connection, request: &AppendRequest) -> Result<AppendResult
         };
     }
     Ok(last)
+}
+
+/// An event's tags with those declared for its type that it lacks, from its fields.
+fn with_declared_tags<'e>(
+    event: &'e super::EventData,
+    declared: &HashMap<String, Vec<String>>,
+) -> Cow<'e, [Tag]> {
+    let Some(keys) = declared.get(&event.event_type) else {
+        return Cow::Borrowed(&event.tags);
+    };
+    let mut tags = Cow::Borrowed(&event.tags[..]);
+    for key in keys {
+        if !tag_index::has_key(&tags, key)
+            && let Ok(tag) = tag_index::tag_from_data(&event.data, key)
+        {
+            tags.to_mut().push(tag);
+        }
+    }
+    tags
 }
 
 const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, data, metadata, recorded_at, topic, tags";
@@ -591,6 +672,111 @@ impl Backend for SqliteStore {
             params.push(&max_param);
             self::query(conn, &sql, &params, max)
         }))
+    }
+
+    fn declare_tags<'a>(
+        &'a self,
+        pairs: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|&(t, k)| (t.to_owned(), k.to_owned()))
+            .collect();
+        // In an IMMEDIATE transaction: SQLite's one write lock orders it with the writer
+        // thread's appends (which read the registry in theirs).
+        Box::pin(self.read(move |conn| {
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )
+            .map_err(backend_error)?;
+            let mut answers = Vec::with_capacity(pairs.len());
+            for (event_type, key) in &pairs {
+                let known: Option<bool> = tx
+                    .prepare_cached(
+                        "SELECT indexed FROM orkestra_tag_index WHERE event_type = ?1 AND tag_key = ?2",
+                    )
+                    .and_then(|mut stmt| {
+                        let mut rows = stmt.query([event_type, key])?;
+                        rows.next()?.map(|r| r.get(0)).transpose()
+                    })
+                    .map_err(backend_error)?;
+                let indexed = match known {
+                    Some(indexed) => indexed,
+                    None => {
+                        // Indexed unless a stored event of the type lacks the key.
+                        let prefix = format!("{key}:");
+                        let indexed: bool = tx
+                            .query_row(
+                                "SELECT NOT EXISTS (SELECT 1 FROM orkestra_events e \
+                                 WHERE e.event_type = ?1 AND NOT EXISTS (SELECT 1 FROM json_each(e.tags) j \
+                                 WHERE substr(j.value, 1, length(?2)) = ?2))",
+                                params![event_type, prefix],
+                                |r| r.get(0),
+                            )
+                            .map_err(backend_error)?;
+                        tx.execute(
+                            "INSERT INTO orkestra_tag_index (event_type, tag_key, indexed, declared_at) \
+                             VALUES (?1, ?2, ?3, ?4)",
+                            params![event_type, key, indexed, chrono::Utc::now().timestamp_micros()],
+                        )
+                        .map_err(backend_error)?;
+                        indexed
+                    }
+                };
+                answers.push(indexed);
+            }
+            tx.commit().map_err(backend_error)?;
+            Ok(answers)
+        }))
+    }
+
+    fn declared_tags(&self) -> BoxFuture<'_, Result<Vec<DeclaredTag>, StoreError>> {
+        Box::pin(self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT event_type, tag_key, indexed, reindexed_to FROM orkestra_tag_index \
+                     ORDER BY event_type, tag_key",
+                )
+                .map_err(backend_error)?;
+            stmt.query_map([], |r| {
+                Ok(DeclaredTag {
+                    event_type: r.get(0)?,
+                    tag: r.get(1)?,
+                    indexed: r.get(2)?,
+                    reindexed_to: r.get::<_, Option<i64>>(3)?.map(|p| p as u64),
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(backend_error)
+        }))
+    }
+
+    fn count_of_type<'a>(
+        &'a self,
+        event_type: &'a str,
+        after: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let event_type = event_type.to_owned();
+        Box::pin(self.read(move |conn| {
+            conn.query_row(
+                "SELECT count(*) FROM orkestra_events WHERE event_type = ?1 AND position > ?2",
+                params![event_type, after.map_or(-1, sql_int)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(backend_error)
+        }))
+    }
+
+    fn reindex_batch<'a>(
+        &'a self,
+        event_type: &'a str,
+        tag: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<ReindexBatch, StoreError>> {
+        let (event_type, key) = (event_type.to_owned(), tag.to_owned());
+        Box::pin(self.read(move |conn| reindex_batch(conn, &event_type, &key, max)))
     }
 
     fn read_stream<'a>(
@@ -824,6 +1010,108 @@ impl Backend for SqliteStore {
         // Another process may write the same file; its commits send no notice here.
         Some(std::time::Duration::from_millis(500))
     }
+}
+
+/// One batch of a pending pair's reindexing, in one IMMEDIATE transaction (the entries,
+/// the events' `tags` column, the registry's cursor and, at the end, its mark).
+fn reindex_batch(
+    conn: &Connection,
+    event_type: &str,
+    key: &str,
+    max: usize,
+) -> Result<ReindexBatch, StoreError> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(backend_error)?;
+    let row: Option<(bool, Option<i64>)> = tx
+        .query_row(
+            "SELECT indexed, reindexed_to FROM orkestra_tag_index WHERE event_type = ?1 AND tag_key = ?2",
+            [event_type, key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(backend_error)?;
+    let Some((indexed, cursor)) = row else {
+        return Err(StoreError::Invalid(format!(
+            "tag {key:?} of event type {event_type:?} is not declared"
+        )));
+    };
+    let mut batch = ReindexBatch::default();
+    if indexed {
+        batch.done = true;
+        return Ok(batch);
+    }
+    let mut last = cursor;
+    {
+        let mut read = tx
+            .prepare_cached(
+                "SELECT position, stream, data, tags FROM orkestra_events \
+                 WHERE event_type = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
+            )
+            .map_err(backend_error)?;
+        let mut rows = read
+            .query(params![event_type, cursor.unwrap_or(-1), sql_int(max)])
+            .map_err(backend_error)?;
+        while let Some(row) = rows.next().map_err(backend_error)? {
+            let position: i64 = row.get(0).map_err(backend_error)?;
+            last = Some(position);
+            batch.events += 1;
+            let corrupt = |message: String| StoreError::Corrupt {
+                location: format!("position {position}"),
+                message,
+            };
+            let mut tags: Vec<String> =
+                match row.get::<_, Option<String>>(3).map_err(backend_error)? {
+                    Some(json) => serde_json::from_str(&json)
+                        .map_err(|e| corrupt(format!("tags are not a JSON array of text: {e}")))?,
+                    None => Vec::new(),
+                };
+            let prefix = format!("{key}:");
+            if tags.iter().any(|t| t.starts_with(&prefix)) {
+                continue;
+            }
+            let data: serde_json::Value = row
+                .get::<_, String>(2)
+                .ok()
+                .and_then(|d| serde_json::from_str(&d).ok())
+                .unwrap_or(serde_json::Value::Null);
+            match tag_index::tag_from_data(&data, key) {
+                Ok(tag) => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO orkestra_event_tags (position, tag) VALUES (?1, ?2)",
+                    )
+                    .and_then(|mut s| s.execute(params![position, tag.as_str()]))
+                    .map_err(backend_error)?;
+                    tags.push(tag.as_str().to_owned());
+                    let json = serde_json::to_string(&tags)
+                        .map_err(|e| StoreError::Encode(e.to_string()))?;
+                    tx.prepare_cached("UPDATE orkestra_events SET tags = ?2 WHERE position = ?1")
+                        .and_then(|mut s| s.execute(params![position, json]))
+                        .map_err(backend_error)?;
+                    batch.written += 1;
+                }
+                Err(reason) => batch.skipped.push(SkippedEvent {
+                    event_type: event_type.to_owned(),
+                    tag: key.to_owned(),
+                    stream: row.get(1).map_err(backend_error)?,
+                    position: position as u64,
+                    reason,
+                }),
+            }
+        }
+    }
+    batch.done = (batch.events as usize) < max;
+    tx.execute(
+        "UPDATE orkestra_tag_index SET reindexed_to = ?3, indexed = ?4 \
+         WHERE event_type = ?1 AND tag_key = ?2",
+        params![event_type, key, last, batch.done],
+    )
+    .map_err(backend_error)?;
+    tx.commit().map_err(backend_error)?;
+    Ok(batch)
 }
 
 /// Reads the position `sql` selects from checkpoint `name`'s row (`None`: no row, or none).

@@ -1437,7 +1437,8 @@ pub async fn dcb_racers_for_one_seat_one_wins(store: Store) {
     assert_eq!(stored.len(), 1, "one subscription stored");
 }
 
-/// Decisions on disjoint boundaries never fail each other, even all at once.
+/// Decisions on disjoint boundaries never fail each other, even all at once, and each
+/// reads its own last event back at once.
 pub async fn dcb_disjoint_boundaries_never_conflict(store: Store) {
     if refuses_dcb(&store).await {
         return;
@@ -1466,7 +1467,11 @@ pub async fn dcb_disjoint_boundaries_never_conflict(store: Store) {
                         )
                         .await
                         .unwrap();
-                    visible_own(&store, &boundary, n + 1).await;
+                    // Its own event at once, whatever other writers have in flight
+                    // (PostgreSQL reads a boundary under its locks, not behind the
+                    // cluster's oldest transaction).
+                    let own = store.read_query(&boundary, 0, 100).await.unwrap();
+                    assert_eq!(own.len(), n + 1, "its own last event is read back at once");
                 }
             })
         })
@@ -1476,17 +1481,356 @@ pub async fn dcb_disjoint_boundaries_never_conflict(store: Store) {
     }
 }
 
-/// Waits until `query` returns `count` events (PostgreSQL shows a commit once older
-/// transactions have ended).
-async fn visible_own(store: &Store, query: &Query, count: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while store.read_query(query, 0, 100).await.unwrap().len() < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "own events never became visible"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// An event of `event_type` with `data`, carrying `tags` (`key:value` texts).
+fn with_data(event_type: &str, data: serde_json::Value, tags: &[&str]) -> EventData {
+    EventData {
+        data,
+        ..tagged(event_type, tags)
     }
+}
+
+/// Whether the adapter refuses the tag index's registry (EventStoreDB): then the case
+/// checks the refusal and stops.
+async fn refuses_registry(store: &Store) -> bool {
+    if store.adapter() != "eventstoredb" {
+        return false;
+    }
+    let err = store.ensure_tags_indexed(&[("T", "k")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+    let err = store.reindex_tags(|_, _| {}).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+    true
+}
+
+/// The tags a decision reads, declared before any event of their types is stored, are
+/// indexed at once; from then on an append of such a type that lacks the tag (a process
+/// on an older schema) gets it from the event's field, so the pair stays indexed.
+pub async fn dcb_tags_declared_on_an_empty_store_are_indexed(store: Store) {
+    if refuses_registry(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (defined, subscribed) = (
+        format!("CourseDefined{run}"),
+        format!("StudentSubscribed{run}"),
+    );
+    let pairs = [
+        (defined.as_str(), "course_id"),
+        (subscribed.as_str(), "course_id"),
+        (subscribed.as_str(), "student_id"),
+    ];
+    store.ensure_tags_indexed(&pairs).await.unwrap();
+    store.ensure_tags_indexed(&pairs).await.unwrap();
+    let declared: Vec<_> = store
+        .declared_tags()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.event_type.ends_with(&run))
+        .map(|d| (d.event_type, d.tag, d.indexed))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            (defined.clone(), "course_id".to_owned(), true),
+            (subscribed.clone(), "course_id".to_owned(), true),
+            (subscribed.clone(), "student_id".to_owned(), true),
+        ]
+    );
+    // An older writer: the type without its tags. The store derives them.
+    let course = format!("c1-{run}");
+    let old = store
+        .append(
+            &format!("sub-{run}"),
+            ExpectedVersion::NoStream,
+            vec![with_data(
+                &subscribed,
+                json!({"course_id": course, "student_id": format!("s1-{run}")}),
+                &[&format!("student_id:s1-{run}")],
+            )],
+        )
+        .await
+        .unwrap();
+    visible(&store, old.last_position).await;
+    let found = store
+        .read_query(
+            &Query::of(QueryItem::tags([Tag::new("course_id", &course).unwrap()])),
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(positions(&found), [old.last_position]);
+    assert_eq!(
+        found[0].tags(),
+        [
+            Tag::new("student_id", format!("s1-{run}")).unwrap(),
+            Tag::new("course_id", &course).unwrap()
+        ],
+        "the carried tag first, the derived one after"
+    );
+    store.ensure_tags_indexed(&pairs).await.unwrap();
+    let err = store.ensure_tags_indexed(&[("", "k")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+/// Appends of a type without its tag (processes on an older schema) racing the tag's
+/// declaration: whichever way the race goes, no event is left out of the index once the
+/// pair is indexed (declared indexed at once, or after a reindex).
+pub async fn dcb_a_declaration_racing_old_appends_leaves_none_unindexed(store: Store) {
+    if refuses_registry(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let event_type = format!("SeatTaken{run}");
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (store, run, event_type) = (store.clone(), run.clone(), event_type.clone());
+            tokio::spawn(async move {
+                let mut values = Vec::new();
+                for i in 0..15 {
+                    let value = format!("w{w}-{i}-{run}");
+                    let started = std::time::Instant::now();
+                    store
+                        .append(
+                            &format!("seat-{w}-{i}-{run}"),
+                            ExpectedVersion::NoStream,
+                            vec![with_data(&event_type, json!({ "seat": value }), &[])],
+                        )
+                        .await
+                        .unwrap();
+                    values.push((value, started));
+                    tokio::task::yield_now().await;
+                }
+                values
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let declared = store
+        .ensure_tags_indexed(&[(event_type.as_str(), "seat")])
+        .await;
+    let declared_at = std::time::Instant::now();
+    let mut values = Vec::new();
+    for w in writers {
+        values.extend(w.await.unwrap());
+    }
+    let find = |value: String| {
+        let store = store.clone();
+        async move {
+            store
+                .read_query(
+                    &Query::of(QueryItem::tags([Tag::new("seat", &value).unwrap()])),
+                    0,
+                    10,
+                )
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    // Appended after the declaration: indexed by the append itself, reindex or not.
+    let after: Vec<_> = values.iter().filter(|(_, at)| *at > declared_at).collect();
+    for (value, _) in &after {
+        assert_eq!(
+            find(value.clone()).await,
+            1,
+            "{value}, appended after the declaration"
+        );
+    }
+    match declared {
+        Ok(()) => {}
+        Err(StoreError::TagsNotIndexed { .. }) => {
+            store.reindex_tags(|_, _| {}).await.unwrap();
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+    store
+        .ensure_tags_indexed(&[(event_type.as_str(), "seat")])
+        .await
+        .unwrap();
+    for (value, _) in &values {
+        assert_eq!(
+            find(value.clone()).await,
+            1,
+            "the event with seat {value} is indexed"
+        );
+    }
+}
+
+/// A tag added to a type whose events are already stored: a decision reading it is
+/// refused, naming the command to run; a reindex gives the old events their entries
+/// (reporting those whose field is missing or not text), after which the decision runs
+/// and finds them; a second reindex changes nothing.
+pub async fn dcb_tags_added_later_need_a_reindex(store: Store) {
+    if refuses_registry(&store).await {
+        return;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let registered = format!("UserRegistered{run}");
+    let name = |n: &str| format!("{n}-{run}");
+    let mut at = Vec::new();
+    for (i, data) in [
+        json!({"username": name("ada")}),
+        json!({"username": name("bob")}),
+        json!({"username": 42}),
+        json!({"other": "x"}),
+        json!({"username": name("ada")}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = store
+            .append(
+                &format!("user-{i}-{run}"),
+                ExpectedVersion::NoStream,
+                vec![with_data(&registered, data, &[])],
+            )
+            .await
+            .unwrap();
+        at.push(r.last_position);
+    }
+    visible(&store, at[4]).await;
+    let pair = [(registered.as_str(), "username")];
+    for _ in 0..2 {
+        let err = store.ensure_tags_indexed(&pair).await.unwrap_err();
+        match &err {
+            StoreError::TagsNotIndexed { event_type, tag } => {
+                assert_eq!(
+                    (event_type.as_str(), tag.as_str()),
+                    (registered.as_str(), "username")
+                );
+            }
+            other => panic!("expected TagsNotIndexed, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("orkestra store reindex-tags")
+                && text.contains(&registered)
+                && text.contains("username"),
+            "{text}"
+        );
+    }
+    let ada = Query::of(
+        QueryItem::types([registered.as_str()])
+            .with_tags([Tag::new("username", name("ada")).unwrap()]),
+    );
+    assert!(
+        store.read_query(&ada, 0, 10).await.unwrap().is_empty(),
+        "not indexed yet"
+    );
+    let pending = store.declared_tags().await.unwrap();
+    assert!(
+        pending
+            .iter()
+            .any(|d| d.event_type == registered && d.tag == "username" && !d.indexed),
+        "{pending:?}"
+    );
+
+    let mut calls: Vec<(u64, u64)> = Vec::new();
+    let report = store
+        .reindex_tags(|done, total| calls.push((done, total)))
+        .await
+        .unwrap();
+    let ours: Vec<_> = report
+        .pairs
+        .iter()
+        .filter(|p| p.event_type == registered)
+        .collect();
+    assert_eq!(ours.len(), 1, "{report:?}");
+    assert_eq!(
+        (
+            ours[0].tag.as_str(),
+            ours[0].events,
+            ours[0].written,
+            ours[0].skipped
+        ),
+        ("username", 5, 3, 2)
+    );
+    let mut skipped: Vec<_> = report
+        .skipped
+        .iter()
+        .filter(|s| s.event_type == registered)
+        .map(|s| (s.stream.clone(), s.position, s.reason))
+        .collect();
+    skipped.sort_by_key(|s| s.1);
+    assert_eq!(
+        skipped,
+        [
+            (
+                format!("user-2-{run}"),
+                at[2],
+                orkestra_runtime::store::SkipReason::NotText
+            ),
+            (
+                format!("user-3-{run}"),
+                at[3],
+                orkestra_runtime::store::SkipReason::Missing
+            ),
+        ]
+    );
+    assert_eq!(calls.first().map(|c| c.0), Some(0), "{calls:?}");
+    let (done, total) = *calls.last().unwrap();
+    assert!(done == total && done >= 5, "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+
+    store.ensure_tags_indexed(&pair).await.unwrap();
+    let found = store.read_query(&ada, 0, 10).await.unwrap();
+    assert_eq!(
+        positions(&found),
+        [at[0], at[4]],
+        "the old events, found by the tag"
+    );
+    assert_eq!(
+        found[0].tags(),
+        [Tag::new("username", name("ada")).unwrap()]
+    );
+    // A decision on the reindexed boundary holds as on any other.
+    let err = store
+        .append_if(
+            &format!("user-5-{run}"),
+            ExpectedVersion::NoStream,
+            vec![with_data(
+                &registered,
+                json!({"username": name("ada")}),
+                &[],
+            )],
+            AppendCondition {
+                fail_if_events_match: ada.clone(),
+                after: Some(at[0]),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongCondition { position, .. } if position == at[4]),
+        "{err:?}"
+    );
+
+    // Idempotent: nothing of ours is pending, nothing changes.
+    let again = store.reindex_tags(|_, _| {}).await.unwrap();
+    assert!(
+        again.pairs.iter().all(|p| p.event_type != registered),
+        "{again:?}"
+    );
+    assert_eq!(
+        positions(&store.read_query(&ada, 0, 10).await.unwrap()),
+        [at[0], at[4]]
+    );
+    let bob = Query::of(QueryItem::tags(
+        [Tag::new("username", name("bob")).unwrap()],
+    ));
+    assert_eq!(
+        positions(&store.read_query(&bob, 0, 10).await.unwrap()),
+        [at[1]]
+    );
+    let declared = store.declared_tags().await.unwrap();
+    assert!(
+        declared
+            .iter()
+            .any(|d| d.event_type == registered && d.tag == "username" && d.indexed),
+        "{declared:?}"
+    );
 }
 
 #[macro_export]
@@ -1533,6 +1877,9 @@ macro_rules! store_suite {
             case!(dcb_append_conditions_hold);
             case!(dcb_racers_for_one_seat_one_wins);
             case!(dcb_disjoint_boundaries_never_conflict);
+            case!(dcb_tags_declared_on_an_empty_store_are_indexed);
+            case!(dcb_tags_added_later_need_a_reindex);
+            case!(dcb_a_declaration_racing_old_appends_leaves_none_unindexed);
         }
     };
 }
