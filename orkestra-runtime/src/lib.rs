@@ -195,6 +195,7 @@ pub mod runners {
 }
 // Layer 5: built on a bus and a store.
 pub mod aggregate;
+pub mod decision;
 pub mod process;
 pub mod projection;
 mod publish;

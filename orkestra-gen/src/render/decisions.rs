@@ -47,6 +47,8 @@ pub(super) struct DecisionCtx {
     pub(super) stream_parts: String,
     /// The boundary: a `Query` expression of one item per read item.
     pub(super) boundary: String,
+    /// `(TYPE_NAME, tag key)` tuples, one per event type and tag the boundary reads by.
+    pub(super) tags_read: Vec<String>,
     /// The binding fn's doc.
     pub(super) binding_doc: String,
 }
@@ -56,8 +58,8 @@ pub(super) struct DecisionCtx {
 pub(super) struct ReadItemCtx {
     pub(super) ident: String,
     pub(super) doc: String,
-    /// Its index in the boundary.
-    pub(super) index: usize,
+    /// Its entry of the matched slice: `matched.first()`, `matched.get(1)`, ..
+    pub(super) matched: String,
 }
 
 pub(super) fn decision_ctx(model: &Model, d: &Decision, here: &str) -> DecisionCtx {
@@ -129,6 +131,15 @@ pub(super) fn decision_ctx(model: &Model, d: &Decision, here: &str) -> DecisionC
                 format!("{acc}.or({item})")
             }
         });
+    let mut tags_read: Vec<String> = Vec::new();
+    for item in &d.reads {
+        for r in &item.events {
+            let pair = format!("({}::TYPE_NAME, {})", event_path(r), str_lit(&item.tag));
+            if !tags_read.contains(&pair) {
+                tags_read.push(pair);
+            }
+        }
+    }
     let command_name = type_name(model, &d.command);
     let emits: Vec<&PayloadRef> = d.emits.iter().collect();
     DecisionCtx {
@@ -172,7 +183,10 @@ pub(super) fn decision_ctx(model: &Model, d: &Decision, here: &str) -> DecisionC
                     item.tag,
                     item.param
                 )),
-                index,
+                matched: match index {
+                    0 => "matched.first()".to_owned(),
+                    i => format!("matched.get({i})"),
+                },
             })
             .collect(),
         emit: format!("{name}Emit"),
@@ -192,6 +206,7 @@ pub(super) fn decision_ctx(model: &Model, d: &Decision, here: &str) -> DecisionC
         )),
         stream_parts,
         boundary,
+        tags_read,
         binding_doc: doc_attrs(&format!(
             "Binds a [`{name}`] implementation over `store`: one subscription that reads the \
              boundary, decides, appends to `{}` on the condition that nothing of the boundary \
