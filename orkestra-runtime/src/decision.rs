@@ -468,3 +468,50 @@ impl<D: Decision> Given<D> {
         self.decision.decide(&state, command).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_item_reads_its_types_by_the_param_value() {
+        let item = read_item("Seats", &["Shop.A", "Shop.B"], "course", "course_id", &"c1")
+            .expect("a value");
+        let tag = Tag::new("course", "c1").unwrap();
+        assert!(item.matches("Shop.B", std::slice::from_ref(&tag)));
+        assert!(!item.matches("Shop.C", std::slice::from_ref(&tag)));
+        assert!(!item.matches("Shop.A", &[Tag::new("course", "c2").unwrap()]));
+        assert!(item.matches("Shop.A", &[Tag::new("other", "x").unwrap(), tag]));
+        // Numbers and other values read by their text.
+        let item = read_item("Seats", &["Shop.A"], "n", "n", &42).unwrap();
+        assert!(item.matches("Shop.A", &[Tag::new("n", "42").unwrap()]));
+    }
+
+    #[test]
+    fn an_empty_value_is_a_rejection_naming_the_param_and_the_decision() {
+        let refused = read_item("Seats", &["Shop.A"], "course", "course_id", &"").unwrap_err();
+        assert!(matches!(refused, HandlerError::Reject(_)), "{refused:?}");
+        let reason = refused.to_string();
+        assert!(
+            reason.contains("param `course_id` is empty") && reason.contains("decision Seats"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_reply_names_the_stream_and_position() {
+        let done = Outcome {
+            stream: "s-1".into(),
+            position: Some(7),
+        };
+        assert_eq!(done.reply(), json!({ "stream": "s-1", "position": 7 }));
+        let nothing = Outcome {
+            stream: "s-1".into(),
+            position: None,
+        };
+        assert_eq!(
+            nothing.reply(),
+            json!({ "stream": "s-1", "position": null })
+        );
+    }
+}
