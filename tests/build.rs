@@ -13,6 +13,7 @@ const GOLDENS: &[&str] = &[
     "aggregates",
     "projections",
     "process_managers",
+    "decisions",
 ];
 
 fn main() {

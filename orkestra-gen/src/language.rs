@@ -38,7 +38,7 @@ pub fn schema() -> Value {
     let mut top = closed_object("top level");
     top["title"] = json!("Orkestra schema file");
     top["description"] = json!(
-        "One namespace of an Orkestra service: its types, commands, events, handler bindings, aggregates, projections and process managers. orkestra-gen turns it into Rust."
+        "One namespace of an Orkestra service: its types, commands, events, handler bindings, aggregates, projections, process managers and decisions. orkestra-gen turns it into Rust."
     );
     top["required"] = json!(["namespace"]);
     let mut root = Map::new();
@@ -83,6 +83,10 @@ fn definitions() -> Value {
     process_manager["required"] = json!(["correlate_by", "starts_on"]);
     let mut timeout = closed_object("timeout");
     timeout["required"] = json!(["after"]);
+    let mut decision = closed_object("decision");
+    decision["required"] = json!(["command", "stream", "reads", "emits"]);
+    let mut read_item = closed_object("read item");
+    read_item["required"] = json!(["events", "tag"]);
     json!({
         "typeExpression": {
             "description": "A field type: a base type, `list<T>`, `map<T>` (string keys), or a named type of `types` (`Address`, or `Accounts.Plan` from another namespace).",
@@ -114,6 +118,8 @@ fn definitions() -> Value {
         "projection": projection,
         "processManager": process_manager,
         "timeout": timeout,
+        "decision": decision,
+        "readItem": read_item,
         "reference": {
             "description": "A command or event of this namespace (`PlaceOrder`), or of another (`Orders.PlaceOrder`).",
             "type": "string",
@@ -241,6 +247,10 @@ fn property(at: &str, key: &str) -> Option<(&'static str, Value)> {
             "processManager",
             "Process managers: long-running flows with typed state and timers.",
         ),
+        ("top level", "decisions") => section(
+            "decision",
+            "Decisions: a command decided over the events matching a query of types and tags across streams (dynamic consistency boundaries).",
+        ),
         ("type", "fields") => (
             "A struct: its fields (one of `fields` and `enum`).",
             reference("fields"),
@@ -296,6 +306,10 @@ fn property(at: &str, key: &str) -> Option<(&'static str, Value)> {
             json!({ "type": "string", "pattern": "^\\S+$" }),
         ),
         ("event", "fields") => ("The event's fields.", reference("fields")),
+        ("event", "tags") => (
+            "Fields whose values index the event in the store (`tags: [course_id]`): each required, a string, integer, uuid, date or enum. Decisions read events by them.",
+            json!({ "type": "array", "uniqueItems": true, "items": { "type": "string", "pattern": IDENTIFIER } }),
+        ),
         ("event", "version") => (
             "The current version, a positive integer (default 1).",
             json!({ "type": "integer", "minimum": 1, "maximum": U32_MAX, "default": 1 }),
@@ -375,7 +389,7 @@ fn property(at: &str, key: &str) -> Option<(&'static str, Value)> {
             "The stream name template, `\"account-{account_id}\"`: each placeholder a required param of every command listed.",
             json!({ "type": "string", "minLength": 1 }),
         ),
-        ("aggregate" | "process manager", "state") => (
+        ("aggregate" | "process manager" | "decision", "state") => (
             "State fields: `type`, `default`, `description` (no default: `Option<T>`).",
             reference("stateFields"),
         ),
@@ -392,7 +406,7 @@ fn property(at: &str, key: &str) -> Option<(&'static str, Value)> {
             "Part of the snapshot's tag: bump it when `apply` changes (default 1).",
             json!({ "type": "integer", "minimum": 1, "maximum": U32_MAX, "default": 1 }),
         ),
-        ("aggregate", "conflict_retries") => (
+        ("aggregate" | "decision", "conflict_retries") => (
             "How often a command loads and decides again after another writer appended first, 0 to 1000 (default 5).",
             json!({ "type": "integer", "minimum": 0, "maximum": 1000, "default": 5 }),
         ),
@@ -439,6 +453,43 @@ fn property(at: &str, key: &str) -> Option<(&'static str, Value)> {
         ("timeout", "after") => (
             "When the timer fires: `500ms`, `30s`, `30m` or `2h` (more than zero, at most 366 days).",
             json!({ "type": "string", "pattern": "^[0-9]+(ms|s|m|h)$" }),
+        ),
+        ("decision", "command") => (
+            "The command it decides (not also handled by a binding or an aggregate).",
+            reference("reference"),
+        ),
+        ("decision", "stream") => (
+            "The stream its events are appended to, `\"subscription-{course_id}-{student_id}\"`: each placeholder a required param of the command.",
+            json!({ "type": "string", "minLength": 1 }),
+        ),
+        ("decision", "reads") => (
+            "The consistency boundary, the union of its items: `course: { events: [CourseDefined, StudentSubscribed], tag: course_id }`. Each item name becomes a `bool` of the generated `<Name>Reads`.",
+            json!({
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": { "pattern": IDENTIFIER },
+                "additionalProperties": reference("readItem"),
+            }),
+        ),
+        ("decision", "emits") => ("The events it may append.", some_references()),
+        ("read item", "events") => (
+            "The event types it reads; each lists the item's tag in its `tags`.",
+            some_references(),
+        ),
+        ("read item", "tag") => (
+            "The tag the events must carry, valued by the command's param of the same name (`tag: course_id`), or a tag mapped to a param (`tag: { course_id: course }`).",
+            json!({
+                "anyOf": [
+                    { "type": "string", "pattern": IDENTIFIER },
+                    {
+                        "type": "object",
+                        "minProperties": 1,
+                        "maxProperties": 1,
+                        "propertyNames": { "pattern": IDENTIFIER },
+                        "additionalProperties": { "type": "string", "pattern": IDENTIFIER },
+                    },
+                ],
+            }),
         ),
         _ => return None,
     })

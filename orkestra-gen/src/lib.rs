@@ -2,7 +2,7 @@
 //!
 //! The code generator of [Orkestra](https://github.com/orkestra-rs/orkestra), a CQRS and
 //! event-sourcing toolkit for Rust. You describe commands, events, handler bindings,
-//! aggregates, projections and process managers in YAML; this crate, called from your
+//! aggregates, projections, process managers and decisions in YAML; this crate, called from your
 //! build.rs, turns them into typed Rust that compiles against `orkestra-runtime`: payload
 //! structs with their checks, topic constants, one handler trait per binding, and the
 //! wiring that subscribes them. A missing or outdated handler implementation is a compile
@@ -103,9 +103,9 @@
 //!   parser nor a report renderer.
 //!
 //! The pipeline, one module per step: `yaml` (parse with positions) → `validate`
-//! (diagnostics, resolved [`model`]) → `render` (the minijinja template in `templates/`,
-//! embedded in the crate) → `syn::parse_file` → prettyplease → a `DO NOT EDIT` header →
-//! written only when the content changed.
+//! (diagnostics, resolved [`model`]) → `render` (the minijinja templates in
+//! `templates/`, one per schema section, embedded in the crate) → `syn::parse_file` →
+//! prettyplease → a `DO NOT EDIT` header → written only when the content changed.
 //!
 //! ## Cargo features
 //!
@@ -304,7 +304,7 @@ impl Generator {
     /// Runs the compatibility gate against an older schema set before generating: a
     /// directory, `git:REF` (the same schema paths at a revision) or `git:REF:PATH`. A
     /// breaking change fails the build ([`Error::Incompatible`]); `HANDLER_REMOVED`
-    /// warns.
+    /// and `TAG_ADDED` warn.
     #[must_use]
     pub fn check_against(mut self, against: impl AsRef<str>) -> Self {
         self.against = Some(compat::Against::parse(against.as_ref()));
@@ -474,7 +474,7 @@ fn emit(model: &model::Model) -> Result<String, Error> {
         let raw = renderer.module(model, module).map_err(Error::Internal)?;
         let file = syn::parse_file(&raw).map_err(|e| {
             Error::Internal(format!(
-                "template module.rs.j2 produced invalid Rust for module `{}`: {e}",
+                "the templates (module.rs.j2 and the sections it includes) produced invalid Rust for module `{}`: {e}",
                 module.ident
             ))
         })?;

@@ -39,6 +39,50 @@ pub struct Module {
     pub projections: Vec<Projection>,
     /// Process managers (flows with state, commands and timers), in declaration order.
     pub process_managers: Vec<ProcessManager>,
+    /// Decisions (a command decided over the events of several streams), in declaration
+    /// order.
+    pub decisions: Vec<Decision>,
+}
+
+/// A decision: one command decided over the events that match its read items (a
+/// dynamic consistency boundary), appended on the condition that none was appended since.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// Its name.
+    pub name: String,
+    /// Where its key is.
+    pub span: crate::diagnostic::Span,
+    /// Docs.
+    pub description: Option<String>,
+    /// The command it decides.
+    pub command: PayloadRef,
+    /// The stream its events are appended to, split into text and placeholders (params
+    /// of the command).
+    pub stream: Vec<StreamPart>,
+    /// The template as written.
+    pub stream_text: String,
+    /// The read items, in declaration order: the boundary is their union.
+    pub reads: Vec<ReadItem>,
+    /// The state fields (a field without a default is optional).
+    pub state: Vec<Field>,
+    /// The events it may append.
+    pub emits: Vec<PayloadRef>,
+    /// How often the command is decided again after a conflicting append.
+    pub conflict_retries: u32,
+}
+
+/// One item of a decision's boundary: events of these types carrying one tag, whose
+/// value is a param of the command.
+#[derive(Clone, Debug)]
+pub struct ReadItem {
+    /// Its name (the field of the generated `<Decision>Reads`).
+    pub name: String,
+    /// The event types it reads.
+    pub events: Vec<PayloadRef>,
+    /// The tag key (a field every event of the item lists in its `tags`).
+    pub tag: String,
+    /// The param of the command whose value the tag must have.
+    pub param: String,
 }
 
 /// A process manager: one instance per `correlate_by` value, typed state, the events
@@ -173,6 +217,9 @@ pub struct Payload {
     /// Upcast steps (events), sorted by the version they start from; they cover every
     /// version from the first step's up to `version - 1`.
     pub upcast: Vec<UpcastStep>,
+    /// The fields whose values tag the event (events; commands have none), in
+    /// declaration order: each is required and has a stable text form.
+    pub tags: Vec<String>,
     /// Where it is declared.
     pub span: crate::diagnostic::Span,
 }

@@ -61,6 +61,11 @@ fn aggregates() {
 }
 
 #[test]
+fn decisions() {
+    insta::assert_snapshot!("decisions", generate(&dir("tests/golden/decisions")));
+}
+
+#[test]
 fn process_managers() {
     insta::assert_snapshot!(
         "process_managers",

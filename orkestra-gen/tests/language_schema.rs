@@ -120,6 +120,8 @@ const SHAPE_ERRORS: &[&str] = &[
     "70_projection_checkpoint.yaml",
     "71_projection_partitions.yaml",
     "72_process_manager_partitions.yaml",
+    "74_event_tags.yaml",
+    "77_decision_shape.yaml",
 ];
 
 /// The cases whose mistakes all need more than the shape of one file (a reference, a
@@ -150,6 +152,8 @@ const OTHER_ERRORS: &[&str] = &[
     "48_process_manager_stream_names.yaml",
     "49_bad_text_defaults.yaml",
     "73_unknown_type_lists_valid_ones.yaml",
+    "75_decision_references.yaml",
+    "76_decision_command_also_bound.yaml",
 ];
 
 /// The cases that are no YAML tree a schema could check.

@@ -46,7 +46,7 @@ use crate::bus::{Bus, HandlerContext, Subscription};
 use crate::config::PublishMode;
 use crate::handler::HandlerError;
 use crate::message::{Command, CommandPayload, EventEnvelope, Message, PayloadError};
-use crate::store::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
+use crate::store::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError, Tag};
 
 /// How many events one read of a stream takes while loading.
 const PAGE: usize = 1024;
@@ -94,6 +94,12 @@ pub trait AggregateEvent: Sized + Send + Sync + 'static {
         command: &Command<P>,
         id: String,
     ) -> Result<Message, PayloadError>;
+    /// The tags the store indexes the event by: one per field its schema lists in
+    /// `tags`, valued by the field's text (none by default). An empty value is an error,
+    /// never a missing tag: an event a decision cannot find would break its rule.
+    fn tags(&self) -> Result<Vec<Tag>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A stream loaded: the state, the version it is at, the events of the tail that a
@@ -179,12 +185,12 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
     }
 }
 
-fn fail(stream: &str, e: impl fmt::Display) -> HandlerError {
+pub(crate) fn fail(stream: &str, e: impl fmt::Display) -> HandlerError {
     HandlerError::fail(format!("stream {stream:?}: {e}"))
 }
 
 /// The id of the `index`-th event a command causes: the same for every delivery of it.
-fn event_id(command_id: &str, index: usize) -> String {
+pub(crate) fn event_id(command_id: &str, index: usize) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6b65_7374_7261_8000_6167_6772_6567);
     uuid::Uuid::new_v5(&NAMESPACE, format!("{command_id}/{index}").as_bytes()).to_string()
 }
@@ -345,10 +351,17 @@ impl<A: Aggregate> Repository<A> {
                 .filter(|&n| n > 0 && (length + added) / n > length / n)
                 .map(|_| loaded.state.clone());
             let mut messages = Vec::with_capacity(events.len());
+            let mut tags = Vec::with_capacity(events.len());
             for (index, event) in events.into_iter().enumerate() {
                 if let Some(state) = snapshot.as_mut() {
                     A::apply(state, &event);
                 }
+                tags.push(event.tags().map_err(|e| {
+                    fail(
+                        stream,
+                        format_args!("{} decided an event it cannot tag: {e}", A::NAME),
+                    )
+                })?);
                 let message = event
                     .into_message(command, event_id(&command.id, index))
                     .map_err(|e| {
@@ -361,7 +374,8 @@ impl<A: Aggregate> Repository<A> {
             }
             let data = messages
                 .iter()
-                .map(EventData::from_message)
+                .zip(tags)
+                .map(|(m, tags)| EventData::from_message(m).map(|d| d.with_tags(tags)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| fail(stream, e))?;
             let expected = loaded
@@ -509,7 +523,7 @@ impl<A: Aggregate> Repository<A> {
 /// A random wait before deciding again after the `conflicts`-th lost race, up to
 /// 2^conflicts ms (at most 100 ms): writers that collided spread out instead of colliding
 /// again in step, so every one of them gets through within a few rounds.
-fn conflict_backoff(conflicts: u32) -> std::time::Duration {
+pub(crate) fn conflict_backoff(conflicts: u32) -> std::time::Duration {
     let cap_us = (1_000u64 << conflicts.min(7)).min(100_000);
     let random = uuid::Uuid::new_v4().as_u128() as u64;
     std::time::Duration::from_micros(random % (cap_us + 1))
@@ -529,7 +543,11 @@ fn unreadable<A: Aggregate>(recorded: &RecordedEvent, error: StoreError) -> Stor
     }
 }
 
-async fn publish(stream: &str, bus: &Bus, messages: Vec<Message>) -> Result<(), HandlerError> {
+pub(crate) async fn publish(
+    stream: &str,
+    bus: &Bus,
+    messages: Vec<Message>,
+) -> Result<(), HandlerError> {
     for message in messages {
         bus.publish_from_handler(EventEnvelope::from_message(message))
             .await

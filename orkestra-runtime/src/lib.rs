@@ -146,7 +146,7 @@
 //! [`topic`]) → [`trace`] (context, sampling, spans) → handler types ([`HandlerError`],
 //! [`EventSet`], [`DeadLetter`]) → [`bus`] and [`store`] → the workers' leases and their
 //! [`runners::status`] → appending and publishing
-//! together ([`Store::append_and_publish`], [`aggregate`], [`projection`], [`relay`]) → [`telemetry`](crate#cargo-features).
+//! together ([`Store::append_and_publish`], [`aggregate`], [`decision`], [`projection`], [`relay`]) → [`telemetry`](crate#cargo-features).
 //!
 //! ## Cargo features
 //!
@@ -195,6 +195,7 @@ pub mod runners {
 }
 // Layer 5: built on a bus and a store.
 pub mod aggregate;
+pub mod decision;
 pub mod process;
 pub mod projection;
 mod publish;

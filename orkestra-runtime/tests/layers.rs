@@ -20,6 +20,8 @@ fn layer(module: &str) -> Option<u8> {
         // Leases kept, partitions shared: on the store, under the workers.
         "runner" => 45,
         "publish" | "aggregate" | "projection" | "relay" => 50,
+        // Decisions share the aggregates' event ids, backoff and publishing.
+        "decision" => 51,
         // Process managers feed on projections.
         "process" => 55,
         // A namespace's bindings started at once: handlers, projections, process managers.

@@ -52,6 +52,13 @@ pub mod process_managers {
     include!(concat!(env!("OUT_DIR"), "/process_managers.rs"));
 }
 
+/// Generated from `orkestra-gen/tests/golden/decisions/`: the `Subscription` decision
+/// (a course's capacity and a student's limit across streams, beside a `Course`
+/// aggregate whose event is tagged) and `UniqueUsername`.
+pub mod decisions {
+    include!(concat!(env!("OUT_DIR"), "/decisions.rs"));
+}
+
 /// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
 /// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
 /// struct types are checked for unknown keys.

@@ -140,6 +140,7 @@ impl<'a> Comparer<'a> {
 
     fn event(&mut self, name: &str, o: &Payload, n: &Payload) {
         let subject = |field: Option<&str>| Subject::new("event", name, field);
+        self.tags(name, o, n);
         if o.topic != n.topic {
             self.report(
                 Rule::EventTopicChanged,
@@ -480,6 +481,28 @@ impl<'a> Comparer<'a> {
                     "the safe path: keep `partitions: {from}`; or plan {rebuilt} over {} with this deploy and `--allow PARTITIONS_CHANGED`",
                     counted(to)
                 ),
+            );
+        }
+    }
+
+    /// Tags removed from (an error) and added to (a warning) event `name`.
+    fn tags(&mut self, name: &str, o: &Payload, n: &Payload) {
+        for tag in o.tags.iter().filter(|t| !n.tags.contains(t)) {
+            self.report_with_help(
+                Rule::TagRemoved,
+                &n.span,
+                Subject::new("event", name, Some(tag.as_str())),
+                format!("tag `{tag}` of event `{name}` was removed: events appended from now on are not indexed by it, so a decision reading events by `{tag}` no longer sees them"),
+                format!("keep `{tag}` in the event's `tags` while any release reads it; remove it once no decision reads by it, with `--allow TAG_REMOVED`"),
+            );
+        }
+        for tag in n.tags.iter().filter(|t| !o.tags.contains(t)) {
+            self.report_with_help(
+                Rule::TagAdded,
+                &n.span,
+                Subject::new("event", name, Some(tag.as_str())),
+                format!("tag `{tag}` was added to event `{name}`: stored events of this type have no index entries; run `orkestra store reindex-tags`"),
+                "until the index is built, a decision reading by this tag refuses to run".to_owned(),
             );
         }
     }

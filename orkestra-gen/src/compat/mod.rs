@@ -53,7 +53,7 @@ impl Subject {
 }
 
 impl Change {
-    /// Error or warning (only `HANDLER_REMOVED` warns).
+    /// Error or warning (`HANDLER_REMOVED` and `TAG_ADDED` warn).
     pub fn severity(&self) -> Severity {
         self.rule.severity()
     }

@@ -84,6 +84,10 @@ rules! {
         "`min` up, `max` down, a length bound tightened, `pattern` or `format` added or changed, a `one_of` or enum value removed.";
     PartitionsChanged = "PARTITIONS_CHANGED", Error,
         "A projection's or process manager's `partitions` changes: its stored checkpoints were assigned to the old count, so the runtime refuses to start it until it is rebuilt (a projection with `checkpoint: none` keeps none and may change freely).";
+    TagRemoved = "TAG_REMOVED", Error,
+        "A tag disappears from an event's `tags`: events appended from then on are not indexed by it, so a decision reading by that tag (in either release) no longer sees them and its rule breaks.";
+    TagAdded = "TAG_ADDED", Warning,
+        "A tag is added to an event's `tags`: events stored before have no index entries for it until `orkestra store reindex-tags` builds them, and decisions reading by it refuse to run until then.";
     HandlerRemoved = "HANDLER_REMOVED", Warning,
         "A handler binding disappears: on RabbitMQ its queue keeps messages nobody reads.";
 }

@@ -156,7 +156,7 @@ impl Validator {
             Some(n) => self
                 .string(n, &format!("`stream` of aggregate `{name}`"))
                 .and_then(|text| {
-                    self.stream_template(&name, n, &text)
+                    self.stream_template(&format!("aggregate `{name}`"), n, &text)
                         .map(|parts| (n, text, parts))
                 }),
         };
@@ -379,19 +379,16 @@ impl Validator {
         ok.then_some(fields)
     }
 
-    /// Splits `account-{account_id}` into text and placeholders.
-    fn stream_template(
+    /// Splits `account-{account_id}` into text and placeholders; `owner` is what the
+    /// template belongs to (`aggregate \`Account\``).
+    pub(super) fn stream_template(
         &mut self,
-        aggregate: &str,
+        owner: &str,
         node: &Node,
         text: &str,
     ) -> Option<Vec<StreamPart>> {
-        let bad = |reason: &str| {
-            format!(
-                "`stream` of aggregate `{aggregate}` (\"{}\") {reason}",
-                text.escape_debug()
-            )
-        };
+        let bad =
+            |reason: &str| format!("`stream` of {owner} (\"{}\") {reason}", text.escape_debug());
         if text.trim().is_empty() {
             self.error(&node.span, bad("is empty"));
             return None;
@@ -480,12 +477,7 @@ impl Validator {
                     );
                     ok = false;
                 }
-                let named = match &field.ty {
-                    Ty::String | Ty::Integer | Ty::Uuid | Ty::Date => true,
-                    Ty::Named(t) => t.is_enum,
-                    _ => false,
-                };
-                if !named {
+                if !super::text_forms::stable(&field.ty) {
                     self.error(
                         &node.span,
                         format!(

@@ -2,6 +2,7 @@
 //! every mistake. Nothing here panics on any input; everything is reported at once.
 
 mod aggregates;
+mod decisions;
 mod fields;
 mod handlers;
 mod names;
@@ -32,6 +33,8 @@ pub const SCHEMA_KEYS: &[(&str, &[&str])] = &[
     ("projection", projections::PROJECTION_KEYS),
     ("process manager", process_managers::PROCESS_KEYS),
     ("timeout", process_managers::TIMEOUT_KEYS),
+    ("decision", decisions::DECISION_KEYS),
+    ("read item", decisions::READ_KEYS),
 ];
 
 /// The base types a field's `type` may name (besides `list<T>`, `map<T>` and named types).
@@ -66,6 +69,7 @@ struct Decl {
     aggregates: Vec<(Key, Node)>,
     projections: Vec<(Key, Node)>,
     process_managers: Vec<(Key, Node)>,
+    decisions: Vec<(Key, Node)>,
 }
 
 /// A declared command or event, for resolving references.
@@ -149,6 +153,24 @@ impl Validator {
                     &mut aggregate_names,
                 ) {
                     modules[i].aggregates.push(a);
+                }
+            }
+        }
+        // Decisions next: they claim their commands as aggregates do.
+        let mut decision_names = HashMap::new();
+        for (i, decl) in decls.iter().enumerate() {
+            for (key, node) in &decl.decisions {
+                if let Some(d) = self.decision(
+                    decl,
+                    key,
+                    node,
+                    &types,
+                    &tables,
+                    &modules,
+                    &mut handled_commands,
+                    &mut decision_names,
+                ) {
+                    modules[i].decisions.push(d);
                 }
             }
         }

@@ -33,6 +33,7 @@ impl Validator {
                     existing.aggregates.extend(decl.aggregates);
                     existing.projections.extend(decl.projections);
                     existing.process_managers.extend(decl.process_managers);
+                    existing.decisions.extend(decl.decisions);
                 }
                 Some(existing) => {
                     let ns = existing.namespace.clone();

@@ -1,7 +1,9 @@
 //! Commands and events: their keys, version, custom validation and topic.
 
 use super::shape::describe;
+use super::text_forms;
 use super::{Decl, Declared, PayloadTables, TypeTable, Validator};
+use crate::diagnostic::Diagnostic;
 use crate::model::*;
 use crate::yaml::{Key, Node, Value};
 use orkestra_topic as topic;
@@ -27,6 +29,7 @@ pub(super) const EVENT_KEYS: &[&str] = &[
     "upcast",
     "validate",
     "topic",
+    "tags",
 ];
 
 const COMMAND: Syntax = Syntax {
@@ -143,6 +146,10 @@ impl Validator {
             None => Vec::new(),
             Some(n) => self.upcast_steps(&key.name, n, version, &fields)?,
         };
+        let tags = match map.get("tags") {
+            None => Vec::new(),
+            Some(n) => self.event_tags(&key.name, n, &fields)?,
+        };
         let topic = match map.get("topic") {
             Some(n) => {
                 let t = self.string(n, "`topic`")?;
@@ -167,8 +174,69 @@ impl Validator {
             version,
             custom_validate,
             upcast,
+            tags,
             span: key.span.clone(),
         })
+    }
+
+    /// An event's `tags`: distinct names of its fields, each required and with a stable
+    /// text form (the tag's value is that text).
+    fn event_tags(&mut self, event: &str, node: &Node, fields: &[Field]) -> Option<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            self.error(
+                &node.span,
+                format!(
+                    "`tags` of event `{event}` must be a list of its field names, found {}",
+                    node.kind()
+                ),
+            );
+            return None;
+        };
+        let mut tags: Vec<String> = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let Some(name) = self.string(item, &format!("a tag of event `{event}`")) else {
+                ok = false;
+                continue;
+            };
+            let Some(field) = fields.iter().find(|f| f.name == name) else {
+                let d = Diagnostic::error(
+                    &item.span,
+                    format!("tag `{name}` of event `{event}` is not one of its fields; a tag names a field whose value indexes the event"),
+                )
+                .did_you_mean(&name, fields.iter().map(|f| f.name.as_str()));
+                self.diags.push(d);
+                ok = false;
+                continue;
+            };
+            if tags.contains(&name) {
+                self.error(
+                    &item.span,
+                    format!("tag `{name}` of event `{event}` is listed twice"),
+                );
+                ok = false;
+                continue;
+            }
+            if !field.required {
+                self.error(
+                    &item.span,
+                    format!("tag `{name}` of event `{event}` names an optional field; a tag needs a value on every event: make the field `required`"),
+                );
+                ok = false;
+            }
+            if !text_forms::stable(&field.ty) {
+                self.error(
+                    &item.span,
+                    format!(
+                        "tag `{name}` of event `{event}` names a field of type {}, which has no stable text form; a tag takes a string, integer, uuid, date or enum field",
+                        field.ty.schema_text(&|t| t.name.clone())
+                    ),
+                );
+                ok = false;
+            }
+            tags.push(name);
+        }
+        ok.then_some(tags)
     }
 }
 

@@ -20,6 +20,7 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "aggregates",
     "projections",
     "process_managers",
+    "decisions",
 ];
 
 impl Validator {
@@ -137,6 +138,7 @@ impl Validator {
         let aggregates = section("aggregates");
         let projections = section("projections");
         let process_managers = section("process_managers");
+        let decisions = section("decisions");
         Some(Decl {
             span: ns_node.span.clone(),
             namespace,
@@ -150,6 +152,7 @@ impl Validator {
             aggregates,
             projections,
             process_managers,
+            decisions,
         })
     }
 

@@ -3,6 +3,20 @@
 //! generated code builds a typed value that cannot fail. Each check returns what is wrong
 //! as the end of a sentence.
 
+/// Whether every value of `ty` has exactly one text form, so the text names the value:
+/// strings, integers, UUIDs (hyphenated, lower case), dates (`YYYY-MM-DD`) and enums (the
+/// wire value). A stream name or a tag is that text. Not datetimes (an instant has many
+/// RFC 3339 forms: offsets, fractions), decimals (`12.5`, `12.50`, `1.25e1`), floats,
+/// booleans, lists, maps, JSON or structs.
+pub(super) fn stable(ty: &crate::model::Ty) -> bool {
+    use crate::model::Ty;
+    match ty {
+        Ty::String | Ty::Integer | Ty::Uuid | Ty::Date => true,
+        Ty::Named(t) => t.is_enum,
+        _ => false,
+    }
+}
+
 /// An RFC 3339 date and time: `2024-01-01T09:30:00Z`, `2024-01-01T09:30:00.5+01:00`
 /// (`T` or `t`, `Z`, `z` or an offset; seconds 00–59).
 pub(super) fn datetime(text: &str) -> Result<(), String> {
