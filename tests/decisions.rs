@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orkestra_runtime::{
-    Bus, Command, CommandEnvelope, CommandPayload, CommandStatus, EventData, ExpectedVersion,
-    HandlerContext, HandlerError, Metadata, Query, QueryItem, Store, Tag, new_id,
+    Bus, Command, CommandEnvelope, CommandPayload, CommandStatus, Event, EventData,
+    ExpectedVersion, HandlerContext, HandlerError, Metadata, Payload, Query, QueryItem, Store, Tag,
+    new_id,
 };
 use orkestra_tests::decisions::courses::aggregates::{self as course_aggregates, Course};
 use orkestra_tests::decisions::courses::aggregates::{CourseEvent, CourseState};
@@ -735,4 +736,103 @@ async fn an_aggregate_indexes_its_tagged_events() {
             "{name}"
         );
     }
+}
+
+/// Subscriptions stored before `StudentSubscribed` had tags (an older release appended
+/// them without index entries): a decision reading that tag refuses to run, naming the
+/// command that fixes it, and writes nothing; after `reindex_tags` it runs and counts
+/// them. On the embedded stores, each a fresh one (a shared PostgreSQL database has the
+/// tag declared by the other tests already; the store suite covers the refusal there).
+#[tokio::test]
+async fn a_decision_refuses_an_unindexed_tag_until_reindexed() {
+    let path = std::env::temp_dir().join(format!("orkestra-decisions-reindex-{}.db", new_id()));
+    for (name, store) in [
+        ("memory", Store::memory()),
+        ("sqlite", Store::sqlite(&path).await.unwrap()),
+    ] {
+        let course = unique("old");
+        // What the older release wrote: the course and one subscription, untagged.
+        for (stream, data) in [
+            (
+                format!("course-{course}"),
+                EventData::from_event(
+                    &Event::new(
+                        CourseDefined::from_json(
+                            serde_json::json!({ "course_id": course, "capacity": 1 }),
+                        )
+                        .unwrap(),
+                        Metadata::new(),
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+            ),
+            (
+                format!("subscription-{course}-first"),
+                EventData::from_event(
+                    &Event::new(
+                        StudentSubscribed {
+                            course_id: course.clone(),
+                            student_id: "first".into(),
+                        },
+                        Metadata::new(),
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+            ),
+        ] {
+            store
+                .append(&stream, ExpectedVersion::NoStream, vec![data])
+                .await
+                .unwrap();
+        }
+        assert!(data_has_no_tags(&store).await, "{name}");
+
+        let bus = bus_over(&store).await;
+        let refused = bus
+            .dispatch(CommandEnvelope::wrap(subscribe(&course, "second")).with_max_retries(0))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), CommandStatus::Failed, "{name}");
+        let error = refused.error().unwrap();
+        assert!(
+            error.contains("decision Subscription")
+                && error.contains("orkestra store reindex-tags"),
+            "{name}: {error}"
+        );
+        assert!(
+            store
+                .read_stream(&format!("subscription-{course}-second"), 0, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: a refused decision wrote"
+        );
+
+        let report = store.reindex_tags(|_, _| {}).await.unwrap();
+        // The course's `course_id`, the subscription's `course_id` and `student_id`.
+        assert_eq!(report.written(), 3, "{name}: {report:?}");
+        // Now the old subscription counts: the course of capacity 1 is full.
+        let full = bus
+            .dispatch(CommandEnvelope::wrap(subscribe(&course, "second")))
+            .await
+            .unwrap();
+        assert_eq!(full.status(), CommandStatus::Rejected, "{name}");
+        assert!(
+            full.error().unwrap().contains("full"),
+            "{name}: {:?}",
+            full.error()
+        );
+    }
+}
+
+/// No stored event of the store has tags yet.
+async fn data_has_no_tags(store: &Store) -> bool {
+    store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.tags().is_empty())
 }

@@ -197,6 +197,14 @@ pub async fn execute<D: Decision>(
     let stream = D::stream(command)?;
     let stream = stream.as_str();
     let query = D::boundary(command)?;
+    // Events stored before a tag was declared have no index entries: a boundary that
+    // reads such a tag would miss them and decide wrongly, so the decision refuses to run
+    // (a failure: retried, then dead-lettered, replayable once `orkestra store
+    // reindex-tags` has run). Answered from the store's cache after the first time.
+    store
+        .ensure_tags_indexed(D::TAGS_READ)
+        .await
+        .map_err(|e| HandlerError::fail(format!("decision {}: {e}", D::NAME)))?;
     // A redelivery: the command's first event is stored under its derived id.
     if let Some(version) = store
         .version_of(stream, &event_id(&command.id, 0))
