@@ -42,7 +42,7 @@ use orkestra_runtime::config::BusAdapter;
 #[command(
     name = "orkestra",
     version,
-    about = "Operate an Orkestra service: dead letters, topology, the relay and the status of its workers"
+    about = "Operate an Orkestra service: dead letters, topology, the relay, the status of its workers and the tag index of its store"
 )]
 struct Args {
     /// Output style.

@@ -15,7 +15,9 @@
 //!
 //! Events may carry [`Tag`]s, which memory, SQLite and PostgreSQL index at append time:
 //! [`Store::read_query`] and [`Store::append_if`] make decisions across streams (see
-//! [`Query`]; EventStoreDB refuses them).
+//! [`Query`]; EventStoreDB refuses them). [`Store::ensure_tags_indexed`] records the tags a
+//! decision reads and refuses while older events lack entries;
+//! [`Store::reindex_tags`] builds them (see [`tag_index`]).
 
 mod backend;
 mod error;

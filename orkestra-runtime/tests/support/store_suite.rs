@@ -1583,12 +1583,22 @@ pub async fn dcb_a_declaration_racing_old_appends_leaves_none_unindexed(store: S
     }
     let run = uuid::Uuid::new_v4().simple().to_string();
     let event_type = format!("SeatTaken{run}");
+    // Set once the declaration returned: each writer then appends 3 more and stops.
+    let declared_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let (store, run, event_type) = (store.clone(), run.clone(), event_type.clone());
+            let declared_flag = declared_flag.clone();
             tokio::spawn(async move {
                 let mut values = Vec::new();
-                for i in 0..15 {
+                let mut more = 3;
+                for i in 0..500 {
+                    if declared_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        if more == 0 {
+                            break;
+                        }
+                        more -= 1;
+                    }
                     let value = format!("w{w}-{i}-{run}");
                     let started = std::time::Instant::now();
                     store
@@ -1611,6 +1621,7 @@ pub async fn dcb_a_declaration_racing_old_appends_leaves_none_unindexed(store: S
         .ensure_tags_indexed(&[(event_type.as_str(), "seat")])
         .await;
     let declared_at = std::time::Instant::now();
+    declared_flag.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut values = Vec::new();
     for w in writers {
         values.extend(w.await.unwrap());
@@ -1631,6 +1642,10 @@ pub async fn dcb_a_declaration_racing_old_appends_leaves_none_unindexed(store: S
     };
     // Appended after the declaration: indexed by the append itself, reindex or not.
     let after: Vec<_> = values.iter().filter(|(_, at)| *at > declared_at).collect();
+    assert!(
+        after.len() >= 8,
+        "every writer appended after the declaration"
+    );
     for (value, _) in &after {
         assert_eq!(
             find(value.clone()).await,
