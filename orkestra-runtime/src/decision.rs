@@ -10,7 +10,11 @@
 //!
 //! 1. the stream and the boundary (a [`Query`]: one item per read item, its event types
 //!    and the tag whose value is a param of the command) come from the command's params;
-//!    an empty param is a rejection and nothing is written;
+//!    an empty param is a rejection and nothing is written; every (type, tag) pair the
+//!    boundary reads by must be indexed ([`Store::ensure_tags_indexed`]): events stored
+//!    before their type had the tag have no index entries, so until `orkestra store
+//!    reindex-tags` has run the command fails with an error saying so (the bus retries
+//!    it, then dead-letters it for a replay);
 //! 2. a command delivered again after its events were stored (their ids derive from the
 //!    command id, as an aggregate's do) is recognised by its first event's id: its
 //!    events are published again and replied to, never appended twice;
