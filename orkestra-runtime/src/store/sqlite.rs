@@ -499,6 +499,7 @@ fn row_to_event(
                     .collect::<Result<_, _>>()?
             }
         },
+        redacted: Vec::new(),
     })
 }
 
