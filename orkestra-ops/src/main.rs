@@ -13,6 +13,7 @@
 //! orkestra relay skip POSITION [--checkpoint NAME]
 //! orkestra projection rebuild NAME [--partitions N]
 //! orkestra status
+//! orkestra forget     SUBJECT --yes
 //! orkestra completions SHELL
 //! orkestra man        [--out DIR]
 //! ```
@@ -22,6 +23,7 @@
 //! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
 //! store or the configuration), 2 usage errors.
 
+mod forget;
 mod print;
 mod progress;
 mod schema;
@@ -78,6 +80,17 @@ enum Cmd {
     /// configured store (`[store]`), across every copy of the service: its owner,
     /// checkpoint, lag in events and in seconds, and when its lease expires.
     Status,
+    /// Forget a data subject (a person) in the configured store (`[store]`): delete
+    /// its key, so the personal fields of its events read as their replacements for
+    /// good, record the erasure (it never gets a key again), and append
+    /// `orkestra.SubjectForgotten` for projections to clean their read models.
+    Forget {
+        /// The subject (the value of its events' subject field, a customer id).
+        subject: String,
+        /// Confirms it: without it nothing is done (exit 2).
+        #[arg(long)]
+        yes: bool,
+    },
     /// The exchanges and queues Orkestra declares under the configured prefix, with
     /// their bindings and depths.
     Topology {
@@ -263,6 +276,10 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
         let config = load_config(args.config.as_ref())?;
         return status::run(&config, args.format).await;
     }
+    if let Cmd::Forget { subject, yes } = &args.command {
+        let config = load_config(args.config.as_ref())?;
+        return forget::run(&config, subject, *yes, args.format).await;
+    }
     if let Cmd::Projection(ProjectionCmd::Rebuild { name, partitions }) = &args.command {
         let config = load_config(args.config.as_ref())?;
         return status::rebuild(&config, name, *partitions).await;
@@ -364,6 +381,7 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
         // Handled by `run` before it connects to the broker, or by `main`.
         Cmd::Relay(_)
         | Cmd::Status
+        | Cmd::Forget { .. }
         | Cmd::Projection(_)
         | Cmd::Completions { .. }
         | Cmd::Man { .. } => {}

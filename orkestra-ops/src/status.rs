@@ -50,7 +50,7 @@ pub(crate) async fn rebuild(
 /// The store, opened only when it can hold something to report: a memory store lives
 /// and dies with its process, and a SQLite file that does not exist would be created
 /// empty (a mistyped path would then read as "nothing has run").
-async fn open(config: &Config) -> Result<Store, String> {
+pub(crate) async fn open(config: &Config) -> Result<Store, String> {
     match config.store.adapter {
         StoreAdapter::Memory => {
             return Err(
@@ -84,7 +84,7 @@ fn sqlite_path(config: &Config) -> &str {
 
 /// `store sqlite "./orkestra.db"`, `store postgres postgres://app:***@db/app`: what an
 /// error is about. The URL goes through `SecretUrl`'s display, which hides a password.
-fn location(config: &Config) -> String {
+pub(crate) fn location(config: &Config) -> String {
     let adapter = config.store.adapter.name();
     match (config.store.adapter, &config.store.url) {
         (StoreAdapter::Sqlite, _) => format!("store {adapter} {:?}", sqlite_path(config)),
