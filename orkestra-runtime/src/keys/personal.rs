@@ -146,8 +146,7 @@ impl PersonalData {
         mut self,
         events: impl IntoIterator<Item = E>,
     ) -> Self {
-        self.events
-            .extend(events.into_iter().map(|e| *e.borrow()));
+        self.events.extend(events.into_iter().map(|e| *e.borrow()));
         self
     }
 
@@ -157,8 +156,7 @@ impl PersonalData {
         mut self,
         states: impl IntoIterator<Item = S>,
     ) -> Self {
-        self.states
-            .extend(states.into_iter().map(|s| *s.borrow()));
+        self.states.extend(states.into_iter().map(|s| *s.borrow()));
         self
     }
 
