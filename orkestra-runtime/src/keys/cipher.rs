@@ -83,6 +83,18 @@ pub(crate) fn open_value(
     path: &str,
     text: &str,
 ) -> Result<Value, String> {
+    let plaintext = open_bytes(cipher, subject, path, text)?;
+    serde_json::from_slice(&plaintext).map_err(|e| format!("the decrypted value is not JSON: {e}"))
+}
+
+/// The JSON text sealed in `text` for `subject` at `path` (authenticated: the text
+/// this store sealed), wiped when dropped.
+pub(crate) fn open_bytes(
+    cipher: &Aes256Gcm,
+    subject: &str,
+    path: &str,
+    text: &str,
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let Some(encoded) = text
         .strip_prefix(FORMAT_VERSION)
         .and_then(|t| t.strip_prefix('.'))
@@ -103,7 +115,7 @@ pub(crate) fn open_value(
     }
     let (nonce, sealed) = bytes.split_at(NONCE_LEN);
     let aad = associated_data(subject, path);
-    let plaintext = Zeroizing::new(
+    Ok(Zeroizing::new(
         cipher
             .decrypt(
                 Nonce::from_slice(nonce),
@@ -118,8 +130,7 @@ pub(crate) fn open_value(
                      field: it was changed, or copied from another subject or field"
                 )
             })?,
-    );
-    serde_json::from_slice(&plaintext).map_err(|e| format!("the decrypted value is not JSON: {e}"))
+    ))
 }
 
 #[cfg(test)]

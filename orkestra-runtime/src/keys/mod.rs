@@ -42,6 +42,7 @@ mod memory;
 mod personal;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod scan;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -60,6 +61,7 @@ pub(crate) use personal::{Compiled, Fields, find_encrypted, subject_of};
 pub use personal::{PersonalData, PersonalEvent, PersonalField, PersonalState};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresKeyStore;
+pub(crate) use scan::scan;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteKeyStore;
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
 use crate::keys::{
     Compiled, DEFAULT_KEY_CACHE, Fields, KeyError, KeyStore, Keys, PersonalData, find_encrypted,
-    subject_of,
+    scan, subject_of,
 };
 use crate::message::Metadata;
 
@@ -176,9 +176,9 @@ impl Store {
             if !find_encrypted(&event.data) {
                 continue;
             }
-            let (stream, position) = (event.stream.to_string(), event.position);
+            let (stream, position) = (event.stream.clone(), event.position);
             let place = move |field: String, message: String| StoreError::PersonalData {
-                stream: stream.clone(),
+                stream: stream.to_string(),
                 position: Some(position),
                 field,
                 message,
@@ -283,6 +283,21 @@ async fn open(
     json: &str,
     place: impl Fn(String, String) -> StoreError,
 ) -> Result<(String, Vec<String>), StoreError> {
+    // The fast path: one pass over the text, the plain values spliced in.
+    if let Some(found) = scan(json, fields.subject_field()) {
+        if found.sealed.is_empty() {
+            return Ok((json.to_owned(), Vec::new()));
+        }
+        if let Some(subject) = found.subject.clone().and_then(|r| json.get(r))
+            && !subject.is_empty()
+        {
+            let cipher = keys.for_reading(subject).await?;
+            return fields
+                .splice(json, &found, subject, cipher.as_deref())
+                .map_err(|(field, message)| place(field, message));
+        }
+    }
+    // The slow path over a parsed value: what the scanner leaves (and the errors).
     let mut data: Value = serde_json::from_str(json)
         .map_err(|e| place(String::new(), format!("the data is not JSON: {e}")))?;
     let subject = subject_of(&data, fields.subject_field())
