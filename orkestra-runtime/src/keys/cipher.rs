@@ -1,7 +1,7 @@
 //! One personal value sealed with AES-256-GCM, and its stored form (see the module doc
 //! of [`keys`](super)).
 
-use aes_gcm::aead::{Aead, AeadCore, OsRng, Payload};
+use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -113,24 +113,20 @@ pub(crate) fn open_bytes(
             bytes.len()
         ));
     }
-    let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+    let nonce = *Nonce::from_slice(&bytes[..NONCE_LEN]);
+    // Decrypted where it lies: the nonce's bytes dropped, the tag taken off.
+    let mut buffer = Zeroizing::new(bytes);
+    buffer.drain(..NONCE_LEN);
     let aad = associated_data(subject, path);
-    Ok(Zeroizing::new(
-        cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
+    cipher
+        .decrypt_in_place(&nonce, &aad, &mut *buffer)
+        .map_err(|_| {
+            format!(
+                "the encrypted value does not authenticate for subject {subject:?} at this \
+                 field: it was changed, or copied from another subject or field"
             )
-            .map_err(|_| {
-                format!(
-                    "the encrypted value does not authenticate for subject {subject:?} at this \
-                     field: it was changed, or copied from another subject or field"
-                )
-            })?,
-    ))
+        })?;
+    Ok(buffer)
 }
 
 #[cfg(test)]

@@ -169,13 +169,21 @@ impl Store {
         let Some(compiled) = &self.personal.fields else {
             return Ok(());
         };
+        // The description of the previous event's type: a page of events often holds
+        // few types, and a comparison costs less than a hash.
+        let mut last: Option<(std::sync::Arc<str>, Option<&Fields>)> = None;
         for event in events {
-            let Some(fields) = compiled.events.get(&*event.event_type) else {
+            let fields = match &last {
+                Some((event_type, fields)) if **event_type == *event.event_type => *fields,
+                _ => {
+                    let fields = compiled.events.get(&*event.event_type);
+                    last = Some((event.event_type.clone(), fields));
+                    fields
+                }
+            };
+            let Some(fields) = fields else {
                 continue;
             };
-            if !find_encrypted(&event.data) {
-                continue;
-            }
             let (stream, position) = (event.stream.clone(), event.position);
             let place = move |field: String, message: String| StoreError::PersonalData {
                 stream: stream.to_string(),
