@@ -15,6 +15,7 @@
 //! orkestra status
 //! orkestra store reindex-tags
 //! orkestra store tags
+//! orkestra forget     SUBJECT --yes
 //! orkestra completions SHELL
 //! orkestra man        [--out DIR]
 //! ```
@@ -24,6 +25,7 @@
 //! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
 //! store or the configuration), 2 usage errors.
 
+mod forget;
 mod print;
 mod progress;
 mod schema;
@@ -84,6 +86,17 @@ enum Cmd {
     /// The configured store's tag index (`[store]`).
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Forget a data subject (a person) in the configured store (`[store]`): delete
+    /// its key, so the personal fields of its events read as their replacements for
+    /// good, record the erasure (it never gets a key again), and append
+    /// `orkestra.SubjectForgotten` for projections to clean their read models.
+    Forget {
+        /// The subject (the value of its events' subject field, a customer id).
+        subject: String,
+        /// Confirms it: without it nothing is done (exit 2).
+        #[arg(long)]
+        yes: bool,
+    },
     /// The exchanges and queues Orkestra declares under the configured prefix, with
     /// their bindings and depths.
     Topology {
@@ -290,6 +303,10 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
             StoreCmd::Tags => tags::list(&config, args.format).await,
         };
     }
+    if let Cmd::Forget { subject, yes } = &args.command {
+        let config = load_config(args.config.as_ref())?;
+        return forget::run(&config, subject, *yes, args.format).await;
+    }
     if let Cmd::Projection(ProjectionCmd::Rebuild { name, partitions }) = &args.command {
         let config = load_config(args.config.as_ref())?;
         return status::rebuild(&config, name, *partitions).await;
@@ -392,6 +409,7 @@ async fn command(admin: &DeadLetterAdmin, args: &Args) -> Result<ExitCode, Failu
         Cmd::Relay(_)
         | Cmd::Status
         | Cmd::Store(_)
+        | Cmd::Forget { .. }
         | Cmd::Projection(_)
         | Cmd::Completions { .. }
         | Cmd::Man { .. } => {}

@@ -182,6 +182,8 @@ pub mod metrics;
 pub mod trace;
 // Layer 3: what a handler is and returns.
 mod handler;
+// Layer 3½: personal data: subjects' keys, the encryption of personal fields.
+pub mod keys;
 // Layer 4: buses and stores.
 pub mod bus;
 pub mod store;
@@ -216,6 +218,7 @@ error::human_debug!(
     projection::ProjectionError,
     process::ProcessError,
     relay::RelayError,
+    keys::KeyError,
 );
 #[cfg(feature = "telemetry")]
 error::human_debug!(telemetry::TelemetryError);
@@ -231,6 +234,7 @@ pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
 pub use config::{Config, ConfigError, InboxMode, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};
+pub use keys::{KeyError, KeyStore};
 pub use message::topic;
 pub use message::{
     ActorType, Command, CommandEnvelope, CommandError, CommandPayload, CommandStatus,

@@ -16,6 +16,8 @@ fn layer(module: &str) -> Option<u8> {
         // Instruments only: nothing of the layers above is needed to count.
         "metrics" => 21,
         "handler" => 30,
+        // Personal data: subjects' keys and the encryption the store applies.
+        "keys" => 35,
         "bus" | "store" => 40,
         // Leases kept, partitions shared: on the store, under the workers.
         "runner" => 45,
@@ -88,6 +90,7 @@ fn module_of(name: &str) -> Option<&str> {
         "DeadLetter" | "EventSet" | "HandlerError" => "handler",
         "Store" | "StoreError" | "EventData" | "ExpectedVersion" | "RecordedEvent"
         | "AppendResult" | "AllSubscription" => "store",
+        "KeyStore" | "KeyError" => "keys",
         "topic" => "message",
         "ProcessManagers" => "process",
         _ if name.chars().next().is_some_and(char::is_uppercase) || name == "new_id" => "message",

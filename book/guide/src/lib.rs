@@ -61,6 +61,7 @@ chapters! {
     projections = "projections.md",
     process_managers = "process-managers.md",
     decisions_store = "decisions-store.md",
+    personal_data = "personal-data.md",
     evolution = "evolution.md",
     rabbitmq = "rabbitmq.md",
     several_copies = "several-copies.md",

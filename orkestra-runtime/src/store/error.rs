@@ -6,6 +6,7 @@ use super::ExpectedVersion;
 use crate::DriverError;
 use crate::bus::BusError;
 use crate::config::ConfigError;
+use crate::keys::KeyError;
 use crate::message::PayloadError;
 
 /// Why a store operation failed. URLs and passwords never appear in these messages.
@@ -190,6 +191,35 @@ pub enum StoreError {
         /// The count this copy was started with.
         configured: u32,
     },
+    /// Personal data for a forgotten subject: nothing was written.
+    #[error(
+        "{record}: subject {subject:?} is forgotten, so no personal data can be stored for it again; nothing was written"
+    )]
+    SubjectForgotten {
+        /// The subject.
+        subject: String,
+        /// The event (id and type) or snapshot that carried it.
+        record: String,
+    },
+    /// A personal field that does not decrypt: its stored value was changed, or copied
+    /// from another subject or field. Never decoded as garbage.
+    #[error(
+        "stream {stream:?}, {}, field {field}: {message}",
+        match .position { Some(p) => format!("position {p}"), None => "snapshot".to_owned() }
+    )]
+    PersonalData {
+        /// The stream.
+        stream: String,
+        /// The event's global position (`None`: the stream's snapshot).
+        position: Option<u64>,
+        /// The field's path (`contacts[1].phone`).
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// The key store failed.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

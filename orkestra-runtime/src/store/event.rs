@@ -175,6 +175,8 @@ pub struct RecordedEvent {
     pub(crate) recorded_at: DateTime<Utc>,
     pub(crate) topic: Option<Arc<str>>,
     pub(crate) tags: Vec<Tag>,
+    /// The personal fields read as their replacement (their subject was forgotten).
+    pub(crate) redacted: Vec<String>,
 }
 
 impl RecordedEvent {
@@ -236,6 +238,11 @@ impl RecordedEvent {
     /// When the store recorded it.
     pub fn recorded_at(&self) -> DateTime<Utc> {
         self.recorded_at
+    }
+    /// The paths of the personal fields that read as their replacement because their
+    /// subject was forgotten (`email`, `contacts[1].phone`); empty otherwise.
+    pub fn redacted(&self) -> &[String] {
+        &self.redacted
     }
 
     /// The typed event, with its metadata. A recorded event of another type is

@@ -251,6 +251,7 @@ fn from_esdb(event: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreErr
         recorded_at: event.created,
         topic: envelope.topic.map(Into::into),
         tags: Vec::new(),
+        redacted: Vec::new(),
     })
 }
 

@@ -148,6 +148,7 @@ impl MemoryStore {
                 recorded_at: now,
                 topic: e.event.topic.map(Into::into),
                 tags: e.event.tags,
+                redacted: Vec::new(),
             });
             last = AppendResult {
                 last_version: version,

@@ -26,6 +26,7 @@ mod event;
 mod eventstoredb;
 pub(crate) mod lease;
 mod memory;
+mod personal;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod query;
@@ -48,6 +49,7 @@ pub use event::{
     RecordedEvent,
 };
 pub use lease::{Lease, LeaseRecord, Leases, MAX_PARTITIONS, default_owner};
+pub use personal::{FORGOTTEN_STREAM, Forgotten, SUBJECT_FORGOTTEN};
 pub(crate) use query::Conflict;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use query::matching_positions;
@@ -73,6 +75,8 @@ pub struct Store {
     /// The (event type, tag key) pairs found indexed: an indexed pair stays indexed (see
     /// [`tag_index`]), so each is asked of the store once per handle.
     indexed_tags: Arc<std::sync::Mutex<IndexedTags>>,
+    /// Personal data: the key store and what to encrypt (`personal.rs`).
+    personal: personal::Personal,
 }
 
 /// The pairs a [`Store`] handle found indexed: tag keys by event type (looked up
@@ -100,20 +104,29 @@ impl Store {
             bus_message_limit: None,
             runner_lease: None,
             indexed_tags: Arc::default(),
+            personal: personal::Personal::default(),
         }
     }
 
-    /// An in-memory store.
-    pub fn memory() -> Self {
-        Self::new(Arc::new(memory::MemoryStore::new()))
+    /// With the adapter's own key store (see [`keys`](crate::keys)).
+    fn with_key_store(mut self, keys: Arc<dyn crate::keys::KeyStore>) -> Self {
+        self.personal = personal::Personal::with_key_store(keys);
+        self
     }
 
-    /// The embedded single-file store at `path` (created if missing).
+    /// An in-memory store (its keys in a [`MemoryKeyStore`](crate::keys::MemoryKeyStore)).
+    pub fn memory() -> Self {
+        Self::new(Arc::new(memory::MemoryStore::new()))
+            .with_key_store(Arc::new(crate::keys::MemoryKeyStore::new()))
+    }
+
+    /// The embedded single-file store at `path` (created if missing), its keys in the
+    /// same file ([`SqliteKeyStore`](crate::keys::SqliteKeyStore)).
     #[cfg(feature = "sqlite")]
     pub async fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(
-            sqlite::SqliteStore::open(path.as_ref()).await?,
-        )))
+        let store = Self::new(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?));
+        let keys = crate::keys::SqliteKeyStore::open(path).await?;
+        Ok(store.with_key_store(Arc::new(keys)))
     }
 
     /// A PostgreSQL store (the schema is created on first use), with the default pool
@@ -124,15 +137,18 @@ impl Store {
     }
 
     /// A PostgreSQL store whose pool follows `settings.pool_size` and
-    /// `settings.pool_timeout_ms` (the URL is `url`, not `settings.url`).
+    /// `settings.pool_timeout_ms` (the URL is `url`, not `settings.url`); its keys are in
+    /// the same database ([`PostgresKeyStore`](crate::keys::PostgresKeyStore)).
     #[cfg(feature = "postgres")]
     pub async fn postgres_with(
         url: &crate::config::SecretUrl,
         settings: &crate::config::StoreConfig,
     ) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(
+        let store = Self::new(Arc::new(
             postgres::PostgresStore::connect(url, settings).await?,
-        )))
+        ));
+        let keys = crate::keys::PostgresKeyStore::connect(url).await?;
+        Ok(store.with_key_store(Arc::new(keys)))
     }
 
     /// An EventStoreDB / KurrentDB store.
@@ -262,8 +278,9 @@ impl Store {
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        mut events: Vec<EventData>,
     ) -> Result<AppendResult, StoreError> {
+        self.protect(&mut events).await?;
         let encoded = self.encode(stream, events)?;
         let started = crate::metrics::current().map(|_| crate::metrics::now());
         let appended = self.backend.append(stream, expected, encoded).await;
@@ -288,10 +305,11 @@ impl Store {
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
+        mut events: Vec<EventData>,
         condition: AppendCondition,
     ) -> Result<AppendResult, StoreError> {
         condition.fail_if_events_match.check_condition(stream)?;
+        self.protect(&mut events).await?;
         let encoded = self.encode(stream, events)?;
         let started = crate::metrics::current().map(|_| crate::metrics::now());
         let appended = self
@@ -318,7 +336,9 @@ impl Store {
         if max == 0 || query.is_empty() {
             return Ok(Vec::new());
         }
-        self.backend.read_query(query, from, max).await
+        let mut events = self.backend.read_query(query, from, max).await?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     /// Declares the (event type, tag key) pairs a decision reads (see [`tag_index`]) and
@@ -505,9 +525,12 @@ impl Store {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.backend
+        let mut events = self
+            .backend
             .read_stream(stream, from_version, max, Direction::Forwards)
-            .await
+            .await?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     /// Up to `max` events of a stream from `from_version` down, newest first
@@ -521,9 +544,12 @@ impl Store {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.backend
+        let mut events = self
+            .backend
             .read_stream(stream, from_version, max, Direction::Backwards)
-            .await
+            .await?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     /// Up to `max` events in global order, from position `from_position` (inclusive).
@@ -535,21 +561,30 @@ impl Store {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.backend.read_all(from_position, max).await
+        let mut events = self.backend.read_all(from_position, max).await?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     /// Saves a snapshot of a stream's fold. The store keeps the newest per stream: an
     /// older version of the same shape than the one kept is ignored. See [`Snapshot`].
-    pub async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+    /// A state with personal data declared ([`PersonalState`](crate::keys::PersonalState))
+    /// is stored with those fields encrypted.
+    pub async fn save_snapshot(&self, mut snapshot: Snapshot) -> Result<(), StoreError> {
         if snapshot.stream.is_empty() {
             return Err(StoreError::Invalid("the stream name is empty".into()));
         }
+        self.protect_snapshot(&mut snapshot).await?;
         self.backend.save_snapshot(snapshot).await
     }
 
-    /// The snapshot kept for `stream`, if any.
+    /// The snapshot kept for `stream`, if any; none once a subject of its state was
+    /// forgotten (the reader folds the events, which read with replacements).
     pub async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.backend.load_snapshot(stream).await
+        match self.backend.load_snapshot(stream).await? {
+            Some(snapshot) => self.reveal_snapshot(snapshot).await,
+            None => Ok(None),
+        }
     }
 
     /// The version at which `stream` holds the event `id` (`None`: it holds none). An

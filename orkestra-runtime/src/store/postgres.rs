@@ -1093,6 +1093,7 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
             .into_iter()
             .map(|t| Tag::parse(t).map_err(|e| corrupt(format!("tags: {e}"))))
             .collect::<Result<_, _>>()?,
+        redacted: Vec::new(),
     })
 }
 

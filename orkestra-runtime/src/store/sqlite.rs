@@ -580,6 +580,7 @@ fn row_to_event(
                     .collect::<Result<_, _>>()?
             }
         },
+        redacted: Vec::new(),
     })
 }
 

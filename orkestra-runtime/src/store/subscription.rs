@@ -46,6 +46,7 @@ impl Store {
             changes: backend.changes(),
             poll: backend.poll_interval(),
             backend,
+            store: self.clone(),
             next: from_position,
             buffer: VecDeque::new(),
             exhausted: false,
@@ -69,6 +70,8 @@ impl Store {
 /// learns of new commits.
 struct Cursor {
     backend: Arc<dyn Backend>,
+    /// The store, which decrypts personal data.
+    store: Store,
     changes: watch::Receiver<u64>,
     poll: Option<Duration>,
     next: u64,
@@ -91,7 +94,10 @@ impl Cursor {
             // after the read still wakes us.
             self.changes.borrow_and_update();
             match self.backend.read_all(self.next, SUBSCRIPTION_BATCH).await {
-                Ok(batch) if !batch.is_empty() => {
+                Ok(mut batch) if !batch.is_empty() => {
+                    if let Err(e) = self.store.reveal(&mut batch).await {
+                        return Some(Err(e));
+                    }
                     let last = batch.last().map_or(self.next, |e| e.position);
                     self.buffer.extend(batch);
                     match last.checked_add(1) {
