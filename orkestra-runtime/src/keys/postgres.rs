@@ -42,6 +42,8 @@ const LOCK_CLASS: i32 = 0x4f4b_4559;
 pub struct PostgresKeyStore {
     pool: Pool,
     url: SecretUrl,
+    /// The key tables, created by the first use (or by [`PostgresKeyStore::connect`]).
+    schema: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for PostgresKeyStore {
@@ -59,6 +61,15 @@ fn backend_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> KeyE
 impl PostgresKeyStore {
     /// Connects to the database at `url` and creates the key tables if missing.
     pub async fn connect(url: &SecretUrl) -> Result<Self, KeyError> {
+        let store = Self::lazy(url)?;
+        store.client().await?;
+        Ok(store)
+    }
+
+    /// The key store of the database at `url`, connecting (and creating the key tables)
+    /// on its first use: what every PostgreSQL [`Store`](crate::store::Store) has, so
+    /// a store without personal data never opens a connection for keys.
+    pub fn lazy(url: &SecretUrl) -> Result<Self, KeyError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|e: tokio_postgres::Error| {
                 KeyError::backend(NAME, format!("{url} is not a PostgreSQL URL: {e}"))
@@ -76,21 +87,19 @@ impl PostgresKeyStore {
             .wait_timeout(Some(std::time::Duration::from_secs(30)))
             .build()
             .map_err(backend_error)?;
-        let store = Self {
+        Ok(Self {
             pool,
             url: url.clone(),
-        };
-        store
-            .client()
-            .await?
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(backend_error)?;
-        Ok(store)
+            schema: tokio::sync::OnceCell::new(),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, KeyError> {
-        self.pool.get().await.map_err(backend_error)
+        let client = self.pool.get().await.map_err(backend_error)?;
+        self.schema
+            .get_or_try_init(|| async { client.batch_execute(SCHEMA).await.map_err(backend_error) })
+            .await?;
+        Ok(client)
     }
 }
 

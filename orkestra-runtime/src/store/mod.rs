@@ -147,7 +147,9 @@ impl Store {
         let store = Self::new(Arc::new(
             postgres::PostgresStore::connect(url, settings).await?,
         ));
-        let keys = crate::keys::PostgresKeyStore::connect(url).await?;
+        // Connected on first use: a store without personal data opens no connection
+        // for keys.
+        let keys = crate::keys::PostgresKeyStore::lazy(url)?;
         Ok(store.with_key_store(Arc::new(keys)))
     }
 
