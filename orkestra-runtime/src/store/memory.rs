@@ -189,9 +189,7 @@ impl MemoryStore {
         let state = &mut *guard;
         let pair = (event_type.to_owned(), key.to_owned());
         let Some(&(indexed, cursor)) = state.registry.get(&pair) else {
-            return Err(StoreError::Invalid(format!(
-                "tag {key:?} of event type {event_type:?} is not declared"
-            )));
+            return Err(super::tag_index::undeclared(event_type, key));
         };
         let mut batch = ReindexBatch::default();
         if indexed {

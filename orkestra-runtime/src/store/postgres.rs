@@ -956,9 +956,7 @@ async fn reindex_batch(
         .await
         .map_err(backend_error)?;
     let Some(row) = row else {
-        return Err(StoreError::Invalid(format!(
-            "tag {key:?} of event type {event_type:?} is not declared"
-        )));
+        return Err(super::tag_index::undeclared(event_type, key));
     };
     let indexed: bool = row.try_get(0).map_err(backend_error)?;
     let cursor: Option<i64> = row.try_get(1).map_err(backend_error)?;

@@ -1036,9 +1036,7 @@ fn reindex_batch(
         })
         .map_err(backend_error)?;
     let Some((indexed, cursor)) = row else {
-        return Err(StoreError::Invalid(format!(
-            "tag {key:?} of event type {event_type:?} is not declared"
-        )));
+        return Err(super::tag_index::undeclared(event_type, key));
     };
     let mut batch = ReindexBatch::default();
     if indexed {

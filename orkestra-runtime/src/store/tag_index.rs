@@ -157,6 +157,13 @@ pub(crate) fn tag_from_data(data: &Value, key: &str) -> Result<Tag, SkipReason> 
     }
 }
 
+/// The error of reindexing a pair nobody declared (the registry has no row for it).
+pub(crate) fn undeclared(event_type: &str, key: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "tag {key:?} of event type {event_type:?} is not declared"
+    ))
+}
+
 /// Whether `tags` holds one with key `key`.
 pub(crate) fn has_key(tags: &[Tag], key: &str) -> bool {
     tags.iter().any(|t| t.key() == key)
