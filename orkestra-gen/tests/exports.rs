@@ -351,6 +351,23 @@ fn the_readme_picture_is_the_graph_of_the_reference_schemas() {
     );
 }
 
+#[test]
+fn the_readme_decision_picture_is_the_graph_of_the_example_decision() {
+    let svg =
+        orkestra_gen::export::flow_svg(&model(&["../examples/orders/schemas/customers.yaml"]))
+            .unwrap();
+    assert!(svg.contains("data-kind=\"decision\""), "{svg}");
+    assert!(svg.contains(">reads customer_id, username<"), "{svg}");
+    let committed = dir("../docs/decision.svg");
+    if std::env::var("ORKESTRA_UPDATE_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::write(&committed, &svg).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&committed).is_ok_and(|c| c == svg),
+        "docs/decision.svg is stale: ORKESTRA_UPDATE_DOCS=1 cargo test -p orkestra-gen --test exports"
+    );
+}
+
 /// The names `orkestra-runtime/src/bus/rabbitmq/topology.rs` gives exchanges and queues
 /// (default prefix `orkestra`), as the AsyncAPI bindings must state them.
 #[test]

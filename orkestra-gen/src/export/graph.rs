@@ -499,7 +499,7 @@ const STYLE: &str = "\
 .deadletters rect{fill:#fee2e2;stroke:#b91c1c}\
 .process rect{fill:#ede9fe;stroke:#6d28d9}\
 .decision rect{fill:#ccfbf1;stroke:#0f766e}\
-.edge-label{font-size:12px;fill:#0f766e}\
+.flow .edge-label{font-size:12px;fill:#0f766e;paint-order:stroke;stroke:#fff;stroke-width:3px}\
 a:hover rect{stroke-width:3}\
 .edge{fill:none;stroke:#555;stroke-width:1.3}\
 .edge.dashed{stroke-dasharray:5 4}\
@@ -564,12 +564,12 @@ impl RenderBackend for Svg<'_> {
         self.grow(Point::new(xy.x + size.x / 2.0, xy.y + size.y / 2.0));
     }
 
-    fn draw_text(&mut self, xy: Point, text: &str, _look: &StyleAttr) {
+    fn draw_text(&mut self, xy: Point, label: &str, _look: &StyleAttr) {
         let text = format!(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" dominant-baseline=\"central\">{}</text>",
             xy.x,
             xy.y,
-            names::html(text)
+            names::html(label)
         );
         if self.open {
             let linked = self.body.ends_with("<!--label-->");
@@ -582,9 +582,15 @@ impl RenderBackend for Svg<'_> {
                 .push_str(if linked { "</a></g>\n" } else { "</g>\n" });
             self.open = false;
         } else {
-            // No node is open: the label of an edge (layout-rs draws it as a connector).
-            self.body
-                .push_str(&text.replacen("<text ", "<text class=\"edge-label\" ", 1));
+            // No node is open: the label of an edge (layout-rs draws it as a connector,
+            // on the edge's path), set just above the line.
+            let _ = write!(
+                self.body,
+                "<text class=\"edge-label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" dominant-baseline=\"central\">{}</text>",
+                xy.x,
+                xy.y - 9.0,
+                names::html(label)
+            );
         }
     }
 
