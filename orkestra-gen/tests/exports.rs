@@ -87,6 +87,7 @@ fn the_official_asyncapi_parser_accepts_every_document() {
         ("hostile", HOSTILE),
         ("wiring", &["tests/golden/wiring"][..]),
         ("formats", &["tests/golden/formats"][..]),
+        ("decisions", DECISIONS),
     ] {
         for ext in ["yaml", "json"] {
             let path = out.join(format!("{name}.{ext}"));
@@ -350,6 +351,23 @@ fn the_readme_picture_is_the_graph_of_the_reference_schemas() {
     );
 }
 
+#[test]
+fn the_readme_decision_picture_is_the_graph_of_the_example_decision() {
+    let svg =
+        orkestra_gen::export::flow_svg(&model(&["../examples/orders/schemas/customers.yaml"]))
+            .unwrap();
+    assert!(svg.contains("data-kind=\"decision\""), "{svg}");
+    assert!(svg.contains(">reads customer_id, username<"), "{svg}");
+    let committed = dir("../docs/decision.svg");
+    if std::env::var("ORKESTRA_UPDATE_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::write(&committed, &svg).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&committed).is_ok_and(|c| c == svg),
+        "docs/decision.svg is stale: ORKESTRA_UPDATE_DOCS=1 cargo test -p orkestra-gen --test exports"
+    );
+}
+
 /// The names `orkestra-runtime/src/bus/rabbitmq/topology.rs` gives exchanges and queues
 /// (default prefix `orkestra`), as the AsyncAPI bindings must state them.
 #[test]
@@ -475,4 +493,165 @@ fn the_site_shows_each_readable_version_with_its_upcast_step() {
     assert!(page("messages/Inventory.StockCounted.html").contains("a custom step (Rust)"));
     // Version 1 of PriceChanged is no longer readable: it is not listed.
     assert!(!page("messages/Inventory.PriceChanged.html").contains("<td>1</td>"));
+}
+
+const DECISIONS: &[&str] = &["tests/golden/decisions"];
+
+#[test]
+fn the_flow_graph_draws_decisions_with_their_command_emits_and_dashed_reads() {
+    let m = model(DECISIONS);
+    let svg = orkestra_gen::export::flow_svg(&m).unwrap();
+    let count = |kind: &str| svg.matches(&format!("data-kind=\"{kind}\"")).count();
+    assert_eq!(count("decision"), 2, "Subscription and UniqueUsername");
+    assert!(svg.contains("<a href=\"decisions/Courses.Subscription.html\">"));
+    assert!(svg.contains("<a href=\"decisions/Names.UniqueUsername.html\">"));
+    // Reads: CourseDefined (course_id) and StudentSubscribed (course_id, student_id) for
+    // Subscription, UserRegistered (username) for UniqueUsername: one dashed edge per
+    // (event, decision), labelled with the tags and explained in its tooltip.
+    let reads: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains("class=\"edge dashed reads\""))
+        .collect();
+    assert_eq!(reads.len(), 3, "{reads:#?}");
+    assert!(
+        reads.iter().any(|l| l.contains(
+            "<title>Subscription reads StudentSubscribed by course (tag course_id = param course_id), student (tag student_id = param student_id)</title>"
+        )),
+        "{reads:#?}"
+    );
+    assert!(
+        reads.iter().any(|l| l.contains(
+            "<title>UniqueUsername reads UserRegistered by taken (tag username = param username)</title>"
+        )),
+        "{reads:#?}"
+    );
+    assert!(svg.contains("<text class=\"edge-label\""), "{svg}");
+    for label in [
+        ">reads course_id<",
+        ">reads course_id, student_id<",
+        ">reads username<",
+    ] {
+        assert!(svg.contains(label), "{label}");
+    }
+    // Solid: the command in (2), the events appended out (Subscription: 2,
+    // UniqueUsername: 1), and DefineCourse into nothing (aggregates are not drawn).
+    assert_eq!(svg.matches("class=\"edge\"").count(), 2 + 3, "{svg}");
+    // A read edge that layout-rs turned round (the event is read and appended) still
+    // points at the decision: its arrowhead is at the start of its path.
+    assert!(svg.contains("marker-start=\"url(#arrow)\""), "{svg}");
+    assert!(svg.contains("orient=\"auto-start-reverse\""));
+    // Every page a node links to exists in the site.
+    let site: Vec<String> = orkestra_gen::export::docs_files(&m)
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    for link in svg.split("<a href=\"").skip(1) {
+        let target = link.split('"').next().unwrap();
+        assert!(site.iter().any(|p| p == target), "{target} is not a page");
+    }
+}
+
+#[test]
+fn the_site_has_a_page_per_decision_and_shows_tags_on_event_pages() {
+    let site = orkestra_gen::export::docs_files(&model(DECISIONS)).unwrap();
+    let page = |name: &str| {
+        site.iter()
+            .find(|(p, _)| p == name)
+            .unwrap_or_else(|| panic!("no page {name}"))
+            .1
+            .clone()
+    };
+    let decision = page("decisions/Courses.Subscription.html");
+    for expected in [
+        "<span class=\"badge decision\">decision</span> Subscription</h1>",
+        "At most `capacity` students per course, at most three courses per student.",
+        "<dt>Command</dt><dd><a href=\"../messages/Courses.SubscribeStudent.html\">SubscribeStudent</a></dd>",
+        "<dt>Stream</dt><dd><code>subscription-{course_id}-{student_id}</code></dd>",
+        "<dt>Conflict retries</dt><dd>up to 5</dd>",
+        "<tr><td><code>course</code></td><td><a href=\"../messages/Courses.CourseDefined.html\">CourseDefined</a>, <a href=\"../messages/Courses.StudentSubscribed.html\">StudentSubscribed</a></td><td><code>course_id</code></td><td><code>course_id</code></td></tr>",
+        "<tr><td><code>student</code></td><td><a href=\"../messages/Courses.StudentSubscribed.html\">StudentSubscribed</a></td><td><code>student_id</code></td><td><code>student_id</code></td></tr>",
+        "<td><code>course_taken</code></td><td><code>integer</code></td>",
+        "<li><a href=\"../messages/Courses.CourseFull.html\">CourseFull</a>",
+    ] {
+        assert!(decision.contains(expected), "{expected}\n{decision}");
+    }
+    // A tag mapped to a param of another name says so.
+    assert!(
+        page("decisions/Names.UniqueUsername.html").contains(
+            "<tr><td><code>taken</code></td><td><a href=\"../messages/Names.UserRegistered.html\">UserRegistered</a></td><td><code>username</code></td><td><code>username</code></td></tr>"
+        )
+    );
+    let event = page("messages/Courses.StudentSubscribed.html");
+    for expected in [
+        "Tags: <code>course_id</code>, <code>student_id</code>",
+        "<li><a href=\"../decisions/Courses.Subscription.html\">Subscription</a> (a decision: declares it in <code>emits</code>)</li>",
+        "<h2>Read by decisions</h2>",
+        "<li><a href=\"../decisions/Courses.Subscription.html\">Subscription</a> <span class=\"mute\">by tag course_id, student_id</span></li>",
+    ] {
+        assert!(event.contains(expected), "{expected}\n{event}");
+    }
+    assert!(!page("messages/Courses.CourseFull.html").contains("Tags:"));
+    let command = page("messages/Courses.SubscribeStudent.html");
+    assert!(command.contains(
+        "<li><a href=\"../decisions/Courses.Subscription.html\">Subscription</a> <span class=\"mute\">(a decision across streams)</span></li>"
+    ));
+    let index = page("index.html");
+    assert!(index.contains(", 2 decisions in 2 namespaces"), "{index}");
+    assert!(index.contains("<h3>Decisions</h3>"));
+    assert!(index.contains("<a href=\"decisions/Courses.Subscription.html\">Subscription</a>"));
+}
+
+#[test]
+fn asyncapi_shows_a_decision_as_the_receiver_of_its_command_and_sender_of_its_events() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&orkestra_gen::export::asyncapi_json(&model(DECISIONS))).unwrap();
+    let ops = doc["operations"].as_object().unwrap();
+    let receive = &ops["Courses.Subscription.receives.Courses.SubscribeStudent"];
+    assert_eq!(receive["action"], "receive");
+    assert_eq!(
+        receive["channel"]["$ref"],
+        "#/channels/courses.commands.subscribe_student"
+    );
+    assert_eq!(
+        receive["x-orkestra-queue"]["name"],
+        "orkestra.cmd.courses.commands.subscribe_student"
+    );
+    let decision = &receive["x-orkestra-decision"];
+    assert_eq!(decision["stream"], "subscription-{course_id}-{student_id}");
+    assert_eq!(decision["conflictRetries"], 5);
+    assert_eq!(
+        decision["reads"][0],
+        serde_json::json!({"name": "course", "events": ["CourseDefined", "StudentSubscribed"], "tag": "course_id", "param": "course_id"})
+    );
+    for key in [
+        "Courses.Subscription.emits.Courses.StudentSubscribed",
+        "Courses.Subscription.emits.Courses.CourseFull",
+        "Names.UniqueUsername.emits.Names.UserRegistered",
+    ] {
+        assert_eq!(ops[key]["action"], "send", "{key}");
+    }
+    // An event a decision emits is not an undeclared publish.
+    assert!(!ops.contains_key("publish.Courses.StudentSubscribed"));
+    let queues = &doc["channels"]["courses.commands.subscribe_student"]["x-orkestra-queues"];
+    assert_eq!(queues[0]["handler"], "Subscription");
+    let messages = &doc["components"]["messages"];
+    assert_eq!(
+        messages["Courses.StudentSubscribed"]["x-orkestra-tags"],
+        serde_json::json!(["course_id", "student_id"])
+    );
+    assert_eq!(
+        messages["Names.UserRegistered"]["x-orkestra-tags"],
+        serde_json::json!(["user_id", "username"])
+    );
+    assert!(
+        messages["Courses.CourseFull"]
+            .get("x-orkestra-tags")
+            .is_none()
+    );
+    assert!(
+        messages["Courses.SubscribeStudent"]
+            .get("x-orkestra-tags")
+            .is_none()
+    );
 }

@@ -205,3 +205,49 @@ fn hostile_descriptions_run_no_script_in_chromium() {
         "index, flow, four messages, four handlers"
     );
 }
+
+#[test]
+fn the_decisions_site_works_in_chromium() {
+    let sets = ["tests/golden/decisions"];
+    let Some((report, model)) = open_site("decisions", &sets, "subscri") else {
+        return;
+    };
+    for list in [
+        "consoleErrors",
+        "pageErrors",
+        "requests",
+        "dialogs",
+        "pwned",
+    ] {
+        assert_eq!(strings(&report[list]), Vec::<String>::new(), "{list}");
+    }
+    // One node per decision, each linked to its page, which the browser opened.
+    let decisions: BTreeSet<String> = model
+        .modules
+        .iter()
+        .flat_map(|m| {
+            m.decisions
+                .iter()
+                .map(move |d| format!("{}.{}", m.qualifier, d.name))
+        })
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(keys(&report, "decision"), decisions);
+    let pages = report["pages"].as_array().unwrap();
+    for n in report["nodes"]["decision"].as_array().unwrap() {
+        let href = n["href"].as_str().unwrap();
+        let page = pages.iter().find(|p| p["path"] == href);
+        let h1 = page.unwrap_or_else(|| panic!("{href} is linked but not a page"))["h1"]
+            .as_str()
+            .unwrap();
+        assert!(h1.starts_with("decision "), "{href}: {h1}");
+    }
+    // The index lists the decisions with everything else, and filters them too.
+    let f = &report["filter"];
+    assert_eq!(
+        f["total"],
+        3 + 4 + 1 + 2,
+        "commands, events, the type, decisions: {f}"
+    );
+    assert_eq!(f["allMatch"], true, "{f}");
+}

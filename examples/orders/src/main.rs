@@ -9,7 +9,10 @@
 //! keeps a read model of every balance from the store. Last, a process manager
 //! (`fulfil::process_managers::Fulfilment`, from `schemas/fulfilment.yaml`) takes two
 //! orders through payment: one paid on the second try and shipped, one cancelled by its
-//! timer when no payment comes.
+//! timer when no payment comes. Then a decision across streams
+//! (`customers::decisions::Registration`, from `schemas/customers.yaml`): each customer
+//! has a stream of its own, yet a username is taken once: the second customer asking
+//! for it is refused.
 //!
 //! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
 //! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
@@ -18,6 +21,9 @@
 orkestra_runtime::include_generated!();
 
 use accounts::commands::CreateAccount;
+use customers::decisions::{
+    RegistrationEmit, RegistrationEvent, RegistrationReads, RegistrationState,
+};
 use ledger::aggregates::{AccountEvent, AccountRepository, AccountState};
 use orders::commands::{CancelOrder, PlaceOrder};
 use orders::events::{OrderCancelled, OrderPlaced};
@@ -530,6 +536,115 @@ async fn fulfilment(store: &Store, bus: &Bus) -> Result<(), Box<dyn std::error::
     Ok(())
 }
 
+/// Registration: a customer registers once, and a username belongs to whoever took it
+/// first. The state is the fold of every `CustomerRegistered` tagged with this command's
+/// customer or username, whatever stream holds it; the handler appends on the condition
+/// that none was stored since it read, and decides again if one was.
+struct Registrar;
+
+impl customers::decisions::Registration for Registrar {
+    fn apply(state: &mut RegistrationState, event: &RegistrationEvent, matched: RegistrationReads) {
+        let RegistrationEvent::CustomerRegistered(e) = event;
+        if matched.customer {
+            state.registered = true;
+        }
+        if matched.username {
+            state.username_taken_by = Some(e.customer_id.clone());
+        }
+    }
+
+    async fn decide(
+        &self,
+        state: &RegistrationState,
+        cmd: &Command<customers::commands::RegisterCustomer>,
+    ) -> Result<Vec<RegistrationEmit>, HandlerError> {
+        if state.registered {
+            return Err(HandlerError::reject(format!(
+                "customer {} is already registered",
+                cmd.customer_id
+            )));
+        }
+        if let Some(holder) = &state.username_taken_by {
+            return Err(HandlerError::reject(format!(
+                "username {} is taken by customer {holder}",
+                cmd.username
+            )));
+        }
+        Ok(vec![RegistrationEmit::CustomerRegistered(
+            customers::events::CustomerRegistered {
+                customer_id: cmd.customer_id.clone(),
+                username: cmd.username.clone(),
+            },
+        )])
+    }
+}
+
+/// Two customers ask for one username (unique to this run, so a store kept from an
+/// earlier run does not refuse both): the first gets it, the second is refused.
+async fn registration(store: &Store, bus: &Bus) -> Result<(), Box<dyn std::error::Error>> {
+    println!("customers (a decision across streams):");
+    let started = customers::Wiring {
+        registration: Registrar,
+    }
+    .start(bus, store)
+    .await?;
+    let username = format!("ada_{}", short(&orkestra_runtime::new_id()));
+    let customers = [
+        format!("cust_{}", short(&orkestra_runtime::new_id())),
+        format!("cust_{}", short(&orkestra_runtime::new_id())),
+    ];
+    for customer in &customers {
+        let command = customers::commands::RegisterCustomer::new(
+            json!({"customer_id": customer, "username": username}),
+            Metadata::new(),
+        )?;
+        let receipt = bus
+            .call(
+                CommandEnvelope::wrap(command),
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
+        match receipt.status() {
+            CommandStatus::Succeeded => println!(
+                "  registration accepted: {customer} as {username}, reply {}",
+                receipt.reply().cloned().unwrap_or_default()
+            ),
+            CommandStatus::Rejected => println!(
+                "  registration refused: {customer} as {username}: {}",
+                receipt.error().unwrap_or_default()
+            ),
+            status => {
+                return Err(format!(
+                    "registering {customer}: {status:?}: {}",
+                    receipt.error().unwrap_or_default()
+                )
+                .into());
+            }
+        }
+    }
+    // The store indexes the event by its tags: this query is what the decision reads.
+    let taken = store
+        .read_query(
+            &orkestra_runtime::Query::of(orkestra_runtime::QueryItem::tags([
+                orkestra_runtime::Tag::new("username", &username)?,
+            ])),
+            0,
+            10,
+        )
+        .await?;
+    for event in &taken {
+        let tags: Vec<&str> = event.tags().iter().map(|t| t.as_str()).collect();
+        println!(
+            "  stored {} in {} with tags {}",
+            event.event_type(),
+            event.stream(),
+            tags.join(", ")
+        );
+    }
+    started.stop().await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -730,6 +845,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     fulfilment(&store, &bus).await?;
+    registration(&store, &bus).await?;
 
     println!("rejected input:");
     for (what, result) in [

@@ -9,9 +9,13 @@
 //! - operations: `send` for every command (a client dispatches it), for every event a
 //!   binding `emits` (and a plain publish for events no binding declares), `receive` for
 //!   every binding and each channel it consumes (a wildcard binding, each matching one);
-//! - messages with their payload schema, the metadata as headers and `correlationId`.
+//!   a decision is a binding of its command too: it receives it (from the command's
+//!   queue, with `x-orkestra-decision`: its stream, read items and conflict retries)
+//!   and sends the events it emits;
+//! - messages with their payload schema, the metadata as headers and `correlationId`;
+//!   an event's tags (the fields the store indexes it by) as `x-orkestra-tags`.
 
-use super::flow::{Bound, Flow, Msg};
+use super::flow::{Bound, Decided, Flow, Msg};
 use super::jsonschema::{Refs, Schemas, example};
 use super::tree::Node;
 use crate::model::HandlerTarget;
@@ -47,7 +51,8 @@ pub(crate) fn document(flow: &Flow<'_>) -> Node {
             );
         } else {
             let emitters = flow.emitters(msg);
-            if emitters.is_empty() {
+            let decision_emitters = flow.decision_emitters(msg);
+            if emitters.is_empty() && decision_emitters.is_empty() {
                 operations.set(
                     &format!("publish.{key}"),
                     operation("send", &channel, &msg_ref).with(
@@ -68,6 +73,24 @@ pub(crate) fn document(flow: &Flow<'_>) -> Node {
                     ),
                 );
             }
+            for d in decision_emitters {
+                operations.set(
+                    &format!("{}.emits.{key}", d.key()),
+                    operation("send", &channel, &msg_ref).with(
+                        "summary",
+                        Node::str(format!(
+                            "Decision {} appends {}; it is published once stored.",
+                            d.decision.name, msg.payload.name
+                        )),
+                    ),
+                );
+            }
+        }
+        for d in flow.deciders(msg) {
+            operations.set(
+                &format!("{}.receives.{key}", d.key()),
+                decision_receive(&channel, &msg_ref, &d, msg),
+            );
         }
         for b in flow.receivers(msg) {
             operations.set(
@@ -277,7 +300,7 @@ fn topic_channel(flow: &Flow<'_>, msg: &Msg<'_>) -> Node {
     } else {
         (format!("{PREFIX}.events"), "topic")
     };
-    let queues: Vec<Node> = flow
+    let mut queues: Vec<Node> = flow
         .receivers(msg)
         .iter()
         .map(|b| {
@@ -285,6 +308,11 @@ fn topic_channel(flow: &Flow<'_>, msg: &Msg<'_>) -> Node {
             queue_node(&queue, &binding_key, &b.handler.name)
         })
         .collect();
+    // A decided command is consumed from the command's queue, as a handler's is.
+    for d in flow.deciders(msg) {
+        let queue = format!("{PREFIX}.cmd.{}", msg.payload.topic);
+        queues.push(queue_node(&queue, &msg.payload.topic, &d.decision.name));
+    }
     let what = if msg.is_command() { "Command" } else { "Event" };
     Node::obj()
         .with("address", Node::str(msg.payload.topic.clone()))
@@ -377,6 +405,57 @@ fn receive(channel: &str, msg_ref: &Node, b: &Bound<'_>, msg: &Msg<'_>) -> Node 
     op
 }
 
+fn decision_receive(channel: &str, msg_ref: &Node, d: &Decided<'_>, msg: &Msg<'_>) -> Node {
+    let dec = d.decision;
+    let queue = format!("{PREFIX}.cmd.{}", msg.payload.topic);
+    let reads = dec
+        .reads
+        .iter()
+        .map(|item| {
+            Node::obj()
+                .with("name", Node::str(item.name.clone()))
+                .with(
+                    "events",
+                    Node::Arr(
+                        item.events
+                            .iter()
+                            .map(|r| Node::str(r.name.clone()))
+                            .collect(),
+                    ),
+                )
+                .with("tag", Node::str(item.tag.clone()))
+                .with("param", Node::str(item.param.clone()))
+        })
+        .collect();
+    let mut op = operation("receive", channel, msg_ref)
+        .with(
+            "summary",
+            Node::str(format!(
+                "Decision {} decides {} across streams.",
+                dec.name, msg.payload.name
+            )),
+        )
+        .with("bindings", ack_binding())
+        .with(
+            "x-orkestra-queue",
+            Node::obj()
+                .with("name", Node::str(queue))
+                .with("bindingKey", Node::str(msg.payload.topic.clone())),
+        )
+        .with(
+            "x-orkestra-decision",
+            Node::obj()
+                .with("name", Node::str(dec.name.clone()))
+                .with("stream", Node::str(dec.stream_text.clone()))
+                .with("reads", Node::Arr(reads))
+                .with("conflictRetries", Node::int(dec.conflict_retries)),
+        );
+    if let Some(desc) = &dec.description {
+        op.set("description", Node::str(desc.clone()));
+    }
+    op
+}
+
 fn message(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> Node {
     let p = msg.payload;
     let mut m = Node::obj()
@@ -414,6 +493,13 @@ fn message(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> Node {
             .with("type", Node::str(p.type_name.clone()))
             .with("version", Node::int(p.version)),
     );
+    if !p.tags.is_empty() {
+        // The fields whose values the store indexes the event by (`<field>:<value>`).
+        m.set(
+            "x-orkestra-tags",
+            Node::Arr(p.tags.iter().map(|t| Node::str(t.clone())).collect()),
+        );
+    }
     m
 }
 

@@ -7,14 +7,15 @@
 //! flow.html, flow.svg     the flow graph (nodes link to pages)
 //! messages/<Key>.html     one page per command and event
 //! handlers/<Name>.html    one page per handler binding
+//! decisions/<Key>.html    one page per decision (command, stream, boundary, state, emits)
 //! ```
 //!
 //! Every schema-authored string goes through `names::html`.
 
 use std::fmt::Write as _;
 
-use super::flow::{Bound, Flow, Msg, target_text};
-use super::graph::{Graph, handler_href, message_href};
+use super::flow::{Bound, Decided, Flow, Msg, read_tags, target_text};
+use super::graph::{Graph, decision_href, handler_href, message_href};
 use super::jsonschema::{Refs, Schemas, example};
 use crate::model::{Field, Format, Literal, StepKind, Ty, TypeKind, TypeRef};
 use crate::names::html;
@@ -28,7 +29,7 @@ header a{color:#fff;text-decoration:none;font-weight:600}header nav a{font-weigh
 main{max-width:1100px;margin:0 auto;padding:1rem 1.5rem 3rem}\
 h1{font-size:1.6rem;margin:.6rem 0}h2{font-size:1.2rem;margin:1.6rem 0 .5rem}\
 .badge{display:inline-block;font-size:.75rem;font-weight:600;padding:.05rem .45rem;border-radius:.3rem;color:#fff;vertical-align:middle}\
-.badge.command{background:var(--cmd)}.badge.event{background:var(--evt)}.badge.handler{background:var(--hnd)}.badge.type{background:#6d28d9}\
+.badge.command{background:var(--cmd)}.badge.event{background:var(--evt)}.badge.handler{background:var(--hnd)}.badge.type{background:#6d28d9}.badge.decision{background:#0f766e}\
 code,pre{font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace}\
 pre{background:#fff;border:1px solid var(--line);border-radius:.4rem;padding:.7rem;overflow:auto;white-space:pre-wrap}\
 table{border-collapse:collapse;width:100%;background:#fff}th,td{border:1px solid var(--line);padding:.35rem .55rem;text-align:left;vertical-align:top}\
@@ -75,6 +76,9 @@ pub(crate) fn files(flow: &Flow<'_>) -> Result<Vec<(String, String)>, String> {
     for b in &flow.handlers {
         out.push((handler_href(&b.key()), handler_page(flow, b)));
     }
+    for d in &flow.decisions {
+        out.push((decision_href(&d.key()), decision_page(flow, d)));
+    }
     Ok(out)
 }
 
@@ -106,8 +110,13 @@ fn page(flow: &Flow<'_>, root: &str, page_title: &str, body: &str, script: &str)
 }
 
 fn index(flow: &Flow<'_>) -> String {
+    let decisions = match flow.decisions.len() {
+        0 => String::new(),
+        1 => ", 1 decision".to_owned(),
+        n => format!(", {n} decisions"),
+    };
     let mut body = format!(
-        "<h1>{}</h1>\n<p class=\"mute\">{} commands, {} events, {} handler bindings in {} namespaces · <a href=\"flow.html\">flow graph</a></p>\n\
+        "<h1>{}</h1>\n<p class=\"mute\">{} commands, {} events, {} handler bindings{decisions} in {} namespaces · <a href=\"flow.html\">flow graph</a></p>\n\
          <input id=\"filter\" type=\"search\" placeholder=\"Filter by name, topic or description…\" autocomplete=\"off\" aria-label=\"Filter\">\n\
          <p class=\"mute\">Showing <span id=\"count\"></span></p>\n",
         html(&title(flow)),
@@ -163,6 +172,21 @@ fn index(flow: &Flow<'_>) -> String {
             })
             .collect();
         list(&mut body, "Handlers", &items);
+        let items: Vec<String> = flow
+            .decisions
+            .iter()
+            .filter(|d| std::ptr::eq(d.module, module))
+            .map(|d| {
+                item(
+                    &decision_href(&d.key()),
+                    "decision",
+                    &d.decision.name,
+                    &format!("decides {}", d.decision.command.name),
+                    d.decision.description.as_deref(),
+                )
+            })
+            .collect();
+        list(&mut body, "Decisions", &items);
         let types: Vec<String> = module
             .types
             .iter()
@@ -212,7 +236,7 @@ fn list(body: &mut String, heading: &str, items: &[String]) {
 
 fn flow_page(flow: &Flow<'_>, svg: &str) -> String {
     let body = format!(
-        "<h1>Message flow</h1>\n<p class=\"mute\">Commands (blue) go to their handler (green), which emits events (orange); each event goes to every binding of it, and to the process managers (purple) whose flow it belongs to, which dispatch commands. Dashed: a wildcard binding's pattern (the binding is drawn in each flow it taps) and the dead letters. Click a node for its page.</p>\n<div class=\"graph\">\n{svg}</div>\n"
+        "<h1>Message flow</h1>\n<p class=\"mute\">Commands (blue) go to their handler (green), which emits events (orange); each event goes to every binding of it, and to the process managers (purple) whose flow it belongs to, which dispatch commands. A decision (teal) receives its command and appends the events it emits; the dashed teal edges labelled <i>reads</i> come from the events of its consistency boundary, with the tags it reads them by (hover for the read items). Dashed grey: a wildcard binding's pattern (the binding is drawn in each flow it taps) and the dead letters. Click a node for its page.</p>\n<div class=\"graph\">\n{svg}</div>\n"
     );
     page(flow, "", "Flow graph", &body, "")
 }
@@ -241,6 +265,18 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
         }
     );
 
+    if !p.tags.is_empty() {
+        let tags: Vec<String> = p
+            .tags
+            .iter()
+            .map(|t| format!("<code>{}</code>", html(t)))
+            .collect();
+        let _ = writeln!(
+            body,
+            "<p class=\"tags\">Tags: {} (the store indexes each stored event by these fields' values; decisions read by them).</p>",
+            tags.join(", ")
+        );
+    }
     body.push_str("<h2>Fields</h2>\n");
     fields_table(&mut body, &p.fields, flow.model);
 
@@ -317,13 +353,29 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
             handler_link(b)
         );
     }
-    if !msg.is_command() && emitters.is_empty() {
+    let decision_emitters = flow.decision_emitters(msg);
+    for d in &decision_emitters {
+        let _ = writeln!(
+            body,
+            "<li>{} (a decision: declares it in <code>emits</code>)</li>",
+            decision_link(d)
+        );
+    }
+    if !msg.is_command() && emitters.is_empty() && decision_emitters.is_empty() {
         body.push_str("<li class=\"mute\">no binding declares it in <code>emits</code></li>\n");
     }
     body.push_str("</ul>\n<h2>Handlers</h2>\n<ul>\n");
     let receivers = flow.receivers(msg);
-    if receivers.is_empty() {
+    let deciders = flow.deciders(msg);
+    if receivers.is_empty() && deciders.is_empty() {
         body.push_str("<li class=\"mute\">none</li>\n");
+    }
+    for d in &deciders {
+        let _ = writeln!(
+            body,
+            "<li>{} <span class=\"mute\">(a decision across streams)</span></li>",
+            decision_link(d)
+        );
     }
     for b in &receivers {
         let _ = writeln!(
@@ -334,6 +386,19 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
         );
     }
     body.push_str("</ul>\n");
+    let readers = flow.decision_readers(msg);
+    if !readers.is_empty() {
+        body.push_str("<h2>Read by decisions</h2>\n<ul>\n");
+        for (d, items) in &readers {
+            let _ = writeln!(
+                body,
+                "<li>{} <span class=\"mute\">by tag {}</span></li>",
+                decision_link(d),
+                html(&read_tags(items))
+            );
+        }
+        body.push_str("</ul>\n");
+    }
     let _ = write!(
         body,
         "<details><summary>JSON Schema</summary>\n<pre>{}</pre>\n</details>\n",
@@ -388,6 +453,14 @@ fn handler_link(b: &Bound<'_>) -> String {
     )
 }
 
+fn decision_link(d: &Decided<'_>) -> String {
+    format!(
+        "<a href=\"../{}\">{}</a>",
+        html(&decision_href(&d.key())),
+        html(&d.decision.name)
+    )
+}
+
 fn message_link(m: &Msg<'_>) -> String {
     format!(
         "<a href=\"../{}\">{}</a>",
@@ -434,6 +507,73 @@ fn handler_page(flow: &Flow<'_>, b: &Bound<'_>) -> String {
         body.push_str("</ul>\n");
     }
     page(flow, "../", &h.name, &body, "")
+}
+
+fn decision_page(flow: &Flow<'_>, d: &Decided<'_>) -> String {
+    let dec = d.decision;
+    let mut body = format!(
+        "<h1><span class=\"badge decision\">decision</span> {}</h1>\n",
+        html(&dec.name)
+    );
+    if let Some(desc) = &dec.description {
+        let _ = writeln!(body, "<p class=\"desc\">{}</p>", html(desc));
+    }
+    let command = flow
+        .find(&dec.command)
+        .map_or_else(|| html(&dec.command.name), |m| message_link(&m));
+    let _ = write!(
+        body,
+        "<dl>\n<dt>Namespace</dt><dd><a href=\"../index.html#ns-{}\">{}</a></dd>\n<dt>Command</dt><dd>{command}</dd>\n<dt>Stream</dt><dd><code>{}</code></dd>\n<dt>Conflict retries</dt><dd>up to {}</dd>\n</dl>\n",
+        html(&d.module.ident),
+        html(&d.module.namespace),
+        html(&dec.stream_text),
+        dec.conflict_retries
+    );
+    body.push_str(
+        "<p class=\"mute\">The handler reads the events matching the boundary (the union of the read items), folds them into the state, decides, and appends to the stream on the condition that no event matching the boundary was stored since it read; on a conflict it reads and decides again.</p>\n",
+    );
+    body.push_str("<h2>Reads (the consistency boundary)</h2>\n<table class=\"reads\"><tr><th>item</th><th>events</th><th>tag</th><th>value from param</th></tr>\n");
+    for item in &dec.reads {
+        let events: Vec<String> = item
+            .events
+            .iter()
+            .map(|r| {
+                flow.find(r)
+                    .map_or_else(|| html(&r.name), |m| message_link(&m))
+            })
+            .collect();
+        let _ = writeln!(
+            body,
+            "<tr><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+            html(&item.name),
+            events.join(", "),
+            html(&item.tag),
+            html(&item.param)
+        );
+    }
+    body.push_str("</table>\n<h2>State</h2>\n");
+    fields_table(&mut body, &dec.state, flow.model);
+    body.push_str("<h2>Emits</h2>\n<ul>\n");
+    if dec.emits.is_empty() {
+        body.push_str("<li class=\"mute\">nothing</li>\n");
+    }
+    for r in &dec.emits {
+        match flow.find(r) {
+            Some(m) => {
+                let _ = writeln!(
+                    body,
+                    "<li>{} <code class=\"mute\">{}</code></li>",
+                    message_link(&m),
+                    html(&m.payload.topic)
+                );
+            }
+            None => {
+                let _ = writeln!(body, "<li>{}</li>", html(&r.name));
+            }
+        }
+    }
+    body.push_str("</ul>\n");
+    page(flow, "../", &dec.name, &body, "")
 }
 
 fn collect_named<'a>(ty: &'a Ty, out: &mut Vec<&'a TypeRef>) {

@@ -1,7 +1,9 @@
 //! Who sends and who receives each message: the relations every export shows, computed
 //! once from the model (the same rules the generated wiring follows).
 
-use crate::model::{Handler, HandlerTarget, Model, Module, Payload, PayloadKind, PayloadRef};
+use crate::model::{
+    Decision, Handler, HandlerTarget, Model, Module, Payload, PayloadKind, PayloadRef, ReadItem,
+};
 use crate::names;
 
 /// A command or event with the namespace it belongs to.
@@ -41,12 +43,27 @@ impl Bound<'_> {
     }
 }
 
+/// A decision with its namespace.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Decided<'m> {
+    pub(crate) module: &'m Module,
+    pub(crate) decision: &'m Decision,
+}
+
+impl Decided<'_> {
+    /// `Courses.Subscription`: decision names are unique within a namespace only.
+    pub(crate) fn key(&self) -> String {
+        names::component_key(&format!("{}.{}", self.module.qualifier, self.decision.name))
+    }
+}
+
 /// The relations of one model.
 #[derive(Debug)]
 pub(crate) struct Flow<'m> {
     pub(crate) model: &'m Model,
     pub(crate) messages: Vec<Msg<'m>>,
     pub(crate) handlers: Vec<Bound<'m>>,
+    pub(crate) decisions: Vec<Decided<'m>>,
 }
 
 impl<'m> Flow<'m> {
@@ -72,11 +89,65 @@ impl<'m> Flow<'m> {
                     .map(move |handler| Bound { module, handler })
             })
             .collect();
+        let decisions = model
+            .modules
+            .iter()
+            .flat_map(|module| {
+                module
+                    .decisions
+                    .iter()
+                    .map(move |decision| Decided { module, decision })
+            })
+            .collect();
         Self {
             model,
             messages,
             handlers,
+            decisions,
         }
+    }
+
+    /// The decisions that decide `msg` (a command bound to one is bound to nothing else).
+    pub(crate) fn deciders(&self, msg: &Msg<'_>) -> Vec<Decided<'m>> {
+        self.decisions
+            .iter()
+            .copied()
+            .filter(|d| msg.is(&d.decision.command))
+            .collect()
+    }
+
+    /// The decisions that may append `msg`.
+    pub(crate) fn decision_emitters(&self, msg: &Msg<'_>) -> Vec<Decided<'m>> {
+        self.decisions
+            .iter()
+            .copied()
+            .filter(|d| d.decision.emits.iter().any(|r| msg.is(r)))
+            .collect()
+    }
+
+    /// The decisions whose boundary reads `msg`, each with the read items that name it.
+    pub(crate) fn decision_readers(&self, msg: &Msg<'_>) -> Vec<(Decided<'m>, Vec<&'m ReadItem>)> {
+        self.decisions
+            .iter()
+            .filter_map(|d| {
+                let items = items_reading(d.decision, msg);
+                (!items.is_empty()).then_some((*d, items))
+            })
+            .collect()
+    }
+
+    /// The events a decision reads, each with the read items that name it, in the order
+    /// the items first name them.
+    pub(crate) fn read_by(&self, decision: &'m Decision) -> Vec<(Msg<'m>, Vec<&'m ReadItem>)> {
+        let mut out: Vec<(Msg<'m>, Vec<&'m ReadItem>)> = Vec::new();
+        for r in decision.reads.iter().flat_map(|item| &item.events) {
+            if let Some(m) = self.find(r)
+                && !out.iter().any(|(seen, _)| seen.is(r))
+            {
+                out.push((m, items_reading(decision, &m)));
+            }
+        }
+        out
     }
 
     /// The message a reference names.
@@ -115,6 +186,26 @@ impl<'m> Flow<'m> {
     pub(crate) fn emitted_by(&self, handler: &Handler) -> Vec<Msg<'m>> {
         handler.emits.iter().filter_map(|r| self.find(r)).collect()
     }
+}
+
+fn items_reading<'d>(decision: &'d Decision, msg: &Msg<'_>) -> Vec<&'d ReadItem> {
+    decision
+        .reads
+        .iter()
+        .filter(|item| item.events.iter().any(|r| msg.is(r)))
+        .collect()
+}
+
+/// How a decision reads an event, for labels: `course_id` (or `course_id, student_id`
+/// when several of its items read the event by different tags).
+pub(crate) fn read_tags(items: &[&ReadItem]) -> String {
+    let mut tags: Vec<&str> = Vec::new();
+    for item in items {
+        if !tags.contains(&item.tag.as_str()) {
+            tags.push(&item.tag);
+        }
+    }
+    tags.join(", ")
 }
 
 fn receives(target: &HandlerTarget, msg: &Msg<'_>) -> bool {

@@ -1,7 +1,9 @@
 //! The flow graph: command → its handler → the events it emits → the bindings of each
 //! event (a wildcard binding through a node for its pattern), the dead letters → their
 //! bindings, and each process manager: the events of its flow → it → the commands it
-//! dispatches. Laid out by `layout-rs` (layered, as Graphviz `dot` does) at
+//! dispatches, and each decision: its command → it → the events it appends, with a
+//! dashed "reads" edge from each event of its boundary, labelled with the tags it reads
+//! by. Laid out by `layout-rs` (layered, as Graphviz `dot` does) at
 //! generation time and drawn by our own backend, so every node is a link to its page
 //! and every label goes through `names::html`.
 
@@ -18,7 +20,7 @@ use layout::std_shapes::render::get_shape_size;
 use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
-use super::flow::Flow;
+use super::flow::{Flow, read_tags};
 use crate::model::HandlerTarget;
 use crate::names;
 
@@ -36,6 +38,8 @@ pub(crate) enum Kind {
     DeadLetters,
     /// A process manager.
     Process,
+    /// A decision across streams.
+    Decision,
 }
 
 impl Kind {
@@ -47,6 +51,7 @@ impl Kind {
             Kind::Pattern => "pattern",
             Kind::DeadLetters => "deadletters",
             Kind::Process => "process",
+            Kind::Decision => "decision",
         }
     }
 }
@@ -60,17 +65,42 @@ struct GraphNode {
     key: String,
 }
 
+/// How an edge is drawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Solid,
+    /// A wildcard pattern's or the dead letters' edge.
+    Dashed,
+    /// An event a decision reads: dashed, labelled with the tags (`label`), `title` its
+    /// tooltip.
+    Reads {
+        label: String,
+        title: String,
+    },
+}
+
+#[derive(Debug)]
+struct Edge {
+    from: usize,
+    to: usize,
+    line: Line,
+}
+
 /// The graph before layout.
 #[derive(Debug, Default)]
 pub(crate) struct Graph {
     nodes: Vec<GraphNode>,
-    /// From, to, dashed.
-    edges: Vec<(usize, usize, bool)>,
+    edges: Vec<Edge>,
 }
 
 /// The page of a message, relative to the site root.
 pub(crate) fn message_href(key: &str) -> String {
     format!("messages/{}.html", names::file_stem(key))
+}
+
+/// The page of a decision, relative to the site root.
+pub(crate) fn decision_href(key: &str) -> String {
+    format!("decisions/{}.html", names::file_stem(key))
 }
 
 /// The page of a handler binding, relative to the site root.
@@ -120,19 +150,19 @@ impl Graph {
                     let d = *dead_letters.get_or_insert_with(|| {
                         g.add(Kind::DeadLetters, "dead letters", None, "dead-letters")
                     });
-                    g.edges.push((d, h, true));
+                    g.edge(d, h, Line::Dashed);
                 }
                 _ => {
                     for msg in flow.received_by(b.handler) {
                         if let Some(m) = node(&index, format!("m:{}", msg.key())) {
-                            g.edges.push((m, h, false));
+                            g.edge(m, h, Line::Solid);
                         }
                     }
                 }
             }
             for msg in flow.emitted_by(b.handler) {
                 if let Some(m) = node(&index, format!("m:{}", msg.key())) {
-                    g.edges.push((h, m, false));
+                    g.edge(h, m, Line::Solid);
                 }
             }
         }
@@ -150,7 +180,7 @@ impl Graph {
                         .find(r)
                         .and_then(|m| node(&index, format!("m:{}", m.key())))
                     {
-                        g.edges.push((m, p, false));
+                        g.edge(m, p, Line::Solid);
                     }
                 }
                 for r in &pm.dispatches {
@@ -158,9 +188,49 @@ impl Graph {
                         .find(r)
                         .and_then(|m| node(&index, format!("m:{}", m.key())))
                     {
-                        g.edges.push((p, m, false));
+                        g.edge(p, m, Line::Solid);
                     }
                 }
+            }
+        }
+        // Decisions: their command in, the events they append out, and a dashed edge from
+        // each event of their boundary, labelled with the tags they read it by.
+        for d in &flow.decisions {
+            let key = d.key();
+            let name = &d.decision.name;
+            let n = g.add(Kind::Decision, name, Some(decision_href(&key)), &key);
+            if let Some(c) = flow
+                .find(&d.decision.command)
+                .and_then(|m| node(&index, format!("m:{}", m.key())))
+            {
+                g.edge(c, n, Line::Solid);
+            }
+            for r in &d.decision.emits {
+                if let Some(m) = flow
+                    .find(r)
+                    .and_then(|m| node(&index, format!("m:{}", m.key())))
+                {
+                    g.edge(n, m, Line::Solid);
+                }
+            }
+            for (msg, items) in flow.read_by(d.decision) {
+                let Some(m) = node(&index, format!("m:{}", msg.key())) else {
+                    continue;
+                };
+                let tags = read_tags(&items);
+                let via: Vec<String> = items
+                    .iter()
+                    .map(|i| format!("{} (tag {} = param {})", i.name, i.tag, i.param))
+                    .collect();
+                let title = format!("{name} reads {} by {}", msg.payload.name, via.join(", "));
+                g.edge(
+                    m,
+                    n,
+                    Line::Reads {
+                        label: format!("reads {tags}"),
+                        title,
+                    },
+                );
             }
         }
         // A wildcard binding is drawn in each flow it taps (its pattern, then a copy of
@@ -191,7 +261,7 @@ impl Graph {
             let pattern_key = format!("pattern:{pattern}");
             if taps.is_empty() {
                 let p = g.add(Kind::Pattern, pattern, None, &pattern_key);
-                g.edges.push((p, h, true));
+                g.edge(p, h, Line::Dashed);
             }
             for (flow_root, messages) in taps {
                 let target = if Some(flow_root) == first {
@@ -207,9 +277,9 @@ impl Graph {
                 };
                 let p = g.add(Kind::Pattern, pattern, None, &pattern_key);
                 for m in messages {
-                    g.edges.push((m, p, true));
+                    g.edge(m, p, Line::Dashed);
                 }
-                g.edges.push((p, target, true));
+                g.edge(p, target, Line::Dashed);
             }
         }
         g
@@ -225,6 +295,10 @@ impl Graph {
             }
         }
         roots
+    }
+
+    fn edge(&mut self, from: usize, to: usize, line: Line) {
+        self.edges.push(Edge { from, to, line });
     }
 
     fn add(&mut self, kind: Kind, label: &str, href: Option<String>, key: &str) -> usize {
@@ -288,7 +362,7 @@ impl Graph {
         format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"flow\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"Message flow\">\n\
              <style>{STYLE}</style>\n\
-             <defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto\"><polygon points=\"0 0, 10 3.5, 0 7\" fill=\"#555\"/></marker></defs>\n\
+             <defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto-start-reverse\"><polygon points=\"0 0, 10 3.5, 0 7\" fill=\"#555\"/></marker></defs>\n\
              <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n{body}</svg>\n"
         )
     }
@@ -303,8 +377,8 @@ impl Graph {
             }
             i
         }
-        for &(a, b, _) in &self.edges {
-            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        for e in &self.edges {
+            let (ra, rb) = (root(&mut parent, e.from), root(&mut parent, e.to));
             parent[ra.max(rb)] = ra.min(rb);
         }
         let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -332,24 +406,27 @@ impl Graph {
             ));
             handles.insert(i, h);
         }
-        for &(from, to, dashed) in &self.edges {
-            let (Some(&a), Some(&b)) = (handles.get(&from), handles.get(&to)) else {
+        for (i, e) in self.edges.iter().enumerate() {
+            let (Some(&a), Some(&b)) = (handles.get(&e.from), handles.get(&e.to)) else {
                 continue;
             };
-            let style = if dashed {
-                LineStyleKind::Dashed
-            } else {
-                LineStyleKind::Normal
+            let (style, label) = match &e.line {
+                Line::Solid => (LineStyleKind::Normal, ""),
+                Line::Dashed => (LineStyleKind::Dashed, ""),
+                // The label makes layout-rs reserve room for it on the edge.
+                Line::Reads { label, .. } => (LineStyleKind::Dashed, label.as_str()),
             };
-            let arrow = Arrow::new(
+            let mut arrow = Arrow::new(
                 LineEndKind::None,
                 LineEndKind::Arrow,
                 style,
-                "",
+                label,
                 &StyleAttr::simple(),
                 &None,
                 &None,
             );
+            // Handed back to `draw_arrow`, which finds the edge by it.
+            arrow.properties = Some(i.to_string());
             vg.add_edge(arrow, a, b);
         }
         let mut out = Svg::new(self, link_prefix);
@@ -421,9 +498,12 @@ const STYLE: &str = "\
 .pattern rect{fill:#f4f4f5;stroke:#71717a;stroke-dasharray:4 3}\
 .deadletters rect{fill:#fee2e2;stroke:#b91c1c}\
 .process rect{fill:#ede9fe;stroke:#6d28d9}\
+.decision rect{fill:#ccfbf1;stroke:#0f766e}\
+.flow .edge-label{font-size:12px;fill:#0f766e;paint-order:stroke;stroke:#fff;stroke-width:3px}\
 a:hover rect{stroke-width:3}\
 .edge{fill:none;stroke:#555;stroke-width:1.3}\
-.edge.dashed{stroke-dasharray:5 4}";
+.edge.dashed{stroke-dasharray:5 4}\
+.edge.reads{stroke:#0f766e}";
 
 impl RenderBackend for Svg<'_> {
     fn draw_rect(
@@ -484,12 +564,12 @@ impl RenderBackend for Svg<'_> {
         self.grow(Point::new(xy.x + size.x / 2.0, xy.y + size.y / 2.0));
     }
 
-    fn draw_text(&mut self, xy: Point, text: &str, _look: &StyleAttr) {
+    fn draw_text(&mut self, xy: Point, label: &str, _look: &StyleAttr) {
         let text = format!(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" dominant-baseline=\"central\">{}</text>",
             xy.x,
             xy.y,
-            names::html(text)
+            names::html(label)
         );
         if self.open {
             let linked = self.body.ends_with("<!--label-->");
@@ -502,7 +582,15 @@ impl RenderBackend for Svg<'_> {
                 .push_str(if linked { "</a></g>\n" } else { "</g>\n" });
             self.open = false;
         } else {
-            self.body.push_str(&text);
+            // No node is open: the label of an edge (layout-rs draws it as a connector,
+            // on the edge's path), set just above the line.
+            let _ = write!(
+                self.body,
+                "<text class=\"edge-label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" dominant-baseline=\"central\">{}</text>",
+                xy.x,
+                xy.y - 9.0,
+                names::html(label)
+            );
         }
     }
 
@@ -510,9 +598,9 @@ impl RenderBackend for Svg<'_> {
         &mut self,
         path: &[(Point, Point)],
         dashed: bool,
-        _head: (bool, bool),
+        head: (bool, bool),
         _look: &StyleAttr,
-        _p: Option<String>,
+        properties: Option<String>,
         _text: &str,
     ) {
         if path.len() < 2 {
@@ -536,10 +624,33 @@ impl RenderBackend for Svg<'_> {
         for (a, b) in &path[2..] {
             d.push_str(&format!(" S {:.1} {:.1}, {:.1} {:.1}", a.x, a.y, b.x, b.y));
         }
-        self.edges.push_str(&format!(
-            "<path class=\"edge{}\" d=\"{d}\" marker-end=\"url(#arrow)\"/>\n",
-            if dashed { " dashed" } else { "" }
-        ));
+        let edge = properties
+            .and_then(|p| p.parse::<usize>().ok())
+            .and_then(|i| self.graph.edges.get(i));
+        let (reads, title) = match edge.map(|e| &e.line) {
+            Some(Line::Reads { title, .. }) => {
+                (" reads", format!("<title>{}</title>", names::html(title)))
+            }
+            _ => ("", String::new()),
+        };
+        // An edge layout-rs turned round to break a cycle (an event a decision both
+        // reads and appends) has its head at the start of the path.
+        let marker = if head.0 && !head.1 {
+            "marker-start"
+        } else {
+            "marker-end"
+        };
+        if title.is_empty() {
+            self.edges.push_str(&format!(
+                "<path class=\"edge{}{reads}\" d=\"{d}\" {marker}=\"url(#arrow)\"/>\n",
+                if dashed { " dashed" } else { "" }
+            ));
+        } else {
+            self.edges.push_str(&format!(
+                "<path class=\"edge{}{reads}\" d=\"{d}\" {marker}=\"url(#arrow)\">{title}</path>\n",
+                if dashed { " dashed" } else { "" }
+            ));
+        }
     }
 
     fn create_clip(&mut self, _xy: Point, _size: Point, _rounded_px: usize) -> ClipHandle {

@@ -139,10 +139,11 @@ pub(crate) fn write_all(model: &Model, exports: &[Export]) -> Result<Exported, E
     Ok(exported)
 }
 
-/// Removes the pages of messages and handlers that no longer exist. Only `*.html` in the
-/// site's own `messages/` and `handlers/` folders are touched.
+/// Removes the pages of messages, handlers and decisions that no longer exist. Only
+/// `*.html` in the site's own `messages/`, `handlers/` and `decisions/` folders are
+/// touched.
 fn remove_stale_pages(dir: &Path, current: &[PathBuf]) -> Result<(), Error> {
-    for folder in ["messages", "handlers"] {
+    for folder in ["messages", "handlers", "decisions"] {
         let folder = dir.join(folder);
         let Ok(entries) = std::fs::read_dir(&folder) else {
             continue;
