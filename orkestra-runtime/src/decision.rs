@@ -1,7 +1,7 @@
 //! Layer 5, built on a bus and a store: decisions across streams (dynamic consistency
 //! boundaries, dcb.events), whose state is the fold of the events matching a query of
 //! types and tags rather than of one stream (the guide's
-//! [decisions](https://github.com/orkestra-rs/orkestra/blob/main/book/src/decisions.md)
+//! [decisions](https://github.com/orkestra-rs/orkestra/blob/main/book/src/decisions-store.md)
 //! chapter).
 //!
 //! Generated code declares a decision ([`Decision`]: its command, boundary, state, read
