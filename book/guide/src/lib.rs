@@ -60,6 +60,7 @@ chapters! {
     aggregates = "aggregates.md",
     projections = "projections.md",
     process_managers = "process-managers.md",
+    decisions = "decisions.md",
     decisions_store = "decisions-store.md",
     personal_data = "personal-data.md",
     evolution = "evolution.md",
