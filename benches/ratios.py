@@ -43,6 +43,7 @@ THROUGHPUT = [
     ("memory: read 10,000 events of 1,000 subjects, 2 personal fields (keys cached) ÷ plain", "personal_read_10k_memory/personal_2", "personal_read_10k_memory/plain", 0.60),
     ("SQLite: read 10,000 events of 1,000 subjects, 2 personal fields (keys cached) ÷ plain", "personal_read_10k_sqlite/personal_2", "personal_read_10k_sqlite/plain", 0.60),
     ("PostgreSQL decisions (read_query + append_if), 16 writers on disjoint boundaries ÷ 1 writer", "dcb_pg_writers/w16", "dcb_pg_writers/w1", 6.0),
+    ("decision reading 20 events ÷ aggregate command on a ~20-event stream, PostgreSQL, bus.dispatch", "decision_pg/decision_20_events", "decision_pg/aggregate_20_events", 0.70),
     ("2 ms handler: 8 partitions on one copy ÷ 1 partition", "replicas_partitions/p8_one_copy", "replicas_partitions/p1", 5.0),
     ("2 ms handler: 8 partitions over two copies ÷ 1 partition", "replicas_partitions/p8_two_copies", "replicas_partitions/p1", 5.0),
     ("2 ms handler: 8 partitions over two copies ÷ 8 on one copy", "replicas_partitions/p8_two_copies", "replicas_partitions/p8_one_copy", None),
@@ -109,6 +110,17 @@ def main():
                   f"({m['with_ns']:,.0f} ns vs {m['without_ns']:,.0f} ns){verdict}")
     except FileNotFoundError:
         print("metrics overhead (interleaved): not measured (run the in_process bench)")
+    try:
+        with open(os.path.join(TARGET, "criterion", "decision_vs_aggregate.json")) as f:
+            d = json.load(f)
+        ratio = d["aggregate_ns"] / d["decision_ns"]
+        ok = ratio >= 0.70
+        failed |= not ok
+        print(f"decision reading 20 events ÷ aggregate command, interleaved rounds: {ratio:.2f}x "
+              f"({d['decision_ns']:,.0f} ns vs {d['aggregate_ns']:,.0f} ns)  "
+              f"target >= 0.70x: {'ok' if ok else 'MISSED'}")
+    except FileNotFoundError:
+        print("decision ÷ aggregate (interleaved): not measured (run the tests decisions bench)")
     scrape = mean_ns("metrics/scrape_200_handlers")
     if scrape is not None:
         ok = scrape < 10e6

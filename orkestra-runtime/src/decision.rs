@@ -16,8 +16,9 @@
 //!    reindex-tags` has run the command fails with an error saying so (the bus retries
 //!    it, then dead-letters it for a replay);
 //! 2. a command delivered again after its events were stored (their ids derive from the
-//!    command id, as an aggregate's do) is recognised by its first event's id: its
-//!    events are published again and replied to, never appended twice;
+//!    command id, as an aggregate's do) is recognised by its first event's id (looked up
+//!    while step 3's first read runs, on another connection): its events are published
+//!    again and replied to, never appended twice;
 //! 3. the events matching the boundary are read in global order and folded with `apply`,
 //!    each once (even when it matches several items), told which items it matched;
 //! 4. `decide` sees that state and returns the events to append (none, or a rejection:
@@ -209,18 +210,25 @@ pub async fn execute<D: Decision>(
         .ensure_tags_indexed(D::TAGS_READ)
         .await
         .map_err(|e| HandlerError::fail(format!("decision {}: {e}", D::NAME)))?;
-    // A redelivery: the command's first event is stored under its derived id.
-    if let Some(version) = store
-        .version_of(stream, &event_id(&command.id, 0))
-        .await
-        .map_err(|e| fail(stream, e))?
-    {
+    // A redelivery: the command's first event is stored under its derived id. The check
+    // and the first read of the boundary are independent reads, so they run together
+    // (one round trip of latency, not two); the read is dropped on a redelivery.
+    let first_id = event_id(&command.id, 0);
+    let (stored, first) = tokio::join!(
+        store.version_of(stream, &first_id),
+        fold::<D>(store, stream, &query)
+    );
+    if let Some(version) = stored.map_err(|e| fail(stream, e))? {
         return redelivered::<D>(store, stream, version, &command.id, bus).await;
     }
+    let mut first = Some(first?);
     let mut tries: u32 = 0;
     loop {
         tries += 1;
-        let folded = fold::<D>(store, stream, &query).await?;
+        let folded = match first.take() {
+            Some(folded) => folded,
+            None => fold::<D>(store, stream, &query).await?,
+        };
         let decided = decision.decide(&folded.state, command).await;
         let events = match decided {
             Ok(events) if !events.is_empty() => events,
