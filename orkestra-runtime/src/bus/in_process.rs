@@ -199,9 +199,11 @@ impl InProcess {
         let send = subscription.meters.as_ref().and_then(|m| m.send.as_ref());
         let started = send.map(|_| crate::metrics::now());
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::dispatch_span);
-        // The handler's first run starts when the dispatch does: one clock read less.
+        // The handler's first run starts when the dispatch does: one clock read less;
+        // and it counts the send with its own consumed (one atomic add for both).
         let runner = Runner {
             started,
+            sends: send.is_some(),
             ..Self::runner(bus, &flow)
         };
         let message = envelope.message().clone();
@@ -250,9 +252,6 @@ impl InProcess {
             }
         };
         dispatch.instrument(flow.span).await?;
-        if let Some(send) = send {
-            send.sent(envelope.message().type_name());
-        }
         Ok(envelope)
     }
 
@@ -367,6 +366,7 @@ impl InProcess {
             traced: flow.traced,
             foreign_origin: flow.foreign_origin,
             started: None,
+            sends: false,
         }
     }
 
@@ -401,6 +401,7 @@ impl InProcess {
             traced: false,
             foreign_origin: false,
             started: None,
+            sends: false,
         };
         let kind = DeadLetterKind::classify(reason);
         self.record_dead_letter(&runner, message, handler, reason, attempts, kind)
@@ -442,6 +443,7 @@ impl InProcess {
         let runner = Runner {
             traced: false,
             started: None,
+            sends: false,
             ..*runner
         };
         for handler in self.snapshot().dead_letters.iter() {

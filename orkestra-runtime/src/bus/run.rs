@@ -44,6 +44,9 @@ pub(crate) struct Runner<'a> {
     /// When the first run starts, if the bus just read the clock (in-process dispatch
     /// times the send and the handler from the same reading).
     pub(crate) started: Option<crate::metrics::Instant>,
+    /// Whether the first run is also the message's send (in-process dispatch: its
+    /// `messaging.client.sent.messages` is counted with the run's consumed).
+    pub(crate) sends: bool,
 }
 
 impl Runner<'_> {
@@ -124,7 +127,8 @@ impl Runner<'_> {
         let ctx = ctx.with_postgres(claim.as_ref().and_then(|c| c.postgres()));
         let logs = trace::log_context_span(message, &span);
         let started = self.started.filter(|_| attempt == 1);
-        let metered = subscription.meters.as_ref().map(|m| m.start(started));
+        let sent = (self.sends && attempt == 1).then(|| message.type_name());
+        let metered = subscription.meters.as_ref().map(|m| m.start(started, sent));
         let run = AssertUnwindSafe(async { subscription.call.call(input, ctx).await });
         let outcome = match trace::handling(&span, run.catch_unwind())
             .instrument(logs)

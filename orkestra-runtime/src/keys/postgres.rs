@@ -62,7 +62,8 @@ impl PostgresKeyStore {
     /// Connects to the database at `url` and creates the key tables if missing.
     pub async fn connect(url: &SecretUrl) -> Result<Self, KeyError> {
         let store = Self::lazy(url)?;
-        store.client().await?;
+        // Connects and creates the tables now, so a bad URL fails here.
+        drop(store.client().await?);
         Ok(store)
     }
 

@@ -25,6 +25,10 @@ use super::{keys, names};
 #[derive(Debug, Default)]
 pub(crate) struct RunCounts {
     started: AtomicU64,
+    /// Runs that were also their message's send: the first attempt of an in-process
+    /// dispatch, which is one atomic add for both (the route they were sent to reads
+    /// them as its own, see [`SendCount::dispatched_by`]).
+    sent: AtomicU64,
     finished: AtomicU64,
 }
 
@@ -33,6 +37,12 @@ impl RunCounts {
     #[inline]
     pub(crate) fn start(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A run that is also its message's send starts: consumed, in flight and sent.
+    #[inline]
+    pub(crate) fn start_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A run left flight (finished, failed or was cut off).
@@ -46,7 +56,7 @@ impl RunCounts {
     /// rather than making the difference negative.
     fn read(&self) -> (u64, i64) {
         let finished = self.finished.load(Ordering::Relaxed);
-        let started = self.started.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed) + self.sent.load(Ordering::Relaxed);
         let in_flight = i64::try_from(started.saturating_sub(finished)).unwrap_or(i64::MAX);
         (started, in_flight)
     }
@@ -54,13 +64,35 @@ impl RunCounts {
 
 /// A destination's send count.
 #[derive(Debug, Default)]
-pub(crate) struct SendCount(AtomicU64);
+pub(crate) struct SendCount {
+    count: AtomicU64,
+    /// The in-process command handlers of this destination, whose first attempts count
+    /// as its sends ([`RunCounts::start_sent`]); each once.
+    dispatched_by: Mutex<Vec<Arc<RunCounts>>>,
+}
 
 impl SendCount {
     /// One message sent.
     #[inline]
     pub(crate) fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `runs`' sends ([`RunCounts::start_sent`]) as this destination's.
+    pub(crate) fn dispatched_by(&self, runs: &Arc<RunCounts>) {
+        let mut linked = crate::sync::lock(&self.dispatched_by);
+        if !linked.iter().any(|r| Arc::ptr_eq(r, runs)) {
+            linked.push(runs.clone());
+        }
+    }
+
+    /// Sent so far.
+    fn read(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+            + crate::sync::lock(&self.dispatched_by)
+                .iter()
+                .map(|r| r.sent.load(Ordering::Relaxed))
+                .sum::<u64>()
     }
 }
 
@@ -122,7 +154,7 @@ impl Counts {
                         *system,
                         topic.to_string(),
                         type_name.to_string(),
-                        count.0.load(Ordering::Relaxed),
+                        count.read(),
                     )
                 })
             })
@@ -218,6 +250,22 @@ mod tests {
         assert_eq!(counts.read(), (2, 1));
         counts.finish();
         assert_eq!(counts.read(), (2, 0));
+        counts.start_sent();
+        assert_eq!(counts.read(), (3, 1));
+    }
+
+    #[test]
+    fn a_route_counts_its_dispatching_handlers_first_attempts_once() {
+        let counts = Counts::default();
+        let runs = counts.handler("orkestra", &Arc::from("Place"));
+        let route = counts.route("orkestra", "shop.place", "Shop.Place");
+        route.dispatched_by(&runs);
+        route.dispatched_by(&runs);
+        runs.start_sent();
+        runs.start(); // a retry: consumed, not sent
+        route.add();
+        assert_eq!(route.read(), 2);
+        assert_eq!(runs.read(), (2, 2));
     }
 
     #[test]

@@ -80,6 +80,17 @@ pub(crate) struct HandlerMeters {
     by_type: RwLock<Vec<Arc<ByOutcome>>>,
     /// A command handler's topic, bound for the in-process bus's dispatch.
     pub(crate) send: Option<RouteMeters>,
+    /// A command handler's type name as the payload declares it: the messages it runs
+    /// name their type with this very text, so one pointer comparison finds its
+    /// durations and its route without comparing the text.
+    command_type: Option<&'static str>,
+}
+
+/// Whether `name` is `known`: the same text in memory (a typed message's type name is
+/// its payload's constant), or else equal text.
+#[inline]
+fn is(known: &'static str, name: &str) -> bool {
+    std::ptr::eq(known, name) || known == name
 }
 
 impl std::fmt::Debug for HandlerMeters {
@@ -104,13 +115,19 @@ impl HandlerMeters {
         if let Some((_, type_name)) = command {
             let _ = first_type.set(ByOutcome::new(type_name));
         }
+        let runs = i.counts.handler(system, &handler);
+        let send = command.map(|(topic, type_name)| RouteMeters::bind(i, system, topic, type_name));
+        if let Some(send) = &send {
+            send.sent.dispatched_by(&runs);
+        }
         Self {
             first_type,
-            runs: i.counts.handler(system, &handler),
+            command_type: command.map(|(_, type_name)| type_name),
+            runs,
             retries: OnceLock::new(),
             skipped: OnceLock::new(),
             by_type: RwLock::new(Vec::new()),
-            send: command.map(|(topic, type_name)| RouteMeters::bind(i, system, topic, type_name)),
+            send,
             system,
             handler,
             instruments,
@@ -120,8 +137,23 @@ impl HandlerMeters {
     /// A run starts (now, or at `started` when the caller just read the clock):
     /// counted as consumed and in flight until the returned guard is finished or
     /// dropped (a run cut off by a shutdown leaves flight too).
-    pub(crate) fn start(&self, started: Option<Instant>) -> Run<'_> {
-        self.runs.start();
+    ///
+    /// `sent` is the type of the message when this run is also its send (the first
+    /// attempt of an in-process dispatch): one count for both when it is the bound
+    /// command's type.
+    pub(crate) fn start(&self, started: Option<Instant>, sent: Option<&str>) -> Run<'_> {
+        match (sent, &self.send) {
+            (Some(type_name), Some(route))
+                if self.command_type.is_some_and(|known| is(known, type_name)) =>
+            {
+                self.runs.start_sent();
+            }
+            (Some(type_name), Some(route)) => {
+                self.runs.start();
+                route.sent(type_name);
+            }
+            _ => self.runs.start(),
+        }
         Run {
             meters: self,
             started: started.unwrap_or_else(super::now),
@@ -150,7 +182,12 @@ impl HandlerMeters {
     /// [`MAX_BOUND_TYPES`].
     fn record(&self, type_name: &str, outcome: Outcome, seconds: f64) {
         let first = self.first_type.get_or_init(|| ByOutcome::new(type_name));
-        if &*first.type_name == type_name {
+        // A command handler's first type is its command's, set when it was bound.
+        if self
+            .command_type
+            .is_some_and(|known| std::ptr::eq(known, type_name))
+            || &*first.type_name == type_name
+        {
             first.get(self, outcome).record(seconds);
             return;
         }

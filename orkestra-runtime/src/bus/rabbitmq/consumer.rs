@@ -49,6 +49,7 @@ fn runner(bus: &Bus) -> Runner<'_> {
         traced: false,
         foreign_origin: true,
         started: None,
+        sends: false,
     }
 }
 
