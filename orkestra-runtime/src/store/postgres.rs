@@ -715,15 +715,22 @@ impl PostgresStore {
         let lock = tx
             .prepare_cached("SELECT orkestra_lock_boundary($1, $2)")
             .await?;
-        tx.execute(&lock, &[&keys, &exclusive]).await?;
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from];
         params.extend(
             texts
                 .iter()
                 .map(|t| t as &(dyn tokio_postgres::types::ToSql + Sync)),
         );
-        // Unnamed: planned with these values (see "Plans made for the table as it is").
-        if let Some(row) = tx.query_opt(check, &params).await? {
+        // The locks and the check are sent together (one round trip); the server runs
+        // them in order, and at READ COMMITTED the check's snapshot is taken when it
+        // starts, so after every lock is held. The check is unnamed: planned with these
+        // values (see "Plans made for the table as it is").
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&keys, &exclusive];
+        let (_, found) = tokio::try_join!(
+            tx.execute(&lock, &lock_params),
+            tx.query_opt(check, &params),
+        )?;
+        if let Some(row) = found {
             let conflict = Conflict {
                 position: row.try_get::<_, i64>(0)? as u64,
                 event_type: row.try_get(1)?,
