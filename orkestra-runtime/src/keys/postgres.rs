@@ -68,8 +68,8 @@ impl PostgresKeyStore {
     }
 
     /// The key store of the database at `url`, connecting (and creating the key tables)
-    /// on its first use: what every PostgreSQL [`Store`](crate::store::Store) has, so
-    /// a store without personal data never opens a connection for keys.
+    /// on its first use: what every PostgreSQL store has, so a store without personal
+    /// data never opens a connection for keys.
     pub fn lazy(url: &SecretUrl) -> Result<Self, KeyError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|e: tokio_postgres::Error| {
