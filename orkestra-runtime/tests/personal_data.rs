@@ -361,13 +361,23 @@ async fn personal_data_end_to_end(store: Store, raw: Raw) {
         .await
         .unwrap();
     assert_eq!(data_of(&back[1]), alice.data());
-    let all = store.read_all(0, 1000).await.unwrap();
     let of = |who: &Person, events: &[orkestra_runtime::RecordedEvent]| {
         events
             .iter()
             .find(|e| e.event_type() == REGISTERED && e.stream() == who.stream())
             .map(data_of)
     };
+    // PostgreSQL's global order shows an event once every transaction older than it has
+    // ended; the other tests append to the same database meanwhile, so read until both
+    // are there (a few seconds at most).
+    let mut all = store.read_all(0, 10_000).await.unwrap();
+    for _ in 0..100 {
+        if of(&alice, &all).is_some() && of(&bob, &all).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        all = store.read_all(0, 10_000).await.unwrap();
+    }
     assert_eq!(of(&alice, &all), Some(alice.data()));
     assert_eq!(of(&bob, &all), Some(bob.data()));
     let queried = store

@@ -16,7 +16,12 @@ use crate::config::SecretUrl;
 
 const NAME: &str = "postgres";
 
+/// In one transaction under an advisory lock: two processes (or two handles of one)
+/// creating the tables at once would otherwise race in `CREATE TABLE IF NOT EXISTS`,
+/// which PostgreSQL does not make atomic (a duplicate key in `pg_type`).
 const SCHEMA: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(7385214419);
 CREATE TABLE IF NOT EXISTS orkestra_keys (
     subject    text        PRIMARY KEY,
     key        bytea       NOT NULL,  -- 32 bytes, AES-256
@@ -27,6 +32,7 @@ CREATE TABLE IF NOT EXISTS orkestra_erasures (
     subject      text        PRIMARY KEY,
     forgotten_at timestamptz NOT NULL DEFAULT now()
 );
+COMMIT;
 ";
 
 /// The first key of the two-key advisory lock that makes a subject's key and forgets

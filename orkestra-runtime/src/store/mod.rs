@@ -147,9 +147,7 @@ impl Store {
         let store = Self::new(Arc::new(
             postgres::PostgresStore::connect(url, settings).await?,
         ));
-        // Connected on first use: a store without personal data opens no connection
-        // for keys.
-        let keys = crate::keys::PostgresKeyStore::lazy(url)?;
+        let keys = crate::keys::PostgresKeyStore::connect(url).await?;
         Ok(store.with_key_store(Arc::new(keys)))
     }
 
