@@ -74,8 +74,8 @@ impl PostgresKeyStore {
     }
 
     /// The key store of the database at `url`, connecting (and creating the key tables)
-    /// on its first use: what every PostgreSQL store has, so a store without personal
-    /// data never opens a connection for keys.
+    /// on its first use, for `Store::with_keys` when keys
+    /// may never be needed (a bad URL then fails at the first key, not here).
     pub fn lazy(url: &SecretUrl) -> Result<Self, KeyError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|e: tokio_postgres::Error| {
