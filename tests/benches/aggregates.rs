@@ -17,75 +17,19 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use orkestra_runtime::aggregate::Aggregate;
 use orkestra_runtime::{
-    Bus, Command, CommandEnvelope, CommandStatus, EventData, ExpectedVersion, HandlerError,
-    Metadata, SecretUrl, Snapshot, Store,
+    Bus, Command, CommandEnvelope, CommandStatus, EventData, ExpectedVersion, Metadata, SecretUrl,
+    Snapshot, Store,
 };
-use orkestra_tests::aggregates::bank::aggregates::{
-    self, Account, AccountEvent, AccountRepository, AccountState,
-};
-use orkestra_tests::aggregates::bank::commands::{Deposit, OpenAccount, Withdraw};
-use orkestra_tests::aggregates::bank::events::{AccountOpened, MoneyDeposited, MoneyWithdrawn};
+use orkestra_tests::aggregates::bank::aggregates::{self, AccountRepository, AccountState};
+use orkestra_tests::aggregates::bank::commands::Deposit;
+use orkestra_tests::aggregates::bank::events::{AccountOpened, MoneyDeposited};
 use serde_json::json;
+
+mod bank_handlers;
+use bank_handlers::{Bank, runtime};
 
 const ACCOUNTS: usize = 200;
 const HISTORY: i64 = 50;
-
-struct Bank;
-
-impl Account for Bank {
-    fn apply(state: &mut AccountState, event: &AccountEvent) {
-        match event {
-            AccountEvent::AccountOpened(_) => state.open = true,
-            AccountEvent::MoneyDeposited(e) => state.balance += e.amount,
-            AccountEvent::MoneyWithdrawn(e) => state.balance -= e.amount,
-        }
-    }
-
-    async fn open_account(
-        &self,
-        _: &AccountState,
-        command: &Command<OpenAccount>,
-    ) -> Result<Vec<AccountEvent>, HandlerError> {
-        Ok(vec![AccountEvent::AccountOpened(AccountOpened {
-            account_id: command.account_id.clone(),
-            owner: command.owner.clone(),
-            currency: command.currency,
-        })])
-    }
-
-    async fn deposit(
-        &self,
-        state: &AccountState,
-        command: &Command<Deposit>,
-    ) -> Result<Vec<AccountEvent>, HandlerError> {
-        if !state.open {
-            return Err(HandlerError::reject("not open"));
-        }
-        Ok(vec![AccountEvent::MoneyDeposited(MoneyDeposited {
-            account_id: command.account_id.clone(),
-            amount: command.amount,
-        })])
-    }
-
-    async fn withdraw(
-        &self,
-        _: &AccountState,
-        command: &Command<Withdraw>,
-    ) -> Result<Vec<AccountEvent>, HandlerError> {
-        Ok(vec![AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
-            account_id: command.account_id.clone(),
-            amount: command.amount,
-        })])
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn pg_url() -> String {
     std::env::var("ORKESTRA_PG_URL")

@@ -37,10 +37,9 @@ use orkestra_runtime::{
     Bus, Command, CommandEnvelope, CommandPayload, CommandStatus, EventData, ExpectedVersion,
     HandlerError, Metadata, Query, QueryItem, Store, Tag,
 };
-use orkestra_tests::aggregates::bank::aggregates::AccountState;
-use orkestra_tests::aggregates::bank::aggregates::{self as bank, Account, AccountEvent};
-use orkestra_tests::aggregates::bank::commands::{Deposit, OpenAccount, Withdraw};
-use orkestra_tests::aggregates::bank::events::{AccountOpened, MoneyDeposited, MoneyWithdrawn};
+use orkestra_tests::aggregates::bank::aggregates as bank;
+use orkestra_tests::aggregates::bank::commands::Deposit;
+use orkestra_tests::aggregates::bank::events::{AccountOpened, MoneyDeposited};
 use orkestra_tests::decisions::courses::aggregates::{self as course_aggregates, Course};
 use orkestra_tests::decisions::courses::aggregates::{CourseEvent, CourseState};
 use orkestra_tests::decisions::courses::commands::{DefineCourse, SubscribeStudent};
@@ -50,6 +49,9 @@ use orkestra_tests::decisions::courses::decisions::{
 use orkestra_tests::decisions::courses::events::{CourseDefined, CourseFull, StudentSubscribed};
 use orkestra_tests::decisions::courses::types::Level;
 use serde_json::json;
+
+mod bank_handlers;
+use bank_handlers::{Bank, runtime};
 
 /// Events each command reads: a course's definition and its `CAPACITY` subscriptions.
 const CAPACITY: i64 = 19;
@@ -128,64 +130,6 @@ impl Subscription for Seats {
             },
         )])
     }
-}
-
-/// Accounts, as in the aggregates bench.
-struct Bank;
-
-impl Account for Bank {
-    fn apply(state: &mut AccountState, event: &AccountEvent) {
-        match event {
-            AccountEvent::AccountOpened(_) => state.open = true,
-            AccountEvent::MoneyDeposited(e) => state.balance += e.amount,
-            AccountEvent::MoneyWithdrawn(e) => state.balance -= e.amount,
-        }
-    }
-
-    async fn open_account(
-        &self,
-        _: &AccountState,
-        command: &Command<OpenAccount>,
-    ) -> Result<Vec<AccountEvent>, HandlerError> {
-        Ok(vec![AccountEvent::AccountOpened(AccountOpened {
-            account_id: command.account_id.clone(),
-            owner: command.owner.clone(),
-            currency: command.currency,
-        })])
-    }
-
-    async fn deposit(
-        &self,
-        state: &AccountState,
-        command: &Command<Deposit>,
-    ) -> Result<Vec<AccountEvent>, HandlerError> {
-        if !state.open {
-            return Err(HandlerError::reject("not open"));
-        }
-        Ok(vec![AccountEvent::MoneyDeposited(MoneyDeposited {
-            account_id: command.account_id.clone(),
-            amount: command.amount,
-        })])
-    }
-
-    async fn withdraw(
-        &self,
-        _: &AccountState,
-        command: &Command<Withdraw>,
-    ) -> Result<Vec<AccountEvent>, HandlerError> {
-        Ok(vec![AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
-            account_id: command.account_id.clone(),
-            amount: command.amount,
-        })])
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A name unique to this run, without `-` (the subscription stream template separates
