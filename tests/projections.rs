@@ -7,6 +7,10 @@
 #[allow(dead_code)]
 mod services;
 
+#[path = "../orkestra-runtime/tests/support/databases.rs"]
+#[allow(dead_code)]
+mod databases;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -291,14 +295,15 @@ impl Balances for Postgres {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_projection_writes_a_postgres_read_model_exactly_once() {
-    let Some(store) = services::postgres_store().await else {
-        return;
+    // A database of its own: a projection's checkpoint and partition count are stored
+    // under its name, and `Balances` is also the name of the example's projection (one
+    // partition; this one has four).
+    let database = match databases::FreshDatabase::create("projections").await {
+        Ok(database) => database,
+        Err(e) => return services::unavailable("PostgreSQL", &e),
     };
-    let (pg, connection) =
-        tokio_postgres::connect(services::postgres_url().expose(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let store = Store::postgres(&database.url()).await.unwrap();
+    let pg = database.client().await;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let table = format!("balances_{suffix}");
     pg.batch_execute(&format!(
@@ -306,10 +311,6 @@ async fn a_generated_projection_writes_a_postgres_read_model_exactly_once() {
     ))
     .await
     .unwrap();
-    // The checkpoint is named after the projection ("Balances"), shared by every run on
-    // this database: start it at the head so other runs' events are not replayed here.
-    let head = store.head().await.unwrap();
-    store.save_checkpoint("Balances", head).await.unwrap();
     let (a, b) = (format!("a-{suffix}"), format!("b-{suffix}"));
     let mut last = 0;
     for i in 0..50 {

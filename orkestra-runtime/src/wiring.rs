@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::bus::{Bus, BusError, Subscription};
+use crate::keys::PersonalData;
 use crate::process::{ProcessError, ProcessManager, ProcessManagers, RunningProcessManagers};
 use crate::projection::{Projection, ProjectionError, Projections, RunningProjections};
 use crate::store::Store;
@@ -23,6 +24,10 @@ pub enum StartError {
     /// A process manager could not start.
     #[error("cannot start the namespace's process managers: {0}")]
     ProcessManagers(#[source] ProcessError),
+    /// The schema declares personal data the store was not told of: its events would be
+    /// stored in plain text.
+    #[error("{0}")]
+    PersonalData(String),
 }
 
 impl fmt::Debug for StartError {
@@ -60,6 +65,41 @@ impl Started {
         }
         Ok(())
     }
+}
+
+/// Checks that `store` encrypts every event and state of `personal` as described (what a
+/// namespace's generated `Wiring::start` calls before subscribing anything): an error
+/// naming the first one it does not, and the call that fixes it.
+pub fn require_personal_data(store: &Store, personal: &PersonalData) -> Result<(), StartError> {
+    let known = store.personal_data();
+    for event in personal.events() {
+        if !store.encrypts(event) {
+            return Err(StartError::PersonalData(format!(
+                "event {:?} has personal fields, but the {} store {}: give it the \
+                 namespace's description at construction \
+                 (`store.with_personal_data(&<namespace>::personal::data())`)",
+                event.event_type(),
+                store.adapter(),
+                if known.and_then(|k| k.event(event.event_type())).is_some() {
+                    "describes them differently"
+                } else {
+                    "does not encrypt them"
+                },
+            )));
+        }
+    }
+    for state in personal.states() {
+        if known.and_then(|k| k.state(state.shape())) != Some(state) {
+            return Err(StartError::PersonalData(format!(
+                "state {:?} has personal fields, but the {} store does not encrypt its \
+                 snapshots as described: give it the namespace's description at construction \
+                 (`store.with_personal_data(&<namespace>::personal::data())`)",
+                state.shape(),
+                store.adapter(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Subscribes `subscriptions` to `bus`, then starts `projections` and `process_managers`

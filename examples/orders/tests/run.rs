@@ -9,6 +9,10 @@
 #[allow(dead_code)]
 mod services;
 
+#[path = "../../../orkestra-runtime/tests/support/databases.rs"]
+#[allow(dead_code)]
+mod databases;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -115,7 +119,11 @@ async fn the_example_runs_on_rabbitmq_and_postgres() {
     if services::postgres_store().await.is_none() || services::rabbit_bus().await.is_none() {
         return;
     }
-    let (amqp, pg) = (services::amqp_url(), services::postgres_url());
+    // A database of its own: the example's projection `Balances` (one partition) shares
+    // its name with the test crate's golden one (four), and a projection's partition
+    // count is stored with its checkpoint.
+    let database = databases::FreshDatabase::create("example").await.unwrap();
+    let (amqp, pg) = (services::amqp_url(), database.url());
     let dir = workdir("services");
     let out = run(
         &dir,

@@ -163,6 +163,9 @@ pub struct Subscription {
     pub(crate) call: Arc<dyn ErasedHandler>,
     /// Its instruments, bound by the bus it subscribes to (`None`: no meter provider).
     pub(crate) meters: Option<Arc<crate::metrics::HandlerMeters>>,
+    /// The personal data of the events it receives (generated bindings declare it): a
+    /// bus that carries them encrypted must have keys to subscribe it.
+    pub(crate) personal: &'static [crate::keys::PersonalEvent],
 }
 
 /// A binding's waits before its retries: `min(delay · backoff^(n-1), max)` before retry
@@ -245,6 +248,7 @@ impl Subscription {
             retry: RetryDelays::default(),
             once: false,
             meters: None,
+            personal: &[],
             call: Arc::new(CommandHandlerFn {
                 f,
                 _payload: std::marker::PhantomData,
@@ -270,6 +274,7 @@ impl Subscription {
             retry: RetryDelays::default(),
             once: false,
             meters: None,
+            personal: &[],
             call: Arc::new(EventHandlerFn {
                 f,
                 _events: std::marker::PhantomData,
@@ -296,6 +301,7 @@ impl Subscription {
             retry: RetryDelays::default(),
             once: false,
             meters: None,
+            personal: &[],
             call: Arc::new(DeadLetterHandlerFn { f }),
         }
     }
@@ -318,6 +324,20 @@ impl Subscription {
     /// Whether the handler runs once per message id.
     pub fn once(&self) -> bool {
         self.once
+    }
+
+    /// Declares the personal data of the events this binding receives (what generated
+    /// bindings do for events with `personal: true` fields): the RabbitMQ bus refuses to
+    /// subscribe it without keys to decrypt them.
+    #[must_use]
+    pub fn with_personal_data(mut self, events: &'static [crate::keys::PersonalEvent]) -> Self {
+        self.personal = events;
+        self
+    }
+
+    /// The personal data of the events this binding receives, as declared.
+    pub fn personal_data(&self) -> &'static [crate::keys::PersonalEvent] {
+        self.personal
     }
 
     /// Sets how many deliveries one process handles at once for this binding (the

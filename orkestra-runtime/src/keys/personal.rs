@@ -169,6 +169,29 @@ impl PersonalData {
             .find(|e| e.event_type == event_type)
     }
 
+    /// The description of a state shape.
+    pub fn state(&self, shape: &str) -> Option<&PersonalState> {
+        self.states.iter().rev().find(|s| s.shape == shape)
+    }
+
+    /// The described events (a later one of a type replaces an earlier one).
+    pub fn events(&self) -> impl Iterator<Item = &PersonalEvent> {
+        self.events.iter()
+    }
+
+    /// The described states.
+    pub fn states(&self) -> impl Iterator<Item = &PersonalState> {
+        self.states.iter()
+    }
+
+    /// `self` with everything `other` describes added (`other`'s win on a shared type).
+    #[must_use]
+    pub fn merged(&self, other: &PersonalData) -> Self {
+        self.clone()
+            .with_events(&other.events)
+            .with_states(&other.states)
+    }
+
     /// Whether nothing is described.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.states.is_empty()
@@ -178,7 +201,10 @@ impl PersonalData {
     /// the subject is named and not personal. The error names the event type (or
     /// state shape) and the field.
     pub(crate) fn compile(&self) -> Result<Compiled, String> {
-        let mut compiled = Compiled::default();
+        let mut compiled = Compiled {
+            source: self.clone(),
+            ..Compiled::default()
+        };
         for e in &self.events {
             let fields = Fields::compile(e.subject, e.fields)
                 .map_err(|m| format!("personal data of event {:?}: {m}", e.event_type))?;
@@ -204,6 +230,8 @@ impl<'a> IntoIterator for &'a PersonalData {
 /// [`PersonalData`] checked, by event type and state shape.
 #[derive(Debug, Default)]
 pub(crate) struct Compiled {
+    /// What was compiled (merged with what a later description adds).
+    pub(crate) source: PersonalData,
     pub(crate) events: HashMap<String, Fields>,
     pub(crate) states: HashMap<String, Fields>,
 }

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
 use crate::keys::{
-    Compiled, DEFAULT_KEY_CACHE, Fields, KeyError, KeyStore, Keys, PersonalData, find_encrypted,
+    Compiled, DEFAULT_KEY_CACHE, Fields, KeyError, KeyStore, Keys, PersonalData, PersonalEvent,
+    find_encrypted,
     scan, subject_of,
 };
 use crate::message::Metadata;
@@ -73,7 +74,8 @@ impl Store {
     }
 
     /// Encrypts the personal fields `data` declares on every append and decrypts them on
-    /// every read (see [`keys`](crate::keys)). A description that does not parse (a bad
+    /// every read (see [`keys`](crate::keys)); called again, adds to what was declared
+    /// (one call per namespace). A description that does not parse (a bad
     /// path, a replacement that is not JSON, a personal subject) is
     /// [`StoreError::Invalid`] naming the event and field, and so is a store without a
     /// key store (EventStoreDB without [`with_keys`](Self::with_keys)).
@@ -85,9 +87,27 @@ impl Store {
                 self.adapter()
             )));
         }
-        let compiled = data.compile().map_err(StoreError::Invalid)?;
+        let all = match &self.personal.fields {
+            Some(compiled) => compiled.source.merged(data),
+            None => data.clone(),
+        };
+        let compiled = all.compile().map_err(StoreError::Invalid)?;
         self.personal.fields = Some(Arc::new(compiled));
         Ok(self)
+    }
+
+    /// Everything this store was told is personal (each
+    /// [`with_personal_data`](Self::with_personal_data) adds to it), if anything.
+    pub fn personal_data(&self) -> Option<&PersonalData> {
+        self.personal.fields.as_deref().map(|c| &c.source)
+    }
+
+    /// Whether this store encrypts `event` exactly as described (same subject, same
+    /// fields and replacements): what [`wiring`](crate::wiring) checks at start.
+    pub fn encrypts(&self, event: &PersonalEvent) -> bool {
+        self.personal_data()
+            .and_then(|d| d.event(event.event_type()))
+            .is_some_and(|known| known == event)
     }
 
     /// The key store, if this store has one.
