@@ -7,7 +7,9 @@
 //!   declared — target ≥ 0.70× the throughput;
 //! - `personal_read_10k_{memory,sqlite}`: `read_all` of 10,000 events of 1,000 subjects,
 //!   2 personal fields each (the key cache warm) ÷ the same events stored plain —
-//!   target ≥ 0.60×.
+//!   target ≥ 0.60×;
+//! - `personal_read_decode_10k_{memory,sqlite}`: the same read with each event's data
+//!   parsed (`RecordedEvent::data`), as a reader that uses the events does.
 //!
 //! Memory shows the cost with nothing to hide it (no I/O); SQLite is the one a service
 //! on one machine runs. `python3 benches/ratios.py` prints the ratios.
@@ -168,9 +170,21 @@ fn read_10k(c: &mut Criterion) {
         }
         stores
     });
-    for (group, plain, protected) in [
-        ("personal_read_10k_memory", &stores[0], &stores[1]),
-        ("personal_read_10k_sqlite", &stores[2], &stores[3]),
+    for (group, plain, protected, decode) in [
+        ("personal_read_10k_memory", &stores[0], &stores[1], false),
+        ("personal_read_10k_sqlite", &stores[2], &stores[3], false),
+        (
+            "personal_read_decode_10k_memory",
+            &stores[0],
+            &stores[1],
+            true,
+        ),
+        (
+            "personal_read_decode_10k_sqlite",
+            &stores[2],
+            &stores[3],
+            true,
+        ),
     ] {
         let mut g = c.benchmark_group(group);
         g.sample_size(20);
@@ -181,6 +195,11 @@ fn read_10k(c: &mut Criterion) {
                         let started = Instant::now();
                         for _ in 0..iters {
                             let events = store.read_all(0, 10_000).await.unwrap();
+                            if decode {
+                                for event in &events {
+                                    black_box(event.data().unwrap());
+                                }
+                            }
                             black_box(events.len());
                         }
                         started.elapsed()

@@ -69,6 +69,16 @@ impl Keys {
         &*self.store
     }
 
+    /// The cached answer for reading, without waiting: `Some(cipher or None)` when the
+    /// cache holds a fresh one, `None` when only [`for_reading`](Self::for_reading) can
+    /// tell.
+    pub(crate) fn cached(&self, subject: &str) -> Option<Option<Arc<Aes256Gcm>>> {
+        self.cache
+            .get(subject)
+            .filter(Entry::fresh)
+            .map(|entry| entry.cipher)
+    }
+
     /// The subject's cipher for reading; `None` when it has no key (forgotten).
     pub(crate) async fn for_reading(
         &self,

@@ -2,11 +2,11 @@
 //! of [`keys`](super)).
 
 use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, OsRng, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The reserved key of an encrypted value's stored form: an object with this one key,
 /// whose value is `"<FORMAT_VERSION>.<base64url>"`.
@@ -31,6 +31,95 @@ fn associated_data(subject: &str, path: &str) -> Vec<u8> {
         aad.extend_from_slice(part.as_bytes());
     }
     aad
+}
+
+/// Calls `f` with the associated data of `subject` and `path`, built on the stack when
+/// it fits (reading opens two values per event: no allocation for them).
+fn with_associated_data<T>(subject: &str, path: &str, f: impl FnOnce(&[u8]) -> T) -> T {
+    const LABEL: &[u8] = b"orkestra.personal.v1";
+    let len = LABEL.len() + 8 + subject.len() + path.len();
+    let mut stack = [0u8; 256];
+    if len > stack.len() {
+        return f(&associated_data(subject, path));
+    }
+    stack[..LABEL.len()].copy_from_slice(LABEL);
+    let mut at = LABEL.len();
+    for part in [subject, path] {
+        stack[at..at + 4].copy_from_slice(&(part.len() as u32).to_be_bytes());
+        at += 4;
+        stack[at..at + part.len()].copy_from_slice(part.as_bytes());
+        at += part.len();
+    }
+    f(&stack[..at])
+}
+
+/// The error of a value that does not authenticate.
+fn not_authentic(subject: &str) -> String {
+    format!(
+        "the encrypted value does not authenticate for subject {subject:?} at this field: it \
+         was changed, or copied from another subject or field"
+    )
+}
+
+/// The text after the format version, or the error naming the version found.
+fn versioned(text: &str) -> Result<&str, String> {
+    text.strip_prefix(FORMAT_VERSION)
+        .and_then(|t| t.strip_prefix('.'))
+        .ok_or_else(|| {
+            let version = text.split('.').next().unwrap_or_default();
+            format!(
+                "the encrypted value has format {version:?}; this release reads {FORMAT_VERSION:?}"
+            )
+        })
+}
+
+/// [`open_bytes`] appending the plain JSON text to `out`: the read path's form, which
+/// decrypts a short value (up to 1 KiB sealed) in a stack buffer, wiped after, without
+/// allocating. `out` is unchanged on error.
+pub(crate) fn open_into(
+    cipher: &Aes256Gcm,
+    subject: &str,
+    path: &str,
+    text: &str,
+    out: &mut String,
+) -> Result<(), String> {
+    let encoded = versioned(text)?;
+    let mut stack = [0u8; 1024];
+    let estimate = base64::decoded_len_estimate(encoded.len());
+    if estimate > stack.len() {
+        let plain = open_bytes(cipher, subject, path, text)?;
+        out.push_str(
+            std::str::from_utf8(&plain)
+                .map_err(|_| "the decrypted value is not UTF-8 text".to_owned())?,
+        );
+        return Ok(());
+    }
+    let result = (|| {
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(encoded, &mut stack)
+            .map_err(|e| format!("the encrypted value is not base64url: {e}"))?;
+        if len < NONCE_LEN + TAG_LEN {
+            return Err(format!(
+                "the encrypted value has {len} bytes, fewer than a nonce and a tag"
+            ));
+        }
+        let (nonce, rest) = stack[..len].split_at_mut(NONCE_LEN);
+        let (body, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
+        let nonce = *Nonce::from_slice(nonce);
+        let tag = *Tag::from_slice(tag);
+        with_associated_data(subject, path, |aad| {
+            cipher.decrypt_in_place_detached(&nonce, aad, body, &tag)
+        })
+        .map_err(|_| not_authentic(subject))?;
+        out.push_str(
+            std::str::from_utf8(body)
+                .map_err(|_| "the decrypted value is not UTF-8 text".to_owned())?,
+        );
+        Ok(())
+    })();
+    // Only what the decoder may have written (wiping is a volatile write per byte).
+    stack[..estimate].zeroize();
+    result
 }
 
 /// `value` sealed for `subject` at `path`, in its stored form.
@@ -95,15 +184,7 @@ pub(crate) fn open_bytes(
     path: &str,
     text: &str,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
-    let Some(encoded) = text
-        .strip_prefix(FORMAT_VERSION)
-        .and_then(|t| t.strip_prefix('.'))
-    else {
-        let version = text.split('.').next().unwrap_or_default();
-        return Err(format!(
-            "the encrypted value has format {version:?}; this release reads {FORMAT_VERSION:?}"
-        ));
-    };
+    let encoded = versioned(text)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|e| format!("the encrypted value is not base64url: {e}"))?;
@@ -117,15 +198,10 @@ pub(crate) fn open_bytes(
     // Decrypted where it lies: the nonce's bytes dropped, the tag taken off.
     let mut buffer = Zeroizing::new(bytes);
     buffer.drain(..NONCE_LEN);
-    let aad = associated_data(subject, path);
-    cipher
-        .decrypt_in_place(&nonce, &aad, &mut *buffer)
-        .map_err(|_| {
-            format!(
-                "the encrypted value does not authenticate for subject {subject:?} at this \
-                 field: it was changed, or copied from another subject or field"
-            )
-        })?;
+    with_associated_data(subject, path, |aad| {
+        cipher.decrypt_in_place(&nonce, aad, &mut *buffer)
+    })
+    .map_err(|_| not_authentic(subject))?;
     Ok(buffer)
 }
 
@@ -154,6 +230,49 @@ mod tests {
         }
         let e = open_value(&cipher(2), "alice", "address", text).unwrap_err();
         assert!(e.contains("does not authenticate"), "{e}");
+    }
+
+    #[test]
+    fn open_into_agrees_with_open_bytes_and_leaves_out_alone_on_error() {
+        let c = cipher(1);
+        let long = "x".repeat(2000);
+        for value in [
+            json!("ada@example.com"),
+            json!({"street": "1 Main St"}),
+            json!(long),
+        ] {
+            let sealed = seal_value(&c, "alice", "email", &value).unwrap();
+            let text = sealed_text(&sealed).unwrap();
+            let mut out = String::from("{\"a\":");
+            open_into(&c, "alice", "email", text, &mut out).unwrap();
+            let plain = open_bytes(&c, "alice", "email", text).unwrap();
+            assert_eq!(&out["{\"a\":".len()..].as_bytes(), &plain.as_slice());
+            let mut out = String::from("kept");
+            let e = open_into(&c, "bob", "email", text, &mut out).unwrap_err();
+            assert!(e.contains("does not authenticate"), "{e}");
+            assert_eq!(out, "kept");
+        }
+        let mut out = String::new();
+        assert!(
+            open_into(&c, "s", "f", "v1.AAAA", &mut out)
+                .unwrap_err()
+                .contains("fewer than")
+        );
+        assert!(
+            open_into(&c, "s", "f", "v1.!!", &mut out)
+                .unwrap_err()
+                .contains("base64url")
+        );
+        assert!(
+            open_into(&c, "s", "f", "v2.AAAA", &mut out)
+                .unwrap_err()
+                .contains("\"v2\"")
+        );
+        // Associated data longer than the stack buffer still authenticates.
+        let subject = "s".repeat(300);
+        let sealed = seal_value(&c, &subject, "f", &json!(1)).unwrap();
+        open_into(&c, &subject, "f", sealed_text(&sealed).unwrap(), &mut out).unwrap();
+        assert_eq!(out, "1");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aes_gcm::Aes256Gcm;
 use serde_json::Value;
 
-use super::cipher::{open_bytes, open_value, seal_value, sealed_text};
+use super::cipher::{open_into, open_value, seal_value, sealed_text};
 use super::scan::Scan;
 
 /// One personal field: its path in the event's data and the JSON value readers get once
@@ -430,17 +430,8 @@ impl Fields {
             };
             out.push_str(before);
             match cipher {
-                Some(cipher) => {
-                    let plain = open_bytes(cipher, subject, &sealed.path, text)
-                        .map_err(|m| (sealed.path.clone(), m))?;
-                    let plain = std::str::from_utf8(&plain).map_err(|_| {
-                        (
-                            sealed.path.clone(),
-                            "the decrypted value is not UTF-8 text".to_owned(),
-                        )
-                    })?;
-                    out.push_str(plain);
-                }
+                Some(cipher) => open_into(cipher, subject, &sealed.path, text, &mut out)
+                    .map_err(|m| (sealed.path.clone(), m))?,
                 None => {
                     out.push_str(
                         self.fields

@@ -36,6 +36,8 @@ pub(crate) struct Scan {
 }
 
 struct Scanner<'a> {
+    /// The text, and its bytes (what the cursor walks).
+    s: &'a str,
     b: &'a [u8],
     i: usize,
     subject_field: &'a str,
@@ -49,6 +51,7 @@ struct Scanner<'a> {
 /// when the text holds something the scanner leaves to the slow path.
 pub(crate) fn scan(json: &str, subject_field: &str) -> Option<Scan> {
     let mut s = Scanner {
+        s: json,
         b: json.as_bytes(),
         i: 0,
         subject_field,
@@ -118,9 +121,10 @@ impl<'a> Scanner<'a> {
         Some((start..i, escaped))
     }
 
+    /// The text of `range`: the inside of a string, so it starts and ends next to a
+    /// quote, on character boundaries (checked, not validated again).
     fn text(&self, range: Range<usize>) -> Option<&'a str> {
-        let bytes: &'a [u8] = self.b;
-        std::str::from_utf8(bytes.get(range)?).ok()
+        self.s.get(range)
     }
 
     fn value(&mut self, depth: usize) -> Option<()> {

@@ -8,8 +8,7 @@ use serde_json::Value;
 use super::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
 use crate::keys::{
     Compiled, DEFAULT_KEY_CACHE, Fields, KeyError, KeyStore, Keys, PersonalData, PersonalEvent,
-    find_encrypted,
-    scan, subject_of,
+    find_encrypted, scan, subject_of,
 };
 use crate::message::Metadata;
 
@@ -103,7 +102,7 @@ impl Store {
     }
 
     /// Whether this store encrypts `event` exactly as described (same subject, same
-    /// fields and replacements): what [`wiring`](crate::wiring) checks at start.
+    /// fields and replacements): what a generated `Wiring::start` checks.
     pub fn encrypts(&self, event: &PersonalEvent) -> bool {
         self.personal_data()
             .and_then(|d| d.event(event.event_type()))
@@ -185,33 +184,43 @@ impl Store {
 
     /// Decrypts the personal fields of `events` in place (replacements where a key is
     /// gone, listed by [`RecordedEvent::redacted`]).
+    ///
+    /// Events whose subject's key is cached open without waiting, in one pass (a large
+    /// page on a multi-threaded runtime in two halves, one on a scoped thread of its
+    /// own); the others (a key to fetch, a record the fast scanner leaves) then one by one.
     pub(crate) async fn reveal(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
         let Some(compiled) = &self.personal.fields else {
             return Ok(());
         };
-        // The description of the previous event's type: a page of events often holds
-        // few types, and a comparison costs less than a hash.
-        let mut last: Option<(std::sync::Arc<str>, Option<&Fields>)> = None;
-        for event in events {
-            let fields = match &last {
-                Some((event_type, fields)) if **event_type == *event.event_type => *fields,
-                _ => {
-                    let fields = compiled.events.get(&*event.event_type);
-                    last = Some((event.event_type.clone(), fields));
-                    fields
-                }
-            };
-            let Some(fields) = fields else {
+        let keys = self.keys()?;
+        let deferred = if events.len() >= PARALLEL_PAGE
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            tokio::task::block_in_place(|| {
+                let (first, second) = events.split_at_mut(events.len() / 2);
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| open_cached(keys, compiled, second));
+                    let mut deferred = open_cached(keys, compiled, first)?;
+                    let theirs = other.join().map_err(|_| {
+                        StoreError::Encode("decrypting a page of events panicked".into())
+                    })??;
+                    let offset = first.len();
+                    deferred.extend(theirs.into_iter().map(|i| i + offset));
+                    Ok::<_, StoreError>(deferred)
+                })
+            })?
+        } else {
+            open_cached(keys, compiled, events)?
+        };
+        for i in deferred {
+            let event = &mut events[i];
+            let Some(fields) = compiled.events.get(&*event.event_type) else {
                 continue;
             };
-            let (stream, position) = (event.stream.clone(), event.position);
-            let place = move |field: String, message: String| StoreError::PersonalData {
-                stream: stream.to_string(),
-                position: Some(position),
-                field,
-                message,
-            };
-            let (data, redacted) = open(self.keys()?, fields, &event.data, place).await?;
+            let place = place_of(event);
+            let (data, redacted) = open(keys, fields, &event.data, place).await?;
             event.data = data;
             event.redacted = redacted;
         }
@@ -275,6 +284,77 @@ impl Store {
         snapshot.state = state;
         Ok(Some(snapshot))
     }
+}
+
+/// Pages of at least this many events are opened on two threads.
+const PARALLEL_PAGE: usize = 512;
+
+/// The error maker of an event's field that does not open.
+fn place_of(event: &RecordedEvent) -> impl Fn(String, String) -> StoreError + use<> {
+    let (stream, position) = (event.stream.clone(), event.position);
+    move |field: String, message: String| StoreError::PersonalData {
+        stream: stream.to_string(),
+        position: Some(position),
+        field,
+        message,
+    }
+}
+
+/// Opens, without waiting, the events whose subject's answer is cached and whose text
+/// the fast scanner reads; the indexes of the others, for the path that may wait.
+fn open_cached(
+    keys: &Keys,
+    compiled: &Compiled,
+    events: &mut [RecordedEvent],
+) -> Result<Vec<usize>, StoreError> {
+    let mut deferred = Vec::new();
+    // The description of the previous event's type: a page of events often holds few
+    // types, and a comparison costs less than a hash.
+    let mut last: Option<(std::sync::Arc<str>, Option<&Fields>)> = None;
+    for (i, event) in events.iter_mut().enumerate() {
+        let fields = match &last {
+            Some((event_type, fields))
+                if std::sync::Arc::ptr_eq(event_type, &event.event_type)
+                    || **event_type == *event.event_type =>
+            {
+                *fields
+            }
+            _ => {
+                let fields = compiled.events.get(&*event.event_type);
+                last = Some((event.event_type.clone(), fields));
+                fields
+            }
+        };
+        let Some(fields) = fields else {
+            continue;
+        };
+        let Some(found) = scan(&event.data, fields.subject_field()) else {
+            deferred.push(i);
+            continue;
+        };
+        if found.sealed.is_empty() {
+            continue;
+        }
+        let Some(subject) = found
+            .subject
+            .clone()
+            .and_then(|r| event.data.get(r))
+            .filter(|s| !s.is_empty())
+        else {
+            deferred.push(i);
+            continue;
+        };
+        let Some(cipher) = keys.cached(subject) else {
+            deferred.push(i);
+            continue;
+        };
+        let (data, redacted) = fields
+            .splice(&event.data, &found, subject, cipher.as_deref())
+            .map_err(|(field, message)| place_of(event)(field, message))?;
+        event.data = data;
+        event.redacted = redacted;
+    }
+    Ok(deferred)
 }
 
 /// Seals `data`'s declared fields with its subject's key; `what` names the record in

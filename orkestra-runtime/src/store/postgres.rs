@@ -581,6 +581,36 @@ impl PostgresStore {
         })
     }
 
+    /// Runs one append `attempt` on a pooled connection, and again after a serialization
+    /// failure (a concurrent writer took the version or an id first: the next round
+    /// reports a stale expectation, a repeat or a duplicate, or, for `Any`, writes after
+    /// it), at most `ANY_RETRIES` times; wakes the store's subscribers once something
+    /// was written.
+    async fn appending<'a, F>(&self, mut attempt: F) -> Result<AppendResult, StoreError>
+    where
+        F: FnMut(
+            deadpool_postgres::Object,
+        )
+            -> BoxFuture<'a, Result<Result<AppendResult, StoreError>, tokio_postgres::Error>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match attempt(self.client().await?).await {
+                Ok(Ok(result)) => {
+                    if result.written {
+                        self.changes.send_modify(|c| *c += 1);
+                        self.wake.notify_one();
+                    }
+                    return Ok(result);
+                }
+                Ok(Err(refused)) => return Err(refused),
+                Err(e) if retryable(&e) && attempts <= ANY_RETRIES => {}
+                Err(e) => return Err(backend_error(e)),
+            }
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
@@ -1266,26 +1296,11 @@ impl Backend for PostgresStore {
                     "at most {MAX_APPEND} events per append"
                 )));
             }
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                let client = self.client().await?;
-                match Self::try_append(&client, stream, expected, &events).await {
-                    Ok(Ok(result)) => {
-                        if result.written {
-                            self.changes.send_modify(|c| *c += 1);
-                            self.wake.notify_one();
-                        }
-                        return Ok(result);
-                    }
-                    Ok(Err(refused)) => return Err(refused),
-                    // A concurrent writer took the version (or an id) first: look again;
-                    // the next round reports a stale expectation, a repeat or a duplicate,
-                    // or (for `Any`) writes after it.
-                    Err(e) if retryable(&e) && attempts <= ANY_RETRIES => {}
-                    Err(e) => return Err(backend_error(e)),
-                }
-            }
+            let events = &events;
+            self.appending(move |client| {
+                Box::pin(async move { Self::try_append(&client, stream, expected, events).await })
+            })
+            .await
         })
     }
 
@@ -1310,35 +1325,28 @@ impl Backend for PostgresStore {
                  ORDER BY position LIMIT 1"
             );
             let from = condition.after.map_or(0, |a| sql_int(a).saturating_add(1));
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                let mut client = self.client().await?;
-                match Self::try_append_if(
-                    &mut client,
-                    stream,
-                    expected,
-                    &events,
-                    (&keys, &exclusive),
-                    (&check, from, &texts),
-                )
-                .await
-                {
-                    Ok(Ok(result)) => {
-                        if result.written {
-                            self.changes.send_modify(|c| *c += 1);
-                            self.wake.notify_one();
+            let (events, keys, exclusive, check, texts) =
+                (&events, &keys, &exclusive, &check, &texts);
+            self.appending(move |mut client| {
+                Box::pin(async move {
+                    let result = Self::try_append_if(
+                        &mut client,
+                        stream,
+                        expected,
+                        events,
+                        (keys, exclusive),
+                        (check, from, texts),
+                    )
+                    .await?;
+                    Ok(result.map_err(|refusal| match refusal {
+                        Refusal::Store(refused) => refused,
+                        Refusal::Condition(conflict) => {
+                            conflict.into_error(stream, condition.after)
                         }
-                        return Ok(result);
-                    }
-                    Ok(Err(Refusal::Store(refused))) => return Err(refused),
-                    Ok(Err(Refusal::Condition(conflict))) => {
-                        return Err(conflict.into_error(stream, condition.after));
-                    }
-                    Err(e) if retryable(&e) && attempts <= ANY_RETRIES => {}
-                    Err(e) => return Err(backend_error(e)),
-                }
-            }
+                    }))
+                })
+            })
+            .await
         })
     }
 
@@ -1366,28 +1374,28 @@ impl Backend for PostgresStore {
             );
             params.push((&limit, Type::INT8));
             let (keys, exclusive) = query_keys(query);
-            let mut client = self.client().await?;
+            let client = self.client().await?;
             let rows = async {
                 // The boundary's locks, then the read in a statement of their own: every
                 // writer of a matching event that held its lock has committed, and none
                 // can write one until this transaction ends ("Decisions across streams").
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
-                    .start()
-                    .await?;
-                let lock = tx
+                let lock = client
                     .prepare_cached("SELECT orkestra_lock_boundary($1, $2)")
                     .await?;
-                // Sent together (one round trip); the server runs them in order.
-                // Unnamed and typed: planned for the table and these values each time.
+                // The whole transaction in one round trip: each request is queued on the
+                // connection when its future is first polled, and `try_join!` polls them
+                // in this order, so the server gets BEGIN, the locks, the read and COMMIT
+                // in that order even if this future is dropped or one of them fails (a
+                // failed one aborts the transaction, and its COMMIT rolls back). The read
+                // is unnamed and typed: planned for the table and these values each time.
                 let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                     [&keys, &exclusive];
-                let (_, rows) = futures_util::try_join!(
-                    tx.execute(&lock, &lock_params),
-                    tx.query_typed(&sql, &params),
+                let (_, _, rows, _) = futures_util::try_join!(
+                    client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+                    client.execute(&lock, &lock_params),
+                    client.query_typed(&sql, &params),
+                    client.batch_execute("COMMIT"),
                 )?;
-                tx.commit().await?;
                 Ok::<_, tokio_postgres::Error>(rows)
             }
             .await
