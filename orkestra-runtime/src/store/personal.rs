@@ -8,8 +8,7 @@ use serde_json::Value;
 use super::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
 use crate::keys::{
     Compiled, DEFAULT_KEY_CACHE, Fields, KeyError, KeyStore, Keys, PersonalData, PersonalEvent,
-    find_encrypted,
-    scan, subject_of,
+    find_encrypted, scan, subject_of,
 };
 use crate::message::Metadata;
 
