@@ -161,6 +161,26 @@ impl Validator {
                 );
             }
             for p in &m.process_managers {
+                let personal_key =
+                    p.starts_on
+                        .iter()
+                        .chain(&p.handles)
+                        .chain(&p.ends_on)
+                        .find(|r| {
+                            modules
+                                .iter()
+                                .filter(|m| m.ident == r.module)
+                                .flat_map(|m| &m.events)
+                                .filter(|e| e.name == r.name)
+                                .flat_map(|e| &e.fields)
+                                .any(|f| f.name == p.correlate_by && f.personal)
+                        });
+                if let Some(r) = personal_key {
+                    self.error(
+                        &p.span,
+                        format!("process manager `{}` correlates by `{}`, which is personal in event `{}`: the instance key is stored in plain text (in its stream name and step records); correlate by an id instead", p.name, p.correlate_by, r.name),
+                    );
+                }
                 for f in &p.state {
                     let inside = if f.personal {
                         Some("it is marked personal".to_owned())
