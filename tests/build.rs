@@ -14,6 +14,7 @@ const GOLDENS: &[&str] = &[
     "projections",
     "process_managers",
     "decisions",
+    "personal",
 ];
 
 fn main() {

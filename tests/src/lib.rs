@@ -59,6 +59,14 @@ pub mod decisions {
     include!(concat!(env!("OUT_DIR"), "/decisions.rs"));
 }
 
+/// Generated from `orkestra-gen/tests/golden/personal/customers.yaml`: personal fields
+/// (direct, with a replacement, through a named type, in a list, a whole named-type
+/// field), a `Customer` aggregate with personal state, and bindings with and without
+/// personal events.
+pub mod personal {
+    include!(concat!(env!("OUT_DIR"), "/personal.rs"));
+}
+
 /// Generated from `orkestra-gen/tests/golden/evolution/inventory.yaml`: events at
 /// version 2 and 3 with declarative and custom upcast steps, and a command whose nested
 /// struct types are checked for unknown keys.

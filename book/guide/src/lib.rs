@@ -1,7 +1,7 @@
 //! The Orkestra guide (`book/src`), compiled: every chapter is included below as the docs
 //! of an empty module, so `cargo test -p orkestra-guide --doc` compiles (and, unless a
 //! block is `no_run`, runs) each of its Rust snippets against the code generated from
-//! `schemas/` (this crate's `orders`, `accounts`, `ledger` and `fulfil` modules). The
+//! `schemas/` (this crate's `orders`, `accounts`, `ledger`, `fulfil` and `customers` modules). The
 //! getting-started chapter shows the files of the crate `book/getting-started` (what
 //! `orkestra-gen new my-shop` writes), which the workspace builds and tests itself.
 //!

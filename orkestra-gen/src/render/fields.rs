@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{CG, RT, docs, item_path};
+use super::{CG, RT, item_path};
 use crate::model::*;
 use crate::names::{doc_attrs, pascal, snake, str_lit};
 
@@ -247,7 +247,7 @@ pub(super) fn field_ctx(owner: &str, field: &Field, in_type: bool, here: &str) -
     let statements = rule_statements(field, &path);
     FieldCtx {
         wire: str_lit(&field.name),
-        doc: docs(field.description.as_deref(), &format!("`{}`", field.name)),
+        doc: field_doc(field),
         declared,
         borrowed: borrowed_ty(&field.ty, here),
         inner,
@@ -314,5 +314,22 @@ pub(super) fn json_expr(lit: &Literal) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// A field's doc comment: its description (or its name), and for a personal field what
+/// that means to whoever reads it.
+fn field_doc(field: &Field) -> String {
+    let text = field
+        .description
+        .clone()
+        .unwrap_or_else(|| format!("`{}`", field.name));
+    if field.personal {
+        doc_attrs(&format!(
+            "{text}\n\nPersonal data: stored encrypted with its subject's key; once the subject \
+             is forgotten, readers get its replacement."
+        ))
+    } else {
+        doc_attrs(&text)
     }
 }
