@@ -681,6 +681,20 @@ async fn handle_delivery(
     prepared: Prepared,
 ) -> Settled {
     let Prepared { delivery, decoded } = prepared;
+    // Personal fields opened before anything decodes the data: a value that does not
+    // open is dead-lettered (the body as it came, sealed), a key store down is retried.
+    let mut keys_down = None;
+    let decoded = match decoded {
+        Ok(message) => match wire::open(message.clone(), bus.sealer().as_deref()).await {
+            wire::Opened::Ready(opened) => Ok(opened),
+            wire::Opened::Refused(reason) => Err(reason),
+            wire::Opened::KeysDown(reason) => {
+                keys_down = Some(reason);
+                Ok(message)
+            }
+        },
+        Err(reason) => Err(reason),
+    };
     let headers = delivery.properties.headers().as_ref();
     let attempt = headers::rejections(headers, queue).saturating_add(1);
     let max_retries =
@@ -718,8 +732,9 @@ async fn handle_delivery(
     } else {
         Span::none()
     };
-    let outcome = match &decoded {
-        Ok(message) => {
+    let outcome = match (&decoded, keys_down) {
+        (Ok(_), Some(reason)) => Outcome::Failed(reason),
+        (Ok(message), None) => {
             let runner = Runner {
                 traced,
                 ..runner(bus)
@@ -729,7 +744,7 @@ async fn handle_delivery(
                 .instrument(span.clone())
                 .await
         }
-        Err(reason) => Outcome::Undecodable(reason.clone()),
+        (Err(reason), _) => Outcome::Undecodable(reason.clone()),
     };
     let outcome_kind = match &outcome {
         Outcome::Failed(_) => OutcomeKind::Failed,
