@@ -629,6 +629,16 @@ async fn a_handler_of_personal_events_is_refused_without_keys() {
     assert!(matches!(e, StoreError::Invalid(_)), "{e:?}");
     assert!(e.to_string().contains("bus.with_keys(&store)"), "{e}");
     assert!(store.read_stream(&stream, 0, 10).await.unwrap().is_empty());
+    // So is the relay that would publish the store's events on it.
+    let e = orkestra_runtime::relay::Relay::new(store.clone(), keyless.clone())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("bus.with_keys(&store)")
+            && e.to_string().contains(CustomerRegistered::TYPE_NAME),
+        "{e}"
+    );
 
     // In-process, events stay in memory: no keys needed.
     Bus::in_process()
