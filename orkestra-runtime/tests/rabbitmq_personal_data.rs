@@ -281,6 +281,7 @@ async fn every_queue_holds_ciphertext_and_a_forgotten_subject_reads_as_replaceme
         .unwrap();
     declaring.shutdown(Duration::from_secs(5)).await.unwrap();
 
+    let mut letters = bus.dead_letters().await.unwrap();
     // A handler that reads at once, one that fails and waits a minute for its retry (its
     // messages sit in its wait queue), one out of retries at once (dead letters).
     let (now_tx, mut now_rx) = mpsc::unbounded_channel();
@@ -314,6 +315,23 @@ async fn every_queue_holds_ciphertext_and_a_forgotten_subject_reads_as_replaceme
         assert_eq!(s.data.name, person.name);
         assert!(s.redacted.is_empty());
     }
+
+    // A dead letter reaches its readers opened, as the handler would have seen it.
+    for _ in 0..2 {
+        let letter = tokio::time::timeout(WAIT, letters.recv())
+            .await
+            .expect("a dead letter")
+            .unwrap();
+        assert_eq!(letter.handler(), "Exhausted");
+        let data = letter.message().payload_json().unwrap();
+        let person = if data["customer_id"] == ada.subject.as_str() {
+            &ada
+        } else {
+            &bob
+        };
+        assert_eq!(data["email"], person.email.as_str(), "{data}");
+    }
+    drop(letters);
 
     let (connection, ch) = channel().await;
     let work = |h: &str| format!("{p}.evt.{h}");
