@@ -231,7 +231,7 @@ error::human_debug!(bus::rabbitmq::AdminError);
 pub use tokio_postgres;
 
 pub use bus::{Bus, BusError, DeadLetters, HandlerContext, Subscription, Target};
-pub use config::{Config, ConfigError, InboxMode, PublishMode, SecretUrl};
+pub use config::{Config, ConfigError, InboxMode, KeysMode, PublishMode, SecretUrl};
 pub use error::DriverError;
 pub use handler::{DEFAULT_MEMORY_INBOX, DeadLetter, EventSet, HandlerError, Inbox, InboxError};
 pub use keys::{KeyError, KeyStore};

@@ -179,6 +179,7 @@ fn refused_for_good(e: &BusError) -> bool {
             | BusError::Encode(_)
             | BusError::WrongKind(_)
             | BusError::Envelope(_)
+            | BusError::PersonalData(_)
     )
 }
 
@@ -355,6 +356,18 @@ impl Relay {
             return Err(StoreError::Invalid(format!(
                 "relay {:?}: a lease of {lease:?} is out of range (more than zero, at most a day)",
                 self.checkpoint
+            ))
+            .into());
+        }
+        if self.bus.lacks_keys_for_the_wire()
+            && let Some(event) = self.store.personal_data().and_then(|p| p.events().next())
+        {
+            return Err(StoreError::Invalid(format!(
+                "relay {:?}: the store encrypts personal fields (of {:?}, among others), and the \
+                 RabbitMQ bus it publishes on has no keys to encrypt them on the wire: give it \
+                 the store's with `bus.with_keys(&store)`",
+                self.checkpoint,
+                event.event_type()
             ))
             .into());
         }

@@ -23,8 +23,9 @@ pub use context::HandlerContext;
 pub(crate) use subscription::Input;
 pub use subscription::{Subscription, Target};
 
-use crate::config::{BusAdapter, Config, ConfigError, InboxMode};
+use crate::config::{BusAdapter, Config, ConfigError, InboxMode, KeysMode};
 use crate::handler::{DeadLetter, HandlerError, Inbox};
+use crate::keys::{KeyError, Sealer};
 use crate::message::{CommandEnvelope, EventEnvelope, Message, MessageKind, TransitionError};
 
 /// Why a bus operation failed. Handler failures are not bus errors: they are recorded in
@@ -123,6 +124,28 @@ pub enum BusError {
     /// A message could not be encoded for the wire.
     #[error("cannot encode the message: {0}")]
     Encode(String),
+    /// A handler of events with personal fields subscribed to a RabbitMQ bus without
+    /// keys: it could not open what it receives (see [`keys`](crate::keys)).
+    #[error(
+        "handler {handler:?} receives event {event_type:?}, whose personal fields travel \
+         encrypted on RabbitMQ, but this bus has no keys to open them: {fix} before subscribing"
+    )]
+    KeysRequired {
+        /// The handler refused.
+        handler: String,
+        /// The first of its events with personal fields.
+        event_type: String,
+        /// The call that gives the bus its keys.
+        fix: &'static str,
+    },
+    /// Personal data the bus cannot carry: an event without its subject, a description
+    /// the bus's keys do not share, a partition key that would be encrypted. Names the
+    /// event type and field, never a value.
+    #[error("personal data: {0}")]
+    PersonalData(String),
+    /// The key store failed (worth another try).
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 #[derive(Debug)]
@@ -134,17 +157,23 @@ struct Backend {
     inbox_mode: InboxMode,
     /// Whether [`Bus::with_inbox`] gave an inbox.
     inbox_given: std::sync::atomic::AtomicBool,
+    /// `bus.keys`: with `Store`, [`Bus::with_store`] gives the store's keys.
+    keys_mode: KeysMode,
+    /// The keys and personal data personal fields are sealed and opened with (RabbitMQ).
+    sealer: std::sync::RwLock<Option<Arc<Sealer>>>,
     /// The instruments of the meter provider installed when the bus was built.
     metrics: Option<Arc<crate::metrics::Instruments>>,
 }
 
 impl Backend {
-    fn new(adapter: Adapter, inbox_mode: InboxMode) -> Arc<Self> {
+    fn new(adapter: Adapter, inbox_mode: InboxMode, keys_mode: KeysMode) -> Arc<Self> {
         Arc::new(Self {
             adapter,
             inbox: std::sync::RwLock::new(Inbox::default()),
             inbox_mode,
             inbox_given: std::sync::atomic::AtomicBool::new(false),
+            keys_mode,
+            sealer: std::sync::RwLock::new(None),
             metrics: crate::metrics::current(),
         })
     }
@@ -179,12 +208,16 @@ impl fmt::Debug for Bus {
 impl Bus {
     /// An in-process bus: handlers run in the dispatching task, nothing is serialized.
     pub fn in_process() -> Self {
-        Self::in_process_with(InboxMode::Memory)
+        Self::in_process_with(InboxMode::Memory, KeysMode::None)
     }
 
-    fn in_process_with(inbox: InboxMode) -> Self {
+    fn in_process_with(inbox: InboxMode, keys: KeysMode) -> Self {
         Self {
-            backend: Backend::new(Adapter::InProcess(in_process::InProcess::new()), inbox),
+            backend: Backend::new(
+                Adapter::InProcess(in_process::InProcess::new()),
+                inbox,
+                keys,
+            ),
         }
     }
 
@@ -192,12 +225,13 @@ impl Bus {
     /// with [`with_store`](Self::with_store) before subscribing `once: true` handlers.
     pub async fn from_config(config: &Config) -> Result<Self, BusError> {
         match config.bus.adapter {
-            BusAdapter::InProcess => Ok(Self::in_process_with(config.bus.inbox)),
+            BusAdapter::InProcess => Ok(Self::in_process_with(config.bus.inbox, config.bus.keys)),
             #[cfg(feature = "rabbitmq")]
             BusAdapter::RabbitMq => Ok(Self {
                 backend: Backend::new(
                     Adapter::RabbitMq(Arc::new(rabbitmq::RabbitMq::connect(&config.bus).await?)),
                     config.bus.inbox,
+                    config.bus.keys,
                 ),
             }),
             #[cfg(not(feature = "rabbitmq"))]
@@ -226,6 +260,85 @@ impl Bus {
     /// `bus.inbox` as configured.
     pub(crate) fn inbox_mode(&self) -> InboxMode {
         self.backend.inbox_mode
+    }
+
+    /// `bus.keys` as configured.
+    pub(crate) fn keys_mode(&self) -> KeysMode {
+        self.backend.keys_mode
+    }
+
+    /// Seals and opens personal fields with `sealer` from now on (clones of the bus
+    /// share it); `Bus::with_keys` calls it with a store's.
+    pub(crate) fn set_sealer(&self, sealer: Option<Arc<Sealer>>) {
+        *crate::sync::write(&self.backend.sealer) = sealer;
+    }
+
+    /// What personal fields are sealed and opened with, if the bus has keys.
+    pub(crate) fn sealer(&self) -> Option<Arc<Sealer>> {
+        crate::sync::read(&self.backend.sealer).clone()
+    }
+
+    /// Whether this bus carries events out of the process (RabbitMQ), where their
+    /// personal fields must travel sealed, and has no keys to seal them with.
+    pub(crate) fn lacks_keys_for_the_wire(&self) -> bool {
+        self.is_distributed() && crate::sync::read(&self.backend.sealer).is_none()
+    }
+
+    /// On a broker, a handler of events with personal fields needs keys, the same
+    /// description of those events, and a partition key that is not encrypted.
+    fn check_personal(&self, subscription: &Subscription) -> Result<(), BusError> {
+        let Some(first) = subscription.personal.first() else {
+            return Ok(());
+        };
+        if !self.is_distributed() {
+            return Ok(());
+        }
+        let Some(sealer) = self.sealer() else {
+            return Err(BusError::KeysRequired {
+                handler: subscription.handler().to_owned(),
+                event_type: first.event_type().to_owned(),
+                fix: match self.keys_mode() {
+                    KeysMode::Store => {
+                        "bus.keys is \"store\" but no store was given: call `bus.with_store(&store)`"
+                    }
+                    _ => {
+                        "give it the store's keys with `bus.with_keys(&store)` (or set bus.keys = \"store\" and call `bus.with_store(&store)`)"
+                    }
+                },
+            });
+        };
+        for event in subscription.personal {
+            let known = sealer.personal_data().event(event.event_type());
+            if known != Some(event) {
+                return Err(BusError::PersonalData(format!(
+                    "handler {:?} receives event {:?}, whose personal fields the store given to \
+                     `Bus::with_keys` {}: give the store the namespace's description \
+                     (`store.with_personal_data(..)`) before giving it to the bus",
+                    subscription.handler(),
+                    event.event_type(),
+                    if known.is_some() {
+                        "describes differently"
+                    } else {
+                        "does not encrypt"
+                    },
+                )));
+            }
+            if let (Some(field), Some(fields)) = (
+                subscription.partition_by.as_deref(),
+                sealer.fields(event.event_type()),
+            ) && fields.covers_top_level(field)
+            {
+                return Err(BusError::PersonalData(format!(
+                    "handler {:?} partitions by field {field:?}, which holds personal data of \
+                     event {:?}: it travels encrypted, so it cannot choose a partition; \
+                     partition by the subject field {:?} or by correlation_id",
+                    subscription.handler(),
+                    event.event_type(),
+                    fields.subject_field(),
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// With `bus.inbox = "store"`, a `once: true` handler needs the store's inbox.
@@ -257,8 +370,14 @@ impl Bus {
 
     /// Adds a handler. A second handler for one command type, or a second handler with
     /// the same name, is an error.
+    ///
+    /// On RabbitMQ a handler whose binding declares events with personal fields
+    /// ([`Subscription::with_personal_data`]) needs the bus's keys
+    /// ([`with_keys`](Self::with_keys)): without them it is
+    /// [`BusError::KeysRequired`], naming the handler, the event and the call to make.
     pub async fn subscribe(&self, mut subscription: Subscription) -> Result<(), BusError> {
         self.check_inbox(&subscription)?;
+        self.check_personal(&subscription)?;
         if let Some(instruments) = &self.backend.metrics {
             subscription.meters = Some(Arc::new(self.bind_meters(instruments, &subscription)));
         }
@@ -406,7 +525,7 @@ impl Bus {
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => {
                 let started = self.backend.metrics.as_ref().map(|_| crate::metrics::now());
-                let sent = b.publish(envelope).await;
+                let sent = b.publish(envelope, self.sealer().as_deref()).await;
                 if let (Some(started), Ok(envelope)) = (started, &sent) {
                     self.broker_sent(envelope.message(), "send", started);
                 }
@@ -468,7 +587,7 @@ impl Bus {
             #[cfg(feature = "rabbitmq")]
             Adapter::RabbitMq(b) => {
                 let started = self.backend.metrics.as_ref().map(|_| crate::metrics::now());
-                let sent = b.publish(envelope).await;
+                let sent = b.publish(envelope, self.sealer().as_deref()).await;
                 if let (Some(started), Ok(envelope)) = (started, &sent) {
                     self.broker_sent(envelope.message(), "send", started);
                 }
@@ -495,7 +614,10 @@ impl Bus {
                 Ok(())
             }
             #[cfg(feature = "rabbitmq")]
-            Adapter::RabbitMq(b) => b.dead_letter_from(message, handler, reason, attempts).await,
+            Adapter::RabbitMq(b) => {
+                b.dead_letter_from(message, handler, reason, attempts, self.sealer().as_deref())
+                    .await
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! adapter = "rabbitmq"          # "in_process" (default) | "rabbitmq"
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! inbox = "store"               # "memory" (default) | "store": once-handlers' record in the store
+//! keys = "store"                # "none" (default) | "store": personal data sealed with the store's keys
 //! [store]
 //! adapter = "postgres"          # "sqlite" (default) | "memory" | "postgres" | "eventstoredb"
 //! url = "postgres://postgres@127.0.0.1:5432/test"
@@ -150,6 +151,29 @@ impl InboxMode {
     }
 }
 
+/// Where the bus gets the keys of personal data (`bus.keys`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeysMode {
+    /// No keys unless `Bus::with_keys` gives them: a RabbitMQ bus then refuses to
+    /// subscribe handlers of events with personal fields.
+    #[default]
+    None,
+    /// The keys and personal data of the store given to `Bus::with_store`: the RabbitMQ
+    /// bus seals personal fields on publish and opens them on consume. Handlers of
+    /// personal events are refused until the store is given.
+    Store,
+}
+
+impl KeysMode {
+    const NAMES: &'static [(&'static str, Self)] = &[("none", Self::None), ("store", Self::Store)];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
 fn name_of<T: PartialEq + Copy>(names: &[(&'static str, T)], value: T) -> &'static str {
     names
         .iter()
@@ -193,6 +217,9 @@ pub struct BusConfig {
     /// Where `once: true` handlers record what they handled: `memory` (default) or
     /// `store` (env `ORKESTRA_BUS_INBOX`).
     pub inbox: InboxMode,
+    /// Where the bus gets the keys of personal data: `none` (default) or `store` (env
+    /// `ORKESTRA_BUS_KEYS`): the store given to `Bus::with_store`.
+    pub keys: KeysMode,
 }
 
 impl Default for BusConfig {
@@ -210,6 +237,7 @@ impl Default for BusConfig {
             prefix: "orkestra".to_owned(),
             queue_expiry_ms: None,
             inbox: InboxMode::Memory,
+            keys: KeysMode::None,
         }
     }
 }
@@ -354,7 +382,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads `./orkestra.toml` when it exists, then applies the `ORKESTRA_BUS_ADAPTER`,
-    /// `ORKESTRA_BUS_URL`, `ORKESTRA_BUS_INBOX`, `ORKESTRA_STORE_ADAPTER`,
+    /// `ORKESTRA_BUS_URL`, `ORKESTRA_BUS_INBOX`, `ORKESTRA_BUS_KEYS`, `ORKESTRA_STORE_ADAPTER`,
     /// `ORKESTRA_STORE_URL`, `ORKESTRA_STORE_PUBLISH`, `ORKESTRA_STORE_POOL_SIZE` and
     /// `ORKESTRA_STORE_POOL_TIMEOUT_MS` and `ORKESTRA_RUNNERS_LEASE` overrides.
     pub fn load() -> Result<Self, ConfigError> {
@@ -404,6 +432,10 @@ impl Config {
         if let Some(value) = var("ORKESTRA_BUS_INBOX") {
             let origin = "env ORKESTRA_BUS_INBOX".to_owned();
             self.bus.inbox = choice("bus.inbox", InboxMode::NAMES, &value, origin)?;
+        }
+        if let Some(value) = var("ORKESTRA_BUS_KEYS") {
+            let origin = "env ORKESTRA_BUS_KEYS".to_owned();
+            self.bus.keys = choice("bus.keys", KeysMode::NAMES, &value, origin)?;
         }
         if let Some(value) = var("ORKESTRA_STORE_PUBLISH") {
             let origin = "env ORKESTRA_STORE_PUBLISH".to_owned();
@@ -539,6 +571,9 @@ impl Config {
             if let Some(i) = bus.inbox {
                 config.bus.inbox =
                     choice("bus.inbox", InboxMode::NAMES, i.get_ref(), at(i.span()))?;
+            }
+            if let Some(k) = bus.keys {
+                config.bus.keys = choice("bus.keys", KeysMode::NAMES, k.get_ref(), at(k.span()))?;
             }
         }
         if let Some(store) = raw.store {
@@ -707,6 +742,7 @@ struct RawSection {
     prefix: Option<Spanned<String>>,
     queue_expiry_ms: Option<Spanned<i64>>,
     inbox: Option<Spanned<String>>,
+    keys: Option<Spanned<String>>,
 }
 
 fn adapter<T: Copy>(
@@ -928,6 +964,27 @@ mod tests {
             e.to_string(),
             "store.pool_timeout_ms (env ORKESTRA_STORE_POOL_TIMEOUT_MS): 0 is out of range; expected 1 to 3600000"
         );
+    }
+
+    #[test]
+    fn bus_keys_are_none_or_store_with_located_errors() {
+        assert_eq!(Config::default().bus.keys, KeysMode::None);
+        let c = Config::from_toml_str("[bus]\nkeys = \"store\"\n").unwrap();
+        assert_eq!(c.bus.keys, KeysMode::Store);
+        assert_eq!(c.bus.keys.name(), "store");
+        let e = Config::from_toml_str("[bus]\nkeys = \"kms\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bus.keys (orkestra.toml:2:8): unknown value \"kms\"; expected one of: none, store"
+        );
+        let c = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_BUS_KEYS").then(|| "store".to_owned()))
+            .unwrap();
+        assert_eq!(c.bus.keys, KeysMode::Store);
+        let e = Config::default()
+            .with_env_overrides(|k| (k == "ORKESTRA_BUS_KEYS").then(|| "yes".to_owned()))
+            .unwrap_err();
+        assert!(e.to_string().contains("env ORKESTRA_BUS_KEYS"), "{e}");
     }
 
     #[test]

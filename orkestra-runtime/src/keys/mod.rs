@@ -43,6 +43,7 @@ mod personal;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod scan;
+mod sealing;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -62,6 +63,7 @@ pub use personal::{PersonalData, PersonalEvent, PersonalField, PersonalState};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresKeyStore;
 pub(crate) use scan::scan;
+pub(crate) use sealing::{SealError, Sealer, Sealing};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteKeyStore;
 

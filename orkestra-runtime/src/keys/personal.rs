@@ -370,6 +370,29 @@ impl Fields {
         Ok(())
     }
 
+    /// Replaces every declared personal value of `data` (not null) with its field's
+    /// replacement, as a reader gets it once the subject is forgotten; returns the
+    /// paths replaced. What a carrier does with an event of a forgotten subject it
+    /// cannot seal any more.
+    pub(crate) fn redact(&self, data: &mut Value) -> Vec<String> {
+        let mut redacted = Vec::new();
+        for f in &self.fields {
+            let _ = visit_mut(data, &f.segments, &mut String::new(), &mut |path, v| {
+                if !v.is_null() {
+                    *v = f.replacement.clone();
+                    redacted.push(path.to_owned());
+                }
+                Ok(())
+            });
+        }
+        redacted
+    }
+
+    /// Whether `path` (a top-level field name) is personal, or holds a personal field.
+    pub(crate) fn covers_top_level(&self, name: &str) -> bool {
+        self.fields.iter().any(|f| f.segments[0].name == name)
+    }
+
     /// Replaces every value of `data` in the stored form with what it holds (`cipher`)
     /// or, without a key, with its field's replacement (`null` for a value found where
     /// no field is declared now); returns the paths replaced. The error is
@@ -617,6 +640,23 @@ mod tests {
         assert_eq!(d["address"], json!({}));
         assert_eq!(d["contacts"][0], json!({"phone": null, "kind": "home"}));
         assert_eq!(d["plan"], json!("gold"));
+    }
+
+    #[test]
+    fn redacting_replaces_every_declared_value_as_a_reader_would_see_it() {
+        let f = fields();
+        let mut d = data();
+        let redacted = f.redact(&mut d);
+        assert_eq!(
+            redacted,
+            ["email", "contacts[0].phone", "contacts[2].phone", "address"]
+        );
+        assert_eq!(d["email"], json!(""));
+        assert_eq!(d["name"], Value::Null, "null stays null, and is not listed");
+        assert_eq!(d["contacts"][0], json!({"phone": null, "kind": "home"}));
+        assert_eq!(d["address"], json!({}));
+        assert_eq!(d["plan"], json!("gold"));
+        assert!(f.covers_top_level("contacts") && !f.covers_top_level("plan"));
     }
 
     /// The fast path (scan and splice the text) gives what the slow one (a parsed

@@ -84,6 +84,16 @@ impl<D: EventPayload> Event<D> {
     }
 }
 
+impl<D> Event<D> {
+    /// The paths of the personal fields (`email`, `contacts[1].phone`) this event was read
+    /// with as their replacement, because their subject was forgotten; empty otherwise
+    /// (and always for an event built in this process). Kept in the
+    /// [`metadata`](Metadata::redacted), so `Event`'s fields are as they were.
+    pub fn redacted(&self) -> &[String] {
+        self.metadata.redacted()
+    }
+}
+
 impl<D> Deref for Event<D> {
     type Target = D;
     fn deref(&self) -> &D {

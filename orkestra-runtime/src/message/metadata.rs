@@ -63,6 +63,11 @@ pub struct Metadata {
     /// (a stored event replayed, a message from a broker) link back to its origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_context: Option<TraceContext>,
+    /// The paths of the personal fields this message's reader got as their replacement
+    /// (the subject was forgotten): see [`redacted`](Self::redacted). Written only when
+    /// there are some, so a message without does not grow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    redacted: Vec<String>,
 }
 
 impl Metadata {
@@ -76,6 +81,26 @@ impl Metadata {
             source: None,
             issued_at: Utc::now(),
             trace_context: None,
+            redacted: Vec::new(),
+        }
+    }
+
+    /// The paths of the personal fields (`email`, `contacts[1].phone`) that were read as
+    /// their replacement because their subject was forgotten; empty otherwise. Set by
+    /// the store's reads (`RecordedEvent::decode`) and by the RabbitMQ consumer;
+    /// [`Event::redacted`](super::Event::redacted) reads it.
+    /// A message caused by this one ([`derive`](Self::derive)) does not inherit it.
+    pub fn redacted(&self) -> &[String] {
+        &self.redacted
+    }
+
+    /// Adds `paths` to [`redacted`](Self::redacted) (each once).
+    pub(crate) fn add_redacted<S: AsRef<str>>(&mut self, paths: impl IntoIterator<Item = S>) {
+        for path in paths {
+            let path = path.as_ref();
+            if !self.redacted.iter().any(|p| p == path) {
+                self.redacted.push(path.to_owned());
+            }
         }
     }
 
@@ -112,6 +137,7 @@ impl Metadata {
             source: parent.source.clone(),
             issued_at: Utc::now(),
             trace_context: None,
+            redacted: Vec::new(),
         }
     }
 }
@@ -131,4 +157,30 @@ pub struct TraceContext {
     /// Vendor trace state, possibly empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tracestate: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list of redacted fields is written only when there are some: a message
+    /// without any serializes as before, and one written before it existed still reads.
+    #[test]
+    fn redacted_fields_are_written_only_when_there_are_some() {
+        let mut metadata = Metadata::new();
+        let plain = serde_json::to_string(&metadata).unwrap();
+        assert!(!plain.contains("redacted"), "{plain}");
+        let old: Metadata = serde_json::from_str(&plain).unwrap();
+        assert!(old.redacted().is_empty());
+
+        metadata.add_redacted(["email", "contacts[0].phone", "email"]);
+        assert_eq!(metadata.redacted(), ["email", "contacts[0].phone"]);
+        let text = serde_json::to_string(&metadata).unwrap();
+        let back: Metadata = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.redacted(), ["email", "contacts[0].phone"]);
+        assert!(
+            Metadata::derive(&back, "parent").redacted().is_empty(),
+            "a message it causes is new data"
+        );
+    }
 }

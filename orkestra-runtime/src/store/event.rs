@@ -270,8 +270,16 @@ impl RecordedEvent {
         Ok(Event {
             id: self.id.clone(),
             data,
-            metadata: self.metadata.clone(),
+            metadata: self.read_metadata(),
         })
+    }
+
+    /// The metadata as a reader gets it: with the fields read as their replacement
+    /// ([`Event::redacted`]).
+    fn read_metadata(&self) -> Metadata {
+        let mut metadata = self.metadata.clone();
+        metadata.add_redacted(&self.redacted);
+        metadata
     }
 
     /// The event as JSON, with the topic it would be published on.
@@ -282,7 +290,7 @@ impl RecordedEvent {
             version: self.schema_version,
             topic: topic.into(),
             data: self.data()?,
-            metadata: self.metadata.clone(),
+            metadata: self.read_metadata(),
         })
     }
 }

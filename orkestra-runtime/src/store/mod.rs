@@ -698,6 +698,16 @@ fn check_checkpoint_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl Store {
+    /// The store's key cache and personal data, shared, for a bus that seals what it
+    /// carries (`Bus::with_keys`); `None` when the store keeps no keys.
+    pub(crate) fn sealer(&self) -> Option<crate::keys::Sealer> {
+        let keys = self.personal.keys.clone()?;
+        let fields = self.personal.fields.clone().unwrap_or_default();
+        Some(crate::keys::Sealer::new(keys, fields))
+    }
+}
+
 /// `bus.with_inbox(&store)`: the store's own inbox (SQLite, PostgreSQL); for an adapter
 /// without one (memory, EventStoreDB) the default bounded memory inbox, with a warning.
 impl From<&Store> for crate::handler::Inbox {

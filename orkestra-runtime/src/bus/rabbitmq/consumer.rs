@@ -428,7 +428,7 @@ impl Worker {
             }
             Feed::DeadLetterHandler(subscription) => {
                 let delivery = prepared.delivery;
-                let letter = letter_from_delivery(&delivery);
+                let letter = opened(letter_from_delivery(&delivery), bus).await;
                 runner(bus).dead_letter_handler(subscription, &letter).await;
                 if let Err(error) = ack(&delivery).await {
                     tracing::warn!(%error, handler = %subscription.handler, orkestra = "rabbitmq", "dead letter not acked");
@@ -437,7 +437,8 @@ impl Worker {
             }
             Feed::Receiver(tx) => {
                 let delivery = prepared.delivery;
-                if tx.send(letter_from_delivery(&delivery)).await.is_err() {
+                let letter = opened(letter_from_delivery(&delivery), bus).await;
+                if tx.send(letter).await.is_err() {
                     return Settled::Stop;
                 }
                 let _ = ack(&delivery).await;
@@ -681,6 +682,20 @@ async fn handle_delivery(
     prepared: Prepared,
 ) -> Settled {
     let Prepared { delivery, decoded } = prepared;
+    // Personal fields opened before anything decodes the data: a value that does not
+    // open is dead-lettered (the body as it came, sealed), a key store down is retried.
+    let mut keys_down = None;
+    let decoded = match decoded {
+        Ok(message) => match wire::open(message.clone(), bus.sealer().as_deref()).await {
+            wire::Opened::Ready(opened) => Ok(opened),
+            wire::Opened::Refused(reason) => Err(reason),
+            wire::Opened::KeysDown(reason) => {
+                keys_down = Some(reason);
+                Ok(message)
+            }
+        },
+        Err(reason) => Err(reason),
+    };
     let headers = delivery.properties.headers().as_ref();
     let attempt = headers::rejections(headers, queue).saturating_add(1);
     let max_retries =
@@ -718,8 +733,9 @@ async fn handle_delivery(
     } else {
         Span::none()
     };
-    let outcome = match &decoded {
-        Ok(message) => {
+    let outcome = match (&decoded, keys_down) {
+        (Ok(_), Some(reason)) => Outcome::Failed(reason),
+        (Ok(message), None) => {
             let runner = Runner {
                 traced,
                 ..runner(bus)
@@ -729,7 +745,7 @@ async fn handle_delivery(
                 .instrument(span.clone())
                 .await
         }
-        Err(reason) => Outcome::Undecodable(reason.clone()),
+        (Err(reason), _) => Outcome::Undecodable(reason.clone()),
     };
     let outcome_kind = match &outcome {
         Outcome::Failed(_) => OutcomeKind::Failed,
@@ -932,6 +948,19 @@ async fn dead_letter(
             Err(e)
         }
     }
+}
+
+/// A dead letter with the personal fields of its message opened, as a handler of the
+/// message would have seen them (the queue keeps them sealed). A message that does not
+/// open (the reason it was dead-lettered, often) or a key store that fails leaves the
+/// letter as it came: sealed, never garbage.
+async fn opened(mut letter: DeadLetter, bus: &Bus) -> DeadLetter {
+    if let wire::Opened::Ready(message) =
+        wire::open(letter.message.clone(), bus.sealer().as_deref()).await
+    {
+        letter.message = message;
+    }
+    letter
 }
 
 /// A dead letter as the dead-letter exchange delivers it (headers set by [`dead_letter`]).

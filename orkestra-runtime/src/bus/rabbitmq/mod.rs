@@ -40,6 +40,14 @@
 //! every consumer consumes again. Each subscription's worker runs up to `concurrency`
 //! handlers at once, one at a time per partition key (`consumer.rs`).
 //!
+//! Personal data: with keys (`Bus::with_keys(&store)`, or `bus.keys = "store"` and
+//! `Bus::with_store`) an event whose type the store describes as personal is published
+//! with those fields sealed as the store seals them, so work, wait and dead-letter
+//! queues hold ciphertext; a consumer opens them before decoding (a forgotten
+//! subject's fields read as their replacements, listed by `Event::redacted`; a value
+//! that does not open is dead-lettered at once, naming the event type and field).
+//! Replies carry the handler's return value and status, never the event's data.
+//!
 //! | file | what it holds |
 //! | --- | --- |
 //! | `mod.rs` | `RabbitMq`: connect, subscribe, dispatch, publish, dead-letter receivers, shutdown |
@@ -87,6 +95,7 @@ use super::{Bus, BusError, DeadLetters};
 use crate::DriverError;
 use crate::bus::{Subscription, Target};
 use crate::config::{BusConfig, SecretUrl};
+use crate::keys::Sealer;
 use crate::message::MessageKind;
 use crate::message::{CommandEnvelope, EventEnvelope};
 use crate::sync::lock;
@@ -374,10 +383,11 @@ impl RabbitMq {
         handler: &str,
         reason: &str,
         attempts: u32,
+        sealer: Option<&Sealer>,
     ) -> Result<(), BusError> {
         let kind = crate::metrics::DeadLetterKind::classify(reason);
         super::run::log_dead_letter(handler, message.topic(), reason, attempts, SYSTEM, kind);
-        let body = wire::encode(message)?;
+        let body = wire::encode_sealed(message, sealer).await?;
         let table = headers::dead_letter(
             &self.shared.topology.names.events,
             message.topic(),
@@ -400,12 +410,19 @@ impl RabbitMq {
             .await
     }
 
-    pub(crate) async fn publish(&self, envelope: EventEnvelope) -> Result<EventEnvelope, BusError> {
+    /// Publishes an event, its personal fields sealed with `sealer` (see `wire.rs`).
+    pub(crate) async fn publish(
+        &self,
+        envelope: EventEnvelope,
+        sealer: Option<&Sealer>,
+    ) -> Result<EventEnvelope, BusError> {
         super::expect_kind(envelope.message(), MessageKind::Event)?;
         let mut envelope = envelope.mark_published();
         let flow = trace::begin(envelope.message_mut(), SYSTEM, trace::publish_span);
         let span = flow.span;
-        let body = wire::encode(envelope.message())?;
+        let body = wire::encode_sealed(envelope.message(), sealer)
+            .instrument(span.clone())
+            .await?;
         let topic = envelope.topic();
         let routing = self
             .shared
