@@ -12,7 +12,9 @@
 //! timer when no payment comes. Then a decision across streams
 //! (`customers::decisions::Registration`, from `schemas/customers.yaml`): each customer
 //! has a stream of its own, yet a username is taken once: the second customer asking
-//! for it is refused.
+//! for it is refused. The customer's email and name are personal data: stored encrypted
+//! with a key of the customer's own, and forgetting the customer (`store.forget`) leaves
+//! the event readable with its replacements.
 //!
 //! In-process bus and embedded store by default; the same binary runs on RabbitMQ and
 //! PostgreSQL by configuration alone (`ORKESTRA_BUS_ADAPTER=rabbitmq`,
@@ -574,6 +576,8 @@ impl customers::decisions::Registration for Registrar {
             customers::events::CustomerRegistered {
                 customer_id: cmd.customer_id.clone(),
                 username: cmd.username.clone(),
+                email: cmd.email.clone(),
+                name: cmd.name.clone(),
             },
         )])
     }
@@ -595,7 +599,12 @@ async fn registration(store: &Store, bus: &Bus) -> Result<(), Box<dyn std::error
     ];
     for customer in &customers {
         let command = customers::commands::RegisterCustomer::new(
-            json!({"customer_id": customer, "username": username}),
+            json!({
+                "customer_id": customer,
+                "username": username,
+                "email": format!("{customer}@example.com"),
+                "name": "Ada Lovelace",
+            }),
             Metadata::new(),
         )?;
         let receipt = bus
@@ -641,6 +650,29 @@ async fn registration(store: &Store, bus: &Bus) -> Result<(), Box<dyn std::error
             tags.join(", ")
         );
     }
+    // Personal data: the accepted customer's event is stored with its email and name
+    // encrypted; reading gives them back. Forgetting the customer deletes its key: the
+    // event stays (the username stays taken), its personal fields read as replacements.
+    let stream = format!("customer-{}", customers[0]);
+    let show =
+        |when: &str, event: &orkestra_runtime::Event<customers::events::CustomerRegistered>| {
+            println!(
+                "  {when}: {} <{}> named {:?}, redacted {:?}",
+                event.data.customer_id,
+                event.data.email,
+                event.data.name,
+                event.redacted()
+            )
+        };
+    let read = store.read_stream(&stream, 0, 1).await?;
+    show("read back", &read[0].decode()?);
+    let forgotten = store.forget(&customers[0]).await?;
+    println!(
+        "  forgot {} (key deleted: {}, orkestra.SubjectForgotten at position {})",
+        forgotten.subject, forgotten.key_deleted, forgotten.position
+    );
+    let read = store.read_stream(&stream, 0, 1).await?;
+    show("after forget", &read[0].decode()?);
     started.stop().await?;
     Ok(())
 }
@@ -699,9 +731,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // append and its publish loses nothing.
     let store = Store::from_config(&config)
         .await?
-        .with_publish(PublishMode::Relay);
-    // With `[bus] inbox = "store"`, once-handlers keep their record in this store.
-    let bus = bus.with_store(&store);
+        .with_publish(PublishMode::Relay)
+        // The personal fields the schemas declare: encrypted on append, decrypted on read.
+        .with_personal_data(&customers::personal::data())?;
+    // With `[bus] inbox = "store"`, once-handlers keep their record in this store; with
+    // the store's keys, RabbitMQ carries personal fields encrypted (in-process: ignored).
+    let bus = bus.with_store(&store).with_keys(&store);
     // `/readyz` answers 503 while the broker is unreachable or the store does not answer.
     telemetry.ready_when(&bus).ready_when(&store);
     println!(

@@ -65,7 +65,7 @@ fn assert_decision(stdout: &str, adapters: &str) {
         .skip(1)
         .take_while(|l| l.starts_with("  "))
         .collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines.len(), 6, "{stdout}");
     let accepted = lines[0];
     assert!(
         accepted.starts_with("  registration accepted: cust_"),
@@ -92,6 +92,48 @@ fn assert_decision(stdout: &str, adapters: &str) {
             "  stored Shop.Customers.CustomerRegistered in customer-{first} with tags customer_id:{first}, username:{username}"
         )
     );
+    // Personal data: plain for readers, then the replacements once forgotten.
+    assert_eq!(
+        lines[3],
+        format!("  read back: {first} <{first}@example.com> named \"Ada Lovelace\", redacted []")
+    );
+    assert!(
+        lines[4].starts_with(&format!("  forgot {first} (key deleted: true, ")),
+        "{}",
+        lines[4]
+    );
+    assert_eq!(
+        lines[5],
+        format!("  after forget: {first} <> named \"(erased)\", redacted [\"email\", \"name\"]")
+    );
+}
+
+/// The customers of the run (the accepted one, then the refused one).
+fn customers_of(stdout: &str) -> [String; 2] {
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| word_after(l, prefix.trim_start_matches("  registration ")).to_owned())
+            .unwrap_or_else(|| panic!("no line {prefix:?}:\n{stdout}"))
+    };
+    [
+        line("  registration accepted: "),
+        line("  registration refused: "),
+    ]
+}
+
+/// Whether any file of the SQLite store in `dir` (the database, its WAL) holds `needle`.
+fn sqlite_files_hold(dir: &Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        name.starts_with("orkestra.db")
+            && std::fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+    })
 }
 
 #[test]
@@ -103,6 +145,26 @@ fn the_example_runs_on_the_embedded_defaults_twice() {
     // this run's (its username is new).
     let second = run(&dir, &[]);
     assert_decision(&second, "bus: in_process, store: sqlite");
+    // The customers' emails were never stored in plain text (the accepted one's event is
+    // encrypted, then its key deleted; the refused one's command was never stored), and
+    // the name of all of them neither: not in the database, not in its WAL.
+    for stdout in [&first, &second] {
+        let [accepted, refused] = customers_of(stdout);
+        for needle in [
+            format!("{accepted}@example.com"),
+            format!("{refused}@example.com"),
+        ] {
+            assert!(
+                !sqlite_files_hold(&dir, &needle),
+                "{needle} in the SQLite files"
+            );
+        }
+        assert!(
+            sqlite_files_hold(&dir, &accepted),
+            "the sanity check finds the subject"
+        );
+    }
+    assert!(!sqlite_files_hold(&dir, "Ada Lovelace"));
     std::fs::remove_dir_all(dir).ok();
 }
 
