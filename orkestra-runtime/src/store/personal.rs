@@ -8,8 +8,7 @@ use serde_json::Value;
 use super::{EventData, ExpectedVersion, RecordedEvent, Snapshot, Store, StoreError};
 use crate::keys::{
     Compiled, DEFAULT_KEY_CACHE, Fields, KeyError, KeyStore, Keys, PersonalData, PersonalEvent,
-    find_encrypted,
-    scan, subject_of,
+    find_encrypted, scan, subject_of,
 };
 use crate::message::Metadata;
 
@@ -115,7 +114,7 @@ impl Store {
         self.personal.keys.as_deref().map(Keys::store)
     }
 
-    fn keys(&self) -> Result<&Keys, StoreError> {
+    pub(super) fn keys(&self) -> Result<&Keys, StoreError> {
         self.personal.keys.as_deref().ok_or_else(|| {
             StoreError::Invalid(format!(
                 "the {} store keeps no keys: give it one with Store::with_keys",
