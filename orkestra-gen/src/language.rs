@@ -54,7 +54,12 @@ pub fn schema() -> Value {
 fn definitions() -> Value {
     let mut state_field = closed_object("field");
     if let Some(Value::Object(properties)) = state_field.get_mut("properties") {
-        properties.retain(|key, _| matches!(key.as_str(), "type" | "default" | "description"));
+        properties.retain(|key, _| {
+            matches!(
+                key.as_str(),
+                "type" | "default" | "description" | "personal" | "replacement"
+            )
+        });
         if let Some(required) = property("field", "required") {
             properties.insert(
                 "required".into(),
@@ -87,6 +92,8 @@ fn definitions() -> Value {
     decision["required"] = json!(["command", "stream", "reads", "emits"]);
     let mut read_item = closed_object("read item");
     read_item["required"] = json!(["events", "tag"]);
+    let mut personal_data = closed_object("personal data");
+    personal_data["required"] = json!(["subject"]);
     json!({
         "typeExpression": {
             "description": "A field type: a base type, `list<T>`, `map<T>` (string keys), or a named type of `types` (`Address`, or `Accounts.Plan` from another namespace).",
@@ -102,7 +109,7 @@ fn definitions() -> Value {
         },
         "fields": named("field", "Fields by name (identifiers); each a type or a mapping with `type`."),
         "stateField": {
-            "description": "A state field: its type alone, or a mapping with `type`, `default` and `description` (state is kept, not checked: no rules, never `required`).",
+            "description": "A state field: its type alone, or a mapping with `type`, `default`, `description`, and (aggregates) `personal` and `replacement` (state is kept, not checked: no rules, never `required`).",
             "anyOf": [{ "$ref": "#/definitions/typeExpression" }, state_field],
         },
         "stateFields": named("stateField", "State fields by name; a field without a `default` is an `Option`."),
@@ -120,6 +127,7 @@ fn definitions() -> Value {
         "timeout": timeout,
         "decision": decision,
         "readItem": read_item,
+        "personalData": personal_data,
         "reference": {
             "description": "A command or event of this namespace (`PlaceOrder`), or of another (`Orders.PlaceOrder`).",
             "type": "string",
@@ -297,6 +305,30 @@ fn property(at: &str, key: &str) -> Option<(&'static str, Value)> {
             json!({ "type": "array", "minItems": 1, "items": { "type": ["string", "number", "boolean"] } }),
         ),
         ("command", "params") => ("The command's fields (params).", reference("fields")),
+        ("field", "personal") => (
+            "Personal data (default false): stored encrypted with a key of its data subject, and replaced once the subject is forgotten. Events (which then need `personal_data`), aggregate state, and fields of named types used there; a named-type, list or map field is sealed whole. Not on command params (commands are not stored).",
+            json!({ "type": "boolean", "default": false }),
+        ),
+        ("field", "replacement") => (
+            "What readers get once a personal field's subject is forgotten, checked against the type (default: the type's empty value: \"\", 0, false, [], {}, null when optional). Only with `personal: true`; a required enum field needs one.",
+            json!({}),
+        ),
+        ("event", "personal_data") => (
+            "Whose data the event's personal fields are: `{ subject: customer_id }`, a required string field that is not itself personal. Needed exactly when a field is personal, directly or through its types.",
+            reference("personalData"),
+        ),
+        ("aggregate", "personal_data") => (
+            "Whose data the state's personal fields are: `{ subject: customer_id }`, a string state field that is not itself personal; the snapshots' personal fields are then encrypted.",
+            reference("personalData"),
+        ),
+        ("process manager", "personal_data") => (
+            "Not supported: a process manager's state is recorded in step records that are not encrypted, so it cannot hold personal data (keep the person's id and look the rest up).",
+            json!({ "not": {} }),
+        ),
+        ("personal data", "subject") => (
+            "The field holding the id of the person (the data subject) the personal fields belong to.",
+            json!({ "type": "string", "pattern": IDENTIFIER }),
+        ),
         ("command" | "event", "validate") => (
             "`custom`: you implement `orkestra_runtime::Validate`; it runs after the generated checks.",
             json!({ "enum": ["custom"] }),

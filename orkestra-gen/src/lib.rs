@@ -125,6 +125,7 @@ pub mod export;
 pub mod language;
 pub mod model;
 mod names;
+pub mod personal;
 pub mod project;
 mod render;
 mod validate;

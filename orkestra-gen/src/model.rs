@@ -112,6 +112,11 @@ pub struct ProcessManager {
     /// How many partitions its instances are spread over, by key (`partitions`; 1 by
     /// default): each held by one copy of the service at a time.
     pub partitions: u32,
+    /// `personal_data: { subject }` for personal state fields. Always `None` in a
+    /// validated model today: a process manager's state is recorded in
+    /// `orkestra.ProcessStep` records, which the store does not encrypt, so validation
+    /// refuses personal data there (the field keeps the model's shape for when it does).
+    pub personal_subject: Option<String>,
 }
 
 /// A named timer of a process manager.
@@ -153,6 +158,10 @@ pub struct Aggregate {
     pub snapshot_version: u32,
     /// How often a command is decided again after a concurrent append.
     pub conflict_retries: u32,
+    /// `personal_data: { subject }`: the string state field naming whose personal data
+    /// the state's personal fields are. Set exactly when a state field is personal,
+    /// directly or through its named types (its snapshots are then encrypted).
+    pub personal_subject: Option<String>,
 }
 
 /// A piece of a stream template.
@@ -220,6 +229,10 @@ pub struct Payload {
     /// The fields whose values tag the event (events; commands have none), in
     /// declaration order: each is required and has a stable text form.
     pub tags: Vec<String>,
+    /// `personal_data: { subject }` (events): the required, non-personal string field
+    /// naming whose personal data the event's personal fields are. Set exactly when a
+    /// field is personal, directly or through its named types; commands have none.
+    pub personal_subject: Option<String>,
     /// Where it is declared.
     pub span: crate::diagnostic::Span,
 }
@@ -268,6 +281,13 @@ pub struct Field {
     pub default: Option<Literal>,
     /// Rules.
     pub rules: Rules,
+    /// `personal: true`: the value is personal data, stored encrypted with its
+    /// subject's key (events, aggregate state, and wherever a named type holding it is
+    /// used there). A field of a named-type, list or map type is sealed whole.
+    pub personal: bool,
+    /// What readers get once the subject is forgotten (`replacement`, checked against
+    /// the type); `None`: the type's empty value (see [`crate::personal`]).
+    pub replacement: Option<Literal>,
 }
 
 /// A schema type.

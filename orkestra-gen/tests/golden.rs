@@ -74,6 +74,11 @@ fn process_managers() {
 }
 
 #[test]
+fn personal_data() {
+    insta::assert_snapshot!("personal", generate(&dir("tests/golden/personal")));
+}
+
+#[test]
 fn projections() {
     insta::assert_snapshot!("projections", generate(&dir("tests/golden/projections")));
 }
@@ -165,4 +170,81 @@ fn no_macro_bodies_left_unformatted() {
             );
         }
     }
+}
+
+/// An event type, its subject and its `(path, replacement)` pairs.
+type Described = (String, String, Vec<(String, String)>);
+
+/// The description the renderer writes into `customers::personal` and the ops tooling
+/// reads: every path (direct, inside a named type, in each element of a list, a whole
+/// named-type field) with its replacement, and the aggregate state by its shape.
+#[test]
+fn personal_descriptions_of_the_golden() {
+    let output = orkestra_gen::Generator::new()
+        .cargo_directives(false)
+        .schemas(dir("tests/golden/personal"))
+        .app_prefix("Shop")
+        .render()
+        .unwrap();
+    let described: Vec<Described> = orkestra_gen::personal::events(&output.model)
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .fields
+                .into_iter()
+                .map(|f| (f.path, f.replacement_json))
+                .collect();
+            (e.event_type, e.subject, fields)
+        })
+        .collect();
+    let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        described,
+        vec![
+            (
+                "Shop.Customers.CustomerRegistered".to_owned(),
+                "customer_id".to_owned(),
+                pairs(&[
+                    ("email", r#""""#),
+                    ("name", r#""(erased)""#),
+                    ("address.street", r#""""#),
+                    ("phones[].number", r#""""#),
+                    ("birthday", "null"),
+                    ("tier", r#""standard""#),
+                    ("country", r#""""#),
+                ]),
+            ),
+            (
+                "Shop.Customers.CustomerMoved".to_owned(),
+                "customer_id".to_owned(),
+                pairs(&[("address", r#"{"city":"","street":""}"#)]),
+            ),
+        ]
+    );
+    let states = orkestra_gen::personal::states(&output.model);
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].aggregate, "Customer");
+    assert_eq!(states[0].subject, "customer_id");
+    assert!(
+        states[0].shape.starts_with("fnv1a64:"),
+        "{}",
+        states[0].shape
+    );
+    assert_eq!(
+        states[0]
+            .fields
+            .iter()
+            .map(|f| (f.path.as_str(), f.replacement_json.as_str()))
+            .collect::<Vec<_>>(),
+        [("email", "null")]
+    );
+    assert!(
+        output.code.contains(&format!("{:?}", states[0].shape)),
+        "the generated STATES names the aggregate's shape tag"
+    );
 }

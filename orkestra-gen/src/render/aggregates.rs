@@ -144,7 +144,7 @@ pub(super) fn aggregate_ctx(model: &Model, a: &Aggregate, here: &str) -> Aggrega
 /// struct types by their own fields, enums by their values) and default, then
 /// `/v<snapshot_version>` when the schema bumped it (version 1 keeps the bare tag, so
 /// existing snapshots stay valid). Snapshots written under another tag are ignored.
-pub(super) fn state_shape(model: &Model, a: &Aggregate) -> String {
+pub(crate) fn state_shape(model: &Model, a: &Aggregate) -> String {
     fn ty_text(model: &Model, ty: &Ty, depth: usize) -> String {
         ty.schema_text(&|t: &TypeRef| {
             let def = model

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::personal::event_const_path;
 use super::{RT, item_path, type_name};
 use crate::model::*;
 use crate::names::{doc_attrs, pascal, snake, str_lit};
@@ -39,6 +40,9 @@ pub(super) struct HandlerCtx {
     pub(super) retry_backoff: Option<String>,
     /// `once: true`.
     pub(super) once: bool,
+    /// The constants of the personal data of the events it receives, comma-separated
+    /// (`with_personal_data`); absent when none has any.
+    pub(super) personal: Option<String>,
     pub(super) enum_doc: String,
     /// The accepted type names, for `PayloadError::WrongType::expected`.
     pub(super) expected: String,
@@ -112,6 +116,16 @@ pub(super) fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx 
             &[],
         ),
     };
+    let received: &[PayloadRef] = match &h.target {
+        HandlerTarget::Event(r) => std::slice::from_ref(r),
+        HandlerTarget::Events(refs) => refs,
+        HandlerTarget::Topic { matched, .. } => matched,
+        HandlerTarget::Command(_) | HandlerTarget::DeadLetters => &[],
+    };
+    let personal: Vec<String> = received
+        .iter()
+        .filter_map(|r| event_const_path(model, here, r))
+        .collect();
     let emits = h
         .emits
         .iter()
@@ -155,6 +169,7 @@ pub(super) fn handler_ctx(model: &Model, h: &Handler, here: &str) -> HandlerCtx 
         retry_delay_max_ms: h.retry.max_ms,
         retry_backoff: h.retry.backoff.map(|f| format!("{f:?}_f64")),
         once: h.once,
+        personal: (!personal.is_empty()).then(|| personal.join(", ")),
         enum_doc: doc_attrs(&format!("What `{}` receives.", h.name)),
         name,
     }

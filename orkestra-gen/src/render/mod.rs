@@ -9,6 +9,7 @@ mod decisions;
 mod fields;
 mod handlers;
 mod payloads;
+mod personal;
 mod process_managers;
 mod projections;
 mod types;
@@ -24,10 +25,13 @@ use aggregates::{AggregateCtx, aggregate_ctx};
 use decisions::{DecisionCtx, decision_ctx};
 use handlers::{HandlerCtx, WiringCtx, handler_ctx, wiring_ctx};
 use payloads::{SectionCtx, TopicCtx, payload_ctx};
+use personal::{PersonalCtx, personal_ctx};
 use process_managers::{ProcessCtx, process_ctx};
 use projections::{ProjectionCtx, projection_ctx};
 use types::{TypeCtx, type_ctx};
 use wiring::AllWiringCtx;
+
+pub(crate) use aggregates::state_shape;
 
 /// The runtime crate, as generated code names it.
 const RT: &str = "::orkestra_runtime";
@@ -37,7 +41,7 @@ const CG: &str = "::orkestra_runtime::codegen";
 const ROOT: &str = "module.rs.j2";
 /// Every template, by the name the others include it with. Embedded, so a published
 /// crate renders without its sources.
-const TEMPLATES: [(&str, &str); 9] = [
+const TEMPLATES: [(&str, &str); 10] = [
     (ROOT, include_str!("../../templates/module.rs.j2")),
     ("types.rs.j2", include_str!("../../templates/types.rs.j2")),
     (
@@ -63,6 +67,10 @@ const TEMPLATES: [(&str, &str); 9] = [
     (
         "decisions.rs.j2",
         include_str!("../../templates/decisions.rs.j2"),
+    ),
+    (
+        "personal.rs.j2",
+        include_str!("../../templates/personal.rs.j2"),
     ),
     ("wiring.rs.j2", include_str!("../../templates/wiring.rs.j2")),
 ];
@@ -112,6 +120,8 @@ struct ModuleCtx {
     projections: Vec<ProjectionCtx>,
     process_managers: Vec<ProcessCtx>,
     decisions: Vec<DecisionCtx>,
+    /// The `personal` module; absent when the namespace has no personal data.
+    personal: Option<PersonalCtx>,
     /// The namespace's `Wiring` struct (every binding); absent when it has none.
     all_wiring: Option<AllWiringCtx>,
 }
@@ -182,6 +192,7 @@ impl ModuleCtx {
                 .iter()
                 .map(|d| decision_ctx(model, d, here))
                 .collect(),
+            personal: personal_ctx(model, module),
             all_wiring: None,
         }
         .with_all_wiring(module)

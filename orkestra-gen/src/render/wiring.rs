@@ -20,6 +20,8 @@ pub(super) struct AllWiringCtx {
     /// One expression per projection, then per process manager.
     pub(super) projections: Vec<String>,
     pub(super) process_managers: Vec<String>,
+    /// The namespace has personal data: `start` first checks the store encrypts it.
+    pub(super) personal: bool,
 }
 
 /// A field of `Wiring`.
@@ -146,15 +148,21 @@ impl ModuleCtx {
         self.all_wiring = Some(AllWiringCtx {
             doc: doc_attrs(&format!(
                 "Every binding of `{}`, one field each ({list}): a missing field is a compile error.\n\n\
-                 `Wiring {{ .. }}.start(&bus, &store).await?` subscribes {subscribed}, then starts the projections and process managers; \
+                 `Wiring {{ .. }}.start(&bus, &store).await?` {checks}subscribes {subscribed}, then starts the projections and process managers; \
                  stop what it returns to stop them.",
-                module.namespace
+                module.namespace,
+                checks = if super::personal::has_personal_data(module) {
+                    "checks that `store` encrypts the namespace's personal data (`personal::data()`), "
+                } else {
+                    ""
+                },
             )),
             fields,
             handler_subscriptions,
             aggregate_subscriptions,
             projections,
             process_managers,
+            personal: super::personal::has_personal_data(module),
         });
         self
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::handlers::HandledCommands;
+use super::personal::{SubjectOf, subject_key};
 use super::shape::describe;
 use super::{Decl, PayloadTables, TypeTable, Validator};
 use crate::diagnostic::Span;
@@ -21,6 +22,7 @@ pub(super) const AGGREGATE_KEYS: &[&str] = &[
     "snapshot_every",
     "snapshot_version",
     "conflict_retries",
+    "personal_data",
 ];
 
 /// The most `conflict_retries` an aggregate may ask for.
@@ -96,6 +98,19 @@ impl Validator {
         let state = match map.get("state") {
             None => Some(Vec::new()),
             Some(n) => self.state_fields(decl, &owner, n, types),
+        };
+        let personal_subject = match (&state, map.get("personal_data")) {
+            (_, None) => Some(None),
+            (Some(fields), Some(n)) => self
+                .personal_subject(
+                    &owner,
+                    subject_key("aggregate", &decl.ident, &name),
+                    n,
+                    fields,
+                    SubjectOf::State,
+                )
+                .map(Some),
+            (None, Some(_)) => None,
         };
         let snapshot_every = match map.get("snapshot_every") {
             None => Some(None),
@@ -200,6 +215,7 @@ impl Validator {
             Some(snapshot_every),
             Some(snapshot_version),
             Some(conflict_retries),
+            Some(personal_subject),
         ) = (
             stream,
             commands,
@@ -208,6 +224,7 @@ impl Validator {
             snapshot_every,
             snapshot_version,
             conflict_retries,
+            personal_subject,
         )
         else {
             return None;
@@ -224,6 +241,7 @@ impl Validator {
             snapshot_every,
             snapshot_version,
             conflict_retries,
+            personal_subject,
         })
     }
 

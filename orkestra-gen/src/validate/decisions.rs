@@ -139,7 +139,12 @@ impl Validator {
         };
         let state = match map.get("state") {
             None => Some(Vec::new()),
-            Some(n) => self.state_fields(decl, &owner, n, types),
+            Some(n) => self
+                .state_fields(decl, &owner, n, types)
+                .and_then(|fields| {
+                    self.no_personal_decision_state(&owner, &fields)
+                        .then_some(fields)
+                }),
         };
         let emits = match map.get("emits") {
             None => {

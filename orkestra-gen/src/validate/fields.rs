@@ -22,6 +22,8 @@ pub(super) const FIELD_KEYS: &[&str] = &[
     "pattern",
     "format",
     "one_of",
+    "personal",
+    "replacement",
 ];
 
 /// The field whose rules are being read.
@@ -107,6 +109,8 @@ impl Validator {
                 required: false,
                 default: None,
                 rules: Rules::default(),
+                personal: false,
+                replacement: None,
             });
         }
         let Value::Map(entries) = &spec.value else {
@@ -177,6 +181,60 @@ impl Validator {
                 }
             }
         };
+        let personal = match map.get("personal") {
+            None => false,
+            Some(Node {
+                value: Value::Bool(b),
+                ..
+            }) => *b,
+            Some(n) => {
+                self.error(
+                    &n.span,
+                    format!("`personal` must be true or false, found {}", describe(n)),
+                );
+                return None;
+            }
+        };
+        let replacement = match map.get("replacement") {
+            None => None,
+            Some(n) if !personal => {
+                self.error(
+                    &n.span,
+                    format!(
+                        "`replacement` is what readers get once a personal field's subject is forgotten, but `{}` is not personal: add `personal: true` or remove the `replacement`",
+                        key.name
+                    ),
+                );
+                return None;
+            }
+            Some(n) => match replacement(n, &ty) {
+                Ok(lit) => Some(lit),
+                Err(message) => {
+                    self.error(
+                        &n.span,
+                        format!("the replacement of `{}` {message}", key.name),
+                    );
+                    return None;
+                }
+            },
+        };
+        if personal
+            && replacement.is_none()
+            && required
+            && let Ty::Named(t) = &ty
+            && t.is_enum
+        {
+            self.error(
+                &key.span,
+                format!(
+                    "personal field `{}` is a required `{}`, an enum, which has no empty value to give readers once its subject is forgotten: add a `replacement` (one of {}), or make the field optional (it is then replaced by null)",
+                    key.name,
+                    t.name,
+                    t.variants.join(", ")
+                ),
+            );
+            return None;
+        }
         Some(Field {
             name: key.name.clone(),
             span: key.span.clone(),
@@ -185,6 +243,8 @@ impl Validator {
             required,
             default,
             rules,
+            personal,
+            replacement,
         })
     }
 
@@ -481,6 +541,30 @@ pub(super) fn literal(n: &Node, ty: &Ty) -> Result<Literal, String> {
         )),
         _ => wrong(),
     }
+}
+
+/// Reads a personal field's `replacement` as a literal of `ty`; the error finishes a
+/// sentence. Struct and `json` types have no literal form here: their default
+/// replacement (an object of empty values, `null`) is the one they get.
+fn replacement(n: &Node, ty: &Ty) -> Result<Literal, String> {
+    fn holds_struct(ty: &Ty) -> Option<&str> {
+        match ty {
+            Ty::Named(t) if !t.is_enum => Some(&t.name),
+            Ty::List(inner) | Ty::Map(inner) => holds_struct(inner),
+            _ => None,
+        }
+    }
+    if let Some(name) = holds_struct(ty) {
+        return Err(format!(
+            "cannot be written for a field holding struct type `{name}`: remove it, and readers get the type's empty value (an object of empty values, an empty list or map, null when optional)"
+        ));
+    }
+    if *ty == Ty::Json {
+        return Err(
+            "cannot be written for a `json` field: remove it, and readers get null".to_owned(),
+        );
+    }
+    literal(n, ty)
 }
 
 /// The first rule a default breaks, as a phrase.

@@ -7,6 +7,7 @@ mod fields;
 mod handlers;
 mod names;
 mod payloads;
+mod personal;
 mod process_managers;
 pub(crate) use process_managers::stream_prefix;
 mod projections;
@@ -27,6 +28,7 @@ pub const SCHEMA_KEYS: &[(&str, &[&str])] = &[
     ("field", fields::FIELD_KEYS),
     ("command", payloads::COMMAND_KEYS),
     ("event", payloads::EVENT_KEYS),
+    ("personal data", personal::PERSONAL_DATA_KEYS),
     ("upcast step", upcast::STEP_KEYS),
     ("handler", handlers::HANDLER_KEYS),
     ("aggregate", aggregates::AGGREGATE_KEYS),
@@ -104,6 +106,7 @@ pub fn build(sources: &[Source], app_prefix: &str) -> (Option<Model>, Diagnostic
     let mut v = Validator {
         diags: Diagnostics::default(),
         app_prefix: app_prefix.to_owned(),
+        personal_spans: HashMap::new(),
     };
     let model = v.run(sources);
     v.diags.sort();
@@ -118,6 +121,9 @@ pub fn build(sources: &[Source], app_prefix: &str) -> (Option<Model>, Diagnostic
 struct Validator {
     diags: Diagnostics,
     app_prefix: String,
+    /// Where each `personal_data` is written, by `personal::subject_key`: checked once
+    /// every type is resolved.
+    personal_spans: HashMap<String, Span>,
 }
 
 impl Validator {
@@ -206,6 +212,7 @@ impl Validator {
             }
         }
         self.check_partition_keys(&modules);
+        self.check_personal_data(&modules);
         Model {
             app_prefix: self.app_prefix.clone(),
             files: sources.iter().map(|s| s.path.clone()).collect(),

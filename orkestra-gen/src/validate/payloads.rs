@@ -1,5 +1,6 @@
 //! Commands and events: their keys, version, custom validation and topic.
 
+use super::personal::{SubjectOf, subject_key};
 use super::shape::describe;
 use super::text_forms;
 use super::{Decl, Declared, PayloadTables, TypeTable, Validator};
@@ -30,6 +31,7 @@ pub(super) const EVENT_KEYS: &[&str] = &[
     "validate",
     "topic",
     "tags",
+    "personal_data",
 ];
 
 const COMMAND: Syntax = Syntax {
@@ -118,6 +120,22 @@ impl Validator {
             Some(f) => self.fields(decl, f, types, &format!("{what} `{}`", key.name))?,
             None => Vec::new(),
         };
+        let personal_subject = match (kind, map.get("personal_data")) {
+            (PayloadKind::Command, _) => {
+                if !self.no_personal_params(&key.name, &fields) {
+                    return None;
+                }
+                None
+            }
+            (PayloadKind::Event, None) => None,
+            (PayloadKind::Event, Some(n)) => Some(self.personal_subject(
+                &format!("event `{}`", key.name),
+                subject_key("event", &decl.ident, &key.name),
+                n,
+                &fields,
+                SubjectOf::Event,
+            )?),
+        };
         let custom_validate = match map.get("validate") {
             None => false,
             Some(n) if n.as_str() == Some("custom") => true,
@@ -175,6 +193,7 @@ impl Validator {
             custom_validate,
             upcast,
             tags,
+            personal_subject,
             span: key.span.clone(),
         })
     }
@@ -221,6 +240,13 @@ impl Validator {
                 self.error(
                     &item.span,
                     format!("tag `{name}` of event `{event}` names an optional field; a tag needs a value on every event: make the field `required`"),
+                );
+                ok = false;
+            }
+            if field.personal {
+                self.error(
+                    &item.span,
+                    format!("tag `{name}` of event `{event}` names a personal field; tags are stored in plain text in the store's index, so a tag cannot be personal"),
                 );
                 ok = false;
             }

@@ -23,6 +23,7 @@ pub(super) const PROCESS_KEYS: &[&str] = &[
     "dispatches",
     "timeouts",
     "partitions",
+    "personal_data",
 ];
 
 pub(super) const TIMEOUT_KEYS: &[&str] = &["after", "description"];
@@ -101,6 +102,13 @@ impl Validator {
             None => Some(Vec::new()),
             Some(n) => self.state_fields(decl, &owner, n, types),
         };
+        if let Some(n) = map.get("personal_data") {
+            self.error(
+                &n.span,
+                format!("{owner} cannot hold personal data: its state is recorded in `orkestra.ProcessStep` records, which are not encrypted; keep the person's id in the state and read the personal data where it is needed"),
+            );
+            ok = false;
+        }
         let mut lists = Vec::new();
         for (section, required) in [("starts_on", true), ("handles", false), ("ends_on", false)] {
             lists.push(self.payload_list(
@@ -195,6 +203,7 @@ impl Validator {
             dispatches,
             timeouts,
             partitions,
+            personal_subject: None,
         })
     }
 
