@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// Whether this store encrypts `event` exactly as described (same subject, same
-    /// fields and replacements): what [`wiring`](crate::wiring) checks at start.
+    /// fields and replacements): what the wiring layer (`require_personal_data`) checks at start.
     pub fn encrypts(&self, event: &PersonalEvent) -> bool {
         self.personal_data()
             .and_then(|d| d.event(event.event_type()))
