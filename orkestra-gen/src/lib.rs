@@ -304,8 +304,8 @@ impl Generator {
 
     /// Runs the compatibility gate against an older schema set before generating: a
     /// directory, `git:REF` (the same schema paths at a revision) or `git:REF:PATH`. A
-    /// breaking change fails the build ([`Error::Incompatible`]); `HANDLER_REMOVED`
-    /// and `TAG_ADDED` warn.
+    /// breaking change fails the build ([`Error::Incompatible`]); `HANDLER_REMOVED`,
+    /// `TAG_ADDED` and `PERSONAL_ADDED` warn.
     #[must_use]
     pub fn check_against(mut self, against: impl AsRef<str>) -> Self {
         self.against = Some(compat::Against::parse(against.as_ref()));

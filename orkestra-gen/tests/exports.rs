@@ -28,6 +28,7 @@ fn model(sets: &[&str]) -> Model {
 
 const SHOP: &[&str] = &["../schemas"];
 const HOSTILE: &[&str] = &["tests/golden/nasty", "tests/exports/hostile"];
+const PERSONAL: &[&str] = &["tests/exports/personal"];
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("orkestra-exports-{name}-{}", std::process::id()));
@@ -75,6 +76,83 @@ fn json_schema_of_a_command_and_an_event() {
     );
 }
 
+/// Personal fields are marked where they are (`x-personal: true`, in named types too,
+/// beside a `$ref` through `allOf`), the event names its subject, and nothing else is.
+#[test]
+fn json_schema_and_asyncapi_mark_personal_fields() {
+    let m = model(PERSONAL);
+    let files = orkestra_gen::export::jsonschema_files(&m);
+    let get = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&files.iter().find(|(f, _)| f == n).unwrap().1).unwrap()
+    };
+    let text = &files
+        .iter()
+        .find(|(f, _)| f == "Customers.CustomerRegistered.json")
+        .unwrap()
+        .1;
+    insta::assert_snapshot!("jsonschema_customer_registered", text);
+    let event = get("Customers.CustomerRegistered.json");
+    assert_eq!(event["x-personal-subject"], "customer_id");
+    let props = &event["properties"];
+    assert_eq!(props["email"]["x-personal"], true);
+    assert_eq!(props["name"]["x-personal"], true);
+    // A named type sealed whole: the mark beside its `$ref`, through `allOf`.
+    assert_eq!(props["card"]["x-personal"], true);
+    assert_eq!(props["card"]["allOf"][0]["$ref"], "#/$defs/Customers.Card");
+    for plain in ["customer_id", "address", "contacts", "plan"] {
+        assert!(props[plain].get("x-personal").is_none(), "{plain}");
+    }
+    let address = &event["$defs"]["Customers.Address"]["properties"];
+    assert_eq!(address["street"]["x-personal"], true);
+    assert!(address["city"].get("x-personal").is_none());
+    assert_eq!(
+        event["$defs"]["Customers.Contact"]["properties"]["phone"]["x-personal"],
+        true
+    );
+    // No personal data: no marks at all.
+    for plain in [
+        "Customers.PlanChanged.json",
+        "Customers.RegisterCustomer.json",
+    ] {
+        assert!(
+            !files
+                .iter()
+                .find(|(f, _)| f == plain)
+                .unwrap()
+                .1
+                .contains("x-personal")
+        );
+    }
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&orkestra_gen::export::asyncapi_json(&m)).unwrap();
+    let messages = &doc["components"]["messages"];
+    let registered = messages
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|msg| msg["x-orkestra"]["type"] == "Shop.Customers.CustomerRegistered")
+        .unwrap();
+    assert_eq!(registered["payload"]["x-personal-subject"], "customer_id");
+    assert_eq!(
+        registered["payload"]["properties"]["email"]["x-personal"],
+        true
+    );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Customers.Address"]["properties"]["street"]["x-personal"],
+        true
+    );
+    // The command's strict form of a type used by events only is not there; where a
+    // named type is both, both forms carry the mark.
+    let text = orkestra_gen::export::asyncapi_json(&m);
+    assert_eq!(
+        text.matches("\"x-personal\": true").count(),
+        5,
+        "email, name, card, street, phone"
+    );
+}
+
 #[test]
 fn the_official_asyncapi_parser_accepts_every_document() {
     let Some(modules) = node_modules() else {
@@ -88,6 +166,7 @@ fn the_official_asyncapi_parser_accepts_every_document() {
         ("wiring", &["tests/golden/wiring"][..]),
         ("formats", &["tests/golden/formats"][..]),
         ("decisions", DECISIONS),
+        ("personal", PERSONAL),
     ] {
         for ext in ["yaml", "json"] {
             let path = out.join(format!("{name}.{ext}"));

@@ -251,3 +251,65 @@ fn the_decisions_site_works_in_chromium() {
     );
     assert_eq!(f["allMatch"], true, "{f}");
 }
+
+/// Personal fields as a reader of the site sees them: a visible mark on each personal
+/// field (in the event's table and its named types' tables), the subject named on the
+/// event's page, and neither on pages without personal data.
+#[test]
+fn the_personal_data_site_shows_personal_fields_in_chromium() {
+    let Some((report, _)) = open_site("personal", &["tests/exports/personal"], "customer") else {
+        return;
+    };
+    for list in [
+        "consoleErrors",
+        "pageErrors",
+        "requests",
+        "dialogs",
+        "pwned",
+    ] {
+        assert_eq!(strings(&report[list]), Vec::<String>::new(), "{list}");
+    }
+    let pages = report["pages"].as_array().unwrap();
+    let page = |path: &str| {
+        pages
+            .iter()
+            .find(|p| p["path"] == path)
+            .unwrap_or_else(|| panic!("no page {path}"))
+    };
+    let registered = page("messages/Customers.CustomerRegistered.html");
+    let marked: Vec<(String, String)> = registered["personal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["field"].as_str().unwrap().to_owned(),
+                m["row"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let fields: Vec<&str> = marked.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["email", "name", "card", "street", "phone"],
+        "{marked:#?}"
+    );
+    // The mark sits in the field's own row, beside its name.
+    for (field, row) in &marked {
+        assert!(row.starts_with(&format!("{field} personal")), "{row}");
+    }
+    let name_title = registered["personal"][1]["title"].as_str().unwrap();
+    assert!(name_title.contains("\"(erased)\""), "{name_title}");
+    let subject = registered["subject"].as_str().unwrap_or_default();
+    assert!(
+        subject.contains("subject named by customer_id"),
+        "{subject:?}"
+    );
+    for plain in [
+        "messages/Customers.PlanChanged.html",
+        "messages/Customers.RegisterCustomer.html",
+    ] {
+        assert_eq!(page(plain)["personal"], json!([]), "{plain}");
+        assert_eq!(page(plain)["subject"], Value::Null, "{plain}");
+    }
+}

@@ -15,6 +15,7 @@
 //! orkestra status
 //! orkestra store reindex-tags
 //! orkestra store tags
+//! orkestra store encrypt-personal --schemas DIR [--yes]
 //! orkestra forget     SUBJECT --yes
 //! orkestra completions SHELL
 //! orkestra man        [--out DIR]
@@ -25,6 +26,7 @@
 //! codes: 0 success, 1 failure (an id not found, a replay not confirmed, the broker, the
 //! store or the configuration), 2 usage errors.
 
+mod encrypt;
 mod forget;
 mod print;
 mod progress;
@@ -83,7 +85,7 @@ enum Cmd {
     /// configured store (`[store]`), across every copy of the service: its owner,
     /// checkpoint, lag in events and in seconds, and when its lease expires.
     Status,
-    /// The configured store's tag index (`[store]`).
+    /// The configured store's tag index and personal data (`[store]`).
     #[command(subcommand)]
     Store(StoreCmd),
     /// Forget a data subject (a person) in the configured store (`[store]`): delete
@@ -157,6 +159,32 @@ enum StoreCmd {
     ReindexTags,
     /// Every (event type, tag) a decision has declared, and whether it is indexed.
     Tags,
+    /// Seal, in place, the personal fields that events stored before the schemas made
+    /// them personal hold in plain text: each with its subject's key, as an append seals
+    /// it now (a forgotten subject's are erased; values already sealed are left). The
+    /// one operation that changes stored events: it asks first (unless --yes). In
+    /// batches, each committed with its progress: safe while the service appends, and a
+    /// stopped run resumes where it was.
+    EncryptPersonal {
+        /// Schema directory or file (repeatable): what is personal, as the generated
+        /// code declares it.
+        #[arg(long, value_name = "PATH", required = true)]
+        schemas: Vec<PathBuf>,
+        /// The schemas' namespace prefix (as given to the generator).
+        #[arg(long, default_value = "")]
+        app_prefix: String,
+        /// Confirms it: without it the command asks on a terminal, and elsewhere does
+        /// nothing (exit 2).
+        #[arg(long)]
+        yes: bool,
+        /// Read every event again, not from where the last run with these schemas
+        /// stopped.
+        #[arg(long)]
+        from_start: bool,
+        /// Events per batch (one read and one write transaction each).
+        #[arg(long, value_name = "N", default_value_t = orkestra_runtime::store::encrypt::DEFAULT_ENCRYPT_BATCH)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +329,22 @@ async fn run(args: &Args) -> Result<ExitCode, String> {
         return match store {
             StoreCmd::ReindexTags => tags::reindex(&config, args.format).await,
             StoreCmd::Tags => tags::list(&config, args.format).await,
+            StoreCmd::EncryptPersonal {
+                schemas,
+                app_prefix,
+                yes,
+                from_start,
+                batch,
+            } => {
+                let request = encrypt::Request {
+                    schemas,
+                    app_prefix,
+                    yes: *yes,
+                    from_start: *from_start,
+                    batch: *batch,
+                };
+                encrypt::run(&config, request, args.format).await
+            }
         };
     }
     if let Cmd::Forget { subject, yes } = &args.command {

@@ -3,7 +3,7 @@
 use chrono::Utc;
 use orkestra_runtime::bus::rabbitmq::{Settlement, StoredDeadLetter, TopologyReport};
 use orkestra_runtime::runners::RunnerStatus;
-use orkestra_runtime::store::{DeclaredTag, REINDEX_COMMAND, ReindexReport};
+use orkestra_runtime::store::{DeclaredTag, EncryptReport, REINDEX_COMMAND, ReindexReport};
 use serde_json::{Value, json};
 
 use crate::Format;
@@ -353,6 +353,99 @@ pub(crate) fn reindexed(format: Format, report: &ReindexReport) {
         report.written(),
         if report.written() == 1 { "y" } else { "ies" },
         report.skipped_count()
+    );
+}
+
+/// `store encrypt-personal`: what the rewrite read, sealed, erased and left.
+pub(crate) fn encrypted(format: Format, adapter: &str, report: &EncryptReport) {
+    if format == Format::Json {
+        let unsealed: Vec<Value> = report
+            .unsealed_events
+            .iter()
+            .map(|e| {
+                json!({
+                    "event_type": e.event_type,
+                    "stream": e.stream,
+                    "position": e.position,
+                    "reason": e.reason,
+                })
+            })
+            .collect();
+        emit(&json!({
+            "store": adapter,
+            "resumed_after": report.resumed_after,
+            "last_position": report.last_position,
+            "scanned": report.scanned,
+            "rewritten": report.rewritten,
+            "fields_sealed": report.fields_sealed,
+            "forgotten": report.forgotten,
+            "fields_erased": report.fields_erased,
+            "unsealed_count": report.unsealed,
+            "unsealed": unsealed,
+            "snapshots_deleted": report.snapshots_deleted,
+        }));
+        return;
+    }
+    if report.scanned == 0 {
+        match report.resumed_after {
+            Some(p) => println!(
+                "no event after position {p}, where the last run with these schemas stopped: nothing to do (--from-start reads every event again)"
+            ),
+            None => println!("the store holds no events: nothing to do"),
+        }
+        return;
+    }
+    let rows = [
+        ["events read".to_owned(), report.scanned.to_string()],
+        ["events rewritten".to_owned(), report.rewritten.to_string()],
+        [
+            "values sealed with their subject's key".to_owned(),
+            report.fields_sealed.to_string(),
+        ],
+        [
+            "events of forgotten subjects (values erased)".to_owned(),
+            format!("{} ({})", report.forgotten, report.fields_erased),
+        ],
+        [
+            "events left in plain text (no subject)".to_owned(),
+            report.unsealed.to_string(),
+        ],
+        [
+            "plain snapshots deleted".to_owned(),
+            report.snapshots_deleted.to_string(),
+        ],
+    ];
+    table(&["", "COUNT"], &rows);
+    if !report.unsealed_events.is_empty() {
+        println!();
+        println!("events left in plain text (no usable subject field):");
+        let rows: Vec<[String; 4]> = report
+            .unsealed_events
+            .iter()
+            .map(|e| {
+                [
+                    clean(&e.event_type),
+                    clean(&e.stream),
+                    e.position.to_string(),
+                    clean(&e.reason),
+                ]
+            })
+            .collect();
+        table(&["EVENT TYPE", "STREAM", "POSITION", "WHY"], &rows);
+        let listed = report.unsealed_events.len() as u64;
+        if report.unsealed > listed {
+            println!("... and {} more", report.unsealed - listed);
+        }
+    }
+    println!();
+    println!(
+        "the {adapter} store's personal data is encrypted up to position {}: {} event(s) rewritten. \
+         Copies outside the store (read models, messages already delivered, backups) keep \
+         what they hold.",
+        report
+            .last_position
+            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        report.rewritten
     );
 }
 

@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use orkestra_runtime::keys::{
     ENCRYPTED_KEY, PersonalData, PersonalEvent, PersonalField, PersonalState,
 };
-use orkestra_runtime::store::{FORGOTTEN_STREAM, SUBJECT_FORGOTTEN};
+use orkestra_runtime::store::{
+    EncryptOptions, EncryptProgress, FORGOTTEN_STREAM, SUBJECT_FORGOTTEN,
+};
 use orkestra_runtime::{
     EventData, ExpectedVersion, Metadata, Query, QueryItem, RawEvent, Snapshot, Store, StoreError,
     Tag,
@@ -188,8 +190,11 @@ impl Raw {
             Raw::Memory => unreachable!("memory has no rows to tamper with"),
             Raw::Sqlite(path) => {
                 let conn = rusqlite::Connection::open(path).unwrap();
-                conn.execute_batch("DROP TRIGGER IF EXISTS orkestra_events_no_update")
-                    .unwrap();
+                conn.execute_batch(
+                    "DROP TRIGGER IF EXISTS orkestra_events_no_update; \
+                     DROP TRIGGER IF EXISTS orkestra_events_no_data_update",
+                )
+                .unwrap();
                 conn.execute(
                     "UPDATE orkestra_events SET data = ?1 WHERE position = ?2",
                     rusqlite::params![data, position as i64],
@@ -759,4 +764,482 @@ async fn an_event_without_its_subject_is_refused() {
         "{text}"
     );
     assert!(!text.contains("x@mail.example"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// `Store::encrypt_personal`: events stored before their fields were declared personal.
+
+/// What a reader of the raw store sees of an event besides its data: none of it may
+/// change when its personal fields are sealed in place.
+type Identity = (
+    u64,
+    String,
+    u64,
+    String,
+    String,
+    u32,
+    String,
+    Vec<String>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+fn identity(e: &orkestra_runtime::RecordedEvent) -> Identity {
+    (
+        e.position(),
+        e.stream().to_owned(),
+        e.version(),
+        e.id().to_owned(),
+        e.event_type().to_owned(),
+        e.schema_version(),
+        serde_json::to_string(e.metadata()).unwrap(),
+        e.tags().iter().map(|t| t.as_str().to_owned()).collect(),
+        e.recorded_at(),
+    )
+}
+
+/// Every event of the store in global order, as stored (a handle without personal
+/// data reads the data as it lies).
+async fn everything(store: &Store) -> Vec<orkestra_runtime::RecordedEvent> {
+    let mut all = Vec::new();
+    loop {
+        let from = all
+            .last()
+            .map_or(0, |e: &orkestra_runtime::RecordedEvent| e.position() + 1);
+        let page = store.read_all(from, 1000).await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Every event, once the global order shows at least `count` (PostgreSQL shows a commit
+/// once every older transaction on the server has ended).
+async fn settled(store: &Store, count: usize) -> Vec<orkestra_runtime::RecordedEvent> {
+    for _ in 0..200 {
+        let all = everything(store).await;
+        if all.len() >= count {
+            return all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {count} events in the global order after 10 s");
+}
+
+fn find<'a>(
+    events: &'a [orkestra_runtime::RecordedEvent],
+    who: &Person,
+) -> &'a orkestra_runtime::RecordedEvent {
+    events
+        .iter()
+        .find(|e| e.event_type() == REGISTERED && e.stream() == who.stream())
+        .unwrap()
+}
+
+/// `old` is the store as a process of the older schema sees it (no personal data),
+/// `store` as the new one does: the same database.
+async fn encrypt_personal_in_place(old: Store, store: Store, raw: Raw) {
+    let store = store.with_personal_data(&personal()).unwrap();
+    // An intermediate schema that had made only the email personal.
+    static EMAIL_ONLY: &[PersonalEvent] = &[PersonalEvent::new(
+        REGISTERED,
+        "customer_id",
+        &[PersonalField::new("email", "\"\"")],
+    )];
+    let email_only = old
+        .clone()
+        .with_personal_data(&PersonalData::new().with_events(EMAIL_ONLY))
+        .unwrap();
+    let (alice, bob, carol, dave, erin) = (
+        Person::new("alice"),
+        Person::new("bob"),
+        Person::new("carol"),
+        Person::new("dave"),
+        Person::new("erin"),
+    );
+    let mut metadata = Metadata::new();
+    metadata.actor_id = Some("clerk-7".into());
+    let mut registered = alice.registered();
+    registered.metadata = metadata;
+    // Before the fields were personal: alice, bob and carol in plain text, one event
+    // without its subject; dave appended by the new schema, erin by the intermediate.
+    old.append(&alice.stream(), ExpectedVersion::NoStream, vec![registered])
+        .await
+        .unwrap();
+    old.append(
+        &bob.stream(),
+        ExpectedVersion::NoStream,
+        vec![bob.registered()],
+    )
+    .await
+    .unwrap();
+    old.append(
+        &alice.stream(),
+        ExpectedVersion::Exact(0),
+        vec![event(
+            PLAN_CHANGED,
+            json!({"customer_id": alice.subject, "plan": "silver"}),
+        )],
+    )
+    .await
+    .unwrap();
+    old.append(
+        &carol.stream(),
+        ExpectedVersion::NoStream,
+        vec![carol.registered()],
+    )
+    .await
+    .unwrap();
+    old.append(
+        "customer-nobody",
+        ExpectedVersion::NoStream,
+        vec![event(REGISTERED, json!({"email": "nobody@mail.example"}))],
+    )
+    .await
+    .unwrap();
+    email_only
+        .append(
+            &erin.stream(),
+            ExpectedVersion::NoStream,
+            vec![erin.registered()],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &dave.stream(),
+            ExpectedVersion::NoStream,
+            vec![dave.registered()],
+        )
+        .await
+        .unwrap();
+    // Snapshots: alice's taken by the old schema (plain), dave's by the new one.
+    let snapshot = |who: &Person| Snapshot {
+        stream: who.stream(),
+        version: 0,
+        shape: SHAPE.into(),
+        state: json!({"customer_id": who.subject, "email": who.email}).to_string(),
+    };
+    old.save_snapshot(snapshot(&alice)).await.unwrap();
+    store.save_snapshot(snapshot(&dave)).await.unwrap();
+    // Carol is forgotten before her events were sealed: she has no key, and never
+    // gets one.
+    store.forget(&carol.subject).await.unwrap();
+
+    // alice ×2, bob, carol, nobody, erin, dave, and carol's erasure.
+    let before = settled(&old, 8).await;
+    assert_eq!(before.len(), 8);
+    let dave_stored = find(&before, &dave).data_json().to_owned();
+    let erin_email = find(&before, &erin).data().unwrap()["email"].clone();
+    assert!(erin_email[ENCRYPTED_KEY].is_string());
+
+    let mut seen: Vec<EncryptProgress> = Vec::new();
+    let options = EncryptOptions {
+        batch: 2,
+        ..EncryptOptions::default()
+    };
+    let report = store
+        .encrypt_personal(options, |p| seen.push(*p))
+        .await
+        .unwrap();
+    assert_eq!(report.resumed_after, None);
+    assert_eq!(report.scanned, before.len() as u64, "{report:?}");
+    assert_eq!(report.last_position, before.last().map(|e| e.position()));
+    assert_eq!(report.rewritten, 4, "alice, bob, carol, erin: {report:?}");
+    assert_eq!(report.fields_sealed, 3 + 3 + 2, "{report:?}");
+    assert_eq!(
+        (report.forgotten, report.fields_erased),
+        (1, 3),
+        "{report:?}"
+    );
+    assert_eq!(report.unsealed, 1, "{report:?}");
+    assert_eq!(report.unsealed_events[0].stream, "customer-nobody");
+    assert!(
+        report.unsealed_events[0]
+            .reason
+            .contains("\"customer_id\" is missing"),
+        "{report:?}"
+    );
+    assert_eq!(report.snapshots_deleted, 1, "alice's plain one");
+    // Progress: from nothing, in batches, up to everything.
+    assert_eq!(
+        seen.first().map(|p| (p.scanned, p.total)),
+        Some((0, before.len() as u64))
+    );
+    assert_eq!(seen.last().map(|p| p.scanned), Some(report.scanned));
+    assert!(seen.len() >= before.len() / 2, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].scanned <= w[1].scanned));
+
+    // Nothing else changed: positions, streams, versions, ids, metadata, tags, times.
+    let after = everything(&old).await;
+    assert_eq!(
+        after.iter().map(identity).collect::<Vec<_>>(),
+        before.iter().map(identity).collect::<Vec<_>>()
+    );
+    // Already sealed values are untouched, byte for byte.
+    assert_eq!(find(&after, &dave).data_json(), dave_stored);
+    assert_eq!(find(&after, &erin).data().unwrap()["email"], erin_email);
+    // No plaintext left at rest.
+    for e in &after {
+        for who in [&alice, &bob, &carol, &dave, &erin] {
+            for plain in who.plaintexts() {
+                assert!(
+                    !e.data_json().contains(plain),
+                    "{plain} in {}",
+                    e.data_json()
+                );
+            }
+        }
+    }
+    if let Some(rows) = raw.rows().await {
+        for (_, data) in &rows {
+            for who in [&alice, &bob, &carol, &erin] {
+                for plain in who.plaintexts() {
+                    assert!(!data.contains(plain), "{plain} stored in clear: {data}");
+                }
+            }
+        }
+    }
+    if let Some(state) = raw.snapshot_state(&alice.stream()).await {
+        panic!("alice's plain snapshot is still there: {state}");
+    }
+    // Readers get the values back, as if they had been sealed on append ...
+    let read = everything(&store).await;
+    for who in [&alice, &bob, &dave, &erin] {
+        let e = find(&read, who);
+        assert_eq!(data_of(e), who.data(), "{}", who.subject);
+        assert!(e.redacted().is_empty());
+    }
+    assert_eq!(store.load_snapshot(&alice.stream()).await.unwrap(), None);
+    assert!(store.load_snapshot(&dave.stream()).await.unwrap().is_some());
+    // ... and carol's as replacements, listed as redacted, with no key made for her.
+    let e = find(&read, &carol);
+    let data = data_of(e);
+    assert_eq!(
+        (data["email"].clone(), data["name"].clone()),
+        (json!(""), json!("(erased)"))
+    );
+    assert_eq!(data["contacts"][0], json!({"phone": null, "kind": "home"}));
+    assert_eq!(data["plan"], "gold");
+    let mut redacted = e.redacted().to_vec();
+    redacted.sort();
+    assert_eq!(redacted, ["contacts[0].phone", "email", "name"]);
+    assert!(store.is_forgotten(&carol.subject).await.unwrap());
+    if let Some(rows) = raw.key_rows(&carol.subject).await {
+        assert_eq!(rows, 0, "no key for a forgotten subject");
+    }
+    // The event without a subject is left as it was (and reported).
+    let nobody = read
+        .iter()
+        .find(|e| e.stream() == "customer-nobody")
+        .unwrap();
+    assert_eq!(data_of(nobody)["email"], "nobody@mail.example");
+
+    // A second run resumes after the last event: nothing to read, nothing written.
+    let again = store
+        .encrypt_personal(EncryptOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.resumed_after, report.last_position);
+    assert_eq!((again.scanned, again.rewritten), (0, 0), "{again:?}");
+    // From the start: everything read, nothing sealed twice, not a byte changed.
+    let from_start = EncryptOptions {
+        from_start: true,
+        ..EncryptOptions::default()
+    };
+    let again = store.encrypt_personal(from_start, |_| {}).await.unwrap();
+    assert_eq!(again.scanned, after.len() as u64);
+    assert_eq!(
+        (again.rewritten, again.fields_sealed, again.forgotten),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    let unchanged = everything(&old).await;
+    assert_eq!(
+        unchanged.iter().map(|e| e.data_json()).collect::<Vec<_>>(),
+        after.iter().map(|e| e.data_json()).collect::<Vec<_>>()
+    );
+    // Appended plain later by a process still on the old schema: the next run seals it.
+    let frank = Person::new("frank");
+    old.append(
+        &frank.stream(),
+        ExpectedVersion::NoStream,
+        vec![frank.registered()],
+    )
+    .await
+    .unwrap();
+    settled(&old, 9).await;
+    let later = store
+        .encrypt_personal(EncryptOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (later.scanned, later.rewritten, later.fields_sealed),
+        (1, 1, 3),
+        "{later:?}"
+    );
+    assert_eq!(
+        data_of(find(&everything(&store).await, &frank)),
+        frank.data()
+    );
+    assert!(
+        !find(&everything(&old).await, &frank)
+            .data_json()
+            .contains(&frank.email)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_encrypts_stored_personal_data_in_place() {
+    let store = Store::memory();
+    encrypt_personal_in_place(store.clone(), store, Raw::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_encrypts_stored_personal_data_in_place() {
+    let path = sqlite_path();
+    let old = Store::sqlite(&path).await.unwrap();
+    let store = Store::sqlite(&path).await.unwrap();
+    encrypt_personal_in_place(old, store, Raw::Sqlite(path.clone())).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_encrypts_stored_personal_data_in_place() {
+    let Some(db) = postgres_database().await else {
+        return;
+    };
+    let old = Store::postgres(&db.url()).await.unwrap();
+    let store = Store::postgres(&db.url()).await.unwrap();
+    encrypt_personal_in_place(old, store, Raw::Postgres(Box::new(db))).await;
+}
+
+/// While it runs, an old process appends plain events and a new one sealed events, and
+/// a reindex writes tags to the same rows: nothing is lost, and the run after the
+/// writers stop leaves nothing in plain text.
+async fn encrypt_personal_beside_writers(old: Store, store: Store) {
+    let store = store.with_personal_data(&personal()).unwrap();
+    let people: Vec<Person> = (0..300).map(|i| Person::new(&format!("p{i}"))).collect();
+    for who in &people[..200] {
+        let mut e = event(REGISTERED, who.data());
+        e.tags.clear();
+        old.append(&who.stream(), ExpectedVersion::NoStream, vec![e])
+            .await
+            .unwrap();
+    }
+    // A tag declared after those events: their index entries (the `tags` column) are
+    // written by the reindex, beside the rewrite of their data.
+    let pending = store
+        .ensure_tags_indexed(&[(REGISTERED, "customer_id")])
+        .await;
+    assert!(
+        matches!(pending, Err(StoreError::TagsNotIndexed { .. })),
+        "{pending:?}"
+    );
+    let writer = {
+        let (old, store) = (old.clone(), store.clone());
+        let later: Vec<(String, Value, bool)> = people[200..]
+            .iter()
+            .enumerate()
+            .map(|(i, who)| (who.stream(), who.data(), i % 2 == 0))
+            .collect();
+        tokio::spawn(async move {
+            for (stream, data, plain) in later {
+                let by = if plain { &old } else { &store };
+                by.append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    vec![event(REGISTERED, data)],
+                )
+                .await
+                .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let options = EncryptOptions {
+        batch: 16,
+        ..EncryptOptions::default()
+    };
+    let (report, reindexed) = tokio::join!(
+        store.encrypt_personal(options, |_| {}),
+        store.reindex_tags(|_, _| {})
+    );
+    let report = report.unwrap();
+    reindexed.unwrap();
+    writer.await.unwrap();
+    assert!(report.rewritten >= 200, "{report:?}");
+    // The writers are done: one more run seals what they appended after the cursor.
+    settled(&old, 300).await;
+    store.encrypt_personal(options, |_| {}).await.unwrap();
+    store
+        .ensure_tags_indexed(&[(REGISTERED, "customer_id")])
+        .await
+        .unwrap();
+    let stored = everything(&old).await;
+    let read = everything(&store).await;
+    assert_eq!(stored.len(), 300);
+    for who in &people {
+        let raw = find(&stored, who);
+        for plain in who.plaintexts() {
+            assert!(
+                !raw.data_json().contains(plain),
+                "{plain}: {}",
+                raw.data_json()
+            );
+        }
+        assert_eq!(data_of(find(&read, who)), who.data(), "{}", who.subject);
+    }
+    // The reindex's tags survived the rewrite of the same rows.
+    for who in &people[..200] {
+        let tag = Tag::new("customer_id", &who.subject).unwrap();
+        assert!(find(&stored, who).tags().contains(&tag), "{}", who.subject);
+        let found = store
+            .read_query(&Query::of(QueryItem::tags([tag])), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1, "{}", who.subject);
+        assert_eq!(data_of(&found[0]), who.data());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_encrypts_beside_writers() {
+    let store = Store::memory();
+    encrypt_personal_beside_writers(store.clone(), store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_encrypts_beside_writers() {
+    let path = sqlite_path();
+    let old = Store::sqlite(&path).await.unwrap();
+    let store = Store::sqlite(&path).await.unwrap();
+    encrypt_personal_beside_writers(old, store).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_encrypts_beside_writers() {
+    let Some(db) = postgres_database().await else {
+        return;
+    };
+    let old = Store::postgres(&db.url()).await.unwrap();
+    let store = Store::postgres(&db.url()).await.unwrap();
+    encrypt_personal_beside_writers(old, store).await;
+}
+
+#[tokio::test]
+async fn encrypting_needs_a_description() {
+    let error = Store::memory()
+        .encrypt_personal(EncryptOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("Store::with_personal_data"),
+        "{error}"
+    );
 }

@@ -94,6 +94,21 @@ async fn foreign_rows_are_reported_and_updates_refused() {
         [&stream],
     );
     assert!(refused.unwrap_err().to_string().contains("append-only"));
+    // A permit (what `Store::encrypt_personal` writes in its transaction) lets the data
+    // of that event change, and nothing else of it.
+    let tx = conn.unchecked_transaction().unwrap();
+    tx.execute(
+        "INSERT INTO orkestra_data_rewrites (position) \
+         SELECT position FROM orkestra_events WHERE stream = ?1",
+        [&stream],
+    )
+    .unwrap();
+    let refused = tx.execute(
+        "UPDATE orkestra_events SET metadata = '{}' WHERE stream = ?1",
+        [&stream],
+    );
+    assert!(refused.unwrap_err().to_string().contains("append-only"));
+    tx.rollback().unwrap();
     let refused = conn.execute("DELETE FROM orkestra_events WHERE stream = ?1", [&stream]);
     assert!(refused.is_err());
 }
@@ -334,10 +349,28 @@ async fn postgres_events_are_append_only() {
     tokio::spawn(connection);
     for sql in [
         "UPDATE orkestra_events SET event_type = 'x' WHERE stream = $1",
+        "UPDATE orkestra_events SET data = '{}' WHERE stream = $1",
         "DELETE FROM orkestra_events WHERE stream = $1",
     ] {
         let err = client.execute(sql, &[&stream]).await.unwrap_err();
         assert!(format!("{err:?}").contains("append-only"), "{err:?}");
+    }
+    // The transaction `Store::encrypt_personal` runs in may change an event's data and
+    // nothing else.
+    for set in ["metadata = '{}'", "data = '{}', version = 7"] {
+        client
+            .batch_execute("BEGIN; SET LOCAL orkestra.rewrite = 'personal data'")
+            .await
+            .unwrap();
+        let err = client
+            .execute(
+                &format!("UPDATE orkestra_events SET {set} WHERE stream = $1"),
+                &[&stream],
+            )
+            .await
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("append-only"), "{set}: {err:?}");
+        client.batch_execute("ROLLBACK").await.unwrap();
     }
     // TRUNCATE waits for every open transaction on the table, and readers queue behind
     // it: with a lock timeout it steps out of the queue (and tries again) instead of

@@ -7,6 +7,15 @@ use super::{Change, Rule, Subject};
 use crate::diagnostic::Span;
 use crate::model::*;
 
+/// Whether the value at `path` is sealed under `paths`: one of them is the path itself or
+/// an ancestor of it (sealed whole).
+fn sealed_by(paths: &[String], path: &str) -> bool {
+    paths.iter().any(|p| {
+        path.strip_prefix(p.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+    })
+}
+
 /// Named struct types of a model, by (module, name).
 struct Types<'a>(BTreeMap<(&'a str, &'a str), &'a TypeDef>);
 
@@ -255,6 +264,74 @@ impl<'a> Comparer<'a> {
                     }
                 }
             }
+        }
+        self.personal(name, o, n, &renamed);
+    }
+
+    /// Personal fields made (a warning) and no longer (an error) personal, and a changed
+    /// subject (an error), in event `name`. Paths are compared as the runtime seals
+    /// them (`crate::personal`): a path still sealed inside a personal ancestor (or
+    /// sealed before inside one) is no change; old names follow the chain's renames.
+    fn personal(
+        &mut self,
+        name: &str,
+        o: &Payload,
+        n: &Payload,
+        renamed: &BTreeMap<String, String>,
+    ) {
+        let old_paths: Vec<String> = crate::personal::paths(&self.old.modules, &o.fields)
+            .fields
+            .into_iter()
+            .map(|f| match f.path.split_once(['.', '[']) {
+                Some((top, rest)) => {
+                    let sep = &f.path[top.len()..=top.len()];
+                    let top = renamed.get(top).map_or(top, String::as_str);
+                    format!("{top}{sep}{}", &rest)
+                }
+                None => renamed.get(&f.path).cloned().unwrap_or(f.path),
+            })
+            .collect();
+        let new_paths: Vec<String> = crate::personal::paths(&self.new.modules, &n.fields)
+            .fields
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let span_of = |path: &str| -> Span {
+            let top = path.split(['.', '[']).next().unwrap_or(path);
+            n.fields
+                .iter()
+                .find(|f| f.name == top)
+                .map_or_else(|| n.span.clone(), |f| f.span.clone())
+        };
+        if let (Some(before), Some(now)) = (&o.personal_subject, &n.personal_subject)
+            && before != now
+            && renamed.get(before).is_none_or(|to| to != now)
+        {
+            self.report_with_help(
+                Rule::PersonalSubjectChanged,
+                &n.span,
+                Subject::new("event", name, None),
+                format!("the personal data subject of event `{name}` changed from `{before}` to `{now}`: each stored sealed value is bound to its subject, so readers looking it up by `{now}` can no longer open it"),
+                format!("keep `personal_data: {{ subject: {before} }}`; a new subject needs a new event type"),
+            );
+        }
+        for path in new_paths.iter().filter(|p| !sealed_by(&old_paths, p)) {
+            self.report_with_help(
+                Rule::PersonalAdded,
+                &span_of(path),
+                Subject::new("event", name, Some(path)),
+                format!("field `{path}` of event `{name}` was made personal: events stored before hold it in plain text, which forgetting the subject cannot erase"),
+                "run `orkestra store encrypt-personal --schemas <the new schemas>` once every process appends with this release: it seals the stored values in place".to_owned(),
+            );
+        }
+        for path in old_paths.iter().filter(|p| !sealed_by(&new_paths, p)) {
+            self.report_with_help(
+                Rule::PersonalRemoved,
+                &span_of(path),
+                Subject::new("event", name, Some(path)),
+                format!("field `{path}` of event `{name}` is no longer personal: events appended from now on hold it in plain text, which forgetting the subject cannot erase"),
+                format!("keep `personal: true` on `{path}`; if it is not personal data after all, `--allow PERSONAL_REMOVED`"),
+            );
         }
     }
 

@@ -53,7 +53,7 @@ impl Subject {
 }
 
 impl Change {
-    /// Error or warning (`HANDLER_REMOVED` and `TAG_ADDED` warn).
+    /// Error or warning (`HANDLER_REMOVED`, `TAG_ADDED` and `PERSONAL_ADDED` warn).
     pub fn severity(&self) -> Severity {
         self.rule.severity()
     }

@@ -88,6 +88,12 @@ rules! {
         "A tag disappears from an event's `tags`: events appended from then on are not indexed by it, so a decision reading by that tag (in either release) no longer sees them and its rule breaks.";
     TagAdded = "TAG_ADDED", Warning,
         "A tag is added to an event's `tags`: events stored before have no index entries for it until `orkestra store reindex-tags` builds them, and decisions reading by it refuse to run until then.";
+    PersonalAdded = "PERSONAL_ADDED", Warning,
+        "A field of an event becomes personal (`personal: true`, directly or in a named type it uses): events stored before hold it in plain text, which forgetting the subject cannot erase, until `orkestra store encrypt-personal` seals them in place.";
+    PersonalRemoved = "PERSONAL_REMOVED", Error,
+        "A field of an event stops being personal: events appended from then on hold it in plain text, which forgetting the subject cannot erase.";
+    PersonalSubjectChanged = "PERSONAL_SUBJECT_CHANGED", Error,
+        "An event's `personal_data.subject` names another field: its stored sealed values are bound to the old subject's key and no longer open.";
     HandlerRemoved = "HANDLER_REMOVED", Warning,
         "A handler binding disappears: on RabbitMQ its queue keeps messages nobody reads.";
 }

@@ -13,7 +13,9 @@
 //!   queue, with `x-orkestra-decision`: its stream, read items and conflict retries)
 //!   and sends the events it emits;
 //! - messages with their payload schema, the metadata as headers and `correlationId`;
-//!   an event's tags (the fields the store indexes it by) as `x-orkestra-tags`.
+//!   an event's tags (the fields the store indexes it by) as `x-orkestra-tags`;
+//!   personal fields as `x-personal: true` on their properties and the event's subject
+//!   field as `x-personal-subject` on its payload (the JSON Schema builders mark them).
 
 use super::flow::{Bound, Decided, Flow, Msg};
 use super::jsonschema::{Refs, Schemas, example};

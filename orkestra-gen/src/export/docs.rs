@@ -29,7 +29,7 @@ header a{color:#fff;text-decoration:none;font-weight:600}header nav a{font-weigh
 main{max-width:1100px;margin:0 auto;padding:1rem 1.5rem 3rem}\
 h1{font-size:1.6rem;margin:.6rem 0}h2{font-size:1.2rem;margin:1.6rem 0 .5rem}\
 .badge{display:inline-block;font-size:.75rem;font-weight:600;padding:.05rem .45rem;border-radius:.3rem;color:#fff;vertical-align:middle}\
-.badge.command{background:var(--cmd)}.badge.event{background:var(--evt)}.badge.handler{background:var(--hnd)}.badge.type{background:#6d28d9}.badge.decision{background:#0f766e}\
+.badge.command{background:var(--cmd)}.badge.event{background:var(--evt)}.badge.handler{background:var(--hnd)}.badge.type{background:#6d28d9}.badge.decision{background:#0f766e}.badge.personal{background:#be123c}\
 code,pre{font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace}\
 pre{background:#fff;border:1px solid var(--line);border-radius:.4rem;padding:.7rem;overflow:auto;white-space:pre-wrap}\
 table{border-collapse:collapse;width:100%;background:#fff}th,td{border:1px solid var(--line);padding:.35rem .55rem;text-align:left;vertical-align:top}\
@@ -275,6 +275,13 @@ fn message_page(flow: &Flow<'_>, schemas: &Schemas<'_>, msg: &Msg<'_>) -> String
             body,
             "<p class=\"tags\">Tags: {} (the store indexes each stored event by these fields' values; decisions read by them).</p>",
             tags.join(", ")
+        );
+    }
+    if let Some(subject) = &p.personal_subject {
+        let _ = writeln!(
+            body,
+            "<p class=\"personal-subject\">Personal data of the subject named by <code>{}</code>: the fields marked <span class=\"badge personal\">personal</span> are stored encrypted with that subject's key, and read as their replacement once the subject is forgotten.</p>",
+            html(subject)
         );
     }
     body.push_str("<h2>Fields</h2>\n");
@@ -591,9 +598,23 @@ fn fields_table(body: &mut String, fields: &[Field], model: &crate::model::Model
     }
     body.push_str("<table class=\"fields\"><tr><th>name</th><th>type</th><th>required</th><th>default</th><th>rules</th><th>description</th></tr>\n");
     for f in fields {
+        let personal = if f.personal {
+            let replacement = f.replacement.as_ref().map_or_else(String::new, |r| {
+                format!(
+                    ", read as {} once its subject is forgotten",
+                    html(&super::tree::Node::literal(r).to_json_line())
+                )
+            });
+            format!(
+                " <span class=\"badge personal\" data-personal=\"{}\" title=\"personal data: stored encrypted{replacement}\">personal</span>",
+                html(&f.name)
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             body,
-            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"desc\">{}</td></tr>",
+            "<tr><td><code>{}</code>{personal}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"desc\">{}</td></tr>",
             html(&f.name),
             html(&type_text(&f.ty, model)),
             if f.required { "yes" } else { "no" },

@@ -14,6 +14,11 @@
 //!   applies, so a validator that treats `format` as an annotation (the 2020-12 default)
 //!   still enforces it; `format: uuid`, `date-time` and `date` are the RFC forms.
 //!
+//! - personal data (`personal: true`) is marked, not changed: the property has
+//!   `x-personal: true` (also inside named types), and an event with personal data names
+//!   its subject field with `x-personal-subject`. The schema states what a message holds
+//!   in the clear; the store seals those values at rest.
+//!
 //! The same builders serve AsyncAPI, whose named types live under
 //! `#/components/schemas/` instead of `$defs`.
 
@@ -108,6 +113,9 @@ impl<'m> Schemas<'m> {
         }
         let strict = p.kind == PayloadKind::Command;
         self.object(&mut schema, &p.fields, true, strict);
+        if let Some(subject) = &p.personal_subject {
+            schema.set("x-personal-subject", Node::str(subject.clone()));
+        }
         schema
     }
 
@@ -249,6 +257,12 @@ impl<'m> Schemas<'m> {
         }
         if let Some(d) = &f.default {
             out.set("default", Node::literal(d));
+        }
+        if f.personal {
+            out.set("x-personal", Node::Bool(true));
+            if out.get("$ref").is_some() {
+                wrap_ref(&mut out);
+            }
         }
         out
     }

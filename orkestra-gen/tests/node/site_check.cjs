@@ -32,9 +32,18 @@ const { chromium } = require('playwright-core');
     const seen = await page.evaluate(() => ({
       h1: (document.querySelector('h1') || {}).textContent || '',
       pwned: typeof window.__pwned !== 'undefined' ? String(window.__pwned) : null,
+      // Personal fields as a reader sees them: each visible mark and the row it is in.
+      personal: Array.from(document.querySelectorAll('[data-personal]'))
+        .filter((b) => b.offsetParent !== null && b.textContent.trim() !== '')
+        .map((b) => ({ field: b.getAttribute('data-personal'), title: b.getAttribute('title') || '',
+          row: (b.closest('tr') || b).textContent.trim() })),
+      subject: (() => {
+        const s = document.querySelector('.personal-subject');
+        return s && s.offsetParent !== null ? s.textContent.trim() : null;
+      })(),
     }));
     if (seen.pwned !== null) report.pwned.push(`${p}: ${seen.pwned}`);
-    report.pages.push({ path: p, h1: seen.h1.trim() });
+    report.pages.push({ path: p, h1: seen.h1.trim(), personal: seen.personal, subject: seen.subject });
   }
 
   current = 'flow.html';

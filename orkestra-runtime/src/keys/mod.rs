@@ -194,6 +194,16 @@ pub trait KeyStore: Send + Sync + fmt::Debug + 'static {
     fn is_forgotten<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<bool, KeyError>>;
 }
 
+/// A cipher under a fresh random key that is never stored: what the personal values of
+/// a forgotten subject are sealed with when `Store::encrypt_personal` finds them plain
+/// (no key may be made for that subject, and the values must not stay readable). Its key
+/// is wiped when the cipher is dropped.
+pub(crate) fn throwaway_cipher() -> aes_gcm::Aes256Gcm {
+    use aes_gcm::KeyInit;
+    let key = SubjectKey::generate();
+    aes_gcm::Aes256Gcm::new(key.expose().into())
+}
+
 /// The refusal of an empty subject, shared by the built-in key stores.
 pub(crate) fn check_subject(subject: &str) -> Result<(), KeyError> {
     if subject.is_empty() {

@@ -349,6 +349,11 @@ impl Fields {
         &self.subject
     }
 
+    /// The personal fields' paths, as declared.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|f| f.path.as_str())
+    }
+
     /// Replaces every declared personal value of `data` (not null) with its stored
     /// form. The error names the field's path.
     pub(crate) fn seal(
@@ -391,6 +396,46 @@ impl Fields {
     /// Whether `path` (a top-level field name) is personal, or holds a personal field.
     pub(crate) fn covers_top_level(&self, name: &str) -> bool {
         self.fields.iter().any(|f| f.segments[0].name == name)
+    }
+
+    /// How many declared personal values of `data` are plain: not `null`, not in the
+    /// stored form (what an append of an older schema left, see
+    /// `Store::encrypt_personal`).
+    pub(crate) fn count_plain(&self, data: &mut Value) -> Result<usize, String> {
+        let mut plain = 0;
+        for f in &self.fields {
+            visit_mut(data, &f.segments, &mut String::new(), &mut |_, v| {
+                if !v.is_null() && sealed_text(v).is_none() {
+                    plain += 1;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(plain)
+    }
+
+    /// Seals the declared personal values of `data` that are plain, exactly as
+    /// [`seal`](Self::seal) does on append; values already in the stored form are left
+    /// as they are (a second run changes nothing). The number sealed.
+    pub(crate) fn seal_plain(
+        &self,
+        data: &mut Value,
+        subject: &str,
+        cipher: &Aes256Gcm,
+    ) -> Result<usize, String> {
+        let mut sealed = 0;
+        for f in &self.fields {
+            visit_mut(data, &f.segments, &mut String::new(), &mut |path, v| {
+                if v.is_null() || sealed_text(v).is_some() {
+                    return Ok(());
+                }
+                *v = seal_value(cipher, subject, path, v)
+                    .map_err(|m| format!("field {path}: {m}"))?;
+                sealed += 1;
+                Ok(())
+            })?;
+        }
+        Ok(sealed)
     }
 
     /// Replaces every value of `data` in the stored form with what it holds (`cipher`)
@@ -730,6 +775,31 @@ mod tests {
         let (path, why) = f.open(&mut d, "c-1", Some(&cipher)).unwrap_err();
         assert_eq!(path, "contacts[2].phone");
         assert!(why.contains("does not authenticate"), "{why}");
+    }
+
+    #[test]
+    fn sealing_what_is_plain_leaves_sealed_values_as_they_are() {
+        let cipher = Aes256Gcm::new(&[7u8; 32].into());
+        let f = fields();
+        let mut d = data();
+        // The email sealed already (by an append of the newer schema), the rest plain.
+        let email = seal_value(&cipher, "c-1", "email", &d["email"]).unwrap();
+        d["email"] = email.clone();
+        assert_eq!(
+            f.count_plain(&mut d).unwrap(),
+            3,
+            "two phones and the address"
+        );
+        assert_eq!(f.seal_plain(&mut d, "c-1", &cipher).unwrap(), 3);
+        assert_eq!(d["email"], email, "untouched");
+        assert_eq!(f.count_plain(&mut d).unwrap(), 0);
+        assert_eq!(
+            f.seal_plain(&mut d, "c-1", &cipher).unwrap(),
+            0,
+            "idempotent"
+        );
+        f.open(&mut d, "c-1", Some(&cipher)).unwrap();
+        assert_eq!(d, data());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
+use super::encrypt::DataRewrite;
 use super::tag_index::{DeclaredTag, ReindexBatch};
 use super::{
     AppendCondition, AppendResult, Encoded, ExpectedVersion, Query, RecordedEvent, Snapshot,
@@ -92,6 +93,29 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         _max: usize,
     ) -> BoxFuture<'a, Result<ReindexBatch, StoreError>> {
         Box::pin(std::future::ready(Err(self.no_dcb("reindex_tags"))))
+    }
+    /// Replaces the data of stored events, each only where it is still `before` (a
+    /// compare-and-set), all in one transaction, writing no other column; returns the
+    /// positions written, in order. Only `Store::encrypt_personal` calls it. This
+    /// default refuses: the adapter's events cannot change.
+    fn rewrite_data<'a>(
+        &'a self,
+        _rewrites: &'a [DataRewrite],
+    ) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        Box::pin(std::future::ready(Err(StoreError::Unsupported {
+            adapter: self.name(),
+            operation: "encrypt_personal",
+            hint: "its stored events cannot be rewritten; encrypting stored personal data \
+                   needs the memory, SQLite or PostgreSQL store",
+        })))
+    }
+    /// Deletes the snapshots of these state shapes whose state holds no sealed value;
+    /// returns how many. This default keeps them (the adapter keeps none it could list).
+    fn delete_plain_snapshots<'a>(
+        &'a self,
+        _shapes: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Ok(0)))
     }
     /// The refusal of the defaults above.
     fn no_dcb(&self, operation: &'static str) -> StoreError {

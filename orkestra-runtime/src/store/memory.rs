@@ -346,6 +346,42 @@ impl Backend for MemoryStore {
         Box::pin(std::future::ready(self.reindex_now(event_type, tag, max)))
     }
 
+    fn rewrite_data<'a>(
+        &'a self,
+        rewrites: &'a [super::encrypt::DataRewrite],
+    ) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        let mut state = crate::sync::lock(&self.state);
+        let mut written = Vec::with_capacity(rewrites.len());
+        for r in rewrites {
+            let Some(event) = usize::try_from(r.position)
+                .ok()
+                .and_then(|i| state.log.get_mut(i))
+            else {
+                continue;
+            };
+            if event.data == r.before {
+                event.data.clone_from(&r.after);
+                written.push(r.position);
+            }
+        }
+        drop(state);
+        written.sort_unstable();
+        Box::pin(std::future::ready(Ok(written)))
+    }
+
+    fn delete_plain_snapshots<'a>(
+        &'a self,
+        shapes: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let mut state = crate::sync::lock(&self.state);
+        let before = state.snapshots.len();
+        state
+            .snapshots
+            .retain(|_, s| !shapes.contains(&s.shape) || crate::keys::find_encrypted(&s.state));
+        let deleted = (before - state.snapshots.len()) as u64;
+        Box::pin(std::future::ready(Ok(deleted)))
+    }
+
     fn read_stream<'a>(
         &'a self,
         stream: &'a str,

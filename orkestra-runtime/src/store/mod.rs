@@ -18,8 +18,13 @@
 //! [`Query`]; EventStoreDB refuses them). [`Store::ensure_tags_indexed`] records the tags a
 //! decision reads and refuses while older events lack entries;
 //! [`Store::reindex_tags`] builds them (see [`tag_index`]).
+//!
+//! Stored events never change, with one exception: [`Store::encrypt_personal`] seals, in
+//! place, personal fields that events stored before the fields were declared personal
+//! hold in plain text (see [`encrypt`]).
 
 mod backend;
+pub mod encrypt;
 mod error;
 mod event;
 #[cfg(feature = "eventstoredb")]
@@ -42,6 +47,9 @@ use std::sync::Arc;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use backend::sql_int;
 pub(crate) use backend::{Backend, Backlog, Direction, StoredId, check_append, next_version};
+pub use encrypt::{
+    ENCRYPT_PERSONAL_COMMAND, EncryptOptions, EncryptProgress, EncryptReport, UnsealedEvent,
+};
 pub use error::StoreError;
 pub(crate) use event::Encoded;
 pub use event::{

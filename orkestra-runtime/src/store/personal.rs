@@ -114,7 +114,7 @@ impl Store {
         self.personal.keys.as_deref().map(Keys::store)
     }
 
-    fn keys(&self) -> Result<&Keys, StoreError> {
+    pub(super) fn keys(&self) -> Result<&Keys, StoreError> {
         self.personal.keys.as_deref().ok_or_else(|| {
             StoreError::Invalid(format!(
                 "the {} store keeps no keys: give it one with Store::with_keys",

@@ -331,6 +331,36 @@ DO $$ BEGIN
             FOR EACH ROW EXECUTE FUNCTION orkestra_events_guard();
     END IF;
 END $$;
+-- From this release on the guard also lets Store::encrypt_personal rewrite the data of
+-- an event (its personal fields sealed; nothing else changes) in a transaction that says
+-- so (`orkestra.rewrite` set to 'personal data' for the transaction). A function of its
+-- own name, so processes of older releases, which replace orkestra_events_guard at
+-- start, leave it be; the trigger is moved to it once.
+CREATE OR REPLACE FUNCTION orkestra_events_guard_v2() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND (NEW.position, NEW.tx_id, NEW.stream, NEW.version, NEW.id, NEW.event_type,
+            NEW.schema_version, NEW.metadata, NEW.recorded_at, NEW.topic)
+           IS NOT DISTINCT FROM
+           (OLD.position, OLD.tx_id, OLD.stream, OLD.version, OLD.id, OLD.event_type,
+            OLD.schema_version, OLD.metadata, OLD.recorded_at, OLD.topic)
+       AND (NEW.data = OLD.data
+            OR current_setting('orkestra.rewrite', true) IS NOT DISTINCT FROM 'personal data')
+       AND coalesce(NEW.tags, '{}') @> coalesce(OLD.tags, '{}') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'orkestra_events is append-only';
+END $$;
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger t
+               WHERE t.tgname = 'orkestra_events_no_change'
+                 AND t.tgrelid = 'orkestra_events'::regclass
+                 AND t.tgfoid <> 'orkestra_events_guard_v2'::regproc) THEN
+        DROP TRIGGER orkestra_events_no_change ON orkestra_events;
+        CREATE TRIGGER orkestra_events_no_change BEFORE UPDATE OR DELETE ON orkestra_events
+            FOR EACH ROW EXECUTE FUNCTION orkestra_events_guard_v2();
+    END IF;
+END $$;
 -- The locks of a consistency boundary: transaction-level advisory locks on the hashes of
 -- `p_keys` ('type <event type>' or 'tag <key:value>'), exclusive where `p_exclusive`
 -- says so (a key named twice is taken once, exclusive if either asks), in the order of
@@ -1062,6 +1092,15 @@ async fn reindex_batch(
         )
         .await
         .map_err(backend_error)?;
+        // Rows locked in position order, as encrypt_personal's rewrite locks them: the
+        // two never wait on each other in a cycle.
+        tx.execute(
+            "SELECT 1 FROM orkestra_events WHERE position = ANY($1) \
+             ORDER BY position FOR NO KEY UPDATE",
+            &[&positions],
+        )
+        .await
+        .map_err(backend_error)?;
         tx.execute(
             "UPDATE orkestra_events e SET tags = array_append(coalesce(e.tags, '{}'), u.tag) \
              FROM unnest($1::bigint[], $2::text[]) AS u(position, tag) \
@@ -1082,6 +1121,49 @@ async fn reindex_batch(
     .map_err(backend_error)?;
     tx.commit().await.map_err(backend_error)?;
     Ok(batch)
+}
+
+/// `Store::encrypt_personal`'s rewrites of one batch in one transaction: the rows
+/// locked in position order, then each one's data written where it is still `before`
+/// (under READ COMMITTED a row changed meanwhile is checked again as it is now), in a
+/// transaction the guard trigger lets rewrite data. Returns the positions written, in
+/// order.
+async fn rewrite_data(
+    client: &mut deadpool_postgres::Object,
+    rewrites: &[super::encrypt::DataRewrite],
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    let positions: Vec<i64> = rewrites.iter().map(|r| sql_int(r.position)).collect();
+    let before: Vec<&str> = rewrites.iter().map(|r| r.before.as_str()).collect();
+    let after: Vec<&str> = rewrites.iter().map(|r| r.after.as_str()).collect();
+    let tx = client.transaction().await?;
+    tx.batch_execute("SELECT set_config('orkestra.rewrite', 'personal data', true)")
+        .await?;
+    tx.query_typed(
+        "SELECT 1 FROM orkestra_events WHERE position = ANY($1) \
+         ORDER BY position FOR NO KEY UPDATE",
+        &[(&positions, Type::INT8_ARRAY)],
+    )
+    .await?;
+    let rows = tx
+        .query_typed(
+            "UPDATE orkestra_events e SET data = u.after::jsonb \
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(position, before, after) \
+             WHERE e.position = u.position AND e.data = u.before::jsonb \
+             RETURNING e.position",
+            &[
+                (&positions, Type::INT8_ARRAY),
+                (&before, Type::TEXT_ARRAY),
+                (&after, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    let mut written: Vec<u64> = rows
+        .iter()
+        .map(|r| r.try_get::<_, i64>(0).map(|p| p.max(0) as u64))
+        .collect::<Result<_, _>>()?;
+    written.sort_unstable();
+    Ok(written)
 }
 
 fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
@@ -1525,6 +1607,44 @@ impl Backend for PostgresStore {
 
     fn inbox(&self) -> Option<Arc<dyn crate::handler::InboxBackend>> {
         Some(self.inbox.clone())
+    }
+
+    fn rewrite_data<'a>(
+        &'a self,
+        rewrites: &'a [super::encrypt::DataRewrite],
+    ) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        Box::pin(async move {
+            let mut attempt = 0;
+            loop {
+                match rewrite_data(&mut self.client().await?, rewrites).await {
+                    // A reindex writing tags to the same rows in another order.
+                    Err(e)
+                        if attempt < ANY_RETRIES
+                            && (e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                                || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)) =>
+                    {
+                        attempt += 1;
+                    }
+                    result => return result.map_err(backend_error),
+                }
+            }
+        })
+    }
+
+    fn delete_plain_snapshots<'a>(
+        &'a self,
+        shapes: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM orkestra_snapshots WHERE shape = ANY($1) AND strpos(state, $2) = 0",
+                    &[&shapes, &crate::keys::ENCRYPTED_KEY],
+                )
+                .await
+                .map_err(backend_error)
+        })
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS orkestra_tag_index (
     declared_at  INTEGER NOT NULL, -- microseconds since the Unix epoch, UTC
     PRIMARY KEY (event_type, tag_key)
 ) WITHOUT ROWID;
+-- The events whose data the running Store::encrypt_personal transaction may rewrite:
+-- filled and emptied inside that one transaction, so never seen filled by another.
+CREATE TABLE IF NOT EXISTS orkestra_data_rewrites (
+    position INTEGER PRIMARY KEY
+);
 CREATE TRIGGER IF NOT EXISTS orkestra_events_no_delete BEFORE DELETE ON orkestra_events
 BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END;
 CREATE TABLE IF NOT EXISTS orkestra_inbox (
@@ -109,8 +114,11 @@ fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
     if !has_replay {
         conn.execute_batch("ALTER TABLE orkestra_checkpoints ADD COLUMN replay_until INTEGER")?;
     }
-    // Events are append-only except for the tags a reindex adds: the trigger names every
-    // other column (files of older releases refused every UPDATE; replaced once).
+    // Events are append-only except for the tags a reindex adds and the data
+    // `encrypt_personal` seals: the first trigger names every other column, the second
+    // lets the data of an event change only while that run's transaction lists it
+    // (files of older releases refused every UPDATE, or every UPDATE of data; replaced
+    // once).
     let trigger: Option<String> = conn
         .query_row(
             "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'orkestra_events_no_update'",
@@ -121,11 +129,15 @@ fn add_topic_column(conn: &Connection) -> rusqlite::Result<()> {
             rusqlite::Error::QueryReturnedNoRows => Ok(None),
             e => Err(e),
         })?;
-    if trigger.is_none_or(|sql| !sql.contains("UPDATE OF")) {
+    if trigger.is_none_or(|sql| !sql.contains("UPDATE OF") || sql.contains(" data,")) {
         conn.execute_batch(
             "BEGIN IMMEDIATE; DROP TRIGGER IF EXISTS orkestra_events_no_update; \
              CREATE TRIGGER orkestra_events_no_update BEFORE UPDATE OF position, stream, version, \
-             id, event_type, schema_version, data, metadata, recorded_at, topic ON orkestra_events \
+             id, event_type, schema_version, metadata, recorded_at, topic ON orkestra_events \
+             BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END; \
+             DROP TRIGGER IF EXISTS orkestra_events_no_data_update; \
+             CREATE TRIGGER orkestra_events_no_data_update BEFORE UPDATE OF data ON orkestra_events \
+             WHEN NOT EXISTS (SELECT 1 FROM orkestra_data_rewrites WHERE position = OLD.position) \
              BEGIN SELECT RAISE(ABORT, 'orkestra_events is append-only'); END; COMMIT;",
         )?;
     }
@@ -823,6 +835,35 @@ impl Backend for SqliteStore {
         Some(self.inbox.clone())
     }
 
+    fn rewrite_data<'a>(
+        &'a self,
+        rewrites: &'a [super::encrypt::DataRewrite],
+    ) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        let rewrites = rewrites.to_vec();
+        Box::pin(self.read(move |conn| rewrite_data(conn, &rewrites)))
+    }
+
+    fn delete_plain_snapshots<'a>(
+        &'a self,
+        shapes: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let shapes = shapes.to_vec();
+        Box::pin(self.read(move |conn| {
+            let mut deleted = 0u64;
+            let mut stmt = conn
+                .prepare_cached(
+                    "DELETE FROM orkestra_snapshots WHERE shape = ?1 AND instr(state, ?2) = 0",
+                )
+                .map_err(backend_error)?;
+            for shape in &shapes {
+                deleted += stmt
+                    .execute(params![shape, crate::keys::ENCRYPTED_KEY])
+                    .map_err(backend_error)? as u64;
+            }
+            Ok(deleted)
+        }))
+    }
+
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
         // On a reader connection: a snapshot is not an append, so it neither waits in the
         // writer's group commit nor holds it up (SQLite serializes the two writes; the
@@ -1011,6 +1052,44 @@ impl Backend for SqliteStore {
         // Another process may write the same file; its commits send no notice here.
         Some(std::time::Duration::from_millis(500))
     }
+}
+
+/// `Store::encrypt_personal`'s rewrites of one batch, in one IMMEDIATE transaction: the
+/// events listed in `orkestra_data_rewrites` (what lets the trigger pass), each one's
+/// data written where it is still `before`, the list emptied again.
+fn rewrite_data(
+    conn: &Connection,
+    rewrites: &[super::encrypt::DataRewrite],
+) -> Result<Vec<u64>, StoreError> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(backend_error)?;
+    let mut written = Vec::with_capacity(rewrites.len());
+    {
+        let mut permit = tx
+            .prepare_cached("INSERT OR IGNORE INTO orkestra_data_rewrites (position) VALUES (?1)")
+            .map_err(backend_error)?;
+        let mut update = tx
+            .prepare_cached(
+                "UPDATE orkestra_events SET data = ?2 WHERE position = ?1 AND data = ?3",
+            )
+            .map_err(backend_error)?;
+        for r in rewrites {
+            let position = sql_int(r.position);
+            permit.execute([position]).map_err(backend_error)?;
+            if update
+                .execute(params![position, r.after, r.before])
+                .map_err(backend_error)?
+                == 1
+            {
+                written.push(r.position);
+            }
+        }
+    }
+    tx.execute("DELETE FROM orkestra_data_rewrites", [])
+        .map_err(backend_error)?;
+    tx.commit().map_err(backend_error)?;
+    written.sort_unstable();
+    Ok(written)
 }
 
 /// One batch of a pending pair's reindexing, in one IMMEDIATE transaction (the entries,
