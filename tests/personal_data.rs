@@ -1,10 +1,14 @@
 //! Personal data declared in the schema (`orkestra-gen/tests/golden/personal/customers.yaml`),
 //! driven through the generated code on the memory store: typed events read back plain,
 //! then, once the subject is forgotten, decode into the same generated types with their
-//! replacements (and `redacted()` naming the paths); the aggregate with personal state
-//! still loads; the bindings declare the personal events they receive; and the generated
+//! replacements (and `redacted()` naming the paths); a projection rebuilt after `forget`
+//! shows the replacements; the aggregate with personal state still loads; the bindings declare the personal events they receive; and the generated
 //! `Wiring::start` refuses a store that was not given the namespace's description.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use orkestra_runtime::projection::{ProjectionContext, Projections};
 use orkestra_runtime::{
     Bus, Command, Event, EventData, ExpectedVersion, HandlerContext, HandlerError, Metadata,
     RecordedEvent, Store, new_id,
@@ -19,6 +23,7 @@ use orkestra_tests::personal::customers::events::{
 use orkestra_tests::personal::customers::handlers::{
     self, AuditEvent, Mailing, MailingEvent, Welcome,
 };
+use orkestra_tests::personal::customers::projections::{self, DirectoryEvent};
 use orkestra_tests::personal::customers::types::{Address, Phone, Tier};
 use orkestra_tests::personal::customers::{Wiring, personal};
 
@@ -390,14 +395,71 @@ fn bindings_declare_the_personal_events_they_receive() {
     assert_eq!(personal::STATES.len(), 1);
 }
 
-fn wiring() -> Wiring<Handlers, Handlers, Handlers, Handlers, Customers> {
+fn wiring() -> Wiring<Handlers, Handlers, Handlers, Handlers, Customers, Directory> {
     Wiring {
         welcome: Handlers,
         mailing: Handlers,
         audit: Handlers,
         newsletter: Handlers,
         customer: Customers,
+        directory: Directory::default(),
     }
+}
+
+/// The directory read model: each customer's email and name, as the projection last
+/// handled them.
+#[derive(Clone, Default)]
+struct Directory(Arc<Mutex<BTreeMap<String, (String, String)>>>);
+
+impl Directory {
+    fn entry(&self, customer: &str) -> Option<(String, String)> {
+        self.0.lock().unwrap().get(customer).cloned()
+    }
+}
+
+impl projections::Directory for Directory {
+    async fn handle_event(
+        &self,
+        event: DirectoryEvent,
+        _ctx: ProjectionContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let DirectoryEvent::CustomerRegistered(e) = event;
+        self.0
+            .lock()
+            .unwrap()
+            .insert(e.data.customer_id.clone(), (e.data.email, e.data.name));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_projection_rebuilt_after_forget_shows_the_replacements() {
+    let store = store();
+    let (ada, bob) = (format!("ada-{}", new_id()), format!("bob-{}", new_id()));
+    append_customer(&store, &ada, "ada@example.com").await;
+    append_customer(&store, &bob, "bob@example.com").await;
+    let directory = Directory::default();
+    let all = Projections::new(store.clone()).add(projections::directory(directory.clone()));
+    let running = all.start().await.unwrap();
+    running
+        .wait_for("Directory", store.head().await.unwrap().unwrap())
+        .await
+        .unwrap();
+    let plain = |email: &str| Some((email.to_owned(), "Ada Lovelace".to_owned()));
+    assert_eq!(directory.entry(&ada), plain("ada@example.com"));
+
+    store.forget(&ada).await.unwrap();
+    // The read model still holds what it copied: forgetting reaches the store only.
+    assert_eq!(directory.entry(&ada), plain("ada@example.com"));
+    // Rebuilt, it reads the store again: the forgotten customer's fields are their
+    // replacements (`""` and the declared "(erased)"), the other customer's are intact.
+    all.rebuild("Directory").await.unwrap();
+    assert_eq!(
+        directory.entry(&ada),
+        Some((String::new(), "(erased)".to_owned()))
+    );
+    assert_eq!(directory.entry(&bob), plain("bob@example.com"));
+    running.stop().await.unwrap();
 }
 
 #[tokio::test]

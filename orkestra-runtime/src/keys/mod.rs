@@ -43,6 +43,8 @@ mod personal;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod scan;
+// Sealing and opening on the wire: only the RabbitMQ bus carries events out of the process.
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 mod sealing;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -63,7 +65,9 @@ pub use personal::{PersonalData, PersonalEvent, PersonalField, PersonalState};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresKeyStore;
 pub(crate) use scan::scan;
-pub(crate) use sealing::{SealError, Sealer, Sealing};
+pub(crate) use sealing::Sealer;
+#[cfg(feature = "rabbitmq")]
+pub(crate) use sealing::{SealError, Sealing};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteKeyStore;
 

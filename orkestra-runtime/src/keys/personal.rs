@@ -379,6 +379,7 @@ impl Fields {
     /// replacement, as a reader gets it once the subject is forgotten; returns the
     /// paths replaced. What a carrier does with an event of a forgotten subject it
     /// cannot seal any more.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) fn redact(&self, data: &mut Value) -> Vec<String> {
         let mut redacted = Vec::new();
         for f in &self.fields {

@@ -186,30 +186,27 @@ impl Store {
     /// gone, listed by [`RecordedEvent::redacted`]).
     ///
     /// Events whose subject's key is cached open without waiting, in one pass (a large
-    /// page on a multi-threaded runtime in two halves, one on a scoped thread of its
-    /// own); the others (a key to fetch, a record the fast scanner leaves) then one by one.
+    /// page in two halves, one on a scoped thread of its own); the others (a key to fetch, a record the fast scanner leaves) then one by one.
     pub(crate) async fn reveal(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
         let Some(compiled) = &self.personal.fields else {
             return Ok(());
         };
         let keys = self.keys()?;
+        // The pass is CPU work that holds this task's thread either way (as decoding a
+        // page does); split in two it holds it for half as long.
         let deferred = if events.len() >= PARALLEL_PAGE
             && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         {
-            tokio::task::block_in_place(|| {
-                let (first, second) = events.split_at_mut(events.len() / 2);
-                std::thread::scope(|scope| {
-                    let other = scope.spawn(|| open_cached(keys, compiled, second));
-                    let mut deferred = open_cached(keys, compiled, first)?;
-                    let theirs = other.join().map_err(|_| {
-                        StoreError::Encode("decrypting a page of events panicked".into())
-                    })??;
-                    let offset = first.len();
-                    deferred.extend(theirs.into_iter().map(|i| i + offset));
-                    Ok::<_, StoreError>(deferred)
-                })
+            let (first, second) = events.split_at_mut(events.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| open_cached(keys, compiled, second));
+                let mut deferred = open_cached(keys, compiled, first)?;
+                let theirs = other.join().map_err(|_| {
+                    StoreError::Encode("decrypting a page of events panicked".into())
+                })??;
+                let offset = first.len();
+                deferred.extend(theirs.into_iter().map(|i| i + offset));
+                Ok::<_, StoreError>(deferred)
             })?
         } else {
             open_cached(keys, compiled, events)?
