@@ -246,7 +246,7 @@ mod tests {
             let mut out = String::from("{\"a\":");
             open_into(&c, "alice", "email", text, &mut out).unwrap();
             let plain = open_bytes(&c, "alice", "email", text).unwrap();
-            assert_eq!(&out["{\"a\":".len()..].as_bytes(), &plain.as_slice());
+            assert_eq!(&out.as_bytes()["{\"a\":".len()..], plain.as_slice());
             let mut out = String::from("kept");
             let e = open_into(&c, "bob", "email", text, &mut out).unwrap_err();
             assert!(e.contains("does not authenticate"), "{e}");
