@@ -309,6 +309,48 @@ async fn postgres_database() -> Option<FreshDatabase> {
     }
 }
 
+/// The stores a test runs on.
+#[derive(Clone, Copy)]
+enum Kind {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+/// Two handles on one new store of `kind` (as two processes see it) and its raw side;
+/// `None` when PostgreSQL is unavailable (the test skips, or fails under
+/// `ORKESTRA_REQUIRE_SERVICES=1`). A SQLite file goes with its `Raw`.
+async fn twins(kind: Kind) -> Option<(Store, Store, Raw)> {
+    Some(match kind {
+        Kind::Memory => {
+            let store = Store::memory();
+            (store.clone(), store, Raw::Memory)
+        }
+        Kind::Sqlite => {
+            let path = sqlite_path();
+            let one = Store::sqlite(&path).await.unwrap();
+            let two = Store::sqlite(&path).await.unwrap();
+            (one, two, Raw::Sqlite(path))
+        }
+        Kind::Postgres => {
+            let db = postgres_database().await?;
+            let one = Store::postgres(&db.url()).await.unwrap();
+            let two = Store::postgres(&db.url()).await.unwrap();
+            (one, two, Raw::Postgres(Box::new(db)))
+        }
+    })
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Raw::Sqlite(path) = self {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+    }
+}
+
 fn data_of(event: &orkestra_runtime::RecordedEvent) -> Value {
     event.data().unwrap()
 }
@@ -685,53 +727,53 @@ async fn sixteen_writers_make_one_key(one: Store, two: Store, raw: Raw) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_keeps_personal_data_and_forgets_it() {
-    personal_data_end_to_end(Store::memory(), Raw::Memory).await;
+    let Some((one, two, raw)) = twins(Kind::Memory).await else {
+        return;
+    };
+    drop(two);
+    personal_data_end_to_end(one, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_personal_data_encrypted_and_forgets_it_for_good() {
-    let path = sqlite_path();
-    let store = Store::sqlite(&path).await.unwrap();
-    personal_data_end_to_end(store, Raw::Sqlite(path.clone())).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    let Some((one, two, raw)) = twins(Kind::Sqlite).await else {
+        return;
+    };
+    drop(two);
+    personal_data_end_to_end(one, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_personal_data_encrypted_and_forgets_it_for_good() {
-    let Some(db) = postgres_database().await else {
+    let Some((one, two, raw)) = twins(Kind::Postgres).await else {
         return;
     };
-    let store = Store::postgres(&db.url()).await.unwrap();
-    personal_data_end_to_end(store, Raw::Postgres(Box::new(db))).await;
+    drop(two);
+    personal_data_end_to_end(one, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_makes_one_key_for_sixteen_writers() {
-    let store = Store::memory();
-    sixteen_writers_make_one_key(store.clone(), store, Raw::Memory).await;
+    let Some((one, two, raw)) = twins(Kind::Memory).await else {
+        return;
+    };
+    sixteen_writers_make_one_key(one, two, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_makes_one_key_for_sixteen_writers() {
-    let path = sqlite_path();
-    let one = Store::sqlite(&path).await.unwrap();
-    let two = Store::sqlite(&path).await.unwrap();
-    sixteen_writers_make_one_key(one, two, Raw::Sqlite(path.clone())).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    let Some((one, two, raw)) = twins(Kind::Sqlite).await else {
+        return;
+    };
+    sixteen_writers_make_one_key(one, two, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_makes_one_key_for_sixteen_writers() {
-    let Some(db) = postgres_database().await else {
+    let Some((one, two, raw)) = twins(Kind::Postgres).await else {
         return;
     };
-    let one = Store::postgres(&db.url()).await.unwrap();
-    let two = Store::postgres(&db.url()).await.unwrap();
-    sixteen_writers_make_one_key(one, two, Raw::Postgres(Box::new(db))).await;
+    sixteen_writers_make_one_key(one, two, raw).await;
 }
 
 #[tokio::test]
@@ -1091,29 +1133,26 @@ async fn encrypt_personal_in_place(old: Store, store: Store, raw: Raw) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_encrypts_stored_personal_data_in_place() {
-    let store = Store::memory();
-    encrypt_personal_in_place(store.clone(), store, Raw::Memory).await;
+    let Some((one, two, raw)) = twins(Kind::Memory).await else {
+        return;
+    };
+    encrypt_personal_in_place(one, two, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_encrypts_stored_personal_data_in_place() {
-    let path = sqlite_path();
-    let old = Store::sqlite(&path).await.unwrap();
-    let store = Store::sqlite(&path).await.unwrap();
-    encrypt_personal_in_place(old, store, Raw::Sqlite(path.clone())).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    let Some((one, two, raw)) = twins(Kind::Sqlite).await else {
+        return;
+    };
+    encrypt_personal_in_place(one, two, raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_encrypts_stored_personal_data_in_place() {
-    let Some(db) = postgres_database().await else {
+    let Some((one, two, raw)) = twins(Kind::Postgres).await else {
         return;
     };
-    let old = Store::postgres(&db.url()).await.unwrap();
-    let store = Store::postgres(&db.url()).await.unwrap();
-    encrypt_personal_in_place(old, store, Raw::Postgres(Box::new(db))).await;
+    encrypt_personal_in_place(one, two, raw).await;
 }
 
 /// While it runs, an old process appends plain events and a new one sealed events, and
@@ -1207,29 +1246,29 @@ async fn encrypt_personal_beside_writers(old: Store, store: Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_encrypts_beside_writers() {
-    let store = Store::memory();
-    encrypt_personal_beside_writers(store.clone(), store).await;
+    let Some((one, two, raw)) = twins(Kind::Memory).await else {
+        return;
+    };
+    encrypt_personal_beside_writers(one, two).await;
+    drop(raw);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_encrypts_beside_writers() {
-    let path = sqlite_path();
-    let old = Store::sqlite(&path).await.unwrap();
-    let store = Store::sqlite(&path).await.unwrap();
-    encrypt_personal_beside_writers(old, store).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    let Some((one, two, raw)) = twins(Kind::Sqlite).await else {
+        return;
+    };
+    encrypt_personal_beside_writers(one, two).await;
+    drop(raw);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_encrypts_beside_writers() {
-    let Some(db) = postgres_database().await else {
+    let Some((one, two, raw)) = twins(Kind::Postgres).await else {
         return;
     };
-    let old = Store::postgres(&db.url()).await.unwrap();
-    let store = Store::postgres(&db.url()).await.unwrap();
-    encrypt_personal_beside_writers(old, store).await;
+    encrypt_personal_beside_writers(one, two).await;
+    drop(raw);
 }
 
 #[tokio::test]
